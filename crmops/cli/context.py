@@ -1,0 +1,77 @@
+"""What every command shares: the global options, the lazily loaded config, output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from crmops.config import Config, load_config
+
+
+@dataclass
+class AppContext:
+    config_path: str | None = None
+    json: bool = False
+    quiet: bool = False
+    debug: bool = False
+    log_format: str = "human"
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        """Loaded on first use, so `crmops --help` works with a broken config file."""
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    @property
+    def console(self) -> Console:
+        return Console(stderr=False, highlight=False, soft_wrap=True)
+
+    @property
+    def interactive(self) -> bool:
+        """Progress bars only for a person at a terminal: cron and --json stay quiet."""
+        return not (self.quiet or self.json) and sys.stderr.isatty()
+
+    def emit(self, result: Any, human: Callable[[Console], None] | None = None) -> None:
+        """--json prints the result as one JSON document; otherwise the human renderer runs."""
+        if self.json:
+            click.echo(json.dumps(result, indent=2, sort_keys=False, default=str, ensure_ascii=False))
+        elif human is not None and not self.quiet:
+            human(self.console)
+
+    def say(self, message: str) -> None:
+        """A line of human progress narration (silent with --quiet or --json)."""
+        if not (self.quiet or self.json):
+            click.echo(message)
+
+    @contextmanager
+    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        """Yields advance(n_bytes); draws a rich bar only when someone is watching."""
+        if not self.interactive:
+            yield lambda n: None
+            return
+        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
+        if total:
+            columns.append(TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
+
+
+pass_app = click.make_pass_decorator(AppContext)

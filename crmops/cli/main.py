@@ -1,0 +1,148 @@
+"""The crmops command line: a thin skin over crmops.services.
+
+Command groups are imported lazily, so a command's start-up cost (boto3, docker,
+alembic) is only paid by the commands that use it, and `crmops --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from crmops import __version__
+from crmops.cli.context import AppContext
+from crmops.errors import CrmopsError, Interrupted
+
+#: command name -> "module:attribute"; each module lives in crmops/cli/
+COMMANDS: dict[str, str] = {
+    "init": "crmops.cli.config_cmd:init_cmd",
+    "config": "crmops.cli.config_cmd:config_group",
+    "demo": "crmops.cli.demo:demo_group",
+    "db": "crmops.cli.db:db_group",
+    "repo": "crmops.cli.repo:repo_group",
+    "key": "crmops.cli.keys:key_group",
+    "backup": "crmops.cli.backup:backup_cmd",
+    "snapshots": "crmops.cli.snapshots:snapshots_cmd",
+    "restore": "crmops.cli.restore:restore_cmd",
+    "forget": "crmops.cli.prune:forget_cmd",
+    "prune": "crmops.cli.prune:prune_cmd",
+    "check": "crmops.cli.check:check_cmd",
+    "verify": "crmops.cli.verify:verify_cmd",
+    "drill": "crmops.cli.verify:drill_cmd",
+    "sandbox": "crmops.cli.sandbox:sandbox_group",
+    "migrate": "crmops.cli.migrate:migrate_group",
+    "upgrade": "crmops.cli.upgrade:upgrade_cmd",
+    "schedule": "crmops.cli.schedule:schedule_group",
+    "report": "crmops.cli.report:report_cmd",
+    "status": "crmops.cli.report:status_cmd",
+}
+
+HELP_GROUPS = {
+    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check"],
+    "Prove": ["verify", "drill", "sandbox"],
+    "Change": ["migrate", "upgrade"],
+    "Operate": ["schedule", "status", "report", "repo", "key", "db"],
+    "Set up": ["init", "config", "demo"],
+}
+
+
+class LazyGroup(click.Group):
+    """Resolves subcommands from COMMANDS on demand; missing modules are simply not listed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._available(name)]
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = COMMANDS[name].split(":")[0]
+        return importlib.util.find_spec(module) is not None
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None or not self._available(name):
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        available = set(self.list_commands(ctx))
+        for title, names in HELP_GROUPS.items():
+            rows = []
+            for name in names:
+                if name in available:
+                    cmd = self.get_command(ctx, name)
+                    if cmd is not None and not cmd.hidden:
+                        rows.append((name, cmd.get_short_help_str(limit=formatter.width - 20)))
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", metavar="FILE", envvar="CRMOPS_CONFIG",
+              help="Configuration file (default: $CRMOPS_CONFIG, then ./crmops.yaml, then the demo).")
+@click.option("--json", "json_out", is_flag=True, help="Print the result as JSON, for scripts.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (for cron).")
+@click.option("--debug", is_flag=True, envvar="CRMOPS_DEBUG", help="Show tracebacks and debug logs.")
+@click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True,
+              help="Log lines as text or as JSON lines.")
+@click.version_option(__version__, "--version", prog_name="crmops")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, json_out: bool, quiet: bool, debug: bool,
+        log_format: str) -> None:
+    """Keep a self-hosted CRM's data safe: encrypted, deduplicated backups, restores proven
+    in throwaway containers, Alembic migrations and staged upgrades with rollback."""
+    global _APP
+    ctx.obj = _APP = AppContext(config_path=config_path, json=json_out, quiet=quiet, debug=debug,
+                                log_format=log_format)
+    from crmops.log import setup_logging
+
+    setup_logging(debug=debug, fmt=log_format, quiet=quiet or json_out)
+
+
+_APP: AppContext | None = None
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: turn every user-caused failure into one line and its exit code."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("CRMOPS_DEBUG"))
+    try:
+        code = cli.main(args=argv, prog_name="crmops", standalone_mode=False)
+    except CrmopsError as e:
+        if debug:
+            logging.getLogger("crmops").exception("failed")
+        _fail(e.line(), e.exit_code, e.kind)
+    except click.exceptions.Abort:
+        _fail("stopped", Interrupted.exit_code, "interrupted")
+    except KeyboardInterrupt:
+        _fail("stopped by Ctrl-C or SIGTERM; nothing half-written is kept", Interrupted.exit_code, "interrupted")
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # a bug: one line unless --debug
+        if debug:
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", 1, "internal")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(line: str, code: int, kind: str) -> None:
+    if _APP is not None and _APP.json:
+        import json
+
+        click.echo(json.dumps({"ok": False, "error": kind, "message": line, "exit_code": code}))
+    click.echo(f"crmops: error: {line}", err=True)
+    sys.exit(code)

@@ -1,0 +1,334 @@
+"""One validated configuration object, read from crmops.yaml and CRMOPS_* variables.
+
+Where the file comes from: --config, then $CRMOPS_CONFIG, then ./crmops.yaml; with none
+of these the embedded demo default is used (a SQLite demo CRM and a local repository
+under ./demo), so `crmops` works on a fresh machine without servers.
+
+Secrets never need to sit in the file: any string may say ${VAR} and is filled from
+the environment, and CRMOPS_SECTION__KEY variables override single keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from crmops.errors import ConfigError
+
+ENV_PREFIX = "CRMOPS_"
+#: variables with a meaning of their own, never read as key overrides
+RESERVED_ENV = {"CRMOPS_CONFIG", "CRMOPS_PASSPHRASE", "CRMOPS_NEW_PASSPHRASE", "CRMOPS_DEBUG"}
+DEFAULT_FILE = "crmops.yaml"
+MASK = "********"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatabaseConfig(_Section):
+    url: str = Field("sqlite:///demo/crm.db", description="SQLAlchemy URL of the CRM database")
+    #: where dump tools come from: the local PATH, or the engine's Docker image
+    tools: Literal["local", "docker"] = "local"
+    #: extra objects to leave out of a restore elsewhere (owners and grants)
+    restore_owners: bool = True
+    jobs: int = Field(2, ge=1, le=64, description="parallel restore jobs (pg_restore -j)")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        scheme = v.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in {"sqlite", "postgresql", "postgres", "mysql", "mariadb"}:
+            raise ValueError("a URL starting sqlite://, postgresql:// or mysql:// (or mariadb://)")
+        return v
+
+
+class AttachmentsConfig(_Section):
+    path: Path | None = None
+    exclude: list[str] = Field(default_factory=list)
+
+
+class S3Config(_Section):
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    object_lock_days: int = Field(0, ge=0, description="S3 Object Lock retention for snapshot objects")
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    max_concurrency: int = Field(8, ge=1, le=64)
+    timeout_seconds: float = Field(60, gt=0)
+    max_attempts: int = Field(8, ge=1, le=50)
+
+
+class RepositoryConfig(_Section):
+    url: str = "file://demo/repo"
+    s3: S3Config = Field(default_factory=S3Config)
+    compression_level: int = Field(1, ge=1, le=19, description="zstd level; 1 keeps pace with the database")
+    chunk_avg_kib: int = Field(1024, ge=64, le=16384)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not (v.startswith("file://") or v.startswith("s3://")):
+            raise ValueError("file:///path or s3://bucket/prefix")
+        return v
+
+
+class EncryptionConfig(_Section):
+    passphrase: SecretStr | None = Field(None, description="default: $CRMOPS_PASSPHRASE")
+    key_file: Path | None = None
+
+    def resolved_passphrase(self) -> str | None:
+        if self.passphrase is not None:
+            return self.passphrase.get_secret_value()
+        return os.environ.get("CRMOPS_PASSPHRASE")
+
+
+class RetentionConfig(_Section):
+    keep_last: int = Field(7, ge=0)
+    keep_hourly: int = Field(0, ge=0)
+    keep_daily: int = Field(14, ge=0)
+    keep_weekly: int = Field(8, ge=0)
+    keep_monthly: int = Field(12, ge=0)
+    keep_yearly: int = Field(3, ge=0)
+
+
+class Assertion(_Section):
+    name: str
+    sql: str
+    #: the single value the query must return
+    expect: Any = 0
+
+
+class FreshnessCheck(_Section):
+    table: str
+    column: str
+    max_age_hours: float = Field(24, gt=0)
+
+
+class VerifyChecks(_Section):
+    fk_orphans: bool = True
+    #: SQL returning the attachment paths the database references
+    attachments_query: str | None = None
+    freshness: FreshnessCheck | None = None
+
+
+class VerifyConfig(_Section):
+    images: dict[str, str] = Field(
+        default_factory=lambda: {
+            "postgresql": "postgres:{major}",
+            "mariadb": "mariadb:{version}",
+            "mysql": "mysql:{version}",
+        },
+        description="image per engine; {major} and {version} come from the snapshot's server",
+    )
+    memory_limit: str = "2g"
+    cpus: float = Field(2.0, gt=0)
+    ready_timeout_seconds: float = Field(120, gt=0)
+    assertions: list[Assertion] = Field(default_factory=list)
+    checks: VerifyChecks = Field(default_factory=VerifyChecks)
+    signing_key_file: Path | None = Field(None, description="Ed25519 private key (PEM); default: repository key")
+
+
+class MigrationsConfig(_Section):
+    script_location: str | None = Field(None, description="Alembic script folder; default: the demo CRM's")
+    lock_timeout_seconds: float = Field(5, gt=0)
+    safety_backup: bool = True
+
+
+class WebhookConfig(_Section):
+    kind: Literal["generic", "slack", "dingtalk", "wecom"] = "generic"
+    url: SecretStr
+
+
+class EmailConfig(_Section):
+    host: str
+    port: int = 25
+    sender: str
+    to: list[str]
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+
+
+class NotifyConfig(_Section):
+    on_success: bool = False
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    email: EmailConfig | None = None
+    metrics_file: Path | None = Field(None, description="node_exporter textfile collector output")
+    pushgateway_url: str | None = None
+
+
+class Config(_Section):
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    state_dir: Path = Field(Path("demo/state"), description="journals, locks and run history (outside the database)")
+
+    #: where the configuration came from ("embedded default" when no file)
+    source: str = Field("embedded default", exclude=True)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, every secret replaced by a mask."""
+        data = self.model_dump(mode="json")
+        _mask_secrets(data, self)
+        data["database"]["url"] = mask_url(self.database.url)
+        return data
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password replaced, safe for logs and reports."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _mask_secrets(data: dict[str, Any], model: BaseModel) -> None:
+    for name, value in model:
+        if isinstance(value, SecretStr):
+            data[name] = MASK
+        elif isinstance(value, BaseModel):
+            _mask_secrets(data[name], value)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    _mask_secrets(data[name][i], item)
+
+
+#: with no file at all: the demo CRM under ./demo, attachments and a key file beside it
+EMBEDDED_DEFAULT: dict[str, dict[str, Any]] = {
+    "attachments": {"path": "demo/attachments"},
+    "encryption": {"key_file": "demo/repo.key"},
+}
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, where: str, file: str) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{file}: key {where}: environment variable ${{{name}}} is not set")
+        return _ENV_REF.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), file) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{where}[{i}]", file) for i, v in enumerate(value)]
+    return value
+
+
+def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
+    """Apply CRMOPS_SECTION__KEY=value (YAML-parsed, so numbers and lists work)."""
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {'.'.join(path)} cannot be set; its parent is not a section")
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """Relative paths in a file are relative to the file, as administrators expect."""
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    cfg.attachments.path = fix(cfg.attachments.path)
+    cfg.encryption.key_file = fix(cfg.encryption.key_file)
+    cfg.verify.signing_key_file = fix(cfg.verify.signing_key_file)
+    cfg.notify.metrics_file = fix(cfg.notify.metrics_file)
+    cfg.state_dir = fix(cfg.state_dir) or cfg.state_dir
+    url = cfg.database.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        cfg.database.url = "sqlite:///" + str(base / url[len("sqlite:///"):])
+    if cfg.repository.url.startswith("file://"):
+        rest = cfg.repository.url[len("file://"):]
+        if not rest.startswith("/"):
+            cfg.repository.url = "file://" + str(base / rest)
+
+
+def _format_validation(err: ValidationError, file: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; `crmops init` writes a commented example)"
+    elif "input" in first and not isinstance(first["input"], dict | list) and "secret" not in key:
+        msg = f"{msg}, got {first['input']!r}"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{file}: key {key}: {msg}{more}"
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"{p}: configuration file not found", hint="check --config or CRMOPS_CONFIG")
+        return p
+    env = os.environ.get("CRMOPS_CONFIG")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise ConfigError(f"{p}: configuration file named by CRMOPS_CONFIG not found")
+        return p
+    p = Path(DEFAULT_FILE)
+    return p if p.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read, interpolate, override and validate; every failure is one ConfigError line."""
+    environ = dict(os.environ if environ is None else environ)
+    file = find_config_file(path)
+    label = str(file) if file else "embedded default"
+    data: dict[str, Any] = {}
+    if file is None:
+        data = {k: dict(v) for k, v in EMBEDDED_DEFAULT.items()}
+    else:
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{file}:{where}: {problem}") from None
+        except OSError as e:
+            raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+        data = _interpolate(loaded, "", label)
+    _env_overrides(data, environ)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, label)) from None
+    cfg.source = label
+    _resolve_paths(cfg, (file.parent if file else Path.cwd()).resolve())
+    return cfg

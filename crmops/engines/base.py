@@ -1,0 +1,116 @@
+"""The Engine protocol: what crmops needs from any database it protects.
+
+A dump and its fingerprint describe the same consistent point in time, so a
+restored copy can be compared with what was dumped, table by table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class TableFingerprint:
+    rows: int
+    #: order-independent content checksum (hex), comparable only within one engine
+    checksum: str
+
+
+@dataclass
+class Fingerprint:
+    engine: str
+    tables: dict[str, TableFingerprint] = field(default_factory=dict)
+    #: schema object counts: tables, indexes, foreign_keys, views, triggers, routines, sequences
+    objects: dict[str, int] = field(default_factory=dict)
+    #: sequence (PostgreSQL) or AUTO_INCREMENT (MySQL) / sqlite_sequence values by name
+    sequences: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
+        return cls(
+            engine=data["engine"],
+            tables={k: TableFingerprint(**v) for k, v in data.get("tables", {}).items()},
+            objects=dict(data.get("objects", {})),
+            sequences=dict(data.get("sequences", {})),
+        )
+
+    def compare(self, other: Fingerprint) -> list[Difference]:
+        """Differences from self (expected) to other (found); empty means equal."""
+        diffs: list[Difference] = []
+        for name in sorted(set(self.tables) | set(other.tables)):
+            a, b = self.tables.get(name), other.tables.get(name)
+            if a is None:
+                diffs.append(Difference("table", name, None, b.rows if b else None, "unexpected table"))
+            elif b is None:
+                diffs.append(Difference("table", name, a.rows, None, "table missing"))
+            elif a.rows != b.rows:
+                diffs.append(Difference("table", name, a.rows, b.rows, "row count differs"))
+            elif a.checksum != b.checksum:
+                diffs.append(Difference("table", name, a.checksum, b.checksum, "content checksum differs"))
+        for kind in sorted(set(self.objects) | set(other.objects)):
+            if self.objects.get(kind) != other.objects.get(kind):
+                diffs.append(Difference("objects", kind, self.objects.get(kind), other.objects.get(kind),
+                                        "object count differs"))
+        for name in sorted(set(self.sequences) | set(other.sequences)):
+            if self.sequences.get(name) != other.sequences.get(name):
+                diffs.append(Difference("sequence", name, self.sequences.get(name),
+                                        other.sequences.get(name), "sequence value differs"))
+        return diffs
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str  # table | objects | sequence
+    name: str
+    expected: Any
+    found: Any
+    reason: str
+
+
+@runtime_checkable
+class Dump(Protocol):
+    """An open dump: its bytes stream out once; its fingerprint and metadata are known first."""
+
+    #: dump format tag stored in the manifest: "pg-custom", "mysql-sql", "sqlite-db"
+    format: str
+    fingerprint: Fingerprint
+    server_version: str
+
+    def chunks(self) -> Iterator[bytes]:
+        """The dump's bytes, in pieces of any size; raises DatabaseError if the tool fails."""
+        ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One database (a URL): dump, restore, fingerprint, inspect."""
+
+    name: str  # "postgresql" | "mysql" | "sqlite"
+
+    def server_version(self) -> str: ...
+
+    def database_name(self) -> str: ...
+
+    def check(self) -> dict[str, Any]:
+        """Connect and report engine, version, size, table count and dump-tool readiness."""
+        ...
+
+    def dump(self) -> AbstractContextManager[Dump]: ...
+
+    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None) -> None:
+        """Load a dump into this (empty, unless tables are chosen) database."""
+        ...
+
+    def fingerprint(self) -> Fingerprint: ...
+
+    def is_empty(self) -> bool: ...
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision(s) recorded in alembic_version, comma-joined, or None."""
+        ...

@@ -1,0 +1,86 @@
+"""User-facing errors and the exit codes they map to.
+
+Every failure a user can cause is raised as a CrmopsError subclass: the CLI prints
+its message as one line and exits with its code, so cron jobs and monitoring can
+tell failures apart without parsing text. Codes are stable; README.md lists them.
+"""
+
+from __future__ import annotations
+
+
+class CrmopsError(Exception):
+    """Base of every error that ends a command with one clear line."""
+
+    exit_code: int = 1
+    #: short machine-readable name, used in --json output
+    kind: str = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def line(self) -> str:
+        """The one line shown to the user: what is wrong, then what to do."""
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def _error(name: str, code: int, kind: str, doc: str) -> type[CrmopsError]:
+    cls = type(name, (CrmopsError,), {"exit_code": code, "kind": kind, "__doc__": doc})
+    return cls
+
+
+# configuration and usage
+ConfigError = _error("ConfigError", 3, "config", "The configuration file or environment is invalid.")
+# databases
+DatabaseUnreachable = _error("DatabaseUnreachable", 10, "db-unreachable", "The database server does not answer.")
+DatabaseAuthFailed = _error("DatabaseAuthFailed", 11, "db-auth", "The database rejected the credentials.")
+DatabaseNotFound = _error("DatabaseNotFound", 12, "db-missing", "The named database does not exist.")
+ToolMissing = _error("ToolMissing", 13, "tool-missing", "A client tool is missing or too old for the server.")
+DatabaseError = _error("DatabaseError", 14, "db-error", "A dump, restore or query failed.")
+# storage and repository
+StorageUnreachable = _error("StorageUnreachable", 20, "storage-unreachable", "The storage endpoint does not answer.")
+StorageAccessDenied = _error(
+    "StorageAccessDenied", 21, "storage-credentials", "Storage credentials are missing or refused."
+)
+RepositoryNotFound = _error("RepositoryNotFound", 22, "repo-missing", "No repository at the configured place.")
+RepositoryTooNew = _error("RepositoryTooNew", 23, "repo-too-new", "The repository was written by a newer format.")
+WrongKey = _error("WrongKey", 24, "wrong-key", "The passphrase or key file does not open the repository.")
+KeyFileMissing = _error("KeyFileMissing", 25, "key-file-missing", "The configured key file cannot be read.")
+IntegrityError = _error("IntegrityError", 26, "integrity", "A stored object is missing, truncated or tampered with.")
+LockBusy = _error("LockBusy", 27, "locked", "Another crmops run holds a conflicting lock.")
+SnapshotNotFound = _error("SnapshotNotFound", 28, "snapshot-missing", "No snapshot matches the given id.")
+RepositoryExists = _error("RepositoryExists", 29, "repo-exists", "A repository already exists there.")
+# verification and sandboxes
+VerificationFailed = _error("VerificationFailed", 30, "verify-failed", "A restored copy does not match its snapshot.")
+SandboxUnavailable = _error("SandboxUnavailable", 31, "docker-unavailable", "The Docker engine does not answer.")
+ImageMissing = _error("ImageMissing", 32, "image-missing", "The sandbox image is not present locally.")
+# migrations
+MigrationFailed = _error("MigrationFailed", 40, "migration-failed", "A migration failed while running.")
+MigrationRefused = _error("MigrationRefused", 41, "migration-refused", "A pre-check refused to run a migration.")
+LintFailed = _error("LintFailed", 42, "lint-failed", "Migration lint found errors.")
+# upgrades
+UpgradeFailed = _error("UpgradeFailed", 50, "upgrade-failed", "An upgrade stage failed (and was rolled back).")
+UpgradeRefused = _error("UpgradeRefused", 51, "upgrade-refused", "The upgrade refused to start.")
+PlaybookInvalid = _error("PlaybookInvalid", 52, "playbook-invalid", "The playbook file is invalid.")
+# safety refusals and operations
+TargetNotEmpty = _error("TargetNotEmpty", 60, "target-not-empty", "Refused to overwrite a non-empty target.")
+StatusRed = _error("StatusRed", 61, "status-red", "A monitoring verdict is red.")
+Interrupted = _error("Interrupted", 130, "interrupted", "Stopped by Ctrl-C or SIGTERM.")
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "internal error (a bug: run again with --debug and report it)",
+    2: "usage error (unknown option or missing argument)",
+    **{
+        cls.exit_code: cls.__doc__ or ""
+        for cls in (
+            ConfigError, DatabaseUnreachable, DatabaseAuthFailed, DatabaseNotFound, ToolMissing,
+            DatabaseError, StorageUnreachable, StorageAccessDenied, RepositoryNotFound,
+            RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
+            RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
+            MigrationRefused, LintFailed, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
+            TargetNotEmpty, StatusRed, Interrupted,
+        )
+    },
+}

@@ -1,0 +1,54 @@
+"""Logging set-up: human lines or JSON lines, each carrying the run id.
+
+Every run gets one id (CRMOPS_RUN_ID if a scheduler set it), so a line in the
+logs, a metric and a notification can be matched to the same nightly run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+
+RUN_ID = os.environ.get("CRMOPS_RUN_ID") or uuid.uuid4().hex[:12]
+
+
+class _RunIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.run_id = RUN_ID
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "run_id": getattr(record, "run_id", RUN_ID),
+            "msg": record.getMessage(),
+        }
+        for key, value in getattr(record, "fields", {}).items():
+            data[key] = value
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+def setup_logging(*, debug: bool = False, fmt: str = "human", quiet: bool = False) -> None:
+    """Logs go to stderr so --json output on stdout stays parseable."""
+    root = logging.getLogger("crmops")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RunIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(run_id)s] %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING))
+    root.propagate = False
