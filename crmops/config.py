@@ -17,7 +17,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from crmops.errors import ConfigError
 
@@ -30,6 +38,12 @@ MASK = "********"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        """A section whose keys are all commented out parses as None: treat it as empty."""
+        return {} if value is None else value
 
 
 class DatabaseConfig(_Section):
@@ -220,20 +234,20 @@ EMBEDDED_DEFAULT: dict[str, dict[str, Any]] = {
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(value: Any, where: str, file: str) -> Any:
+def _interpolate(value: Any, where: str, file: str, environ: dict[str, str]) -> Any:
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
+            if name in environ:
+                return environ[name]
             if default is not None:
                 return default
             raise ConfigError(f"{file}: key {where}: environment variable ${{{name}}} is not set")
         return _ENV_REF.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), file) for k, v in value.items()}
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), file, environ) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{where}[{i}]", file) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{where}[{i}]", file, environ) for i, v in enumerate(value)]
     return value
 
 
@@ -323,7 +337,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
-        data = _interpolate(loaded, "", label)
+        data = _interpolate(loaded, "", label, environ)
     _env_overrides(data, environ)
     try:
         cfg = Config.model_validate(data)
