@@ -21,8 +21,9 @@ def test_postgresql_15(pg_url: str) -> None:
 
 
 def test_mariadb_10_11(mysql_url: str) -> None:
-    from tests.conftest import _mysql_connect
     from sqlalchemy.engine import make_url
+
+    from tests.conftest import _mysql_connect
 
     conn = _mysql_connect(mysql_url, make_url(mysql_url).database)
     with conn.cursor() as cur:

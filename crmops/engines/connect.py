@@ -1,0 +1,78 @@
+"""Open a SQLAlchemy engine and turn connection failures into one line each.
+
+A wrong password, a host that does not answer and a database that does not exist
+need different fixes, so they get different errors (and exit codes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from crmops.dburl import parse, safe
+from crmops.errors import (
+    CrmopsError,
+    DatabaseAuthFailed,
+    DatabaseError,
+    DatabaseNotFound,
+    DatabaseUnreachable,
+)
+
+_MYSQL_CODES = {1045: DatabaseAuthFailed, 1044: DatabaseAuthFailed, 1049: DatabaseNotFound,
+                2003: DatabaseUnreachable, 2002: DatabaseUnreachable, 2005: DatabaseUnreachable,
+                2013: DatabaseUnreachable}
+
+
+def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
+    """Map a driver error to the crmops error a user can act on (never echoing the password)."""
+    where = safe(url)
+    orig = getattr(exc, "orig", exc)
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_CODES:
+        cls = _MYSQL_CODES[args[0]]
+    else:
+        text = str(orig).lower()
+        if "password authentication failed" in text or "access denied" in text or "no password supplied" in text:
+            cls = DatabaseAuthFailed
+        elif "does not exist" in text and "database" in text:
+            cls = DatabaseNotFound
+        elif any(s in text for s in ("connection refused", "could not connect", "timeout", "timed out",
+                                     "no route to host", "name or service not known", "could not translate",
+                                     "connection is bad", "server closed the connection")):
+            cls = DatabaseUnreachable
+        else:
+            cls = DatabaseError
+    hint = {
+        DatabaseAuthFailed: "check the user and password in database.url",
+        DatabaseNotFound: "check the database name in database.url",
+        DatabaseUnreachable: "check that the server runs and that host and port in database.url are right",
+    }.get(cls)
+    first_line = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    message = {
+        DatabaseAuthFailed: f"{where}: the database rejected the credentials",
+        DatabaseNotFound: f"{where}: the database does not exist",
+        DatabaseUnreachable: f"{where}: the database server does not answer",
+    }.get(cls, f"{where}: {first_line}")
+    return cls(message, hint=hint)
+
+
+def connect_engine(url: str | sa.URL, *, must_exist: bool = True) -> sa.Engine:
+    """An engine that has proven it can connect; SQLite files must exist unless told otherwise."""
+    u = parse(url)
+    if u.get_backend_name() == "sqlite":
+        path = u.database
+        if must_exist and path and path != ":memory:" and not Path(path).exists():
+            raise DatabaseNotFound(f"{path}: SQLite database file not found")
+        engine = sa.create_engine(u)
+    else:
+        args = {"connect_timeout": 10}
+        engine = sa.create_engine(u, connect_args=args, pool_pre_ping=True)
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as e:
+        engine.dispose()
+        raise classify(e, u) from None
+    return engine
