@@ -1,0 +1,254 @@
+"""MySQL/MariaDB: mysqldump --single-transaction, restored through the mysql client.
+
+Consistency: mysqldump opens its own consistent-snapshot transaction, so crmops
+makes its fingerprint transaction and mysqldump's start at the same instant: it
+holds FLUSH TABLES WITH READ LOCK only from just before its own snapshot until
+mysqldump's transaction is seen open (typically well under a second), then lets
+writers go and fingerprints inside its snapshot while the dump streams.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pymysql
+from sqlalchemy.engine import URL
+
+from crmops.dburl import parse, safe
+from crmops.engines.base import Fingerprint, TableFingerprint
+from crmops.engines.connect import classify
+from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, private_file, require_tool
+from crmops.errors import CrmopsError, DatabaseError
+
+FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
+BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit", "geometry"}
+#: how long writers may be held while mysqldump's snapshot opens, at most
+LOCK_WAIT_LIMIT = 30.0
+
+
+class MysqlEngine:
+    name = "mysql"
+
+    def __init__(self, url: str | URL, **_: Any) -> None:
+        self.url = parse(url)
+
+    def connect(self, database: bool = True) -> pymysql.Connection:
+        u = self.url
+        try:
+            return pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
+                                   password=u.password or "", database=u.database if database else None,
+                                   charset="utf8mb4", autocommit=True, connect_timeout=10)
+        except pymysql.MySQLError as e:
+            raise classify(e, self.url) from None
+
+    def _option_file(self) -> str:
+        """Credentials for the client tools, in a 0600 file (never on the command line)."""
+        u = self.url
+        pw = (u.password or "").replace("\\", "\\\\").replace('"', '\\"')
+        return private_file(f'[client]\nhost={u.host or "127.0.0.1"}\nport={u.port or 3306}\n'
+                            f'user={u.username or "root"}\npassword="{pw}"\n', suffix=".cnf")
+
+    def _secrets(self) -> list[str]:
+        return [self.url.password or ""]
+
+    def _query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def server_version(self) -> str:
+        return self._query("SELECT VERSION()")[0][0]
+
+    def server_major(self) -> int:
+        return int(self.server_version().split(".")[0])
+
+    def database_name(self) -> str:
+        return self.url.database or ""
+
+    def _tool(self, kind: str) -> str:
+        names = ["mariadb-dump", "mysqldump"] if kind == "dump" else ["mariadb", "mysql"]
+        return require_tool(names, None, what=f"{'back up' if kind == 'dump' else 'restore'} MySQL/MariaDB", fix=FIX)
+
+    def check(self) -> dict[str, Any]:
+        version = self.server_version()
+        size, tables = self._query("SELECT COALESCE(SUM(data_length + index_length), 0), COUNT(*) FROM "
+                                   "information_schema.tables WHERE table_schema = DATABASE() "
+                                   "AND table_type = 'BASE TABLE'")[0]
+        tools: dict[str, str] = {}
+        for kind in ("dump", "client"):
+            try:
+                tools[kind] = self._tool(kind)
+            except Exception as e:  # reported, not raised
+                tools[kind] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
+        return {"engine": self.name, "url": safe(self.url), "server_version": version, "size_bytes": int(size),
+                "tables": int(tables), "tools": tools,
+                "tools_ok": all(not v.startswith("unusable") for v in tools.values())}
+
+    def is_empty(self) -> bool:
+        n = self._query("SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()) "
+                        "+ (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = DATABASE()) "
+                        "+ (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE())")[0][0]
+        return int(n) == 0
+
+    def schema_revision(self) -> str | None:
+        if not self._query("SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+                           "AND table_name = 'alembic_version'"):
+            return None
+        return ",".join(r[0] for r in self._query("SELECT version_num FROM alembic_version ORDER BY 1")) or None
+
+    def fingerprint(self) -> Fingerprint:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                fp = Fingerprint(self.name, sequences=_auto_increments(cur))
+                _fill_fingerprint(cur, fp)
+                cur.execute("ROLLBACK")
+            return fp
+        finally:
+            conn.close()
+
+    @contextmanager
+    def dump(self) -> Iterator[StreamedDump]:
+        version = self.server_version()
+        tool = self._tool("dump")
+        options = self._option_file()
+        conn = self.connect()
+        proc = None
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT CONNECTION_ID()")
+            mine = cur.fetchone()[0]
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            locked_at = time.monotonic()
+            cur.execute("FLUSH TABLES WITH READ LOCK")
+            try:
+                sequences = _auto_increments(cur)
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                before = _connection_ids(cur)
+                proc = ToolProcess([tool, f"--defaults-extra-file={options}", "--single-transaction", "--quick",
+                                    "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
+                                    "--default-character-set=utf8mb4", "--no-tablespaces", self.database_name()],
+                                   env={}, secrets=self._secrets(), label=os.path.basename(tool))
+                _await_dump_snapshot(cur, before | {mine}, proc)
+            finally:
+                cur.execute("UNLOCK TABLES")
+            lock_seconds = time.monotonic() - locked_at
+
+            def compute() -> Fingerprint:
+                fp = Fingerprint(self.name, sequences=sequences)
+                _fill_fingerprint(cur, fp)
+                return fp
+
+            yield StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds)
+        finally:
+            if proc is not None:
+                proc.close()
+            conn.close()
+            os.unlink(options)
+
+    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None) -> None:
+        if format != "mysql-sql":
+            raise DatabaseError(f"a {format} dump cannot be restored into MySQL/MariaDB")
+        options = self._option_file()
+        try:
+            stream = only_tables(chunks, tables) if tables else chunks
+            feed([self._tool("client"), f"--defaults-extra-file={options}", "--default-character-set=utf8mb4",
+                  "--binary-mode", self.database_name()], stream, env={}, secrets=self._secrets(), label="mysql")
+        finally:
+            os.unlink(options)
+
+
+def _connection_ids(cur: Any) -> set[int]:
+    cur.execute("SELECT ID FROM information_schema.PROCESSLIST")
+    return {int(r[0]) for r in cur.fetchall()}
+
+
+def _await_dump_snapshot(cur: Any, known: set[int], proc: ToolProcess) -> None:
+    """Wait until mysqldump's own consistent-snapshot transaction is open (writers are held meanwhile)."""
+    deadline = time.monotonic() + LOCK_WAIT_LIMIT
+    while time.monotonic() < deadline:
+        cur.execute("SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX")
+        if {int(r[0]) for r in cur.fetchall()} - known:
+            return
+        if proc.proc.poll() is not None:
+            proc.wait()
+            return
+        # INNODB_TRX is a cache refreshed only after 0.1 s without readers: poll slower than that
+        time.sleep(0.12)
+    raise DatabaseError("mysqldump did not open its snapshot within "
+                        f"{LOCK_WAIT_LIMIT:.0f} s; writers were released and the dump abandoned")
+
+
+def _auto_increments(cur: Any) -> dict[str, int]:
+    cur.execute("SELECT table_name, auto_increment FROM information_schema.tables WHERE table_schema = DATABASE() "
+                "AND auto_increment IS NOT NULL ORDER BY table_name")
+    return {str(t): int(v) for t, v in cur.fetchall()}
+
+
+def _fill_fingerprint(cur: Any, fp: Fingerprint) -> None:
+    cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
+                "AND table_type = 'BASE TABLE' ORDER BY table_name")
+    tables = [str(r[0]) for r in cur.fetchall()]
+    for t in tables:
+        cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = DATABASE() "
+                    "AND table_name = %s ORDER BY ordinal_position", (t,))
+        parts = []
+        for col, dtype in cur.fetchall():
+            q = f"`{col}`"
+            value = f"HEX({q})" if dtype.lower() in BINARY_TYPES else f"CAST({q} AS CHAR)"
+            parts.append(f"COALESCE({value}, '\\\\N')")
+        row = f"MD5(CONCAT_WS('|', {', '.join(parts)}))"
+        cur.execute(f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(SUBSTRING({row}, 1, 16), 16, 10) AS DECIMAL(65, 0))), 0) "
+                    f"FROM `{t}`")
+        rows, checksum = cur.fetchone()
+        fp.tables[t] = TableFingerprint(int(rows), format(int(checksum) & (2**128 - 1), "032x"))
+    fp.objects["tables"] = len(tables)
+    counts = {
+        "indexes": "SELECT COUNT(DISTINCT table_name, index_name) FROM information_schema.statistics "
+                   "WHERE table_schema = DATABASE()",
+        "foreign_keys": "SELECT COUNT(*) FROM information_schema.referential_constraints "
+                        "WHERE constraint_schema = DATABASE()",
+        "views": "SELECT COUNT(*) FROM information_schema.views WHERE table_schema = DATABASE()",
+        "triggers": "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE()",
+        "routines": "SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = DATABASE()",
+        "events": "SELECT COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE()",
+    }
+    for kind, sql in counts.items():
+        cur.execute(sql)
+        fp.objects[kind] = int(cur.fetchone()[0])
+
+
+def only_tables(chunks: Iterable[bytes], tables: list[str]) -> Iterator[bytes]:
+    """Keep the header and the sections of the chosen tables from a mysqldump stream."""
+    wanted = {f"`{t}`".encode() for t in tables}
+    keep = True
+    buffer = b""
+    for piece in chunks:
+        buffer += piece
+        *lines, buffer = buffer.split(b"\n")
+        out = []
+        for line in lines:
+            if line.startswith(b"-- Table structure for table ") or line.startswith(b"-- Dumping data for table "):
+                keep = line.rsplit(b" ", 1)[-1] in wanted
+            elif line.startswith(b"-- Dumping routines") or line.startswith(b"-- Dumping events") or \
+                    line.startswith(b"-- Temporary table structure for view") or \
+                    line.startswith(b"-- Final view structure for view"):
+                keep = False
+            elif line.startswith(b"/*!40") and not keep and b"SET" in line and b"@OLD_" in line:
+                keep = True  # the footer restoring session settings
+            if keep:
+                out.append(line)
+        if out:
+            yield b"\n".join(out) + b"\n"
+    if buffer and keep:
+        yield buffer

@@ -1,0 +1,232 @@
+"""PostgreSQL: pg_dump/pg_restore around an exported snapshot, fingerprint on the server.
+
+Consistency: one REPEATABLE READ transaction exports its snapshot; pg_dump runs with
+--snapshot on that very snapshot while the same transaction computes the fingerprint,
+so both describe one point in time even while the CRM keeps writing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL
+
+from crmops.dburl import parse, safe
+from crmops.engines.base import Fingerprint, TableFingerprint
+from crmops.engines.connect import classify
+from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, require_tool
+from crmops.errors import CrmopsError, DatabaseError
+
+SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
+FIX = "install the PostgreSQL client of the server's major version (apt-get install postgresql-client-N)"
+
+
+def _conninfo(u: URL) -> dict[str, Any]:
+    return {"host": u.host or "127.0.0.1", "port": u.port or 5432, "user": u.username,
+            "password": u.password, "dbname": u.database, "connect_timeout": 10}
+
+
+class PostgresEngine:
+    name = "postgresql"
+
+    def __init__(self, url: str | URL, *, jobs: int = 2, restore_owners: bool = True) -> None:
+        self.url = parse(url)
+        self.jobs = jobs
+        self.restore_owners = restore_owners
+
+    # -- connections -------------------------------------------------------------
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection:
+        try:
+            return psycopg.connect(**_conninfo(self.url), autocommit=autocommit)
+        except psycopg.OperationalError as e:
+            raise classify(e, self.url) from None
+
+    def _env(self) -> dict[str, str]:
+        u = self.url
+        env = {"PGHOST": u.host or "127.0.0.1", "PGPORT": str(u.port or 5432), "PGDATABASE": u.database or "",
+               "PGCONNECT_TIMEOUT": "10"}
+        if u.username:
+            env["PGUSER"] = u.username
+        if u.password:
+            env["PGPASSWORD"] = u.password
+        return env
+
+    def _secrets(self) -> list[str]:
+        return [self.url.password or ""]
+
+    # -- facts ---------------------------------------------------------------------
+
+    def server_version(self) -> str:
+        with self.connect() as conn:
+            return conn.execute("SHOW server_version").fetchone()[0].split()[0]
+
+    def server_major(self) -> int:
+        return int(self.server_version().split(".")[0])
+
+    def database_name(self) -> str:
+        return self.url.database or ""
+
+    def _tool(self, name: str, major: int | None = None) -> str:
+        major = major or self.server_major()
+        return require_tool([name], major, what=f"{'back up' if name == 'pg_dump' else 'restore'} PostgreSQL "
+                            f"{major}", fix=FIX, extra_dirs=[f"/usr/lib/postgresql/{major}/bin"])
+
+    def check(self) -> dict[str, Any]:
+        with self.connect() as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            tables = conn.execute(f"SELECT count(*) FROM pg_tables WHERE schemaname NOT IN {SYSTEM_SCHEMAS}"
+                                  ).fetchone()[0]
+        tools: dict[str, str] = {}
+        for t in ("pg_dump", "pg_restore"):
+            try:
+                tools[t] = self._tool(t, int(version.split(".")[0]))
+            except Exception as e:  # reported, not raised: check lists every problem
+                tools[t] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
+        return {"engine": self.name, "url": safe(self.url), "server_version": version, "size_bytes": size,
+                "tables": tables, "tools": tools,
+                "tools_ok": all(not v.startswith("unusable") for v in tools.values())}
+
+    def is_empty(self) -> bool:
+        with self.connect() as conn:
+            n = conn.execute(f"""SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'
+                                 AND c.relkind IN ('r','v','m','S','p','f'))
+                                 + (SELECT count(*) FROM pg_largeobject_metadata)""").fetchone()[0]
+        return n == 0
+
+    def schema_revision(self) -> str | None:
+        with self.connect() as conn:
+            if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+                return None
+            revs = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version ORDER BY 1")]
+        return ",".join(revs) or None
+
+    # -- fingerprint ---------------------------------------------------------------
+
+    def fingerprint(self) -> Fingerprint:
+        with self.connect(autocommit=False) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            fp = Fingerprint(self.name, sequences=_sequences(conn))
+            _fill_fingerprint(conn, fp)
+            conn.rollback()
+        return fp
+
+    # -- dump ----------------------------------------------------------------------
+
+    @contextmanager
+    def dump(self) -> Iterator[StreamedDump]:
+        version = self.server_version()
+        pg_dump = self._tool("pg_dump", int(version.split(".")[0]))
+        conn = self.connect(autocommit=False)
+        fp_conn = None
+        proc = None
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            # sequences are not transactional: read them before pg_dump does, so what it
+            # stores is never below what the fingerprint says
+            sequences = _sequences(conn)
+            proc = ToolProcess([pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}",
+                                "--no-password"], env=self._env(), secrets=self._secrets(), label="pg_dump")
+            # the fingerprint runs on a second connection in the same snapshot, alongside pg_dump
+            fp_conn = self.connect(autocommit=False)
+            fp_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            fp_conn.execute(f"SET TRANSACTION SNAPSHOT {_literal(snapshot)}")
+
+            def compute() -> Fingerprint:
+                fp = Fingerprint(self.name, sequences=sequences)
+                _fill_fingerprint(fp_conn, fp)
+                return fp
+
+            yield StreamedDump("pg-custom", proc, Background(compute), version)
+        finally:
+            if proc is not None:
+                proc.close()
+            for c in (fp_conn, conn):
+                if c is not None:
+                    try:
+                        c.rollback()
+                    finally:
+                        c.close()
+
+    # -- restore -------------------------------------------------------------------
+
+    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None) -> None:
+        if format != "pg-custom":
+            raise DatabaseError(f"a {format} dump cannot be restored into PostgreSQL")
+        pg_restore = self._tool("pg_restore")
+        argv = [pg_restore, "--no-password", f"--dbname={self.url.database}", "--exit-on-error"]
+        if not self.restore_owners:
+            argv += ["--no-owner", "--no-acl"]
+        for t in tables or []:
+            argv.append(f"--table={t}")
+        if self.jobs > 1 and not tables:
+            # parallel restore needs a seekable file: spool the stream to a private temp file
+            with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
+                path = Path(tmp) / "dump.pgc"
+                with open(path, "wb") as f:
+                    for piece in chunks:
+                        f.write(piece)
+                feed([*argv, f"--jobs={self.jobs}", str(path)], [], env=self._env(), secrets=self._secrets(),
+                     label="pg_restore")
+            return
+        feed(argv, chunks, env=self._env(), secrets=self._secrets(), label="pg_restore")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sequences(conn: psycopg.Connection) -> dict[str, int]:
+    """Each sequence's stored value (pg_sequences hides it until first use, e.g. after setval(.., false))."""
+    names = conn.execute("""SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename)
+                            FROM pg_sequences ORDER BY 1""").fetchall()
+    return {n: int(conn.execute(f"SELECT last_value FROM {n}").fetchone()[0]) for (n,) in names}
+
+
+def _fill_fingerprint(conn: psycopg.Connection, fp: Fingerprint) -> None:
+    tables = conn.execute(f"""SELECT quote_ident(schemaname) || '.' || quote_ident(tablename), schemaname, tablename
+                              FROM pg_tables WHERE schemaname NOT IN {SYSTEM_SCHEMAS} ORDER BY 2, 3""").fetchall()
+    for qualified, schema, table in tables:
+        # order-independent: the sum of each row's 64-bit md5 prefix, as numeric to avoid overflow
+        rows, checksum = conn.execute(
+            f"SELECT count(*), COALESCE(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0) "
+            f"FROM {qualified} t").fetchone()
+        name = table if schema == "public" else f"{schema}.{table}"
+        fp.tables[name] = TableFingerprint(int(rows), format(int(checksum) & (2**128 - 1), "032x"))
+    user_ns = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'"
+    counts = {
+        "tables": len(tables),
+        "indexes": f"SELECT count(*) FROM pg_indexes WHERE schemaname NOT IN {SYSTEM_SCHEMAS}",
+        "foreign_keys": f"""SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+                            WHERE c.contype = 'f' AND {user_ns}""",
+        "views": f"SELECT count(*) FROM pg_views WHERE schemaname NOT IN {SYSTEM_SCHEMAS}",
+        "materialized_views": f"SELECT count(*) FROM pg_matviews WHERE schemaname NOT IN {SYSTEM_SCHEMAS}",
+        "triggers": f"""SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {user_ns}""",
+        # routines an extension brings are the extension's, not the CRM's
+        "routines": f"""SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                        WHERE {user_ns} AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid
+                        AND d.deptype = 'e')""",
+        "sequences": f"SELECT count(*) FROM pg_sequences WHERE schemaname NOT IN {SYSTEM_SCHEMAS}",
+        "enums": f"""SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                     WHERE t.typtype = 'e' AND {user_ns}""",
+        "extensions": "SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql'",
+        "large_objects": "SELECT count(*) FROM pg_largeobject_metadata",
+    }
+    for kind, sql in counts.items():
+        fp.objects[kind] = sql if isinstance(sql, int) else int(conn.execute(sql).fetchone()[0])
+    # large objects' content, order-independent like table rows
+    lo = conn.execute("""SELECT COALESCE(sum(('x' || substr(md5(m.oid::text || ':' ||
+                           encode(lo_get(m.oid), 'hex')), 1, 16))::bit(64)::bigint::numeric), 0)
+                         FROM pg_largeobject_metadata m""").fetchone()[0]
+    if fp.objects["large_objects"]:
+        fp.tables["pg_largeobject"] = TableFingerprint(fp.objects["large_objects"],
+                                                       format(int(lo) & (2**128 - 1), "032x"))

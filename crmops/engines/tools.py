@@ -1,0 +1,206 @@
+"""Running the databases' own client tools: found, version-checked, streamed, secret-safe.
+
+Passwords reach a tool only through its environment or an option file (mode 0600),
+never its argv, because `ps` shows every user the command line of every process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from crmops.errors import DatabaseError, ToolMissing
+
+PIECE = 1 << 20
+
+
+def find_tool(names: Iterable[str], *, extra_dirs: Iterable[str] = ()) -> str | None:
+    """The first of names found in $CRMOPS_TOOLS_PATH alone when it is set; else extra_dirs, then PATH."""
+    pinned = os.environ.get("CRMOPS_TOOLS_PATH")
+    if pinned is not None:
+        return next((str(Path(d) / n) for d in pinned.split(os.pathsep) if d for n in names
+                     if os.access(Path(d) / n, os.X_OK)), None)
+    for d in extra_dirs:
+        for name in names:
+            p = Path(d) / name
+            if p.is_file() and os.access(p, os.X_OK):
+                return str(p)
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def tool_major(path: str) -> int | None:
+    """The major version a client tool reports (pg_dump 15.x -> 15; mariadb-dump 10.11 -> 10)."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"(?:PostgreSQL\)|Distrib|from|Ver)\s+(\d+)", out) or re.search(r"(\d+)\.\d+", out)
+    return int(m.group(1)) if m else None
+
+
+def require_tool(names: list[str], server_major: int | None, *, what: str, fix: str,
+                 extra_dirs: Iterable[str] = ()) -> str:
+    """A usable tool, or ToolMissing saying which and how to get it (one line)."""
+    path = find_tool(names, extra_dirs=extra_dirs)
+    if path is None:
+        raise ToolMissing(f"{names[0]} not found: it is needed to {what}", hint=fix)
+    if server_major is not None:
+        major = tool_major(path)
+        if major is not None and major < server_major:
+            raise ToolMissing(f"{path} is version {major}, older than the server ({server_major})", hint=fix)
+    return path
+
+
+def _scrub(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "********")
+    return text
+
+
+class ToolProcess:
+    """A child whose stdout is read in pieces; stderr goes to a temp file so it can never block."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str], stdin: int | None = None,
+                 secrets: Iterable[str] = (), label: str | None = None) -> None:
+        self.label = label or Path(argv[0]).name
+        self.secrets = list(secrets)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the child)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "MYSQL"))}
+        full_env.update(env)
+        try:
+            self.proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr,
+                                         env=full_env, bufsize=0)
+        except OSError as e:
+            raise ToolMissing(f"cannot run {argv[0]}: {e.strerror}") from None
+
+    def pieces(self) -> Iterator[bytes]:
+        assert self.proc.stdout is not None
+        while True:
+            data = self.proc.stdout.read(PIECE)
+            if not data:
+                break
+            yield data
+        self.wait()
+
+    def wait(self) -> None:
+        code = self.proc.wait()
+        if code != 0:
+            raise DatabaseError(f"{self.label} failed (exit {code}): {self.stderr_tail()}")
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+        useful = [t for t in text if t.strip()][-lines:]
+        return _scrub(" / ".join(useful) or "no error output", self.secrets)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+
+def feed(argv: list[str], pieces: Iterable[bytes], *, env: dict[str, str], secrets: Iterable[str] = (),
+         label: str | None = None) -> None:
+    """Run a loading tool with pieces on its stdin; raise DatabaseError with its last stderr lines."""
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the child below)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "MYSQL"))}
+    full_env.update(env)
+    name = label or Path(argv[0]).name
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, env=full_env)
+    except OSError as e:
+        raise ToolMissing(f"cannot run {argv[0]}: {e.strerror}") from None
+    assert proc.stdin is not None
+    broken = False
+    try:
+        for piece in pieces:
+            try:
+                proc.stdin.write(piece)
+            except BrokenPipeError:
+                broken = True
+                break
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            broken = True
+    code = proc.wait()
+    stderr.seek(0)
+    output = stderr.read().decode("utf-8", "replace")
+    stderr.close()
+    if code != 0 or broken:
+        lines = [t for t in output.splitlines() if t.strip()][-3:]
+        raise DatabaseError(f"{name} failed (exit {code}): {_scrub(' / '.join(lines) or 'no output', secrets)}")
+
+
+def private_file(text: str, suffix: str = "") -> str:
+    """A temp file readable only by us (for option files holding a password)."""
+    fd, path = tempfile.mkstemp(suffix=suffix, prefix="crmops-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+class StreamedDump:
+    """A dump streamed from a client tool, fingerprinted alongside in the same snapshot."""
+
+    def __init__(self, format: str, proc: ToolProcess, fingerprint: Background, server_version: str,
+                 lock_seconds: float = 0.0) -> None:
+        self.format = format
+        self._proc = proc
+        self._fingerprint = fingerprint
+        self.server_version = server_version
+        #: how long writers were held to align snapshots (MySQL/MariaDB only)
+        self.lock_seconds = lock_seconds
+
+    def chunks(self) -> Iterator[bytes]:
+        yield from self._proc.pieces()
+
+    @property
+    def fingerprint(self):  # type: ignore[no-untyped-def]
+        """Ready once the stream is consumed (it is computed while the dump runs)."""
+        return self._fingerprint.result()
+
+
+class Background:
+    """Run a function in a thread and hand back its result (or exception) later."""
+
+    def __init__(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        self._result = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self._result = fn(*args)
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+
+    def result(self):  # type: ignore[no-untyped-def]
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result

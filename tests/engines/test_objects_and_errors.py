@@ -1,0 +1,179 @@
+"""Every object kind survives by name; failures are one line with their own exit code;
+no password is ever visible in the process list."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from crmops.engines import open_engine
+from tests.conftest import _mysql_connect
+from tests.engines.test_roundtrip import roundtrip
+
+PG_OBJECTS = """
+CREATE EXTENSION IF NOT EXISTS citext;
+CREATE SCHEMA sales;
+CREATE TYPE deal_mood AS ENUM ('cold', 'warm', '热');
+CREATE TABLE sales.deals (id serial PRIMARY KEY, mood deal_mood, email citext, doc jsonb, raw bytea,
+                          at timestamptz, price numeric(14,2));
+COMMENT ON TABLE sales.deals IS '商机 table 🚀';
+INSERT INTO sales.deals (mood, email, doc, raw, at, price) VALUES
+  ('热', 'A@B.cn', '{"k": "值", "n": null}', '\\x00ff00', '2024-02-29 23:59:59.123456+08', 1234567.89),
+  (NULL, NULL, NULL, NULL, NULL, NULL);
+SELECT setval('sales.deals_id_seq', 4242);
+CREATE MATERIALIZED VIEW sales.deal_moods AS SELECT mood, count(*) AS n FROM sales.deals GROUP BY mood;
+CREATE FUNCTION sales.double_price(p numeric) RETURNS numeric LANGUAGE sql AS 'SELECT p * 2';
+CREATE TABLE sales.files (id int PRIMARY KEY, blob_oid oid);
+INSERT INTO sales.files VALUES (1, lo_from_bytea(0, '\\x255044462d312e340a00ff'::bytea));
+"""
+
+
+def test_postgres_object_kinds_survive(pg_url_factory) -> None:  # type: ignore[no-untyped-def]
+    src, dst = pg_url_factory(), pg_url_factory()
+    with psycopg.connect(src, autocommit=True) as conn:
+        conn.execute(PG_OBJECTS)
+    dumped, restored = roundtrip(src, dst)
+    assert dumped.compare(restored) == []
+    for kind in ("enums", "materialized_views", "routines", "extensions", "large_objects", "sequences"):
+        assert restored.objects[kind] >= 1, kind
+    with psycopg.connect(dst) as conn:
+        q = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+        assert q("SELECT mood::text FROM sales.deals WHERE id = 1") == "热"
+        assert q("SELECT email FROM sales.deals WHERE email = 'a@b.cn'") == "A@B.cn"  # citext works
+        assert q("SELECT doc->>'k' FROM sales.deals WHERE id = 1") == "值"
+        assert q("SELECT raw FROM sales.deals WHERE id = 1") == b"\x00\xff\x00"
+        assert str(q("SELECT price FROM sales.deals WHERE id = 1")) == "1234567.89"
+        assert q("SELECT at FROM sales.deals WHERE id = 1").microsecond == 123456
+        assert q("SELECT count(*) FROM sales.deals WHERE mood IS NULL AND doc IS NULL") == 1
+        assert q("SELECT last_value FROM sales.deals_id_seq") == 4242
+        assert q("SELECT n FROM sales.deal_moods WHERE mood = '热'") == 1
+        assert q("SELECT sales.double_price(2.5)") == 5
+        assert q("SELECT obj_description('sales.deals'::regclass)") == "商机 table 🚀"
+        assert q("SELECT lo_get(blob_oid) FROM sales.files") == b"%PDF-1.4\n\x00\xff"
+
+
+MYSQL_OBJECTS = [
+    "CREATE TABLE deals (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100), raw BLOB, doc JSON, "
+    "price DECIMAL(14,2), at DATETIME(6)) CHARACTER SET utf8mb4",
+    "INSERT INTO deals (name, raw, doc, price, at) VALUES ('客户 🚀', X'00FF00', '{\"k\": \"值\"}', 99.95, "
+    "'2024-02-29 23:59:59.123456'), (NULL, NULL, NULL, NULL, NULL)",
+    "ALTER TABLE deals AUTO_INCREMENT = 777",
+    "CREATE TABLE deal_log (id INT AUTO_INCREMENT PRIMARY KEY, deal_id INT, "
+    "FOREIGN KEY (deal_id) REFERENCES deals(id))",
+    "CREATE TRIGGER trg_deal AFTER INSERT ON deals FOR EACH ROW INSERT INTO deal_log (deal_id) VALUES (NEW.id)",
+    "CREATE VIEW deal_names AS SELECT name FROM deals WHERE name IS NOT NULL",
+    "CREATE FUNCTION double_price(p DECIMAL(14,2)) RETURNS DECIMAL(14,2) DETERMINISTIC RETURN p * 2",
+    "CREATE PROCEDURE touch_deals() UPDATE deals SET price = price",
+    "CREATE EVENT nightly_cleanup ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM deal_log WHERE deal_id IS NULL",
+]
+
+
+def test_mariadb_object_kinds_survive(mysql_url_factory) -> None:  # type: ignore[no-untyped-def]
+    src, dst = mysql_url_factory(), mysql_url_factory()
+    conn = _mysql_connect(src, make_url(src).database)
+    with conn.cursor() as cur:
+        for sql in MYSQL_OBJECTS:
+            cur.execute(sql)
+    conn.close()
+    dumped, restored = roundtrip(src, dst)
+    assert dumped.compare(restored) == []
+    assert restored.objects["routines"] == 2 and restored.objects["events"] == 1
+    assert restored.sequences["deals"] == 777
+    conn = _mysql_connect(dst, make_url(dst).database)
+    with conn.cursor() as cur:
+        cur.execute("SELECT name, raw, JSON_VALUE(doc, '$.k'), price, at FROM deals WHERE id = 1")
+        name, raw, k, price, at = cur.fetchone()
+        cur.execute("SELECT double_price(2.5), (SELECT COUNT(*) FROM deal_names)")
+        doubled, names = cur.fetchone()
+        cur.execute("INSERT INTO deals (name) VALUES ('after restore')")
+        cur.execute("SELECT COUNT(*) FROM deal_log")
+        logged = cur.fetchone()[0]
+    conn.close()
+    assert (name, raw, k, str(price), at.microsecond) == ("客户 🚀", b"\x00\xff\x00", "值", "99.95", 123456)
+    assert float(doubled) == 5.0 and names == 1 and logged == 1  # the trigger fires in the copy
+
+
+def crmops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "crmops", *args], capture_output=True, text=True, env=full,
+                          timeout=120)
+
+
+def _with(url: str, **parts: object) -> str:
+    return make_url(url).set(**parts).render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("kind", ["pg", "mysql"])
+def test_each_failure_has_its_own_exit_code(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = request.getfixturevalue(f"{kind}_url")
+    password = make_url(url).password
+    cases = {
+        "wrong password": (_with(url, password="not-the-password"), {}, 11),
+        "unreachable host": (_with(url, host="127.0.0.1", port=9), {}, 10),
+        "missing database": (_with(url, database="no_such_crm"), {}, 12),
+        "missing tools": (url, {"CRMOPS_TOOLS_PATH": str(tmp_path)}, 13),
+    }
+    for what, (target, env, code) in cases.items():
+        r = crmops("db", "check", "--url", target, env=env)
+        assert r.returncode == code, (what, r.stderr)
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, what
+        assert password not in r.stderr and password not in r.stdout, what
+
+
+def test_missing_sqlite_file(tmp_path: Path) -> None:
+    r = crmops("db", "check", "--url", f"sqlite:///{tmp_path}/none.db")
+    assert r.returncode == 12 and "not found" in r.stderr
+
+
+def _visible_secret(secret: str, tools: set[str]) -> list[str]:
+    """Processes whose command line shows the secret; adds dump tools seen running to tools."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\x00", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            if secret in cmdline:
+                found.append(cmdline)
+            if "pg_dump" in cmdline or "mariadb-dump" in cmdline or "mysqldump" in cmdline:
+                tools.add(cmdline.split()[0])
+    return found
+
+
+@pytest.mark.parametrize("kind", ["pg", "mysql"])
+def test_no_password_in_the_process_list(kind: str, request: pytest.FixtureRequest) -> None:
+    from crmops.democrm.load import create
+
+    url = request.getfixturevalue(f"{kind}_url")
+    secret = make_url(url).password
+    assert secret and len(secret) >= 16
+    create(url, size="small")
+    seen: list[str] = []
+    tools: set[str] = set()
+    with open_engine(url).dump() as d:
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                seen.extend(_visible_secret(secret, tools))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            for _ in d.chunks():
+                time.sleep(0.05)  # a slow reader keeps the tool alive long enough to be watched
+        finally:
+            stop.set()
+            watcher.join()
+    assert tools, "the dump tool was never seen running"
+    assert seen == []
