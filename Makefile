@@ -28,8 +28,8 @@ testbed-status:
 	bash scripts/testbed.sh status
 
 test: testbed
-	$(BIN)/ruff check crmops tests bench
+	$(BIN)/ruff check crmops tests
 	$(BIN)/pytest -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check crmops tests bench
+	$(BIN)/ruff check crmops tests
