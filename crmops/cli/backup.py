@@ -1,0 +1,31 @@
+"""`crmops backup`: the nightly job."""
+
+from __future__ import annotations
+
+import click
+
+from crmops.cli.context import AppContext, pass_app
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+@click.command("backup")
+@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@pass_app
+def backup_cmd(app: AppContext, tags: tuple[str, ...]) -> None:
+    """Snapshot the CRM's database and attachments into the repository."""
+    from crmops.services.backup import backup
+
+    with app.progress("backup") as advance:
+        result = backup(app.config, tags=tags, progress=advance)
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        ratio = f"dedup ratio {result.dedup_ratio}" if result.dedup_ratio else "nothing new to store"
+        console.print(f"snapshot {result.snapshot_id} of {result.engine} {result.server_version} "
+                      f"in {result.duration_s} s: read {_mb(result.bytes_read)}, new {_mb(result.bytes_new)} "
+                      f"({result.chunks_new}/{result.chunks} chunks new, {ratio}), "
+                      f"{result.files} attachment entries")
+
+    app.emit(result.to_dict(), human)

@@ -1,0 +1,44 @@
+"""`crmops check`: is every snapshot in the repository whole?"""
+
+from __future__ import annotations
+
+import click
+
+from crmops.cli.context import AppContext, pass_app
+from crmops.errors import IntegrityError
+
+
+def _percent(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.rstrip("%"))
+    except ValueError:
+        raise click.BadParameter("a percentage such as 10%") from None
+    if not 0 < number <= 100:
+        raise click.BadParameter("between 0 and 100%")
+    return number
+
+
+@click.command("check")
+@click.option("--read-data", is_flag=True, help="Read and authenticate every chunk.")
+@click.option("--read-data-subset", "subset", callback=_percent, metavar="N%",
+              help="Read N% of the chunks, those read longest ago first, so runs cover everything in turn.")
+@pass_app
+def check_cmd(app: AppContext, read_data: bool, subset: float | None) -> None:
+    """Check that every manifest opens and every chunk it needs is present (and, optionally, intact)."""
+    from crmops.services.check import check
+
+    report = check(app.config, read_data=read_data, subset_percent=subset)
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        console.print(f"{report.snapshots} snapshots, {report.chunks_referenced} chunks referenced, "
+                      f"{report.chunks_read} read and authenticated; coverage {report.coverage_percent}%")
+        for d in report.damaged:
+            console.print(f"[red]DAMAGED[/red] {d.object}: {d.problem}; affects snapshots {', '.join(d.snapshots)}")
+
+    app.emit(report.to_dict(), human)
+    if not report.ok:
+        first = report.damaged[0]
+        raise IntegrityError(f"{len(report.damaged)} damaged object(s), first {first.object}: {first.problem}",
+                             hint=f"affects snapshots {', '.join(first.snapshots)}")

@@ -1,0 +1,53 @@
+"""`crmops repo init` and `crmops repo info`."""
+
+from __future__ import annotations
+
+import click
+
+from crmops.cli.context import AppContext, pass_app
+
+
+@click.group("repo")
+def repo_group() -> None:
+    """Create and inspect the snapshot repository."""
+
+
+@repo_group.command("init")
+@pass_app
+def init_cmd(app: AppContext) -> None:
+    """Create the repository and its master key (wrapped by the passphrase or key file)."""
+    from crmops.repository import Repository, credential, write_key_file
+    from crmops.storage import open_store
+
+    cfg = app.config
+    created_key = False
+    if cfg.encryption.key_file is not None and not cfg.encryption.key_file.exists():
+        write_key_file(cfg.encryption.key_file)
+        created_key = True
+    store = open_store(cfg.repository.url, cfg.repository)
+    repo = Repository.init(store, credential(cfg), chunk_avg=cfg.repository.chunk_avg_kib * 1024,
+                           compression_level=cfg.repository.compression_level)
+    result = {"ok": True, "repository": store.url, "id": repo.id, "key_slot": repo.slot_id,
+              "key_file_created": str(cfg.encryption.key_file) if created_key else None}
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        console.print(f"created repository {repo.id} at {store.url}")
+        if created_key:
+            console.print(f"generated key file {cfg.encryption.key_file}: keep a copy somewhere safe, "
+                          "away from the repository; without it the backups cannot be read")
+
+    app.emit(result, human)
+
+
+@repo_group.command("info")
+@pass_app
+def info_cmd(app: AppContext) -> None:
+    """Where the repository is, its format, and how much it holds."""
+    from crmops.repository import open_repository
+
+    repo = open_repository(app.config)
+    objects = list(repo.store.list("data/"))
+    result = {"repository": repo.store.url, "id": repo.id, "format": repo.config["format"],
+              "chunker": repo.config["chunker"], "snapshots": len(repo.snapshot_ids()), "chunks": len(objects),
+              "stored_bytes": sum(size for _, size in objects)}
+    app.emit(result, lambda c: [c.print(f"{k}: {v}") for k, v in result.items()])

@@ -1,0 +1,35 @@
+"""`crmops restore`: bring a snapshot back, never over live data by accident."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crmops.cli.context import AppContext, pass_app
+
+
+@click.command("restore")
+@click.argument("snapshot", default="latest")
+@click.option("--to", "to_url", required=True, help="Target database URL (empty, unless --force).")
+@click.option("--tables", help="Only these tables, comma-separated (e.g. into a scratch database).")
+@click.option("--attachments-to", type=click.Path(file_okay=False, path_type=Path),
+              help="Also restore the attachments into this folder.")
+@click.option("--force", is_flag=True, help="Replace a non-empty target, after a pre-restore snapshot of it.")
+@pass_app
+def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None, attachments_to: Path | None,
+                force: bool) -> None:
+    """Restore SNAPSHOT (an id, a unique prefix, or latest) into the database at --to."""
+    from crmops.services.restore import restore
+
+    chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
+    result = restore(app.config, snapshot, to_url=to_url, tables=chosen, attachments_to=attachments_to, force=force)
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        if result.safety_snapshot:
+            console.print(f"the target's previous content is in snapshot {result.safety_snapshot} (pre-restore)")
+        what = f"tables {', '.join(result.tables)}" if result.tables else "the database"
+        console.print(f"restored {what} from snapshot {result.snapshot_id} into {result.target} "
+                      f"in {result.seconds} s" + (f", {result.files} attachment entries" if result.files else ""))
+
+    app.emit(result.to_dict(), human)
