@@ -68,3 +68,11 @@ def test_init_writes_a_starter_that_validates(tmp_path: Path) -> None:
 def test_unknown_command_is_usage_error() -> None:
     r = crmops("frobnicate")
     assert r.returncode == 2
+
+
+def test_readme_documents_every_exit_code() -> None:
+    from crmops.errors import EXIT_CODES
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for code, meaning in EXIT_CODES.items():
+        assert f"| {code} | {meaning} |" in readme, code

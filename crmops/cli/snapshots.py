@@ -21,7 +21,7 @@ def snapshots_cmd(app: AppContext) -> None:
     def human(console) -> None:  # type: ignore[no-untyped-def]
         t = Table("id", "time (UTC)", "tags", "engine", "schema", "size", "new")
         for s in snaps:
-            t.add_row(s.id[:10], s.time.replace("+00:00", ""), ",".join(s.tags), f"{s.engine} {s.server_version}",
+            t.add_row(s.id[:10], s.time[:19].replace("T", " "), ",".join(s.tags), f"{s.engine} {s.server_version}",
                       s.schema_revision or "", f"{s.size / 1e6:,.1f} MB", f"{s.bytes_new / 1e6:,.1f} MB")
         console.print(t if snaps else "no snapshots yet: run `crmops backup`")
 
