@@ -407,8 +407,8 @@ class SnapshotWriter:
         self._drain()
         snapshot_id = uuid.uuid4().hex[:16]
         manifest = {"id": snapshot_id, "time": _now().isoformat(timespec="microseconds"),
-                    "hostname": socket.gethostname(), "tool": f"crmops {__version__}", "tags": self.tags, **meta, "streams": self.streams,
-                    "files": self.files, "stats": {**self.stats.to_dict(),
+                    "hostname": socket.gethostname(), "tool": f"crmops {__version__}", "tags": self.tags, **meta,
+                    "streams": self.streams, "files": self.files, "stats": {**self.stats.to_dict(),
                                                    "seconds": round(time.monotonic() - self.started, 2)}}
         self.repo.save_manifest(manifest)
         return manifest
