@@ -1,0 +1,166 @@
+"""A repository in any S3-compatible bucket (AWS, MinIO, Ceph, OSS, COS, B2...).
+
+Retries are ours, not botocore's: exponential backoff with full jitter (tenacity) on
+throttling, 5xx answers, timeouts and dropped connections, so a flaky link at 2 a.m.
+slows the nightly job down instead of failing it. Objects are read whole (ranged GETs
+are slow on several S3 implementations); large objects are written in parallel parts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from crmops.config import S3Config
+from crmops.errors import (
+    ConfigError,
+    IntegrityError,
+    RepositoryNotFound,
+    StorageAccessDenied,
+    StorageUnreachable,
+)
+
+log = logging.getLogger("crmops.storage.s3")
+MULTIPART_THRESHOLD = 64 << 20
+LOCKED_PREFIXES = ("data/", "snapshots/", "keys/", "config")
+THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+             "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
+DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccountProblem", "403"}
+TRANSIENT_IO = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
+                ResponseStreamingError, ConnectionError, TimeoutError)
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return err.get("Code") in THROTTLED or status >= 500 or status == 429
+    return isinstance(exc, TRANSIENT_IO) or (isinstance(exc, BotoCoreError) and "Connection" in type(exc).__name__)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.info("S3 request failed (%s), retry %d", type(exc).__name__, state.attempt_number)
+
+
+class S3Store:
+    def __init__(self, url: str, cfg: S3Config) -> None:
+        rest = url[len("s3://"):]
+        self.bucket, _, prefix = rest.partition("/")
+        if not self.bucket:
+            raise ConfigError(f"repository URL {url!r} names no bucket (expected s3://bucket/prefix)")
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{self.bucket}/{self.prefix}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
+        self.cfg = cfg
+        session = boto3.session.Session(
+            aws_access_key_id=cfg.access_key_id.get_secret_value() if cfg.access_key_id else None,
+            aws_secret_access_key=cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None,
+            region_name=cfg.region)
+        self.client = session.client(
+            "s3", endpoint_url=cfg.endpoint_url,
+            config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"},  # the policy is ours
+                              connect_timeout=min(cfg.timeout_seconds, 10), read_timeout=cfg.timeout_seconds,
+                              max_pool_connections=cfg.max_concurrency * 2,
+                              s3={"addressing_style": cfg.addressing_style}))
+        self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=16 << 20,
+                                       max_concurrency=cfg.max_concurrency, use_threads=True)
+        self._call = retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(cfg.max_attempts),
+                           wait=wait_random_exponential(multiplier=0.2, max=20), reraise=True,
+                           before_sleep=_log_retry)(self._raw)
+
+    def _raw(self, op: str, **kwargs: Any) -> Any:
+        result = getattr(self.client, op)(**kwargs)
+        if op == "get_object":
+            return result["Body"].read()  # inside the retry: a dropped body is retried too
+        return result
+
+    def _do(self, op: str, key: str | None = None, **kwargs: Any) -> Any:
+        """One S3 call with our retries; failures become one clear crmops error."""
+        try:
+            return self._call(op, Bucket=self.bucket, **kwargs)
+        except NoCredentialsError:
+            raise StorageAccessDenied(f"{self.url}: no S3 credentials",
+                                      hint="set repository.s3.access_key_id/secret_access_key or AWS_* variables") \
+                from None
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NoSuchKey", "404") and key is not None:
+                raise IntegrityError(f"object {key} is missing from {self.url}") from None
+            if code == "NoSuchBucket":
+                raise RepositoryNotFound(f"bucket {self.bucket} does not exist at {self.cfg.endpoint_url or 'S3'}",
+                                         hint="create the bucket, or check repository.url") from None
+            if code in DENIED or status == 403:
+                raise StorageAccessDenied(f"{self.url}: S3 refused the credentials ({code or status})") from None
+            raise StorageUnreachable(f"{self.url}: S3 error {code or status}: {e}") from None
+        except (BotoCoreError, ConnectionError, TimeoutError) as e:
+            raise StorageUnreachable(f"{self.url}: cannot reach S3 ({type(e).__name__})",
+                                     hint="check repository.s3.endpoint_url and the network") from None
+
+    def put(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> None:
+        if retain_until is None and self.cfg.object_lock_days and key.startswith(LOCKED_PREFIXES):
+            # what a snapshot needs is kept under Object Lock: a stolen credential cannot delete it
+            retain_until = datetime.now(UTC) + timedelta(days=self.cfg.object_lock_days)
+        extra: dict[str, Any] = {}
+        if retain_until is not None:
+            extra = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until,
+                     "ContentMD5": base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()}
+        if len(data) >= MULTIPART_THRESHOLD and not extra:
+            import io
+
+            def upload() -> None:
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.prefix + key, Config=self.transfer)
+
+            try:
+                retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(self.cfg.max_attempts),
+                      wait=wait_random_exponential(multiplier=0.2, max=20), reraise=True)(upload)()
+            except Exception as e:  # mapped like any other call
+                raise StorageUnreachable(f"{self.url}: multipart upload of {key} failed: {type(e).__name__}") \
+                    from None
+            return
+        self._do("put_object", key, Key=self.prefix + key, Body=data, **extra)
+
+    def get(self, key: str) -> bytes:
+        return self._do("get_object", key, Key=self.prefix + key)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._do("head_object", key, Key=self.prefix + key)
+            return True
+        except IntegrityError:
+            return False
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": self.prefix + prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._do("list_objects_v2", **kwargs)
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(self.prefix):], obj["Size"]
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def delete(self, key: str) -> None:
+        self._do("delete_object", key, Key=self.prefix + key)
