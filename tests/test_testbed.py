@@ -65,9 +65,15 @@ def test_postgres_image_contract(docker_client) -> None:  # type: ignore[no-unty
                              "SELECT current_user || ' ' || current_database() || ' ' || version()"],
                          env={"PGPASSWORD": env["POSTGRES_PASSWORD"]})
         assert out.startswith("crm crmdb PostgreSQL 15.")
-        code, out = c.exec_run(["psql", "-h", "127.0.0.1", "-U", "crm", "-d", "crmdb", "-c", "SELECT 1"],
+        # as in the official image, loopback inside the container is trusted; the network is not
+        c.reload()
+        ip = next(iter(c.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+        code, out = c.exec_run(["psql", "-h", ip, "-U", "crm", "-d", "crmdb", "-c", "SELECT 1"],
                                environment={"PGPASSWORD": "wrong"})
         assert code != 0 and b"password authentication failed" in out
+        code, _ = c.exec_run(["psql", "-h", ip, "-U", "crm", "-d", "crmdb", "-c", "SELECT 1"],
+                             environment={"PGPASSWORD": env["POSTGRES_PASSWORD"]})
+        assert code == 0
     finally:
         c.remove(force=True)
 

@@ -43,6 +43,9 @@ build_mariadb() {
   have mariadb:10.11 && return
   local dir; dir=$(rootfs mariadb "mariadb-server,mariadb-client")
   install -m 755 "$HERE/mariadb-entrypoint.sh" "$dir/usr/local/bin/docker-entrypoint.sh"
+  # Debian's postinst initialises a datadir; the official image ships it empty so the
+  # entrypoint sets it up from MARIADB_* on first start
+  rm -rf "$dir"/var/lib/mysql/*
   mkdir -p "$dir/docker-entrypoint-initdb.d"
   import "$dir" mariadb:10.11 /usr/local/bin/docker-entrypoint.sh 3306 "LANG=C.UTF-8"
   echo "built mariadb:10.11"

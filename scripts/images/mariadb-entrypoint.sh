@@ -37,7 +37,6 @@ if [ ! -d "$DATADIR/mysql" ]; then
   rootpw=$(esc "$MARIADB_ROOT_PASSWORD")
   {
     echo "SET @@SESSION.SQL_LOG_BIN=0;"
-    echo "DELETE FROM mysql.user WHERE user='';"
     echo "ALTER USER 'root'@'localhost' IDENTIFIED BY '$rootpw';"
     echo "CREATE USER 'root'@'%' IDENTIFIED BY '$rootpw';"
     echo "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;"
@@ -49,7 +48,9 @@ if [ ! -d "$DATADIR/mysql" ]; then
       [ -n "$MARIADB_DATABASE" ] && echo "GRANT ALL ON \`$MARIADB_DATABASE\`.* TO '$MARIADB_USER'@'%';"
     fi
     echo "FLUSH PRIVILEGES;"
-  } | mariadb --socket="$SOCK" -uroot
+  } >/tmp/init.sql  # the container's own /tmp, removed right after
+  mariadb --socket="$SOCK" -uroot </tmp/init.sql || { echo "error: initial SQL failed" >&2; exit 1; }
+  rm -f /tmp/init.sql
   for f in /docker-entrypoint-initdb.d/*; do
     case "$f" in
       *.sql) MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb --socket="$SOCK" -uroot ${MARIADB_DATABASE:+"$MARIADB_DATABASE"} <"$f" ;;
