@@ -28,11 +28,11 @@ testbed-status:
 	bash scripts/testbed.sh status
 
 test: testbed
-	$(BIN)/ruff check crmops tests
+	$(BIN)/ruff check crmops tests bench
 	$(BIN)/pytest -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check crmops tests
+	$(BIN)/ruff check crmops tests bench
 
 # The main job on the embedded default: a SQLite demo CRM and a local repository
 # under ./demo, no servers. Run it again to see deduplication at work.
@@ -52,6 +52,11 @@ demo: venv
 	rm -rf demo/restored && mkdir -p demo/restored; \
 	$$C restore latest --to sqlite:///demo/restored/crm.db --attachments-to demo/restored/attachments; \
 	echo "== done: see README.md for the tour, and crmops --help for everything else"
+
+# Speed and memory against pg_dump, pg_restore, the usual openssl script and restic,
+# in one run; prints a table and writes bench/results.json (needs the test bed).
+bench: testbed
+	$(BIN)/python bench/run.py --size $(BENCH_SIZE)
 
 clean-demo:
 	rm -rf demo
