@@ -48,8 +48,6 @@ class _Section(BaseModel):
 
 class DatabaseConfig(_Section):
     url: str = Field("sqlite:///demo/crm.db", description="SQLAlchemy URL of the CRM database")
-    #: where dump tools come from: the local PATH, or the engine's Docker image
-    tools: Literal["local", "docker"] = "local"
     #: extra objects to leave out of a restore elsewhere (owners and grants)
     restore_owners: bool = True
     jobs: int = Field(2, ge=1, le=64, description="parallel restore jobs (pg_restore -j)")

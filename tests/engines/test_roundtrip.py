@@ -111,3 +111,14 @@ def test_consistent_while_the_crm_writes(pair: tuple[str, str]) -> None:
     assert dumped.compare(restored) == []
     # and the source moved on: the dump is a point in the past, not the present
     assert open_engine(src).fingerprint().tables["activities"].rows > dumped.tables["activities"].rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", ENGINES, indirect=True)
+def test_medium_demo_crm_round_trip(pair: tuple[str, str]) -> None:
+    """The size the issue names: ~125,000 rows with every data kind, dumped and restored whole."""
+    src, dst = pair
+    built = create(src, size="medium", version="2.0")
+    dumped, restored = roundtrip(src, dst)
+    assert dumped.compare(restored) == []
+    assert restored.tables["activities"].rows == built.rows["activities"] == 90000
