@@ -33,10 +33,13 @@ secret() {  # a random password kept across runs, so a running server keeps matc
   cat "$f"
 }
 
-wait_for() {  # wait_for SECONDS WHAT COMMAND...
+wait_for() {  # wait_for SECONDS WHAT COMMAND...  (WATCH_PID/WATCH_LOG: fail fast if it dies)
   local limit=$1 what=$2; shift 2
   local t0=$SECONDS
   until "$@" >/dev/null 2>&1; do
+    if [ -n "${WATCH_PID:-}" ] && ! kill -0 "$WATCH_PID" 2>/dev/null; then
+      log "$what exited during start-up:"; tail -5 "${WATCH_LOG:-/dev/null}" >&2; return 1
+    fi
     if (( SECONDS - t0 > limit )); then log "$what did not come up within ${limit}s"; return 1; fi
     sleep 0.3
   done
@@ -115,6 +118,7 @@ start_mariadb() {
     --innodb-flush-log-at-trx-commit=2 --innodb-buffer-pool-size=512M --max-connections=300 \
     --log-error="$run/mysqld.log" --skip-name-resolve >/dev/null 2>&1 &
   echo $! >"$BED/mysql.pid"
+  local WATCH_PID; WATCH_PID=$(cat "$BED/mysql.pid"); local WATCH_LOG="$run/mysqld.log"
   if [ -f "$BED/mysql.needs-password" ]; then
     wait_for 60 mariadb mariadb-admin --socket="$sock" -uroot ping
     # the password goes in through stdin, never on a command line
