@@ -1,0 +1,63 @@
+"""`crmops forget` and `crmops prune`: retention."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from crmops.cli.context import AppContext, pass_app
+
+KEEPS = ["last", "hourly", "daily", "weekly", "monthly", "yearly"]
+
+
+def _keep_options(f):  # type: ignore[no-untyped-def]
+    for name in reversed(KEEPS):
+        f = click.option(f"--keep-{name}", type=click.IntRange(min=0),
+                         help=f"Override retention.keep_{name} from the configuration.")(f)
+    return f
+
+
+@click.command("forget")
+@_keep_options
+@click.option("--prune", "and_prune", is_flag=True, help="Also delete the chunks no snapshot needs any more.")
+@click.option("--dry-run", is_flag=True, help="Show what would go, change nothing.")
+@pass_app
+def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | None) -> None:
+    """Forget snapshots the retention policy does not keep."""
+    from crmops.services.prune import forget
+
+    overrides = {k: v for k, v in keeps.items() if v is not None}
+    policy = app.config.retention.model_copy(update=overrides)
+    result = forget(app.config, policy=policy, dry_run=dry_run, prune_after=and_prune)
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        t = Table("snapshot", "verdict", "why kept")
+        for sid, reasons in result.keep.items():
+            t.add_row(sid, "keep", ", ".join(reasons))
+        for sid in result.forget:
+            t.add_row(sid, "[red]would forget[/red]" if dry_run else "[red]forgotten[/red]", "")
+        console.print(t)
+        if result.prune:
+            _say_prune(console, result.prune)
+
+    app.emit(result.to_dict(), human)
+
+
+def _say_prune(console, p) -> None:  # type: ignore[no-untyped-def]
+    verb = "would delete" if p.dry_run else "deleted"
+    console.print(f"prune {verb} {p.chunks_deleted} chunks ({p.bytes_freed / 1e6:,.1f} MB)")
+    for line in p.refused:
+        console.print(f"[yellow]kept (refused by storage)[/yellow] {line}")
+
+
+@click.command("prune")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted, delete nothing.")
+@pass_app
+def prune_cmd(app: AppContext, dry_run: bool) -> None:
+    """Delete chunks no snapshot references (under the exclusive lock)."""
+    from dataclasses import asdict
+
+    from crmops.services.prune import prune
+
+    result = prune(app.config, dry_run=dry_run)
+    app.emit(asdict(result), lambda c: _say_prune(c, result))
