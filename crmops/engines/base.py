@@ -102,6 +102,10 @@ class Engine(Protocol):
 
     def server_version(self) -> str: ...
 
+    def server_major(self) -> int:
+        """The leading number of server_version(), e.g. for choosing a sandbox image (postgres:15)."""
+        ...
+
     def database_name(self) -> str: ...
 
     def check(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ writers go and fingerprints inside its snapshot while the dump streams.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -73,9 +74,14 @@ class MysqlEngine:
     def database_name(self) -> str:
         return self.url.database or ""
 
-    def _tool(self, kind: str) -> str:
+    def _tool(self, kind: str, version: str | None = None) -> str:
+        """mariadb-dump/mysqldump or the mariadb/mysql client, from the server's release or newer."""
+        version = version or self.server_version()
+        release = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+        flavor = "mariadb" if "mariadb" in version.lower() else "mysql"
         names = ["mariadb-dump", "mysqldump"] if kind == "dump" else ["mariadb", "mysql"]
-        return require_tool(names, None, what=f"{'back up' if kind == 'dump' else 'restore'} MySQL/MariaDB", fix=FIX)
+        return require_tool(names, release, what=f"{'back up' if kind == 'dump' else 'restore'} {flavor} {version}",
+                            fix=FIX, flavor=flavor)
 
     def check(self) -> dict[str, Any]:
         version = self.server_version()
@@ -85,7 +91,7 @@ class MysqlEngine:
         tools: dict[str, str] = {}
         for kind in ("dump", "client"):
             try:
-                tools[kind] = self._tool(kind)
+                tools[kind] = self._tool(kind, version)
             except Exception as e:  # reported, not raised
                 tools[kind] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
         return {"engine": self.name, "url": safe(self.url), "server_version": version, "size_bytes": int(size),
@@ -120,7 +126,7 @@ class MysqlEngine:
     @contextmanager
     def dump(self) -> Iterator[StreamedDump]:
         version = self.server_version()
-        tool = self._tool("dump")
+        tool = self._tool("dump", version)
         options = self._option_file()
         conn = self.connect()
         proc = None

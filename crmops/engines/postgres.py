@@ -23,7 +23,8 @@ from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, re
 from crmops.errors import CrmopsError, DatabaseError
 
 SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
-FIX = "install the PostgreSQL client of the server's major version (apt-get install postgresql-client-N)"
+FIX = ("install the PostgreSQL {major} client (apt-get install postgresql-client-{major}), "
+       "or name its bin folder in CRMOPS_TOOLS_PATH")
 
 
 def _conninfo(u: URL) -> dict[str, Any]:
@@ -74,8 +75,8 @@ class PostgresEngine:
 
     def _tool(self, name: str, major: int | None = None) -> str:
         major = major or self.server_major()
-        return require_tool([name], major, what=f"{'back up' if name == 'pg_dump' else 'restore'} PostgreSQL "
-                            f"{major}", fix=FIX, extra_dirs=[f"/usr/lib/postgresql/{major}/bin"])
+        return require_tool([name], (major,), what=f"{'back up' if name == 'pg_dump' else 'restore'} PostgreSQL "
+                            f"{major}", fix=FIX.format(major=major), extra_dirs=[f"/usr/lib/postgresql/{major}/bin"])
 
     def check(self) -> dict[str, Any]:
         with self.connect() as conn:

@@ -38,26 +38,45 @@ def find_tool(names: Iterable[str], *, extra_dirs: Iterable[str] = ()) -> str | 
     return None
 
 
-def tool_major(path: str) -> int | None:
-    """The major version a client tool reports (pg_dump 15.x -> 15; mariadb-dump 10.11 -> 10)."""
+def tool_version(path: str) -> tuple[tuple[int, int], str] | None:
+    """(major, minor) of the server release a client tool belongs to, and its --version text.
+
+    mariadb-dump says "Ver 10.19 Distrib 10.11.6-MariaDB": 10.19 is the tool's own
+    number, the Distrib is the release that matters; pg_dump says "(PostgreSQL) 15.4".
+    """
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
-    m = re.search(r"(?:PostgreSQL\)|Distrib|from|Ver)\s+(\d+)", out) or re.search(r"(\d+)\.\d+", out)
-    return int(m.group(1)) if m else None
+    for pattern in (r"PostgreSQL\)\s+(\d+)(?:\.(\d+))?", r"Distrib\s+(\d+)\.(\d+)", r"\bfrom\s+(\d+)\.(\d+)",
+                    r"\bVer\s+(\d+)\.(\d+)"):
+        m = re.search(pattern, out)
+        if m:
+            return (int(m.group(1)), int(m.group(2) or 0)), out.strip()
+    return None
 
 
-def require_tool(names: list[str], server_major: int | None, *, what: str, fix: str,
-                 extra_dirs: Iterable[str] = ()) -> str:
-    """A usable tool, or ToolMissing saying which and how to get it (one line)."""
+def require_tool(names: list[str], server: tuple[int, ...] | None, *, what: str, fix: str,
+                 extra_dirs: Iterable[str] = (), flavor: str | None = None) -> str:
+    """A usable tool, or ToolMissing saying which and how to get it (one line).
+
+    server is the release the tool must reach: (major,) for PostgreSQL, (major, minor)
+    for MariaDB/MySQL, whose release series are major.minor. flavor ("mariadb" or "mysql")
+    names the server's kind: a tool of the other kind is not compared, as their numbers
+    count different releases (MySQL 8.0 is not older than MariaDB 10.11).
+    """
     path = find_tool(names, extra_dirs=extra_dirs)
     if path is None:
         raise ToolMissing(f"{names[0]} not found: it is needed to {what}", hint=fix)
-    if server_major is not None:
-        major = tool_major(path)
-        if major is not None and major < server_major:
-            raise ToolMissing(f"{path} is version {major}, older than the server ({server_major})", hint=fix)
+    if server is not None:
+        found = tool_version(path)
+        if found is not None:
+            release, text = found
+            same_flavor = flavor is None or ("mariadb" in text.lower()) == (flavor == "mariadb")
+            if same_flavor and release[:len(server)] < server:
+                have = ".".join(map(str, release[:len(server)]))
+                want = ".".join(map(str, server))
+                raise ToolMissing(f"{path} is from release {have}, older than the server ({want})", hint=fix)
     return path
 
 

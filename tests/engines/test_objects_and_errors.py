@@ -177,3 +177,46 @@ def test_no_password_in_the_process_list(kind: str, request: pytest.FixtureReque
             watcher.join()
     assert tools, "the dump tool was never seen running"
     assert seen == []
+
+
+def _fake_tool(folder: Path, name: str, says: str) -> None:
+    """An executable that answers --version like an old client would (and cannot dump)."""
+    path = folder / name
+    path.write_text(f"#!/bin/sh\necho '{says}'\nexit 1\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("kind", ["pg", "mysql"])
+def test_older_client_tools_are_refused(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = request.getfixturevalue(f"{kind}_url")
+    if kind == "pg":
+        for name in ("pg_dump", "pg_restore"):
+            _fake_tool(tmp_path, name, f"{name} (PostgreSQL) 13.2")
+    else:
+        _fake_tool(tmp_path, "mariadb-dump", "mariadb-dump  Ver 10.19 Distrib 10.5.2-MariaDB, for debian-linux-gnu")
+        _fake_tool(tmp_path, "mariadb", "mariadb  Ver 15.1 Distrib 10.5.2-MariaDB, for debian-linux-gnu")
+    r = crmops("db", "check", "--url", url, env={"CRMOPS_TOOLS_PATH": str(tmp_path)})
+    assert r.returncode == 13, r.stderr
+    assert "older than the server" in r.stderr and r.stderr.count("\n") == 1
+    assert ("postgresql-client-15" if kind == "pg" else "mariadb-client") in r.stderr
+
+
+def test_real_tools_report_the_release_they_belong_to() -> None:
+    from crmops.engines.tools import find_tool, tool_version
+
+    pg_dump, mariadb_dump = find_tool(["pg_dump"]), find_tool(["mariadb-dump", "mysqldump"])
+    assert pg_dump and mariadb_dump
+    assert tool_version(pg_dump)[0][0] >= 15
+    # "Ver 10.19" is the tool's own number; the Distrib release is what must match the server
+    assert tool_version(mariadb_dump)[0] >= (10, 11)
+
+
+def test_mariadb_dump_holds_writers_only_briefly(mysql_url: str) -> None:
+    from crmops.democrm.load import create
+
+    create(mysql_url, size="small")
+    with open_engine(mysql_url).dump() as d:
+        for _ in d.chunks():
+            pass
+        assert d.fingerprint.tables["activities"].rows == 2500
+    assert 0 < d.lock_seconds < 2.0
