@@ -13,15 +13,37 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BED="${CRMOPS_TESTBED_DIR:-$ROOT/.testbed}"
-PG_PORT="${CRMOPS_TESTBED_PG_PORT:-55432}"
-MY_PORT="${CRMOPS_TESTBED_MYSQL_PORT:-53306}"
-S3_PORT="${CRMOPS_TESTBED_S3_PORT:-55000}"
 PYTHON="${CRMOPS_TESTBED_PYTHON:-$ROOT/.venv/bin/python}"
 PG_BIN=/usr/lib/postgresql/15/bin
 APT_PACKAGES=(docker.io debootstrap postgresql mariadb-server restic chromium iproute2 procps openssl)
 
 mkdir -p "$BED"
 chmod 711 "$BED"  # postgres and mysql users must reach their own folders
+listening() { (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
+free_port() {  # free_port PORT: PORT, or the first of PORT+1000, PORT+2000... nobody listens on
+  local p=$1
+  while listening "$p"; do p=$((p + 1000)); done
+  echo "$p"
+}
+
+# Ports are chosen once per state folder and kept in $BED/ports, so a second checkout
+# (e.g. CI in a fresh clone beside a running bed) runs alongside instead of clashing.
+# CRMOPS_TESTBED_{PG,MYSQL,S3}_PORT win when set.
+port_of() { sed -n "s|^$1=.*@\?127.0.0.1:\([0-9]*\).*|\1|p" "$BED/env" 2>/dev/null; }
+if [ -s "$BED/ports" ]; then
+  . "$BED/ports"
+elif [ -s "$BED/env" ]; then  # a bed from before the ports file: keep its ports
+  PG_PORT=$(port_of CRMOPS_TEST_PG_URL); MY_PORT=$(port_of CRMOPS_TEST_MYSQL_URL)
+  S3_PORT=$(port_of CRMOPS_TEST_S3_ENDPOINT)
+fi
+PG_PORT="${CRMOPS_TESTBED_PG_PORT:-${PG_PORT:-$(free_port 55432)}}"
+MY_PORT="${CRMOPS_TESTBED_MYSQL_PORT:-${MY_PORT:-$(free_port 53306)}}"
+S3_PORT="${CRMOPS_TESTBED_S3_PORT:-${S3_PORT:-$(free_port 55000)}}"
+if [ "${1:-up}" = up ]; then
+  printf 'PG_PORT=%s\nMY_PORT=%s\nS3_PORT=%s\n' "$PG_PORT" "$MY_PORT" "$S3_PORT" >"$BED/ports"
+fi
+
 log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 phase_start() { PHASE_T0=$(date +%s.%N); }
 phase_end() { log "$1 ($(printf '%.1f' "$(echo "$(date +%s.%N) - $PHASE_T0" | bc)") s)"; }
@@ -101,7 +123,7 @@ start_mariadb() {
   local run="$BED/mysqlrun"  # mariadbd runs as mysql: its socket and log live in a folder it owns
   local sock="$run/mysql.sock"
   mkdir -p "$run"; chown mysql:mysql "$run"
-  if alive "$BED/mysql.pid" && mariadb-admin --socket="$sock" -uroot -p"$pw" ping >/dev/null 2>&1; then
+  if alive "$BED/mysql.pid" && MYSQL_PWD="$pw" mariadb-admin --socket="$sock" -uroot ping >/dev/null 2>&1; then
     return
   fi
   if [ ! -d "$data/mysql" ]; then
