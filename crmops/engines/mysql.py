@@ -237,6 +237,7 @@ def _fill_fingerprint(cur: Any, fp: Fingerprint) -> None:
 def only_tables(chunks: Iterable[bytes], tables: list[str]) -> Iterator[bytes]:
     """Keep the header and the sections of the chosen tables from a mysqldump stream."""
     wanted = {f"`{t}`".encode() for t in tables}
+    seen: set[bytes] = set()
     keep = True
     buffer = b""
     for piece in chunks:
@@ -246,6 +247,8 @@ def only_tables(chunks: Iterable[bytes], tables: list[str]) -> Iterator[bytes]:
         for line in lines:
             if line.startswith(b"-- Table structure for table ") or line.startswith(b"-- Dumping data for table "):
                 keep = line.rsplit(b" ", 1)[-1] in wanted
+                if keep:
+                    seen.add(line.rsplit(b" ", 1)[-1])
             elif line.startswith(b"-- Dumping routines") or line.startswith(b"-- Dumping events") or \
                     line.startswith(b"-- Temporary table structure for view") or \
                     line.startswith(b"-- Final view structure for view"):
@@ -256,5 +259,9 @@ def only_tables(chunks: Iterable[bytes], tables: list[str]) -> Iterator[bytes]:
                 out.append(line)
         if out:
             yield b"\n".join(out) + b"\n"
+    missing = sorted(w.decode().strip("`") for w in wanted - seen)
+    if missing:
+        # known only at the end of the stream: the chosen tables that were there are loaded by now
+        raise DatabaseError(f"table {missing[0]!r} is not in the snapshot")
     if buffer and keep:
         yield buffer

@@ -264,3 +264,60 @@ def test_postgres_restores_chosen_tables_with_what_belongs_to_them(pg_url_factor
 
     with pytest.raises(DatabaseError, match="not in the snapshot"):
         open_engine(pg_url_factory()).restore(iter(pieces), format=fmt, tables=["no_such_table"])
+
+
+def test_mariadb_restore_of_an_unknown_table_is_an_error(mysql_url_factory) -> None:  # type: ignore[no-untyped-def]
+    from crmops.errors import DatabaseError
+
+    src = mysql_url_factory()
+    conn = _mysql_connect(src, make_url(src).database)
+    with conn.cursor() as cur:
+        for sql in MYSQL_OBJECTS[:5]:
+            cur.execute(sql)
+    conn.close()
+    pieces, fmt = _dump(src)
+    with pytest.raises(DatabaseError, match="'no_such_table' is not in the snapshot"):
+        open_engine(mysql_url_factory()).restore(iter(pieces), format=fmt, tables=["deals", "no_such_table"])
+
+
+def _children(name: str) -> list[int]:
+    """Our child processes running the named program."""
+    pids = []
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        for pid in Path(f"/proc/{os.getpid()}/task/{tid}/children").read_text().split():
+            if name in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")[0].decode():
+                pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.parametrize("kind", ["pg", "mysql"])
+def test_a_dump_tool_killed_midway_is_a_database_error(kind: str, request: pytest.FixtureRequest) -> None:
+    import signal
+
+    from crmops.democrm.load import create
+    from crmops.errors import DatabaseError
+
+    url = request.getfixturevalue(f"{kind}_url")
+    create(url, size="small")
+    tool = "pg_dump" if kind == "pg" else "dump"
+    with pytest.raises(DatabaseError, match="failed") as caught, open_engine(url).dump() as d:
+        for i, _ in enumerate(d.chunks()):
+            if i == 0:
+                victims = _children(tool)
+                assert len(victims) == 1
+                os.kill(victims[0], signal.SIGKILL)
+    assert make_url(url).password not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["pg", "mysql"])
+def test_a_broken_dump_fails_the_restore_with_the_tools_words(kind: str, request: pytest.FixtureRequest) -> None:
+    from crmops.errors import DatabaseError
+
+    url = request.getfixturevalue(f"{kind}_url")
+    fmt = "pg-custom" if kind == "pg" else "mysql-sql"
+    garbage = [b"PGDMP\x01\x0e\x00 this is not an archive" if kind == "pg" else b"CREATE TABLE broken (;\n"]
+    with pytest.raises(DatabaseError) as caught:
+        open_engine(url).restore(iter(garbage), format=fmt)
+    message = str(caught.value)
+    assert ("pg_restore failed" if kind == "pg" else "mysql failed") in message
+    assert make_url(url).password not in message and "\n" not in message
