@@ -51,6 +51,7 @@ class VerifyResult:
     server_version: str
     database: str | None
     sandbox: str
+    sandbox_name: str
     image: str
     image_id: str
     verified_at: str = ""
@@ -150,7 +151,8 @@ def verify(config: Config, ref: str = "latest", *, keep: bool = False, show_data
         sandbox = open_sandbox(config.verify, engine, server_version, database=manifest.get("database"))
         result = VerifyResult(snapshot_id=manifest["id"], snapshot_time=manifest["time"], engine=engine,
                               server_version=server_version, database=manifest.get("database"),
-                              sandbox=sandbox.kind, image=sandbox.image, image_id="", timeline=timeline,
+                              sandbox=sandbox.kind, sandbox_name=sandbox.name, image=sandbox.image, image_id="",
+                              timeline=timeline,
                               bytes_restored=stream["size"])
         try:
             sandbox.start()
