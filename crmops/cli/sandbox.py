@@ -38,14 +38,18 @@ def list_cmd(app: AppContext) -> None:
 
 
 @sandbox_group.command("cleanup")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--all", "include_running", is_flag=True,
               help="Also remove sandboxes whose crmops process still runs (or runs on another host).")
 @pass_app
-def cleanup_cmd(app: AppContext, include_running: bool) -> None:
-    """Remove leftover sandboxes (containers, their volumes and networks), e.g. after a power cut."""
+def cleanup_cmd(app: AppContext, names: tuple[str, ...], include_running: bool) -> None:
+    """Remove leftover sandboxes (containers, their volumes and networks), e.g. after a power cut.
+
+    With NAMEs, exactly those (e.g. one kept by `crmops drill --keep`), even if in use.
+    """
     from crmops.sandbox.leftovers import cleanup
 
-    removed, skipped = cleanup(include_running=include_running)
+    removed, skipped = cleanup(include_running=include_running, names=names)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         for e in removed:

@@ -120,7 +120,7 @@ class DockerSandbox:
     def connect_info(self) -> dict[str, Any]:
         return {"name": self.name, "image": self.image, "url": self.masked_url,
                 "shell": self.spec.shell.format(name=self.name, database=self.database),
-                "remove": f"crmops sandbox cleanup  (or: docker rm -f -v {self.name})"}
+                "remove": f"crmops sandbox cleanup {self.name}  (or: docker rm -f -v {self.name})"}
 
     # -- life cycle ----------------------------------------------------------------
 

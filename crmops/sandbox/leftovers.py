@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -66,12 +67,15 @@ def list_sandboxes(client: Any = None) -> list[SandboxEntry]:
     return sorted(out, key=lambda e: (e.created, e.name))
 
 
-def cleanup(client: Any = None, *, include_running: bool = False) -> tuple[list[SandboxEntry], list[SandboxEntry]]:
-    """Remove leftovers; returns (removed, skipped because their owner still runs)."""
+def cleanup(client: Any = None, *, include_running: bool = False, names: Collection[str] = ()
+            ) -> tuple[list[SandboxEntry], list[SandboxEntry]]:
+    """Remove leftovers, or exactly the named sandboxes; returns (removed, skipped as still in use)."""
     client = client or docker_client()
     removed, skipped = [], []
     for e in list_sandboxes(client):
-        if e.owner_running and not include_running:
+        if names and e.name not in names:
+            continue
+        if e.owner_running and not (include_running or names):
             skipped.append(e)
             continue
         remove_by_name(client, e.name)

@@ -9,7 +9,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -142,13 +141,13 @@ def test_sigkill_leaves_a_leftover_that_cleanup_removes(docker_client, tmp_path:
     assert not _exists(docker_client, name)
 
 
-def test_cleanup_all_removes_sandboxes_still_in_use(docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_cleanup_by_name_removes_a_sandbox_still_in_use(docker_client) -> None:  # type: ignore[no-untyped-def]
     proc, name = _start_holder()
     try:
-        removed, _ = cleanup(docker_client, include_running=True)
+        # named: only this one, never a colleague's sandbox that happens to run right now
+        removed, _ = cleanup(docker_client, names=[name])
         assert name in [e.name for e in removed]
         assert not _exists(docker_client, name)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    time.sleep(0)
