@@ -35,6 +35,10 @@ class Sandbox(Protocol):
 
     def remove(self) -> None: ...
 
+    def alive(self) -> bool:
+        """Still there and running: tells a broken snapshot from a sandbox that vanished under us."""
+        ...
+
     def keep(self) -> None:
         """Leave the sandbox running past this process (`crmops sandbox cleanup` removes it later)."""
         ...

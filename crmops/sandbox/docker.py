@@ -219,6 +219,15 @@ class DockerSandbox:
                                          hint="raise verify.ready_timeout_seconds or check the image")
             time.sleep(0.25)
 
+    def alive(self) -> bool:
+        from docker.errors import DockerException
+
+        try:
+            self._container.reload()
+        except DockerException:
+            return False
+        return self._container.status == "running"
+
     def _scrub(self, text: str) -> str:
         return text.replace(self._password, MASK)
 

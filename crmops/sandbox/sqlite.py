@@ -39,6 +39,9 @@ class SqliteSandbox:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         guard.register(self.name, self.remove)
 
+    def alive(self) -> bool:
+        return self.dir is not None and self.dir.is_dir()
+
     def keep(self) -> None:
         guard.forget(self.name)
         self._kept = True

@@ -24,7 +24,7 @@ from crmops import __version__
 from crmops.config import Config
 from crmops.engines import Fingerprint, open_engine
 from crmops.engines.connect import connect_engine
-from crmops.errors import CrmopsError, DatabaseError, IntegrityError, VerificationFailed
+from crmops.errors import CrmopsError, DatabaseError, IntegrityError, SandboxUnavailable, VerificationFailed
 from crmops.repository import Repository, open_repository
 from crmops.sandbox import Sandbox, open_sandbox
 from crmops.services import verify_checks as checks
@@ -194,7 +194,12 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
     t0 = time.monotonic()
     try:
         target.restore(pieces(), format=stream["format"])
-    except (IntegrityError, DatabaseError) as e:
+    except CrmopsError as e:
+        if not sandbox.alive():  # not the snapshot's fault: do not flag it
+            raise SandboxUnavailable(f"sandbox {sandbox.name} stopped or vanished during the restore",
+                                     hint="check `docker events` and verify.memory_limit, then retry") from None
+        if not isinstance(e, IntegrityError | DatabaseError):
+            raise
         result.checks.append(CheckResult("restore", "restore", False, f"restore failed: {e.line()}"))
         mark("restore failed")
         return

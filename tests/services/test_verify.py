@@ -186,3 +186,17 @@ def test_drill_reports_render_in_chromium(sqlite_url: str, tmp_path: Path) -> No
     assert Path(out["reports"]["html"]).parent == tmp_path / "state" / "drills"
     assert rendered_verdict(Path(out["reports"]["html"]), tmp_path) == "PASS"
     assert [s["step"] for s in out["timeline"]][-1] == "sandbox removed"
+
+
+def test_a_flipped_bit_in_a_stored_chunk_is_red(sqlite_url: str, tmp_path: Path) -> None:
+    config, snap = demo_snapshot(tmp_path, sqlite_url, attachments=False)
+    manifest = open_repository(load(config)).manifest(snap)
+    chunk = manifest["streams"]["database"]["chunks"][0]
+    stored = tmp_path / "repo" / "data" / chunk[:2] / chunk
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    stored.write_bytes(bytes(data))
+    r = run(config, "verify", env=NO_DOCKER)
+    assert r.returncode == 30
+    assert "restore failed" in r.stderr and chunk in r.stderr and "fails authentication" in r.stderr
+    assert not is_verified_ok(open_repository(load(config)), snap)

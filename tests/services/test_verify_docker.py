@@ -117,3 +117,22 @@ def test_killing_verify_leaves_nothing_after_cleanup(sig: int, pg_url: str, tmp_
     assert _labelled(docker_client, **{"crmops.pid": str(proc.pid)}) == []
     nets = docker_client.networks.list(filters={"label": ["crmops.sandbox=1", f"crmops.pid={proc.pid}"]})
     assert nets == []
+
+
+@pytest.mark.postgres
+def test_sandbox_vanishing_mid_restore_does_not_flag_the_snapshot(pg_url: str, tmp_path: Path,
+                                                                   docker_client) -> None:  # type: ignore[no-untyped-def]
+    from crmops.errors import SandboxUnavailable
+    from crmops.services.verify import verify
+    from crmops.services.verify_record import latest_verification
+
+    config, snap = demo_snapshot(tmp_path, pg_url, attachments=False)
+    cfg = load(config)
+
+    def pull_the_plug(step: str) -> None:
+        if step.startswith("sandbox ") and step.endswith("(postgres:15)"):
+            docker_client.containers.get(step.split()[1]).remove(force=True)  # someone's docker rm -f
+
+    with pytest.raises(SandboxUnavailable, match="vanished during the restore"):
+        verify(cfg, snap, on_step=pull_the_plug)
+    assert latest_verification(open_repository(cfg), snap) is None
