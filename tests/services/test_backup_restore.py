@@ -117,10 +117,19 @@ def test_killed_backup_leaves_no_snapshot_and_the_next_reuses_its_chunks(pg_url:
     run(config, "repo", "init")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}, "TEST_PASSPHRASE": PASSPHRASE}
     rng = random.Random(4)
-    for delay in (rng.uniform(1.0, 2.0) for _ in range(3)):
+    data = tmp_path / "repo" / "data"
+
+    def stored() -> int:
+        return len([p for p in data.rglob("*") if p.is_file()]) if data.exists() else 0
+
+    for _ in range(3):
+        # kill at a random point: once this run has stored a chosen number of new chunks
+        target = stored() + rng.randint(1, 40)
         proc = subprocess.Popen([sys.executable, "-m", "crmops", "--config", str(config), "backup"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.monotonic() + 120
+        while stored() < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL, "the backup finished before it could be killed"
         assert json.loads(run(config, "snapshots").stdout) == []
