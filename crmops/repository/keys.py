@@ -126,7 +126,7 @@ def wrap(master: MasterKey, cred: Credential, *, repo_id: str, slot_id: str, lab
     nonce = secrets.token_bytes(12)
     aad = f"crmops-key:{repo_id}:{slot_id}".encode()
     wrapped = AESGCM(_kek(cred, kdf)).encrypt(nonce, master.secret, aad)
-    created = datetime.now(UTC).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="milliseconds")
     return {"id": slot_id, "label": label, "kind": cred.kind, "created": created,
             "kdf": kdf, "nonce": b64(nonce), "wrapped": b64(wrapped)}
 
