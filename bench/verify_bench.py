@@ -1,0 +1,91 @@
+"""Verify vs a bare restore: what proving a snapshot costs over restoring it by hand.
+
+    .venv/bin/python bench/verify_bench.py --size large     # the issue's target size
+    .venv/bin/python bench/verify_bench.py --size medium    # ~120 MB, a few minutes
+
+Both sides start the same kind of container (the postgres:15 sandbox, same limits and
+settings). The bare side is what an administrator would do by hand: start a container,
+`pg_restore -j 2` a `pg_dump -Fc` file into it. `crmops verify` does that from the
+encrypted repository and then fingerprints every table, restores and hashes the
+attachments and runs the checks. Writes verify_* keys into bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import PASS, ROOT, bed_env, crmops, ensure_database, pg_env, timed, write_config  # noqa: E402
+
+from crmops.config import VerifyConfig  # noqa: E402
+from crmops.engines.postgres import PostgresEngine  # noqa: E402
+from crmops.sandbox.docker import DockerSandbox  # noqa: E402
+
+
+def bare_restore(dump: Path, server_version: str) -> tuple[float, float]:
+    """(seconds to a ready container, seconds of pg_restore) into a sandbox-like container."""
+    t0 = time.monotonic()
+    with DockerSandbox(VerifyConfig(), "postgresql", server_version) as sb:
+        ready = time.monotonic() - t0
+        tool = PostgresEngine(sb.url)._tool("pg_restore")
+        env = pg_env(sb.url.replace("postgresql://", "postgresql+psycopg://"))
+        seconds, _ = timed([tool, "--no-owner", "--no-acl", "--exit-on-error", "-j", "2", "-d", env["PGDATABASE"],
+                            str(dump)], env=env)
+    return ready, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "large"), choices=["small", "medium", "large"])
+    args = ap.parse_args()
+    env = bed_env()
+    url, meta = ensure_database(env["CRMOPS_TEST_PG_URL"], args.size)
+    with tempfile.TemporaryDirectory(prefix="crmops-verify-bench-") as tmp:
+        folder = Path(tmp)
+        config = write_config(folder, url, f"file://{folder / 'repo'}")
+        run_env = {**os.environ, "BENCH_PASSPHRASE": PASS}
+        subprocess.run(crmops(config, "repo", "init"), env=run_env, check=True)
+        subprocess.run(crmops(config, "backup"), env=run_env, check=True)
+        dump = folder / "crm.pgc"
+        pg_dump = PostgresEngine(url)._tool("pg_dump")
+        subprocess.run([pg_dump, "-Fc", "-f", str(dump)], env=pg_env(url), check=True)
+        version = PostgresEngine(url).server_version()
+        ready_s, bare_s = bare_restore(dump, version)
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "--json", "verify"],
+                             env=run_env, capture_output=True, text=True)
+        verify_s = time.monotonic() - t0
+        if out.returncode != 0:
+            raise SystemExit(f"verify failed: {out.stderr}")
+        report = json.loads(out.stdout)
+    bare_total = ready_s + bare_s
+    results = {
+        "verify_size": args.size,
+        "verify_db_size_mb": meta.get("database_mb"),
+        "verify_s": round(verify_s, 1),
+        "verify_restore_s": report["restore_seconds"],
+        "verify_sandbox_start_s": report["sandbox_start_seconds"],
+        "bare_restore_s": round(bare_total, 1),
+        "bare_pg_restore_s": round(bare_s, 1),
+        "verify_vs_bare_restore": round(verify_s / bare_total, 2),
+    }
+    steps = report["timeline"]
+    for a, b in zip(steps, steps[1:], strict=False):
+        print(f"  {b['at_s'] - a['at_s']:7.1f} s  {b['step']}")
+    for k, v in results.items():
+        print(f"{k:26} {v}")
+    path = ROOT / "bench" / "results.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(results)
+    path.write_text(json.dumps(data, indent=2))
+
+
+if __name__ == "__main__":
+    main()
