@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -157,6 +157,8 @@ class MigrationsConfig(_Section):
 class WebhookConfig(_Section):
     kind: Literal["generic", "slack", "dingtalk", "wecom"] = "generic"
     url: SecretStr
+    #: DingTalk robots with "additional signature" (加签): the SEC... secret
+    secret: SecretStr | None = None
 
 
 class EmailConfig(_Section):
@@ -175,6 +177,18 @@ class NotifyConfig(_Section):
     email: EmailConfig | None = None
     metrics_file: Path | None = Field(None, description="node_exporter textfile collector output")
     pushgateway_url: str | None = None
+    timeout_seconds: float = Field(10, gt=0, description="per attempt, for webhooks, SMTP and the Pushgateway")
+    attempts: int = Field(3, ge=1, le=10, description="tries per notification (backoff with jitter)")
+
+
+class StatusConfig(_Section):
+    """Thresholds of `crmops status` and the status page."""
+
+    backup_max_age_hours: float = Field(26, gt=0, description="red when the newest snapshot is older")
+    verify_max_age_days: float = Field(8, gt=0, description="amber when the last verification is older")
+    #: the repository's allowance in bytes (bucket quota, disk); unset: no size verdict
+    repository_quota_bytes: int | None = Field(None, gt=0)
+    headroom_percent: float = Field(90, gt=0, le=100, description="amber when usage reaches this share of the quota")
 
 
 class Config(_Section):
@@ -186,10 +200,42 @@ class Config(_Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
     state_dir: Path = Field(Path("demo/state"), description="journals, locks and run history (outside the database)")
 
     #: where the configuration came from ("embedded default" when no file)
     source: str = Field("embedded default", exclude=True)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration knows, for scrubbing outgoing text (notifications, logs, reports)."""
+        found: list[str] = []
+
+        def walk(model: BaseModel) -> None:
+            for _name, value in model:
+                if isinstance(value, SecretStr):
+                    found.append(value.get_secret_value())
+                elif isinstance(value, BaseModel):
+                    walk(value)
+                elif isinstance(value, list):
+                    for item in value:
+                        if isinstance(item, BaseModel):
+                            walk(item)
+
+        walk(self)
+        found.append(self.encryption.resolved_passphrase() or "")
+        try:
+            password = urlsplit(self.database.url).password or ""
+        except ValueError:
+            password = ""
+        found += [password, unquote(password)]
+        # longest first, so a secret containing another is replaced whole
+        return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """text with every configured secret replaced by the mask."""
+        for secret in self.secret_values():
+            text = text.replace(secret, MASK)
+        return text
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret replaced by a mask."""

@@ -18,6 +18,7 @@ def backup_cmd(app: AppContext, tags: tuple[str, ...]) -> None:
     """Snapshot the CRM's database and attachments into the repository."""
     from crmops.services.backup import backup
 
+    app.begin_job("backup")
     with app.progress("backup") as advance:
         result = backup(app.config, tags=tags, progress=advance)
 

@@ -29,6 +29,7 @@ def check_cmd(app: AppContext, read_data: bool, subset: float | None) -> None:
     """Check that every manifest opens and every chunk it needs is present (and, optionally, intact)."""
     from crmops.services.check import check
 
+    app.begin_job("check")
     report = check(app.config, read_data=read_data, subset_percent=subset)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]

@@ -31,6 +31,10 @@ class AppContext:
     debug: bool = False
     log_format: str = "human"
     _config: Config | None = field(default=None, repr=False)
+    #: the unattended job this command runs (crmops.services.jobs), recorded when it ends
+    job: Any = field(default=None, repr=False)
+    #: the last result emitted, whose key figures go into the run history and notifications
+    result: Any = field(default=None, repr=False)
 
     @property
     def config(self) -> Config:
@@ -48,8 +52,17 @@ class AppContext:
         """Progress bars only for a person at a terminal: cron and --json stay quiet."""
         return not (self.quiet or self.json) and sys.stderr.isatty()
 
+    def begin_job(self, command: str) -> None:
+        """Mark this command as a job run: takes the job lock; main() records the run when it ends."""
+        from crmops.services.jobs import JobRun
+
+        config = self.config
+        self.job = JobRun(command)
+        self.job.acquire(config)
+
     def emit(self, result: Any, human: Callable[[Console], None] | None = None) -> None:
         """--json prints the result as one JSON document; otherwise the human renderer runs."""
+        self.result = result
         if self.json:
             click.echo(json.dumps(result, indent=2, sort_keys=False, default=str, ensure_ascii=False))
         elif human is not None and not self.quiet:

@@ -128,18 +128,38 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _fail("stopped by Ctrl-C or SIGTERM; nothing half-written is kept", Interrupted.exit_code, "interrupted")
     except click.ClickException as e:
+        _finish_job(e.exit_code, e.format_message())
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
+        _finish_job(e.exit_code, None if e.exit_code == 0 else f"exit code {e.exit_code}")
         sys.exit(e.exit_code)
     except Exception as e:  # a bug: one line unless --debug
         if debug:
+            _finish_job(1, f"internal error: {type(e).__name__}: {e}")
             raise
         _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", 1, "internal")
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    _finish_job(code, None)
+    sys.exit(code)
+
+
+def _finish_job(code: int, line: str | None) -> None:
+    """A job command (backup, verify, ...) ended: record it, write metrics, notify; never changes the exit."""
+    if _APP is None or _APP.job is None:
+        return
+    job, _APP.job = _APP.job, None
+    try:
+        from crmops.services.jobs import finish
+
+        finish(_APP.config, job, exit_code=code, error=line, result=_APP.result)
+    except Exception as e:  # reporting must not turn a good run into a failed one
+        logging.getLogger("crmops.jobs").warning("could not record the run: %s: %s", type(e).__name__,
+                                                 _APP.config.redact(str(e)))
 
 
 def _fail(line: str, code: int, kind: str) -> None:
+    _finish_job(code, line)
     if _APP is not None and _APP.json:
         import json
 

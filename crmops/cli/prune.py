@@ -26,6 +26,8 @@ def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | N
     """Forget snapshots the retention policy does not keep."""
     from crmops.services.prune import forget
 
+    if not dry_run:
+        app.begin_job("forget")
     overrides = {k: v for k, v in keeps.items() if v is not None}
     policy = app.config.retention.model_copy(update=overrides)
     result = forget(app.config, policy=policy, dry_run=dry_run, prune_after=and_prune)
@@ -59,5 +61,7 @@ def prune_cmd(app: AppContext, dry_run: bool) -> None:
 
     from crmops.services.prune import prune
 
+    if not dry_run:
+        app.begin_job("prune")
     result = prune(app.config, dry_run=dry_run)
     app.emit(asdict(result), lambda c: _say_prune(c, result))

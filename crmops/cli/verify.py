@@ -41,6 +41,7 @@ def _run(app: AppContext, snapshot: str, keep: bool, show_data: bool, record: Pa
          report_dir: Path | None) -> None:
     from crmops.services.verify import verify
 
+    app.begin_job("drill" if report_dir is not None else "verify")
     r = verify(app.config, snapshot, keep=keep, show_data=show_data, on_step=lambda s: app.say(f"· {s}"))
     out: dict[str, Any] = r.to_dict()
     if record is not None:
