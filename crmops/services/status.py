@@ -1,0 +1,241 @@
+"""Is the CRM's data safe right now? Verdicts for `crmops status` and the status page.
+
+Everything is read, nothing is changed: the repository's snapshots and the signed
+verification records next to them, the run history (state_dir/runs.jsonl) and the upgrade
+journals (state_dir/upgrades/*.jsonl). A repository that cannot be opened is itself a red
+verdict, not an error, so monitoring still gets a page and an exit code.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from crmops import __version__
+from crmops.config import Config
+from crmops.errors import CrmopsError, IntegrityError
+from crmops.journal import Journal
+from crmops.services.jobs import history, repository_figures
+
+GREEN, AMBER, RED = "green", "amber", "red"
+_RANK = {GREEN: 0, AMBER: 1, RED: 2}
+#: a job whose last run failed makes the status red; the others amber
+CRITICAL_JOBS = ("backup", "verify", "drill", "check")
+
+
+@dataclass
+class Verdict:
+    name: str
+    level: str
+    summary: str
+
+
+@dataclass
+class Overview:
+    generated_at: str
+    host: str
+    repository: str
+    repository_error: str | None = None
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    verifications: list[dict[str, Any]] = field(default_factory=list)
+    upgrades: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    repository_size_bytes: int | None = None
+    retention: dict[str, Any] = field(default_factory=dict)
+    verdicts: list[Verdict] = field(default_factory=list)
+    version: str = __version__
+
+    @property
+    def level(self) -> str:
+        return max((v.level for v in self.verdicts), key=_RANK.__getitem__, default=GREEN)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, **asdict(self)}
+
+
+def parse_time(text: str) -> datetime:
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _ago(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.1f} days ago"
+
+
+def _mb(n: int | float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def read_upgrades(folder: Path) -> list[dict[str, Any]]:
+    """One entry per upgrade journal (newest first): its start and end records, or what is wrong with it."""
+    out = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        entry: dict[str, Any] = {"file": path.name, "result": None, "problem": None, "steps": 0}
+        try:
+            for rec in Journal(path).records():
+                entry["steps"] += 1
+                if rec.get("event") == "start":
+                    entry.update({k: rec.get(k) for k in ("run_id", "playbook", "from_version", "to_version",
+                                                          "dry_run")}, started_at=rec.get("ts"))
+                elif rec.get("event") == "end":
+                    entry.update(result=rec.get("result"), ended_at=rec.get("ts"))
+        except IntegrityError as e:
+            entry["problem"] = e.line()
+        except OSError as e:
+            entry["problem"] = f"cannot read: {e.strerror}"
+        out.append(entry)
+    return sorted(out, key=lambda e: e.get("started_at") or "", reverse=True)
+
+
+def _read_repository(config: Config, ov: Overview) -> None:
+    from crmops.repository import SnapshotInfo, open_repository
+    from crmops.repository.retention import plan
+    from crmops.services.verify_record import KIND
+
+    repo = open_repository(config)
+    ov.repository = repo.store.url
+    manifests = repo.manifests()
+    for m in manifests:
+        info = SnapshotInfo.from_manifest(m)
+        ov.snapshots.append({"id": info.id, "time": info.time, "tags": info.tags, "engine": info.engine,
+                             "schema_revision": info.schema_revision, "size": info.size,
+                             "bytes_new": info.bytes_new, "seconds": m.get("stats", {}).get("seconds")})
+        for rec in repo.records(m["id"]):
+            if rec.get("kind") != KIND or "record" not in rec:
+                continue
+            body = rec["record"]
+            ov.verifications.append({k: body.get(k) for k in (
+                "snapshot_id", "verified_at", "ok", "first_failure", "restore_seconds", "snapshot_age_hours",
+                "total_seconds", "sandbox", "image")})
+    ov.verifications.sort(key=lambda v: v.get("verified_at") or "")
+    keep, forget = plan([(m["id"], parse_time(m["time"])) for m in manifests], config.retention)
+    ov.retention = {"kept": len(keep), "past_retention": len(forget),
+                    "policy": config.retention.model_dump()}
+    ov.repository_size_bytes = repository_figures(config)["repository_size_bytes"]
+
+
+def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) -> Overview:
+    """Read everything the verdicts and the status page need; never raises for what it finds."""
+    now = now or datetime.now(UTC)
+    ov = Overview(generated_at=now.isoformat(timespec="seconds"), host=socket.gethostname(),
+                  repository=config.repository.url.split("?")[0])
+    try:
+        _read_repository(config, ov)
+    except CrmopsError as e:
+        ov.repository_error = config.redact(e.line())
+    runs = history(config)
+    ov.runs = runs[-runs_shown:]
+    ov.upgrades = read_upgrades(config.state_dir / "upgrades")
+    ov.verdicts = verdicts(config, ov, runs, now)
+    return ov
+
+
+def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: datetime) -> list[Verdict]:
+    s = config.status
+    out = [_backup_verdict(ov, runs, now, s.backup_max_age_hours)]
+    out.append(_verify_verdict(ov, now, s.verify_max_age_days))
+    if ov.repository_error:
+        out.append(Verdict("repository", RED, f"cannot open the repository: {ov.repository_error}"))
+    else:
+        out.append(Verdict("repository", GREEN, f"{len(ov.snapshots)} snapshots, "
+                                                f"{_mb(ov.repository_size_bytes or 0)} stored at {ov.repository}"))
+    out.append(_retention_verdict(ov, s.repository_quota_bytes, s.headroom_percent))
+    out.append(_jobs_verdict(runs, now))
+    out.append(_upgrades_verdict(ov))
+    return out
+
+
+def _backup_verdict(ov: Overview, runs: list[dict[str, Any]], now: datetime, max_hours: float) -> Verdict:
+    times = [parse_time(sn["time"]) for sn in ov.snapshots]
+    # a repository we cannot read right now: the run history still knows the last good backup
+    times += [datetime.fromtimestamp(r["finished"], UTC) for r in runs
+              if r.get("command") == "backup" and r.get("result") == "success" and ov.repository_error]
+    if not times:
+        return Verdict("backup", RED, "no backup has been taken yet" if not ov.repository_error
+                       else "no backup is known (the repository cannot be read)")
+    newest = max(times)
+    age = now - newest
+    if age > timedelta(hours=max_hours):
+        return Verdict("backup", RED, f"no backup in {age.total_seconds() / 3600:.1f} hours (limit {max_hours:g} h); "
+                                      f"the newest is from {newest:%Y-%m-%d %H:%M} UTC")
+    return Verdict("backup", GREEN, f"newest snapshot {_ago(age)} ({newest:%Y-%m-%d %H:%M} UTC)")
+
+
+def _verify_verdict(ov: Overview, now: datetime, max_days: float) -> Verdict:
+    if not ov.verifications:
+        if ov.repository_error:
+            return Verdict("verification", AMBER, "verifications unknown (the repository cannot be read)")
+        return Verdict("verification", AMBER, "no snapshot has been verified yet (run `crmops drill`)")
+    last = ov.verifications[-1]
+    when = parse_time(last["verified_at"])
+    sid = (last.get("snapshot_id") or "")[:10]
+    if not last.get("ok"):
+        return Verdict("verification", RED, f"the last verification failed: snapshot {sid} on "
+                                            f"{when:%Y-%m-%d %H:%M} UTC: {last.get('first_failure')}")
+    if now - when > timedelta(days=max_days):
+        return Verdict("verification", AMBER, f"the last verification is {_ago(now - when)} "
+                                              f"(older than {max_days:g} days); run `crmops drill`")
+    rto = last.get("restore_seconds")
+    return Verdict("verification", GREEN, f"snapshot {sid} restored and matched {_ago(now - when)}"
+                   + (f", restore time {rto:.3g} s" if rto is not None else ""))
+
+
+def _retention_verdict(ov: Overview, quota: int | None, headroom: float) -> Verdict:
+    if ov.repository_error:
+        return Verdict("retention", AMBER, "unknown (the repository cannot be read)")
+    ret = ov.retention
+    problems = []
+    if ret.get("past_retention"):
+        problems.append(f"{ret['past_retention']} snapshots are past the retention policy "
+                        "(run `crmops forget --prune`)")
+    used = ""
+    if quota:
+        share = 100 * (ov.repository_size_bytes or 0) / quota
+        used = f"; {share:.0f}% of the {_mb(quota)} quota"
+        if share >= headroom:
+            problems.append(f"the repository uses {share:.0f}% of its {_mb(quota)} quota "
+                            f"(warning at {headroom:g}%): widen the quota or keep fewer snapshots")
+    if problems:
+        return Verdict("retention", AMBER, "; ".join(problems))
+    return Verdict("retention", GREEN, f"{ret.get('kept', 0)} snapshots, all kept by the retention policy{used}")
+
+
+def _jobs_verdict(runs: list[dict[str, Any]], now: datetime) -> Verdict:
+    last: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        last[r.get("command", "?")] = r
+    if not last:
+        return Verdict("jobs", AMBER, "no job run has been recorded yet (is the schedule installed?)")
+    failed = [r for r in last.values() if r.get("result") != "success"]
+    if failed:
+        level = RED if any(r["command"] in CRITICAL_JOBS for r in failed) else AMBER
+        text = "; ".join(f"last {r['command']} failed {_ago(now - datetime.fromtimestamp(r['finished'], UTC))}: "
+                         f"{r.get('error')} (run {r.get('run_id')})" for r in failed)
+        return Verdict("jobs", level, text)
+    return Verdict("jobs", GREEN, "last runs ok: " + ", ".join(
+        f"{c} {_ago(now - datetime.fromtimestamp(r['finished'], UTC))}" for c, r in sorted(last.items())))
+
+
+def _upgrades_verdict(ov: Overview) -> Verdict:
+    real = [u for u in ov.upgrades if not u.get("dry_run")]
+    if not ov.upgrades:
+        return Verdict("upgrades", GREEN, "no upgrade runs recorded")
+    damaged = [u for u in ov.upgrades if u.get("problem")]
+    if damaged:
+        return Verdict("upgrades", AMBER, f"upgrade journal {damaged[0]['file']}: {damaged[0]['problem']}")
+    if not real:
+        return Verdict("upgrades", GREEN, f"{len(ov.upgrades)} rehearsals (dry runs), no real upgrade")
+    u = real[0]
+    what = f"upgrade {u.get('playbook')} {u.get('from_version')} → {u.get('to_version')} (run {u.get('run_id')})"
+    if u.get("result") is None:
+        return Verdict("upgrades", AMBER, f"{what} has no end record: still running, or interrupted "
+                                          "(resume or roll it back with `crmops upgrade`)")
+    if u["result"] == "success":
+        return Verdict("upgrades", GREEN, f"{what} succeeded")
+    if u["result"] == "rolled-back":
+        return Verdict("upgrades", AMBER, f"{what} was rolled back")
+    return Verdict("upgrades", RED, f"{what} failed and was not rolled back")

@@ -1,0 +1,181 @@
+"""The status page: one self-contained HTML file for managers and auditors.
+
+Charts are inline SVG and the CSS is inline (the drill report's), so the page loads
+nothing: it can be mailed, archived with audit evidence, or opened offline. Every value
+on it comes from gather(), whose text has already been scrubbed of configured secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from html import escape
+from typing import Any
+
+from crmops.services.drill_report import CSS as DRILL_CSS
+from crmops.services.status import GREEN, Overview, parse_time
+
+CSS = DRILL_CSS + """
+.chip{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;color:#fff;font-weight:600;font-size:.85rem}
+.green{background:#1a7f37}.amber{background:#bf8700}.red{background:#cf222e}
+#warnings li{margin:.3rem 0}#warnings .none{color:#1a7f37}
+svg.chart{width:100%;height:auto;border:1px solid #d0d7de;border-radius:.4rem;background:#fff}
+svg.chart text{font:11px system-ui,sans-serif;fill:#57606a}svg.chart .axis{stroke:#8c959f;stroke-width:1}
+svg.chart .grid{stroke:#eaeef2;stroke-width:1}svg.chart rect.col{fill:#0969da}
+svg.chart polyline{fill:none;stroke:#0969da;stroke-width:2}svg.chart circle{fill:#0969da}
+svg.chart circle.bad{fill:#cf222e}svg.chart rect.bad{fill:#cf222e}
+"""
+
+W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 220, 64, 12, 14, 28
+
+
+def _sig(x: float) -> str:
+    """Three significant digits at most, so 0.012 s and 1,234 s both read well."""
+    if x == 0 or abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def _mb(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{_sig(n / size)} {unit}"
+    return f"{_sig(n)} B"
+
+
+def _secs(n: float | None) -> str:
+    return "–" if n is None else f"{_sig(n)} s"
+
+
+def _when(text: str | None) -> str:
+    return "–" if not text else escape(text[:16].replace("T", " "))
+
+
+def chart(chart_id: str, title: str, points: list[tuple[datetime, float, bool]], kind: str,
+          fmt: Callable[[float], str]) -> str:
+    """An inline SVG chart of (time, value, ok) points: bars or a line; a not-ok point is drawn red."""
+    e = escape
+    head = (f'<svg class="chart" id="{chart_id}" viewBox="0 0 {W} {H}" role="img" '
+            f'xmlns="http://www.w3.org/2000/svg" aria-label="{e(title)}"><title>{e(title)}</title>')
+    if not points:
+        return head + f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no data yet</text></svg>'
+    top = max(v for _, v, _ in points) or 1.0
+    t0, t1 = points[0][0].timestamp(), points[-1][0].timestamp()
+    span = (t1 - t0) or 1.0
+    inner_w, inner_h = W - LEFT - RIGHT, H - TOP - BOTTOM
+    parts = [head]
+    for frac in (0, 0.5, 1):
+        y = TOP + inner_h * (1 - frac)
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                     f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{e(fmt(top * frac))}</text>')
+    parts.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + inner_h}" y2="{TOP + inner_h}"/>')
+    for t, anchor, x in ((points[0][0], "start", LEFT), (points[-1][0], "end", W - RIGHT)):
+        parts.append(f'<text x="{x}" y="{H - 8}" text-anchor="{anchor}">{t:%Y-%m-%d %H:%M}</text>')
+
+    def xy(t: datetime, v: float) -> tuple[float, float]:
+        x = LEFT + (inner_w * (t.timestamp() - t0) / span if len(points) > 1 else inner_w / 2)
+        return x, TOP + inner_h * (1 - v / top)
+
+    if kind == "bars":
+        width = max(2.0, min(24.0, inner_w / len(points) * 0.7))
+        for t, v, ok in points:
+            x, y = xy(t, v)
+            x = min(max(x - width / 2, LEFT), W - RIGHT - width)
+            parts.append(f'<rect class="col{"" if ok else " bad"}" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" '
+                         f'height="{TOP + inner_h - y:.1f}"><title>{t:%Y-%m-%d %H:%M}: {e(fmt(v))}</title></rect>')
+    else:
+        coords = [xy(t, v) for t, v, _ in points]
+        parts.append('<polyline points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + '"/>')
+        for (x, y), (t, v, ok) in zip(coords, points, strict=True):
+            parts.append(f'<circle class="{"" if ok else "bad"}" cx="{x:.1f}" cy="{y:.1f}" r="3.5">'
+                         f"<title>{t:%Y-%m-%d %H:%M}: {e(fmt(v))}</title></circle>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(table_id: str, head: list[str], rows: list[list[str]], empty: str) -> str:
+    if not rows:
+        return f'<p class="muted" id="{table_id}">{escape(empty)}</p>'
+    out = [f'<table id="{table_id}"><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows]
+    return "".join(out) + "</table>"
+
+
+def _mark(ok: Any) -> str:
+    return '<span class="ok">ok</span>' if ok else '<span class="no">FAIL</span>'
+
+
+def render_html(ov: Overview) -> str:
+    e = escape
+    level = ov.level
+    warnings = [v for v in ov.verdicts if v.level != GREEN]
+    last_v = ov.verifications[-1] if ov.verifications else None
+    facts = [("Overall", level.upper()), ("Snapshots", f"{len(ov.snapshots)}"),
+             ("Repository size", _mb(ov.repository_size_bytes)),
+             ("Newest snapshot", _when(ov.snapshots[-1]["time"]) if ov.snapshots else "none"),
+             ("Last restore time (RTO)", _secs(last_v.get("restore_seconds")) if last_v else "–"),
+             ("Last verified", _when(last_v.get("verified_at")) if last_v else "never")]
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>crmops status {e(ov.host)}: {level.upper()}</title><style>{CSS}</style></head><body>",
+        f"<h1>CRM backup status: {e(ov.host)}</h1>",
+        f'<div id="verdict" class="verdict {level}">{level.upper()}</div>',
+        f'<p class="muted">repository {e(ov.repository)}; generated {e(ov.generated_at.replace("T", " "))} '
+        f"by crmops {e(ov.version)}</p>",
+        '<div class="facts">' + "".join(f'<div class="fact">{e(k)}<b>{v}</b></div>' for k, v in facts) + "</div>",
+        '<h2>Warnings</h2><ul id="warnings">',
+    ]
+    parts += [f'<li class="warning {v.level}"><span class="chip {v.level}">{v.level.upper()}</span> '
+              f"<b>{e(v.name)}</b>: {e(v.summary)}</li>" for v in warnings]
+    if not warnings:
+        parts.append('<li class="none">No warnings: backups are fresh and the last verification passed.</li>')
+    parts.append("</ul>")
+    parts.append(_table("verdicts", ["check", "verdict", "detail"],
+                        [[e(v.name), f'<span class="chip {v.level}">{v.level.upper()}</span>', e(v.summary)]
+                         for v in ov.verdicts], ""))
+
+    snaps = [(parse_time(s["time"]), s) for s in ov.snapshots]
+    parts.append("<h2>Snapshots over time</h2><p>Size of each snapshot (database and attachments, before "
+                 "deduplication and compression)</p>")
+    parts.append(chart("chart-size", "snapshot size", [(t, s["size"], True) for t, s in snaps], "line", _mb))
+    parts.append("<p>New bytes each snapshot had to store (after deduplication, compression, encryption)</p>")
+    parts.append(chart("chart-new", "new bytes stored", [(t, s["bytes_new"], True) for t, s in snaps], "bars", _mb))
+    parts.append(_table("snapshots", ["time (UTC)", "snapshot", "tags", "schema", "size", "new"],
+                        [[_when(s["time"]), f"<code>{e(s['id'][:12])}</code>", e(", ".join(s["tags"])),
+                          e(s.get("schema_revision") or ""), _mb(s["size"]), _mb(s["bytes_new"])]
+                         for _, s in reversed(snaps[-20:])], "No snapshots yet."))
+
+    ver = [(parse_time(v["verified_at"]), v) for v in ov.verifications if v.get("verified_at")]
+    parts.append("<h2>Verification history</h2><p>Restore time (RTO) of each verification; red: it failed</p>")
+    parts.append(chart("chart-rto", "restore time (RTO)", [(t, v.get("restore_seconds") or 0.0, bool(v.get("ok")))
+                                                            for t, v in ver], "line", _secs))
+    parts.append("<p>Snapshot age when verified (RPO: the data a disaster at that moment would have lost)</p>")
+    parts.append(chart("chart-rpo", "snapshot age (RPO)", [(t, v.get("snapshot_age_hours") or 0.0,
+                                                            bool(v.get("ok"))) for t, v in ver], "bars",
+                       lambda x: f"{_sig(x)} h"))
+    parts.append(_table("verifications", ["verified (UTC)", "snapshot", "result", "RTO", "RPO", "first failure"],
+                        [[_when(v["verified_at"]), f"<code>{e((v.get('snapshot_id') or '')[:12])}</code>",
+                          _mark(v.get("ok")), _secs(v.get("restore_seconds")),
+                          "–" if v.get("snapshot_age_hours") is None else f"{_sig(v['snapshot_age_hours'])} h",
+                          e(v.get("first_failure") or "")] for _, v in reversed(ver[-20:])],
+                        "No verification yet: run `crmops drill`."))
+
+    parts.append("<h2>Latest upgrade runs</h2>")
+    parts.append(_table("upgrades", ["started (UTC)", "playbook", "from → to", "kind", "result", "run"],
+                        [[_when(u.get("started_at")), e(str(u.get("playbook") or "")),
+                          e(f"{u.get('from_version')} → {u.get('to_version')}"),
+                          "rehearsal" if u.get("dry_run") else "upgrade",
+                          e(u.get("problem") or u.get("result") or "no end record"),
+                          f"<code>{e(str(u.get('run_id') or u['file']))}</code>"] for u in ov.upgrades[:10]],
+                        "No upgrade runs recorded."))
+
+    parts.append("<h2>Recent job runs</h2>")
+    parts.append(_table("runs", ["ended (UTC)", "command", "result", "duration", "run id", "error"],
+                        [[_when(r.get("finished_at")), e(r.get("command", "")),
+                          _mark(r.get("result") == "success"), _secs(r.get("duration_s")),
+                          f"<code>{e(r.get('run_id', ''))}</code>", e(r.get("error") or "")]
+                         for r in reversed(ov.runs)], "No job runs recorded yet."))
+    parts.append("</body></html>")
+    return "\n".join(parts)
