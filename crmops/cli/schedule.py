@@ -1,0 +1,176 @@
+"""`crmops schedule install / show / remove`: the nightly backup and weekly drill, unattended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crmops.cli.context import AppContext, pass_app
+from crmops.services import schedule as sch
+
+_dirs = [
+    click.option("--cron", "use_cron", is_flag=True, help="A crontab file instead of systemd units."),
+    click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=sch.DEFAULT_UNIT_DIR,
+                 show_default=True, help="Where the systemd units go."),
+    click.option("--cron-file", type=click.Path(dir_okay=False, path_type=Path), default=sch.DEFAULT_CRON_FILE,
+                 show_default=True, help="With --cron: the file written."),
+    click.option("--no-systemctl", is_flag=True,
+                 help="Never run systemctl; print what to run instead (automatic when systemd is not running)."),
+]
+
+
+def _with_dirs(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(_dirs):
+        f = opt(f)
+    return f
+
+
+def _manage(unit_dir: Path, no_systemctl: bool) -> bool:
+    """Run systemctl only for the real unit folder on a machine where systemd runs."""
+    return not no_systemctl and sch.systemd_running() and unit_dir.resolve() == sch.DEFAULT_UNIT_DIR
+
+
+def _config_file(app: AppContext) -> Path:
+    from crmops.config import find_config_file
+    from crmops.errors import ConfigError
+
+    path = find_config_file(app.config_path)
+    if path is None:
+        raise ConfigError("a schedule needs a configuration file (it runs without this folder's demo default)",
+                          hint="write one with `crmops init`, then pass --config FILE")
+    app.config  # noqa: B018 (validate it now, not at 2 a.m.)
+    return path.resolve()
+
+
+def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> sch.When | None:
+    from crmops.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return sch.parse_when(value)
+    except ConfigError as e:
+        raise click.BadParameter(e.message) from None
+
+
+@click.group("schedule")
+def schedule_group() -> None:
+    """Run backups, drills, checks and pruning unattended (systemd timers or cron)."""
+
+
+@schedule_group.command("install")
+@click.option("--backup", "backup", default="02:30", show_default=True, callback=_when, metavar="WHEN",
+              help='When to back up: "HH:MM" daily, or with weekdays ("mon-fri 22:00").')
+@click.option("--verify", callback=_when, metavar="WHEN", help='When to run the drill, e.g. "sun 04:00".')
+@click.option("--check", callback=_when, metavar="WHEN", help='When to check the repository, e.g. "sat 03:00".')
+@click.option("--prune", callback=_when, metavar="WHEN", help='When to forget and prune, e.g. "sun 05:00".')
+@click.option("--timeout", "timeout", default="4h", show_default=True, metavar="DURATION",
+              help="Stop a run after this long (it is recorded and notified as failed).")
+@click.option("--lock-wait", default="1h", show_default=True, metavar="DURATION",
+              help="How long a job waits for another crmops job to finish before it fails.")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), default=sch.DEFAULT_ENV_FILE,
+              show_default=True, help="Secrets (CRMOPS_PASSPHRASE=..., mode 0600) read by the runs; you write it.")
+@click.option("--user", help="Run as this user (default: root).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --cron: where the JSON log lines go (default: <state_dir>/crmops.log).")
+@_with_dirs
+@pass_app
+def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, check: sch.When | None,
+                prune: sch.When | None, timeout: str, lock_wait: str, env_file: Path, user: str | None,
+                log_file: Path | None, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
+    """Write the units (or cron file) that run the jobs; the configuration file is pinned by path."""
+    config = _config_file(app)
+    schedule = {k: v for k, v in (("backup", backup), ("verify", verify), ("check", check), ("prune", prune)) if v}
+    common = {"config": config, "env_file": env_file.absolute(), "timeout_s": sch.parse_duration(timeout),
+              "lock_wait_s": sch.parse_duration(lock_wait), "user": user, "exe": sch.crmops_executable()}
+    if use_cron:
+        plan = sch.plan_cron(schedule, cron_file=cron_file, log_file=log_file or app.config.state_dir / "crmops.log",
+                             **common)
+    else:
+        plan = sch.plan_systemd(schedule, unit_dir=unit_dir, **common)
+    # a job dropped from the schedule, or a switch between systemd and cron, must not keep running
+    stale = [p for p in sch.generated(unit_dir, cron_file) if str(p) not in plan.files]
+    stale_timers = [p.name for p in stale if p.suffix == ".timer"]
+    manage = _manage(unit_dir, no_systemctl)
+    if manage and stale_timers:
+        sch.systemctl("disable", "--now", *stale_timers)
+    for p in stale:
+        p.unlink()
+    sch.write(plan)
+    timers = [] if use_cron else [job["unit"] for job in plan.jobs.values()]
+    todo: list[str] = []
+    if manage and (timers or stale_timers):
+        sch.systemctl("daemon-reload")
+        if timers:
+            sch.systemctl("enable", "--now", *timers)
+    elif timers or stale_timers:
+        todo = [f"systemctl disable --now {' '.join(stale_timers)}"] if stale_timers else []
+        todo.append("systemctl daemon-reload")
+        todo += [f"systemctl enable --now {' '.join(timers)}"] if timers else []
+    manage = manage and bool(timers)
+    result = {**plan.to_dict(), "removed": [str(p) for p in stale], "enabled": manage, "to_run": todo,
+              "env_file": str(common["env_file"]), "env_file_exists": env_file.is_file()}
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        for name, job in plan.jobs.items():
+            console.print(f"{name:7} {job['when']:28} {' '.join(job['command'])}")
+        console.print(f"wrote {', '.join(sorted(plan.files))}")
+        for p in stale:
+            console.print(f"removed {p}")
+        if todo:
+            why = "systemd is not running here" if not sch.systemd_running() else "not the system unit folder"
+            console.print(f"{why}; to activate, run:\n  " + "\n  ".join(todo))
+        elif manage:
+            console.print(f"enabled {' '.join(timers)}")
+        if not env_file.is_file():
+            console.print(f"note: {env_file} does not exist; put the secrets the configuration reads there "
+                          "(e.g. CRMOPS_PASSPHRASE=...), mode 0600")
+
+    app.emit(result, human)
+
+
+@schedule_group.command("show")
+@_with_dirs
+@pass_app
+def show_cmd(app: AppContext, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
+    """Show what is scheduled, when it next runs, and the command it runs."""
+    jobs = sch.read_installed(unit_dir, cron_file)
+    result = {"jobs": jobs, "systemd_running": sch.systemd_running()}
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        if not jobs:
+            console.print(f"nothing scheduled (no crmops units in {unit_dir}, no {cron_file}); "
+                          "see `crmops schedule install --help`")
+        for j in jobs:
+            nxt = f", next {j['next']}" if j.get("next") else ""
+            console.print(f"{j['job']:7} {j['kind']:7} {j['when']}{nxt}\n        {j['command']}\n        ({j['file']})")
+
+    app.emit(result, human)
+
+
+@schedule_group.command("remove")
+@_with_dirs
+@pass_app
+def remove_cmd(app: AppContext, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
+    """Stop and delete the units (and cron file) `schedule install` wrote; nothing else is touched."""
+    files = sch.generated(unit_dir, cron_file)
+    timers = [p.name for p in files if p.suffix == ".timer"]
+    manage = _manage(unit_dir, no_systemctl)
+    if manage and timers:
+        sch.systemctl("disable", "--now", *timers)
+    for p in files:
+        p.unlink()
+    todo: list[str] = []
+    if manage and timers:
+        sch.systemctl("daemon-reload")
+    elif timers:
+        todo = [f"systemctl disable --now {' '.join(timers)}", "systemctl daemon-reload"]
+    result = {"removed": [str(p) for p in files], "to_run": todo}
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        console.print("removed " + ", ".join(str(p) for p in files) if files else "nothing to remove")
+        if todo:
+            console.print("systemd may still hold the timers; run:\n  " + "\n  ".join(todo))
+
+    app.emit(result, human)
