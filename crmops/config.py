@@ -152,6 +152,9 @@ class MigrationsConfig(_Section):
     script_location: str | None = Field(None, description="Alembic script folder; default: the demo CRM's")
     lock_timeout_seconds: float = Field(5, gt=0)
     safety_backup: bool = True
+    lint: dict[str, Literal["error", "warning", "off"]] = Field(
+        default_factory=dict, description="severity per lint rule, e.g. index-not-concurrent: error")
+    lint_fail_on: Literal["error", "warning"] = "error"
 
 
 class WebhookConfig(_Section):
@@ -322,6 +325,8 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.verify.signing_key_file = fix(cfg.verify.signing_key_file)
     cfg.notify.metrics_file = fix(cfg.notify.metrics_file)
     cfg.state_dir = fix(cfg.state_dir) or cfg.state_dir
+    if cfg.migrations.script_location and not Path(cfg.migrations.script_location).is_absolute():
+        cfg.migrations.script_location = str(base / cfg.migrations.script_location)
     url = cfg.database.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
         cfg.database.url = "sqlite:///" + str(base / url[len("sqlite:///"):])

@@ -59,6 +59,7 @@ ImageMissing = _error("ImageMissing", 32, "image-missing", "The sandbox image is
 MigrationFailed = _error("MigrationFailed", 40, "migration-failed", "A migration failed while running.")
 MigrationRefused = _error("MigrationRefused", 41, "migration-refused", "A pre-check refused to run a migration.")
 LintFailed = _error("LintFailed", 42, "lint-failed", "Migration lint found errors.")
+SchemaDrift = _error("SchemaDrift", 43, "schema-drift", "The live schema differs from what its migrations create.")
 # upgrades
 UpgradeFailed = _error("UpgradeFailed", 50, "upgrade-failed", "An upgrade stage failed (and was rolled back).")
 UpgradeRefused = _error("UpgradeRefused", 51, "upgrade-refused", "The upgrade refused to start.")
@@ -79,7 +80,7 @@ EXIT_CODES: dict[int, str] = {
             DatabaseError, StorageUnreachable, StorageAccessDenied, RepositoryNotFound,
             RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
-            MigrationRefused, LintFailed, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
+            MigrationRefused, LintFailed, SchemaDrift, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
             TargetNotEmpty, StatusRed, Interrupted,
         )
     },

@@ -7,6 +7,7 @@ need different fixes, so they get different errors (and exit codes).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
@@ -58,16 +59,20 @@ def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
     return cls(message, hint=hint)
 
 
-def connect_engine(url: str | sa.URL, *, must_exist: bool = True) -> sa.Engine:
-    """An engine that has proven it can connect; SQLite files must exist unless told otherwise."""
+def connect_engine(url: str | sa.URL, *, must_exist: bool = True,
+                   connect_args: dict[str, Any] | None = None) -> sa.Engine:
+    """An engine that has proven it can connect; SQLite files must exist unless told otherwise.
+
+    connect_args go to the driver (e.g. session settings such as a lock timeout).
+    """
     u = parse(url)
     if u.get_backend_name() == "sqlite":
         path = u.database
         if must_exist and path and path != ":memory:" and not Path(path).exists():
             raise DatabaseNotFound(f"{path}: SQLite database file not found")
-        engine = sa.create_engine(u)
+        engine = sa.create_engine(u, connect_args=dict(connect_args or {}))
     else:
-        args = {"connect_timeout": 10}
+        args = {"connect_timeout": 10, **(connect_args or {})}
         engine = sa.create_engine(u, connect_args=args, pool_pre_ping=True)
     try:
         with engine.connect():
