@@ -152,7 +152,7 @@ def _finish_job(code: int, line: str | None) -> None:
     try:
         from crmops.services.jobs import finish
 
-        finish(_APP.config, job, exit_code=code, error=line, result=_APP.result)
+        finish(_APP.config, job, exit_code=code, error=line, result=_APP.result, log_failure=_APP.log_format == "json")
     except Exception as e:  # reporting must not turn a good run into a failed one
         logging.getLogger("crmops.jobs").warning("could not record the run: %s: %s", type(e).__name__,
                                                  _APP.config.redact(str(e)))

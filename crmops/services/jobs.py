@@ -128,8 +128,13 @@ def history(config: Config) -> list[dict[str, Any]]:
     return out
 
 
-def finish(config: Config, run: JobRun, *, exit_code: int, error: str | None, result: Any) -> dict[str, Any]:
-    """Record the run, rewrite the metrics, notify; returns the record with any reporting problems."""
+def finish(config: Config, run: JobRun, *, exit_code: int, error: str | None, result: Any,
+           log_failure: bool = False) -> dict[str, Any]:
+    """Record the run, rewrite the metrics, notify; returns the record with any reporting problems.
+
+    log_failure logs a failed run as an error line too (JSON logs want it; human logs already
+    carry the command's own one-line error).
+    """
     finished = time.time()
     figures = figures_of(run.command, result)
     if exit_code == 0:
@@ -152,9 +157,9 @@ def finish(config: Config, run: JobRun, *, exit_code: int, error: str | None, re
         problems.append(f"could not append to the run history {runs_path(config)}: {e}")
     problems += write_metrics(config)
     problems += notify(config, record)
-    for p in problems:
-        log.warning(config.redact(p))
-    level = logging.INFO if exit_code == 0 else logging.ERROR
+    for p in problems:  # at error level: --quiet (cron) must still show that reporting is broken
+        log.error(config.redact(p))
+    level = logging.ERROR if exit_code != 0 and log_failure else logging.INFO
     log.log(level, f"{run.command} {record['result']} in {record['duration_s']} s"
             + (f": {record['error']}" if record["error"] else ""), extra={"fields": {
                 "event": "job-end", "command": run.command, "result": record["result"], "exit_code": exit_code,
