@@ -33,6 +33,8 @@ from crmops.migrations.scripts import Scripts, Step
 
 #: statements that change nothing; left out of the list of what a failed revision did
 _READS = ("select", "show", "describe", "explain", "pragma", "set ")
+#: Connection.info key: this connection's transactions will write (SQLite: BEGIN IMMEDIATE)
+_WRITES = "crmops_writes"
 #: statement text kept in reports and the journal (parameters are never kept)
 MAX_SQL = 400
 
@@ -84,7 +86,7 @@ class Session:
         self.engine = connect_engine(url, must_exist=must_exist, connect_args=_session_args(self.kind, lock_timeout))
         if self.kind == "sqlite":
             event.listen(self.engine, "connect", _sqlite_manual_transactions)
-            event.listen(self.engine, "begin", _sqlite_begin_immediate)
+            event.listen(self.engine, "begin", _sqlite_begin)
             self.engine.dispose()  # the probe connection predates the listeners
         self.connection = self.engine.connect()
         self._current: list[Statement] = []
@@ -155,6 +157,7 @@ class Session:
         transaction: sa.Transaction | None = None
         if whole:
             self.connection.rollback()
+            self.connection.info[_WRITES] = True
             transaction = self._begin(steps[0] if steps else None, done)
         for step in steps:
             if not whole:
@@ -194,6 +197,7 @@ class Session:
                                  rolled_back=rolled_back, lock_timeout=_is_lock_timeout(e, self.kind)) from e
         else:
             self.connection.commit()
+        self.connection.info.pop(_WRITES, None)
         return done
 
     def _begin(self, first: Step | None, done: list[StepResult]) -> sa.Transaction:
@@ -232,9 +236,10 @@ def _sqlite_manual_transactions(dbapi_connection: Any, record: Any) -> None:
     dbapi_connection.isolation_level = None
 
 
-def _sqlite_begin_immediate(conn: Connection) -> None:
-    # DDL inside the transaction too, and the write lock taken up front (waiting at most the busy timeout)
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_begin(conn: Connection) -> None:
+    # DDL inside the transaction too; a migrating transaction takes the write lock up front
+    # (waiting at most the busy timeout), reads do not
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(_WRITES) else "BEGIN")
 
 
 def _is_lock_timeout(exc: BaseException, kind: str) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crmops.config import Config
-from crmops.dburl import engine_kind, safe
+from crmops.dburl import engine_kind, parse, safe
 from crmops.errors import ConfigError, CrmopsError, MigrationFailed, MigrationRefused
 from crmops.journal import actor
 from crmops.migrations import prechecks
@@ -325,7 +325,8 @@ def _failed(e: StepFailed, session: Session, result: MigrateResult, url: str) ->
         what = f"revision {e.step.revision} ({e.step.direction}) failed: {e.error}"
         fix = ""
     snapshot = result.safety_snapshot
-    restore = (f"crmops restore {snapshot} --to <the database URL> --force" if snapshot
+    where = safe(url) if parse(url).password is None else "<the database URL>"
+    restore = (f"crmops restore {snapshot} --to {where} --force" if snapshot
                else "restore your latest backup (no safety snapshot was taken)")
     if e.rolled_back:
         state = "nothing was changed (the whole run was rolled back)"
@@ -339,9 +340,10 @@ def _failed(e: StepFailed, session: Session, result: MigrateResult, url: str) ->
             f", then `{e.failed_sql}` failed" if e.failed_sql else "")
         state += f"; {', '.join(done)} of this run completed" if done else ""
         state += f"; alembic_version says {at or 'base'}"
-        undo = f"undo those statements by hand, then `crmops migrate down --to {result.from_revision or 'base'}`" \
-            if e.ran else f"`crmops migrate down --to {result.from_revision or 'base'}`"
-        path = (f"roll back: {restore}" + (f", or {undo}" if done or e.ran else "")) + (f"; {fix}" if fix else "")
+        back = f"`crmops migrate down --to {result.from_revision or 'base'}`"
+        by_hand = "undo those statements by hand" + (f", then {back}" if done else "")
+        undo = by_hand if e.ran else back if done else ""
+        path = f"roll back: {restore}" + (f", or {undo}" if undo else "") + (f"; {fix}" if fix else "")
     error = MigrationFailed(f"{what}; {state}", hint=path)
     error.details = {"revision": e.step.revision, "rolled_back": e.rolled_back,  # type: ignore[attr-defined]
                      "statements_ran": [s.sql for s in e.ran], "failed_statement": e.failed_sql,
