@@ -1,0 +1,147 @@
+"""`crmops upgrade`: run, rehearse, check, resume or roll back a playbook; `upgrade history` lists runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from crmops.cli.context import AppContext, pass_app
+from crmops.errors import CrmopsError
+
+
+def _plan_table(console: Any, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table("stage", "step", "type", "how", "seconds", "", title="plan")
+    for p in report["plan"]:
+        status = "" if p["ok"] is None else ("[green]ok[/green]" if p["ok"] else f"[red]{p['error']}[/red]")
+        secs = f"{p['seconds']:.2f}" + ("" if p.get("measured") else " (expected)")
+        t.add_row(p["stage"] or "smoke", p["step"] + (" (rollback)" if p["phase"] == "rollback" else ""),
+                  p["type"], p["mode"], secs, status or _params_line(p["params"]))
+    console.print(t)
+
+
+def _params_line(params: dict[str, Any]) -> str:
+    keys = ("check", "to", "sql", "command", "url", "container", "image", "snapshot", "tags", "mode", "message")
+    return ", ".join(f"{k}={params[k]}" for k in keys if k in params)[:90]
+
+
+def _dry_human(report: dict[str, Any]) -> Any:
+    def human(console: Any) -> None:
+        _plan_table(console, report)
+        r = report.get("restore") or {}
+        console.print(f"snapshot {report['snapshot']['id'][:10]} restored in {r.get('seconds', 0):.1f}s: "
+                      f"{r.get('detail', '')}")
+        for p in report["plan"]:
+            for lock in p.get("locks") or []:
+                console.print(f"  {p['step']} locks {lock['table']} {lock['strongest']} ~{lock['held_s']}s"
+                              + (f", waited {lock['waited_s']}s" if lock["waited_s"] else ""))
+        if report.get("row_changes"):
+            console.print("row changes: " + ", ".join(f"{t} {d:+d}" for t, d in report["row_changes"].items()))
+        console.print(f"migrations: {report.get('migrate_seconds', 0):.2f}s measured; estimated downtime "
+                      f"{report.get('estimated_downtime_s', 0):.1f}s; {report.get('window', {}).get('detail', '')}")
+        for w in report["warnings"]:
+            console.print(f"[yellow]warning[/yellow] {w}")
+        for b in report["blockers"]:
+            console.print(f"[red]blocker[/red] {b}")
+        console.print("not rehearsed for real:")
+        for f in report["fidelity"]:
+            console.print(f"  - {f['step'] or f['type']}: {f['reason']}")
+    return human
+
+
+def _run_human(report: dict[str, Any]) -> Any:
+    def human(console: Any) -> None:
+        for c in report.get("post_checks") or []:
+            console.print(f"post-check {c['name']}: {'ok' if c['ok'] else 'FAILED'}: {c['detail']}")
+        tail = f"; rollback took {report['rollback_seconds']:.1f}s" if report.get("rollback_seconds") else ""
+        console.print(f"upgrade {report['run_id']}: {report['result']} in {report.get('seconds') or 0:.1f}s{tail} "
+                      f"(journal {report['journal']})")
+    return human
+
+
+def _history_human(runs: list[dict[str, Any]]) -> Any:
+    def human(console: Any) -> None:
+        from rich.table import Table
+
+        t = Table("run", "playbook", "from → to", "kind", "started", "result", "failed step")
+        for r in runs:
+            t.add_row(r["run_id"], Path(r["playbook"] or "?").name, f"{r['from_version']} → {r['to_version']}",
+                      "dry run" if r["dry_run"] else "upgrade", (r["started_at"] or "")[:19], r["result"],
+                      r["failed_step"] or "")
+        console.print(t if runs else "no upgrade runs yet")
+    return human
+
+
+def _confirm(message: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return click.confirm(f"pause: {message}", default=False)
+
+
+@click.command("upgrade", context_settings={"ignore_unknown_options": False})
+@click.argument("playbooks", nargs=-1, metavar="PLAYBOOK... | history")
+@click.option("--dry-run", is_flag=True, help="Rehearse in a sandbox restored from the latest verified snapshot.")
+@click.option("--check", "check_only", is_flag=True, help="Only validate the playbook(s); contact nothing.")
+@click.option("--resume", is_flag=True, help="Continue the unfinished (crashed) run where its journal stops.")
+@click.option("--rollback", is_flag=True, help="Undo what the unfinished run's journal says ran.")
+@click.option("--run", "run_id", metavar="RUN_ID", help="With --resume/--rollback: which run (default: the "
+              "unfinished one).")
+@click.option("--yes", "-y", is_flag=True, help="Confirm every pause step in advance.")
+@click.option("--ignore-window", is_flag=True, help="Run outside the window or past the estimate (you decide).")
+@click.option("--limit", default=20, show_default=True, help="With history: how many runs.")
+@pass_app
+def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, check_only: bool, resume: bool,
+                rollback: bool, run_id: str | None, yes: bool, ignore_window: bool, limit: int) -> None:
+    """Staged upgrades with rollback: `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`,
+    `upgrade history`. Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
+    from crmops.services import upgrade as svc
+
+    modes = [m for m, on in (("--dry-run", dry_run), ("--check", check_only), ("--resume", resume),
+                             ("--rollback", rollback)) if on]
+    if len(modes) > 1:
+        raise click.UsageError(f"{' and '.join(modes)} cannot be combined")
+    if playbooks == ("history",) and not Path("history").exists():
+        runs = svc.history(app.config, limit=limit)
+        app.emit(runs, _history_human(runs))
+        return
+    if resume or rollback:
+        if playbooks:
+            raise click.UsageError("--resume and --rollback take the playbook from the run's journal; "
+                                   "name no PLAYBOOK (use --run RUN_ID to choose a run)")
+        if resume:
+            _reporting(app, lambda: svc.resume(app.config, run_id=run_id, yes=yes, confirm=_confirm, say=app.say),
+                       _run_human)
+        else:
+            _reporting(app, lambda: svc.rollback(app.config, run_id=run_id, say=app.say), _run_human)
+        return
+    if not playbooks:
+        raise click.UsageError("name a PLAYBOOK, or use --resume, --rollback or `upgrade history`")
+    paths: list[str | Path] = list(playbooks)
+    if check_only:
+        out = svc.check(paths)
+        app.emit(out, lambda c: c.print(f"{out['source']}: valid ({out['from_version']} -> {out['to_version']}, "
+                                        f"{len(out['stages'])} stages)"))
+        return
+    if dry_run:
+        from crmops.services.upgrade_rehearsal import dry_run as rehearse
+
+        _reporting(app, lambda: rehearse(app.config, paths, say=app.say), _dry_human)
+        return
+    _reporting(app, lambda: svc.upgrade(app.config, paths, yes=yes, ignore_window=ignore_window, confirm=_confirm,
+                                        say=app.say), _run_human)
+
+
+def _reporting(app: AppContext, work: Any, human: Any) -> None:
+    """Print the report whether the run succeeded or not; failures then end with their one line and code."""
+    try:
+        report = work()
+    except CrmopsError as e:
+        report = getattr(e, "report", None)
+        if report is not None:
+            app.emit(report, human(report))
+        raise
+    app.emit(report, human(report))

@@ -1,0 +1,264 @@
+"""The playbook model: versions, window, variables, ordered stages of steps and rollback steps.
+
+Each step type is a pydantic model naming its parameters and the outputs later steps
+may reference (``{{ steps.<id>.<output> }}``), so the whole playbook, templates
+included, is checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time as dtime
+from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Step(_Strict):
+    """What every step has: an id to reference it by, a timeout, retries and an expected duration."""
+
+    #: outputs other steps may reference as {{ steps.<id>.<name> }}
+    OUTPUTS: ClassVar[tuple[str, ...]] = ()
+    #: steps the dry run executes for real in the sandbox
+    REHEARSED: ClassVar[bool] = False
+    #: typical duration when the playbook gives no expected_seconds
+    TYPICAL_SECONDS: ClassVar[float] = 1.0
+
+    type: str
+    id: str | None = Field(None, pattern=_ID)
+    name: str | None = None
+    timeout: float = Field(600, gt=0, description="seconds before the step is cancelled and counts as failed")
+    retries: int = Field(0, ge=0, le=100)
+    retry_delay: float = Field(2, ge=0)
+    expected_seconds: float | None = Field(None, ge=0, description="for the dry run's plan where not measured")
+
+    def describe(self) -> str:
+        return self.name or self.type
+
+
+class PreflightStep(Step):
+    OUTPUTS = ("value", "detail")
+    REHEARSED = True  # run against production, read-only
+    type: Literal["preflight"]
+    check: Literal["db_reachable", "disk_free", "snapshot_fresh", "schema_revision", "no_other_upgrade"]
+    path: str | None = Field(None, description="disk_free: folder to check (default: the state directory)")
+    min_free_gb: float | None = Field(None, ge=0, description="disk_free: at least this much")
+    restore_factor: float = Field(2.0, gt=0, description="disk_free: free >= factor x latest snapshot size")
+    max_age_hours: float = Field(24, gt=0, description="snapshot_fresh: newest snapshot at most this old")
+    require_verified: bool = Field(True, description="snapshot_fresh: and its latest verification passed")
+    expect: str | None = Field(None, description="schema_revision: the revision the database must be at")
+
+    @model_validator(mode="after")
+    def _needs(self) -> PreflightStep:
+        if self.check == "schema_revision" and not self.expect:
+            raise ValueError("check schema_revision needs expect: <revision>")
+        return self
+
+
+class BackupStep(Step):
+    OUTPUTS = ("snapshot_id", "seconds")
+    TYPICAL_SECONDS = 30
+    type: Literal["backup"]
+    tags: list[str] = Field(default_factory=lambda: ["pre-upgrade"])
+
+
+class VerifyStep(Step):
+    OUTPUTS = ("snapshot_id", "ok")
+    TYPICAL_SECONDS = 60
+    type: Literal["verify"]
+    snapshot: str = "latest"
+
+
+class MigrateStep(Step):
+    OUTPUTS = ("from", "to", "seconds", "safety_snapshot")
+    REHEARSED = True
+    TYPICAL_SECONDS = 30
+    type: Literal["migrate"]
+    to: str
+    safety_backup: bool = Field(False, description="the playbook's own backup step usually covers this")
+
+
+class SqlStep(Step):
+    OUTPUTS = ("value", "rowcount")
+    REHEARSED = True
+    type: Literal["sql"]
+    sql: str
+    expect: Any = Field(None, description="an assertion: the first column of the first row must equal this")
+    timeout: float = Field(300, gt=0)
+
+
+class ShellStep(Step):
+    OUTPUTS = ("exit_code", "stdout")
+    TYPICAL_SECONDS = 5
+    type: Literal["shell"]
+    command: str | list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    expect_exit: int = 0
+    cwd: str | None = None
+    timeout: float = Field(300, gt=0)
+
+
+class HttpStep(Step):
+    OUTPUTS = ("status", "body")
+    type: Literal["http"]
+    url: str
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    expect_status: int | list[int] = 200
+    expect_body: str | None = Field(None, description="text the response body must contain")
+    timeout: float = Field(10, gt=0)
+
+    def statuses(self) -> list[int]:
+        return [self.expect_status] if isinstance(self.expect_status, int) else list(self.expect_status)
+
+
+class DockerStep(Step):
+    OUTPUTS = ("previous_image", "image", "container")
+    TYPICAL_SECONDS = 5
+    type: Literal["docker"]
+    container: str
+    image: str
+    stop_timeout: int = Field(10, ge=0, le=600)
+    timeout: float = Field(120, gt=0)
+
+
+class PauseStep(Step):
+    OUTPUTS = ()
+    TYPICAL_SECONDS = 0
+    type: Literal["pause"]
+    message: str = "continue?"
+
+
+class MaintenanceStep(Step):
+    OUTPUTS = ("mode",)
+    type: Literal["maintenance"]
+    mode: Literal["on", "off"]
+    shell: dict[str, Any] | None = Field(None, description="a shell step's fields (command, env, expect_exit…)")
+    http: dict[str, Any] | None = Field(None, description="an http step's fields (url, method, expect_status…)")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> MaintenanceStep:
+        if (self.shell is None) == (self.http is None):
+            raise ValueError("maintenance needs exactly one of shell: or http:")
+        inner = ShellStep if self.shell is not None else HttpStep
+        inner.model_validate({"type": inner.model_fields["type"].annotation.__args__[0],  # type: ignore[union-attr]
+                              **(self.shell or self.http or {})})
+        return self
+
+    def inner(self, rendered: dict[str, Any]) -> ShellStep | HttpStep:
+        """The shell or http step that switches maintenance mode, built from already rendered fields."""
+        if self.shell is not None:
+            return ShellStep.model_validate({"type": "shell", "timeout": self.timeout, **rendered})
+        return HttpStep.model_validate({"type": "http", **rendered})
+
+
+class RestoreStep(Step):
+    OUTPUTS = ("snapshot_id", "safety_snapshot", "seconds")
+    TYPICAL_SECONDS = 60
+    type: Literal["restore"]
+    snapshot: str
+    timeout: float = Field(3600, gt=0)
+
+
+AnyStep = Annotated[
+    PreflightStep | BackupStep | VerifyStep | MigrateStep | SqlStep | ShellStep | HttpStep | DockerStep
+    | PauseStep | MaintenanceStep | RestoreStep,
+    Field(discriminator="type"),
+]
+STEP_TYPES: dict[str, type[Step]] = {
+    cls.model_fields["type"].annotation.__args__[0]: cls  # type: ignore[union-attr]
+    for cls in (PreflightStep, BackupStep, VerifyStep, MigrateStep, SqlStep, ShellStep, HttpStep, DockerStep,
+                PauseStep, MaintenanceStep, RestoreStep)
+}
+SMOKE_TYPES = ("sql", "http")
+
+
+class Window(_Strict):
+    """When the real upgrade may run: days, a local start and end (end before start spans midnight)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=lambda: list(DAYS))
+    start: str = "00:00"
+    end: str = "24:00"
+    timezone: str = "UTC"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, v: str) -> str:
+        if v != "24:00" and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", str(v)):
+            raise ValueError(f"a time of day as HH:MM, got {v!r}")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (e.g. Europe/Berlin, Asia/Shanghai, UTC)") from None
+        return v
+
+    def clock(self, which: str) -> dtime | None:
+        text = self.start if which == "start" else self.end
+        return None if text == "24:00" else dtime.fromisoformat(text)
+
+
+class Stage(_Strict):
+    name: str = Field(pattern=_ID)
+    description: str | None = None
+    steps: list[AnyStep] = Field(min_length=1)
+    rollback: list[AnyStep] = Field(default_factory=list)
+    #: the CRM version reached when this stage completes: a checkpoint snapshot is taken there
+    checkpoint: str | None = None
+
+
+class PostChecks(_Strict):
+    drift: bool = Field(True, description="the schema must match the target revision exactly")
+    row_counts: bool = Field(True, description="per-table row changes must match the rehearsal's")
+    row_tolerance_percent: float = Field(5, ge=0)
+    row_tolerance_rows: int = Field(10, ge=0)
+
+
+class Playbook(_Strict):
+    name: str
+    description: str | None = None
+    from_version: str
+    to_version: str
+    window: Window | None = None
+    vars: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    stages: list[Stage] = Field(min_length=1)
+    smoke_tests: list[AnyStep] = Field(default_factory=list)
+    post_checks: PostChecks = Field(default_factory=PostChecks)
+    #: after a failure past a checkpoint: undo everything, or only back to the last good hop
+    on_failure: Literal["rollback_to_start", "rollback_to_checkpoint"] = "rollback_to_start"
+
+    #: set by the loader: where it came from and a digest of its text
+    source: str = Field("", exclude=True)
+    digest: str = Field("", exclude=True)
+
+    @field_validator("from_version", "to_version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) else v
+
+    def all_steps(self) -> list[tuple[Stage | None, str, Step]]:
+        """(stage, phase, step) in document order; phase is run, rollback or smoke."""
+        out: list[tuple[Stage | None, str, Step]] = []
+        for stage in self.stages:
+            out += [(stage, "run", s) for s in stage.steps]
+            out += [(stage, "rollback", s) for s in stage.rollback]
+        out += [(None, "smoke", s) for s in self.smoke_tests]
+        return out
+
+    def migrate_target(self) -> str | None:
+        """The revision the last migrate step goes to (may still hold a template)."""
+        targets = [s.to for st in self.stages for s in st.steps if isinstance(s, MigrateStep)]
+        return targets[-1] if targets else None

@@ -1,0 +1,202 @@
+"""The runner with real shell steps: order, rollback in reverse, signals, crashes, resume, journal.
+
+No database work happens in these playbooks (the CRM is a small SQLite demo, only read for
+the row-count baseline), so they run in seconds and exercise every path of the runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from crmops.democrm.load import create
+from crmops.journal import Journal
+from tests.services.verify_helpers import first_json
+
+LOG = "events.log"
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Path:
+    """A config with a small SQLite demo CRM and a state directory."""
+    create(f"sqlite:///{tmp_path / 'crm.db'}", size="small")
+    (tmp_path / "crmops.yaml").write_text(yaml.safe_dump({
+        "database": {"url": f"sqlite:///{tmp_path / 'crm.db'}"}, "state_dir": str(tmp_path / "state"),
+        "repository": {"url": f"file://{tmp_path / 'repo'}"}, "encryption": {"passphrase": "${TEST_PASSPHRASE}"}}))
+    return tmp_path
+
+
+def _note(word: str) -> dict[str, Any]:
+    return {"type": "shell", "command": f"echo {word} >> {LOG}"}
+
+
+def playbook(bed: Path, *, b_extra: list[dict[str, Any]] | None = None, c_steps: list[dict[str, Any]] | None = None,
+             **top: Any) -> Path:
+    doc = {"name": "shell only", "from_version": "1", "to_version": "2", "vars": {"who": "b"},
+           "post_checks": {"drift": False},
+           "stages": [
+               {"name": "a", "steps": [_note("a")], "rollback": [_note("undo-a")]},
+               {"name": "b", "steps": [{"id": "b1", "type": "shell", "command": "echo {{ vars.who }} >> " + LOG},
+                                       *(b_extra or [])],
+                "rollback": [{"type": "shell", "command": "echo undo-{{ steps.b1.exit_code }} >> " + LOG}]},
+               {"name": "c", "steps": c_steps or [_note("c")], "rollback": [_note("undo-c")]},
+           ], **top}
+    path = bed / "pb.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def crmops(bed: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+           ) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    full.update({"TEST_PASSPHRASE": "runner test passphrase", **(env or {})})
+    return subprocess.run([sys.executable, "-m", "crmops", "--config", str(bed / "crmops.yaml"), *args],
+                          capture_output=True, text=True, cwd=bed, env=full, timeout=timeout)
+
+
+def spawn(bed: Path, *args: str) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    full["TEST_PASSPHRASE"] = "runner test passphrase"
+    return subprocess.Popen([sys.executable, "-m", "crmops", "--config", str(bed / "crmops.yaml"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=bed, env=full)
+
+
+def events(bed: Path) -> list[str]:
+    return (bed / LOG).read_text().split()
+
+
+def journals(bed: Path) -> list[Journal]:
+    return [Journal(p) for p in sorted((bed / "state" / "upgrades").glob("*.jsonl"))]
+
+
+def records(bed: Path) -> list[dict[str, Any]]:
+    (j,) = journals(bed)
+    assert j.verify() > 0  # the hash chain holds
+    return list(j.records())
+
+
+def wait_for_step(bed: Path, step: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for j in journals(bed):
+            if any(r["event"] == "step_start" and r.get("step") == step for r in j.records()):
+                return
+        time.sleep(0.05)
+    pytest.fail(f"step {step} never started")
+
+
+def test_success_journals_every_step_between_start_and_end(bed: Path) -> None:
+    r = crmops(bed, "--json", "upgrade", str(playbook(bed)))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["result"] == "success" and [s["step"] for s in report["steps"]] == ["a-1", "b1", "c-1"]
+    assert events(bed) == ["a", "b", "c"]
+    recs = records(bed)
+    assert recs[0]["event"] == "start" and recs[-1] == {**recs[-1], "event": "end", "result": "success"}
+    assert {k: recs[0][k] for k in ("playbook", "from_version", "to_version", "dry_run")} == {
+        "playbook": str(bed / "pb.yaml"), "from_version": "1", "to_version": "2", "dry_run": False}
+    assert recs[0]["run_id"] == report["run_id"]
+    ends = [x for x in recs if x["event"] == "step_end"]
+    assert all(x["ok"] and x["seconds"] >= 0 and x["summary"].startswith("exit 0") for x in ends)
+    hist = json.loads(crmops(bed, "--json", "upgrade", "history").stdout)
+    assert [(h["run_id"], h["result"]) for h in hist] == [(report["run_id"], "success")]
+
+
+def test_failure_rolls_back_every_started_stage_newest_first(bed: Path) -> None:
+    pb = playbook(bed, c_steps=[_note("c"), {"type": "shell", "command": "echo boom >&2; exit 3"}])
+    r = crmops(bed, "upgrade", str(pb))
+    assert r.returncode == 50, r.stdout + r.stderr
+    assert "c-2 failed (exit code 3, expected 0; last output: boom); rolled back" in r.stderr
+    assert events(bed) == ["a", "b", "c", "undo-c", "undo-0", "undo-a"]
+    recs = records(bed)
+    assert [x["stage"] for x in recs if x["event"] == "stage_rolled_back"] == ["c", "b", "a"]
+    assert recs[-1]["event"] == "end" and recs[-1]["result"] == "rolled-back"
+    fail = next(x for x in recs if x["event"] == "failure")
+    assert fail["step"] == "c-2" and "exit code 3" in fail["error"]
+
+
+def test_retries_and_timeouts_are_per_step(bed: Path) -> None:
+    flaky = {"type": "shell", "command": "n=$(cat n 2>/dev/null || echo 0); echo $((n+1)) > n; [ $n -ge 2 ]",
+             "retries": 2, "retry_delay": 0}
+    slow = {"type": "shell", "command": "sleep 20", "timeout": 1}
+    started = time.monotonic()
+    r = crmops(bed, "--json", "upgrade", str(playbook(bed, b_extra=[flaky], c_steps=[slow])))
+    assert r.returncode == 50 and time.monotonic() - started < 15
+    steps = {s["step"]: s for s in first_json(r.stdout)["steps"]}
+    assert steps["b-2"]["ok"] and (bed / "n").read_text().strip() == "3"
+    assert steps["c-1"]["ok"] is False and steps["c-1"]["error"].startswith("timed out after 1s")
+    end = [x for x in records(bed) if x["event"] == "step_end" and x["step"] == "b-2"][0]
+    assert end["attempts"] == 3
+
+
+def test_sigterm_mid_step_rolls_back_then_exits_130(bed: Path) -> None:
+    proc = spawn(bed, "upgrade", str(playbook(bed, b_extra=[{"type": "shell", "command": "sleep 60"}])))
+    wait_for_step(bed, "b-2")
+    time.sleep(0.3)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert time.monotonic() - started < 20
+    assert events(bed) == ["a", "b", "undo-0", "undo-a"]  # c never started, so it is not undone
+    recs = records(bed)
+    assert any(x["event"] == "interrupted" for x in recs)
+    assert recs[-1]["event"] == "end" and recs[-1]["result"] == "rolled-back"
+
+
+def test_a_crash_blocks_new_runs_until_resumed(bed: Path) -> None:
+    gate = {"type": "shell", "command": "[ -f go ] || sleep 60"}
+    pb = playbook(bed, b_extra=[gate])
+    proc = spawn(bed, "upgrade", str(pb))
+    wait_for_step(bed, "b-2")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    refused = crmops(bed, "upgrade", str(pb))
+    assert refused.returncode == 51 and "did not finish" in refused.stderr and "--resume" in refused.stderr
+    (bed / "go").touch()
+    r = crmops(bed, "--json", "upgrade", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["result"] == "success"
+    assert events(bed) == ["a", "b", "c"]  # a and b1 ended before the crash: not repeated
+    recs = records(bed)
+    assert [x["event"] for x in recs].count("start") == 1 and recs[-1]["result"] == "success"
+    assert any(x["event"] == "resume" and x["interrupted"] == ["b-2"] for x in recs)
+
+
+def test_rollback_after_a_crash_undoes_what_the_journal_says_ran(bed: Path) -> None:
+    pb = playbook(bed, b_extra=[{"type": "shell", "command": "sleep 60"}])
+    proc = spawn(bed, "upgrade", str(pb))
+    wait_for_step(bed, "b-2")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    r = crmops(bed, "--json", "upgrade", "--rollback")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["result"] == "rolled-back"
+    assert events(bed) == ["a", "b", "undo-0", "undo-a"]
+    again = crmops(bed, "upgrade", "--rollback")
+    assert again.returncode == 51 and "no unfinished upgrade" in again.stderr
+
+
+def test_window_secrets_and_lock(bed: Path) -> None:
+    today = time.strftime("%a", time.gmtime()).lower()[:3]
+    other = [d for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun") if d != today]
+    secret = {"type": "shell", "command": "echo token=$TOKEN >> " + LOG, "env": {"TOKEN": "${SECRET_TOKEN}"}}
+    pb = playbook(bed, b_extra=[secret], window={"days": other, "timezone": "UTC"})
+    r = crmops(bed, "upgrade", str(pb), env={"SECRET_TOKEN": "s3cr3t-value"})
+    assert r.returncode == 51 and "outside the window" in r.stderr
+    assert not (bed / LOG).exists()
+    r = crmops(bed, "upgrade", str(pb), "--ignore-window", env={"SECRET_TOKEN": "s3cr3t-value"})
+    assert r.returncode == 0, r.stderr
+    assert "token=s3cr3t-value" in events(bed)  # the step got the value …
+    text = journals(bed)[0].path.read_text()
+    assert "s3cr3t-value" not in text and "${SECRET_TOKEN}" in text  # … the journal never did
+    assert "s3cr3t-value" not in r.stdout + r.stderr
