@@ -51,13 +51,17 @@ build_mariadb() {
   echo "built mariadb:10.11"
 }
 
+# the app needs json and http.server: python3-minimal lacks them, so an image built from it
+# exits at start; such an image is rebuilt
+app_runs() { docker run --rm "$1" python3 -c 'import http.server, json' >/dev/null 2>&1; }
+
 build_app() {
   for v in 1.0 2.0; do
-    have "crmops-demo-app:$v" || break
+    have "crmops-demo-app:$v" && app_runs "crmops-demo-app:$v" || break
     [ "$v" = 2.0 ] && return
   done
-  if ! have crmops-debian-python:bookworm; then
-    local dir; dir=$(rootfs python "python3-minimal")
+  if ! { have crmops-debian-python:bookworm && app_runs crmops-debian-python:bookworm; }; then
+    local dir; dir=$(rootfs python "python3")
     tar -C "$dir" -c . | docker import -c 'CMD ["/bin/sh"]' - crmops-debian-python:bookworm >/dev/null
     rm -rf "$dir"
   fi
