@@ -109,7 +109,12 @@ def cli(ctx: click.Context, config_path: str | None, json_out: bool, quiet: bool
 _APP: AppContext | None = None
 
 
+_STOPPED_BY: str | None = None
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    global _STOPPED_BY
+    _STOPPED_BY = signal.Signals(signum).name  # the record and notification say why the job ended
     raise KeyboardInterrupt
 
 
@@ -124,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
             logging.getLogger("crmops").exception("failed")
         _fail(e.line(), e.exit_code, e.kind)
     except click.exceptions.Abort:
-        _fail("stopped", Interrupted.exit_code, "interrupted")
+        why = f"stopped by {_STOPPED_BY} (a timeout or shutdown); nothing half-written is kept" if _STOPPED_BY \
+            else "stopped"
+        _fail(why, Interrupted.exit_code, "interrupted")
     except KeyboardInterrupt:
         _fail("stopped by Ctrl-C or SIGTERM; nothing half-written is kept", Interrupted.exit_code, "interrupted")
     except click.ClickException as e:

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from crmops import __version__
 from crmops.config import Config
-from crmops.errors import CrmopsError, IntegrityError, LockBusy
+from crmops.errors import ConfigError, CrmopsError, IntegrityError, LockBusy
 from crmops.journal import Journal
 from crmops.log import RUN_ID
 
@@ -64,8 +64,12 @@ class JobRun:
             except ValueError:
                 wait_seconds = 0.0
         path = config.state_dir / "jobs.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = path.open("a+", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = path.open("a+", encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"state_dir {config.state_dir}: cannot write the job lock ({e.strerror})",
+                              hint="run as the user that owns it, or set state_dir in the configuration") from None
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
