@@ -330,3 +330,36 @@ def test_baseline_refuses_a_schema_changed_by_hand(tmp_path: Path) -> None:
     line = refused.value.line()
     assert "index ix_activities_occurred on activities: expected but missing" in line
     assert "column accounts.vat_id: in the database but not in the migrations" in line
+
+
+@pytest.mark.postgres
+@pytest.mark.docker
+def test_without_createdb_the_expected_schema_is_built_in_a_sandbox(pg_admin_url: str, pg_url: str,
+                                                                    docker_client: object, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A CRM user that may not create databases: drift builds the expected schema in a container instead."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    role, password = f"crm_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    database = make_url(pg_url).database
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB PASSWORD '{password}'")
+        conn.execute(f'ALTER DATABASE "{database}" OWNER TO {role}')
+    try:
+        url = make_url(pg_url).set(username=role, password=password).render_as_string(hide_password=False)
+        with psycopg.connect(pg_admin_url.rsplit("/", 1)[0] + f"/{database}", autocommit=True) as conn:
+            conn.execute(f"ALTER SCHEMA public OWNER TO {role}")
+        create(url, size="small")
+        sql(url, "ALTER TABLE leads ADD COLUMN wechat_id VARCHAR(64)")
+        config = config_for(tmp_path, url)
+        with caplog.at_level("INFO", logger="crmops.migrate"):
+            found = [(d.kind, d.name, d.change) for d in service.drift(config)]
+        assert found == [("column", "wechat_id", "unexpected")]
+        assert "permission denied to create database" in caplog.text and "in a sandbox" in caplog.text
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
