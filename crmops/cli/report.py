@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from crmops.cli.context import AppContext, pass_app
 
@@ -20,7 +21,7 @@ def _overview(app: AppContext):  # type: ignore[no-untyped-def]
 def _print_verdicts(console, ov) -> None:  # type: ignore[no-untyped-def]
     for v in ov.verdicts:
         c = _COLOUR[v.level]
-        console.print(f"[{c}]{v.level.upper():5}[/{c}] {v.name:12} {v.summary}", markup=True, highlight=False)
+        console.print(f"[{c}]{v.level.upper():5}[/{c}] {v.name:12} {escape(v.summary)}", highlight=False)
     console.print(f"overall: [{_COLOUR[ov.level]}]{ov.level.upper()}[/{_COLOUR[ov.level]}]")
 
 

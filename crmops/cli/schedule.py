@@ -10,14 +10,13 @@ from crmops.cli.context import AppContext, pass_app
 from crmops.services import schedule as sch
 
 _dirs = [
-    click.option("--cron", "use_cron", is_flag=True, help="A crontab file instead of systemd units."),
     click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=sch.DEFAULT_UNIT_DIR,
                  show_default=True, help="Where the systemd units go."),
     click.option("--cron-file", type=click.Path(dir_okay=False, path_type=Path), default=sch.DEFAULT_CRON_FILE,
-                 show_default=True, help="With --cron: the file written."),
-    click.option("--no-systemctl", is_flag=True,
-                 help="Never run systemctl; print what to run instead (automatic when systemd is not running)."),
+                 show_default=True, help="The cron file (written with --cron)."),
 ]
+_no_systemctl = click.option("--no-systemctl", is_flag=True,
+                             help="Never run systemctl; print what to run instead (automatic without systemd).")
 
 
 def _with_dirs(f):  # type: ignore[no-untyped-def]
@@ -74,7 +73,9 @@ def schedule_group() -> None:
 @click.option("--user", help="Run as this user (default: root).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="With --cron: where the JSON log lines go (default: <state_dir>/crmops.log).")
+@click.option("--cron", "use_cron", is_flag=True, help="A file in /etc/cron.d instead of systemd units.")
 @_with_dirs
+@_no_systemctl
 @pass_app
 def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, check: sch.When | None,
                 prune: sch.When | None, timeout: str, lock_wait: str, env_file: Path, user: str | None,
@@ -133,7 +134,7 @@ def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, chec
 @schedule_group.command("show")
 @_with_dirs
 @pass_app
-def show_cmd(app: AppContext, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
+def show_cmd(app: AppContext, unit_dir: Path, cron_file: Path) -> None:
     """Show what is scheduled, when it next runs, and the command it runs."""
     jobs = sch.read_installed(unit_dir, cron_file)
     result = {"jobs": jobs, "systemd_running": sch.systemd_running()}
@@ -151,8 +152,9 @@ def show_cmd(app: AppContext, use_cron: bool, unit_dir: Path, cron_file: Path, n
 
 @schedule_group.command("remove")
 @_with_dirs
+@_no_systemctl
 @pass_app
-def remove_cmd(app: AppContext, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
+def remove_cmd(app: AppContext, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
     """Stop and delete the units (and cron file) `schedule install` wrote; nothing else is touched."""
     files = sch.generated(unit_dir, cron_file)
     timers = [p.name for p in files if p.suffix == ".timer"]

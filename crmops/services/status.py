@@ -146,7 +146,23 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_retention_verdict(ov, s.repository_quota_bytes, s.headroom_percent))
     out.append(_jobs_verdict(runs, now))
     out.append(_upgrades_verdict(ov))
+    out.append(_alerting_verdict(config))
     return out
+
+
+def _alerting_verdict(config: Config) -> Verdict:
+    """A failed nightly job that reaches no one is the silent failure this tool exists to prevent."""
+    from crmops.notify import notifiers
+    from crmops.notify.http import host_of
+
+    n = config.notify
+    channels = [c.name for c in notifiers(config)]
+    channels += [f"metrics file {n.metrics_file}"] if n.metrics_file else []
+    channels += [f"Pushgateway {host_of(n.pushgateway_url)}"] if n.pushgateway_url else []
+    if not channels:
+        return Verdict("alerting", AMBER, "a failed job reaches no one but its exit code: configure notify.webhooks, "
+                                          "notify.email, notify.metrics_file or notify.pushgateway_url")
+    return Verdict("alerting", GREEN, "failures are reported to " + ", ".join(channels))
 
 
 def _backup_verdict(ov: Overview, runs: list[dict[str, Any]], now: datetime, max_hours: float) -> Verdict:

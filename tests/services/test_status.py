@@ -43,7 +43,12 @@ def test_verdicts_follow_backups_verifications_upgrades_and_retention(sqlite_url
     ok(run(config, "--json", "verify"))
     cfg = load(config)
     ov = gather(cfg)
-    assert set(levels(ov).values()) == {"green"}, ov.verdicts
+    lv = levels(ov)
+    assert lv.pop("alerting") == "amber" and "reaches no one" in summary(ov, "alerting")
+    assert set(lv.values()) == {"green"}, ov.verdicts
+    cfg.notify.metrics_file = tmp_path / "crmops.prom"
+    assert summary(gather(cfg), "alerting") == f"failures are reported to metrics file {tmp_path / 'crmops.prom'}"
+    ov = gather(cfg)
     assert [r["command"] for r in ov.runs] == ["backup", "verify"] and ov.level == "green"
     now = datetime.now(UTC)
     later = gather(cfg, now=now + timedelta(hours=27))
