@@ -226,11 +226,12 @@ class Config(_Section):
 
         walk(self)
         found.append(self.encryption.resolved_passphrase() or "")
-        try:
-            password = urlsplit(self.database.url).password or ""
-        except ValueError:
-            password = ""
-        found += [password, unquote(password)]
+        for url in (self.database.url, self.notify.pushgateway_url or ""):
+            try:
+                password = urlsplit(url).password or ""
+            except ValueError:
+                password = ""
+            found += [password, unquote(password)]
         # longest first, so a secret containing another is replaced whole
         return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
@@ -245,6 +246,8 @@ class Config(_Section):
         data = self.model_dump(mode="json")
         _mask_secrets(data, self)
         data["database"]["url"] = mask_url(self.database.url)
+        if self.notify.pushgateway_url:
+            data["notify"]["pushgateway_url"] = mask_url(self.notify.pushgateway_url)
         return data
 
 

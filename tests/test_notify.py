@@ -106,3 +106,20 @@ def test_a_dead_webhook_never_changes_the_jobs_exit_code(tmp_path: Path) -> None
     assert "notification via webhook #1 (generic, http://127.0.0.1:9) failed" in r.stderr and TOKEN not in r.stderr
     (line,) = (tmp_path / "state" / "runs.jsonl").read_text().splitlines()
     assert json.loads(line)["result"] == "success"
+
+
+def test_every_configured_secret_is_scrubbed_and_masked() -> None:
+    cfg = Config.model_validate({
+        "database": {"url": "postgresql://crm:p%40ss-db-77@db.example/crm"},
+        "repository": {"url": "s3://b/p", "s3": {"secret_access_key": "s3-secret-0042"}},
+        "encryption": {"passphrase": "long passphrase 11"},
+        "notify": {"pushgateway_url": "http://push:gw-secret-5@gw.example:9091",
+                   "webhooks": [{"kind": "dingtalk", "url": f"https://oapi.example/robot?access_token={TOKEN}",
+                                 "secret": DING_SECRET}],
+                   "email": {"host": "smtp.example", "sender": "a@example", "to": ["b@example"],
+                             "username": "u", "password": "smtp-secret-3"}}})
+    text = (f"p@ss-db-77 p%40ss-db-77 s3-secret-0042 long passphrase 11 gw-secret-5 {DING_SECRET} smtp-secret-3 "
+            f"https://oapi.example/robot?access_token={TOKEN}")
+    assert cfg.redact(text) == " ".join(["********"] * 8)
+    shown = json.dumps(cfg.masked())
+    assert not any(s in shown for s in ("p@ss-db-77", "s3-secret-0042", "gw-secret-5", DING_SECRET, TOKEN))
