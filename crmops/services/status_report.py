@@ -18,7 +18,10 @@ from crmops.services.status import GREEN, Overview, parse_time
 CSS = DRILL_CSS + """
 .chip{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;color:#fff;font-weight:600;font-size:.85rem}
 .green{background:#1a7f37}.amber{background:#bf8700}.red{background:#cf222e}
-#warnings li{margin:.3rem 0}#warnings .none{color:#1a7f37}
+#warnings{list-style:none;padding:0}#warnings li{margin:.4rem 0;padding:.2rem .6rem;border-left:4px solid}
+#warnings li.lvl-red{border-color:#cf222e;background:#ffebe9}
+#warnings li.lvl-amber{border-color:#bf8700;background:#fff8c5}
+#warnings .none{color:#1a7f37;border-color:#1a7f37}
 svg.chart{width:100%;height:auto;border:1px solid #d0d7de;border-radius:.4rem;background:#fff}
 svg.chart text{font:11px system-ui,sans-serif;fill:#57606a}svg.chart .axis{stroke:#8c959f;stroke-width:1}
 svg.chart .grid{stroke:#eaeef2;stroke-width:1}svg.chart rect.col{fill:#0969da}
@@ -110,13 +113,14 @@ def _mark(ok: Any) -> str:
 def render_html(ov: Overview) -> str:
     e = escape
     level = ov.level
-    warnings = [v for v in ov.verdicts if v.level != GREEN]
+    warnings = sorted((v for v in ov.verdicts if v.level != GREEN), key=lambda v: v.level != "red")  # red first
     last_v = ov.verifications[-1] if ov.verifications else None
-    facts = [("Overall", level.upper()), ("Snapshots", f"{len(ov.snapshots)}"),
-             ("Repository size", _mb(ov.repository_size_bytes)),
-             ("Newest snapshot", _when(ov.snapshots[-1]["time"]) if ov.snapshots else "none"),
+    unknown = "unknown" if ov.repository_error else None
+    facts = [("Snapshots", unknown or f"{len(ov.snapshots)}"),
+             ("Repository size", unknown or _mb(ov.repository_size_bytes)),
+             ("Newest snapshot", unknown or (_when(ov.snapshots[-1]["time"]) if ov.snapshots else "none")),
              ("Last restore time (RTO)", _secs(last_v.get("restore_seconds")) if last_v else "–"),
-             ("Last verified", _when(last_v.get("verified_at")) if last_v else "never")]
+             ("Last verified", _when(last_v.get("verified_at")) if last_v else (unknown or "never"))]
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>crmops status {e(ov.host)}: {level.upper()}</title><style>{CSS}</style></head><body>",
@@ -127,7 +131,7 @@ def render_html(ov: Overview) -> str:
         '<div class="facts">' + "".join(f'<div class="fact">{e(k)}<b>{v}</b></div>' for k, v in facts) + "</div>",
         '<h2>Warnings</h2><ul id="warnings">',
     ]
-    parts += [f'<li class="warning {v.level}"><span class="chip {v.level}">{v.level.upper()}</span> '
+    parts += [f'<li class="warning lvl-{v.level}"><span class="chip {v.level}">{v.level.upper()}</span> '
               f"<b>{e(v.name)}</b>: {e(v.summary)}</li>" for v in warnings]
     if not warnings:
         parts.append('<li class="none">No warnings: backups are fresh and the last verification passed.</li>')
