@@ -82,7 +82,7 @@ def read_upgrades(folder: Path) -> list[dict[str, Any]]:
                     entry.update({k: rec.get(k) for k in ("run_id", "playbook", "from_version", "to_version",
                                                           "dry_run")}, started_at=rec.get("ts"))
                 elif rec.get("event") == "end":
-                    entry.update(result=rec.get("result"), ended_at=rec.get("ts"))
+                    entry.update(result=rec.get("result"), ended_at=rec.get("ts"), error=rec.get("error"))
         except IntegrityError as e:
             entry["problem"] = e.line()
         except OSError as e:
@@ -252,6 +252,7 @@ def _upgrades_verdict(ov: Overview) -> Verdict:
                                           "(resume or roll it back with `crmops upgrade`)")
     if u["result"] == "success":
         return Verdict("upgrades", GREEN, f"{what} succeeded")
+    why = f": {u['error']}" if u.get("error") else ""
     if u["result"] == "rolled-back":
-        return Verdict("upgrades", AMBER, f"{what} was rolled back")
-    return Verdict("upgrades", RED, f"{what} failed and was not rolled back")
+        return Verdict("upgrades", AMBER, f"{what} was rolled back{why}")
+    return Verdict("upgrades", RED, f"{what} failed and was not rolled back{why}")

@@ -171,7 +171,8 @@ def render_html(ov: Overview) -> str:
                         [[_when(u.get("started_at")), e(str(u.get("playbook") or "")),
                           e(f"{u.get('from_version')} → {u.get('to_version')}"),
                           "rehearsal" if u.get("dry_run") else "upgrade",
-                          e(u.get("problem") or u.get("result") or "no end record"),
+                          e(u.get("problem") or ": ".join(filter(None, [u.get("result"), u.get("error")]))
+                            or "no end record"),
                           f"<code>{e(str(u.get('run_id') or u['file']))}</code>"] for u in ov.upgrades[:10]],
                         "No upgrade runs recorded."))
 

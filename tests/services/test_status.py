@@ -34,7 +34,7 @@ def upgrade_journal(state: Path, run_id: str, when: str, result: str | None, dry
     j.append("start", run_id=run_id, playbook="crm-2.0", from_version="1.0", to_version="2.0", dry_run=dry_run)
     j.append("step", stage="migrate", ok=result == "success")
     if result is not None:
-        j.append("end", result=result)
+        j.append("end", result=result, error=None if result == "success" else "stage migrate: lock timeout")
     return j.path
 
 
@@ -67,7 +67,8 @@ def test_verdicts_follow_backups_verifications_upgrades_and_retention(sqlite_url
     assert levels(gather(cfg))["upgrades"] == "green"
     upgrade_journal(state, "u2", "20261102T0100", "rolled-back")
     ov = gather(cfg)
-    assert levels(ov)["upgrades"] == "amber" and "was rolled back" in summary(ov, "upgrades")
+    assert levels(ov)["upgrades"] == "amber"
+    assert summary(ov, "upgrades") == "upgrade crm-2.0 1.0 → 2.0 (run u2) was rolled back: stage migrate: lock timeout"
     assert [u["run_id"] for u in ov.upgrades] == ["u2", "u1"]
     crashed = upgrade_journal(state, "u3", "20261103T0100", None)
     assert "no end record" in summary(gather(cfg), "upgrades")
