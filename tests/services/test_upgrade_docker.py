@@ -1,0 +1,275 @@
+"""The demo CRM upgrade 1.0 -> 2.0 for real: PostgreSQL 15, the demo app in Docker, real faults.
+
+Each failure is injected for real (a revision the database is not at, a missing dump tool,
+data the migration cannot merge, an app image that exits, an app whose health check answers
+503, a crmops process killed by SIGKILL), and every case must end with production's
+fingerprint equal to before, the previous app image running and the journal saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.services.upgrade_helpers import (
+    App,
+    app_container,
+    derived_image,
+    fingerprint,
+    last_journal,
+    playbook_for,
+    prepared,
+    same,
+)
+from tests.services.verify_helpers import PASSPHRASE, first_json, ok, run
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
+
+
+@pytest.fixture
+def bed(pg_url: str, tmp_path: Path, docker_client: Any) -> Iterator[tuple[Path, str, App]]:
+    config = prepared(tmp_path, pg_url)
+    with app_container(docker_client) as app:
+        yield config, pg_url, app
+
+
+def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: Path) -> None:
+    config, url, app = bed
+    pb = playbook_for(tmp_path, app)
+    before = fingerprint(url)
+    dry = ok(run(config, "--json", "upgrade", str(pb), "--dry-run"))
+    assert same(before, fingerprint(url)) == [] and app.image() == "crmops-demo-app:1.0"
+    assert dry["restore"]["proven"] and dry["snapshot"]["verified"]
+    modes = {p["step"]: p["mode"] for p in dry["plan"] if p["phase"] == "run"}
+    assert modes["schema"] == "rehearsed" and modes["preflight-1"] == "production, read-only"
+    assert modes["swap"] == "planned" and modes["pre_upgrade"] == "planned"
+    assert dry["row_changes"]["contacts"] < 0  # the merge of duplicate contacts, seen in the sandbox
+    rollback_swap = next(p for p in dry["plan"] if p["phase"] == "rollback" and p["type"] == "docker")
+    assert rollback_swap["params"]["image"] == "crmops-demo-app:1.0"  # templated from the container, read-only
+    assert {f["step"] for f in dry["fidelity"]} >= {"swap", "health", "pre_upgrade", "maintenance-1"}
+    assert dry["migrate_seconds"] > 0 and dry["estimated_downtime_s"] >= dry["migrate_seconds"]
+
+    r = run(config, "--json", "upgrade", str(pb))
+    report = ok(r)
+    assert report["result"] == "success", report
+    assert app.image() == "crmops-demo-app:2.0" and app.version() == "2.0"
+    checks = {c["name"]: c for c in report["post_checks"]}
+    assert checks["schema"]["ok"] and "d2_0003" in checks["schema"]["detail"]
+    assert checks["row_counts"]["ok"] and dry["run_id"] in checks["row_counts"]["detail"]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "d2_0003"
+    env = app.client.containers.get(app.name).attrs["Config"]["Env"]
+    assert "CRM_SETTING=kept" in env and "APP_VERSION=2.0" in env  # own settings kept, image defaults not carried
+    records = last_journal(tmp_path)
+    assert records[0]["event"] == "start" and records[-1]["result"] == "success"
+    assert not (tmp_path / "maintenance.flag").exists()
+    hist = ok(run(config, "--json", "upgrade", "history"))
+    assert [(h["dry_run"], h["result"]) for h in hist] == [(False, "success"), (True, "success")]
+
+
+# --- failures at each stage, on one CRM that every rollback must bring back to the same state ----------
+
+@pytest.fixture(scope="module")
+def shared(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory, docker_client: Any
+           ) -> Iterator[tuple[Path, str, App, Path]]:
+    from tests.conftest import _unique, _with_db
+
+    name = _unique("upg")
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(pg_admin_url, name)
+    tmp = tmp_path_factory.mktemp("upgrade")
+    try:
+        config = prepared(tmp, url)
+        with app_container(docker_client) as app:
+            yield config, url, app, tmp
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _cross_account_duplicate(url: str) -> Callable[[], None]:
+    """A contact sharing contact 1's e-mail in another account: the 2.0 merge refuses it, as it must."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cols = [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                           "table_name = 'contacts' ORDER BY ordinal_position")]
+        picks = ["(SELECT max(id) + 1 FROM contacts)" if c == "id" else
+                 "(SELECT min(id) FROM accounts WHERE id <> c.account_id)" if c == "account_id" else c
+                 for c in cols]
+        new_id = conn.execute(f"INSERT INTO contacts ({', '.join(cols)}) SELECT {', '.join(picks)} "
+                              "FROM contacts c WHERE id = 1 RETURNING id").fetchone()[0]
+
+    def undo() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM contacts WHERE id = %s", (new_id,))
+    return undo
+
+
+FAULTS = {
+    # stage: (failing step, how the fault is made)
+    "preflight": ("preflight-3", "the playbook expects a revision the database is not at"),
+    "backup": ("pre_upgrade", "pg_dump cannot be found"),
+    "migrate": ("schema", "contacts share an e-mail across accounts, which the 2.0 merge refuses"),
+    "image-swap": ("swap", "the 2.0 image exits at start"),
+    "health-check": ("health", "the 2.0 app answers 503 on /health (APP_FAIL_HEALTH=1)"),
+}
+
+
+@pytest.mark.parametrize("stage", list(FAULTS))
+def test_a_failure_at_each_stage_leaves_everything_as_before(stage: str, shared: tuple[Path, str, App, Path],
+                                                             docker_client: Any) -> None:
+    config, url, app, tmp = shared
+    step, _ = FAULTS[stage]
+    env: dict[str, str] = {}
+    undo: Callable[[], None] = lambda: None  # noqa: E731
+    variables: dict[str, Any] = {}
+    if stage == "preflight":
+        variables["from_revision"] = "d1_0002"
+    elif stage == "backup":
+        env["CRMOPS_TOOLS_PATH"] = str(tmp / "no-tools-here")
+    elif stage == "migrate":
+        undo = _cross_account_duplicate(url)
+    elif stage == "image-swap":
+        variables["app_image"] = derived_image(docker_client, "crmops-demo-app:2.0", "crmops-demo-app:2.0-exits",
+                                               'CMD ["python3", "-c", "raise SystemExit(3)"]')
+    else:
+        variables["app_image"] = derived_image(docker_client, "crmops-demo-app:2.0", "crmops-demo-app:2.0-unhealthy",
+                                               "ENV APP_FAIL_HEALTH=1")
+    pb = playbook_for(tmp, app, name=f"{stage}.yaml", **variables)
+    before = fingerprint(url)
+    try:
+        r = run(config, "--json", "upgrade", str(pb), env=env)
+        assert r.returncode == 50, r.stderr + r.stdout[-3000:]
+        report = first_json(r.stdout)
+        assert same(before, fingerprint(url)) == []
+    finally:
+        undo()
+    assert app.image() == "crmops-demo-app:1.0" and app.version() == "1.0"
+    assert not (tmp / "maintenance.flag").exists()
+    assert report["result"] == "rolled-back" and report["failed_step"] == step
+    assert f"{step} failed" in r.stderr and "rolled back" in r.stderr
+    records = last_journal(tmp)
+    failure = next(x for x in records if x["event"] == "failure")
+    assert failure["step"] == step and failure["error"]
+    assert records[-1]["event"] == "end" and records[-1]["result"] == "rolled-back"
+    undone = [x["stage"] for x in records if x["event"] == "stage_rolled_back"]
+    started = [x["stage"] for x in records if x["event"] == "stage_start"]
+    assert undone == list(reversed(started))
+    restored = [x for x in records if x["event"] == "step_end" and x["phase"] == "rollback" and x["type"] == "restore"]
+    assert bool(restored) == (stage in ("migrate", "image-swap", "health-check"))
+    assert all(x["ok"] for x in restored)
+    assert PASSPHRASE not in json.dumps(records) and "secret" not in url  # nothing secret in the journal
+    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert password not in json.dumps(records)
+
+
+# --- crashes: SIGKILL, then --rollback or --resume from the journal ----------------------------------
+
+def _spawn(config: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["TEST_PASSPHRASE"] = PASSPHRASE
+    return subprocess.Popen([sys.executable, "-m", "crmops", "--config", str(config), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(what: str, probe: Callable[[], bool], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not probe():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def _started(tmp: Path, step: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        paths = list((tmp / "state" / "upgrades").glob("*.jsonl"))
+        if not paths:
+            return False
+        recs = last_journal(tmp)
+        return not recs[0]["dry_run"] and recs[-1]["event"] != "end" and any(
+            r["event"] == "step_start" and r.get("step") == step for r in recs)
+    return probe
+
+
+def test_sigkill_mid_migration_then_rollback_restores_everything(shared: tuple[Path, str, App, Path]) -> None:
+    config, url, app, tmp = shared
+    pb = playbook_for(tmp, app, name="crash.yaml")
+    before = fingerprint(url)
+    # SHARE lets readers (the backup's pg_dump) through but holds the migration's foreign key to
+    # contacts, so the process is killed in the middle of the migration, with part of it run
+    blocker = psycopg.connect(url)
+    blocker.execute("LOCK TABLE contacts IN SHARE MODE")
+    proc = _spawn(config, "upgrade", str(pb))
+    try:
+        _wait("the migration to start", _started(tmp, "schema"))
+        dbname = url.rsplit("/", 1)[1]
+
+        def migration_waits() -> bool:
+            with psycopg.connect(url, autocommit=True) as c:
+                return bool(c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type"
+                                      " = 'Lock' AND pid <> pg_backend_pid()", (dbname,)).fetchone()[0])
+        _wait("the migration to wait on the lock", migration_waits)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        if proc.poll() is None:
+            proc.kill()
+    records = last_journal(tmp)
+    assert records[-1]["event"] == "step_start" and records[-1]["step"] == "schema"  # the journal stops mid-step
+    hist = ok(run(config, "--json", "upgrade", "history"))
+    assert hist[0]["result"] == "unfinished"
+    started = time.monotonic()
+    report = ok(run(config, "--json", "upgrade", "--rollback"))
+    rollback_s = time.monotonic() - started
+    assert report["result"] == "rolled-back"
+    assert same(before, fingerprint(url)) == []
+    assert app.image() == "crmops-demo-app:1.0" and app.version() == "1.0"
+    assert not (tmp / "maintenance.flag").exists()
+    records = last_journal(tmp)
+    assert [r["stage"] for r in records if r["event"] == "stage_rolled_back"] == ["migrate", "backup", "maintenance",
+                                                                                  "preflight"]
+    assert records[-1]["result"] == "rolled-back" and "interrupted: schema" in records[-1]["error"]
+    print(f"rollback after SIGKILL mid-migration: {rollback_s:.1f}s (journal: {report['rollback_seconds']}s)")
+
+
+def test_sigkill_in_a_later_stage_then_resume_finishes_the_upgrade(shared: tuple[Path, str, App, Path]) -> None:
+    config, url, app, tmp = shared
+    gate = tmp / "go"
+
+    def hold_app_stage(doc: dict[str, Any]) -> None:
+        app_stage = next(s for s in doc["stages"] if s["name"] == "app")
+        app_stage["steps"].insert(0, {"id": "gate", "type": "shell", "command": f"[ -f {gate} ] || sleep 60"})
+    pb = playbook_for(tmp, app, name="resume.yaml", edit=hold_app_stage)
+    proc = _spawn(config, "upgrade", str(pb))
+    try:
+        _wait("the app stage", _started(tmp, "gate"))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with psycopg.connect(url) as conn:  # the migration ran and committed before the crash
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "d2_0003"
+    refused = run(config, "upgrade", str(pb))
+    assert refused.returncode == 51 and "did not finish" in refused.stderr
+    gate.touch()
+    report = ok(run(config, "--json", "upgrade", "--resume"))
+    assert report["result"] == "success"
+    assert app.image() == "crmops-demo-app:2.0" and app.version() == "2.0"
+    records = last_journal(tmp)
+    ran = [r["step"] for r in records if r["event"] == "step_end" and r["phase"] == "run"]
+    assert ran.count("schema") == 1 and ran.count("pre_upgrade") == 1  # not repeated by the resume
+    assert next(r for r in records if r["event"] == "resume")["interrupted"] == ["gate"]
+    assert [r["name"] for r in records if r["event"] == "postcheck" and r["ok"]] == ["schema", "row_counts"]
