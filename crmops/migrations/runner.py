@@ -14,6 +14,7 @@ transaction gives up quickly instead of holding every other CRM session behind i
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable
@@ -76,6 +77,18 @@ class StepRefused(Exception):
         self.step, self.refusal, self.done, self.rolled_back = step, refusal, done, rolled_back
 
 
+class EnvIgnoresConnection(Exception):
+    """The scripts' env.py opens its own connection, so crmops could not control transaction and lock timeout.
+
+    Found by a read-only probe before anything runs; step is the revision that would have run first
+    (or, should env.py change its mind mid-run, the one that ran outside the session).
+    """
+
+    def __init__(self, step: Step, *, ran: bool) -> None:
+        super().__init__(step.revision)
+        self.step, self.ran = step, ran
+
+
 class Session:
     """One connection set up for migrating: lock timeout, statement recording, explicit BEGIN on SQLite."""
 
@@ -91,6 +104,7 @@ class Session:
         self.connection = self.engine.connect()
         self._current: list[Statement] = []
         self._pending: tuple[str, float] | None = None
+        self._versioned = False
         event.listen(self.connection, "before_cursor_execute", self._before)
         event.listen(self.connection, "after_cursor_execute", self._after)
 
@@ -129,13 +143,16 @@ class Session:
     def _before(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
                 executemany: bool) -> None:
         self._pending = (statement, time.monotonic())
+        if "alembic_version" in statement.lower() or "alembic_version" in str(parameters):
+            self._versioned = True  # Alembic's bookkeeping (even a failing probe): env.py uses this connection
 
     def _after(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
                executemany: bool) -> None:
         started = self._pending[1] if self._pending else time.monotonic()
         self._pending = None
         text = " ".join(statement.split())
-        if text.lower().startswith(_READS) or "alembic_version" in text.lower():
+        lowered = text.lower()
+        if lowered.startswith(_READS) or "alembic_version" in lowered:
             return
         self._current.append(Statement(text[:MAX_SQL], round(time.monotonic() - started, 3)))
 
@@ -152,6 +169,8 @@ class Session:
             on_step: Callable[[StepResult], None] | None = None) -> list[StepResult]:
         """Apply steps in order; StepFailed / StepRefused say how far it got and what was undone."""
         cfg = scripts.alembic_config(self.url, connection=self.connection)
+        if steps:
+            self._probe(scripts, steps[0])
         done: list[StepResult] = []
         whole = self.transactional
         transaction: sa.Transaction | None = None
@@ -163,6 +182,7 @@ class Session:
             if not whole:
                 self.connection.commit()  # end any read transaction; Alembic commits each revision itself
             self._take()
+            self._versioned = False
             try:
                 if check is not None:
                     check(step, self.connection)
@@ -183,6 +203,9 @@ class Session:
                 raise StepFailed(step, _one_line(e), done=done, ran=ran, failed_sql=failed,
                                  rolled_back=rolled_back, lock_timeout=_is_lock_timeout(e, self.kind)) from e
             ran, _ = self._take()
+            if not self._versioned:
+                self._undo(transaction)
+                raise EnvIgnoresConnection(step, ran=True)
             result = StepResult(step, round(time.monotonic() - started, 3), ran)
             done.append(result)
             if on_step is not None:
@@ -199,6 +222,16 @@ class Session:
             self.connection.commit()
         self.connection.info.pop(_WRITES, None)
         return done
+
+    def _probe(self, scripts: Scripts, first: Step) -> None:
+        """Run env.py once read-only (`alembic current`): it must use this session's connection."""
+        self._versioned = False
+        try:
+            command.current(scripts.alembic_config(self.url, connection=self.connection, output=io.StringIO()))
+        finally:
+            self.connection.rollback()
+        if not self._versioned:
+            raise EnvIgnoresConnection(first, ran=False)
 
     def _begin(self, first: Step | None, done: list[StepResult]) -> sa.Transaction:
         try:

@@ -27,7 +27,7 @@ from crmops.journal import actor
 from crmops.migrations import prechecks
 from crmops.migrations.history import MigrationJournal
 from crmops.migrations.lint import RULES, Finding, failing, lint_script
-from crmops.migrations.runner import Session, StepFailed, StepRefused, StepResult
+from crmops.migrations.runner import EnvIgnoresConnection, Session, StepFailed, StepRefused, StepResult
 from crmops.migrations.schema import SchemaDifference, ScratchUnavailable, build, compare, scratch_database
 from crmops.migrations.scripts import Scripts, Step
 
@@ -253,6 +253,15 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
             _end(journal, run_id, started, "failed", error, at=e.step.revision,
                  ran=[s.to_dict() for s in e.ran], failed_sql=e.failed_sql)
             raise error from None
+        except EnvIgnoresConnection as e:
+            error = ConfigError(
+                f"{scripts.location}/env.py does not use the connection crmops passes in "
+                "config.attributes['connection'], so crmops cannot give the run its transaction and lock timeout; "
+                + (f"revision {e.step.revision} ran on a connection of its own and may be applied" if e.ran
+                   else "nothing was run"),
+                hint="make env.py use that connection (docs/MIGRATIONS.md shows how)")
+            _end(journal, run_id, started, "failed", error, at=e.step.revision)
+            raise error from None
         except CrmopsError as e:
             _end(journal, run_id, started, "refused" if isinstance(e, MigrationRefused) else "failed", e)
             raise
@@ -262,6 +271,11 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
         result.seconds = round(time.monotonic() - started, 3)
         _end(journal, run_id, started, "ok", None)
         return result
+
+
+def resolve(config: Config, to: str) -> str | None:
+    """The revision id a target names (an id or prefix, head, base, or a demo release such as 2.0)."""
+    return scripts_for(config).resolve(to)
 
 
 def up(config: Config, *, to: str = "head", **kwargs: Any) -> MigrateResult:
@@ -410,6 +424,10 @@ def _expected(config: Config, url: str, revision: str | None) -> Iterator[str]:
             scratch = box.url
         try:
             build(scripts, scratch, revision)
+        except EnvIgnoresConnection:
+            raise ConfigError(f"{scripts.location}/env.py does not use the connection crmops passes in "
+                              "config.attributes['connection']",
+                              hint="make env.py use that connection (docs/MIGRATIONS.md shows how)") from None
         except StepFailed as e:
             raise MigrationFailed(f"building the schema of revision {revision} in a scratch database failed at "
                                   f"{e.step.revision}: {e.error}") from None

@@ -296,8 +296,9 @@ def _plain_sql(url: str, revision: str, tmp_path: Path) -> list[str]:
 def test_baseline_adopts_a_database_built_from_plain_sql_and_refuses_one_that_differs(db_url: str,
                                                                                      tmp_path: Path) -> None:
     if db_url.startswith("sqlite"):
-        sqlite3 = pytest.importorskip("sqlite3")
-        sqlite3.connect(db_url[len("sqlite:///"):]).close()
+        import sqlite3
+
+        sqlite3.connect(db_url[len("sqlite:///"):]).close()  # an empty database file, as an installer makes
     statements = _plain_sql(db_url, "d1_0002", tmp_path)
     assert any(s.startswith("CREATE TABLE opportunities") for s in statements)
     sql(db_url, *statements)
@@ -318,12 +319,12 @@ def test_baseline_adopts_a_database_built_from_plain_sql_and_refuses_one_that_di
 
 
 def test_baseline_refuses_a_schema_changed_by_hand(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'crm.db'}"
-    statements = _plain_sql(url, "d1_0002", tmp_path)
-    statements = [s for s in statements if "ix_activities_occurred" not in s]
     import sqlite3
 
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
     sqlite3.connect(tmp_path / "crm.db").close()
+    statements = _plain_sql(url, "d1_0002", tmp_path)
+    statements = [s for s in statements if "ix_activities_occurred" not in s]
     sql(url, *statements, "ALTER TABLE accounts ADD COLUMN vat_id VARCHAR(32)")
     with pytest.raises(MigrationRefused) as refused:
         service.baseline(config_for(tmp_path, url), rev="d1_0002")
@@ -363,3 +364,43 @@ def test_without_createdb_the_expected_schema_is_built_in_a_sandbox(pg_admin_url
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_deferred_precheck_refuses_just_before_its_revision(db_url: str, tmp_path: Path) -> None:
+    """A data step earlier in the same run creates the duplicates; the check runs after it, before the unique step."""
+    scripts = copy_demo_scripts(tmp_path)
+    (scripts / "versions" / "x_0001_region.py").write_text(REVISION.format(
+        rev="x_0001", down="d2_0003", body="\n    ".join([
+            'op.add_column("leads", sa.Column("region", sa.String(20)))',
+            "op.execute(\"UPDATE leads SET region = 'east' WHERE id <= 3\")"])))
+    (scripts / "versions" / "x_0002_unique_region.py").write_text(REVISION.format(
+        rev="x_0002", down="x_0001", body='op.create_index("uq_leads_region", "leads", ["region"], unique=True)'))
+    create(db_url, size="small", version="2.0")
+    config = config_for(tmp_path, db_url, script_location=str(scripts))
+    plan = service.plan(config)
+    assert plan["prechecks_up_front"] == 0 and plan["revisions"][1]["prechecks"]
+    with pytest.raises(MigrationRefused) as refused:
+        service.up(config, safety_backup=False)
+    line = refused.value.line()
+    assert "revision x_0002 (line 16) adds unique (region) on leads, but 1 value(s) occur more than once: " \
+           "'east' (3 rows)" in line
+    if db_url.startswith("mysql"):
+        assert "x_0001 of this run stayed applied; the database is at x_0001" in line
+        assert service.status(config)["current"] == "x_0001"
+    else:
+        assert "nothing was changed (the whole run was rolled back)" in line
+        assert service.status(config)["current"] == "d2_0003"
+
+
+def test_an_env_py_that_ignores_the_connection_is_reported(tmp_path: Path) -> None:
+    scripts = copy_demo_scripts(tmp_path)
+    env = scripts / "env.py"
+    env.write_text(env.read_text().replace('connection = config.attributes.get("connection")', "connection = None"))
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(url, size="small")
+    from crmops.errors import ConfigError
+
+    config = config_for(tmp_path, url, script_location=str(scripts))
+    with pytest.raises(ConfigError, match=r"env.py does not use the connection crmops passes .*nothing was run"):
+        service.up(config, safety_backup=False)
+    assert service.status(config)["current"] == "d1_0003"
