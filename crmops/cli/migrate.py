@@ -163,7 +163,12 @@ def lint_cmd(app: AppContext, to: str | None, all_revisions: bool, engine: str |
 
     if show_rules:
         levels = {rule: app.config.migrations.lint.get(rule, default) for rule, (default, _) in RULES.items()}
-        app.emit(levels, lambda c: [c.print(f"{r:26} {lvl:8} {RULES[r][1]}") for r, lvl in levels.items()])
+
+        def rules(console: Any) -> None:
+            for rule, level in levels.items():
+                console.print(f"{rule:26} {level:8} {RULES[rule][1]}")
+
+        app.emit(levels, rules)
         return
     findings = lint(app.config, url=url, to=to, all_revisions=all_revisions, engine=engine)
     failed = lint_failures(app.config, findings)

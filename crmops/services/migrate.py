@@ -245,7 +245,7 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
             for fields in committed:
                 journal.append("revision", **fields)
         except StepRefused as e:
-            error = _refused_midway(e, session, result, steps)
+            error = _refused_midway(e)
             _end(journal, run_id, started, "refused", error, at=e.step.revision)
             raise error from None
         except StepFailed as e:
@@ -313,15 +313,16 @@ def _end(journal: MigrationJournal, run_id: str, started: float, outcome: str, e
                    seconds=round(time.monotonic() - started, 3), **fields)
 
 
-def _applied_note(done: list[StepResult], rolled_back: bool, current: str | None) -> str:
+def _applied_note(done: list[StepResult], rolled_back: bool) -> str:
     if rolled_back or not done:
         return "nothing was changed" + (" (the whole run was rolled back)" if done else "")
     names = ", ".join(d.step.revision for d in done)
     return f"{names} of this run stayed applied; the database is at {done[-1].step.after or 'base'}"
 
 
-def _refused_midway(e: StepRefused, session: Session, result: MigrateResult, steps: list[Step]) -> MigrationRefused:
-    changed = _applied_note(e.done, e.rolled_back, result.from_revision)
+def _refused_midway(e: StepRefused) -> MigrationRefused:
+    """A just-in-time pre-check refused: say what the earlier revisions of the run left behind."""
+    changed = _applied_note(e.done, e.rolled_back)
     error = MigrationRefused(e.refusal.message, hint=f"fix or merge these rows, then run again; {changed}")
     error.violations = getattr(e.refusal, "violations", [])  # type: ignore[attr-defined]
     return error
