@@ -112,22 +112,28 @@ def _disk_free(config: Config, params: dict[str, Any], *, url: str, run_id: str)
 
 
 def _snapshot_fresh(config: Config, params: dict[str, Any], *, url: str, run_id: str) -> tuple[bool, Any, str]:
-    from crmops.services.verify_record import latest_verification
+    """A recent restore point exists: the newest snapshot (newest verified one with require_verified)."""
+    from crmops.services.verify_record import is_verified_ok
 
     repo = open_repository(config)
-    manifest = repo.manifest("latest")
-    taken = datetime.fromisoformat(manifest["time"])
+    manifests = list(reversed(repo.manifests()))
+    if not manifests:
+        return False, None, "the repository holds no snapshot; run `crmops backup` (and `crmops verify`) first"
+    newest = manifests[0]
+    if params["require_verified"]:
+        good = next((m for m in manifests if is_verified_ok(repo, m["id"])), None)
+        if good is None:
+            return False, newest["id"][:10], (f"no snapshot has passed verification (newest: {newest['id'][:10]}); "
+                                              "run `crmops verify` first")
+        newest = good
+    taken = datetime.fromisoformat(newest["time"])
     taken = taken if taken.tzinfo else taken.replace(tzinfo=UTC)
     age_h = (datetime.now(UTC) - taken).total_seconds() / 3600
-    sid = manifest["id"][:10]
+    sid = newest["id"][:10]
+    what = "newest verified snapshot" if params["require_verified"] else "newest snapshot"
     if age_h > params["max_age_hours"]:
-        return False, sid, f"the newest snapshot {sid} is {age_h:.1f} h old (limit {params['max_age_hours']:g} h)"
-    if params["require_verified"]:
-        v = latest_verification(repo, manifest["id"])
-        if not v or not v["ok"]:
-            state = "was never verified" if not v else f"failed verification ({v['first_failure']})"
-            return False, sid, f"the newest snapshot {sid} {state}; run `crmops verify` first"
-    return True, sid, f"snapshot {sid} is {age_h:.1f} h old" + (" and verified" if params["require_verified"] else "")
+        return False, sid, f"the {what} {sid} is {age_h:.1f} h old (limit {params['max_age_hours']:g} h)"
+    return True, sid, f"the {what} {sid} is {age_h:.1f} h old"
 
 
 def _schema_revision(config: Config, params: dict[str, Any], *, url: str, run_id: str) -> tuple[bool, Any, str]:
