@@ -72,8 +72,7 @@ def checks_of(step: Step) -> list[Check]:
         rev = source.parse(step.path)
     except SyntaxError:
         return []  # lint reports it; Alembic fails on it before any statement
-    function = "upgrade" if step.direction == "up" else "downgrade"
-    ops = rev.ops(function)
+    ops = rev.ops(step.function)
     created = {o.table for o in ops if o.name == "create_table" and o.table}
     added: set[tuple[str, str]] = set()
     for o in ops:
@@ -114,10 +113,9 @@ def plan(steps: list[Step]) -> CheckPlan:
         except SyntaxError:
             anything = True
             continue
-        function = "upgrade" if step.direction == "up" else "downgrade"
-        anything = anything or rev.writes_data(function)
-        touched.update(o.table for o in rev.ops(function) if o.table)
-        if any(o.table is None and o.name != "execute" for o in rev.ops(function)):
+        anything = anything or rev.writes_data(step.function)
+        touched.update(o.table for o in rev.ops(step.function) if o.table)
+        if any(o.table is None and o.name != "execute" for o in rev.ops(step.function)):
             anything = True
     return result
 

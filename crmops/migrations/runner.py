@@ -164,15 +164,19 @@ class Session:
 
     # --- running ------------------------------------------------------------------
 
-    def run(self, scripts: Scripts, steps: list[Step], *,
+    def run(self, scripts: Scripts, steps: list[Step], *, whole: bool = True,
             check: Callable[[Step, Connection], None] | None = None,
             on_step: Callable[[StepResult], None] | None = None) -> list[StepResult]:
-        """Apply steps in order; StepFailed / StepRefused say how far it got and what was undone."""
+        """Apply steps in order; StepFailed / StepRefused say how far it got and what was undone.
+
+        whole=False runs a transactional engine revision by revision too (each revision in its own
+        transaction): a revision with an autocommit block (CREATE INDEX CONCURRENTLY) needs that.
+        """
         cfg = scripts.alembic_config(self.url, connection=self.connection)
         if steps:
             self._probe(scripts, steps[0])
         done: list[StepResult] = []
-        whole = self.transactional
+        whole = whole and self.transactional
         transaction: sa.Transaction | None = None
         if whole:
             self.connection.rollback()

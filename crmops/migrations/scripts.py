@@ -36,6 +36,11 @@ class Step:
     direction: str  # "up" | "down"
     after: str | None
 
+    @property
+    def function(self) -> str:
+        """The script function this step runs."""
+        return "upgrade" if self.direction == "up" else "downgrade"
+
     def to_dict(self) -> dict[str, str | None]:
         return {"revision": self.revision, "message": self.message, "direction": self.direction,
                 "after": self.after}

@@ -66,6 +66,12 @@ class Revision:
         func = self.functions.get(function)
         return _ops(func) if func is not None else []
 
+    def uses_autocommit(self, function: str) -> bool:
+        """True if the function opens op.get_context().autocommit_block() (e.g. CREATE INDEX CONCURRENTLY)."""
+        func = self.functions.get(function)
+        return func is not None and any(isinstance(n, ast.Attribute) and n.attr == "autocommit_block"
+                                        for n in ast.walk(func))
+
     def writes_data(self, function: str) -> bool:
         """True if the function runs SQL or code of its own (op.execute, op.get_bind, bulk_insert)."""
         func = self.functions.get(function)

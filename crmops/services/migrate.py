@@ -24,7 +24,7 @@ from crmops.config import Config
 from crmops.dburl import engine_kind, parse, safe
 from crmops.errors import ConfigError, CrmopsError, MigrationFailed, MigrationRefused
 from crmops.journal import actor
-from crmops.migrations import prechecks
+from crmops.migrations import prechecks, source
 from crmops.migrations.history import MigrationJournal
 from crmops.migrations.lint import RULES, Finding, failing, lint_script
 from crmops.migrations.runner import EnvIgnoresConnection, Session, StepFailed, StepRefused, StepResult
@@ -149,7 +149,7 @@ def plan(config: Config, *, to: str = "head", url: str | None = None, sql: bool 
     return {"database": safe(target_url), "from": current, "to": target,
             "direction": steps[0].direction if steps else None, "revisions": rows,
             "prechecks_up_front": len(checks.upfront),
-            "transaction": _policy(engine_kind(target_url))}
+            "transaction": _policy(engine_kind(target_url), _needs_autocommit(steps))}
 
 
 def _offline_sql(scripts: Scripts, url: str, step: Step) -> tuple[str | None, str | None]:
@@ -173,8 +173,24 @@ def _offline_sql(scripts: Scripts, url: str, step: Step) -> tuple[str | None, st
     return buffer.getvalue(), None
 
 
-def _policy(kind: str) -> str:
-    return "per revision (DDL commits implicitly)" if kind == "mysql" else "one transaction for the whole run"
+def _needs_autocommit(steps: list[Step]) -> list[str]:
+    """Revisions that open an autocommit block: they cannot run inside one transaction for the whole run."""
+    found = []
+    for step in steps:
+        try:
+            if source.parse(step.path).uses_autocommit(step.function):
+                found.append(step.revision)
+        except SyntaxError:
+            continue
+    return found
+
+
+def _policy(kind: str, autocommit: list[str]) -> str:
+    if kind == "mysql":
+        return "per revision (DDL commits implicitly)"
+    if autocommit:
+        return f"per revision ({', '.join(autocommit)} needs autocommit, e.g. CREATE INDEX CONCURRENTLY)"
+    return "one transaction for the whole run"
 
 
 # --- up / down ---------------------------------------------------------------------------
@@ -198,8 +214,9 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
         target = scripts.resolve(to)
         steps = scripts.steps(current, target)
         direction = steps[0].direction if steps else "none"
+        autocommit = _needs_autocommit(steps)
         result = MigrateResult(database=database, engine=session.kind, from_revision=current, to_revision=target,
-                               direction=direction, transaction=_policy(session.kind))
+                               direction=direction, transaction=_policy(session.kind, autocommit))
         if not steps:
             result.seconds = round(time.monotonic() - started, 3)
             return result
@@ -234,14 +251,15 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
                                           "direction": done.step.direction, "seconds": done.seconds,
                                           "checksum": checksum, "statements": len(done.statements)}
                 result.revisions.append({**done.to_dict(), "checksum": checksum})
-                if session.transactional:
+                if session.transactional and not autocommit:
                     committed.append(fields)  # journalled once the whole run has committed
                 else:  # committed as it ran: keep exactly what it did, now
                     journal.append("revision", **fields, sql=[s.to_dict() for s in done.statements])
                 if on_step is not None:
                     on_step(done)
 
-            session.run(scripts, steps, check=check if checks.deferred else None, on_step=record)
+            session.run(scripts, steps, whole=not autocommit, check=check if checks.deferred else None,
+                        on_step=record)
             for fields in committed:
                 journal.append("revision", **fields)
         except StepRefused as e:
@@ -349,15 +367,20 @@ def _failed(e: StepFailed, session: Session, result: MigrateResult, url: str) ->
     else:
         done = [d.step.revision for d in e.done]
         at = e.done[-1].step.after if e.done else result.from_revision
-        state = f"revision {e.step.revision} is HALF-APPLIED: " + (
-            f"{len(e.ran)} of its statements took effect ({'; '.join(s.sql for s in e.ran)})" if e.ran
-            else "none of its statements took effect") + (
-            f", then `{e.failed_sql}` failed" if e.failed_sql else "")
+        if session.transactional:  # revision by revision for an autocommit block: the failed one rolled back
+            state = f"revision {e.step.revision} was rolled back (except what an autocommit block of it ran)"
+            ran = []
+        else:
+            state = f"revision {e.step.revision} is HALF-APPLIED: " + (
+                f"{len(e.ran)} of its statements took effect ({'; '.join(s.sql for s in e.ran)})" if e.ran
+                else "none of its statements took effect") + (
+                f", then `{e.failed_sql}` failed" if e.failed_sql else "")
+            ran = e.ran
         state += f"; {', '.join(done)} of this run completed" if done else ""
         state += f"; alembic_version says {at or 'base'}"
         back = f"`crmops migrate down --to {result.from_revision or 'base'}`"
         by_hand = "undo those statements by hand" + (f", then {back}" if done else "")
-        undo = by_hand if e.ran else back if done else ""
+        undo = by_hand if ran else back if done else ""
         path = f"roll back: {restore}" + (f", or {undo}" if undo else "") + (f"; {fix}" if fix else "")
     error = MigrationFailed(f"{what}; {state}", hint=path)
     error.details = {"revision": e.step.revision, "rolled_back": e.rolled_back,  # type: ignore[attr-defined]

@@ -404,3 +404,30 @@ def test_an_env_py_that_ignores_the_connection_is_reported(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"env.py does not use the connection crmops passes .*nothing was run"):
         service.up(config, safety_backup=False)
     assert service.status(config)["current"] == "d1_0003"
+
+
+@pytest.mark.postgres
+def test_concurrent_index_runs_revision_by_revision_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """CREATE INDEX CONCURRENTLY cannot run in a transaction: such a run goes revision by revision."""
+    scripts = copy_demo_scripts(tmp_path)
+    (scripts / "versions" / "x_0001_concurrent.py").write_text(REVISION.format(
+        rev="x_0001", down="d2_0003", body="with op.get_context().autocommit_block():\n        "
+        'op.create_index("ix_leads_company", "leads", ["company"], postgresql_concurrently=True)'))
+    (scripts / "versions" / "x_0002_broken.py").write_text(REVISION.format(
+        rev="x_0002", down="x_0001", body='op.add_column("leads", sa.Column("region", sa.String(20)))\n'
+                                          '    op.execute("SELECT 1 / 0")'))
+    create(pg_url, size="small", version="2.0")
+    config = config_for(tmp_path, pg_url, script_location=str(scripts))
+    assert [f.rule for f in service.lint(config, to="x_0001")] == ["empty-downgrade"]  # no index-not-concurrent
+    assert service.plan(config)["transaction"].startswith("per revision (x_0001 needs autocommit")
+    with pytest.raises(MigrationFailed) as failed:
+        service.up(config, safety_backup=False)
+    line = failed.value.line()
+    assert "revision x_0002 (up) failed: DivisionByZero" in line
+    assert "revision x_0002 was rolled back" in line and "x_0001 of this run completed" in line
+    assert "`crmops migrate down --to d2_0003`" in line
+    assert service.status(config)["current"] == "x_0001"
+    [(valid,)] = sql(pg_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_leads_company'::regclass")
+    assert valid
+    assert sql(pg_url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'leads' "
+                       "AND column_name = 'region'") == []
