@@ -86,3 +86,14 @@ def test_bad_target_is_one_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="revision 'nope' is not in"):
         service.migrate(_config(tmp_path, url), to="nope", safety_backup=False)
+
+
+def test_a_second_migration_at_the_same_time_is_refused(tmp_path: Path) -> None:
+    from crmops.errors import LockBusy
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(url, size="small")
+    config = _config(tmp_path, url)
+    with service.journal_for(config).lock(), pytest.raises(LockBusy, match="another crmops migration is running"):
+        service.migrate(config, to="head", safety_backup=False)
+    assert service.status(config)["current"] == "d1_0003"
