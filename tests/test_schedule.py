@@ -143,12 +143,18 @@ def test_units_verify_and_show_and_remove_touch_only_their_own_files(tmp_path: P
     shown = json.loads(crmops("--json", "schedule", "show", "--unit-dir", str(units)).stdout)["jobs"]
     assert {j["job"]: j["when"] for j in shown} == {"backup": "*-*-* 02:30:00", "prune": "Sun *-*-* 05:00:00",
                                                     "verify": "Sun *-*-* 04:00:00"}
-    # switching to cron drops the units, so nothing runs twice
+    # switching to cron drops the units (and the links `systemctl enable` made), so nothing runs twice
+    (units / "timers.target.wants").mkdir()
+    (units / "timers.target.wants" / "crmops-backup.timer").symlink_to(units / "crmops-backup.timer")
     cron = tmp_path / "cron.d" / "crmops"
     r = crmops("--config", str(config), "--json", "schedule", "install", "--cron", "--cron-file", str(cron),
                "--unit-dir", str(units), "--backup", "mon-fri 22:00")
     assert r.returncode == 0, r.stderr
-    assert len(json.loads(r.stdout)["removed"]) == 6 and (units / "crmops-mine.service").exists()
+    out = json.loads(r.stdout)
+    assert len(out["removed"]) == 6 and (units / "crmops-mine.service").exists()
+    assert not list((units / "timers.target.wants").iterdir())
+    assert out["to_run"] == ["systemctl stop crmops-backup.timer crmops-prune.timer crmops-verify.timer",
+                             "systemctl daemon-reload"]
     line = next(ln for ln in cron.read_text().splitlines() if ln.startswith("0 22 * * 1,2,3,4,5 root "))
     assert "timeout --kill-after=120 14400 " in line and line.endswith("# crmops-job=backup")
     assert f"CRMOPS_CONFIG={config}" in cron.read_text() and oct(cron.stat().st_mode & 0o777) == "0o644"

@@ -30,6 +30,22 @@ def _manage(unit_dir: Path, no_systemctl: bool) -> bool:
     return not no_systemctl and sch.systemd_running() and unit_dir.resolve() == sch.DEFAULT_UNIT_DIR
 
 
+def _retire(files: list[Path], unit_dir: Path, manage: bool) -> list[str]:
+    """Stop the timers among files and delete them all (with their timers.target.wants links).
+
+    Returns the commands still to run by hand when systemctl was not ours to call.
+    """
+    timers = [p.name for p in files if p.suffix == ".timer"]
+    if manage and timers:
+        sch.systemctl("disable", "--now", *timers)
+    for p in files:
+        p.unlink()
+        (unit_dir / "timers.target.wants" / p.name).unlink(missing_ok=True)  # what `disable` removes
+    if manage and timers:
+        sch.systemctl("daemon-reload")
+    return [f"systemctl stop {' '.join(timers)}", "systemctl daemon-reload"] if timers and not manage else []
+
+
 def _config_file(app: AppContext) -> Path:
     from crmops.config import find_config_file
     from crmops.errors import ConfigError
@@ -92,23 +108,16 @@ def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, chec
         plan = sch.plan_systemd(schedule, unit_dir=unit_dir, **common)
     # a job dropped from the schedule, or a switch between systemd and cron, must not keep running
     stale = [p for p in sch.generated(unit_dir, cron_file) if str(p) not in plan.files]
-    stale_timers = [p.name for p in stale if p.suffix == ".timer"]
     manage = _manage(unit_dir, no_systemctl)
-    if manage and stale_timers:
-        sch.systemctl("disable", "--now", *stale_timers)
-    for p in stale:
-        p.unlink()
+    todo = _retire(stale, unit_dir, manage)
     sch.write(plan)
     timers = [] if use_cron else [job["unit"] for job in plan.jobs.values()]
-    todo: list[str] = []
-    if manage and (timers or stale_timers):
+    if manage and timers:
         sch.systemctl("daemon-reload")
-        if timers:
-            sch.systemctl("enable", "--now", *timers)
-    elif timers or stale_timers:
-        todo = [f"systemctl disable --now {' '.join(stale_timers)}"] if stale_timers else []
-        todo.append("systemctl daemon-reload")
-        todo += [f"systemctl enable --now {' '.join(timers)}"] if timers else []
+        sch.systemctl("enable", "--now", *timers)
+    elif timers:
+        todo = [*(t for t in todo if t != "systemctl daemon-reload"), "systemctl daemon-reload",
+                f"systemctl enable --now {' '.join(timers)}"]
     manage = manage and bool(timers)
     result = {**plan.to_dict(), "removed": [str(p) for p in stale], "enabled": manage, "to_run": todo,
               "env_file": str(common["env_file"]), "env_file_exists": env_file.is_file()}
@@ -157,17 +166,7 @@ def show_cmd(app: AppContext, unit_dir: Path, cron_file: Path) -> None:
 def remove_cmd(app: AppContext, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
     """Stop and delete the units (and cron file) `schedule install` wrote; nothing else is touched."""
     files = sch.generated(unit_dir, cron_file)
-    timers = [p.name for p in files if p.suffix == ".timer"]
-    manage = _manage(unit_dir, no_systemctl)
-    if manage and timers:
-        sch.systemctl("disable", "--now", *timers)
-    for p in files:
-        p.unlink()
-    todo: list[str] = []
-    if manage and timers:
-        sch.systemctl("daemon-reload")
-    elif timers:
-        todo = [f"systemctl disable --now {' '.join(timers)}", "systemctl daemon-reload"]
+    todo = _retire(files, unit_dir, _manage(unit_dir, no_systemctl))
     result = {"removed": [str(p) for p in files], "to_run": todo}
 
     def human(console) -> None:  # type: ignore[no-untyped-def]

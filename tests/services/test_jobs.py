@@ -35,6 +35,14 @@ def setup(tmp_path: Path, hook: str) -> tuple[Path, dict[str, str]]:
     return config, env
 
 
+def hold(config: Path, env: dict[str, str], command: str) -> JobRun:
+    """This process holds the job lock, as a running `crmops <command>` would."""
+    os.environ["TEST_PASSPHRASE"] = env["TEST_PASSPHRASE"]
+    holder = JobRun(command)
+    holder.acquire(load_config(config))
+    return holder
+
+
 def records(tmp_path: Path) -> list[dict]:
     return [json.loads(ln) for ln in (tmp_path / "state" / "runs.jsonl").read_text().splitlines()]
 
@@ -42,9 +50,7 @@ def records(tmp_path: Path) -> list[dict]:
 def test_a_job_waits_for_the_running_one_or_fails_with_27(tmp_path: Path) -> None:
     with http_receiver() as rec:
         config, env = setup(tmp_path, f"{rec.url}/hook")
-        os.environ["TEST_PASSPHRASE"] = env["TEST_PASSPHRASE"]
-        holder = JobRun("drill")
-        holder.acquire(load_config(config))
+        holder = hold(config, env, "drill")
         cmd = [sys.executable, "-m", "crmops", "--config", str(config), "backup"]
         r = subprocess.run(cmd, env={**env, "CRMOPS_JOB_LOCK_WAIT": "1"}, capture_output=True, text=True, timeout=60)
         assert r.returncode == 27 and r.stderr.count("\n") == 1
@@ -63,9 +69,7 @@ def test_a_job_waits_for_the_running_one_or_fails_with_27(tmp_path: Path) -> Non
 def test_a_job_stopped_by_sigterm_is_recorded_and_notified(tmp_path: Path) -> None:
     with http_receiver() as rec:
         config, env = setup(tmp_path, f"{rec.url}/hook")
-        os.environ["TEST_PASSPHRASE"] = env["TEST_PASSPHRASE"]
-        holder = JobRun("backup")
-        holder.acquire(load_config(config))
+        holder = hold(config, env, "backup")
         proc = subprocess.Popen([sys.executable, "-m", "crmops", "--config", str(config), "--log-format", "json",
                                  "check"], env={**env, "CRMOPS_JOB_LOCK_WAIT": "60"}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
