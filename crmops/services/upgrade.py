@@ -122,6 +122,12 @@ def _drive(config: Config, playbook: Playbook, journal: RunJournal, *, yes: bool
 def _runner(config: Config, playbook: Playbook, journal: RunJournal, *, yes: bool,
             confirm: Callable[[str], bool] | None, say: Callable[[str], None]) -> Runner:
     state = journal.state()
+    scrub = secret_scrubber(config, playbook)
+    shout = say
+
+    def say(line: str) -> None:  # step output may echo a token: the terminal gets none either
+        shout(scrub(line))
+
     ctx = StepContext(run_id=state.run_id, url=config.database.url, yes=yes, confirm=confirm, say=say)
 
     def checkpoint(stage: Stage) -> str:
