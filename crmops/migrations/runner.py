@@ -105,6 +105,8 @@ class Session:
         self._current: list[Statement] = []
         self._pending: tuple[str, float] | None = None
         self._versioned = False
+        #: set when Ctrl-C/SIGTERM stopped a run: (step, statements that ran, the one running, rolled back)
+        self.interrupted: tuple[Step, list[Statement], str | None, bool] | None = None
         event.listen(self.connection, "before_cursor_execute", self._before)
         event.listen(self.connection, "after_cursor_execute", self._after)
 
@@ -201,8 +203,11 @@ class Session:
             except MigrationRefused as refusal:
                 rolled_back = self._undo(transaction)
                 raise StepRefused(step, refusal, done=done, rolled_back=rolled_back) from None
-            except Exception as e:  # any error a migration script raises
+            except BaseException as e:  # any error a migration script raises, and Ctrl-C
                 ran, failed = self._take()
+                if not isinstance(e, Exception):  # interrupted: undo what can be, keep the facts, re-raise
+                    self.interrupted = (step, ran, failed, self._undo(transaction))
+                    raise
                 rolled_back = self._undo(transaction)
                 raise StepFailed(step, _one_line(e), done=done, ran=ran, failed_sql=failed,
                                  rolled_back=rolled_back, lock_timeout=_is_lock_timeout(e, self.kind)) from e

@@ -283,8 +283,14 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
         except CrmopsError as e:
             _end(journal, run_id, started, "refused" if isinstance(e, MigrationRefused) else "failed", e)
             raise
-        except BaseException as e:  # Ctrl-C or a bug: still on record
-            _end(journal, run_id, started, "interrupted", MigrationFailed(f"{type(e).__name__}: {e}"))
+        except BaseException as e:  # Ctrl-C or a bug: still on record, with what the revision had done
+            stopped = session.interrupted
+            facts: dict[str, Any] = {}
+            if stopped is not None:
+                step, ran, running, rolled_back = stopped
+                facts = {"at": step.revision, "ran": [s.to_dict() for s in ran], "failed_sql": running,
+                         "rolled_back": rolled_back}
+            _end(journal, run_id, started, "interrupted", MigrationFailed(f"{type(e).__name__}: {e}"), **facts)
             raise
         result.seconds = round(time.monotonic() - started, 3)
         _end(journal, run_id, started, "ok", None)

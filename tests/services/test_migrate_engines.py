@@ -431,3 +431,20 @@ def test_concurrent_index_runs_revision_by_revision_on_postgresql(pg_url: str, t
     assert valid
     assert sql(pg_url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'leads' "
                        "AND column_name = 'region'") == []
+
+
+def test_ctrl_c_midway_is_journalled_with_what_ran(tmp_path: Path) -> None:
+    scripts = copy_demo_scripts(tmp_path)
+    (scripts / "versions" / "x_0001_stopped.py").write_text(REVISION.format(
+        rev="x_0001", down="d2_0003", body='op.add_column("leads", sa.Column("region", sa.String(20)))\n'
+                                          "    raise KeyboardInterrupt"))
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(url, size="small", version="2.0")
+    config = config_for(tmp_path, url, script_location=str(scripts))
+    with pytest.raises(KeyboardInterrupt):
+        service.up(config, safety_backup=False)
+    end = service.journal_for(config).records()[-1]
+    assert (end["event"], end["result"], end["at"], end["rolled_back"]) == ("run-end", "interrupted", "x_0001", True)
+    assert "ADD COLUMN region" in end["ran"][0]["sql"]
+    assert service.status(config)["current"] == "d2_0003"
+    assert "region" not in {c for (c,) in sql(url, "SELECT name FROM pragma_table_info('leads')")}
