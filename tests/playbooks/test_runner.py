@@ -200,3 +200,35 @@ def test_window_secrets_and_lock(bed: Path) -> None:
     text = journals(bed)[0].path.read_text()
     assert "s3cr3t-value" not in text and "${SECRET_TOKEN}" in text  # … the journal never did
     assert "s3cr3t-value" not in r.stdout + r.stderr
+
+
+def _hop(bed: Path, name: str, frm: str, to: str, stages: list[dict[str, Any]], **top: Any) -> Path:
+    path = bed / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "from_version": frm, "to_version": to, "stages": stages,
+                                    "post_checks": {"drift": False}, **top}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("on_failure", ["rollback_to_checkpoint", "rollback_to_start"])
+def test_a_chain_checkpoints_each_hop_and_rolls_back_as_the_playbook_says(bed: Path, on_failure: str) -> None:
+    assert crmops(bed, "repo", "init").returncode == 0
+    first = _hop(bed, "one", "1", "1.5", [{"name": "h1", "steps": [_note("h1")], "rollback": [_note("undo-h1")]}])
+    second = _hop(bed, "two", "1.5", "2", [
+        {"name": "h2", "steps": [_note("h2")], "rollback": [_note("undo-h2")]},
+        {"name": "h2b", "steps": [{"type": "shell", "command": "exit 1"}], "rollback": [_note("undo-h2b")]},
+    ], on_failure=on_failure)
+    r = crmops(bed, "--json", "upgrade", str(first), str(second))
+    assert r.returncode == 50, r.stderr
+    recs = records(bed)
+    (cp,) = [x for x in recs if x["event"] == "checkpoint"]
+    assert cp["stage"] == "h1" and cp["version"] == "1.5" and cp["snapshot_id"]
+    snaps = json.loads(crmops(bed, "--json", "snapshots").stdout)
+    tags = next(s["tags"] for s in snaps if s["id"] == cp["snapshot_id"])
+    assert "checkpoint" in tags and "version:1.5" in tags
+    if on_failure == "rollback_to_checkpoint":
+        assert events(bed) == ["h1", "h2", "undo-h2b", "undo-h2"]  # back to the good hop 1.5, not further
+        assert recs[-1]["version"] == "1.5"
+    else:
+        assert events(bed) == ["h1", "h2", "undo-h2b", "undo-h2", "undo-h1"]
+        assert recs[-1]["version"] == "1"
+    assert recs[-1]["result"] == "rolled-back" and recs[0]["playbooks"] == [str(first), str(second)]
