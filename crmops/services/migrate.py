@@ -22,7 +22,7 @@ from typing import Any
 
 from crmops.config import Config
 from crmops.dburl import engine_kind, parse, safe
-from crmops.errors import ConfigError, CrmopsError, MigrationFailed, MigrationRefused
+from crmops.errors import ConfigError, CrmopsError, Interrupted, MigrationFailed, MigrationRefused
 from crmops.journal import actor
 from crmops.migrations import prechecks, source
 from crmops.migrations.history import MigrationJournal
@@ -291,10 +291,23 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
                 facts = {"at": step.revision, "ran": [s.to_dict() for s in ran], "failed_sql": running,
                          "rolled_back": rolled_back}
             _end(journal, run_id, started, "interrupted", MigrationFailed(f"{type(e).__name__}: {e}"), **facts)
+            if isinstance(e, KeyboardInterrupt):
+                raise Interrupted(_interrupted_line(stopped)) from None
             raise
         result.seconds = round(time.monotonic() - started, 3)
         _end(journal, run_id, started, "ok", None)
         return result
+
+
+def _interrupted_line(stopped: tuple[Any, list[Any], str | None, bool] | None) -> str:
+    """What Ctrl-C left behind, which differs by engine: say it rather than a generic line."""
+    if stopped is None:
+        return "migration stopped by Ctrl-C or SIGTERM before a revision started; nothing was changed"
+    step, ran, _, rolled_back = stopped
+    if rolled_back or not ran:
+        return f"migration stopped by Ctrl-C or SIGTERM in revision {step.revision}; its changes were rolled back"
+    return (f"migration stopped by Ctrl-C or SIGTERM in revision {step.revision} after {len(ran)} statement(s) "
+            "took effect (MariaDB commits each DDL); `crmops migrate history` shows them and the rollback path")
 
 
 def resolve(config: Config, to: str) -> str | None:

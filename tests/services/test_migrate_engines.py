@@ -17,7 +17,7 @@ from crmops.dburl import parse
 from crmops.democrm import SCRIPT_LOCATION
 from crmops.democrm.load import create
 from crmops.engines import open_engine
-from crmops.errors import MigrationFailed, MigrationRefused
+from crmops.errors import Interrupted, MigrationFailed, MigrationRefused
 from crmops.services import migrate as service
 
 ENGINES = [
@@ -441,7 +441,7 @@ def test_ctrl_c_midway_is_journalled_with_what_ran(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'crm.db'}"
     create(url, size="small", version="2.0")
     config = config_for(tmp_path, url, script_location=str(scripts))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="in revision x_0001; its changes were rolled back"):
         service.up(config, safety_backup=False)
     end = service.journal_for(config).records()[-1]
     assert (end["event"], end["result"], end["at"], end["rolled_back"]) == ("run-end", "interrupted", "x_0001", True)
