@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -31,7 +32,7 @@ from crmops.errors import ConfigError
 
 ENV_PREFIX = "CRMOPS_"
 #: variables with a meaning of their own, never read as key overrides
-RESERVED_ENV = {"CRMOPS_CONFIG", "CRMOPS_PASSPHRASE", "CRMOPS_NEW_PASSPHRASE", "CRMOPS_DEBUG"}
+RESERVED_ENV = {"CRMOPS_CONFIG", "CRMOPS_PASSPHRASE", "CRMOPS_NEW_PASSPHRASE", "CRMOPS_DEBUG", "CRMOPS_ENV_FILE"}
 DEFAULT_FILE = "crmops.yaml"
 MASK = "********"
 
@@ -349,6 +350,47 @@ def _format_validation(err: ValidationError, file: str) -> str:
         msg = f"{msg}, got {first['input']!r}"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{file}: key {key}: {msg}{more}"
+
+
+ENV_FILE_VAR = "CRMOPS_ENV_FILE"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (comments, `export`, quotes).
+
+    Scheduled runs get their secrets from this file, so a value with spaces must not
+    depend on a shell's quoting rules.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the environment file ({e.strerror})",
+                          hint="it holds the secrets of scheduled runs; check its owner and mode") from None
+    out: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        line = line.removeprefix("export ").lstrip()
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"{path}: line {number} is not NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[name] = value
+    return out
+
+
+def apply_env_file(environ: MutableMapping[str, str] | None = None) -> None:
+    """Fill the environment from $CRMOPS_ENV_FILE, if set and present; variables already set win."""
+    environ = os.environ if environ is None else environ
+    name = environ.get(ENV_FILE_VAR)
+    if not name or not Path(name).exists():
+        return
+    for key, value in read_env_file(Path(name)).items():
+        environ.setdefault(key, value)
 
 
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:

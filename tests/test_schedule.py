@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -19,7 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from crmops.config import apply_env_file, read_env_file
 from crmops.democrm.load import create
+from crmops.errors import ConfigError
 from crmops.services.schedule import MARKER, parse_when
 from tests.receivers import HttpReceiver, SmtpReceiver, http_receiver, smtp_receiver
 
@@ -64,10 +67,24 @@ def test_bad_schedule_is_a_usage_error_naming_the_option(tmp_path: Path) -> None
     assert not list(tmp_path.glob("crmops-*"))
 
 
-def service_command(unit: Path) -> tuple[list[str], dict[str, str]]:
-    """ExecStart= and the environment systemd would give it (Environment= and EnvironmentFile=)."""
+def test_env_file_reads_as_systemd_does(tmp_path: Path) -> None:
+    f = tmp_path / "crmops.env"
+    f.write_text("# secrets\nCRMOPS_PASSPHRASE=two words $HOME\nexport A='quoted value'\n\nB=\"x=y\"\n")
+    assert read_env_file(f) == {"CRMOPS_PASSPHRASE": "two words $HOME", "A": "quoted value", "B": "x=y"}
+    environ = {"CRMOPS_ENV_FILE": str(f), "A": "already set"}
+    apply_env_file(environ)
+    assert environ["A"] == "already set" and environ["CRMOPS_PASSPHRASE"] == "two words $HOME"
+    apply_env_file({"CRMOPS_ENV_FILE": str(tmp_path / "absent")})  # optional, like EnvironmentFile=-
+    f.write_text("not a variable\n")
+    with pytest.raises(ConfigError, match="line 1 is not NAME=value"):
+        read_env_file(f)
+
+
+def service_command(unit: Path, key: str = "ExecStart") -> tuple[list[str], dict[str, str]]:
+    """ExecStart= (or another Exec key) and the environment systemd would give it."""
     env: dict[str, str] = {"PATH": os.environ["PATH"], "HOME": "/root", "LANG": "C.UTF-8"}
     command: list[str] = []
+    want = key
     for line in unit.read_text().splitlines():
         key, _, value = line.partition("=")
         if key == "Environment":
@@ -77,7 +94,7 @@ def service_command(unit: Path) -> tuple[list[str], dict[str, str]]:
             path = Path(value.lstrip("-").strip('"'))
             if path.is_file():
                 env.update(dict(ln.split("=", 1) for ln in path.read_text().splitlines() if "=" in ln))
-        elif key == "ExecStart":
+        elif line.startswith(f"{want}="):
             command = [w.replace("%%", "%") for w in shlex.split(value)]
     return command, env
 
@@ -267,3 +284,46 @@ def assert_no_secret(texts: list[str], db_password: str) -> None:
     for text in texts:
         for secret in (PASSPHRASE, S3_SECRET, db_password, HOOK_TOKEN):
             assert secret not in text, f"secret {secret[:4]}… leaked into: {text[:300]}"
+
+
+def test_weekly_drill_and_status_page_from_the_units_and_from_cron(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(db, size="small")
+    cfg = {"database": {"url": db}, "repository": {"url": f"file://{tmp_path / 'repo'}", "chunk_avg_kib": 256},
+           "state_dir": str(tmp_path / "state"), "notify": {"metrics_file": str(tmp_path / "crmops.prom")}}
+    config = tmp_path / "crmops.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env_file = tmp_path / "crmops.env"
+    env_file.write_text(f"CRMOPS_PASSPHRASE={PASSPHRASE}\n")
+    assert crmops("--config", str(config), "repo", "init", env=secrets_of(env_file)).returncode == 0
+    page, units = tmp_path / "www" / "status.html", tmp_path / "units"
+    install(config, units, env_file, "--status-page", str(page))
+    if shutil.which("systemd-analyze"):
+        v = subprocess.run(["systemd-analyze", "verify", *map(str, units.iterdir())], capture_output=True, text=True)
+        assert v.returncode == 0 and v.stderr.strip() == "", v.stderr
+    for job in ("backup", "verify"):
+        for key in ("ExecStart", "ExecStopPost"):
+            command, env = service_command(units / f"crmops-{job}.service", key)
+            r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+            assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (job, key, r.stderr)
+    prom = (tmp_path / "crmops.prom").read_text()
+    assert "crmops_verify_success 1" in prom and 'crmops_last_run_success{command="drill"} 1' in prom
+    assert float(re.search(r"^crmops_verify_restore_seconds (\S+)$", prom, re.M)[1]) > 0
+    assert "restored and matched" in page.read_text()
+    assert list((tmp_path / "state" / "drills").glob("drill-*.html"))  # the drill's own report for auditors
+
+    # the same schedule from cron: run the line as cron would (sh -c, the file's variables)
+    cron = tmp_path / "crmops.cron"
+    r = crmops("--config", str(config), "schedule", "install", "--cron", "--cron-file", str(cron), "--unit-dir",
+               str(units), "--env-file", str(env_file), "--status-page", str(page), env=secrets_of(env_file))
+    assert r.returncode == 0, r.stderr
+    variables = dict(ln.split("=", 1) for ln in cron.read_text().splitlines() if "=" in ln and " " not in ln)
+    line = next(ln for ln in cron.read_text().splitlines() if ln.endswith("# crmops-job=backup"))
+    page.unlink()
+    ran = subprocess.run(["/bin/sh", "-c", line.split(" root ", 1)[1].replace("\\%", "%")], capture_output=True,
+                         text=True, env={"HOME": str(tmp_path), **variables}, timeout=120)
+    assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+    assert page.is_file() and (tmp_path / "state" / "crmops.log").read_text() == ""  # quiet: nothing logged
+    records = [json.loads(ln) for ln in (tmp_path / "state" / "runs.jsonl").read_text().splitlines()]
+    assert [(x["command"], x["result"]) for x in records] == [("backup", "success"), ("drill", "success"),
+                                                               ("backup", "success")]

@@ -20,7 +20,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from crmops.config import Config, load_config
+from crmops.config import Config, apply_env_file, load_config
 
 
 @dataclass
@@ -40,6 +40,7 @@ class AppContext:
     def config(self) -> Config:
         """Loaded on first use, so `crmops --help` works with a broken config file."""
         if self._config is None:
+            apply_env_file()  # scheduled runs: secrets from $CRMOPS_ENV_FILE
             self._config = load_config(self.config_path)
         return self._config
 

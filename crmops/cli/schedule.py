@@ -89,18 +89,22 @@ def schedule_group() -> None:
 @click.option("--user", help="Run as this user (default: root).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="With --cron: where the JSON log lines go (default: <state_dir>/crmops.log).")
+@click.option("--status-page", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Rewrite the status page (report --html FILE) after every run, good or bad.")
 @click.option("--cron", "use_cron", is_flag=True, help="A file in /etc/cron.d instead of systemd units.")
 @_with_dirs
 @_no_systemctl
 @pass_app
 def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, check: sch.When | None,
                 prune: sch.When | None, timeout: str, lock_wait: str, env_file: Path, user: str | None,
-                log_file: Path | None, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
+                log_file: Path | None, status_page: Path | None, use_cron: bool, unit_dir: Path, cron_file: Path,
+                no_systemctl: bool) -> None:
     """Write the units (or cron file) that run the jobs; the configuration file is pinned by path."""
     config = _config_file(app)
     schedule = {k: v for k, v in (("backup", backup), ("verify", verify), ("check", check), ("prune", prune)) if v}
     common = {"config": config, "env_file": env_file.absolute(), "timeout_s": sch.parse_duration(timeout),
-              "lock_wait_s": sch.parse_duration(lock_wait), "user": user, "exe": sch.crmops_executable()}
+              "lock_wait_s": sch.parse_duration(lock_wait), "user": user, "exe": sch.crmops_executable(),
+              "status_page": status_page.absolute() if status_page else None}
     if use_cron:
         plan = sch.plan_cron(schedule, cron_file=cron_file, log_file=log_file or app.config.state_dir / "crmops.log",
                              **common)
