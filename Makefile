@@ -51,6 +51,8 @@ demo: venv
 	echo "== 7. a restore into a scratch database, attachments beside it"; \
 	rm -rf demo/restored && mkdir -p demo/restored; \
 	$$C restore latest --to sqlite:///demo/restored/crm.db --attachments-to demo/restored/attachments; \
+	echo "== 8. what monitoring sees (exit 61 when red), and the status page for managers"; \
+	$$C status; $$C report --html demo/status.html; \
 	echo "== done: see README.md for the tour, and crmops --help for everything else"
 
 # Speed and memory against pg_dump, pg_restore, the usual openssl script and restic,
