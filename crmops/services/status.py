@@ -66,6 +66,10 @@ def _ago(delta: timedelta) -> str:
     return f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.1f} days ago"
 
 
+def _snapshots(n: int) -> str:
+    return f"{n} snapshot{'' if n == 1 else 's'}"
+
+
 def _mb(n: int | float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -141,7 +145,7 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     if ov.repository_error:
         out.append(Verdict("repository", RED, f"cannot open the repository: {ov.repository_error}"))
     else:
-        out.append(Verdict("repository", GREEN, f"{len(ov.snapshots)} snapshots, "
+        out.append(Verdict("repository", GREEN, f"{_snapshots(len(ov.snapshots))}, "
                                                 f"{_mb(ov.repository_size_bytes or 0)} stored at {ov.repository}"))
     out.append(_retention_verdict(ov, s.repository_quota_bytes, s.headroom_percent))
     out.append(_jobs_verdict(runs, now))
@@ -206,7 +210,8 @@ def _retention_verdict(ov: Overview, quota: int | None, headroom: float) -> Verd
     ret = ov.retention
     problems = []
     if ret.get("past_retention"):
-        problems.append(f"{ret['past_retention']} snapshots are past the retention policy "
+        n = ret["past_retention"]
+        problems.append(f"{_snapshots(n)} {'is' if n == 1 else 'are'} past the retention policy "
                         "(run `crmops forget --prune`)")
     used = ""
     if quota:
@@ -217,7 +222,7 @@ def _retention_verdict(ov: Overview, quota: int | None, headroom: float) -> Verd
                             f"(warning at {headroom:g}%): widen the quota or keep fewer snapshots")
     if problems:
         return Verdict("retention", AMBER, "; ".join(problems))
-    return Verdict("retention", GREEN, f"{ret.get('kept', 0)} snapshots, all kept by the retention policy{used}")
+    return Verdict("retention", GREEN, f"{_snapshots(ret.get('kept', 0))}, all kept by the retention policy{used}")
 
 
 def _jobs_verdict(runs: list[dict[str, Any]], now: datetime) -> Verdict:

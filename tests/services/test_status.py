@@ -85,7 +85,7 @@ def test_verdicts_follow_backups_verifications_upgrades_and_retention(sqlite_url
     ok(run(config, "backup"))
     ov = gather(cfg)
     assert levels(ov)["retention"] == "amber"
-    assert "1 snapshots are past the retention policy" in summary(ov, "retention")
+    assert "1 snapshot is past the retention policy" in summary(ov, "retention")
     cfg.retention = cfg.retention.model_copy(update={"keep_last": 10})
     cfg.status.repository_quota_bytes = ov.repository_size_bytes + 1000
     ov = gather(cfg)
