@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             logging.getLogger("crmops").exception("failed")
         _fail(e.line(), e.exit_code, e.kind)
     except click.exceptions.Abort:
-        why = f"stopped by {_STOPPED_BY} (a timeout or shutdown); nothing half-written is kept" if _STOPPED_BY \
-            else "stopped"
+        why = f"stopped by {_STOPPED_BY} (a timeout or shutdown)" if _STOPPED_BY else "stopped"
         _fail(why, Interrupted.exit_code, "interrupted")
     except KeyboardInterrupt:
         _fail("stopped by Ctrl-C or SIGTERM; nothing half-written is kept", Interrupted.exit_code, "interrupted")
