@@ -35,17 +35,33 @@ def bed_env() -> dict[str, str]:
     return env
 
 
+#: forks the measured command from a small process: Linux starts a child's peak RSS at
+#: the RSS of the process it was forked from, so forking from this (large) benchmark
+#: process would put a floor of its own size under every figure
+_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def timed(argv: list[str] | str, *, env: dict[str, str] | None = None, shell: bool = False,
           stdin: int | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS MB of the process tree's largest member) for one command."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, shell=shell, env=env, stdin=stdin, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark step failed ({proc.returncode}): {argv}")
-    return wall, usage.ru_maxrss / 1024
+    if shell:
+        argv = ["/bin/sh", "-c", str(argv)]
+    with tempfile.NamedTemporaryFile("r", prefix="crmops-bench-rss-") as rss:
+        t0 = time.monotonic()
+        proc = subprocess.run([PY, "-S", "-c", _LAUNCHER, rss.name, *argv], env=env, stdin=stdin,
+                              stdout=subprocess.DEVNULL)
+        wall = time.monotonic() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark step failed ({proc.returncode}): {argv}")
+        return wall, int(rss.read() or 0) / 1024
 
 
 def pg_env(url: str) -> dict[str, str]:
