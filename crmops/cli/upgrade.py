@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -136,9 +137,14 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
 
 
 def _reporting(app: AppContext, work: Any, human: Any) -> None:
-    """Print the report whether the run succeeded or not; failures then end with their one line and code."""
+    """Print the report whether the run succeeded or not; failures then end with their one line and code.
+
+    With --json, stdout carries the JSON document only: whatever a library prints on the way
+    (Alembic prints revisions) goes to stderr.
+    """
     try:
-        report = work()
+        with contextlib.redirect_stdout(sys.stderr) if app.json else contextlib.nullcontext():
+            report = work()
     except CrmopsError as e:
         report = getattr(e, "report", None)
         if report is not None:

@@ -78,7 +78,7 @@ class VerifyStep(Step):
 
 
 class MigrateStep(Step):
-    OUTPUTS = ("from", "to", "seconds", "safety_snapshot")
+    OUTPUTS = ("from", "to", "seconds", "safety_snapshot", "revisions")
     REHEARSED = True
     TYPICAL_SECONDS = 30
     type: Literal["migrate"]

@@ -54,7 +54,8 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
         res = migrate(config, to=str(params["to"]), url=ctx.url, safety_backup=bool(params["safety_backup"]),
                       tags=("pre-migrate", f"upgrade:{ctx.run_id}"))
         d = res.to_dict()
-        outputs = {"from": d["from"], "to": d["to"], "seconds": d["seconds"], "safety_snapshot": d["safety_snapshot"]}
+        outputs = {"from": d["from"], "to": d["to"], "seconds": d["seconds"], "safety_snapshot": d["safety_snapshot"],
+                   "revisions": {r["revision"]: r["seconds"] for r in d.get("revisions") or []}}
         return StepResult(True, outputs, f"{d['from']} -> {d['to']} in {d['seconds']:.2f}s "
                           f"({len(d.get('revisions') or [])} revisions)")
 

@@ -273,3 +273,29 @@ def test_sigkill_in_a_later_stage_then_resume_finishes_the_upgrade(shared: tuple
     assert ran.count("schema") == 1 and ran.count("pre_upgrade") == 1  # not repeated by the resume
     assert next(r for r in records if r["event"] == "resume")["interrupted"] == ["gate"]
     assert [r["name"] for r in records if r["event"] == "postcheck" and r["ok"]] == ["schema", "row_counts"]
+
+
+# --- the rehearsal's estimate against the real run, on the medium demo CRM ---------------------------
+
+@pytest.mark.slow
+def test_dry_run_estimate_matches_the_real_migration_on_medium(pg_url: str, tmp_path: Path,
+                                                               docker_client: Any) -> None:
+    config = prepared(tmp_path, pg_url, size="medium", verify=False)
+    with app_container(docker_client) as app:
+        pb = playbook_for(tmp_path, app, edit=lambda doc: next(
+            s for s in doc["stages"][0]["steps"] if s.get("check") == "snapshot_fresh").update(require_verified=False))
+        before = fingerprint(pg_url)
+        dry = ok(run(config, "--json", "upgrade", str(pb), "--dry-run"))
+        assert isinstance(dry, dict), dry[:3000]
+        assert same(before, fingerprint(pg_url)) == []  # the rehearsal changed nothing in production
+        assert app.image() == "crmops-demo-app:1.0"
+        assert dry["restore"]["proven"] and not dry["snapshot"]["verified"]  # its restore proved the snapshot
+        schema = next(p for p in dry["plan"] if p["step"] == "schema")
+        assert schema["measured"] and {lock["table"] for lock in schema["locks"]} >= {"contacts"}
+        real = ok(run(config, "--json", "upgrade", str(pb)))
+    assert real["result"] == "success"
+    measured = next(s["seconds"] for s in real["steps"] if s["step"] == "schema")
+    estimate = dry["migrate_seconds"]
+    print(f"medium: dry-run migration estimate {estimate:.2f}s, real migration {measured:.2f}s, "
+          f"estimated downtime {dry['estimated_downtime_s']:.1f}s, real run {real['seconds']:.1f}s")
+    assert abs(estimate - measured) <= 0.25 * measured, (estimate, measured)
