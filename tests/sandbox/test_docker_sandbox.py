@@ -104,8 +104,10 @@ with open_sandbox(VerifyConfig(), sys.argv[1], sys.argv[2]) as sb:
 
 
 def _start_holder(engine: str = "postgresql", version: str = "15.4") -> tuple[subprocess.Popen, str]:
+    # a shell's background job inherits SIGINT ignored, and Python keeps it so: restore the default
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, engine, version], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     name = proc.stdout.readline().strip()  # type: ignore[union-attr]
     assert name.startswith("crmops-sandbox-"), proc.stderr.read()  # type: ignore[union-attr]
     return proc, name
