@@ -144,6 +144,7 @@ class RunState:
                 st.rows_before = r.get("rows")
             elif ev == "failure":
                 st.error = st.error or r.get("error")
+                st.failed_step = r.get("step") or r.get("stage") or st.failed_step
             elif ev == "end":
                 st.result = r.get("result")
                 st.ended_at = r.get("ts")

@@ -96,6 +96,7 @@ def upgrade(config: Config, paths: list[str | Path], *, yes: bool = False, ignor
         ok, reason = fits(playbook.window, now or datetime.now(UTC), estimate)
         if not ok and not ignore_window:
             raise UpgradeRefused(f"{playbook.source}: {reason}", hint="wait for the window, or --ignore-window")
+        baseline = row_counts(config.database.url)  # before the journal: an unreachable database starts nothing
         journal = RunJournal.create(
             config.state_dir, playbook=playbook.source, from_version=playbook.from_version,
             to_version=playbook.to_version, dry_run=False, scrub=secret_scrubber(config, playbook),
@@ -104,7 +105,7 @@ def upgrade(config: Config, paths: list[str | Path], *, yes: bool = False, ignor
             window=reason if ok else f"ignored: {reason}")
         say(f"upgrade {journal.run_id}: {playbook.name} ({playbook.from_version} -> {playbook.to_version}); "
             f"journal {journal.path}")
-        journal.record("baseline", rows=row_counts(config.database.url))
+        journal.record("baseline", rows=baseline)
         return _drive(config, playbook, journal, yes=yes, confirm=confirm, say=say, resume=False)
 
 

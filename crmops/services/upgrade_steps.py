@@ -14,6 +14,7 @@ from typing import Any
 
 from crmops.config import Config
 from crmops.dburl import safe
+from crmops.engines import open_engine
 from crmops.engines.connect import connect_engine
 from crmops.playbooks.actions import CORE_EXECUTORS
 from crmops.playbooks.dockerswap import run_docker
@@ -51,6 +52,8 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
     def migrate_step(step: Step, params: dict[str, Any], ctx: StepContext) -> StepResult:
         from crmops.services.migrate import migrate
 
+        since = datetime.now(UTC)
+        ctx.on_cancel(lambda: cancel_queries(ctx.url, since))
         res = migrate(config, to=str(params["to"]), url=ctx.url, safety_backup=bool(params["safety_backup"]),
                       tags=("pre-migrate", f"upgrade:{ctx.run_id}"))
         d = res.to_dict()
@@ -70,6 +73,23 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
 
     return {**CORE_EXECUTORS, "docker": run_docker, "preflight": preflight, "backup": backup_step,
             "verify": verify_step, "migrate": migrate_step, "restore": restore_step}
+
+
+def cancel_queries(url: str, since: datetime) -> int:
+    """Cancel the statements a timed-out or interrupted migration is running (PostgreSQL).
+
+    Only sessions that connected to the database after the step began and are busy are
+    cancelled: the migration's own, not the CRM's idle pool. On MySQL/MariaDB nothing is
+    cancelled and the runner waits for the statement to end before rolling back.
+    """
+    engine = open_engine(url)
+    if engine.name != "postgresql":
+        return 0
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND pid <> pg_backend_pid() AND state = 'active' AND backend_start >= %s",
+                            (since,)).fetchall()
+    return len(rows)
 
 
 def run_preflight(config: Config, params: dict[str, Any], *, url: str, run_id: str) -> StepResult:

@@ -232,3 +232,31 @@ def test_a_chain_checkpoints_each_hop_and_rolls_back_as_the_playbook_says(bed: P
         assert events(bed) == ["h1", "h2", "undo-h2b", "undo-h2", "undo-h1"]
         assert recs[-1]["version"] == "1"
     assert recs[-1]["result"] == "rolled-back" and recs[0]["playbooks"] == [str(first), str(second)]
+
+
+def test_the_rehearsed_estimate_must_fit_the_window(bed: Path) -> None:
+    """A SQLite CRM rehearses without Docker: the plan's estimate (2 h) against a 70-minute window."""
+    assert crmops(bed, "repo", "init").returncode == 0 and crmops(bed, "backup").returncode == 0
+    # the window opened ten minutes ago and closes in an hour
+    start, end = (time.strftime("%H:%M", time.gmtime(time.time() + d)) for d in (-600, 3600))
+    long = {"type": "shell", "command": "echo long >> " + LOG, "expected_seconds": 7200}
+    check = {"id": "count", "type": "sql", "sql": "SELECT count(*) FROM contacts", "expect": 600}
+    pb = playbook(bed, b_extra=[long, check], window={"start": start, "end": end, "timezone": "UTC"})
+    before = (bed / "crm.db").read_bytes()
+    dry = crmops(bed, "--json", "upgrade", str(pb), "--dry-run")
+    assert dry.returncode == 51, dry.stderr
+    assert "does NOT fit" in dry.stderr
+    report = first_json(dry.stdout)
+    assert report["estimated_downtime_s"] >= 7200 and report["window"]["fits"] is False
+    count = next(p for p in report["plan"] if p["step"] == "count")
+    assert count["mode"] == "rehearsed" and count["ok"] and count["measured"]
+    assert {f["step"] for f in report["fidelity"] if f["type"] == "shell"} == {
+        "a-1", "b1", "b-2", "c-1", "a-rollback-1", "b-rollback-1", "c-rollback-1"}
+    assert not (bed / LOG).exists() and (bed / "crm.db").read_bytes() == before  # nothing ran in production
+    refused = crmops(bed, "upgrade", str(pb))
+    assert refused.returncode == 51 and "does not fit" in refused.stderr
+    r = crmops(bed, "--json", "upgrade", str(pb), "--ignore-window")
+    assert r.returncode == 0, r.stderr
+    real = next(recs for recs in (list(j.records()) for j in journals(bed)) if not recs[0]["dry_run"])
+    assert real[0]["rehearsal"] == report["run_id"] and real[0]["estimated_downtime_s"] >= 7200
+    assert real[0]["window"].startswith("ignored: ") and real[-1]["result"] == "success"

@@ -173,6 +173,48 @@ def test_a_failure_at_each_stage_leaves_everything_as_before(stage: str, shared:
     assert password not in json.dumps(records)
 
 
+def test_a_failing_smoke_test_after_every_stage_rolls_all_back(shared: tuple[Path, str, App, Path]) -> None:
+    config, url, app, tmp = shared
+
+    def wrong_expectation(doc: dict[str, Any]) -> None:
+        doc["smoke_tests"][0]["expect_body"] = '"2.1"'
+    pb = playbook_for(tmp, app, name="smoke.yaml", edit=wrong_expectation)
+    before = fingerprint(url)
+    r = run(config, "--json", "upgrade", str(pb))
+    assert r.returncode == 50, r.stderr
+    assert first_json(r.stdout)["failed_step"] == "smoke-1"
+    assert same(before, fingerprint(url)) == [] and app.version() == "1.0"
+    records = last_journal(tmp)
+    assert [x["name"] for x in records if x["event"] == "postcheck" and x["ok"]] == ["schema", "row_counts"]
+    assert [x["stage"] for x in records if x["event"] == "stage_rolled_back"] == [
+        "reopen", "app", "migrate", "backup", "maintenance", "preflight"]
+
+
+def test_a_migration_past_its_timeout_is_cancelled_and_rolled_back(shared: tuple[Path, str, App, Path]) -> None:
+    config, url, app, tmp = shared
+
+    def short_timeout(doc: dict[str, Any]) -> None:
+        next(s for s in doc["stages"] if s["name"] == "migrate")["steps"][0]["timeout"] = 3
+    pb = playbook_for(tmp, app, name="timeout.yaml", edit=short_timeout)
+    before = fingerprint(url)
+    blocker = psycopg.connect(url)  # the migration waits on contacts until its 3 s are up
+    blocker.execute("LOCK TABLE contacts IN SHARE MODE")
+    proc = _spawn(config, "upgrade", str(pb))
+    try:
+        _wait("the migrate step to fail", lambda: any(
+            r["event"] == "failure" for r in last_journal(tmp)) if _started(tmp, "schema")() else False)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert proc.wait(timeout=120) == 50
+    records = last_journal(tmp)
+    failure = next(r for r in records if r["event"] == "failure")
+    assert failure["step"] == "schema" and "timed out after 3s" in failure["error"]
+    assert "did not stop" not in failure["error"]  # the cancel reached the migration's statement
+    assert records[-1]["result"] == "rolled-back"
+    assert same(before, fingerprint(url)) == [] and app.version() == "1.0"
+
+
 # --- crashes: SIGKILL, then --rollback or --resume from the journal ----------------------------------
 
 def _spawn(config: Path, *args: str) -> subprocess.Popen[str]:
