@@ -13,16 +13,16 @@ from crmops.cli.context import AppContext, pass_app
 from crmops.errors import CrmopsError
 
 
-def _plan_table(console: Any, report: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t = Table("stage", "step", "type", "how", "seconds", "", title="plan")
+def _plan_lines(console: Any, report: dict[str, Any]) -> None:
+    """One line per step: stage, step, type, how it was handled, seconds, outcome or templated values."""
+    console.print("plan:")
     for p in report["plan"]:
-        status = "" if p["ok"] is None else ("[green]ok[/green]" if p["ok"] else f"[red]{p['error']}[/red]")
-        secs = f"{p['seconds']:.2f}" + ("" if p.get("measured") else " (expected)")
-        t.add_row(p["stage"] or "smoke", p["step"] + (" (rollback)" if p["phase"] == "rollback" else ""),
-                  p["type"], p["mode"], secs, status or _params_line(p["params"]))
-    console.print(t)
+        secs = f"{p['seconds']:7.2f}s" + ("" if p.get("measured") else " (expected)")
+        status = "" if p["ok"] is None else ("ok" if p["ok"] else f"FAILED: {p['error']}")
+        step = p["step"] + (" (rollback)" if p["phase"] == "rollback" else "")
+        detail = status if status.startswith("FAILED") else (p.get("summary") or _params_line(p["params"]))
+        console.print(f"  {p['stage'] or 'smoke':<11} {step:<24} {p['type']:<11} {p['mode']:<24} {secs:<20} "
+                      f"{detail}", markup=False)
 
 
 def _params_line(params: dict[str, Any]) -> str:
@@ -32,7 +32,7 @@ def _params_line(params: dict[str, Any]) -> str:
 
 def _dry_human(report: dict[str, Any]) -> Any:
     def human(console: Any) -> None:
-        _plan_table(console, report)
+        _plan_lines(console, report)
         r = report.get("restore") or {}
         console.print(f"snapshot {report['snapshot']['id'][:10]} restored in {r.get('seconds', 0):.1f}s: "
                       f"{r.get('detail', '')}")
@@ -42,8 +42,8 @@ def _dry_human(report: dict[str, Any]) -> Any:
                               + (f", waited {lock['waited_s']}s" if lock["waited_s"] else ""))
         if report.get("row_changes"):
             console.print("row changes: " + ", ".join(f"{t} {d:+d}" for t, d in report["row_changes"].items()))
-        console.print(f"migrations: {report.get('migrate_seconds', 0):.2f}s measured; estimated downtime "
-                      f"{report.get('estimated_downtime_s', 0):.1f}s; {report.get('window', {}).get('detail', '')}")
+        console.print(f"migrations: {report.get('migrate_seconds', 0):.2f}s measured (median of the timed runs); "
+                      f"{report.get('window', {}).get('detail', '')}")
         for w in report["warnings"]:
             console.print(f"[yellow]warning[/yellow] {w}")
         for b in report["blockers"]:

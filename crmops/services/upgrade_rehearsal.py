@@ -27,7 +27,7 @@ from crmops.playbooks.model import Playbook, Step
 from crmops.playbooks.runjournal import RunJournal
 from crmops.playbooks.runner import attempt, step_params, template_context
 from crmops.playbooks.steps import StepContext
-from crmops.playbooks.template import Pending
+from crmops.playbooks.template import Pending, render
 from crmops.playbooks.window import fits
 from crmops.repository import open_repository
 from crmops.sandbox import open_sandbox
@@ -366,7 +366,7 @@ def _rehearse_post_checks(config: Config, playbook: Playbook, url: str, report: 
         try:
             from crmops.services.migrate import lint
 
-            findings = lint(config, url=url, to=str(target))
+            findings = lint(config, url=url, to=str(render(target, {"vars": playbook.vars})))
             items = findings.get("findings", findings) if isinstance(findings, dict) else findings
             for f in items or []:
                 report["warnings"].append(f"migrate lint: {f.get('message', f) if isinstance(f, dict) else f}")
