@@ -58,6 +58,7 @@ def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: P
     assert rollback_swap["params"]["image"] == "crmops-demo-app:1.0"  # templated from the container, read-only
     assert {f["step"] for f in dry["fidelity"]} >= {"swap", "health", "pre_upgrade", "maintenance-1"}
     assert dry["migrate_seconds"] > 0 and dry["estimated_downtime_s"] >= dry["migrate_seconds"]
+    assert not [w for w in dry["warnings"] if "not in" in w], dry["warnings"]  # lint saw the real revision
 
     r = run(config, "--json", "upgrade", str(pb))
     report = ok(r)
@@ -341,3 +342,20 @@ def test_dry_run_estimate_matches_the_real_migration_on_medium(pg_url: str, tmp_
     print(f"medium: dry-run migration estimate {estimate:.2f}s, real migration {measured:.2f}s, "
           f"estimated downtime {dry['estimated_downtime_s']:.1f}s, real run {real['seconds']:.1f}s")
     assert abs(estimate - measured) <= 0.25 * measured, (estimate, measured)
+
+
+@pytest.mark.mysql
+def test_mariadb_health_failure_rolls_back_then_the_upgrade_succeeds(mysql_url: str, tmp_path: Path,
+                                                                     docker_client: Any) -> None:
+    config = prepared(tmp_path, mysql_url)
+    with app_container(docker_client) as app:
+        unhealthy = derived_image(docker_client, "crmops-demo-app:2.0", "crmops-demo-app:2.0-unhealthy",
+                                  "ENV APP_FAIL_HEALTH=1")
+        before = fingerprint(mysql_url)
+        r = run(config, "--json", "upgrade", str(playbook_for(tmp_path, app, name="bad.yaml", app_image=unhealthy)))
+        assert r.returncode == 50, r.stderr
+        assert first_json(r.stdout)["failed_step"] == "health"
+        assert same(before, fingerprint(mysql_url)) == [] and app.version() == "1.0"
+        report = ok(run(config, "--json", "upgrade", str(playbook_for(tmp_path, app))))
+        assert report["result"] == "success" and app.version() == "2.0"
+        assert {c["name"]: c["ok"] for c in report["post_checks"]} == {"schema": True, "row_counts": True}
