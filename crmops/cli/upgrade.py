@@ -66,14 +66,14 @@ def _run_human(report: dict[str, Any]) -> Any:
 
 def _history_human(runs: list[dict[str, Any]]) -> Any:
     def human(console: Any) -> None:
-        from rich.table import Table
-
-        t = Table("run", "playbook", "from → to", "kind", "started", "result", "failed step")
+        if not runs:
+            console.print("no upgrade runs yet")
         for r in runs:
-            t.add_row(r["run_id"], Path(r["playbook"] or "?").name, f"{r['from_version']} → {r['to_version']}",
-                      "dry run" if r["dry_run"] else "upgrade", (r["started_at"] or "")[:19], r["result"],
-                      r["failed_step"] or "")
-        console.print(t if runs else "no upgrade runs yet")
+            failed = f"  at {r['failed_step']}: {r['error']}" if r["failed_step"] else ""
+            console.print(f"{r['run_id']}  {'dry run' if r['dry_run'] else 'upgrade':<7}  "
+                          f"{(r['started_at'] or '')[:19].replace('T', ' ')}  {r['result']:<11}  "
+                          f"{Path(r['playbook'] or '?').name} ({r['from_version']} -> {r['to_version']}){failed}",
+                          markup=False)
     return human
 
 

@@ -70,9 +70,9 @@ def secret_scrubber(config: Config, playbook: Playbook | None = None) -> Callabl
 
 
 def latest_rehearsal(config: Config, digest: str) -> dict[str, Any] | None:
-    """The newest successful dry run of exactly this playbook text, or None."""
+    """The newest dry run of exactly this playbook text whose rehearsed steps all passed, or None."""
     for st in reversed(read_runs(config.state_dir)):
-        if st.dry_run and st.result == "success" and st.digest == digest and st.rehearsal:
+        if st.dry_run and st.digest == digest and st.rehearsal and st.rehearsal.get("rehearsed_ok"):
             return {**st.rehearsal, "run_id": st.run_id}
     return None
 

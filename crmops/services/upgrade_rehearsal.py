@@ -145,9 +145,11 @@ def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = la
     journal.record("rehearsal", estimated_downtime_s=report["estimated_downtime_s"],
                    migrate_seconds=report["migrate_seconds"], row_changes=report["row_changes"],
                    steps=[{k: p.get(k) for k in ("step", "mode", "seconds")} for p in report["plan"]],
-                   fits_window=report["window"]["fits"], blockers=report["blockers"])
-    result = "failed" if failed else "success"
-    journal.record("end", result=result, error=failed[0]["error"] if failed else None)
+                   fits_window=report["window"]["fits"], blockers=report["blockers"], rehearsed_ok=not failed)
+    # a blocker fails the dry run for people reading its history; its measurements stay usable
+    result = "failed" if failed or report["blockers"] else "success"
+    journal.record("end", result=result, error=failed[0]["error"] if failed else
+                   (f"the real run would refuse: {report['blockers'][0]}" if report["blockers"] else None))
     report["result"] = result
     if failed:
         err = UpgradeFailed(f"the rehearsal failed at {failed[0]['step']}: {failed[0]['error']}",

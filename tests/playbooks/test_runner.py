@@ -253,6 +253,9 @@ def test_the_rehearsed_estimate_must_fit_the_window(bed: Path) -> None:
     assert {f["step"] for f in report["fidelity"] if f["type"] == "shell"} == {
         "a-1", "b1", "b-2", "c-1", "a-rollback-1", "b-rollback-1", "c-rollback-1"}
     assert not (bed / LOG).exists() and (bed / "crm.db").read_bytes() == before  # nothing ran in production
+    (dry_journal,) = journals(bed)
+    end = list(dry_journal.records())[-1]
+    assert end["result"] == "failed" and "would refuse" in end["error"]  # history shows the blocker
     refused = crmops(bed, "upgrade", str(pb))
     assert refused.returncode == 51 and "does not fit" in refused.stderr
     r = crmops(bed, "--json", "upgrade", str(pb), "--ignore-window")
