@@ -78,9 +78,12 @@ def _history_human(runs: list[dict[str, Any]]) -> Any:
 
 
 def _confirm(message: str) -> bool:
-    if not sys.stdin.isatty():
-        return False
     return click.confirm(f"pause: {message}", default=False)
+
+
+def _asker() -> Any:
+    """How pause steps ask: at a terminal only (cron and scripts need --yes)."""
+    return _confirm if sys.stdin.isatty() else None
 
 
 @click.command("upgrade", context_settings={"ignore_unknown_options": False})
@@ -114,7 +117,7 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
             raise click.UsageError("--resume and --rollback take the playbook from the run's journal; "
                                    "name no PLAYBOOK (use --run RUN_ID to choose a run)")
         if resume:
-            _reporting(app, lambda: svc.resume(app.config, run_id=run_id, yes=yes, confirm=_confirm, say=app.say),
+            _reporting(app, lambda: svc.resume(app.config, run_id=run_id, yes=yes, confirm=_asker(), say=app.say),
                        _run_human)
         else:
             _reporting(app, lambda: svc.rollback(app.config, run_id=run_id, say=app.say), _run_human)
@@ -132,7 +135,7 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
 
         _reporting(app, lambda: rehearse(app.config, paths, say=app.say), _dry_human)
         return
-    _reporting(app, lambda: svc.upgrade(app.config, paths, yes=yes, ignore_window=ignore_window, confirm=_confirm,
+    _reporting(app, lambda: svc.upgrade(app.config, paths, yes=yes, ignore_window=ignore_window, confirm=_asker(),
                                         say=app.say), _run_human)
 
 

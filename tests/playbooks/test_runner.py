@@ -263,3 +263,16 @@ def test_the_rehearsed_estimate_must_fit_the_window(bed: Path) -> None:
     real = next(recs for recs in (list(j.records()) for j in journals(bed)) if not recs[0]["dry_run"])
     assert real[0]["rehearsal"] == report["run_id"] and real[0]["estimated_downtime_s"] >= 7200
     assert real[0]["window"].startswith("ignored: ") and real[-1]["result"] == "success"
+
+
+def test_a_pause_needs_a_person_or_yes(bed: Path) -> None:
+    pause = {"id": "ask", "type": "pause", "message": "does the CRM look right?"}
+    pb = playbook(bed, b_extra=[pause])
+    r = crmops(bed, "upgrade", str(pb))  # no terminal, no --yes: nobody can confirm, so it stops and undoes
+    assert r.returncode == 50 and "needs a person at a terminal (or --yes)" in r.stderr
+    assert events(bed) == ["a", "b", "undo-0", "undo-a"]
+    (bed / LOG).unlink()
+    r = crmops(bed, "--json", "upgrade", str(pb), "--yes")
+    assert r.returncode == 0, r.stderr
+    assert next(s for s in json.loads(r.stdout)["steps"] if s["step"] == "ask")["summary"] == \
+        "confirmed in advance by --yes"
