@@ -10,6 +10,7 @@ the old one comes back.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from crmops.errors import SandboxUnavailable
@@ -67,16 +68,28 @@ def container_spec(attrs: dict[str, Any], image_config: dict[str, Any], image: s
     return spec
 
 
-def swap_image(name: str, image: str, *, stop_timeout: int = 10, client: Any = None) -> tuple[str, str]:
-    """Run container name on image instead; returns (previous image, new container id). Idempotent."""
+PARKED = "-crmops-prev-"
+
+
+def swap_image(name: str, image: str, *, stop_timeout: int = 10, client: Any = None,
+               noted: Callable[[str], None] = lambda previous: None) -> tuple[str, str]:
+    """Run container name on image instead; returns (previous image, new container id). Idempotent.
+
+    noted(previous) is called before anything changes. A container parked by a swap that was
+    killed half-way is taken back first.
+    """
     from docker.errors import APIError, ImageNotFound, NotFound
 
     client = client or _client()
     try:
         old = client.containers.get(name)
+        if old.status != "running" and _parked(client, name):  # killed after creating the new one
+            old.remove(force=True, v=False)
+            old = _unpark(client, name)
     except NotFound:
-        raise StepFailed(f"no container named {name!r}") from None
+        old = _unpark(client, name)
     previous = old.attrs["Config"]["Image"]
+    noted(previous)
     if previous == image and old.status == "running":
         return previous, old.id  # already there (a resumed or repeated step)
     try:
@@ -89,7 +102,7 @@ def swap_image(name: str, image: str, *, stop_timeout: int = 10, client: Any = N
         image_config = {}
     spec = container_spec(old.attrs, image_config, image)
     extra = spec.pop("_extra_networks")
-    parked = f"{name}-crmops-prev-{int(time.time())}"
+    parked = f"{name}{PARKED}{int(time.time())}"
     old.stop(timeout=stop_timeout)
     old.rename(parked)
     new_id = None
@@ -113,6 +126,23 @@ def swap_image(name: str, image: str, *, stop_timeout: int = 10, client: Any = N
     return previous, new_id
 
 
+def _parked(client: Any, name: str) -> list[Any]:
+    return sorted((c for c in client.containers.list(all=True, filters={"name": f"{name}{PARKED}"})
+                   if c.name.startswith(f"{name}{PARKED}")), key=lambda c: c.name)
+
+
+def _unpark(client: Any, name: str) -> Any:
+    """The container a killed swap left stopped under its parked name, renamed back; else StepFailed."""
+    parked = _parked(client, name)
+    if not parked:
+        raise StepFailed(f"no container named {name!r}")
+    old = parked[-1]
+    old.rename(name)
+    old.start()
+    old.reload()
+    return old
+
+
 def _wait_running(client: Any, container_id: str, name: str, image: str, seconds: float = 3.0) -> None:
     """Still running a moment after start: an image that exits at once fails here, not at the health check."""
     deadline = time.monotonic() + seconds
@@ -126,7 +156,8 @@ def _wait_running(client: Any, container_id: str, name: str, image: str, seconds
 def run_docker(step: Step, params: dict[str, Any], ctx: StepContext) -> StepResult:
     """The docker step: swap params.container to params.image, remembering the previous tag."""
     assert isinstance(step, DockerStep)
-    previous, new_id = swap_image(params["container"], params["image"], stop_timeout=int(params["stop_timeout"]))
+    previous, new_id = swap_image(params["container"], params["image"], stop_timeout=int(params["stop_timeout"]),
+                                  noted=lambda prev: ctx.progress({"previous_image": prev}))
     verb = "already on" if previous == params["image"] else f"{previous} ->"
     return StepResult(True, {"previous_image": previous, "image": params["image"], "container": new_id[:12]},
                       f"{params['container']}: {verb} {params['image']}")

@@ -90,6 +90,8 @@ class RunState:
     stages_rolled_back: list[str] = field(default_factory=list)
     #: step id -> outputs, for steps that ended well (run phase)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what steps noted before acting (step_progress), for rolling back a step that never ended
+    partial_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: step ids that started and never ended: what a crash interrupted
     interrupted_steps: list[str] = field(default_factory=list)
     failed_step: str | None = None
@@ -134,6 +136,8 @@ class RunState:
                     st.outputs[r["step"]] = r.get("outputs") or {}
                 else:
                     st.failed_step = r["step"]
+            elif ev == "step_progress" and r.get("phase") == "run":
+                st.partial_outputs.setdefault(r["step"], {}).update(r.get("outputs") or {})
             elif ev == "stage_rolled_back":
                 st.stages_rolled_back.append(r["stage"])
             elif ev == "checkpoint":

@@ -187,7 +187,10 @@ class Runner:
             raise _Failure(stage, step.id, str(e)) from None
         self.journal.record("step_start", stage=stage, step=step.id, type=step.type, phase=phase,
                             params=_visible(params))
-        result = attempt(self.executors[step.type], step, params, self.ctx.fresh(), self.say)
+        ctx = self.ctx.fresh()
+        ctx.progress = lambda outputs: self.journal.record("step_progress", stage=stage, step=step.id,
+                                                           phase=phase, outputs=outputs)
+        result = attempt(self.executors[step.type], step, params, ctx, self.say)
         self.journal.record("step_end", stage=stage, step=step.id, type=step.type, phase=phase,
                             ok=result.result.ok, seconds=result.seconds, attempts=result.attempts,
                             summary=result.result.summary, outputs=result.result.outputs, error=result.result.error)
@@ -223,7 +226,10 @@ class Runner:
         """Run the rollback steps of every started stage in reverse; record the end; True if all went well."""
         state = self.journal.state()
         stages = self.stages_to_undo(state)
-        context = template_context(self.playbook, state.run_id, state.started_at, False, dict(state.outputs))
+        # what a step noted before a crash (or failure) counts here: there may be something to undo
+        known = {sid: {**state.partial_outputs.get(sid, {}), **outs} for sid, outs in state.outputs.items()}
+        known.update({sid: outs for sid, outs in state.partial_outputs.items() if sid not in known})
+        context = template_context(self.playbook, state.run_id, state.started_at, False, known)
         self.journal.record("rollback_start", reason=reason, stages=[s.name for s in stages])
         all_ok = True
         with held_signals(self.say):

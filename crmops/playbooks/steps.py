@@ -40,6 +40,9 @@ class StepContext:
     #: asks a person; returns True to go on (pause steps)
     confirm: Callable[[str], bool] | None = None
     say: Callable[[str], None] = lambda line: None
+    #: journals what a step knows before it acts (a container's previous image), so a rollback after a
+    #: crash in the middle of the step still knows what to go back to
+    progress: Callable[[dict[str, Any]], None] = lambda outputs: None
     #: set when the runner gives up on the step (timeout, Ctrl-C): long work should stop
     cancelled: threading.Event = field(default_factory=threading.Event)
     _cancel_hooks: list[Callable[[], None]] = field(default_factory=list)
@@ -58,7 +61,7 @@ class StepContext:
 
     def fresh(self) -> StepContext:
         """A copy for the next step (or attempt), with no cancellation pending."""
-        return StepContext(self.run_id, self.url, self.dry_run, self.yes, self.confirm, self.say)
+        return StepContext(self.run_id, self.url, self.dry_run, self.yes, self.confirm, self.say, self.progress)
 
 
 class Executor(Protocol):

@@ -30,6 +30,7 @@ from tests.services.upgrade_helpers import (
     playbook_for,
     prepared,
     same,
+    wait_http,
 )
 from tests.services.verify_helpers import PASSPHRASE, first_json, ok, run
 
@@ -359,3 +360,21 @@ def test_mariadb_health_failure_rolls_back_then_the_upgrade_succeeds(mysql_url: 
         report = ok(run(config, "--json", "upgrade", str(playbook_for(tmp_path, app))))
         assert report["result"] == "success" and app.version() == "2.0"
         assert {c["name"]: c["ok"] for c in report["post_checks"]} == {"schema": True, "row_counts": True}
+
+
+def test_a_swap_killed_half_way_is_taken_back(docker_client: Any) -> None:
+    """The state a SIGKILL between stopping the old container and starting the new one leaves behind."""
+    from crmops.playbooks.dockerswap import PARKED, swap_image
+
+    with app_container(docker_client) as app:
+        old = docker_client.containers.get(app.name)
+        old.stop(timeout=2)
+        old.rename(f"{app.name}{PARKED}1")
+        half = docker_client.containers.create("crmops-demo-app:2.0", name=app.name, labels=old.labels)
+        noted: list[str] = []
+        previous, _ = swap_image(app.name, "crmops-demo-app:1.0", noted=noted.append)  # what --rollback does
+        assert previous == noted[0] == "crmops-demo-app:1.0"
+        wait_http(app)
+        assert app.image() == "crmops-demo-app:1.0" and app.version() == "1.0"
+        names = [c.name for c in docker_client.containers.list(all=True, filters={"name": app.name})]
+        assert names == [app.name] and half.id not in [c.id for c in docker_client.containers.list(all=True)]

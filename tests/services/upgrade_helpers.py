@@ -61,7 +61,7 @@ def app_container(client: Any, image: str = "crmops-demo-app:1.0") -> Iterator[A
         client.containers.run(image, name=name, detach=True, labels=labels, network=net.name,
                               ports={"8080/tcp": ("127.0.0.1", port)}, environment={"CRM_SETTING": "kept"})
         app = App(client, name, port)
-        _wait_http(app)
+        wait_http(app)
         yield app
     finally:
         for c in client.containers.list(all=True, filters={"label": f"{LABEL}.run={tag}"}):
@@ -69,7 +69,7 @@ def app_container(client: Any, image: str = "crmops-demo-app:1.0") -> Iterator[A
         net.remove()
 
 
-def _wait_http(app: App, seconds: float = 30) -> None:
+def wait_http(app: App, seconds: float = 30) -> None:
     import time
 
     deadline = time.monotonic() + seconds
