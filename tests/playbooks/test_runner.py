@@ -138,12 +138,13 @@ def test_retries_and_timeouts_are_per_step(bed: Path) -> None:
     assert end["attempts"] == 3
 
 
-def test_sigterm_mid_step_rolls_back_then_exits_130(bed: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stop_signal_mid_step_rolls_back_then_exits_130(bed: Path, sig: int) -> None:
     proc = spawn(bed, "upgrade", str(playbook(bed, b_extra=[{"type": "shell", "command": "sleep 60"}])))
     wait_for_step(bed, "b-2")
     time.sleep(0.3)
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
     assert time.monotonic() - started < 20
