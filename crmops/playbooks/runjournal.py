@@ -101,6 +101,8 @@ class RunState:
     rehearsal_run: str | None = None
     #: fingerprint row counts per table when the run started (for the post-check)
     rows_before: dict[str, int] | None = None
+    #: a rollback started: the run may only be rolled back further, never resumed
+    rolling_back: bool = False
     records: int = 0
     last_event: str = ""
 
@@ -138,6 +140,8 @@ class RunState:
                     st.failed_step = r["step"]
             elif ev == "step_progress" and r.get("phase") == "run":
                 st.partial_outputs.setdefault(r["step"], {}).update(r.get("outputs") or {})
+            elif ev == "rollback_start":
+                st.rolling_back = True
             elif ev == "stage_rolled_back":
                 st.stages_rolled_back.append(r["stage"])
             elif ev == "checkpoint":

@@ -237,6 +237,9 @@ def resume(config: Config, *, run_id: str | None = None, yes: bool = False,
     """Continue a crashed run after the last step that ended well (the interrupted step runs again)."""
     with upgrade_lock(upgrades_dir(config.state_dir)):
         journal, state, playbook = _unfinished(config, run_id)
+        if state.rolling_back:
+            raise UpgradeRefused(f"upgrade {state.run_id} stopped while rolling back; it cannot go forward",
+                                 hint="`crmops upgrade --rollback` finishes the rollback")
         journal.record("resume", interrupted=state.interrupted_steps, stages_done=state.stages_done)
         say(f"resuming upgrade {state.run_id} after {', '.join(state.stages_done) or 'no finished stage'}")
         return _drive(config, playbook, journal, yes=yes, confirm=confirm, say=say, resume=True)

@@ -277,3 +277,26 @@ def test_a_pause_needs_a_person_or_yes(bed: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert next(s for s in json.loads(r.stdout)["steps"] if s["step"] == "ask")["summary"] == \
         "confirmed in advance by --yes"
+
+
+def test_a_run_killed_while_rolling_back_can_only_finish_the_rollback(bed: Path) -> None:
+    slow_undo = {"type": "shell", "command": "echo undo-c >> " + LOG + "; [ -f go ] || sleep 60"}
+    pb = playbook(bed, c_steps=[{"type": "shell", "command": "exit 1"}])
+    doc = yaml.safe_load(pb.read_text())
+    doc["stages"][2]["rollback"] = [slow_undo]
+    pb.write_text(yaml.safe_dump(doc, sort_keys=False))
+    original = pb.read_bytes()
+    proc = spawn(bed, "upgrade", str(pb))
+    wait_for_step(bed, "c-rollback-1")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    r = crmops(bed, "upgrade", "--resume")
+    assert r.returncode == 51 and "stopped while rolling back" in r.stderr
+    pb.write_text(pb.read_text().replace("sleep 60", "sleep 1"))
+    r = crmops(bed, "upgrade", "--rollback")
+    assert r.returncode == 51 and "changed since" in r.stderr  # the journal pins the playbook's digest
+    pb.write_bytes(original)
+    (bed / "go").touch()
+    r = crmops(bed, "--json", "upgrade", "--rollback")
+    assert r.returncode == 0, r.stderr
+    assert events(bed) == ["a", "b", "undo-c", "undo-c", "undo-0", "undo-a"]  # c's undo ran again, then the rest
