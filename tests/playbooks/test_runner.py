@@ -300,3 +300,19 @@ def test_a_run_killed_while_rolling_back_can_only_finish_the_rollback(bed: Path)
     r = crmops(bed, "--json", "upgrade", "--rollback")
     assert r.returncode == 0, r.stderr
     assert events(bed) == ["a", "b", "undo-c", "undo-c", "undo-0", "undo-a"]  # c's undo ran again, then the rest
+
+
+def test_one_upgrade_at_a_time(bed: Path) -> None:
+    pb = playbook(bed, b_extra=[{"type": "shell", "command": "while [ ! -f go ]; do sleep 0.1; done"}])
+    proc = spawn(bed, "upgrade", str(pb))
+    try:
+        wait_for_step(bed, "b-2")
+        for args in (("upgrade", str(pb)), ("upgrade", "--rollback"), ("upgrade", "--resume")):
+            r = crmops(bed, *args)
+            assert r.returncode == 27 and f"another upgrade is running (pid {proc.pid})" in r.stderr, r.stderr
+        (bed / "go").touch()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert events(bed) == ["a", "b", "c"]
