@@ -159,6 +159,7 @@ def test_a_failure_at_each_stage_leaves_everything_as_before(stage: str, shared:
     assert app.image() == "crmops-demo-app:1.0" and app.version() == "1.0"
     assert not (tmp / "maintenance.flag").exists()
     assert report["result"] == "rolled-back" and report["failed_step"] == step
+    print(f"fault at {stage}: run {report['seconds']:.1f}s, of which rollback {report['rollback_seconds']:.1f}s")
     assert f"{step} failed" in r.stderr and "rolled back" in r.stderr
     records = last_journal(tmp)
     failure = next(x for x in records if x["event"] == "failure")
