@@ -72,7 +72,8 @@ class Scripts:
     def alembic_config(self, url: str, *, connection: Connection | None = None,
                        output: io.StringIO | None = None) -> AlembicConfig:
         """An Alembic config for url; the password stays in memory, never in a file or log line."""
-        cfg = AlembicConfig(output_buffer=output)
+        # Alembic prints some results (e.g. `current`) straight to stdout; keep them out of --json output
+        cfg = AlembicConfig(output_buffer=output, stdout=output or io.StringIO())
         cfg.set_main_option("script_location", self.location)
         u = parse(url)
         # env.py files written for `alembic` read sqlalchemy.url; '%' must be escaped for configparser

@@ -97,7 +97,10 @@ def test_status_up_history_as_json_with_a_safety_snapshot(tmp_path: Path) -> Non
 
 def test_tampered_journal_is_reported(tmp_path: Path) -> None:
     config = setup(tmp_path)
-    assert crmops(config, "migrate", "up", "--to", "d2_0001", "--no-safety-backup").returncode == 0
+    # a real process: Alembic writes to the interpreter's own stdout, past any redirection
+    first = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "--json", "migrate", "up",
+                            "--to", "d2_0001", "--no-safety-backup"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and json.loads(first.stdout)["to"] == "d2_0001"  # stdout is the JSON alone
     assert crmops(config, "migrate", "up", "--to", "d2_0002", "--no-safety-backup").returncode == 0
     journal = tmp_path / "state" / "migrations" / "journal.jsonl"
     text = journal.read_text()
