@@ -29,7 +29,7 @@ testbed-status:
 
 test: testbed
 	$(BIN)/ruff check crmops tests bench
-	$(BIN)/pytest -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider --timeout=900 --durations=10 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check crmops tests bench
