@@ -191,7 +191,9 @@ def main() -> None:
         bare, _ = timed(["pg_restore", "-j", "2", "-d", "crmops_bench_restore_a", str(archive)], env=penv)
         rows.append(("pg_restore -j 2 of the same dump", bare, None, ""))
         target = _fresh_db(env["CRMOPS_TEST_PG_URL"], "crmops_bench_restore_b")
-        rest, rrss = timed(crmops(local, "restore", "latest", "--to", target), env=run_env)
+        # the target's URL comes through the environment: no password on a command line
+        rest, rrss = timed(crmops(local, "restore", "latest", "--to", "${BENCH_TARGET_URL}"),
+                           env={**run_env, "BENCH_TARGET_URL": target})
         rows.append(("crmops restore (authenticate, then pg_restore -j 2)", rest, rrss, ""))
         results.update(restore_vs_pg_restore=round(rest / bare, 2), peak_rss_mb_restore=round(rrss))
 

@@ -302,6 +302,11 @@ def _interpolate(value: Any, where: str, file: str, environ: dict[str, str]) -> 
     return value
 
 
+def expand_env(value: str, where: str, environ: dict[str, str] | None = None) -> str:
+    """${VAR} / ${VAR:-default} filled from the environment, as in the file (e.g. a URL option)."""
+    return _interpolate(value, where, "command line", dict(os.environ if environ is None else environ))
+
+
 def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
     """Apply CRMOPS_SECTION__KEY=value (YAML-parsed, so numbers and lists work)."""
     for name, raw in sorted(environ.items()):

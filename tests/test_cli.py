@@ -76,3 +76,22 @@ def test_readme_documents_every_exit_code() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     for code, meaning in EXIT_CODES.items():
         assert f"| {code} | {meaning} |" in readme, code
+
+
+def test_url_options_read_secrets_from_the_environment(tmp_path: Path) -> None:
+    import os
+
+    from crmops.democrm.load import create
+
+    create(f"sqlite:///{tmp_path / 'crm.db'}", size="small")
+    env = {**os.environ, "CRM_DB_FILE": str(tmp_path / "crm.db")}
+    r = crmops("--json", "db", "check", "--url", "sqlite:///${CRM_DB_FILE}", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["engine"] == "sqlite"
+    unset = crmops("db", "check", "--url", "postgresql://crm:${CRM_NOT_SET}@127.0.0.1/crm", cwd=tmp_path, env=env)
+    assert unset.returncode == 3 and unset.stderr.strip().count("\n") == 0
+    assert "--url" in unset.stderr and "CRM_NOT_SET" in unset.stderr
+    # a literal password still works, but crmops says where it can be read, without repeating it
+    literal = crmops("db", "check", "--url", "postgresql://crm:hunter2@127.0.0.1:1/crm", cwd=tmp_path, env=env)
+    assert literal.returncode == 10 and "--url holds a password on the command line" in literal.stderr
+    assert "hunter2" not in literal.stderr + literal.stdout

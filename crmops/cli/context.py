@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from crmops.config import Config, apply_env_file, load_config
+from crmops.config import Config, apply_env_file, expand_env, load_config
 
 
 @dataclass
@@ -89,3 +90,31 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+class DatabaseUrl(click.ParamType):
+    """A database URL option: `${VAR}` is read from the environment, so a password never has
+    to be typed where `ps` and shell history show it; a literal one gets a warning."""
+
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        where = f"--{param.name}" if param is not None and param.name else "URL"
+        if "${" not in str(value) and _has_password(str(value)):
+            logging.getLogger("crmops").warning(
+                "%s holds a password on the command line, where other users' `ps` can read it; "
+                "write it as ${VARIABLE} and export the variable instead", where)
+        return expand_env(str(value), where)
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password is not None
+    except (ArgumentError, ValueError):
+        return False
+
+
+DATABASE_URL = DatabaseUrl()

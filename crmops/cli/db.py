@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 
 
 @click.group("db")
@@ -14,7 +14,7 @@ def db_group() -> None:
 
 
 @db_group.command("check")
-@click.option("--url", help="Database URL (default: database.url from the configuration).")
+@click.option("--url", type=DATABASE_URL, help="Database URL (default: database.url from the configuration).")
 @pass_app
 def check_cmd(app: AppContext, url: str | None) -> None:
     """Connect; print engine, version, size, tables and whether the dump tools are usable."""

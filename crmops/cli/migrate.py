@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 
-_url_opt = click.option("--url", metavar="URL",
+_url_opt = click.option("--url", type=DATABASE_URL,
                         help="Database URL instead of database.url (e.g. a copy to rehearse on).")
 
 

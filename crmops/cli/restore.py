@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 
 
 @click.command("restore")
 @click.argument("snapshot", default="latest")
-@click.option("--to", "to_url", required=True, help="Target database URL (empty, unless --force).")
+@click.option("--to", "to_url", type=DATABASE_URL, required=True,
+              help="Target database URL (empty, unless --force); write its password as ${VAR}.")
 @click.option("--tables", help="Only these tables, comma-separated (e.g. into a scratch database).")
 @click.option("--attachments-to", type=click.Path(file_okay=False, path_type=Path),
               help="Also restore the attachments into this folder.")
