@@ -123,7 +123,7 @@ def test_each_failure_has_its_own_exit_code(kind: str, request: pytest.FixtureRe
         "missing tools": (url, {"CRMOPS_TOOLS_PATH": str(tmp_path)}, 13),
     }
     for what, (target, env, code) in cases.items():
-        r = crmops("db", "check", "--url", target, env=env)
+        r = crmops("db", "check", "--url", "${CRM_URL}", env={**env, "CRM_URL": target})  # no password in argv
         assert r.returncode == code, (what, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, what
         assert password not in r.stderr and password not in r.stdout, what
@@ -195,7 +195,7 @@ def test_older_client_tools_are_refused(kind: str, request: pytest.FixtureReques
     else:
         _fake_tool(tmp_path, "mariadb-dump", "mariadb-dump  Ver 10.19 Distrib 10.5.2-MariaDB, for debian-linux-gnu")
         _fake_tool(tmp_path, "mariadb", "mariadb  Ver 15.1 Distrib 10.5.2-MariaDB, for debian-linux-gnu")
-    r = crmops("db", "check", "--url", url, env={"CRMOPS_TOOLS_PATH": str(tmp_path)})
+    r = crmops("db", "check", "--url", "${CRM_URL}", env={"CRMOPS_TOOLS_PATH": str(tmp_path), "CRM_URL": url})
     assert r.returncode == 13, r.stderr
     assert "older than the server" in r.stderr and r.stderr.count("\n") == 1
     assert ("postgresql-client-15" if kind == "pg" else "mariadb-client") in r.stderr
