@@ -302,6 +302,12 @@ def _interpolate(value: Any, where: str, file: str, environ: dict[str, str]) -> 
     return value
 
 
+def yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
+    """(" line N" or "", what is wrong) of a YAML error: messages name the file and the line."""
+    mark = getattr(e, "problem_mark", None)
+    return (f" line {mark.line + 1}" if mark else ""), (getattr(e, "problem", None) or "invalid YAML")
+
+
 def expand_env(value: str, where: str, environ: dict[str, str] | None = None) -> str:
     """${VAR} / ${VAR:-default} filled from the environment, as in the file (e.g. a URL option)."""
     return _interpolate(value, where, "command line", dict(os.environ if environ is None else environ))
@@ -426,9 +432,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or "invalid YAML"
+            where, problem = yaml_problem(e)
             raise ConfigError(f"{file}:{where}: {problem}") from None
         except OSError as e:
             raise ConfigError(f"{file}: cannot read: {e.strerror}") from None

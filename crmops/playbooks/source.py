@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from crmops.config import yaml_problem
 from crmops.errors import PlaybookInvalid
 
 #: a location inside the document: keys and list indexes from the top
@@ -72,9 +73,7 @@ def load_yaml(path: Path) -> tuple[Any, LineMap]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
+        where, problem = yaml_problem(e)
         raise PlaybookInvalid(f"{path}{where}: {problem}") from None
     if node is None:
         raise PlaybookInvalid(f"{path}: the playbook is empty")
