@@ -324,7 +324,9 @@ class Repository:
     # -- verification and other records -------------------------------------------------
 
     def put_record(self, snapshot_id: str, kind: str, data: dict[str, Any]) -> str:
-        record_id = f"{_now().strftime('%Y%m%dT%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+        # to the microsecond: records sort by name, and the newest must come last even within a
+        # second (a failed verification must never hide behind an earlier passing one)
+        record_id = f"{_now().strftime('%Y%m%dT%H%M%S%f')}-{kind}-{uuid.uuid4().hex[:6]}"
         key = f"records/{snapshot_id}/{record_id}"
         self.store.put(key, self.sealer.seal(json.dumps({"kind": kind, **data}).encode(), f"record:{key}"))
         return record_id

@@ -169,7 +169,7 @@ def verify(config: Config, ref: str = "latest", *, keep: bool = False, show_data
         if not keep:
             mark("sandbox removed")
         verified = datetime.now(UTC)
-        result.verified_at = verified.isoformat(timespec="seconds")
+        result.verified_at = verified.isoformat(timespec="milliseconds")
         result.snapshot_age_hours = round((verified - _parse_time(manifest["time"])).total_seconds() / 3600, 3)
         failures = result.failures()
         result.ok = not failures

@@ -145,6 +145,15 @@ def test_snapshot_refs(repo: Repository) -> None:
         repo.manifest("zzzz")
 
 
+def test_records_come_back_in_the_order_written(repo: Repository) -> None:
+    """The newest record is last even when many land in one second: the latest verification
+    decides whether a snapshot may serve as an upgrade's base, so a failed one must not hide."""
+    snap = snapshot(repo, data_of(1000))
+    for i in range(30):
+        repo.put_record(snap["id"], "verification", {"n": i, "ok": i % 2 == 0})
+    assert [r["n"] for r in repo.records(snap["id"])] == list(range(30))
+
+
 def test_exclusive_lock_waits_for_backups(repo: Repository) -> None:
     with repo.writer(), pytest.raises(LockBusy, match="backup"), repo.lock(exclusive=True, purpose="prune"):
         pass
