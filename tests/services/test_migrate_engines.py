@@ -142,13 +142,8 @@ def test_unique_email_refused_up_front_naming_the_duplicates(db_url: str, tmp_pa
 
 
 def test_not_null_precheck_names_the_rows(tmp_path: Path) -> None:
-    scripts = copy_demo_scripts(tmp_path)
-    (scripts / "versions" / "x_0001_phone_required.py").write_text(REVISION.format(
-        rev="x_0001", down="d2_0003", body='op.alter_column("contacts", "phone", existing_type=sa.String(50), '
-                                          'nullable=False)'))
-    url = f"sqlite:///{tmp_path / 'crm.db'}"
-    create(url, size="small", version="2.0")
-    config = config_for(tmp_path, url, script_location=str(scripts))
+    url, config = sqlite_crm_2_with(tmp_path, "x_0001_phone_required", 'op.alter_column("contacts", "phone", '
+                                    'existing_type=sa.String(50), nullable=False)')
     [(missing,)] = sql(url, "SELECT COUNT(*) FROM contacts WHERE phone IS NULL")
     with pytest.raises(MigrationRefused, match=rf"NOT NULL on phone on contacts, but {missing} row\(s\) hold NULL "
                                                r"there \(keys: id=\d+"):
@@ -182,6 +177,15 @@ def copy_demo_scripts(tmp_path: Path) -> Path:
     target = tmp_path / "scripts"
     shutil.copytree(SCRIPT_LOCATION, target, ignore=shutil.ignore_patterns("__pycache__"))
     return target
+
+
+def sqlite_crm_2_with(tmp_path: Path, name: str, body: str) -> tuple[str, Config]:
+    """A SQLite demo CRM at 2.0 whose scripts gain one revision x_0001 (file name, upgrade body)."""
+    scripts = copy_demo_scripts(tmp_path)
+    (scripts / "versions" / f"{name}.py").write_text(REVISION.format(rev="x_0001", down="d2_0003", body=body))
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(url, size="small", version="2.0")
+    return url, config_for(tmp_path, url, script_location=str(scripts))
 
 
 @pytest.mark.mysql
@@ -434,13 +438,8 @@ def test_concurrent_index_runs_revision_by_revision_on_postgresql(pg_url: str, t
 
 
 def test_ctrl_c_midway_is_journalled_with_what_ran(tmp_path: Path) -> None:
-    scripts = copy_demo_scripts(tmp_path)
-    (scripts / "versions" / "x_0001_stopped.py").write_text(REVISION.format(
-        rev="x_0001", down="d2_0003", body='op.add_column("leads", sa.Column("region", sa.String(20)))\n'
-                                          "    raise KeyboardInterrupt"))
-    url = f"sqlite:///{tmp_path / 'crm.db'}"
-    create(url, size="small", version="2.0")
-    config = config_for(tmp_path, url, script_location=str(scripts))
+    url, config = sqlite_crm_2_with(tmp_path, "x_0001_stopped", 'op.add_column("leads", sa.Column("region", '
+                                    'sa.String(20)))\n    raise KeyboardInterrupt')
     with pytest.raises(Interrupted, match="in revision x_0001; its changes were rolled back"):
         service.up(config, safety_backup=False)
     end = service.journal_for(config).records()[-1]
