@@ -128,11 +128,10 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             logging.getLogger("crmops").exception("failed")
         _fail(e.line(), e.exit_code, e.kind)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # what a stop leaves behind differs by command; services that know say it with Interrupted
         why = f"stopped by {_STOPPED_BY} (a timeout or shutdown)" if _STOPPED_BY else "stopped"
         _fail(why, Interrupted.exit_code, "interrupted")
-    except KeyboardInterrupt:
-        _fail("stopped by Ctrl-C or SIGTERM; nothing half-written is kept", Interrupted.exit_code, "interrupted")
     except click.ClickException as e:
         _finish_job(e.exit_code, e.format_message())
         e.show()
