@@ -11,6 +11,8 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from crmops.errors import DatabaseError
+
 
 @dataclass(frozen=True)
 class TableFingerprint:
@@ -27,6 +29,9 @@ class Fingerprint:
     objects: dict[str, int] = field(default_factory=dict)
     #: sequence (PostgreSQL) or AUTO_INCREMENT (MySQL) / sqlite_sequence values by name
     sequences: dict[str, int] = field(default_factory=dict)
+    #: how the checksums were computed ("" = the engine's first way); two fingerprints
+    #: compare only when computed the same way, so a stored one names its method
+    method: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,10 +43,14 @@ class Fingerprint:
             tables={k: TableFingerprint(**v) for k, v in data.get("tables", {}).items()},
             objects=dict(data.get("objects", {})),
             sequences=dict(data.get("sequences", {})),
+            method=data.get("method", ""),
         )
 
     def compare(self, other: Fingerprint) -> list[Difference]:
         """Differences from self (expected) to other (found); empty means equal."""
+        if self.method != other.method:
+            return [Difference("method", "checksums", self.method or "original", other.method or "original",
+                               "fingerprints computed in different ways cannot be compared")]
         diffs: list[Difference] = []
         for name in sorted(set(self.tables) | set(other.tables)):
             a, b = self.tables.get(name), other.tables.get(name)
@@ -69,7 +78,7 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class Difference:
-    kind: str  # table | objects | sequence
+    kind: str  # table | objects | sequence | method
     name: str
     expected: Any
     found: Any
@@ -92,6 +101,16 @@ class Dump(Protocol):
     def chunks(self) -> Iterator[bytes]:
         """The dump's bytes, in pieces of any size; raises DatabaseError if the tool fails."""
         ...
+
+
+def check_method(engine: str, method: str | None, known: tuple[str, ...] = ("",)) -> str:
+    """The method to compute a fingerprint with; a snapshot from a newer crmops is refused clearly."""
+    if method is None:
+        return known[-1]
+    if method not in known:
+        raise DatabaseError(f"this crmops cannot compute a {engine} fingerprint the way {method!r} was",
+                            hint="upgrade crmops to the version that wrote the snapshot")
+    return method
 
 
 @runtime_checkable
@@ -118,7 +137,9 @@ class Engine(Protocol):
         """Load a dump into this (empty, unless tables are chosen) database."""
         ...
 
-    def fingerprint(self) -> Fingerprint: ...
+    def fingerprint(self, *, method: str | None = None) -> Fingerprint:
+        """Computed the given way (a stored fingerprint's .method, so the two compare) or the newest way."""
+        ...
 
     def is_empty(self) -> bool: ...
 

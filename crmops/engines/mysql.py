@@ -20,7 +20,7 @@ import pymysql
 from sqlalchemy.engine import URL
 
 from crmops.dburl import parse, safe
-from crmops.engines.base import Fingerprint, TableFingerprint
+from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.connect import classify
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, private_file, require_tool
 from crmops.errors import CrmopsError, DatabaseError
@@ -110,7 +110,8 @@ class MysqlEngine:
             return None
         return ",".join(r[0] for r in self._query("SELECT version_num FROM alembic_version ORDER BY 1")) or None
 
-    def fingerprint(self) -> Fingerprint:
+    def fingerprint(self, *, method: str | None = None) -> Fingerprint:
+        check_method(self.name, method)
         conn = self.connect()
         try:
             with conn.cursor() as cur:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from crmops.dburl import parse
-from crmops.engines.base import Fingerprint, TableFingerprint
+from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.tools import PIECE
 from crmops.errors import DatabaseError, DatabaseNotFound
 
@@ -96,7 +96,8 @@ class SqliteEngine:
         finally:
             conn.close()
 
-    def fingerprint(self, path: Path | None = None) -> Fingerprint:
+    def fingerprint(self, path: Path | None = None, *, method: str | None = None) -> Fingerprint:
+        check_method(self.name, method)
         conn = self._open(path)
         try:
             return _fingerprint(conn)

@@ -177,8 +177,9 @@ def _rehearse(config: Config, playbook: Playbook, repo: Any, manifest: dict[str,
         target.restore(repo.read_stream(manifest), format=stream["format"])
         restore_s = round(time.monotonic() - t0, 2)
         _analyze(target)
-        before = target.fingerprint()
-        diffs = Fingerprint.from_dict(manifest["fingerprint"]).compare(before)
+        expected = Fingerprint.from_dict(manifest["fingerprint"])
+        before = target.fingerprint(method=expected.method)
+        diffs = expected.compare(before)
         report["restore"] = {"seconds": restore_s, "proven": not diffs,
                              "detail": "restored copy matches the snapshot's fingerprint" if not diffs else
                              f"{len(diffs)} difference(s), first: {diffs[0].kind} {diffs[0].name}: {diffs[0].reason}"}

@@ -210,7 +210,7 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
             for _ in repo.read_chunks(other["chunks"]):
                 refresh()
     expected = Fingerprint.from_dict(manifest["fingerprint"])
-    found = target.fingerprint()
+    found = target.fingerprint(method=expected.method)
     result.fingerprint_expected = fingerprint_digest(manifest["fingerprint"])
     result.fingerprint_found = fingerprint_digest(found.to_dict())
     result.tables = table_results(expected, found)

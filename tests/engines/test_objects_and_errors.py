@@ -31,6 +31,8 @@ INSERT INTO sales.deals (mood, email, doc, raw, at, price) VALUES
 SELECT setval('sales.deals_id_seq', 4242);
 CREATE MATERIALIZED VIEW sales.deal_moods AS SELECT mood, count(*) AS n FROM sales.deals GROUP BY mood;
 CREATE FUNCTION sales.double_price(p numeric) RETURNS numeric LANGUAGE sql AS 'SELECT p * 2';
+CREATE TABLE sales.visits (id int PRIMARY KEY, meta json, spot point);  -- no hash functions: hashed as text
+INSERT INTO sales.visits VALUES (1, '{"via": "门店"}', '(1.5,2)'), (2, NULL, NULL);
 CREATE TABLE sales.files (id int PRIMARY KEY, blob_oid oid);
 INSERT INTO sales.files VALUES (1, lo_from_bytea(0, '\\x255044462d312e340a00ff'::bytea));
 """
