@@ -56,11 +56,13 @@ demo: venv
 	echo "== done: see README.md for the tour, and crmops --help for everything else"
 
 # Speed and memory against pg_dump, pg_restore, the usual openssl script and restic,
-# and verify against a bare pg_restore into the same kind of container, in one run;
+# verify against a bare pg_restore into the same kind of container, and the upgrade
+# dry run's migration estimate against the real migration, in one run;
 # prints a table and writes bench/results.json (needs the test bed).
 bench: testbed
 	$(BIN)/python bench/run.py --size $(BENCH_SIZE)
 	$(BIN)/python bench/verify_bench.py --size $(BENCH_SIZE)
+	$(BIN)/python bench/upgrade_bench.py --size $(BENCH_SIZE)
 
 clean-demo:
 	rm -rf demo
