@@ -24,7 +24,9 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None,
     from crmops.services.restore import restore
 
     chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
-    result = restore(app.config, snapshot, to_url=to_url, tables=chosen, attachments_to=attachments_to, force=force)
+    with app.progress("restore") as advance:
+        result = restore(app.config, snapshot, to_url=to_url, tables=chosen, attachments_to=attachments_to,
+                         force=force, progress=advance)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         if result.safety_snapshot:

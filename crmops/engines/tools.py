@@ -203,6 +203,19 @@ class StreamedDump:
         return self._fingerprint.result()
 
 
+class SpooledDump:
+    """A dump already written to local disk, authenticated: iterable like any stream of pieces,
+    and engines that need a seekable archive (parallel pg_restore) use the file itself."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            while piece := f.read(1 << 20):
+                yield piece
+
+
 class Background:
     """Run a function in a thread and hand back its result (or exception) later."""
 

@@ -310,9 +310,13 @@ class Repository:
     def read_stream(self, manifest: dict[str, Any], name: str = "database") -> Iterator[bytes]:
         return self.read_chunks(manifest["streams"][name]["chunks"])
 
-    def authenticate(self, manifest: dict[str, Any], progress: Callable[[int], None] | None = None) -> int:
-        """Fetch and authenticate every chunk the snapshot needs; IntegrityError names the first bad one."""
-        ids = [c for s in manifest["streams"].values() for c in s["chunks"]]
+    def authenticate(self, manifest: dict[str, Any], progress: Callable[[int], None] | None = None, *,
+                     streams: bool = True) -> int:
+        """Fetch and authenticate every chunk the snapshot (without streams: its files) needs.
+
+        IntegrityError names the first bad one.
+        """
+        ids = [c for s in manifest["streams"].values() for c in s["chunks"]] if streams else []
         ids += [c for f in manifest.get("files", []) for c in f.get("chunks", [])]
         total = 0
         for data in self.read_chunks(list(dict.fromkeys(ids))):

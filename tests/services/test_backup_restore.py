@@ -72,7 +72,8 @@ def _cfg(path: Path):  # type: ignore[no-untyped-def]
     return load_config(path)
 
 
-def test_restore_refuses_non_empty_target_then_force_keeps_a_safety_snapshot(pg_url_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _live_target_and_a_snapshot(pg_url_factory, tmp_path: Path) -> tuple[str, Fingerprint, Path, str]:  # type: ignore[no-untyped-def]
+    """A target holding someone's live data, its fingerprint, and a snapshot of another CRM."""
     src, dst = pg_url_factory(), pg_url_factory()
     create(src, size="small")
     create(dst, size="small", seed=99)  # someone's live data
@@ -80,6 +81,11 @@ def test_restore_refuses_non_empty_target_then_force_keeps_a_safety_snapshot(pg_
     config = write_config(tmp_path, src)
     run(config, "repo", "init")
     snap = json.loads(run(config, "backup").stdout)["snapshot_id"]
+    return dst, before, config, snap
+
+
+def test_restore_refuses_non_empty_target_then_force_keeps_a_safety_snapshot(pg_url_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dst, before, config, snap = _live_target_and_a_snapshot(pg_url_factory, tmp_path)
     r = run(config, "restore", snap, "--to", dst, check=False)
     assert r.returncode == 60 and "not empty" in r.stderr
     assert open_engine(dst).fingerprint().compare(before) == []  # untouched
@@ -105,6 +111,18 @@ def test_tampered_chunk_writes_nothing_to_the_target(tmp_path: Path) -> None:
     assert not (tmp_path / "restored.db").exists()
     r = run(config, "check", "--read-data", check=False)
     assert r.returncode == 26 and victim.name in r.stderr and snap in r.stderr
+
+
+def test_forced_restore_of_a_tampered_snapshot_leaves_the_live_target_as_it_was(pg_url_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dst, before, config, snap = _live_target_and_a_snapshot(pg_url_factory, tmp_path)
+    victim = sorted(p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file())[0]
+    raw = bytearray(victim.read_bytes())
+    raw[-3] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    r = run(config, "restore", snap, "--to", dst, "--force", check=False)
+    assert r.returncode == 26 and victim.name in r.stderr
+    assert open_engine(dst).fingerprint().compare(before) == []  # not emptied, not half-written
+    assert len(open_repository(_cfg(config)).snapshots()) == 1  # authentication failed before any safety snapshot
 
 
 def test_killed_backup_leaves_no_snapshot_and_the_next_reuses_its_chunks(pg_url: str, tmp_path: Path) -> None:
