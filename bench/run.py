@@ -95,7 +95,7 @@ def ensure_database(admin_url: str, size: str) -> tuple[str, dict]:
 def write_config(folder: Path, db_url: str, repo_url: str, s3_endpoint: str | None = None) -> Path:
     import yaml
 
-    cfg = {"database": {"url": db_url, "jobs": 2}, "repository": {"url": repo_url},
+    cfg = {"database": {"url": db_url}, "repository": {"url": repo_url},
            "encryption": {"passphrase": "${BENCH_PASSPHRASE}"}, "state_dir": str(folder / "state")}
     if s3_endpoint:
         cfg["repository"]["s3"] = {"endpoint_url": s3_endpoint}

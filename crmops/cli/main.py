@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from crmops import __version__
+from crmops.allocator import keep_large_buffers
 from crmops.cli.context import AppContext
 from crmops.errors import CrmopsError, Interrupted
 
@@ -121,6 +122,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turn every user-caused failure into one line and its exit code."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    keep_large_buffers()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("CRMOPS_DEBUG"))
     try:
         code = cli.main(args=argv, prog_name="crmops", standalone_mode=False)

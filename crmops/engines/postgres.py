@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from crmops.dburl import parse, safe
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.connect import classify
-from crmops.engines.tools import Background, SpooledDump, StreamedDump, ToolProcess, feed, require_tool
+from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, require_tool
 from crmops.errors import CrmopsError, DatabaseError
 
 SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
@@ -38,7 +38,7 @@ def _conninfo(u: URL) -> dict[str, Any]:
 class PostgresEngine:
     name = "postgresql"
 
-    def __init__(self, url: str | URL, *, jobs: int = 2, restore_owners: bool = True) -> None:
+    def __init__(self, url: str | URL, *, jobs: int = 1, restore_owners: bool = True) -> None:
         self.url = parse(url)
         self.jobs = jobs
         self.restore_owners = restore_owners
@@ -182,13 +182,10 @@ class PostgresEngine:
         # parallel restore and table selection read the archive more than once, so they
         # need a seekable file: the stream is spooled to a private temporary folder
         with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
-            if isinstance(chunks, SpooledDump):
-                path = chunks.path
-            else:
-                path = Path(tmp) / "dump.pgc"
-                with open(path, "wb") as f:
-                    for piece in chunks:
-                        f.write(piece)
+            path = Path(tmp) / "dump.pgc"
+            with open(path, "wb") as f:
+                for piece in chunks:
+                    f.write(piece)
             if self.jobs > 1:
                 argv.append(f"--jobs={self.jobs}")
             if tables:

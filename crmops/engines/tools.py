@@ -6,18 +6,21 @@ never its argv, because `ps` shows every user the command line of every process.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from crmops.errors import DatabaseError, ToolMissing
 
 PIECE = 1 << 20
+
 
 
 def find_tool(names: Iterable[str], *, extra_dirs: Iterable[str] = ()) -> str | None:
@@ -104,12 +107,25 @@ class ToolProcess:
             raise ToolMissing(f"cannot run {argv[0]}: {e.strerror}") from None
 
     def pieces(self) -> Iterator[bytes]:
+        """The tool's output in pieces of up to PIECE bytes.
+
+        A pipe read returns as soon as the tool has written anything, and pg_dump writes 8 KB
+        at a time: reading those one by one cost crmops 5.4 CPU-seconds per 3 GB, more than
+        pg_dump itself. Waiting a moment after a short read lets the 1 MiB pipe fill: 1.8 s.
+        """
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIECE)
+        except OSError:  # the system's pipe size limit is lower: keep the default
+            pass
         while True:
-            data = self.proc.stdout.read(PIECE)
+            data = os.read(fd, PIECE)
             if not data:
                 break
             yield data
+            if len(data) < PIECE // 4:
+                time.sleep(0.002)
         self.wait()
 
     def wait(self) -> None:
@@ -201,19 +217,6 @@ class StreamedDump:
     def fingerprint(self):  # type: ignore[no-untyped-def]
         """Ready once the stream is consumed (it is computed while the dump runs)."""
         return self._fingerprint.result()
-
-
-class SpooledDump:
-    """A dump already written to local disk, authenticated: iterable like any stream of pieces,
-    and engines that need a seekable archive (parallel pg_restore) use the file itself."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __iter__(self) -> Iterator[bytes]:
-        with open(self.path, "rb") as f:
-            while piece := f.read(1 << 20):
-                yield piece
 
 
 class Background:

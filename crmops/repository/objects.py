@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -32,26 +33,38 @@ class Sealer:
         self._aead = AESGCM(key.enc_key)
         self._id_key = key.id_key
         self.level = level
+        self._local = threading.local()  # a compressor per thread: contexts are costly to set up
 
     def chunk_id(self, plaintext: bytes) -> str:
         """Keyed hash: equal content dedups, yet ids reveal nothing about the content."""
         return hmac.new(self._id_key, plaintext, hashlib.sha256).hexdigest()
 
     def seal(self, plaintext: bytes, name: str) -> bytes:
-        compressed = zstandard.ZstdCompressor(level=self.level).compress(plaintext)
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.level)
+        compressed = compressor.compress(plaintext)
         nonce = secrets.token_bytes(NONCE)
         return HEADER + nonce + self._aead.encrypt(nonce, compressed, name.encode())
 
-    def open(self, sealed: bytes, name: str, where: str) -> bytes:
-        """The plaintext, or IntegrityError naming the stored object."""
+    def authenticate(self, sealed: bytes, name: str, where: str) -> bytes:
+        """The compressed content once its tag checks, or IntegrityError naming the stored object.
+
+        Enough to prove an object is what the repository stored under that name: only the key
+        holder can make a tag that checks, so decompression and the content id cannot fail after.
+        """
         if len(sealed) < 1 + NONCE + 16:
             raise IntegrityError(f"{where} is truncated ({len(sealed)} bytes)")
         if sealed[0] != VERSION:
             raise IntegrityError(f"{where} has unknown object version {sealed[0]}")
         try:
-            compressed = self._aead.decrypt(sealed[1:1 + NONCE], sealed[1 + NONCE:], name.encode())
+            return self._aead.decrypt(sealed[1:1 + NONCE], sealed[1 + NONCE:], name.encode())
         except InvalidTag:
             raise IntegrityError(f"{where} fails authentication (damaged or tampered with)") from None
+
+    def open(self, sealed: bytes, name: str, where: str) -> bytes:
+        """The plaintext, or IntegrityError naming the stored object."""
+        compressed = self.authenticate(sealed, name, where)
         return zstandard.ZstdDecompressor().decompress(compressed, max_output_size=MAX_PLAIN)
 
     def open_chunk(self, sealed: bytes, chunk_id: str, where: str) -> bytes:

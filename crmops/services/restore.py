@@ -1,16 +1,13 @@
 """Bring a snapshot back: authenticate everything first, then write; never over live data.
 
 Every chunk the restore needs is fetched and authenticated before the target is
-touched, so a damaged repository can never leave a half-restored database. The
-database stream is authenticated while it is spooled to a private temporary folder
-(free space for one uncompressed dump is needed there), which the restore then reads. A
+touched, so a damaged repository can never leave a half-restored database. A
 non-empty target is refused unless forced, and forcing first snapshots the target.
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +18,6 @@ from crmops.config import Config
 from crmops.dburl import engine_kind, safe
 from crmops.engines import open_engine
 from crmops.engines.files import FileEntry, finish_dirs, restore_entry
-from crmops.engines.tools import SpooledDump
 from crmops.errors import ConfigError, IntegrityError, TargetNotEmpty
 from crmops.repository import Repository, open_repository
 
@@ -64,24 +60,17 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         raise TargetNotEmpty(f"{safe(to_url)} is not empty",
                              hint="restore into an empty database, or add --force (a pre-restore snapshot "
                                   "of the target is taken first)")
-    with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
-        # one pass: each chunk is authenticated as its plaintext is spooled, so nothing in the
-        # target changes (not even a forced target's old data) until every chunk has passed
-        spool = SpooledDump(Path(tmp) / "dump")
-        with open(spool.path, "wb") as f:
-            for data in repo.read_stream(manifest):
-                f.write(data)
-                if progress:
-                    progress(len(data))
-        repo.authenticate(manifest, streams=False)
-        mark("every chunk authenticated")
-        if force and not target.is_empty():
-            from crmops.services.backup import backup
+    # every chunk's tag is checked before the target changes at all (a forced target's old
+    # data included); the restore then opens each chunk fully again as it streams it
+    repo.authenticate(manifest, progress)
+    mark("every chunk authenticated")
+    if force and not target.is_empty():
+        from crmops.services.backup import backup
 
-            safety = backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
-            mark("safety snapshot of the target")
-            _empty(target)
-        target.restore(spool, format=stream["format"], tables=tables)
+        safety = backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
+        mark("safety snapshot of the target")
+        _empty(target)
+    target.restore(repo.read_stream(manifest), format=stream["format"], tables=tables)
     mark("database restored")
     files = 0
     if attachments_to is not None:

@@ -122,3 +122,15 @@ def test_medium_demo_crm_round_trip(pair: tuple[str, str]) -> None:
     dumped, restored = roundtrip(src, dst)
     assert dumped.compare(restored) == []
     assert restored.tables["activities"].rows == built.rows["activities"] == 90000
+
+
+def test_postgres_parallel_restore_spools_the_stream(pg_url_factory) -> None:  # type: ignore[no-untyped-def]
+    from crmops.engines.postgres import PostgresEngine
+
+    src, dst = pg_url_factory(), pg_url_factory()
+    create(src, size="small")
+    with open_engine(src).dump() as d:
+        pieces = list(d.chunks())
+        dumped = d.fingerprint
+    PostgresEngine(dst, jobs=2).restore(iter(pieces), format="pg-custom")  # pg_restore -j 2 from a spooled file
+    assert dumped.compare(open_engine(dst).fingerprint()) == []
