@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+UPGRADE_BENCH_SIZE ?= medium
 BENCH_SIZE ?= medium
 
 .PHONY: venv test testbed testbed-down testbed-status lint demo bench clean-demo
@@ -57,12 +58,13 @@ demo: venv
 
 # Speed and memory against pg_dump, pg_restore, the usual openssl script and restic,
 # verify against a bare pg_restore into the same kind of container, and the upgrade
-# dry run's migration estimate against the real migration, in one run;
+# dry run's migration estimate against the real migration (on medium, the size its
+# target names, unless UPGRADE_BENCH_SIZE says otherwise), in one run;
 # prints a table and writes bench/results.json (needs the test bed).
 bench: testbed
 	$(BIN)/python bench/run.py --size $(BENCH_SIZE)
 	$(BIN)/python bench/verify_bench.py --size $(BENCH_SIZE)
-	$(BIN)/python bench/upgrade_bench.py --size $(BENCH_SIZE)
+	$(BIN)/python bench/upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 5
 
 clean-demo:
 	rm -rf demo

@@ -194,7 +194,7 @@ def main() -> None:
         # the target's URL comes through the environment: no password on a command line
         rest, rrss = timed(crmops(local, "restore", "latest", "--to", "${BENCH_TARGET_URL}"),
                            env={**run_env, "BENCH_TARGET_URL": target})
-        rows.append(("crmops restore (authenticate, then pg_restore -j 2)", rest, rrss, ""))
+        rows.append(("crmops restore (check every tag, then stream into pg_restore)", rest, rrss, ""))
         results.update(restore_vs_pg_restore=round(rest / bare, 2), peak_rss_mb_restore=round(rrss))
 
         s3 = env.get("CRMOPS_TEST_S3_ENDPOINT")
