@@ -9,7 +9,6 @@ with this). The trim threshold still hands memory back once more than 64 MiB is 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -17,11 +16,8 @@ M_MMAP_THRESHOLD = -3
 
 def keep_large_buffers() -> bool:
     """Raise glibc's mmap threshold above the chunk sizes; False where there is no glibc."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the C library already loaded: no search (which runs ldconfig) at start-up
         return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 64 << 20))
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False

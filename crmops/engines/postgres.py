@@ -120,8 +120,8 @@ class PostgresEngine:
         return check_method(self.name, method, ("", RECORD_HASH))
 
     def fingerprint(self, *, method: str | None = None) -> Fingerprint:
-        method = self._method(method, self.server_major())
         with self.connect(autocommit=False) as conn:
+            method = self._method(method, conn.info.server_version // 10000)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             fp = Fingerprint(self.name, sequences=_sequences(conn), method=method)
             _fill_fingerprint(conn, fp)
@@ -313,7 +313,7 @@ def _fill_fingerprint(conn: psycopg.Connection, fp: Fingerprint) -> None:
     for qualified, schema, table in tables:
         rows, checksum = _table_checksum(conn, qualified, fp.method)
         name = table if schema == "public" else f"{schema}.{table}"
-        fp.tables[name] = TableFingerprint(int(rows), format(int(checksum) & (2**128 - 1), "032x"))
+        fp.tables[name] = TableFingerprint(rows, format(checksum & (2**128 - 1), "032x"))
     user_ns = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'"
     counts = {
         "tables": len(tables),

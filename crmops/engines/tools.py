@@ -22,7 +22,6 @@ from crmops.errors import DatabaseError, ToolMissing
 PIECE = 1 << 20
 
 
-
 def find_tool(names: Iterable[str], *, extra_dirs: Iterable[str] = ()) -> str | None:
     """The first of names found in $CRMOPS_TOOLS_PATH alone when it is set; else extra_dirs, then PATH."""
     pinned = os.environ.get("CRMOPS_TOOLS_PATH")
