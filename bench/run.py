@@ -187,10 +187,10 @@ def main() -> None:
         # restores: pg_restore -j 2 of a plain archive vs crmops restore from the repository
         archive = work / "plain.dump"
         subprocess.run(["pg_dump", "-Fc", "-Z0", "-f", str(archive)], env=penv, check=True)
-        target = _fresh_db(env["CRMOPS_TEST_PG_URL"], "crmops_bench_restore_a")
+        target = fresh_db(env["CRMOPS_TEST_PG_URL"], "crmops_bench_restore_a")
         bare, _ = timed(["pg_restore", "-j", "2", "-d", "crmops_bench_restore_a", str(archive)], env=penv)
         rows.append(("pg_restore -j 2 of the same dump", bare, None, ""))
-        target = _fresh_db(env["CRMOPS_TEST_PG_URL"], "crmops_bench_restore_b")
+        target = fresh_db(env["CRMOPS_TEST_PG_URL"], "crmops_bench_restore_b")
         # the target's URL comes through the environment: no password on a command line
         rest, rrss = timed(crmops(local, "restore", "latest", "--to", "${BENCH_TARGET_URL}"),
                            env={**run_env, "BENCH_TARGET_URL": target})
@@ -226,13 +226,19 @@ def _stored(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _fresh_db(admin_url: str, name: str) -> str:
+def fresh_db(admin_url: str, name: str, template: str | None = None) -> str:
+    """name as a new database (empty, or a copy of template); returns its URL."""
     import psycopg
     from sqlalchemy.engine import make_url
 
+    from crmops.services.upgrade_rehearsal import copy_database
+
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if template is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        elif not copy_database(conn, template, name):
+            raise SystemExit(f"could not copy {template}: something else keeps it open")
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 

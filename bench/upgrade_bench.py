@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PASS, ROOT, bed_env, crmops, write_config  # noqa: E402
+from run import PASS, ROOT, bed_env, crmops, fresh_db, write_config  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from crmops.playbooks.dockerswap import swap_image  # noqa: E402
-from crmops.services.upgrade_rehearsal import _copy_database  # noqa: E402
 from tests.services.upgrade_helpers import App, app_container, playbook_for, wait_http  # noqa: E402
 
 #: the issue's bound on |estimate / real - 1|
@@ -67,18 +66,6 @@ def pristine_copy(admin_url: str, size: str) -> str:
         conn.execute("VACUUM ANALYZE")  # a CRM that has been running: statistics and visibility map in place
         conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{READY.format(size=size)}'")
     return name
-
-
-def recreate(admin_url: str, name: str, template: str) -> str:
-    """name as a fresh copy of template; returns its URL."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if not _copy_database(conn, template, name):
-            raise SystemExit(f"could not copy {template}: something else keeps it open")
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
 def drop(admin_url: str, name: str) -> None:
@@ -114,7 +101,7 @@ def one_round(config: Path, playbook: Path, env: dict[str, str]) -> dict[str, An
 
 def back_to_1_0(admin_url: str, name: str, template: str, app: App) -> None:
     """The state every round starts from: the database and the app container at 1.0 again."""
-    recreate(admin_url, name, template)
+    fresh_db(admin_url, name, template)
     swap_image(app.name, "crmops-demo-app:1.0", stop_timeout=2)
     wait_http(app)
 
@@ -130,7 +117,7 @@ def main() -> None:
     template = pristine_copy(admin, args.size)
     name = f"crmops_bench_upgrade_{args.size}"
     # the database URL, password included, reaches crmops through the environment only
-    run_env = {**os.environ, "BENCH_PASSPHRASE": PASS, "BENCH_DB_URL": recreate(admin, name, template)}
+    run_env = {**os.environ, "BENCH_PASSPHRASE": PASS, "BENCH_DB_URL": fresh_db(admin, name, template)}
     rounds: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="crmops-upgrade-bench-") as tmp, \

@@ -292,7 +292,7 @@ def _timed_on_copies(step: Step, params: dict[str, Any], execs: dict[str, Any], 
             return times
         for i in range(EXTRA_REHEARSALS):
             copy = f"{u.database}_rehearsal_{i}"
-            if not _copy_database(conn, u.database or "", copy):
+            if not copy_database(conn, u.database or "", copy):
                 break
             try:
                 url = u.set(database=copy).render_as_string(hide_password=False)
@@ -305,7 +305,8 @@ def _timed_on_copies(step: Step, params: dict[str, Any], execs: dict[str, Any], 
     return times
 
 
-def _copy_database(conn: Any, source: str, copy: str) -> bool:
+def copy_database(conn: Any, source: str, copy: str) -> bool:
+    """CREATE DATABASE copy TEMPLATE source on an admin connection; False if source stays in use."""
     import psycopg
 
     for _ in range(20):  # autovacuum may be visiting the template for a moment
