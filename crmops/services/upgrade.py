@@ -124,12 +124,11 @@ def _runner(config: Config, playbook: Playbook, journal: RunJournal, *, yes: boo
             confirm: Callable[[str], bool] | None, say: Callable[[str], None]) -> Runner:
     state = journal.state()
     scrub = secret_scrubber(config, playbook)
-    shout = say
 
-    def say(line: str) -> None:  # step output may echo a token: the terminal gets none either
-        shout(scrub(line))
+    def say_scrubbed(line: str) -> None:  # step output may echo a token: the terminal gets none either
+        say(scrub(line))
 
-    ctx = StepContext(run_id=state.run_id, url=config.database.url, yes=yes, confirm=confirm, say=say)
+    ctx = StepContext(run_id=state.run_id, url=config.database.url, yes=yes, confirm=confirm, say=say_scrubbed)
 
     def checkpoint(stage: Stage) -> str:
         from crmops.services.backup import backup
@@ -141,7 +140,7 @@ def _runner(config: Config, playbook: Playbook, journal: RunJournal, *, yes: boo
         return run_post_checks(config, playbook, journal.state(), context)
 
     return Runner(playbook, journal, executors(config), ctx, checkpoint=checkpoint, post_checks=post_checks,
-                  say=say)
+                  say=say_scrubbed)
 
 
 def run_post_checks(config: Config, playbook: Playbook, state: RunState, context: dict[str, Any],
