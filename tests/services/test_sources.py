@@ -20,6 +20,9 @@ import yaml
 from crmops.democrm.load import create
 from crmops.repository import open_repository
 from crmops.repository.source import source_of_manifest, source_of_url
+from crmops.services.backup import backup
+from crmops.services.restore import restore
+from crmops.services.verify import verify
 from tests.services.verify_helpers import load, ok, run
 
 NO_FILES = {"checks": {"fk_orphans": True}}
@@ -48,24 +51,18 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     repo = root / "repo"
     ca, cb = write_config(root, "a", a, repo), write_config(root, "b", b, repo)
     ok(run(ca, "repo", "init"))
+    cfg_a, cfg_b = load(ca), load(cb)
     ids: dict[str, str] = {}
-
-    def backup(cfg: Path, name: str) -> None:
-        ids[name] = ok(run(cfg, "--json", "backup"))["snapshot_id"]
-
-    def safety(ref: str, target: Path, name: str) -> None:
-        out = ok(run(ca, "--json", "restore", ref, "--to", f"sqlite:///{target}", "--force"))
-        ids[name] = out["safety_snapshot"]
-
-    backup(ca, "a1")
-    ok(run(ca, "--json", "verify", ids["a1"], env=NO_DOCKER))
-    backup(cb, "b1")
-    ok(run(cb, "--json", "verify", ids["b1"], env=NO_DOCKER))
-    backup(ca, "a2")
-    safety(ids["b1"], scratch, "p1")            # pre-restore snapshots of a scratch database
-    safety(ids["b1"], scratch, "p2")
-    safety(ids["a2"], a, "p3")                  # and of the configured database itself
-    backup(cb, "b2")                            # the newest snapshot of all
+    # in-process, for speed: the CLI is exercised by the tests themselves
+    ids["a1"] = backup(cfg_a).snapshot_id
+    assert verify(cfg_a, ids["a1"]).ok
+    ids["b1"] = backup(cfg_b).snapshot_id
+    assert verify(cfg_b, ids["b1"]).ok
+    ids["a2"] = backup(cfg_a).snapshot_id
+    for name, ref, target in (("p1", "b1", scratch), ("p2", "b1", scratch), ("p3", "a2", a)):
+        # pre-restore snapshots of a scratch database, then of the configured database itself
+        ids[name] = restore(cfg_a, ids[ref], to_url=f"sqlite:///{target}", force=True).safety_snapshot or ""
+    ids["b2"] = backup(cfg_b).snapshot_id  # the newest snapshot of all
     return {"root": root, "a": a, "b": b, "scratch": scratch, "ids": ids}
 
 
@@ -117,7 +114,6 @@ def test_latest_and_listing_are_the_configured_sources(copy: dict[str, Any], tmp
 def test_verify_and_status_judge_the_configured_source(copy: dict[str, Any]) -> None:
     from crmops.config import Assertion
     from crmops.services.status import gather
-    from crmops.services.verify import verify
 
     ids = copy["ids"]
     # the scratch database's snapshot fails a check; that is no verdict on a's backups
@@ -185,7 +181,7 @@ def test_forget_keeps_the_newest_verified_snapshot_of_each_source(copy: dict[str
     assert done["prune"]["chunks_deleted"] >= 0 and not done["prune"]["kept_everything_for"]
     # what was kept is whole after the prune: the verified snapshots still restore
     for sid in (ids["a1"], ids["b1"]):
-        ok(run(ca, "--json", "restore", sid, "--to", f"sqlite:///{tmp_path / (sid + '.db')}"))
+        restore(load(ca), sid, to_url=f"sqlite:///{tmp_path / (sid + '.db')}")
 
 
 def flip(path: Path, at: int = 40) -> None:
