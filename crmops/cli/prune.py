@@ -60,8 +60,9 @@ def _say_prune(console, p) -> None:  # type: ignore[no-untyped-def]
     if not p.kept_everything_for:
         console.print(f"prune {verb} {p.chunks_deleted} chunks ({p.bytes_freed / 1e6:,.1f} MB)")
     else:
-        console.print(f"[yellow]prune kept every chunk[/yellow]: the manifest of {', '.join(p.kept_everything_for)} "
-                      "is damaged, so no chunk can be proven unreferenced (`crmops check` shows the damage)")
+        console.print(f"[yellow]prune {'would delete' if p.dry_run else 'deleted'} nothing[/yellow]: the manifest of "
+                      f"{', '.join(p.kept_everything_for)} is damaged, so no chunk can be proven unreferenced "
+                      "(`crmops check` shows the damage)")
     for line in p.refused:
         console.print(f"[yellow]kept (refused by storage)[/yellow] {line}")
 
