@@ -132,7 +132,8 @@ class Listing:
         where = f" of source {source}" if source else ""
         if mine:
             tags = sorted({safety_tag(m.get("tags") or []) or "" for m in mine})
-            raise SnapshotNotFound(f"no backup{where}: only {len(mine)} safety snapshot(s) ({', '.join(tags)})",
+            what = f"{len(mine)} safety snapshot{'' if len(mine) == 1 else 's'}"
+            raise SnapshotNotFound(f"no backup{where}: only {what} ({', '.join(tags)})",
                                    hint="name one by id; `crmops snapshots --all` lists them")
         others = self.sources()
         if others:

@@ -84,12 +84,15 @@ def normalise(text: str) -> str:
 
 
 def match_source(wanted: str, known: list[str]) -> str:
-    """The one known source `wanted` names: exactly, or as the only one containing it (e.g. `crm2.db`)."""
+    """The one known source `wanted` names: exactly, by its database (file) name, or as the only one containing it."""
     if wanted in known:
         return wanted
     wanted = normalise(wanted)
     if wanted in known:
         return wanted
+    named = [s for s in known if s.rstrip("/").rsplit("/", 1)[-1] == wanted]  # the database or file name
+    if len(named) == 1:
+        return named[0]
     hits = [s for s in known if wanted in s]
     if len(hits) == 1:
         return hits[0]
@@ -98,4 +101,4 @@ def match_source(wanted: str, known: list[str]) -> str:
         raise ConfigError(f"--source {wanted!r} matches several sources: {', '.join(sorted(hits))}",
                           hint="give more of it")
     raise ConfigError(f"no snapshot of source {wanted!r} in the repository (sources: {listing})",
-                      hint="`crmops snapshots` shows each snapshot's source")
+                      hint="`crmops snapshots --all` shows each snapshot's source")
