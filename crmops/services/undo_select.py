@@ -99,7 +99,8 @@ def select(conn: sa.Connection, catalog: Catalog, table: str, where: str, *, fol
                                    hint="restore the table beside the live one and copy rows by hand")
     tables = Tables(conn)
     t = tables[table]
-    stmt = sa.select(t).where(sa.text(f"({where})"))
+    # the condition is the user's text: its colons are not bind parameters (x::text, '10:30')
+    stmt = sa.select(t).where(sa.text("(" + where.replace(":", "\\:") + ")"))
     try:
         found = conn.execute(stmt).mappings().all()
     except sa.exc.DBAPIError as e:

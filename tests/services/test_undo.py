@@ -70,7 +70,9 @@ def scenario(tmp_path: Path, url: str) -> None:
         src = lambda: h.shared(past)  # noqa: E731
 
         # the plan: every deleted row to re-insert, and the stolen e-mail as a conflict
-        plan = undo(cfg, request, source=src, repo=repo).to_dict()["plan"]
+        # the condition is passed through as written: % and : are the user's, not parameters
+        odd = UndoRequest(table="accounts", where=f"id IN ({account}) AND name LIKE '%' AND name <> 'a :b'")
+        plan = undo(cfg, odd, source=src, repo=repo).to_dict()["plan"]
         inserts: dict[str, list[int]] = {}
         for r in plan["rows"]:
             assert r["action"] == "insert", r
