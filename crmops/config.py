@@ -314,6 +314,7 @@ def _mask_secrets(data: dict[str, Any], model: BaseModel) -> None:
 EMBEDDED_DEFAULT: dict[str, dict[str, Any]] = {
     "attachments": {"path": "demo/attachments"},
     "encryption": {"key_file": "demo/repo.key"},
+    "undo": {"attachment_columns": ["attachments.storage_path"]},
 }
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

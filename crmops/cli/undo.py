@@ -10,6 +10,9 @@ import click
 
 from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 
+ATTACHMENT_STATUS = {"restore": "to restore", "present": "already there", "differs": "other content there (kept)",
+                     "not-in-snapshot": "not in the snapshot", "no-folder": "no attachments.path"}
+
 #: how many keys a human listing shows per table before "(+N more)"
 SHOWN_KEYS = 8
 
@@ -90,9 +93,9 @@ def render(console: Any, out: dict[str, Any]) -> None:
         for a in plan["attachments"]:
             counts[a["status"]] = counts.get(a["status"], 0) + 1
         say()
-        say("attachments: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        say("attachment files: " + ", ".join(f"{n} {ATTACHMENT_STATUS.get(s, s)}" for s, n in sorted(counts.items())))
         for a in plan["attachments"][:SHOWN_KEYS]:
-            say(f"  {a['path']} ({a['status']})")
+            say(f"  {a['path']} ({ATTACHMENT_STATUS.get(a['status'], a['status'])})")
     for w in plan["warnings"]:
         say()
         say(f"warning: {w}")

@@ -113,8 +113,8 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
                 if engine_kind(to_url) != past.engine:
                     raise ConfigError(f"the past state is a {past.engine} database; {safe(to_url)} is not")
                 plan = _plan(config, request, past, live, to_url, root)
-                mark(f"plan made: {plan.count('insert')} to re-insert, {plan.count('changed')} changed since, "
-                     f"{plan.count('identical')} identical, {len(plan.conflicts)} conflicts")
+                mark(f"plan made: {plan.count('insert')} to re-insert, {plan.count('changed')} changed, "
+                     f"{plan.count('identical')} identical, conflicts: {len(plan.conflicts)}")
             result = UndoResult(plan=plan, timeline=timeline)
             if request.apply:
                 _apply(config, request, result, live, to_url, on_configured, root, repo, mark)

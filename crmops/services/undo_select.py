@@ -173,8 +173,6 @@ def _follow_up(conn: sa.Connection, catalog: Catalog, tables: Tables, sel: Selec
         for child, keys in pending.items():
             child_rows = {k: sel.rows[child][k] for k in keys}
             for rel in catalog.parents_of(child):
-                if rel.parent == child and not follow:
-                    continue
                 wanted = _values(child_rows.values(), rel.columns)
                 have = _values(sel.rows.get(rel.parent, {}).values(), rel.ref_columns)
                 wanted -= have
