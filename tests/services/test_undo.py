@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from crmops.engines.connect import connect_engine
-from crmops.errors import UndoConflict
+from crmops.errors import DatabaseError, UndoConflict
 from crmops.repository import open_repository
 from crmops.services.undo import UndoRequest, journal_path, undo
 from crmops.services.undo_source import from_snapshot
@@ -96,6 +96,20 @@ def scenario(tmp_path: Path, url: str) -> None:
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE contacts SET email = 'nova.li@new.example.com' WHERE account_id = :a"),
                          {"a": new_account})
+
+        # a failure half-way (after accounts, contacts and deals went in) leaves nothing behind
+        with engine.begin() as conn:
+            for stmt in h.FAIL_ACTIVITIES[engine.dialect.name]:
+                conn.execute(sa.text(stmt))
+        everything = h.native_digest(url)
+        with pytest.raises((UndoConflict, DatabaseError), match="activities are frozen"):
+            undo(cfg, UndoRequest(**{**request.__dict__, "apply": True}), source=src, repo=repo)
+        assert h.native_digest(url) == everything
+        assert not any((files / p).exists() for p in paths if p != kept_path)
+        with engine.begin() as conn:
+            for stmt in h.UNFAIL_ACTIVITIES[engine.dialect.name]:
+                conn.execute(sa.text(stmt))
+
         untouched = h.native_digest(url, skip_rows=gone)
         done = undo(cfg, UndoRequest(**{**request.__dict__, "apply": True}), source=src, repo=repo)
         out = done.to_dict()
@@ -120,9 +134,11 @@ def scenario(tmp_path: Path, url: str) -> None:
         assert {a["path"]: a["status"] for a in out["written"]["attachments"]}[sorted(paths)[-1]] == "restored"
         assert repo.manifest(out["pre_undo_snapshot"])["tags"] == ["pre-undo"]
         events = [json.loads(line) for line in journal_path(cfg).read_text().splitlines()]
-        assert [e["event"] for e in events] == ["undo-refused", "undo-start", "undo-end"]
-        assert events[1]["source"]["snapshot_id"] == snap and "@" in events[1]["actor"]
-        assert f"insert id={account}" in events[1]["rows"]["accounts"]
+        assert [e["event"] for e in events] == ["undo-refused", "undo-start", "undo-failed", "undo-start",
+                                                 "undo-end"]
+        assert events[3]["source"]["snapshot_id"] == snap and "@" in events[3]["actor"]
+        assert f"insert id={account}" in events[3]["rows"]["accounts"]
+        assert "activities are frozen" in events[2]["error"]
 
         # a row changed since the snapshot: both values in the plan, kept unless take-snapshot
         keep = UndoRequest(table="accounts", where=f"id = {other}", apply=True)

@@ -23,6 +23,24 @@ from tests.services.verify_helpers import load, ok, run, write_config
 TOUCHED = ("accounts", "contacts", "opportunities", "activities", "attachments", "customer_feedback")
 
 
+#: a live-side trigger that refuses new activities: the undo fails half-way, after its first inserts
+FAIL_ACTIVITIES = {
+    "postgresql": ["CREATE FUNCTION refuse_activity() RETURNS trigger AS $$ BEGIN "
+                   "RAISE EXCEPTION 'activities are frozen'; END $$ LANGUAGE plpgsql",
+                   "CREATE TRIGGER refuse_activity BEFORE INSERT ON activities FOR EACH ROW "
+                   "EXECUTE FUNCTION refuse_activity()"],
+    "mysql": ["CREATE TRIGGER refuse_activity BEFORE INSERT ON activities FOR EACH ROW "
+              "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'activities are frozen'"],
+    "sqlite": ["CREATE TRIGGER refuse_activity BEFORE INSERT ON activities BEGIN "
+               "SELECT RAISE(ABORT, 'activities are frozen'); END"],
+}
+UNFAIL_ACTIVITIES = {
+    "postgresql": ["DROP TRIGGER refuse_activity ON activities", "DROP FUNCTION refuse_activity()"],
+    "mysql": ["DROP TRIGGER refuse_activity"],
+    "sqlite": ["DROP TRIGGER refuse_activity"],
+}
+
+
 def demo_with_snapshot(tmp_path: Path, url: str) -> tuple[Path, Config, str]:
     create(url, size="small", version="2.0", attachments_dir=tmp_path / "files")
     path = write_config(tmp_path, url)
