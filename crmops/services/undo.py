@@ -28,7 +28,7 @@ from crmops.repository import Repository, open_repository
 from crmops.services import undo_apply, undo_plan, undo_select
 from crmops.services.undo_catalog import read_catalog
 from crmops.services.undo_plan import KEEP_LIVE, TAKE_SNAPSHOT, UndoPlan, encode_key
-from crmops.services.undo_source import PastSource, from_snapshot
+from crmops.services.undo_source import PastSource, PastState, from_snapshot
 
 CHANGED_POLICIES = (KEEP_LIVE, TAKE_SNAPSHOT)
 
@@ -124,7 +124,7 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
     return result
 
 
-def _plan(config: Config, request: UndoRequest, past: Any, live: sa.Engine, to_url: str,
+def _plan(config: Config, request: UndoRequest, past: PastState, live: sa.Engine, to_url: str,
           root: Path | None) -> UndoPlan:
     past_engine = connect_engine(past.url)
     try:

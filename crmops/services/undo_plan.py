@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from crmops.config import Config
 from crmops.services.undo_catalog import Catalog, insert_order, unique_keys
 from crmops.services.undo_select import Key, Selection, Tables, batches, matching
+from crmops.services.undo_source import PastState
 
 #: --changed: what to do with a row that changed since the snapshot
 KEEP_LIVE = "keep-live"
@@ -109,7 +110,7 @@ def keyed(columns: tuple[str, ...], key: Key) -> dict[str, Any]:
     return {c: shown(v) for c, v in zip(columns, key, strict=True)}
 
 
-def build(config: Config, past: Any, live: sa.Connection, catalog: Catalog, sel: Selection, *,
+def build(config: Config, past: PastState, live: sa.Connection, catalog: Catalog, sel: Selection, *,
           target: str, table: str, where: str, follow: bool, changed_policy: str,
           attachments_root: Path | None, manifest: dict[str, Any] | None) -> UndoPlan:
     """The plan for writing sel into the live database behind live."""
