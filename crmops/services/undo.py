@@ -104,7 +104,7 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
     to_url = request.to_url or config.database.url
     on_configured = request.to_url is None or request.to_url == config.database.url
     root = request.attachments_to or (config.attachments.path if on_configured else None)
-    live = connect_engine(to_url)
+    live = _connect(to_url)
     repo = repo or open_repository(config)
     try:
         with repo.lock(exclusive=False, purpose="undo"):
@@ -124,9 +124,17 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
     return result
 
 
+def _connect(url: str) -> sa.Engine:
+    """Both sides read and write times the same way: MariaDB's TIMESTAMP columns follow the session's
+    time zone, which differs between a sandbox (UTC) and a server configured for local time."""
+    if engine_kind(url) == "mysql":
+        return connect_engine(url, connect_args={"init_command": "SET time_zone = '+00:00'"})
+    return connect_engine(url)
+
+
 def _plan(config: Config, request: UndoRequest, past: PastState, live: sa.Engine, to_url: str,
           root: Path | None) -> UndoPlan:
-    past_engine = connect_engine(past.url)
+    past_engine = _connect(past.url)
     try:
         catalog = read_catalog(past_engine, config.undo.relations)
         with past_engine.connect() as pconn, live.connect() as lconn:
