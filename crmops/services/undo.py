@@ -118,6 +118,10 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
             result = UndoResult(plan=plan, timeline=timeline)
             if request.apply:
                 _apply(config, request, result, live, to_url, on_configured, root, repo, mark)
+            else:  # looking is recorded too: the plan shows the rows' contents
+                journal = Journal(journal_path(config))
+                journal.append("undo-plan", **_who(request, plan), summary=plan.to_dict()["summary"])
+                result.journal = str(journal.path)
     finally:
         live.dispose()
     result.seconds = round(time.monotonic() - started, 3)
@@ -169,13 +173,17 @@ def _rows_named(plan: UndoPlan) -> dict[str, list[str]]:
     return out
 
 
+def _who(request: UndoRequest, plan: UndoPlan) -> dict[str, Any]:
+    return {"actor": actor(), "source": plan.source, "target": plan.target, "table": request.table,
+            "where": request.where, "follow_fks": request.follow_fks, "changed": request.changed}
+
+
 def _apply(config: Config, request: UndoRequest, result: UndoResult, live: sa.Engine, to_url: str,
            on_configured: bool, root: Path | None, repo: Repository, mark: Callable[[str], None]) -> None:
     plan = result.plan
     journal = Journal(journal_path(config))
     result.journal = str(journal.path)
-    who = {"actor": actor(), "source": plan.source, "target": plan.target, "table": request.table,
-           "where": request.where, "follow_fks": request.follow_fks, "changed": request.changed}
+    who = _who(request, plan)
     if plan.conflicts:
         first = plan.conflicts[0]
         more = f" (+{len(plan.conflicts) - 1} more)" if len(plan.conflicts) > 1 else ""

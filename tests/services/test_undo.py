@@ -134,11 +134,12 @@ def scenario(tmp_path: Path, url: str) -> None:
         assert {a["path"]: a["status"] for a in out["written"]["attachments"]}[sorted(paths)[-1]] == "restored"
         assert repo.manifest(out["pre_undo_snapshot"])["tags"] == ["pre-undo"]
         events = [json.loads(line) for line in journal_path(cfg).read_text().splitlines()]
-        assert [e["event"] for e in events] == ["undo-refused", "undo-start", "undo-failed", "undo-start",
-                                                 "undo-end"]
-        assert events[3]["source"]["snapshot_id"] == snap and "@" in events[3]["actor"]
-        assert f"insert id={account}" in events[3]["rows"]["accounts"]
-        assert "activities are frozen" in events[2]["error"]
+        assert [e["event"] for e in events] == ["undo-plan", "undo-refused", "undo-start", "undo-failed",
+                                                 "undo-start", "undo-end"]
+        assert events[4]["source"]["snapshot_id"] == snap and "@" in events[4]["actor"]
+        assert f"insert id={account}" in events[4]["rows"]["accounts"]
+        assert "activities are frozen" in events[3]["error"]
+        assert events[0]["summary"]["insert"] == out["inserted"] and events[0]["where"] == odd.where
 
         # a row changed since the snapshot: both values in the plan, kept unless take-snapshot
         keep = UndoRequest(table="accounts", where=f"id = {other}", apply=True)
