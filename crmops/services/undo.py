@@ -5,7 +5,7 @@ restored into a sandbox; the user's --where picks rows there; relations are foll
 the set is compared with the live database row by row; the plan is shown, and only with
 apply is it written: after a pre-undo snapshot, in one transaction, refused outright on
 any conflict. Colleagues' work since the snapshot is never overwritten unless asked
-(--changed take-snapshot). Every apply is recorded in the audit journal
+(--changed take-snapshot). Every plan and apply is recorded in the audit journal
 (state_dir/undo/journal.jsonl): who, which rows, from which snapshot.
 """
 

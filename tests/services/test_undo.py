@@ -278,3 +278,25 @@ def test_schema_without_foreign_keys_follows_configured_relations(tmp_path: Path
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM crm_business").fetchone()[0] == 3
         assert c.execute("SELECT name FROM crm_customer WHERE customer_id = 2").fetchone()[0] == "Acme Inc."
+
+
+def test_write_order_parents_first_and_probable_parents() -> None:
+    from crmops.services.undo_apply import _parents_first
+    from crmops.services.undo_catalog import Catalog, Relation, insert_order, probable_parent
+
+    rels = [Relation("contacts", ("account_id",), "accounts", ("id",)),
+            Relation("accounts", ("parent_id",), "accounts", ("id",)),
+            Relation("activities", ("contact_id",), "contacts", ("id",))]
+    assert insert_order(["activities", "contacts", "accounts"], rels) == ["accounts", "contacts", "activities"]
+    rows = {(1,): {"id": 1, "parent_id": 3}, (2,): {"id": 2, "parent_id": None}, (3,): {"id": 3, "parent_id": 2},
+            (4,): {"id": 4, "parent_id": 99}}
+    catalog = Catalog(["accounts"], {"accounts": ("id",)}, {}, rels, [])
+    ordered = [k for k, _ in _parents_first("accounts", [(k, []) for k in sorted(rows)], rows, catalog)]
+    assert ordered.index((2,)) < ordered.index((3,)) < ordered.index((1,)) and (4,) in ordered
+    tables = ["crm_customer", "crm_contacts", "users", "pipeline_stages", "companies"]
+    assert probable_parent("customer", tables) == "crm_customer"
+    assert probable_parent("contacts", tables) == "crm_contacts"
+    assert probable_parent("user", tables) == "users"
+    assert probable_parent("stage", tables) == "pipeline_stages"
+    assert probable_parent("company", tables) == "companies"
+    assert probable_parent("entity", tables) is None
