@@ -122,6 +122,9 @@ def render(console: Any, out: dict[str, Any]) -> None:
         say(f"attachment {a['path']}: {a['status']}")
     if out.get("journal"):
         say(f"recorded in {out['journal']}")
+    if out["pre_undo_snapshot"] and src.get("snapshot_id"):
+        say(f"note: latest is now the pre-undo snapshot; to bring back more from the same point, "
+            f"use --from {src['snapshot_id'][:10]}")
 
 
 @click.command("undo")

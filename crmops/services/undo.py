@@ -26,6 +26,7 @@ from crmops.errors import ConfigError, CrmopsError, UndoConflict
 from crmops.journal import Journal, actor
 from crmops.repository import Repository, open_repository
 from crmops.services import undo_apply, undo_plan, undo_select
+from crmops.services.restore import ENGINE_OF_FORMAT
 from crmops.services.undo_catalog import read_catalog
 from crmops.services.undo_plan import KEEP_LIVE, TAKE_SNAPSHOT, UndoPlan, encode_key
 from crmops.services.undo_source import PastSource, PastState, from_snapshot
@@ -108,6 +109,10 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
     repo = repo or open_repository(config)
     try:
         with repo.lock(exclusive=False, purpose="undo"):
+            if source is None:  # a wrong target is told before minutes of sandbox restore
+                wanted = ENGINE_OF_FORMAT.get(repo.manifest(ref)["streams"]["database"]["format"])
+                if wanted != engine_kind(to_url):
+                    raise ConfigError(f"snapshot {ref} holds a {wanted} database; {safe(to_url)} is not {wanted}")
             past_source = source or (lambda: from_snapshot(config, ref, repo, mark))
             with past_source() as past:
                 if engine_kind(to_url) != past.engine:
