@@ -35,9 +35,6 @@ class Tables:
             sa.Table(name, self.meta, autoload_with=self.conn, resolve_fks=False)
         return self.meta.tables[name]
 
-    def has(self, name: str) -> bool:
-        return name in self.meta.tables or sa.inspect(self.conn).has_table(name)
-
 
 def batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
     batch: list[Any] = []
