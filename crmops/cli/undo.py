@@ -70,8 +70,9 @@ def render(console: Any, out: dict[str, Any]) -> None:
     if by_table:
         say()
         say("re-insert (deleted since the snapshot):")
+        why = {t["table"]: "; ".join(t["reasons"]) for t in plan["tables"]}
         for table, keys in by_table.items():
-            say(f"  {table}: {_keys(keys)}")
+            say(f"  {table} ({why.get(table) or 'selected'}): {_keys(keys)}")
     changed = [r for r in plan["rows"] if r["action"] == "changed"]
     if changed:
         kept = plan["changed_policy"] == "keep-live"

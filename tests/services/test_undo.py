@@ -202,7 +202,7 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
     assert all(len(line) <= 80 for line in lines if not line.startswith(("  into", "  rows")))
     assert any(line.startswith("accounts ") and line.split()[1] == "1" for line in lines)
     assert "dry run: nothing was written" in human.stdout
-    assert f"contacts: id {gone['contacts'][0]}, " in human.stdout, human.stdout
+    assert f"contacts (references accounts): id {gone['contacts'][0]}, " in human.stdout, human.stdout
 
     plan = json.loads(run(config, "--json", "undo", "--table", "accounts", "--where", where, "--from",
                           snap[:8]).stdout)
