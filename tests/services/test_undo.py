@@ -279,6 +279,24 @@ def test_schema_without_foreign_keys_follows_configured_relations(tmp_path: Path
         assert c.execute("SELECT count(*) FROM crm_business").fetchone()[0] == 3
         assert c.execute("SELECT name FROM crm_customer WHERE customer_id = 2").fetchone()[0] == "Acme Inc."
 
+    # a deal whose customer is gone too: the customer comes back with it (up), not the customer's contacts
+    with sqlite3.connect(db) as c:
+        c.executescript("DELETE FROM crm_business WHERE business_id = 102; DELETE FROM crm_contacts WHERE "
+                        "customer_id = 3; DELETE FROM crm_customer WHERE customer_id = 3;")
+    alone = run(config, "--json", "undo", "--table", "crm_business", "--where", "business_id = 102",
+                "--no-follow-fks", "--apply")
+    assert alone.returncode == 70, alone.stderr
+    conflict = json.loads(alone.stdout)["plan"]["conflicts"]
+    assert [(c["table"], c["kind"]) for c in conflict] == [("crm_business", "missing-parent")]
+    assert "needs crm_customer customer_id=3" in conflict[0]["detail"]
+    out = ok(run(config, "--json", "undo", "--table", "crm_business", "--where", "business_id = 102", "--apply"))
+    assert [(r["table"], tuple(r["key"].values())) for r in out["plan"]["rows"]] == [
+        ("crm_customer", (3,)), ("crm_business", (102,))]
+    assert out["plan"]["tables"][0]["reasons"] == ["referenced by crm_business, missing from live"]
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM crm_contacts WHERE customer_id = 3").fetchone()[0] == 0
+        assert c.execute("SELECT title FROM crm_business WHERE business_id = 102").fetchone()[0] == "pilot"
+
 
 def test_write_order_parents_first_and_probable_parents() -> None:
     from crmops.services.undo_apply import _parents_first
