@@ -25,7 +25,7 @@ from tests.services.verify_helpers import run
 
 
 def scenario(tmp_path: Path, url: str) -> None:
-    config_path, cfg, snap = h.demo_with_snapshot(tmp_path, url)
+    _, cfg, snap = h.demo_with_snapshot(tmp_path, url)
     files = tmp_path / "files"
     engine = connect_engine(url)
     with engine.begin() as conn:
@@ -163,7 +163,6 @@ def scenario(tmp_path: Path, url: str) -> None:
             assert conn.execute(sa.text("SELECT name FROM accounts WHERE id = :a"),
                                 {"a": other}).scalar_one() == "Renamed by a colleague"
     engine.dispose()
-    return config_path, account  # type: ignore[return-value]
 
 
 def test_sqlite_deleted_account_comes_back_and_nothing_else_moves(tmp_path: Path) -> None:
