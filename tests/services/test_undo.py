@@ -21,7 +21,7 @@ from crmops.repository import open_repository
 from crmops.services.undo import UndoRequest, journal_path, undo
 from crmops.services.undo_source import from_snapshot
 from tests.services import undo_helpers as h
-from tests.services.verify_helpers import run
+from tests.services.verify_helpers import load, run
 
 
 def scenario(tmp_path: Path, url: str) -> None:
@@ -256,7 +256,7 @@ def test_schema_without_foreign_keys_follows_configured_relations(tmp_path: Path
         c.executescript("DELETE FROM crm_business WHERE customer_id = 2; DELETE FROM crm_contacts WHERE "
                         "customer_id = 2; DELETE FROM crm_customer WHERE customer_id = 2;")
 
-    bare = ok(run(config, "--json", "undo", "--table", "crm_customer", "--where", "customer_id = 2"))
+    bare = undo(load(config), UndoRequest(table="crm_customer", where="customer_id = 2")).to_dict()
     assert [(r["table"], r["action"]) for r in bare["plan"]["rows"]] == [("crm_customer", "insert")]
     assert any("crm_contacts.customer_id looks like a reference to crm_customer" in w
                for w in bare["plan"]["warnings"])
@@ -282,13 +282,13 @@ def test_schema_without_foreign_keys_follows_configured_relations(tmp_path: Path
     with sqlite3.connect(db) as c:
         c.executescript("DELETE FROM crm_business WHERE business_id = 102; DELETE FROM crm_contacts WHERE "
                         "customer_id = 3; DELETE FROM crm_customer WHERE customer_id = 3;")
-    alone = run(config, "--json", "undo", "--table", "crm_business", "--where", "business_id = 102",
-                "--no-follow-fks", "--apply")
-    assert alone.returncode == 70, alone.stderr
-    conflict = json.loads(alone.stdout)["plan"]["conflicts"]
+    cfg = load(config)
+    alone = undo(cfg, UndoRequest(table="crm_business", where="business_id = 102", follow_fks=False, apply=True))
+    assert alone.refused and not alone.applied
+    conflict = alone.to_dict()["plan"]["conflicts"]
     assert [(c["table"], c["kind"]) for c in conflict] == [("crm_business", "missing-parent")]
     assert "needs crm_customer customer_id=3" in conflict[0]["detail"]
-    out = ok(run(config, "--json", "undo", "--table", "crm_business", "--where", "business_id = 102", "--apply"))
+    out = undo(cfg, UndoRequest(table="crm_business", where="business_id = 102", apply=True)).to_dict()
     assert [(r["table"], tuple(r["key"].values())) for r in out["plan"]["rows"]] == [
         ("crm_customer", (3,)), ("crm_business", (102,))]
     assert out["plan"]["tables"][0]["reasons"] == ["referenced by crm_business, missing from live"]
