@@ -203,10 +203,6 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
     assert "dry run: nothing was written" in human.stdout
     assert f"contacts (references accounts): id {gone['contacts'][0]}, " in human.stdout, human.stdout
 
-    plan = json.loads(run(config, "--json", "undo", "--table", "accounts", "--where", where, "--from",
-                          snap[:8]).stdout)
-    assert plan["dry_run"] and plan["plan"]["summary"]["insert"] == sum(map(len, gone.values()))
-    assert plan["plan"]["source"]["snapshot_id"] == snap
 
     typo = run(config, "--json", "undo", "--table", "acounts", "--where", where)
     assert typo.returncode == 72 and "did you mean accounts" in typo.stderr
@@ -220,10 +216,12 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
     with connect_engine(url).begin() as conn:
         conn.execute(sa.text("INSERT INTO contacts (account_id, first_name, last_name, email, created_at) "
                              "VALUES (1, 'A', 'B', :e, '2026-01-01')"), {"e": email})
-    refused = run(config, "--json", "undo", "--table", "accounts", "--where", where, "--apply")
+    refused = run(config, "--json", "undo", "--table", "accounts", "--where", where, "--apply", "--from", snap[:8])
     assert refused.returncode == 70 and "is taken by live row" in refused.stderr
     doc = json.loads(refused.stdout)  # exactly one document: the plan, with the error in it
     assert doc["error"] == "undo-conflict" and doc["plan"]["conflicts"][0]["kind"] == "unique"
+    assert doc["plan"]["summary"]["insert"] == sum(map(len, gone.values())) and not doc["applied"]
+    assert doc["plan"]["source"]["snapshot_id"] == snap
     runs = [json.loads(line) for line in (tmp_path / "state" / "runs.jsonl").read_text().splitlines()]
     undo_runs = [r for r in runs if r["command"] == "undo"]
     assert undo_runs[-1]["exit_code"] == 70 and undo_runs[0]["figures"]["snapshot_id"] == snap
