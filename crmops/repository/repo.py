@@ -118,7 +118,7 @@ class Listing:
     def latest(self, source: str | None = None) -> dict[str, Any]:
         """The newest readable backup of source (any source if None), passing over safety snapshots.
 
-        Safety snapshots (pre-restore, pre-migrate) are named by id; damaged manifests
+        Safety snapshots (pre-restore, pre-migrate, pre-undo) are named by id; damaged manifests
         are passed over with a warning, since any of them may have been newer.
         """
         mine = self.of_source(source)

@@ -20,7 +20,7 @@ from crmops.dburl import engine_kind, parse
 from crmops.errors import ConfigError
 
 #: tags of the snapshots crmops takes by itself before changing a database; `latest` passes over them
-SAFETY_TAGS = ("pre-restore", "pre-migrate")
+SAFETY_TAGS = ("pre-restore", "pre-migrate", "pre-undo")
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 UNKNOWN = "unknown"
 
@@ -64,7 +64,7 @@ def source_of_manifest(m: dict[str, Any]) -> str:
 
 
 def safety_tag(tags: list[str] | tuple[str, ...]) -> str | None:
-    """The tag that marks a snapshot crmops took to protect a target (pre-restore, pre-migrate), if any."""
+    """The tag that marks a snapshot crmops took to protect a target (pre-restore, pre-migrate, pre-undo), if any."""
     return next((t for t in tags if t in SAFETY_TAGS), None)
 
 

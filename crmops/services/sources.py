@@ -2,7 +2,7 @@
 
 `latest` is the newest readable backup of the configured database's source; a snapshot
 of another source is used only when named by id or picked with --source. Safety
-snapshots (pre-restore, pre-migrate) are never `latest`: they are named by id.
+snapshots (pre-restore, pre-migrate, pre-undo) are never `latest`: they are named by id.
 """
 
 from __future__ import annotations
