@@ -203,10 +203,23 @@ def _empty(engine: Any) -> None:
         return  # the restore replaces the file atomically
     if engine.name == "postgresql":
         with engine.connect() as conn:
+            # public comes back as it was (owner, grants, comment): pg_dump leaves out what is
+            # initdb's default, so a bare CREATE SCHEMA would lose e.g. PUBLIC's USAGE on it
+            again = conn.execute("""SELECT 'ALTER SCHEMA public OWNER TO ' || quote_ident(n.nspowner::regrole::text)
+                                    || '; COMMENT ON SCHEMA public IS '
+                                    || COALESCE(quote_literal(obj_description(n.oid, 'pg_namespace')), 'NULL')
+                                    || ';' || COALESCE((SELECT string_agg(' GRANT ' || a.privilege_type
+                                        || ' ON SCHEMA public TO ' || CASE a.grantee WHEN 0 THEN 'PUBLIC'
+                                        ELSE quote_ident(a.grantee::regrole::text) END
+                                        || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END, ';')
+                                        || ';' FROM aclexplode(n.nspacl) a), '')
+                                    FROM pg_namespace n WHERE n.nspname = 'public'""").fetchone()
             for (schema,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_%' "
                                           "AND nspname <> 'information_schema'").fetchall():
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
             conn.execute("CREATE SCHEMA public")
+            if again:
+                conn.execute(again[0])
             conn.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
         return
     conn = engine.connect()

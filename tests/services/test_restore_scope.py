@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,20 @@ from crmops.democrm.load import create
 from crmops.engines import open_engine
 from crmops.engines.mysql import MysqlEngine
 from crmops.engines.postgres import PostgresEngine
-from tests.services.test_backup_restore import run, write_config
+from tests.services.test_backup_restore import PASSPHRASE, write_config
+from tests.services.test_backup_restore import run as run_json
+
+
+def run(config: Path, *args: str, check: bool = True, json_output: bool = True) -> subprocess.CompletedProcess:
+    if json_output:
+        return run_json(config, *args, check=check)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["TEST_PASSPHRASE"] = PASSPHRASE
+    r = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), *args], capture_output=True,
+                       text=True, env={**env, "COLUMNS": "80"}, timeout=300)
+    assert not check or r.returncode == 0, r.stderr
+    return r
+
 
 # -- PostgreSQL ------------------------------------------------------------------------
 
@@ -406,3 +420,33 @@ def test_sqlite_tables_force_replaces_only_contacts(tmp_path: Path) -> None:
     assert r.returncode == 15 and "my_notes" in r.stderr
     assert _sqlite_digest(dst_path) == before
 
+
+
+def test_pg_whole_database_force_names_what_it_replaced_and_how_to_get_back(pg_snapshot: dict[str, Any],
+                                                                              tmp_path: Path) -> None:
+    """A forced whole restore that dies half-way (its input cut short) says which snapshot holds the old target."""
+    config, snap = pg_snapshot["config"], pg_snapshot["snap"]
+    dst = _pg_live_target(pg_snapshot)
+    before = pg_digest(dst)
+    real = PostgresEngine(dst)._tool("pg_restore")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "pg_dump").symlink_to(Path(real).with_name("pg_dump"))
+    cut = tools / "pg_restore"  # the real pg_restore, fed only the first 200 kB of the dump
+    cut.write_text(f'#!/bin/sh\n[ "$1" = "--version" ] && exec {real} --version\nhead -c 200000 | {real} "$@"\n')
+    cut.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env.update(TEST_PASSPHRASE=PASSPHRASE, CRMOPS_TOOLS_PATH=str(tools))
+    r = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "restore", snap, "--to", dst,
+                        "--force"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 14, r.stderr
+    line = r.stderr.strip().splitlines()[-1]  # (a warning about the literal password may come first)
+    assert line.startswith("crmops: error: ") and "the target was emptied first" in line
+    safety = line.split("crmops restore ", 1)[1].split()[0]
+    assert f"crmops restore {safety} --to " in line and line.endswith("--force)")
+    assert pg_digest(dst) != before  # really half-way
+    out = json.loads(run(config, "restore", safety, "--to", dst, "--force").stdout)
+    assert out["replaced"] == ["the whole database"] and out["safety_snapshot"]
+    assert pg_digest(dst) == before
+    human = run(config, "restore", snap, "--to", dst, "--force", json_output=False).stdout
+    assert "replaced the whole database" in human and "pre-restore" in human
