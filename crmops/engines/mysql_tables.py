@@ -115,6 +115,7 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
                 cur.execute("SET NAMES utf8mb4")
                 cur.execute("SET FOREIGN_KEY_CHECKS = 0")
                 replaced = [t for t in tables if t in live and not prefix]
+                _same_columns(cur, {t: creates[t] for t in replaced})
                 for t in tables:  # DDL commits at once in MariaDB: before the transaction
                     if prefix:
                         cur.execute(_renamed_create(creates[t], t, dest[t]).decode("utf-8"))
@@ -124,7 +125,7 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
                         created.append(t)
                 triggers = _drop_triggers(cur, replaced)
                 try:
-                    _load(conn, cur, spool_name, replaced, dest)
+                    _load(conn, cur, spool_name, replaced, [] if prefix else created, dest)
                 finally:
                     _create_triggers(cur, triggers)
         except BaseException:
@@ -141,7 +142,21 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
     return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
 
 
-def _load(conn: Any, cur: Any, spool_name: str, replaced: list[str], dest: dict[str, str]) -> None:
+def _same_columns(cur: Any, creates: dict[str, bytes]) -> None:
+    """The dump's rows carry no column names: a live table whose columns differ is refused before any change."""
+    for table, create in creates.items():
+        dumped = [m.group(1).replace("``", "`") for m in re.finditer(r"^\s+`((?:[^`]|``)+)` ",
+                                                                      create.decode("utf-8"), re.MULTILINE)]
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() "
+                    "AND table_name = %s ORDER BY ordinal_position", (table,))
+        if [str(r[0]) for r in cur.fetchall()] != dumped:
+            raise DatabaseError(f"the columns of {table} differ between the snapshot and the target; "
+                                "nothing was changed",
+                                hint="restore it beside with --as restored_ and copy the rows by column name")
+
+
+def _load(conn: Any, cur: Any, spool_name: str, replaced: list[str], created: list[str],
+          dest: dict[str, str]) -> None:
     """Empty and reload in one transaction, check every key touching the tables, commit or roll back."""
     renames = {b"INSERT INTO " + _q(t).encode() + b" VALUES": b"INSERT INTO " + _q(d).encode() + b" VALUES"
                for t, d in dest.items() if t != d}
@@ -156,7 +171,7 @@ def _load(conn: Any, cur: Any, spool_name: str, replaced: list[str], dest: dict[
                 if head in renames:
                     line = renames[head] + line[len(head):]
                 cur.execute(line.decode("utf-8"))
-        orphan = _first_orphan(cur, replaced)
+        orphan = _first_orphan(cur, replaced + created)
         if orphan:
             raise orphan
         cur.execute("COMMIT")

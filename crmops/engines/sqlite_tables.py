@@ -77,7 +77,7 @@ def restore_tables(path: Path, chunks: Iterable[bytes], tables: list[str],
 
 def _load(conn: sqlite3.Connection, tables: list[str], dest: dict[str, str], live: set[str],
           beside: bool) -> list[str]:
-    replaced = []
+    replaced: list[str] = []
     for t in tables:
         row = conn.execute("SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?", (t,)).fetchone()
         if row is None:
@@ -98,6 +98,7 @@ def _load(conn: sqlite3.Connection, tables: list[str], dest: dict[str, str], liv
             continue
         else:
             conn.execute(row[0])
+            replaced.append(t)  # new here: its keys are checked like a replaced table's
         conn.execute(f"INSERT INTO main.{_q(dest[t])} ({cols}) SELECT {cols} FROM src.{_q(t)}")
         if not beside:
             for (idx,) in conn.execute("SELECT sql FROM src.sqlite_master WHERE type = 'index' AND tbl_name = ? "

@@ -450,3 +450,35 @@ def test_pg_whole_database_force_names_what_it_replaced_and_how_to_get_back(pg_s
     assert pg_digest(dst) == before
     human = run(config, "restore", snap, "--to", dst, "--force", json_output=False).stdout
     assert "replaced the whole database" in human and "pre-restore" in human
+
+
+def test_pg_table_missing_from_the_target_is_created(pg_snapshot: dict[str, Any]) -> None:
+    config, snap = pg_snapshot["config"], pg_snapshot["snap"]
+    dst = _pg_live_target(pg_snapshot)
+    with psycopg.connect(dst, autocommit=True) as conn:
+        conn.execute("DROP TABLE leads")
+    before = pg_digest(dst, skip=("public.contacts",))
+    out = json.loads(run(config, "restore", snap, "--to", dst, "--tables", "leads,contacts", "--force").stdout)
+    assert out["created"] == ["public.leads"] and out["replaced"] == ["public.contacts"]
+    with psycopg.connect(dst) as conn:
+        assert conn.execute("SELECT count(*) FROM leads").fetchone()[0] == 200
+        keys = conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'leads'::regclass").fetchone()[0]
+        assert keys >= 1  # its primary key came along
+    after = pg_digest(dst, skip=("public.contacts", "public.leads"))
+    assert after["rows"] == {k: v for k, v in before["rows"].items() if k != "public.leads"}
+
+
+def test_mysql_table_missing_from_the_target_is_created(my_snapshot: dict[str, Any]) -> None:
+    config, snap = my_snapshot["config"], my_snapshot["snap"]
+    dst = _my_live_target(my_snapshot)
+    conn = _my_connect(dst)
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE leads")
+    before = my_digest(dst)
+    out = json.loads(run(config, "restore", snap, "--to", dst, "--tables", "leads", "--force").stdout)
+    assert out["created"] == ["leads"] and out["replaced"] == []
+    with conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM leads")
+        assert cur.fetchone()[0] == 200
+    conn.close()
+    assert my_digest(dst, skip=("leads",))["tables"] == before["tables"]
