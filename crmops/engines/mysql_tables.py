@@ -127,7 +127,7 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
                 try:
                     _load(conn, cur, spool_name, replaced, [] if prefix else created, dest)
                 finally:
-                    _create_triggers(cur, triggers)
+                    _put_back_triggers(engine, cur, triggers)
         except BaseException:
             with conn.cursor() as cur:
                 for t in created:
@@ -229,6 +229,22 @@ def _drop_triggers(cur: Any, tables: list[str]) -> list[tuple[str, str, str, str
     for name, *_ in saved:
         cur.execute(f"DROP TRIGGER {_q(name)}")
     return saved
+
+
+def _put_back_triggers(engine: MysqlEngine, cur: Any, saved: list[tuple[str, str, str, str]]) -> None:
+    """Create the set-aside triggers again, on a fresh connection if the load's own one broke."""
+    try:
+        _create_triggers(cur, saved)
+    except pymysql.err.OperationalError:
+        conn = engine.connect()
+        try:
+            with conn.cursor() as fresh:
+                fresh.execute("SELECT trigger_name FROM information_schema.triggers "
+                              "WHERE trigger_schema = DATABASE()")
+                there = {str(r[0]) for r in fresh.fetchall()}
+                _create_triggers(fresh, [t for t in saved if t[0] not in there])
+        finally:
+            conn.close()
 
 
 def _create_triggers(cur: Any, saved: list[tuple[str, str, str, str]]) -> None:

@@ -148,7 +148,8 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
             conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
         for table, name in triggers:
             conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {name}")
-        conn.execute(f"TRUNCATE {', '.join(regs)}")
+        # ONLY: an inheriting child is another table, not named; a partitioned table is refused here
+        conn.execute(f"TRUNCATE ONLY {', '.join(regs)}")
     try:
         _run_script(conn, script, rename)
     except psycopg.Error as e:

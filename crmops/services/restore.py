@@ -121,9 +121,9 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     elif not force and not empty:
         if chosen:
             raise TargetNotEmpty(f"{safe(to_url)} is not empty",
-                                 hint=f"add --force to replace only {', '.join(chosen)} there (a pre-restore "
-                                      f"snapshot of the target is taken first), or --as restored_ to restore "
-                                      f"them beside the live tables")
+                                 hint=f"add --force to replace only {', '.join(chosen)} there, after a "
+                                      f"pre-restore snapshot of the target; or --as restored_ to restore "
+                                      f"{'them' if len(chosen) > 1 else 'it'} beside the live tables")
         raise TargetNotEmpty(f"{safe(to_url)} is not empty",
                              hint="restore into an empty database, or add --force (a pre-restore snapshot "
                                   "of the target is taken first)")
