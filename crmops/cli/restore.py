@@ -16,8 +16,8 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 @click.option("--tables", help="Only these tables, comma-separated (PostgreSQL: schema.table; plain names are in "
                                "public). Into a non-empty target, replaces just them (needs --force).")
 @click.option("--as", "prefix", metavar="PREFIX",
-              help="With --tables: restore them beside the live ones as PREFIX<table> (e.g. --as restored_); "
-                   "replaces nothing, needs no --force.")
+              help="With --tables: restore them beside the live ones as PREFIX<table> (e.g. --as restored_; "
+                   "PostgreSQL also --as SCHEMA. for SCHEMA.<table>); replaces nothing, needs no --force.")
 @click.option("--attachments-to", type=click.Path(file_okay=False, path_type=Path),
               help="Also restore the attachments into this folder.")
 @click.option("--force", is_flag=True, help="Replace a non-empty target, after a pre-restore snapshot of it.")

@@ -34,6 +34,14 @@ def split_name(name: str) -> tuple[str, str]:
     return schema or "public", table
 
 
+def beside(name: str, prefix: str) -> str:
+    """Where --as puts a table: "restored_" gives schema.restored_table, "recovered." gives recovered.table."""
+    schema, table = split_name(name)
+    if prefix.endswith("."):
+        return f"{prefix[:-1]}.{table}"
+    return f"{schema}.{prefix}{table}"
+
+
 def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
     """Which of these tables (or other relations of that name) the database already has."""
     with engine.connect() as conn:
@@ -70,9 +78,8 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
         keep: list[int] = []
         if prefix:
             for t in tables:
-                schema, table = split_name(t)
-                rename[qualified[t]] = f"{_ident(schema)}.{_ident(prefix + table)}"
-            taken = existing(engine, [f"{split_name(t)[0]}.{prefix}{split_name(t)[1]}" for t in tables])
+                rename[qualified[t]] = ".".join(_ident(p) for p in split_name(beside(t, prefix)))
+            taken = existing(engine, [beside(t, prefix) for t in tables])
             if taken:
                 raise TargetNotEmpty(f"{', '.join(taken)} already exists in the target",
                                      hint="choose another --as prefix, or drop the earlier copy")
@@ -97,6 +104,8 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
         try:
             conn = engine.connect(autocommit=False)
             try:
+                if prefix and prefix.endswith("."):
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(prefix[:-1])}")
                 _apply(conn, script.pieces(), [t for t in tables if t in live and not prefix], qualified, rename)
                 conn.commit()
             except BaseException:
@@ -107,7 +116,7 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
         finally:
             script.close()
     if prefix:
-        return {"replaced": [], "created": [f"{split_name(t)[0]}.{prefix}{split_name(t)[1]}" for t in tables]}
+        return {"replaced": [], "created": [beside(t, prefix) for t in tables]}
     return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
 
 

@@ -76,12 +76,18 @@ def resolve_tables(manifest: dict[str, Any], engine: str, names: list[str]) -> l
 
 
 def _check_prefix(prefix: str, engine: str, tables: list[str]) -> None:
+    if engine == "postgresql" and prefix.endswith(".") and PREFIX.fullmatch(prefix[:-1]):
+        if prefix[:-1] in {t.partition(".")[0] for t in tables}:
+            raise ConfigError(f"--as {prefix!r} is the tables' own schema",
+                              hint="name another schema, e.g. --as recovered.")
+        return  # a schema: the tables keep their names there
     if not PREFIX.fullmatch(prefix):
         raise ConfigError(f"--as {prefix!r} is not a usable name prefix",
-                          hint="use letters, digits and _ only, e.g. --as restored_")
+                          hint="use letters, digits and _ only, e.g. --as restored_"
+                               + (" (or --as recovered. for a schema)" if engine == "postgresql" else ""))
     limit = {"postgresql": 63, "mysql": 64}.get(engine)
     for t in tables:
-        if limit and len((prefix + t.rpartition(".")[2]).encode()) > limit:
+        if limit and len(_prefixed(t, prefix).rpartition(".")[2].encode()) > limit:
             raise ConfigError(f"--as {prefix!r} makes the name of {t} longer than {engine} allows ({limit})",
                               hint="choose a shorter prefix")
 
@@ -170,6 +176,8 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
 
 def _prefixed(table: str, prefix: str) -> str:
     schema, dot, name = table.rpartition(".")
+    if prefix.endswith("."):
+        return f"{prefix}{name}"
     return f"{schema}{dot}{prefix}{name}"
 
 

@@ -190,6 +190,14 @@ def test_pg_as_restores_beside_the_live_table(pg_snapshot: dict[str, Any]) -> No
     assert missing == gone
     again = run(config, "restore", snap, "--to", dst, "--tables", "accounts", "--as", "restored_", check=False)
     assert again.returncode == 60 and "restored_accounts already exists" in again.stderr
+    # or into a schema of its own, under the same names
+    out = json.loads(run(config, "restore", snap, "--to", dst, "--tables", "accounts,contacts",
+                         "--as", "recovered.").stdout)
+    assert out["created"] == ["recovered.accounts", "recovered.contacts"]
+    with psycopg.connect(dst) as conn:
+        assert conn.execute("SELECT count(*) FROM recovered.contacts").fetchone()[0] == 600
+    assert pg_digest(dst, skip=("public.restored_accounts", "recovered.accounts", "recovered.contacts")
+                     )["rows"] == before["rows"]
 
 
 @pytest.mark.parametrize("leftover", [
