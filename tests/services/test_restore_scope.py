@@ -158,18 +158,26 @@ def test_pg_misspelt_table_changes_nothing(pg_snapshot: dict[str, Any]) -> None:
     assert _snapshot_ids(config) == snapshots  # no pre-restore snapshot either
 
 
-def test_pg_constraint_break_is_refused_and_rolled_back(pg_snapshot: dict[str, Any]) -> None:
-    """A deal made since the snapshot points at a contact the snapshot lacks: contacts cannot come back alone."""
+@pytest.mark.parametrize("direction", ["to", "from"])
+def test_pg_constraint_break_is_refused_and_rolled_back(pg_snapshot: dict[str, Any], direction: str) -> None:
+    """to: a deal made since the snapshot points at a contact the snapshot lacks; from: the snapshot's
+    contacts point at an account deleted since. Either way contacts cannot come back alone."""
     config, snap = pg_snapshot["config"], pg_snapshot["snap"]
     dst = _pg_live_target(pg_snapshot)
     with psycopg.connect(dst, autocommit=True) as conn:
-        conn.execute("INSERT INTO contacts (id, account_id, first_name, last_name, email, created_at) "
-                     "VALUES (90001, 1, 'New', 'Since', 'new@example.org', now())")
-        conn.execute("UPDATE opportunities SET contact_id = 90001 WHERE id = 3")
+        if direction == "to":
+            conn.execute("INSERT INTO contacts (id, account_id, first_name, last_name, email, created_at) "
+                         "VALUES (90001, 1, 'New', 'Since', 'new@example.org', now())")
+            conn.execute("UPDATE opportunities SET contact_id = 90001 WHERE id = 3")
+        else:
+            conn.execute("UPDATE contacts SET account_id = 1 WHERE account_id = 120")
+            conn.execute("UPDATE opportunities SET account_id = 1 WHERE account_id = 120")
+            conn.execute("DELETE FROM accounts WHERE id = 120")
     before = pg_digest(dst)
     r = run(config, "restore", snap, "--to", dst, "--tables", "contacts", "--force", check=False)
     assert r.returncode == 15, r.stderr
-    assert "opportunities" in r.stderr and "nothing was changed" in r.stderr
+    assert ("opportunities" if direction == "to" else "contacts_account_id_fkey") in r.stderr
+    assert "nothing was changed" in r.stderr
     assert pg_digest(dst) == before
 
 
@@ -200,6 +208,16 @@ def test_pg_as_restores_beside_the_live_table(pg_snapshot: dict[str, Any]) -> No
         assert conn.execute("SELECT count(*) FROM recovered.contacts").fetchone()[0] == 600
     assert pg_digest(dst, skip=("public.restored_accounts", "recovered.accounts", "recovered.contacts")
                      )["rows"] == before["rows"]
+    # the README's worked example: copy back what is missing, and accounts is whole again
+    with psycopg.connect(dst) as conn:
+        conn.execute("INSERT INTO accounts SELECT * FROM restored_accounts r "
+                     "WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = r.id)")
+    from crmops.engines import Fingerprint
+    from crmops.repository import open_repository
+    from tests.services.test_backup_restore import _cfg
+
+    want = Fingerprint.from_dict(open_repository(_cfg(config)).manifest(snap)["fingerprint"]).tables["accounts"]
+    assert open_engine(dst).fingerprint().tables["accounts"] == want
 
 
 @pytest.mark.parametrize("leftover", [
