@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
-from crmops.errors import ConstraintBroken, DatabaseError, TargetNotEmpty
+from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 if TYPE_CHECKING:
     from crmops.engines.mysql import MysqlEngine
@@ -105,7 +105,7 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
             header, creates = _scan(chunks, tables, spool)
         missing = [t for t in tables if t not in creates]
         if missing:
-            raise DatabaseError(f"the dump holds no definition of {', '.join(missing)}")
+            raise TableNotInSnapshot(f"the snapshot holds no table {', '.join(missing)}; nothing was changed")
         conn = engine.connect()
         created: list[str] = []
         try:

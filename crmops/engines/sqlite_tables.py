@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from crmops.errors import ConstraintBroken, DatabaseError, TargetNotEmpty
+from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 _CREATE = re.compile(r'^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:"(?:[^"]|"")+"|`[^`]+`|\[[^\]]+\]|\w+)\s*',
                      re.IGNORECASE)
@@ -81,7 +81,7 @@ def _load(conn: sqlite3.Connection, tables: list[str], dest: dict[str, str], liv
     for t in tables:
         row = conn.execute("SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?", (t,)).fetchone()
         if row is None:
-            raise DatabaseError(f"the snapshot holds no table {t!r}")
+            raise TableNotInSnapshot(f"the snapshot holds no table {t!r}; nothing was changed")
         cols = ", ".join(_q(r[1]) for r in conn.execute(f"PRAGMA src.table_info({_q(t)})"))
         if beside:
             conn.execute(_CREATE.sub(f"CREATE TABLE {_q(dest[t])} ", row[0], count=1))

@@ -508,3 +508,19 @@ def test_mysql_table_missing_from_the_target_is_created(my_snapshot: dict[str, A
         assert cur.fetchone()[0] == 200
     conn.close()
     assert my_digest(dst, skip=("leads",))["tables"] == before["tables"]
+
+
+def test_pg_engine_refuses_a_table_its_archive_lacks(pg_snapshot: dict[str, Any]) -> None:
+    """The engine checks the archive itself too (a snapshot without a fingerprint gets past the service's check)."""
+    from crmops.errors import TableNotInSnapshot
+    from crmops.repository import open_repository
+    from tests.services.test_backup_restore import _cfg
+
+    dst = _pg_live_target(pg_snapshot)
+    before = pg_digest(dst)
+    repo = open_repository(_cfg(pg_snapshot["config"]))
+    manifest = repo.manifest(pg_snapshot["snap"])
+    with pytest.raises(TableNotInSnapshot):
+        PostgresEngine(dst).restore_tables(repo.read_stream(manifest), format="pg-custom",
+                                           tables=["public.contacts", "public.nothere"])
+    assert pg_digest(dst) == before
