@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -77,12 +77,14 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
             if split_name(t) not in in_archive:
                 raise TableNotInSnapshot(f"table {t!r} is not in the snapshot; nothing was changed")
         live = set(existing(engine, tables))
-        qualified = {t: ".".join(_ident(p) for p in split_name(t)) for t in tables}
+        parts = {p for t in tables for p in (*split_name(t), *(split_name(beside(t, prefix)) if prefix else ()))}
+        q = _quoted(engine, parts)
+        qualified = {t: ".".join(q[p] for p in split_name(t)) for t in tables}
         rename: dict[str, str] = {}
         keep: list[int] = []
         if prefix:
             for t in tables:
-                rename[qualified[t]] = ".".join(_ident(p) for p in split_name(beside(t, prefix)))
+                rename[qualified[t]] = ".".join(q[p] for p in split_name(beside(t, prefix)))
             taken = existing(engine, [beside(t, prefix) for t in tables])
             if taken:
                 raise TargetNotEmpty(f"{', '.join(taken)} already exists in the target",
@@ -109,7 +111,7 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
             conn = engine.connect(autocommit=False)
             try:
                 if prefix and prefix.endswith("."):
-                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(prefix[:-1])}")
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q[prefix[:-1]]}")
                 _apply(conn, script.pieces(), [t for t in tables if t in live and not prefix], qualified, rename)
                 conn.commit()
             except BaseException:
@@ -124,13 +126,10 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
     return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
 
 
-def _ident(name: str) -> str:
-    """A name quoted as pg_dump writes it: bare when it is a plain lower-case identifier."""
-    import re
-
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
+def _quoted(engine: PostgresEngine, names: set[str]) -> dict[str, str]:
+    """Each name quoted as pg_dump writes it: the server's quote_ident (bare unless a keyword or unusual)."""
+    with engine.connect() as conn:
+        return {n: conn.execute("SELECT quote_ident(%s)", (n,)).fetchone()[0] for n in sorted(names)}
 
 
 def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str], qualified: dict[str, str],
@@ -202,7 +201,6 @@ def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
 def _run_script(conn: psycopg.Connection, pieces: Iterable[bytes], rename: dict[str, str]) -> None:
     """Run a pg_restore SQL script: statements as batches, COPY blocks through COPY FROM STDIN."""
     statements: list[bytes] = []
-    copy: Any = None
     block = bytearray()
     cur = conn.cursor()
 
