@@ -20,7 +20,14 @@ from crmops.config import Config
 from crmops.dburl import engine_kind, safe
 from crmops.engines import open_engine
 from crmops.engines.files import FileEntry, finish_dirs, restore_entry
-from crmops.errors import ConfigError, CrmopsError, IntegrityError, TableNotInSnapshot, TargetNotEmpty
+from crmops.errors import (
+    ConfigError,
+    CrmopsError,
+    IntegrityError,
+    Interrupted,
+    TableNotInSnapshot,
+    TargetNotEmpty,
+)
 from crmops.repository import Repository, open_repository
 
 ENGINE_OF_FORMAT = {"pg-custom": "postgresql", "mysql-sql": "mysql", "sqlite-db": "sqlite"}
@@ -157,12 +164,13 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
                 _empty(target)
                 mark("target emptied")
             target.restore(repo.read_stream(manifest), format=stream["format"], tables=chosen)
-        except CrmopsError as e:
-            if safety:
-                raise type(e)(f"{e.message}; the target was emptied first",
-                              hint=f"get its previous content back with: crmops restore {safety} "
-                                   f"--to {safe(to_url)} --force") from None
-            raise
+        except (CrmopsError, KeyboardInterrupt) as e:
+            if not safety:
+                raise
+            back = f"get its previous content back with: crmops restore {safety} --to {safe(to_url)} --force"
+            if isinstance(e, KeyboardInterrupt):
+                raise Interrupted("restore stopped half-way; the target was emptied first", hint=back) from None
+            raise type(e)(f"{e.message}; the target was emptied first", hint=back) from None
         created = list(chosen or [])
         mark("database restored")
     files = 0
