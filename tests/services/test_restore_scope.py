@@ -90,6 +90,8 @@ def _pg_live_target(pg_snapshot: dict[str, Any]) -> str:
                      "JOIN contacts c ON c.account_id = a.id GROUP BY a.name")
         conn.execute("CREATE FUNCTION my_note_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM my_notes'")
         conn.execute("GRANT SELECT ON my_notes TO PUBLIC")
+        conn.execute("GRANT SELECT ON contacts TO PUBLIC")  # a replaced table keeps its grants too
+        conn.execute("COMMENT ON TABLE contacts IS 'people at our customers'")
         conn.execute("UPDATE contacts SET first_name = 'Changed', notes = 'edited after the snapshot' "
                      "WHERE id % 7 = 0")
     return dst
