@@ -38,6 +38,10 @@ DatabaseAuthFailed = _error("DatabaseAuthFailed", 11, "db-auth", "The database r
 DatabaseNotFound = _error("DatabaseNotFound", 12, "db-missing", "The named database does not exist.")
 ToolMissing = _error("ToolMissing", 13, "tool-missing", "A client tool is missing or too old for the server.")
 DatabaseError = _error("DatabaseError", 14, "db-error", "A dump, restore or query failed.")
+ConstraintBroken = _error("ConstraintBroken", 15, "constraint-broken",
+                          "A partial restore would break a foreign key; nothing was changed.")
+TableNotInSnapshot = _error("TableNotInSnapshot", 16, "table-missing",
+                            "A table named for restore is not in the snapshot.")
 # storage and repository
 StorageUnreachable = _error("StorageUnreachable", 20, "storage-unreachable", "The storage endpoint does not answer.")
 StorageAccessDenied = _error(
@@ -88,7 +92,7 @@ EXIT_CODES: dict[int, str] = {
             RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
             MigrationRefused, LintFailed, SchemaDrift, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
-            TargetNotEmpty, StatusRed, Interrupted,
+            TargetNotEmpty, StatusRed, Interrupted, ConstraintBroken, TableNotInSnapshot,
             UndoConflict, UndoNothingSelected, UndoSelectionInvalid,
         )
     },

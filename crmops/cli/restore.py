@@ -13,14 +13,18 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 @click.argument("snapshot", default="latest")
 @click.option("--to", "to_url", type=DATABASE_URL, required=True,
               help="Target database URL (empty, unless --force); write its password as ${VAR}.")
-@click.option("--tables", help="Only these tables, comma-separated (e.g. into a scratch database).")
+@click.option("--tables", help="Only these tables, comma-separated (PostgreSQL: schema.table; plain names are in "
+                               "public). Into a non-empty target, replaces just them (needs --force).")
+@click.option("--as", "prefix", metavar="PREFIX",
+              help="With --tables: restore them beside the live ones as PREFIX<table> (e.g. --as restored_; "
+                   "PostgreSQL also --as SCHEMA. for SCHEMA.<table>); replaces nothing, needs no --force.")
 @click.option("--attachments-to", type=click.Path(file_okay=False, path_type=Path),
               help="Also restore the attachments into this folder.")
 @click.option("--force", is_flag=True, help="Replace a non-empty target, after a pre-restore snapshot of it.")
 @click.option("--source", metavar="SOURCE", help="latest of this source instead of the configured database's.")
 @pass_app
-def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None, attachments_to: Path | None,
-                force: bool, source: str | None) -> None:
+def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None, prefix: str | None,
+                attachments_to: Path | None, force: bool, source: str | None) -> None:
     """Restore SNAPSHOT (an id, a unique prefix, or latest) into the database at --to.
 
     latest is the newest backup of the configured database (see `crmops snapshots`).
@@ -28,13 +32,19 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None,
     from crmops.services.restore import restore
 
     chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
+    if prefix is not None and not chosen:
+        raise click.UsageError("--as needs --tables (the tables to restore beside the live ones)")
     with app.progress("restore") as advance:
         result = restore(app.config, snapshot, to_url=to_url, tables=chosen, attachments_to=attachments_to,
-                         force=force, progress=advance, source=source)
+                         force=force, progress=advance, prefix=prefix, source=source)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         if result.safety_snapshot:
             console.print(f"the target's previous content is in snapshot {result.safety_snapshot} (pre-restore)")
+        if result.replaced:
+            console.print(f"replaced {', '.join(result.replaced)} in {result.target}")
+        if result.created and (prefix or result.replaced):
+            console.print(f"created {', '.join(result.created)} in {result.target}")
         what = f"tables {', '.join(result.tables)}" if result.tables else "the database"
         console.print(f"restored {what} from snapshot {result.snapshot_id} into {result.target} "
                       f"in {result.seconds} s" + (f", {result.files} attachment entries" if result.files else ""))
