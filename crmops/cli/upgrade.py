@@ -100,8 +100,10 @@ def _asker() -> Any:
 @pass_app
 def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, check_only: bool, resume: bool,
                 rollback: bool, run_id: str | None, yes: bool, ignore_window: bool, limit: int) -> None:
-    """Staged upgrades with rollback: `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`,
-    `upgrade history`. Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
+    """Run a staged upgrade PLAYBOOK with rollback, or rehearse, check, resume or roll one back.
+
+    `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`, `upgrade history`.
+    Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
     from crmops.services import upgrade as svc
 
     modes = [m for m, on in (("--dry-run", dry_run), ("--check", check_only), ("--resume", resume),
