@@ -42,8 +42,10 @@ class AppContext:
     def config(self) -> Config:
         """Loaded on first use, so `crmops --help` works with a broken config file."""
         if self._config is None:
+            from crmops.allocator import keep_large_buffers
             from crmops.config import apply_env_file, load_config
 
+            keep_large_buffers()  # real work starts here; ctypes is not for --help and --version
             apply_env_file()  # scheduled runs: secrets from $CRMOPS_ENV_FILE
             self._config = load_config(self.config_path)
         return self._config
@@ -107,6 +109,16 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+def table(*headers: str, **options: Any) -> Any:
+    """A rich Table whose cells wrap (folding long words) instead of ending in "…" at 80 columns."""
+    from rich.table import Table
+
+    t = Table(**options)
+    for header in headers:
+        t.add_column(header, overflow="fold")
+    return t
 
 
 class DatabaseUrl(click.ParamType):

@@ -7,7 +7,6 @@ alembic) is only paid by the commands that use it, and `crmops --help` stays fas
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -16,7 +15,6 @@ from typing import Any
 import click
 
 from crmops import __version__
-from crmops.allocator import keep_large_buffers
 from crmops.cli.context import AppContext
 from crmops.errors import CrmopsError, Interrupted
 
@@ -136,7 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     {"ok": false, "error", "message", "exit_code", "result"} with the result (or null) inside.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    keep_large_buffers()
     args = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in args or bool(os.environ.get("CRMOPS_DEBUG"))
     global _JSON_ASKED
@@ -145,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="crmops", standalone_mode=False)
     except CrmopsError as e:
         if debug:
+            import logging
+
             logging.getLogger("crmops").exception("failed")
         _fail(e.line(), e.exit_code, e.kind)
     except (click.exceptions.Abort, KeyboardInterrupt):
@@ -217,6 +216,8 @@ def _finish_job(code: int, line: str | None) -> None:
 
         finish(_APP.config, job, exit_code=code, error=line, result=_APP.result, log_failure=_APP.log_format == "json")
     except Exception as e:  # reporting must not turn a good run into a failed one
+        import logging
+
         logging.getLogger("crmops.jobs").warning("could not record the run: %s: %s", type(e).__name__,
                                                  _APP.config.redact(str(e)))
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, table
 
 KEEPS = ["last", "hourly", "daily", "weekly", "monthly", "yearly"]
 
@@ -33,7 +32,7 @@ def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | N
     result = forget(app.config, policy=policy, dry_run=dry_run, prune_after=and_prune)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        t = Table("snapshot", "verdict", "why kept")
+        t = table("snapshot", "verdict", "why kept")
         for sid, reasons in result.keep.items():
             t.add_row(sid, "keep", ", ".join(reasons))
         for sid in result.forget:

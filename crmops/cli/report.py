@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from crmops.cli.context import AppContext, pass_app
 
@@ -19,6 +18,8 @@ def _overview(app: AppContext):  # type: ignore[no-untyped-def]
 
 
 def _print_verdicts(console, ov) -> None:  # type: ignore[no-untyped-def]
+    from rich.markup import escape
+
     for v in ov.verdicts:
         c = _COLOUR[v.level]
         console.print(f"[{c}]{v.level.upper():5}[/{c}] {v.name:12} {escape(v.summary)}", highlight=False)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, table
 
 
 @click.command("snapshots")
@@ -19,7 +18,7 @@ def snapshots_cmd(app: AppContext) -> None:
     snaps = open_repository(app.config).snapshots()
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        t = Table("id", "time (UTC)", "tags", "engine", "schema", "size", "new")
+        t = table("id", "time (UTC)", "tags", "engine", "schema", "size", "new")
         for s in snaps:
             t.add_row(s.id[:10], s.time[:19].replace("T", " "), ",".join(s.tags), f"{s.engine} {s.server_version}",
                       s.schema_revision or "", f"{s.size / 1e6:,.1f} MB", f"{s.bytes_new / 1e6:,.1f} MB")

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, table
 
 
 def _render(console, r) -> None:  # type: ignore[no-untyped-def]
-    t = Table("table", "rows expected", "rows found", "checksum", "")
+    t = table("table", "rows expected", "rows found", "checksum", "")
     for row in r.tables:
         t.add_row(row.name, "–" if row.rows_expected is None else f"{row.rows_expected:,}",
                   "–" if row.rows_found is None else f"{row.rows_found:,}",
