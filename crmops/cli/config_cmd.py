@@ -42,9 +42,8 @@ def show_cmd(app: AppContext) -> None:
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         import yaml
-        from rich.syntax import Syntax
 
-        console.print(f"# source: {cfg.source}")
-        console.print(Syntax(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "yaml"))
+        console.print(f"# source: {cfg.source}", markup=False)
+        console.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n"), markup=False)
 
     app.emit({"source": cfg.source, "config": data}, human)

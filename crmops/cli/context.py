@@ -54,7 +54,7 @@ class AppContext:
     def console(self) -> Console:
         from rich.console import Console
 
-        return Console(stderr=False, highlight=False, soft_wrap=True)
+        return Console(file=_TrimmedLines(sys.stdout), highlight=False, soft_wrap=True)
 
     @property
     def interactive(self) -> bool:
@@ -108,14 +108,30 @@ class AppContext:
             yield lambda n: bar.advance(task, n)
 
 
+class _TrimmedLines:
+    """stdout without the spaces rich pads lines with (tables, wrapped text): copied text stays clean."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        import re
+
+        return self._stream.write(re.sub(r" +((?:\x1b\[[0-9;]*m)*)(?=\n|$)", r"\1", text))
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding: the real stream's
+        return getattr(self._stream, name)
+
+
 pass_app = click.make_pass_decorator(AppContext)
 
 
 def table(*headers: str, **options: Any) -> Any:
     """A rich Table whose cells wrap (folding long words) instead of ending in "…" at 80 columns."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(**options)
+    t = Table(**{"box": box.SIMPLE_HEAD, "show_edge": False, "padding": (0, 1, 0, 0), **options})
     for header in headers:
         t.add_column(header, overflow="fold")
     return t

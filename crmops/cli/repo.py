@@ -50,4 +50,21 @@ def info_cmd(app: AppContext) -> None:
     result = {"repository": repo.store.url, "id": repo.id, "format": repo.config["format"],
               "chunker": repo.config["chunker"], "snapshots": len(repo.snapshot_ids()), "chunks": len(objects),
               "stored_bytes": sum(size for _, size in objects)}
-    app.emit(result, lambda c: [c.print(f"{k}: {v}") for k, v in result.items()])
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        chunker = result["chunker"]
+        console.print(f"repository  {result['repository']}\n"
+                      f"id          {result['id']} (format {result['format']})\n"
+                      f"chunking    {chunker.get('algorithm', '?')}, average {_kib(chunker.get('avg'))} "
+                      f"({_kib(chunker.get('min'))} to {_kib(chunker.get('max'))})\n"
+                      f"holds       {_plural(result['snapshots'], 'snapshot')}, {_plural(result['chunks'], 'chunk')}, "
+                      f"{result['stored_bytes'] / 1e6:,.1f} MB stored", markup=False)
+
+    app.emit(result, human)
+
+
+def _kib(n: int | None) -> str:
+    return "?" if n is None else f"{n // 1024:,} KiB"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"

@@ -32,7 +32,10 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None,
         if result.safety_snapshot:
             console.print(f"the target's previous content is in snapshot {result.safety_snapshot} (pre-restore)")
         what = f"tables {', '.join(result.tables)}" if result.tables else "the database"
-        console.print(f"restored {what} from snapshot {result.snapshot_id} into {result.target} "
-                      f"in {result.seconds} s" + (f", {result.files} attachment entries" if result.files else ""))
+        from crmops.dburl import display
+
+        console.print(f"restored {what} from snapshot {result.snapshot_id} into {display(result.target)} "
+                      f"in {result.seconds} s"
+                      + (f", {result.files} attachment files and folders" if result.files else ""))
 
     app.emit(result.to_dict(), human)
