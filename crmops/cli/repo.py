@@ -25,12 +25,19 @@ def init_cmd(app: AppContext) -> None:
         write_key_file(cfg.encryption.key_file)
         created_key = True
     store = open_store(cfg.repository.url, cfg.repository)
+    created_bucket = None
+    if hasattr(store, "bucket_exists") and not store.bucket_exists():
+        store.create_bucket()  # S3: a missing bucket is made here when the credentials allow it
+        created_bucket = store.bucket
     repo = Repository.init(store, credential(cfg), chunk_avg=cfg.repository.chunk_avg_kib * 1024,
                            compression_level=cfg.repository.compression_level)
     result = {"ok": True, "repository": store.url, "id": repo.id, "key_slot": repo.slot_id,
-              "key_file_created": str(cfg.encryption.key_file) if created_key else None}
+              "key_file_created": str(cfg.encryption.key_file) if created_key else None,
+              "bucket_created": created_bucket}
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
+        if created_bucket:
+            console.print(f"created bucket {created_bucket} (it did not exist)")
         console.print(f"created repository {repo.id} at {store.url}")
         if created_key:
             console.print(f"generated key file {cfg.encryption.key_file}: keep a copy somewhere safe, "

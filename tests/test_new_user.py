@@ -1,0 +1,62 @@
+"""What a new administrator hit on first try: each case fails on the old code and is fixed here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import s3_client
+
+PASSPHRASE = "first try passphrase"
+
+
+def crmops(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    full.update({"TEST_PASSPHRASE": PASSPHRASE, "COLUMNS": "80", **(env or {})})
+    return subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), *args], capture_output=True,
+                          text=True, env=full, timeout=120)
+
+
+def config(tmp_path: Path, repo_url: str, **repository: Any) -> Path:
+    (tmp_path / "crm.db").touch()
+    cfg = {"database": {"url": f"sqlite:///{tmp_path / 'crm.db'}"}, "repository": {"url": repo_url, **repository},
+           "encryption": {"passphrase": "${TEST_PASSPHRASE}"}, "state_dir": str(tmp_path / "state")}
+    path = tmp_path / "crmops.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("crmops: error: "), r.stderr
+    return r.stderr
+
+
+def test_a_repository_path_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "backups").write_text("not a folder")
+    cfg = config(tmp_path, f"file://{tmp_path / 'backups'}")
+    for args in (("repo", "init"), ("backup",), ("snapshots",)):
+        r = crmops(cfg, *args)
+        assert r.returncode == 3, (args, r.stderr)  # a configuration mistake, not "endpoint does not answer"
+        assert "is a file, not a folder" in one_line_error(r) and "repo init" in r.stderr
+    nested = config(tmp_path, f"file://{tmp_path / 'backups' / 'crm'}")
+    r = crmops(nested, "repo", "init")
+    assert r.returncode == 3 and f"{tmp_path / 'backups'}, in the repository path, is a file" in r.stderr
+
+
+def test_a_missing_bucket_is_named_and_repo_init_creates_it(tmp_path: Path, s3_endpoint: str) -> None:
+    bucket = f"crm-missing-{os.getpid()}-{tmp_path.name[-6:]}".lower().replace("_", "-")
+    cfg = config(tmp_path, f"s3://{bucket}/crm", s3={"endpoint_url": s3_endpoint})
+    r = crmops(cfg, "backup")
+    assert r.returncode == 22
+    line = one_line_error(r)
+    assert f"bucket {bucket} does not exist" in line and f"aws s3 mb s3://{bucket}" in line
+    r = crmops(cfg, "repo", "init")
+    assert r.returncode == 0, r.stderr
+    assert f"created bucket {bucket}" in r.stdout
+    s3_client(s3_endpoint).head_bucket(Bucket=bucket)
+    assert crmops(cfg, "backup").returncode == 0
