@@ -22,10 +22,11 @@ def crmops(config: Path, *args: str, env: dict[str, str] | None = None) -> subpr
                           text=True, env=full, timeout=120)
 
 
-def config(tmp_path: Path, repo_url: str, **repository: Any) -> Path:
+def config(tmp_path: Path, repo_url: str, db_url: str | None = None, **repository: Any) -> Path:
     (tmp_path / "crm.db").touch()
-    cfg = {"database": {"url": f"sqlite:///{tmp_path / 'crm.db'}"}, "repository": {"url": repo_url, **repository},
-           "encryption": {"passphrase": "${TEST_PASSPHRASE}"}, "state_dir": str(tmp_path / "state")}
+    cfg = {"database": {"url": db_url or f"sqlite:///{tmp_path / 'crm.db'}"},
+           "repository": {"url": repo_url, **repository}, "encryption": {"passphrase": "${TEST_PASSPHRASE}"},
+           "state_dir": str(tmp_path / "state")}
     path = tmp_path / "crmops.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -60,3 +61,14 @@ def test_a_missing_bucket_is_named_and_repo_init_creates_it(tmp_path: Path, s3_e
     assert f"created bucket {bucket}" in r.stdout
     s3_client(s3_endpoint).head_bucket(Bucket=bucket)
     assert crmops(cfg, "backup").returncode == 0
+
+
+def test_migrate_plan_sql_on_postgresql_explains_what_it_cannot_show(tmp_path: Path, pg_url: str) -> None:
+    from crmops.democrm.load import create
+
+    create(pg_url, size="small", version="1.0")
+    r = crmops(config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=pg_url), "migrate", "plan", "--sql")
+    assert r.returncode == 0, r.stderr
+    assert "Error" not in r.stdout + r.stderr  # was: AttributeError: 'NoneType' object has no attribute 'all'
+    assert "d2_0002" in r.stdout and "reads the database while it runs" in r.stdout
+    assert "ALTER TABLE contacts ADD CONSTRAINT uq_contacts_email UNIQUE (email);" in r.stdout

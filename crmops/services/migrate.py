@@ -168,8 +168,13 @@ def _offline_sql(scripts: Scripts, url: str, step: Step) -> tuple[str | None, st
         else:
             command.downgrade(cfg, f"{step.revision}:{step.after or 'base'}", sql=True)
     except Exception as e:  # the script needs a live connection (it reads data or asks the dialect)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return None, f"cannot be rendered offline (it needs a live database): {type(e).__name__}: {first}"
+        import logging
+
+        logging.getLogger("crmops.migrate").debug("offline SQL of %s failed: %s: %s", step.revision,
+                                                  type(e).__name__, e)
+        return None, ("no SQL to show: this revision reads the database while it runs, so its statements "
+                      "depend on the data; rehearse it on a copy (`migrate up --url COPY` or "
+                      "`upgrade PLAYBOOK --dry-run`)")
     return buffer.getvalue(), None
 
 
