@@ -72,3 +72,20 @@ def test_migrate_plan_sql_on_postgresql_explains_what_it_cannot_show(tmp_path: P
     assert "Error" not in r.stdout + r.stderr  # was: AttributeError: 'NoneType' object has no attribute 'all'
     assert "d2_0002" in r.stdout and "reads the database while it runs" in r.stdout
     assert "ALTER TABLE contacts ADD CONSTRAINT uq_contacts_email UNIQUE (email);" in r.stdout
+
+
+def test_docker_unreachable_is_one_readable_line(tmp_path: Path) -> None:
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}")
+    r = crmops(cfg, "sandbox", "list", env={"DOCKER_HOST": "tcp://127.0.0.1:1"})
+    assert r.returncode == 31
+    line = one_line_error(r)
+    assert "does not answer: connection refused (start Docker" in line
+    assert "HTTPConnectionPool" not in line and "Caused by" not in line  # was a raw exception cut at 160 characters
+
+
+def test_literal_password_warning_names_the_option_as_typed(tmp_path: Path) -> None:
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}")
+    r = crmops(cfg, "restore", "latest", "--to", "postgresql://crm:hunter2@127.0.0.1:1/crm")
+    warning = r.stderr.splitlines()[0]
+    assert warning.startswith("crmops: warning: --to holds a password on the command line"), r.stderr
+    assert "to_url" not in r.stderr and "hunter2" not in r.stderr
