@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,25 @@ def test_literal_password_warning_names_the_option_as_typed(tmp_path: Path) -> N
     warning = r.stderr.splitlines()[0]
     assert warning.startswith("crmops: warning: --to holds a password on the command line"), r.stderr
     assert "to_url" not in r.stderr and "hunter2" not in r.stderr
+
+
+def test_schedule_show_says_when_each_job_next_runs(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from crmops.services.schedule import next_run, next_run_text, parse_installed, parse_when
+
+    tuesday = datetime(2026, 12, 1, 16, 0)
+    assert next_run(parse_when("02:30"), tuesday) == datetime(2026, 12, 2, 2, 30)
+    assert next_run(parse_when("sun 04:00"), tuesday) == datetime(2026, 12, 6, 4, 0)
+    weekdays = parse_when("mon-fri 22:00")
+    for written in (weekdays.on_calendar(), weekdays.cron()):  # what systemd and cron files hold
+        assert parse_installed(written) == weekdays
+    assert next_run(weekdays, datetime(2026, 12, 4, 23, 0)) == datetime(2026, 12, 7, 22, 0)  # Friday night
+    assert next_run_text(weekdays.cron(), tuesday) == "Tue 2026-12-01 22:00 (in 6 h 0 min)"
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}")
+    dirs = ("--unit-dir", str(tmp_path / "units"), "--cron-file", str(tmp_path / "cron"))
+    for kind in ((), ("--cron",)):
+        installed = crmops(cfg, "schedule", "install", *kind, "--verify", "sun 04:00", "--no-systemctl", *dirs)
+        assert installed.returncode == 0, installed.stderr
+        shown = crmops(cfg, "schedule", "show", *dirs).stdout
+        assert re.search(r"next run: Sun \d{4}-\d\d-\d\d 04:00 \(in ", shown), shown

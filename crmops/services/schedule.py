@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -225,14 +226,52 @@ def read_installed(unit_dir: Path, cron_file: Path) -> list[dict[str, Any]]:
                 else None
             out.append({"job": p.stem[len(PREFIX):], "kind": "systemd", "when": when[1] if when else None,
                         "command": cmd[1].replace("%%", "%") if cmd else None, "file": str(p),
-                        "next": next_elapse(when[1]) if when else None})
+                        "next": next_run_text(when[1]) if when else None})
         elif p == cron_file:
             for line in text.splitlines():
                 m = re.match(r"^(\S+ \S+ \S+ \S+ \S+) \S+ \{ ([^;]+);.* # crmops-job=(\w+)$", line)
                 if m:
                     out.append({"job": m[3], "kind": "cron", "when": m[1], "command": m[2].replace("\\%", "%"),
-                                "file": str(p), "next": None})
+                                "file": str(p), "next": next_run_text(m[1])})
     return out
+
+
+def parse_installed(expr: str) -> When | None:
+    """The When behind an OnCalendar= or cron expression of the shapes `schedule install` writes."""
+    m = re.fullmatch(r"(?:([A-Za-z,]+) )?\*-\*-\* (\d{2}):(\d{2}):00", expr.strip())
+    if m:
+        days = [d.lower() for d in m[1].split(",")] if m[1] else []
+        return When(int(m[2]), int(m[3]), days) if all(d in DAYS for d in days) else None
+    m = re.fullmatch(r"(\d{1,2}) (\d{1,2}) \* \* ([0-7,]+|\*)", expr.strip())
+    if m:
+        days = [] if m[3] == "*" else sorted({DAYS[(int(d) - 1) % 7] for d in m[3].split(",")}, key=DAYS.index)
+        return When(int(m[2]), int(m[1]), days)
+    return None
+
+
+def next_run(when: When, now: datetime | None = None) -> datetime:
+    """The next local time the job fires (both systemd and cron read the time zone of the machine)."""
+    now = now or datetime.now()
+    for ahead in range(8):
+        at = (now + timedelta(days=ahead)).replace(hour=when.hour, minute=when.minute, second=0, microsecond=0)
+        if at > now and (not when.days or DAYS[at.weekday()] in when.days):
+            return at
+    raise AssertionError(f"no run within a week for {when}")  # a When always fires within 7 days
+
+
+def next_run_text(expr: str, now: datetime | None = None) -> str | None:
+    """"Tue 2026-12-01 02:30 (in 9 h 41 min)": computed for what we write, else asked of systemd-analyze."""
+    when = parse_installed(expr)
+    if when is None:
+        return next_elapse(expr)
+    now = now or datetime.now()
+    at = next_run(when, now)
+    minutes = -(-int((at - now).total_seconds()) // 60)  # rounded up: never "in 0 min" before it fires
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    wait = " ".join(part for part in (f"{days} d" if days else "", f"{hours} h" if hours else "", f"{mins} min")
+                    if part)
+    return f"{at:%a %Y-%m-%d %H:%M} (in {wait})"
 
 
 def next_elapse(on_calendar: str) -> str | None:
