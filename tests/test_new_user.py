@@ -112,3 +112,14 @@ def test_schedule_show_says_when_each_job_next_runs(tmp_path: Path) -> None:
         assert installed.returncode == 0, installed.stderr
         shown = crmops(cfg, "schedule", "show", *dirs).stdout
         assert re.search(r"next run: Sun \d{4}-\d\d-\d\d 04:00 \(in ", shown), shown
+
+
+def test_one_rehearsal_is_singular() -> None:
+    from crmops.services.status import Overview, _upgrades_verdict
+
+    def summary(n: int) -> str:
+        ov = Overview(generated_at="", host="", repository="", upgrades=[{"dry_run": True}] * n)
+        return _upgrades_verdict(ov).summary
+
+    assert summary(1) == "1 rehearsal (dry run), no real upgrade"
+    assert summary(2) == "2 rehearsals (dry runs), no real upgrade"
