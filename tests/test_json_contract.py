@@ -124,7 +124,7 @@ def test_failed_verdicts_carry_their_result(bed: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [("--json", "backup", "--no-such-option"), ("backup", "--json"),
-                                  ("--json", "frobnicate"), ("--json", "--bogus", "status")])
+                                  ("--json", "frobnicate"), ("--json", "--bogus", "status"), ("--json", "migrate")])
 def test_usage_errors_with_json_anywhere_are_one_envelope(bed: Path, args: tuple[str, ...]) -> None:
     r = run(bed, *args)
     assert r.returncode == 2

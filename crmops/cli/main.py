@@ -154,7 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         _finish_job(e.exit_code, e.format_message())
         if _json_wanted():
             kind = "usage" if isinstance(e, click.UsageError) else "error"
-            _print_json(_envelope(kind, e.format_message(), e.exit_code))
+            message = e.format_message()
+            ctx = getattr(e, "ctx", None)
+            if message.startswith("Usage:") and ctx is not None:  # a group run without its command: not the help
+                message = f"missing command (see `{ctx.command_path} --help`)"
+            _print_json(_envelope(kind, message, e.exit_code))
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
