@@ -42,7 +42,8 @@ def one_document(r: subprocess.CompletedProcess[str]) -> Any:
 
 def _config(bed: Path, name: str, repo: Path, **extra: Any) -> str:
     cfg = {"database": {"url": f"sqlite:///{bed / 'crm.db'}"}, "repository": {"url": f"file://{repo}"},
-           "encryption": {"passphrase": "${TEST_PASSPHRASE}"}, "state_dir": str(bed / "state"),
+           "encryption": {"passphrase": "${TEST_PASSPHRASE}"},
+           "state_dir": str(bed / f"state-{name}"),  # failed runs recorded elsewhere keep this status green
            "attachments": {"path": str(bed / "files")}, **extra}
     (bed / name).write_text(yaml.safe_dump(cfg))
     return str(bed / name)
@@ -57,10 +58,12 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     create(f"sqlite:///{bed / 'crm.db'}", size="small", attachments_dir=bed / "files")
     _config(bed, "crmops.yaml", bed / "repo")
     _config(bed, "norepo.yaml", bed / "missing-repo")
-    _config(bed, "failing.yaml", bed / "repo", verify={"assertions": [
+    # its own repository: the failed verification it records must not turn the main one's status red
+    _config(bed, "failing.yaml", bed / "failing-repo", verify={"assertions": [
         {"name": "no contacts at all", "sql": "SELECT count(*) FROM contacts", "expect": 0}]})
-    assert run(bed, "repo", "init").returncode == 0
-    assert run(bed, "backup").returncode == 0
+    for config in ("crmops.yaml", "failing.yaml"):
+        assert run(bed, "--config", config, "repo", "init").returncode == 0
+        assert run(bed, "--config", config, "backup").returncode == 0
     (bed / "broken.yaml").write_text("name: [1, 2\n")
     return bed
 
@@ -84,7 +87,7 @@ CASES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...], int]] = {
     "prune": (("prune", "--dry-run"), (*NOREPO, "prune", "--dry-run"), 22),
     "check": (("check",), (*NOREPO, "check"), 22),
     "verify": (("verify",), ("--config", "failing.yaml", "verify"), 30),
-    "drill": (("drill", "--report-dir", "drills"), ("drill", "nosuch"), 28),
+    "drill": (("drill", "--report-dir", "drills"), ("--config", "failing.yaml", "drill", "nosuch"), 28),
     "sandbox": (None, ("sandbox", "list"), 31),  # success needs Docker: test_sandbox_list_is_one_document
     "migrate": (("migrate", "status"), ("migrate", "status", "--url", UNREACHABLE), 10),
     "upgrade": (("upgrade", "history"), ("upgrade", "--check", "missing-playbook.yaml"), None),
