@@ -123,3 +123,37 @@ def test_one_rehearsal_is_singular() -> None:
 
     assert summary(1) == "1 rehearsal (dry run), no real upgrade"
     assert summary(2) == "2 rehearsals (dry runs), no real upgrade"
+
+
+def test_help_summaries_are_whole_sentences_at_80_columns(tmp_path: Path) -> None:
+    for args in ((), ("migrate",), ("schedule",)):
+        r = crmops(tmp_path / "none.yaml", *args, "--help")
+        cut = [line for line in r.stdout.splitlines() if line.endswith("...") and not line.startswith("Usage:")]
+        assert r.returncode == 0 and not cut, cut
+    top = " ".join(crmops(tmp_path / "none.yaml", "--help").stdout.split())
+    assert "check Check that every manifest opens and every chunk it needs is present (and, optionally, intact)." in top
+
+
+def test_tables_wrap_instead_of_cutting_cells_at_80_columns() -> None:
+    from rich.console import Console
+
+    from crmops.cli.context import table
+
+    t = table("id", "time (UTC)", "tags", "engine", "schema", "size", "new")
+    t.add_row("0123456789", "2026-12-01 16:14:40", "pre-restore,nightly", "postgresql 15.10", "d2_0003", "125.3 MB",
+              "12.0 MB")
+    console = Console(width=80, record=True)
+    console.print(t)
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for word in ("postgresql", "pre-restore", "15.10", "125.3 MB"):
+        assert word in text.replace("\n", " ") or word in "".join(text.split()), word
+
+
+def test_config_show_and_repo_info_are_for_people(tmp_path: Path) -> None:
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}")
+    assert crmops(cfg, "repo", "init").returncode == 0
+    shown = crmops(cfg, "config", "show").stdout
+    assert shown and not [line for line in shown.splitlines() if line != line.rstrip()]  # no padding to 80
+    info = crmops(cfg, "repo", "info").stdout
+    assert "{" not in info and "chunking    fastcdc, average 1,024 KiB" in info and "0 snapshots" in info
