@@ -197,6 +197,37 @@ class StatusConfig(_Section):
     headroom_percent: float = Field(90, gt=0, le=100, description="amber when usage reaches this share of the quota")
 
 
+class UndoRelation(_Section):
+    """A foreign key the schema does not declare (WukongCRM, many PHP CRMs): table.column -> references."""
+
+    table: str
+    column: str
+    #: "parent_table.column"
+    references: str
+
+    @field_validator("references")
+    @classmethod
+    def _table_dot_column(cls, v: str) -> str:
+        if v.count(".") != 1 or not all(v.split(".")):
+            raise ValueError("table.column, e.g. crm_customer.customer_id")
+        return v
+
+
+class UndoConfig(_Section):
+    relations: list[UndoRelation] = Field(default_factory=list)
+    #: "table.column" whose values name files under attachments.path; default: the table and first
+    #: column of verify.checks.attachments_query when it is a plain SELECT ... FROM table
+    attachment_columns: list[str] = Field(default_factory=list)
+
+    @field_validator("attachment_columns")
+    @classmethod
+    def _each_table_dot_column(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if item.count(".") != 1 or not all(item.split(".")):
+                raise ValueError(f"table.column, e.g. attachments.storage_path (got {item!r})")
+        return v
+
+
 class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
@@ -207,6 +238,7 @@ class Config(_Section):
     migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
+    undo: UndoConfig = Field(default_factory=UndoConfig)
     state_dir: Path = Field(Path("demo/state"), description="journals, locks and run history (outside the database)")
 
     #: where the configuration came from ("embedded default" when no file)
@@ -282,6 +314,7 @@ def _mask_secrets(data: dict[str, Any], model: BaseModel) -> None:
 EMBEDDED_DEFAULT: dict[str, dict[str, Any]] = {
     "attachments": {"path": "demo/attachments"},
     "encryption": {"key_file": "demo/repo.key"},
+    "undo": {"attachment_columns": ["attachments.storage_path"]},
 }
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -67,6 +67,13 @@ PlaybookInvalid = _error("PlaybookInvalid", 52, "playbook-invalid", "The playboo
 # safety refusals and operations
 TargetNotEmpty = _error("TargetNotEmpty", 60, "target-not-empty", "Refused to overwrite a non-empty target.")
 StatusRed = _error("StatusRed", 61, "status-red", "A monitoring verdict is red.")
+# undo
+UndoConflict = _error("UndoConflict", 70, "undo-conflict",
+                      "An undo was refused: a row to restore collides with live data (nothing was written).")
+UndoNothingSelected = _error("UndoNothingSelected", 71, "undo-nothing-selected",
+                             "The undo selection matched no row in the snapshot.")
+UndoSelectionInvalid = _error("UndoSelectionInvalid", 72, "undo-selection-invalid",
+                              "The undo --table or --where does not work on the snapshot's database.")
 Interrupted = _error("Interrupted", 130, "interrupted", "Stopped by Ctrl-C or SIGTERM.")
 
 EXIT_CODES: dict[int, str] = {
@@ -82,6 +89,7 @@ EXIT_CODES: dict[int, str] = {
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
             MigrationRefused, LintFailed, SchemaDrift, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
             TargetNotEmpty, StatusRed, Interrupted,
+            UndoConflict, UndoNothingSelected, UndoSelectionInvalid,
         )
     },
 }

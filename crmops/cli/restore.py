@@ -17,16 +17,20 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 @click.option("--attachments-to", type=click.Path(file_okay=False, path_type=Path),
               help="Also restore the attachments into this folder.")
 @click.option("--force", is_flag=True, help="Replace a non-empty target, after a pre-restore snapshot of it.")
+@click.option("--source", metavar="SOURCE", help="latest of this source instead of the configured database's.")
 @pass_app
 def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None, attachments_to: Path | None,
-                force: bool) -> None:
-    """Restore SNAPSHOT (an id, a unique prefix, or latest) into the database at --to."""
+                force: bool, source: str | None) -> None:
+    """Restore SNAPSHOT (an id, a unique prefix, or latest) into the database at --to.
+
+    latest is the newest backup of the configured database (see `crmops snapshots`).
+    """
     from crmops.services.restore import restore
 
     chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
     with app.progress("restore") as advance:
         result = restore(app.config, snapshot, to_url=to_url, tables=chosen, attachments_to=attachments_to,
-                         force=force, progress=advance)
+                         force=force, progress=advance, source=source)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         if result.safety_snapshot:

@@ -16,6 +16,7 @@ from crmops.dburl import safe
 from crmops.engines import open_engine
 from crmops.engines.files import read_pieces, walk
 from crmops.repository import Repository, open_repository
+from crmops.repository.source import source_of_url
 
 
 @dataclass
@@ -65,7 +66,8 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                 files += 1
         manifest = writer.commit({
             "engine": engine.name, "server_version": server_version, "database": engine.database_name(),
-            "source": safe(source), "schema_revision": revision, "fingerprint": fingerprint.to_dict(),
+            "source": safe(source), "source_id": source_of_url(source),
+            "schema_revision": revision, "fingerprint": fingerprint.to_dict(),
             "attachments_root": str(folder) if folder else None,
         })
     stats = manifest["stats"]

@@ -39,6 +39,7 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "prune": ("chunks_deleted", "bytes_freed"),
 }
 FIGURES["drill"] = FIGURES["verify"]
+FIGURES["undo"] = ("snapshot_id", "applied", "inserted", "updated", "conflicts", "pre_undo_snapshot")
 
 
 def runs_path(config: Config) -> Path:

@@ -1,5 +1,10 @@
 """forget (drop snapshots by retention policy) and prune (delete chunks nothing references).
 
+Retention works per source (a second CRM's or a scratch database's snapshots never
+push out the configured database's) and never forgets a group's newest verified
+snapshot. Prune deletes nothing while any manifest is unreadable: the chunks it names
+are unknown, so no chunk can be proven unreferenced.
+
 Prune runs under the repository's exclusive lock, which waits for no one: while any
 backup holds its shared lock, prune refuses (LockBusy), so it can never delete a chunk
 a running backup has uploaded but not yet referenced in its manifest.
@@ -7,14 +12,16 @@ a running backup has uploaded but not yet referenced in its manifest.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 from crmops.config import Config, RetentionConfig
-from crmops.errors import CrmopsError
+from crmops.errors import CrmopsError, IntegrityError
 from crmops.repository import Repository, open_repository
-from crmops.repository.retention import plan
+from crmops.repository.retention import plan_groups
+
+log = logging.getLogger("crmops.prune")
 
 
 @dataclass
@@ -23,6 +30,10 @@ class ForgetResult:
     keep: dict[str, list[str]]
     forget: list[str]
     prune: PruneResult | None = None
+    #: per source and kind (backups, pre-restore, pre-migrate): {"source", "kind", "keep", "forget"}
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    #: snapshots whose manifest cannot be read: never forgotten (their source and age are unknown)
+    damaged: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,22 +45,40 @@ class PruneResult:
     chunks_deleted: int = 0
     bytes_freed: int = 0
     refused: list[str] = field(default_factory=list)  # e.g. objects still under S3 Object Lock
+    #: damaged manifests: the chunks they name cannot be known, so prune deleted nothing
+    kept_everything_for: list[str] = field(default_factory=list)
 
 
 def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bool = False, prune_after: bool = False,
            repo: Repository | None = None) -> ForgetResult:
+    """Apply the retention policy per source (see retention.plan_groups); damaged manifests stay."""
+    from crmops.services.verify_record import is_verified_ok
+
     repo = repo or open_repository(config)
-    manifests = repo.manifests()
-    keep, drop = plan([(m["id"], datetime.fromisoformat(m["time"])) for m in manifests], policy or config.retention)
+    listing = repo.listing()
+
+    def verified(sid: str) -> bool:
+        try:
+            return is_verified_ok(repo, sid)
+        except IntegrityError:  # an unreadable record proves nothing
+            return False
+
+    groups = plan_groups(listing.manifests, policy or config.retention, verified)
+    keep: dict[str, list[str]] = {}
+    drop: list[str] = []
+    for g in groups:
+        keep.update(g["keep"])
+        drop += g["forget"]
+    damaged = [d.id for d in listing.damaged]
     if dry_run:
         return ForgetResult(True, keep, drop, prune(config, dry_run=True, repo=repo, without=set(drop))
-                            if prune_after else None)
+                            if prune_after else None, groups, damaged)
     with repo.lock(exclusive=True, purpose="forget"):
         for sid in drop:
             repo.store.delete(f"snapshots/{sid}")
             for key, _ in list(repo.store.list(f"records/{sid}/")):
                 repo.store.delete(key)
-    return ForgetResult(False, keep, drop, prune(config, repo=repo) if prune_after else None)
+    return ForgetResult(False, keep, drop, prune(config, repo=repo) if prune_after else None, groups, damaged)
 
 
 def prune(config: Config, *, dry_run: bool = False, repo: Repository | None = None,
@@ -58,8 +87,15 @@ def prune(config: Config, *, dry_run: bool = False, repo: Repository | None = No
     repo = repo or open_repository(config)
     result = PruneResult(dry_run)
     with repo.lock(exclusive=True, purpose="prune"):
+        listing = repo.listing()
+        if listing.damaged:
+            # a damaged manifest's chunks cannot be told apart from garbage: keep every chunk
+            result.kept_everything_for = [d.id for d in listing.damaged]
+            log.warning("prune deletes nothing: %d snapshot manifest(s) cannot be read (%s), so no chunk can be "
+                        "proven unreferenced", len(listing.damaged), ", ".join(result.kept_everything_for))
+            return result
         referenced: set[str] = set()
-        for m in repo.manifests():
+        for m in listing.manifests:
             if without and m["id"] in without:
                 continue
             for s in m["streams"].values():

@@ -20,6 +20,7 @@ from crmops.engines import open_engine
 from crmops.engines.files import FileEntry, finish_dirs, restore_entry
 from crmops.errors import ConfigError, IntegrityError, TargetNotEmpty
 from crmops.repository import Repository, open_repository
+from crmops.services.sources import resolve
 
 ENGINE_OF_FORMAT = {"pg-custom": "postgresql", "mysql-sql": "mysql", "sqlite-db": "sqlite"}
 
@@ -41,7 +42,7 @@ class RestoreResult:
 
 def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None = None,
             attachments_to: Path | None = None, force: bool = False, repo: Repository | None = None,
-            progress: Callable[[int], None] | None = None) -> RestoreResult:
+            progress: Callable[[int], None] | None = None, source: str | None = None) -> RestoreResult:
     started = time.monotonic()
     timeline: list[dict[str, Any]] = []
 
@@ -49,7 +50,7 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         timeline.append({"step": step, "at_s": round(time.monotonic() - started, 3)})
 
     repo = repo or open_repository(config)
-    manifest = repo.manifest(ref)
+    manifest = resolve(config, repo, ref, source=source)
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if wanted != engine_kind(to_url):

@@ -46,6 +46,12 @@ class Overview:
     repository_size_bytes: int | None = None
     retention: dict[str, Any] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
+    #: the configured database's source: what the verdicts judge (snapshots and verifications are its own)
+    source: str = ""
+    #: other sources in the repository: source -> number of snapshots
+    other_sources: dict[str, int] = field(default_factory=dict)
+    #: snapshots whose manifest cannot be read: [{"id", "problem"}]
+    damaged: list[dict[str, str]] = field(default_factory=list)
     version: str = __version__
 
     @property
@@ -96,29 +102,46 @@ def read_upgrades(folder: Path) -> list[dict[str, Any]]:
 
 
 def _read_repository(config: Config, ov: Overview) -> None:
+    """The configured source's snapshots and verifications; other sources only counted, damage named."""
     from crmops.repository import SnapshotInfo, open_repository
-    from crmops.repository.retention import plan
+    from crmops.repository.retention import plan_groups
+    from crmops.repository.source import is_safety
+    from crmops.services.sources import configured_source
     from crmops.services.verify_record import KIND
 
     repo = open_repository(config)
     ov.repository = repo.store.url
-    manifests = repo.manifests()
-    for m in manifests:
+    ov.source = configured_source(config)
+    listing = repo.listing()
+    ov.damaged = [{"id": d.id, "problem": d.problem} for d in listing.damaged]
+    passed: dict[str, bool] = {}
+    for m in listing.manifests:
         info = SnapshotInfo.from_manifest(m)
-        ov.snapshots.append({"id": info.id, "time": info.time, "tags": info.tags, "engine": info.engine,
-                             "schema_revision": info.schema_revision, "size": info.size,
-                             "bytes_new": info.bytes_new, "seconds": m.get("stats", {}).get("seconds")})
-        for rec in repo.records(m["id"]):
+        if info.source != ov.source:
+            ov.other_sources[info.source] = ov.other_sources.get(info.source, 0) + 1
+        else:
+            ov.snapshots.append({"id": info.id, "time": info.time, "tags": info.tags, "engine": info.engine,
+                                 "schema_revision": info.schema_revision, "size": info.size,
+                                 "bytes_new": info.bytes_new, "seconds": m.get("stats", {}).get("seconds"),
+                                 "source": info.source, "safety": is_safety(m)})
+        try:
+            records = repo.records(m["id"])
+        except IntegrityError:
+            continue  # a damaged record proves nothing
+        for rec in records:
             if rec.get("kind") != KIND or "record" not in rec:
                 continue
             body = rec["record"]
-            ov.verifications.append({k: body.get(k) for k in (
-                "snapshot_id", "verified_at", "ok", "first_failure", "restore_seconds", "snapshot_age_hours",
-                "total_seconds", "sandbox", "image")})
+            passed[m["id"]] = bool(body.get("ok"))
+            if info.source == ov.source and not is_safety(m):
+                ov.verifications.append({k: body.get(k) for k in (
+                    "snapshot_id", "verified_at", "ok", "first_failure", "restore_seconds", "snapshot_age_hours",
+                    "total_seconds", "sandbox", "image")})
     ov.verifications.sort(key=lambda v: v.get("verified_at") or "")
-    keep, forget = plan([(m["id"], parse_time(m["time"])) for m in manifests], config.retention)
-    ov.retention = {"kept": len(keep), "past_retention": len(forget),
-                    "policy": config.retention.model_dump()}
+    groups = plan_groups(listing.manifests, config.retention, lambda sid: passed.get(sid, False))
+    ov.retention = {"kept": sum(len(g["keep"]) for g in groups),
+                    "past_retention": sum(len(g["forget"]) for g in groups),
+                    "groups": len(groups), "policy": config.retention.model_dump()}
     ov.repository_size_bytes = repository_figures(config)["repository_size_bytes"]
 
 
@@ -144,14 +167,28 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_verify_verdict(ov, now, s.verify_max_age_days))
     if ov.repository_error:
         out.append(Verdict("repository", RED, f"cannot open the repository: {ov.repository_error}"))
+    elif ov.damaged:
+        ids = ", ".join(d["id"][:10] for d in ov.damaged)
+        out.append(Verdict("repository", RED, f"{len(ov.damaged)} snapshot manifest(s) damaged ({ids}); "
+                                              f"{_snapshots(len(ov.snapshots))} of this database readable; "
+                                              "run `crmops check`"))
     else:
-        out.append(Verdict("repository", GREEN, f"{_snapshots(len(ov.snapshots))}, "
+        total = len(ov.snapshots) + sum(ov.other_sources.values())
+        out.append(Verdict("repository", GREEN, f"{_snapshots(total)}, "
                                                 f"{_mb(ov.repository_size_bytes or 0)} stored at {ov.repository}"))
+    out.append(_sources_verdict(ov))
     out.append(_retention_verdict(ov, s.repository_quota_bytes, s.headroom_percent))
     out.append(_jobs_verdict(runs, now))
     out.append(_upgrades_verdict(ov))
     out.append(_alerting_verdict(config))
     return out
+
+
+def _sources_verdict(ov: Overview) -> Verdict:
+    """What is judged, and in one line what else the repository holds (never judged here)."""
+    others = "; the repository also holds " + ", ".join(
+        f"{src} ({n})" for src, n in sorted(ov.other_sources.items())) if ov.other_sources else ""
+    return Verdict("sources", GREEN, f"judging {ov.source or 'the configured database'}{others}")
 
 
 def _alerting_verdict(config: Config) -> Verdict:
@@ -170,12 +207,14 @@ def _alerting_verdict(config: Config) -> Verdict:
 
 
 def _backup_verdict(ov: Overview, runs: list[dict[str, Any]], now: datetime, max_hours: float) -> Verdict:
-    times = [parse_time(sn["time"]) for sn in ov.snapshots]
+    # the configured database's own backups: safety snapshots (pre-restore, pre-migrate) are not backups
+    times = [parse_time(sn["time"]) for sn in ov.snapshots if not sn.get("safety")]
     # a repository we cannot read right now: the run history still knows the last good backup
     times += [datetime.fromtimestamp(r["finished"], UTC) for r in runs
               if r.get("command") == "backup" and r.get("result") == "success" and ov.repository_error]
     if not times:
-        return Verdict("backup", RED, "no backup has been taken yet" if not ov.repository_error
+        return Verdict("backup", RED, f"no backup of {ov.source or 'the configured database'} yet"
+                       if not ov.repository_error
                        else "no backup is known (the repository cannot be read)")
     newest = max(times)
     age = now - newest

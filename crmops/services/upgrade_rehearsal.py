@@ -32,6 +32,7 @@ from crmops.playbooks.window import fits
 from crmops.repository import open_repository
 from crmops.sandbox import open_sandbox
 from crmops.services.restore import ENGINE_OF_FORMAT
+from crmops.services.sources import configured_source
 from crmops.services.upgrade import load, run_post_checks, secret_scrubber
 from crmops.services.upgrade_steps import executors
 from crmops.services.verify_record import is_verified_ok
@@ -54,13 +55,16 @@ LOCK_MODES = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdat
               "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
 
 
-def pick_snapshot(repo: Any) -> tuple[dict[str, Any], bool]:
-    """The newest verified snapshot, or the newest at all (the rehearsal's restore then proves it)."""
-    manifests = repo.manifests()
+def pick_snapshot(repo: Any, source: str | None = None) -> tuple[dict[str, Any], bool]:
+    """The source's newest verified backup, or its newest at all (the rehearsal's restore then proves it)."""
+    from crmops.repository.source import is_safety
+
+    manifests = [m for m in repo.listing().of_source(source) if not is_safety(m)]
     if not manifests:
         from crmops.errors import SnapshotNotFound
 
-        raise SnapshotNotFound("the repository has no snapshots to rehearse on", hint="run `crmops backup` first")
+        where = f" of {source}" if source else ""
+        raise SnapshotNotFound(f"the repository has no backup{where} to rehearse on", hint="run `crmops backup` first")
     for m in reversed(manifests):
         if is_verified_ok(repo, m["id"]):
             return m, True
@@ -123,7 +127,7 @@ def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = la
     """Rehearse the playbook; returns the report (also on failure, attached to the error as .report)."""
     playbook = load(paths)
     repo = open_repository(config)
-    manifest, verified = pick_snapshot(repo)
+    manifest, verified = pick_snapshot(repo, configured_source(config))
     journal = RunJournal.create(config.state_dir, playbook=playbook.source, from_version=playbook.from_version,
                                 to_version=playbook.to_version, dry_run=True, scrub=secret_scrubber(config, playbook),
                                 playbooks=[str(p) for p in paths], digest=playbook.digest,

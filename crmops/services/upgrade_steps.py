@@ -122,7 +122,9 @@ def _disk_free(config: Config, params: dict[str, Any], *, url: str, run_id: str)
     need = (params.get("min_free_gb") or 0) * 1e9
     why = f"{params.get('min_free_gb') or 0:g} GB asked"
     try:
-        size = open_repository(config).manifest("latest")["streams"]["database"]["size"]
+        from crmops.services.sources import resolve
+
+        size = resolve(config, open_repository(config))["streams"]["database"]["size"]
         if size * params["restore_factor"] > need:
             need = size * params["restore_factor"]
             why = f"{params['restore_factor']:g} x the latest snapshot's {size / 1e6:.1f} MB, for a restore"
@@ -134,12 +136,16 @@ def _disk_free(config: Config, params: dict[str, Any], *, url: str, run_id: str)
 
 def _snapshot_fresh(config: Config, params: dict[str, Any], *, url: str, run_id: str) -> tuple[bool, Any, str]:
     """A recent restore point exists: the newest snapshot (newest verified one with require_verified)."""
+    from crmops.repository.source import is_safety
+    from crmops.services.sources import configured_source
     from crmops.services.verify_record import is_verified_ok
 
     repo = open_repository(config)
-    manifests = list(reversed(repo.manifests()))
+    source = configured_source(config)
+    manifests = [m for m in reversed(repo.listing().of_source(source)) if not is_safety(m)]
     if not manifests:
-        return False, None, "the repository holds no snapshot; run `crmops backup` (and `crmops verify`) first"
+        return False, None, (f"the repository holds no backup of {source}; run `crmops backup` "
+                             "(and `crmops verify`) first")
     newest = manifests[0]
     if params["require_verified"]:
         good = next((m for m in manifests if is_verified_ok(repo, m["id"])), None)
