@@ -95,6 +95,8 @@ CASES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...], int]] = {
                  ("--config", "missing.yaml", "schedule", "install", "--unit-dir", "units", "--no-systemctl"), 3),
     "report": (("report", "--html", "status.html"), ("report", "--html", "/proc/no/status.html"), 3),
     "status": (("status",), (*NOREPO, "status"), 61),
+    "undo": (("undo", "--table", "contacts", "--where", "id IN (1, 2)"),
+             (*NOREPO, "undo", "--table", "contacts", "--where", "id = 1"), 22),
 }
 
 
