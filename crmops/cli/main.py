@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(why, Interrupted.exit_code, "interrupted")
     except click.ClickException as e:
         _finish_job(e.exit_code, e.format_message())
-        if _json_wanted():
+        if _json_wanted(usage=isinstance(e, click.UsageError)):
             kind = "usage" if isinstance(e, click.UsageError) else "error"
             message = e.format_message()
             ctx = getattr(e, "ctx", None)
@@ -181,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
 _JSON_ASKED = False
 
 
-def _json_wanted() -> bool:
-    return _JSON_ASKED or (_APP is not None and _APP.json)
+def _json_wanted(usage: bool = False) -> bool:
+    """--json as parsed; for a usage error, --json anywhere on the line (it may be what was wrong)."""
+    if _APP is None or usage:
+        return _JSON_ASKED or (_APP is not None and _APP.json)
+    return _APP.json
 
 
 def _envelope(kind: str, line: str, code: int) -> dict[str, Any]:
