@@ -16,13 +16,18 @@ from crmops.errors import CrmopsError
 def _plan_lines(console: Any, report: dict[str, Any]) -> None:
     """One line per step: stage, step, type, how it was handled, seconds, outcome or templated values."""
     console.print("plan:")
-    for p in report["plan"]:
-        secs = f"{p['seconds']:7.2f}s" + ("" if p.get("measured") else " (expected)")
+    expected = False
+    for p in report["plan"]:  # two lines a step, so 80 columns hold it: what and how long, then the detail
+        secs = f"{p['seconds']:7.2f}s" + (" " if p.get("measured") else "*")
+        expected = expected or not p.get("measured")
         status = "" if p["ok"] is None else ("ok" if p["ok"] else f"FAILED: {p['error']}")
         step = p["step"] + (" (rollback)" if p["phase"] == "rollback" else "")
         detail = status if status.startswith("FAILED") else (p.get("summary") or _params_line(p["params"]))
-        console.print(f"  {p['stage'] or 'smoke':<11} {step:<24} {p['type']:<11} {p['mode']:<24} {secs:<20} "
-                      f"{detail}", markup=False)
+        console.print(f"  {p['stage'] or 'smoke':<9} {step:<20} {p['type']:<10} {secs} {p['mode']}", markup=False)
+        if detail:
+            console.print(f"      {detail}", markup=False)
+    if expected:
+        console.print("  * expected time: not rehearsed, so not measured", markup=False)
 
 
 def _params_line(params: dict[str, Any]) -> str:
