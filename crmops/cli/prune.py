@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
-from rich.table import Column, Table
 
 from crmops.cli.context import AppContext, pass_app
 
@@ -34,6 +32,9 @@ def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | N
     result = forget(app.config, policy=policy, dry_run=dry_run, prune_after=and_prune)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
+        from rich.markup import escape
+        from rich.table import Column, Table
+
         gone = "[red]would forget[/red]" if dry_run else "[red]forgotten[/red]"
         for g in result.groups:
             console.print(f"[bold]{escape(g['source'])}[/bold] ({g['kind']}): keep {len(g['keep'])}, "

@@ -46,7 +46,10 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None,
         if result.created and (prefix or result.replaced):
             console.print(f"created {', '.join(result.created)} in {result.target}")
         what = f"tables {', '.join(result.tables)}" if result.tables else "the database"
-        console.print(f"restored {what} from snapshot {result.snapshot_id} into {result.target} "
-                      f"in {result.seconds} s" + (f", {result.files} attachment entries" if result.files else ""))
+        from crmops.dburl import display
+
+        console.print(f"restored {what} from snapshot {result.snapshot_id} into {display(result.target)} "
+                      f"in {result.seconds} s"
+                      + (f", {result.files} attachment files and folders" if result.files else ""))
 
     app.emit(result.to_dict(), human)

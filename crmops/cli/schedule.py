@@ -157,8 +157,9 @@ def show_cmd(app: AppContext, unit_dir: Path, cron_file: Path) -> None:
             console.print(f"nothing scheduled (no crmops units in {unit_dir}, no {cron_file}); "
                           "see `crmops schedule install --help`")
         for j in jobs:
-            nxt = f", next {j['next']}" if j.get("next") else ""
-            console.print(f"{j['job']:7} {j['kind']:7} {j['when']}{nxt}\n        {j['command']}\n        ({j['file']})")
+            nxt = j.get("next") or "unknown (systemd-analyze is not installed)"
+            console.print(f"{j['job']:7} {j['kind']:7} {j['when']}\n        next run: {nxt}\n"
+                          f"        runs: {j['command']}\n        file: {j['file']}", markup=False)
 
     app.emit(result, human)
 

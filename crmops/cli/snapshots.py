@@ -6,8 +6,6 @@ from dataclasses import asdict
 from typing import Any
 
 import click
-from rich.markup import escape
-from rich.table import Column, Table
 
 from crmops.cli.context import AppContext, pass_app
 
@@ -58,6 +56,9 @@ def snapshots_cmd(app: AppContext, source: str | None, all_sources: bool, strict
     rows += [{"id": d.id, "damaged": True, "problem": d.problem} for d in listing.damaged]
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
+        from rich.markup import escape
+        from rich.table import Column, Table
+
         many = wanted is None and len(sources) > 1
         if not many:
             label = " (configured)" if wanted == mine else ""

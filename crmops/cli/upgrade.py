@@ -16,13 +16,18 @@ from crmops.errors import CrmopsError
 def _plan_lines(console: Any, report: dict[str, Any]) -> None:
     """One line per step: stage, step, type, how it was handled, seconds, outcome or templated values."""
     console.print("plan:")
-    for p in report["plan"]:
-        secs = f"{p['seconds']:7.2f}s" + ("" if p.get("measured") else " (expected)")
+    expected = False
+    for p in report["plan"]:  # two lines a step, so 80 columns hold it: what and how long, then the detail
+        secs = f"{p['seconds']:7.2f}s" + (" " if p.get("measured") else "*")
+        expected = expected or not p.get("measured")
         status = "" if p["ok"] is None else ("ok" if p["ok"] else f"FAILED: {p['error']}")
         step = p["step"] + (" (rollback)" if p["phase"] == "rollback" else "")
         detail = status if status.startswith("FAILED") else (p.get("summary") or _params_line(p["params"]))
-        console.print(f"  {p['stage'] or 'smoke':<11} {step:<24} {p['type']:<11} {p['mode']:<24} {secs:<20} "
-                      f"{detail}", markup=False)
+        console.print(f"  {p['stage'] or 'smoke':<9} {step:<20} {p['type']:<10} {secs} {p['mode']}", markup=False)
+        if detail:
+            console.print(f"      {detail}", markup=False)
+    if expected:
+        console.print("  * expected time: not rehearsed, so not measured", markup=False)
 
 
 def _params_line(params: dict[str, Any]) -> str:
@@ -100,8 +105,10 @@ def _asker() -> Any:
 @pass_app
 def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, check_only: bool, resume: bool,
                 rollback: bool, run_id: str | None, yes: bool, ignore_window: bool, limit: int) -> None:
-    """Staged upgrades with rollback: `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`,
-    `upgrade history`. Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
+    """Run a staged upgrade PLAYBOOK with rollback, or rehearse, check, resume or roll one back.
+
+    `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`, `upgrade history`.
+    Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
     from crmops.services import upgrade as svc
 
     modes = [m for m, on in (("--dry-run", dry_run), ("--check", check_only), ("--resume", resume),

@@ -7,18 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, table
 
 
 def _render(console, r) -> None:  # type: ignore[no-untyped-def]
-    t = Table("table", "rows expected", "rows found", "checksum", "")
+    failed = any(not row.ok for row in r.tables)  # the "problem" column only when there is one
+    t = table("table", "rows expected", "rows found", "checksum", *(["problem"] if failed else []))
     for row in r.tables:
         t.add_row(row.name, "–" if row.rows_expected is None else f"{row.rows_expected:,}",
                   "–" if row.rows_found is None else f"{row.rows_found:,}",
                   "–" if row.checksum_ok is None else ("ok" if row.checksum_ok else "[red]differs[/red]"),
-                  "" if row.ok else f"[red]{row.reason}[/red]")
+                  *([] if not failed else ["" if row.ok else f"[red]{row.reason}[/red]"]))
     if r.tables:
         console.print(t)
     for d in r.differences:

@@ -19,7 +19,7 @@ from typing import Any
 import pymysql
 from sqlalchemy.engine import URL
 
-from crmops.dburl import parse, safe
+from crmops.dburl import display, parse
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.connect import classify
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, private_file, require_tool
@@ -94,7 +94,7 @@ class MysqlEngine:
                 tools[kind] = self._tool(kind, version)
             except Exception as e:  # reported, not raised
                 tools[kind] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
-        return {"engine": self.name, "url": safe(self.url), "server_version": version, "size_bytes": int(size),
+        return {"engine": self.name, "url": display(self.url), "server_version": version, "size_bytes": int(size),
                 "tables": int(tables), "tools": tools,
                 "tools_ok": all(not v.startswith("unusable") for v in tools.values())}
 

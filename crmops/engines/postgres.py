@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from crmops.dburl import parse, safe
+from crmops.dburl import display, parse
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.connect import classify
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, require_tool
@@ -93,7 +93,7 @@ class PostgresEngine:
                 tools[t] = self._tool(t, int(version.split(".")[0]))
             except Exception as e:  # reported, not raised: check lists every problem
                 tools[t] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
-        return {"engine": self.name, "url": safe(self.url), "server_version": version, "size_bytes": size,
+        return {"engine": self.name, "url": display(self.url), "server_version": version, "size_bytes": size,
                 "tables": tables, "tools": tools,
                 "tools_ok": all(not v.startswith("unusable") for v in tools.values())}
 

@@ -71,11 +71,30 @@ def docker_client(timeout: float = 60) -> Any:
         client.ping()
     except DockerException as e:
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        detail = str(e).splitlines()[0][:160]
-        raise SandboxUnavailable(f"the Docker engine at {where} does not answer ({detail})",
+        raise SandboxUnavailable(f"the Docker engine at {where} does not answer: {why_unreachable(e)}",
                                  hint="start Docker (systemctl start docker) or set DOCKER_HOST; "
                                       "the user needs access to the Docker socket") from None
     return client
+
+
+def why_unreachable(error: BaseException) -> str:
+    """The reason in a few words, read from the exception chain, not the SDK's nested reprs."""
+    seen: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in seen)
+    for cls, found, words in ((PermissionError, "Permission denied", "permission denied on the socket"),
+                              (FileNotFoundError, "No such file or directory", "no socket there"),
+                              (ConnectionRefusedError, "Connection refused", "connection refused"),
+                              (TimeoutError, "timed out", "timed out")):
+        if any(isinstance(x, cls) for x in seen) or found in text:
+            return words
+    if "NewConnectionError" in text or "Max retries exceeded" in text:
+        return "cannot connect"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first if len(first) <= 100 else first[:first.rfind(" ", 0, 100)] + " ..."
 
 
 def safe_database_name(name: str | None) -> str:

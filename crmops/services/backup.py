@@ -34,6 +34,8 @@ class BackupResult:
     server_version: str
     schema_revision: str | None
     tags: list[str]
+    #: of the `files` entries, how many are regular files (the rest are folders and symlinks)
+    attachment_files: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,12 +54,13 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             writer.add_stream("database", dump.chunks(), format=dump.format, progress=progress)
             fingerprint = dump.fingerprint
             server_version = dump.server_version
-        files = 0
+        files = regular = 0
         folder = config.attachments.path if url is None else None
         if folder is not None:
             for entry in walk(folder, config.attachments.exclude):
                 if entry.kind == "file":
                     writer.add_file(entry.to_dict(), read_pieces(folder, entry), progress)
+                    regular += 1
                 else:
                     writer.add_file(entry.to_dict())
                 files += 1
@@ -72,4 +75,5 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                         bytes_read=stats["bytes_read"], bytes_new=stats["bytes_new"],
                         bytes_uploaded=stats["bytes_uploaded"], dedup_ratio=stats["dedup_ratio"],
                         chunks=stats["chunks"], chunks_new=stats["chunks_new"], files=files, engine=engine.name,
-                        server_version=server_version, schema_revision=revision, tags=list(tags))
+                        server_version=server_version, schema_revision=revision, tags=list(tags),
+                        attachment_files=regular)

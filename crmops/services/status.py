@@ -288,7 +288,9 @@ def _upgrades_verdict(ov: Overview) -> Verdict:
     if damaged:
         return Verdict("upgrades", AMBER, f"upgrade journal {damaged[0]['file']}: {damaged[0]['problem']}")
     if not real:
-        return Verdict("upgrades", GREEN, f"{len(ov.upgrades)} rehearsals (dry runs), no real upgrade")
+        n = len(ov.upgrades)
+        runs = "1 rehearsal (dry run)" if n == 1 else f"{n} rehearsals (dry runs)"
+        return Verdict("upgrades", GREEN, f"{runs}, no real upgrade")
     u = real[0]
     what = f"upgrade {u.get('playbook')} {u.get('from_version')} → {u.get('to_version')} (run {u.get('run_id')})"
     if u.get("result") is None:

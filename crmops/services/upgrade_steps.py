@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmops.config import Config
-from crmops.dburl import safe
+from crmops.dburl import display
 from crmops.engines import open_engine
 from crmops.engines.connect import connect_engine
 from crmops.playbooks.actions import CORE_EXECUTORS
@@ -68,7 +68,7 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
         res = restore(config, str(params["snapshot"]), to_url=ctx.url, force=True)
         return StepResult(True, {"snapshot_id": res.snapshot_id, "safety_snapshot": res.safety_snapshot,
                                  "seconds": res.seconds},
-                          f"snapshot {res.snapshot_id[:10]} restored into {safe(ctx.url)} in {res.seconds:.1f}s "
+                          f"snapshot {res.snapshot_id[:10]} restored into {display(ctx.url)} in {res.seconds:.1f}s "
                           f"(the state before it: snapshot {(res.safety_snapshot or '-')[:10]})")
 
     return {**CORE_EXECUTORS, "docker": run_docker, "preflight": preflight, "backup": backup_step,
@@ -110,7 +110,7 @@ def _db_reachable(config: Config, params: dict[str, Any], *, url: str, run_id: s
     finally:
         engine.dispose()
     text = ".".join(str(v) for v in version or ()) or "?"
-    return True, text, f"{safe(url)} answers (server {text})"
+    return True, text, f"{display(url)} answers (server {text})"
 
 
 def _disk_free(config: Config, params: dict[str, Any], *, url: str, run_id: str) -> tuple[bool, Any, str]:

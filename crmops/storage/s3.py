@@ -106,9 +106,9 @@ class S3Store:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in ("NoSuchKey", "404") and key is not None:
                 raise IntegrityError(f"object {key} is missing from {self.url}") from None
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or (op == "head_bucket" and status == 404):
                 raise RepositoryNotFound(f"bucket {self.bucket} does not exist at {self.cfg.endpoint_url or 'S3'}",
-                                         hint="create the bucket, or check repository.url") from None
+                                         hint=self.create_hint()) from None
             if code in DENIED or status == 403:
                 raise StorageAccessDenied(f"{self.url}: S3 refused the credentials ({code or status})") from None
             raise StorageUnreachable(f"{self.url}: S3 error {code or status}: {e}") from None
@@ -146,8 +146,42 @@ class S3Store:
         try:
             self._do("head_object", key, Key=self.prefix + key)
             return True
-        except IntegrityError:
+        except IntegrityError:  # a HEAD's 404 does not say whether the key or the whole bucket is missing
+            if not self._bucket_known and not self.bucket_exists():
+                raise RepositoryNotFound(f"bucket {self.bucket} does not exist at {self.cfg.endpoint_url or 'S3'}",
+                                         hint=self.create_hint()) from None
             return False
+
+    _bucket_known = False
+
+    def bucket_exists(self) -> bool:
+        """One HEAD on the bucket; remembered once it answers, so later checks cost nothing."""
+        try:
+            self._do("head_bucket")
+        except RepositoryNotFound:
+            return False
+        self._bucket_known = True
+        return True
+
+    def create_hint(self) -> str:
+        endpoint = f" --endpoint-url {self.cfg.endpoint_url}" if self.cfg.endpoint_url else ""
+        return (f"create it with `aws s3 mb s3://{self.bucket}{endpoint}`, or run `crmops repo init`, which "
+                "creates it when the credentials allow")
+
+    def create_bucket(self) -> None:
+        """For `repo init`: the bucket, with Object Lock when the configuration asks for it."""
+        kwargs: dict[str, Any] = {}
+        if self.cfg.region and self.cfg.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.cfg.region}
+        if self.cfg.object_lock_days:
+            kwargs["ObjectLockEnabledForBucket"] = True
+        try:
+            self._do("create_bucket", **kwargs)
+        except StorageAccessDenied:
+            raise StorageAccessDenied(f"bucket {self.bucket} does not exist and these credentials cannot create it",
+                                      hint=f"create it with `aws s3 mb s3://{self.bucket}` as an account "
+                                           "administrator, then run `crmops repo init` again") from None
+        self._bucket_known = True
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         token: str | None = None
