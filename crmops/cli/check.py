@@ -37,9 +37,23 @@ def check_cmd(app: AppContext, read_data: bool, subset: float | None) -> None:
                       f"{report.chunks_read} read and authenticated; coverage {report.coverage_percent}%")
         for d in report.damaged:
             console.print(f"[red]DAMAGED[/red] {d.object}: {d.problem}; affects snapshots {', '.join(d.snapshots)}")
+        if report.damaged:
+            console.print("damaged chunks are quarantined: the next backup stores again what the database still "
+                          "holds; `crmops repair --dry-run` says which snapshots can be healed")
+        for cid in report.released:
+            console.print(f"[green]HEALED[/green] chunk {cid} reads whole again: released from quarantine")
+        for lock in report.locks:
+            state = f"[yellow]stale[/yellow] ({lock['stale']})" if lock["stale"] else "held"
+            console.print(f"lock {lock['id']}: {lock['purpose']} on {lock['host']} (pid {lock['pid']}), {state}; "
+                          "`crmops unlock` removes stale locks")
+        for t in report.temporary_objects:
+            console.print(f"temporary object {t['name']} ({t['size']} bytes, since {t['created']}): "
+                          "left by an interrupted write; `crmops prune` removes those older than a day")
 
     app.emit(report.to_dict(), human)
     if not report.ok:
         first = report.damaged[0]
         raise IntegrityError(f"{len(report.damaged)} damaged object(s), first {first.object}: {first.problem}",
-                             hint=f"affects snapshots {', '.join(first.snapshots)}")
+                             hint=f"affects snapshots {', '.join(first.snapshots)}; damaged chunks are "
+                                  "quarantined and the next backup stores them again if the data still exists; "
+                                  "see `crmops repair --dry-run`")

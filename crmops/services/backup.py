@@ -33,6 +33,10 @@ class BackupResult:
     server_version: str
     schema_revision: str | None
     tags: list[str]
+    #: damaged chunks this backup stored again (and read back): they left quarantine
+    chunks_healed: int = 0
+    #: chunks still quarantined after it: older snapshots needing them stay damaged (`crmops repair`)
+    chunks_quarantined: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,4 +74,5 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                         bytes_read=stats["bytes_read"], bytes_new=stats["bytes_new"],
                         bytes_uploaded=stats["bytes_uploaded"], dedup_ratio=stats["dedup_ratio"],
                         chunks=stats["chunks"], chunks_new=stats["chunks_new"], files=files, engine=engine.name,
-                        server_version=server_version, schema_revision=revision, tags=list(tags))
+                        server_version=server_version, schema_revision=revision, tags=list(tags),
+                        chunks_healed=stats.get("chunks_healed", 0), chunks_quarantined=len(repo.quarantined()))

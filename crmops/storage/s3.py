@@ -39,6 +39,7 @@ from crmops.errors import (
     StorageAccessDenied,
     StorageUnreachable,
 )
+from crmops.storage.base import Temporary
 
 log = logging.getLogger("crmops.storage.s3")
 MULTIPART_THRESHOLD = 64 << 20
@@ -187,6 +188,25 @@ class S3Store:
             if not page.get("IsTruncated"):
                 return
             token = page["NextContinuationToken"]
+
+    def temporaries(self) -> list[Temporary]:
+        """Multipart uploads never completed nor aborted: S3 keeps (and bills) their parts until aborted."""
+        out = []
+        kwargs: dict[str, Any] = {"Prefix": self.prefix}
+        while True:
+            page = self._do("list_multipart_uploads", **kwargs)
+            for up in page.get("Uploads", []):
+                out.append(Temporary(f"{up['Key'][len(self.prefix):]}?uploadId={up['UploadId']}", 0,
+                                     up["Initiated"]))
+            if not page.get("IsTruncated"):
+                return out
+            kwargs.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
+
+    def remove_temporary(self, name: str) -> None:
+        key, _, upload_id = name.partition("?uploadId=")
+        if not upload_id:
+            raise IntegrityError(f"{name!r} is not a temporary object")
+        self._do("abort_multipart_upload", key, Key=self.prefix + key, UploadId=upload_id)
 
     def delete(self, key: str) -> None:
         self._do("delete_object", key, Key=self.prefix + key)

@@ -1,0 +1,91 @@
+"""A damaged chunk is never silently re-used: found, quarantined, stored again by the next backup."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crmops.democrm.load import create
+from crmops.engines import Fingerprint, open_engine
+from crmops.repository import open_repository
+from crmops.repository.repo import chunk_key, manifest_chunks
+from tests.services.test_backup_restore import _cfg, run, write_config
+
+
+def first_doc(text: str) -> dict:
+    """The command's result document (a failing command may print its error document after it)."""
+    return json.JSONDecoder().raw_decode(text)[0]
+
+
+def _two_snapshots(tmp_path: Path) -> tuple[Path, str, str, list[str]]:
+    src = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(src, size="small")
+    config = write_config(tmp_path, src)
+    run(config, "repo", "init")
+    first = json.loads(run(config, "backup").stdout)["snapshot_id"]
+    second = json.loads(run(config, "backup").stdout)["snapshot_id"]
+    repo = open_repository(_cfg(config))
+    shared = sorted(set(manifest_chunks(repo.manifest(first))) & set(manifest_chunks(repo.manifest(second))))
+    assert shared
+    return config, first, second, shared
+
+
+def _flip(tmp_path: Path, cid: str, at: int = 40) -> None:
+    path = tmp_path / "repo" / chunk_key(cid)
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def test_bit_flip_is_quarantined_by_check_and_healed_by_the_next_backup(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    victim = shared[0]
+    _flip(tmp_path, victim)
+    assert run(config, "check").returncode == 0  # a flipped bit keeps the size: only reading finds it
+    r = run(config, "check", "--read-data", check=False)
+    assert r.returncode == 26 and victim in r.stderr
+    report = first_doc(r.stdout)
+    assert report["quarantined"] == [victim]
+    assert {d["object"] for d in report["damaged"]} == {chunk_key(victim)}
+    # quarantined: plain check keeps failing until it is healed
+    assert run(config, "check", check=False).returncode == 26
+    dry = first_doc(run(config, "repair", "--dry-run", check=False).stdout)
+    assert sorted(s["id"] for s in dry["damaged_snapshots"]) == sorted([first, second])
+    healed = json.loads(run(config, "backup").stdout)
+    assert healed["chunks_healed"] == 1 and healed["chunks_quarantined"] == 0
+    assert healed["chunks_new"] >= 1
+    # the new snapshot restores, identical; the old ones are whole again too (same chunk, stored anew)
+    for sid in (healed["snapshot_id"], first):
+        dst = f"sqlite:///{tmp_path / f'restored-{sid}.db'}"
+        run(config, "restore", sid, "--to", dst)
+        manifest = open_repository(_cfg(config)).manifest(sid)
+        assert Fingerprint.from_dict(manifest["fingerprint"]).compare(open_engine(dst).fingerprint()) == []
+    final = json.loads(run(config, "check", "--read-data").stdout)
+    assert final["ok"] and final["quarantined"] == []
+
+
+def test_plain_check_catches_a_truncated_chunk_by_its_size(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    victim = shared[-1]
+    path = tmp_path / "repo" / chunk_key(victim)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    r = run(config, "check", check=False)
+    assert r.returncode == 26 and victim in r.stderr
+    report = first_doc(r.stdout)
+    assert report["chunks_read"] == 0 and report["sizes_unrecorded"] == 0
+    damage = report["damaged"][0]
+    assert damage["object"] == chunk_key(victim) and "expected" in damage["problem"]
+    assert sorted(damage["snapshots"]) == sorted([first, second])
+    # the next backup does not re-use it: it stores it again, and everything restores
+    healed = json.loads(run(config, "backup").stdout)
+    assert healed["chunks_healed"] == 1
+    assert json.loads(run(config, "check", "--read-data").stdout)["ok"] is True
+
+
+def test_a_backup_alone_notices_a_truncated_chunk(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    path = tmp_path / "repo" / chunk_key(shared[0])
+    path.write_bytes(path.read_bytes()[:-7])
+    healed = json.loads(run(config, "backup").stdout)  # no check in between
+    assert healed["chunks_healed"] == 1
+    assert json.loads(run(config, "check", "--read-data").stdout)["ok"] is True
