@@ -42,10 +42,12 @@ COMMANDS: dict[str, str] = {
     "schedule": "crmops.cli.schedule:schedule_group",
     "report": "crmops.cli.report:report_cmd",
     "status": "crmops.cli.report:status_cmd",
+    "repair": "crmops.cli.repair:repair_cmd",
+    "unlock": "crmops.cli.unlock:unlock_cmd",
 }
 
 HELP_GROUPS = {
-    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check"],
+    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "repair", "unlock"],
     "Prove": ["verify", "drill", "sandbox"],
     "Change": ["migrate", "upgrade"],
     "Operate": ["schedule", "status", "report", "repo", "key", "db"],

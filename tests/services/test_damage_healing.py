@@ -89,3 +89,32 @@ def test_a_backup_alone_notices_a_truncated_chunk(tmp_path: Path) -> None:
     healed = json.loads(run(config, "backup").stdout)  # no check in between
     assert healed["chunks_healed"] == 1
     assert json.loads(run(config, "check", "--read-data").stdout)["ok"] is True
+
+
+def test_repair_names_exactly_the_damaged_snapshots_and_forgets_only_what_cannot_heal(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    (tmp_path / "crm.db").unlink()
+    create(f"sqlite:///{tmp_path / 'crm.db'}", size="small", seed=2)  # the old data is gone from the CRM
+    third = json.loads(run(config, "backup").stdout)["snapshot_id"]
+    repo = open_repository(_cfg(config))
+    gone = sorted(set(shared) - set(manifest_chunks(repo.manifest(third))))
+    assert gone
+    _flip(tmp_path, gone[0])
+    assert run(config, "check", "--read-data", check=False).returncode == 26
+    r = run(config, "repair", "--dry-run", check=False)
+    assert r.returncode == 26
+    dry = first_doc(r.stdout)
+    assert sorted(s["id"] for s in dry["damaged_snapshots"]) == sorted([first, second])
+    assert dry["newest"] == third and dry["newest_needs"] == []
+    assert not any(s["healable_by_backup"] for s in dry["damaged_snapshots"])
+    assert len(json.loads(run(config, "snapshots").stdout)) == 3  # a dry run changes nothing
+    # the healing backup cannot produce the old data: those snapshots are forgotten, nothing else
+    done = json.loads(run(config, "repair", "--forget-damaged").stdout)
+    assert done["ok"] and sorted(done["forgotten"]) == sorted([first, second]) and done["healed_chunks"] == []
+    left = {s["id"] for s in json.loads(run(config, "snapshots").stdout)}
+    assert third in left and first not in left and second not in left
+    assert (tmp_path / "repo" / chunk_key(gone[0])).exists()  # repair deletes no chunk; prune does
+    run(config, "prune")
+    assert not (tmp_path / "repo" / chunk_key(gone[0])).exists()
+    assert not (tmp_path / "repo" / "quarantine" / gone[0]).exists()
+    assert json.loads(run(config, "check", "--read-data").stdout)["ok"] is True

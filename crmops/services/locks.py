@@ -1,0 +1,27 @@
+"""`crmops unlock`: remove the repository locks no running process holds any more.
+
+Stale locks are removed automatically whenever a command takes a lock; this is the
+way out for the rest: a lock from another host whose holder is gone (it would expire
+after 30 minutes without refresh), or, with remove_all, every lock, when the
+administrator knows that no crmops runs anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crmops.config import Config
+from crmops.repository import Repository, open_repository
+
+
+def unlock(config: Config, *, remove_all: bool = False, repo: Repository | None = None) -> dict[str, Any]:
+    repo = repo or open_repository(config)
+    removed, kept = [], []
+    for lock in repo.locks():
+        entry = {k: lock.get(k) for k in ("id", "purpose", "exclusive", "host", "pid", "refreshed", "stale")}
+        if lock["stale"] or remove_all:
+            repo.store.delete(lock["key"])
+            removed.append(entry)
+        else:
+            kept.append(entry)
+    return {"ok": True, "removed": removed, "kept": kept}
