@@ -10,6 +10,7 @@ the environment, and CRMOPS_SECTION__KEY variables override single keys.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import MutableMapping
@@ -197,6 +198,17 @@ class StatusConfig(_Section):
     headroom_percent: float = Field(90, gt=0, le=100, description="amber when usage reaches this share of the quota")
 
 
+class CheckConfig(_Section):
+    """What the scheduled `check --read-data-subset auto` reads."""
+
+    read_data_days: int = Field(30, ge=1, le=366, description="every chunk is read (and a flipped bit found) "
+                                                               "within this many daily checks")
+
+    def daily_percent(self) -> float:
+        """The share a daily check reads, rounded up so the days cover everything."""
+        return math.ceil(10000 / self.read_data_days) / 100
+
+
 class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
@@ -207,6 +219,7 @@ class Config(_Section):
     migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
+    check: CheckConfig = Field(default_factory=CheckConfig)
     state_dir: Path = Field(Path("demo/state"), description="journals, locks and run history (outside the database)")
 
     #: where the configuration came from ("embedded default" when no file)

@@ -8,9 +8,11 @@ from crmops.cli.context import AppContext, pass_app
 from crmops.errors import IntegrityError
 
 
-def _percent(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+def _percent(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
     if value is None:
         return None
+    if value.strip().lower() == "auto":
+        return "auto"  # resolved from check.read_data_days once the configuration is read
     try:
         number = float(value.rstrip("%"))
     except ValueError:
@@ -23,14 +25,17 @@ def _percent(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.command("check")
 @click.option("--read-data", is_flag=True, help="Read and authenticate every chunk.")
 @click.option("--read-data-subset", "subset", callback=_percent, metavar="N%",
-              help="Read N% of the chunks, those read longest ago first, so runs cover everything in turn.")
+              help="Read N% of the chunks, those read longest ago first, so runs cover everything in turn; "
+                   '"auto": 1/check.read_data_days of them (the scheduled check).')
 @pass_app
-def check_cmd(app: AppContext, read_data: bool, subset: float | None) -> None:
+def check_cmd(app: AppContext, read_data: bool, subset: float | str | None) -> None:
     """Check that every manifest opens and every chunk it needs is present (and, optionally, intact)."""
     from crmops.services.check import check
 
     app.begin_job("check")
-    report = check(app.config, read_data=read_data, subset_percent=subset)
+    if subset == "auto":
+        subset = app.config.check.daily_percent()
+    report = check(app.config, read_data=read_data, subset_percent=subset)  # type: ignore[arg-type]
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         console.print(f"{report.snapshots} snapshots, {report.chunks_referenced} chunks referenced, "
