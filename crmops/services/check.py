@@ -47,6 +47,8 @@ class CheckReport:
     #: chunks whose stored size could only be checked against the format's minimum (older snapshots)
     sizes_unrecorded: int = 0
     locks: list[dict[str, Any]] = field(default_factory=list)
+    #: quarantined chunks the newest snapshot of the configured database needs (it cannot restore until healed)
+    newest_needs: list[str] = field(default_factory=list)
     temporary_objects: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -140,7 +142,12 @@ def check(config: Config, *, read_data: bool = False, subset_percent: float | No
         doc = {"read": coverage, "sizes": read_sizes}
         repo.store.put(COVERAGE, repo.sealer.seal(json.dumps(doc).encode(), COVERAGE))
     covered = sum(1 for c in present if c in coverage)
-    return CheckReport(snapshots=len(ids), chunks_referenced=len(users), chunks_read=len(to_read),
+    from crmops.services.repair import newest_of_source
+
+    newest = newest_of_source(manifests, config)
+    newest_needs = sorted(set(manifest_chunks(newest)) & set(quarantined)) if newest else []
+    return CheckReport(newest_needs=newest_needs, snapshots=len(ids), chunks_referenced=len(users),
+                       chunks_read=len(to_read),
                        coverage_percent=round(100 * covered / len(present), 1) if present else 100.0,
                        damaged=damaged, unreferenced_chunks=len(set(stored) - set(users)),
                        quarantined=sorted(quarantined), released=released,

@@ -118,3 +118,32 @@ def test_repair_names_exactly_the_damaged_snapshots_and_forgets_only_what_cannot
     assert not (tmp_path / "repo" / chunk_key(gone[0])).exists()
     assert not (tmp_path / "repo" / "quarantine" / gone[0]).exists()
     assert json.loads(run(config, "check", "--read-data").stdout)["ok"] is True
+
+
+def test_status_and_the_nightly_notification_name_damage_the_newest_snapshot_needs(tmp_path: Path) -> None:
+    import yaml
+
+    from tests.receivers import http_receiver
+
+    config, first, second, shared = _two_snapshots(tmp_path)
+    victim = shared[0]
+    _flip(tmp_path, victim)
+    with http_receiver() as rec:
+        cfg = yaml.safe_load(config.read_text())
+        cfg["notify"] = {"webhooks": [{"kind": "generic", "url": f"{rec.url}/hook"}]}
+        config.write_text(yaml.safe_dump(cfg))
+        status = run(config, "status", check=False)
+        assert status.returncode == 0  # a flipped bit keeps its size: nothing can know before a read
+        assert run(config, "check", "--read-data-subset", "100%", check=False).returncode == 26
+        (sent,) = rec.to("/hook")
+        body = json.loads(sent.body)
+        assert body["ok"] is False and victim in body["figures"]["newest_needs"]
+        status = run(config, "status", check=False)
+        assert status.returncode == 61
+        verdict = next(v for v in first_doc(status.stdout)["verdicts"] if v["name"] == "integrity")
+        assert verdict["level"] == "red" and victim in verdict["summary"] and second in verdict["summary"]
+        healed = json.loads(run(config, "backup").stdout)
+        assert healed["chunks_healed"] == 1 and len(rec.to("/hook")) == 1  # a clean success is not notified
+        status = run(config, "status", check=False)
+        verdict = next(v for v in first_doc(status.stdout)["verdicts"] if v["name"] == "integrity")
+        assert verdict["level"] == "green" and "within 30 days" in verdict["summary"], verdict
