@@ -16,6 +16,7 @@ from crmops.dburl import safe
 from crmops.engines import open_engine
 from crmops.engines.files import read_pieces, walk
 from crmops.repository import Repository, open_repository
+from crmops.repository.repo import manifest_chunks
 
 
 @dataclass
@@ -35,7 +36,7 @@ class BackupResult:
     tags: list[str]
     #: damaged chunks this backup stored again (and read back): they left quarantine
     chunks_healed: int = 0
-    #: chunks still quarantined after it: older snapshots needing them stay damaged (`crmops repair`)
+    #: quarantined chunks some snapshot still needs after it: those stay damaged (`crmops repair`)
     chunks_quarantined: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,4 +76,13 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                         bytes_uploaded=stats["bytes_uploaded"], dedup_ratio=stats["dedup_ratio"],
                         chunks=stats["chunks"], chunks_new=stats["chunks_new"], files=files, engine=engine.name,
                         server_version=server_version, schema_revision=revision, tags=list(tags),
-                        chunks_healed=stats.get("chunks_healed", 0), chunks_quarantined=len(repo.quarantined()))
+                        chunks_healed=stats.get("chunks_healed", 0), chunks_quarantined=len(_still_damaged(repo)))
+
+
+def _still_damaged(repo: Repository) -> set[str]:
+    """Quarantined chunks some snapshot still needs (the others only wait for prune)."""
+    quarantined = repo.quarantined()
+    if not quarantined:
+        return set()
+    manifests, _ = repo.readable_manifests()
+    return quarantined & {c for m in manifests for c in manifest_chunks(m)}
