@@ -42,6 +42,9 @@ def check_cmd(app: AppContext, read_data: bool, subset: float | str | None) -> N
                       f"{report.chunks_read} read and authenticated; coverage {report.coverage_percent}%")
         for d in report.damaged:
             console.print(f"[red]DAMAGED[/red] {d.object}: {d.problem}; affects snapshots {', '.join(d.snapshots)}")
+        if report.newest_needs:
+            console.print(f"[red]the newest snapshot of the configured database needs {len(report.newest_needs)} "
+                          "quarantined chunk(s)[/red]: it cannot be restored until a backup stores them again")
         if report.damaged:
             console.print("damaged chunks are quarantined: the next backup stores again what the database still "
                           "holds; `crmops repair --dry-run` says which snapshots can be healed")

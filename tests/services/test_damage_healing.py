@@ -147,3 +147,17 @@ def test_status_and_the_nightly_notification_name_damage_the_newest_snapshot_nee
         status = run(config, "status", check=False)
         verdict = next(v for v in first_doc(status.stdout)["verdicts"] if v["name"] == "integrity")
         assert verdict["level"] == "green" and "within 30 days" in verdict["summary"], verdict
+
+
+def test_restore_and_verify_quarantine_what_they_find_damaged(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    marker = tmp_path / "repo" / "quarantine"
+    _flip(tmp_path, shared[0])
+    r = run(config, "restore", second, "--to", f"sqlite:///{tmp_path / 'r.db'}", check=False)
+    assert r.returncode == 26 and shared[0] in r.stderr
+    assert sorted(p.name for p in marker.iterdir()) == [shared[0]]
+    (marker / shared[0]).unlink()  # as if found by verify first
+    r = run(config, "verify", second, check=False)
+    assert r.returncode != 0 and sorted(p.name for p in marker.iterdir()) == [shared[0]], r.stderr
+    assert open_repository(_cfg(config)).quarantine_markers()[shared[0]]["reason"].endswith(
+        "fails authentication (damaged or tampered with)")
