@@ -385,12 +385,19 @@ class Repository:
 
     def readable_manifests(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """The manifests that open, and snapshot id -> problem for those that do not."""
-        good, bad = [], {}
-        for sid in self.snapshot_ids():
+        def load(sid: str) -> dict[str, Any] | str:
             try:
-                good.append(self._load_manifest(sid))
+                return self._load_manifest(sid)
             except IntegrityError as e:
-                bad[sid] = e.message
+                return e.message
+
+        good, bad = [], {}
+        ids = self.snapshot_ids()
+        for sid, m in zip(ids, _in_order(load, ids), strict=True):  # fetched a few at a time (S3 round trips)
+            if isinstance(m, str):
+                bad[sid] = m
+            else:
+                good.append(m)
         return good, bad
 
     @staticmethod
