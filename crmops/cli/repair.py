@@ -28,6 +28,9 @@ def repair_cmd(app: AppContext, dry_run: bool, forget_damaged: bool, no_backup: 
             return
         for cid in report.healed_chunks:
             console.print(f"[green]HEALED[/green] chunk {cid}: stored again by the backup and read back")
+        if not report.damaged_snapshots:
+            console.print("every snapshot is whole again")
+            return
         for s in report.damaged_snapshots:
             if s.problem:
                 what = f"its manifest is unreadable: {s.problem}"
