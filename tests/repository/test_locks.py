@@ -117,7 +117,7 @@ def test_twenty_kill_9_at_random_points_leave_nothing_that_blocks(tmp_path: Path
                 time.sleep(0.005)
             time.sleep(rng.uniform(0, 0.3))
         else:  # anywhere: starting up, opening the repository, finishing
-            time.sleep(rng.uniform(0.05, 2.0))
+            time.sleep(rng.uniform(0.05, 1.2))
         proc.kill()
         proc.wait()
         killed_holding += bool(held() - before)
