@@ -305,15 +305,17 @@ class Repository:
         """Every lock with "stale": why it no longer protects anything (None while its holder lives)."""
         return [{**lock, "stale": lock_stale(lock)} for lock in self._locks()]
 
+    def remove_lock(self, lock: dict[str, Any], why: str) -> None:
+        """Delete a lock (as listed by locks()), with a log line saying whose it was and why."""
+        self.store.delete(lock["key"])
+        log.warning("removed the lock of %s on %s (pid %s): %s", lock.get("purpose"), lock.get("host"),
+                    lock.get("pid"), why)
+
     def remove_stale_locks(self) -> list[dict[str, Any]]:
-        """Delete the locks whose holder is provably gone, each with a log line; returns them."""
-        removed = []
-        for lock in self.locks():
-            if lock["stale"]:
-                self.store.delete(lock["key"])
-                log.warning("removed a stale lock: %s on %s (pid %s): %s", lock.get("purpose"), lock.get("host"),
-                            lock.get("pid"), lock["stale"])
-                removed.append(lock)
+        """Delete the locks whose holder is provably gone; returns them."""
+        removed = [lock for lock in self.locks() if lock["stale"]]
+        for lock in removed:
+            self.remove_lock(lock, f"stale: {lock['stale']}")
         return removed
 
     @contextmanager
@@ -337,9 +339,7 @@ class Repository:
                 if lock["id"] == lock_id:
                     continue
                 if lock["stale"]:
-                    self.store.delete(lock["key"])
-                    log.warning("removed a stale lock: %s on %s (pid %s): %s", lock.get("purpose"),
-                                lock.get("host"), lock.get("pid"), lock["stale"])
+                    self.remove_lock(lock, f"stale: {lock['stale']}")
                     continue
                 if exclusive or lock.get("exclusive"):
                     live.append(lock)

@@ -20,7 +20,7 @@ def unlock(config: Config, *, remove_all: bool = False, repo: Repository | None 
     for lock in repo.locks():
         entry = {k: lock.get(k) for k in ("id", "purpose", "exclusive", "host", "pid", "refreshed", "stale")}
         if lock["stale"] or remove_all:
-            repo.store.delete(lock["key"])
+            repo.remove_lock(lock, f"stale: {lock['stale']}" if lock["stale"] else "crmops unlock --remove-all")
             removed.append(entry)
         else:
             kept.append(entry)

@@ -66,7 +66,7 @@ def test_a_dead_process_lock_is_removed_and_another_hosts_waits(repo: Repository
     _plant(repo, "deadbeef0001", exclusive=True, pid=_dead_pid())
     with caplog.at_level("WARNING"), repo.lock(exclusive=True, purpose="prune"):
         pass
-    assert "removed a stale lock" in caplog.text and repo.locks() == []
+    assert "removed the lock of backup" in caplog.text and "stale: process" in caplog.text and repo.locks() == []
     _plant(repo, "elsewhere001", host="db-host-2", pid=1)
     with pytest.raises(LockBusy, match="db-host-2"), repo.lock(exclusive=True, purpose="prune"):
         pass
