@@ -101,16 +101,24 @@ def test_repair_names_exactly_the_damaged_snapshots_and_forgets_only_what_cannot
     assert gone
     _flip(tmp_path, gone[0])
     assert run(config, "check", "--read-data", check=False).returncode == 26
+    # and a chunk only the newest snapshot uses goes missing, unseen by any check
+    only_third = sorted(set(manifest_chunks(repo.manifest(third))) - set(shared))[0]
+    (tmp_path / "repo" / chunk_key(only_third)).unlink()
     r = run(config, "repair", "--dry-run", check=False)
     assert r.returncode == 26
     dry = first_doc(r.stdout)
-    assert sorted(s["id"] for s in dry["damaged_snapshots"]) == sorted([first, second])
-    assert dry["newest"] == third and dry["newest_needs"] == []
-    assert not any(s["healable_by_backup"] for s in dry["damaged_snapshots"])
+    assert sorted(s["id"] for s in dry["damaged_snapshots"]) == sorted([first, second, third])
+    assert dry["newest"] == third and dry["newest_needs"] == [only_third]
+    assert {s["id"]: s["healable_by_backup"] for s in dry["damaged_snapshots"]} == {
+        first: False, second: False, third: True}
+    assert dry["damaged_chunks"] == {gone[0]: dry["damaged_chunks"][gone[0]], only_third: "missing"}
     assert len(json.loads(run(config, "snapshots").stdout)) == 3  # a dry run changes nothing
-    # the healing backup cannot produce the old data: those snapshots are forgotten, nothing else
+    assert not (tmp_path / "repo" / "quarantine" / only_third).exists()
+    # the healing backup stores the newest snapshot's chunk again but cannot produce the old data:
+    # those snapshots are forgotten, nothing else
     done = json.loads(run(config, "repair", "--forget-damaged").stdout)
-    assert done["ok"] and sorted(done["forgotten"]) == sorted([first, second]) and done["healed_chunks"] == []
+    assert done["ok"] and sorted(done["forgotten"]) == sorted([first, second])
+    assert done["healed_chunks"] == [only_third] and done["backup"]["chunks_healed"] == 1
     left = {s["id"] for s in json.loads(run(config, "snapshots").stdout)}
     assert third in left and first not in left and second not in left
     assert (tmp_path / "repo" / chunk_key(gone[0])).exists()  # repair deletes no chunk; prune does
