@@ -71,3 +71,27 @@ def test_kill_9_of_a_backup_ends_its_pg_dump(pg_url: str, tmp_path: Path) -> Non
             if proc.poll() is None:
                 proc.kill()
             blocker.rollback()
+
+
+def test_a_loading_tool_dies_with_crmops_too(tmp_path: Path) -> None:
+    """feed() (pg_restore, mariadb) starts its child the same way: kill -9 the parent, the child goes."""
+    script = ("import time\nfrom crmops.engines.tools import feed\n"
+              "def pieces():\n    yield b'x'\n    time.sleep(60)\n"
+              "feed(['sleep', '60'], pieces(), env={})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        children: list[int] = []
+        while not children and time.monotonic() < deadline:
+            children = _children(proc.pid, "sleep")
+            time.sleep(0.02)
+        assert children
+        proc.kill()
+        proc.wait()
+        killed = time.monotonic()
+        while _alive(children[0]) and time.monotonic() - killed < 2:
+            time.sleep(0.01)
+        assert not _alive(children[0]) and time.monotonic() - killed < 0.5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
