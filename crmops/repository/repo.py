@@ -311,13 +311,6 @@ class Repository:
         log.warning("removed the lock of %s on %s (pid %s): %s", lock.get("purpose"), lock.get("host"),
                     lock.get("pid"), why)
 
-    def remove_stale_locks(self) -> list[dict[str, Any]]:
-        """Delete the locks whose holder is provably gone; returns them."""
-        removed = [lock for lock in self.locks() if lock["stale"]]
-        for lock in removed:
-            self.remove_lock(lock, f"stale: {lock['stale']}")
-        return removed
-
     @contextmanager
     def lock(self, exclusive: bool, purpose: str) -> Iterator[Callable[[], None]]:
         """Backups share; prune is exclusive. Yields refresh() (kept for callers; a thread refreshes anyway).
