@@ -14,7 +14,8 @@ from crmops.democrm.load import create
 from tests.services.test_backup_restore import PASSPHRASE, run, write_config
 
 
-def _children(pid: int, name: str) -> list[int]:
+def _children(pid: int, name: str, arg: str = "") -> list[int]:
+    """Children of pid named name whose command line holds arg."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -26,7 +27,12 @@ def _children(pid: int, name: str) -> list[int]:
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         ppid = int(stat[stat.rindex(")") + 2:].split()[1])
         if ppid == pid and comm == name:
-            found.append(int(entry.name))
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if arg in cmdline:
+                found.append(int(entry.name))
     return found
 
 
@@ -54,7 +60,7 @@ def test_kill_9_of_a_backup_ends_its_pg_dump(pg_url: str, tmp_path: Path) -> Non
             deadline = time.monotonic() + 60
             dumps: list[int] = []
             while not dumps and time.monotonic() < deadline and proc.poll() is None:
-                dumps = _children(proc.pid, "pg_dump")
+                dumps = _children(proc.pid, "pg_dump", "--snapshot")  # the dump, not the --version probe
                 time.sleep(0.05)
             assert dumps, "pg_dump was never started"
             time.sleep(0.3)  # pg_dump is now waiting for the table, mid-dump
