@@ -16,7 +16,7 @@ def _percent(ctx: click.Context, param: click.Parameter, value: str | None) -> f
     try:
         number = float(value.rstrip("%"))
     except ValueError:
-        raise click.BadParameter("a percentage such as 10%") from None
+        raise click.BadParameter("a percentage such as 10%, or auto") from None
     if not 0 < number <= 100:
         raise click.BadParameter("between 0 and 100%")
     return number
