@@ -205,8 +205,9 @@ def notify(config: Config, record: dict[str, Any]) -> list[str]:
     """Notify every channel of a failure, of known damage (quarantined chunks), or of a success when
     notify.on_success is set."""
     figures = record.get("figures") or {}
-    # damage outlives a successful run: chunks still quarantined are told every time until repaired
-    damage = bool(figures.get("chunks_quarantined") or figures.get("newest_needs"))
+    # damage outlives a successful run: chunks still quarantined are told every time until repaired, and
+    # damage a backup healed is told once (storage that corrupts objects deserves a look)
+    damage = bool(figures.get("chunks_quarantined") or figures.get("newest_needs") or figures.get("chunks_healed"))
     if record["result"] == "success" and not config.notify.on_success and not damage:
         return []
     from crmops.notify import Event, notifiers, send_all
