@@ -127,3 +127,15 @@ def test_twenty_kill_9_at_random_points_leave_nothing_that_blocks(tmp_path: Path
         r = run(config, *args, check=False)
         assert r.returncode == 0, (args, r.stderr)
     assert held() == set()
+
+
+def test_the_holder_refreshes_its_lock_while_it_runs(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    import crmops.repository.repo as repo_module
+
+    monkeypatch.setattr(repo_module, "LOCK_REFRESH", 0.1)
+    with repo.lock(exclusive=False, purpose="backup"):
+        (first,) = repo.locks()
+        time.sleep(0.5)  # no call from the work itself: the holder's thread keeps it fresh
+        (later,) = repo.locks()
+        assert later["refreshed"] > first["refreshed"]
+    assert repo.locks() == []
