@@ -1,9 +1,9 @@
 """`crmops unlock`: remove the repository locks no running process holds any more.
 
-Stale locks are removed automatically whenever a command takes a lock; this is the
-way out for the rest: a lock from another host whose holder is gone (it would expire
-after 30 minutes without refresh), or, with remove_all, every lock, when the
-administrator knows that no crmops runs anywhere.
+Stale locks are also removed whenever a command takes a lock; unlock removes them
+without taking one and lists the rest. A lock from another host whose holder crashed
+only becomes stale after 30 minutes without refresh: remove_all is the way out before
+that, for an administrator who knows that no crmops runs anywhere.
 """
 
 from __future__ import annotations
