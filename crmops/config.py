@@ -10,6 +10,7 @@ the environment, and CRMOPS_SECTION__KEY variables override single keys.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import MutableMapping
@@ -228,6 +229,17 @@ class UndoConfig(_Section):
         return v
 
 
+class CheckConfig(_Section):
+    """What the scheduled `check --read-data-subset auto` reads."""
+
+    read_data_days: int = Field(30, ge=1, le=366, description="every chunk is read (and a flipped bit found) "
+                                                               "within this many daily checks")
+
+    def daily_percent(self) -> float:
+        """The share a daily check reads, rounded up so the days cover everything."""
+        return math.ceil(10000 / self.read_data_days) / 100
+
+
 class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
@@ -239,6 +251,7 @@ class Config(_Section):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
     undo: UndoConfig = Field(default_factory=UndoConfig)
+    check: CheckConfig = Field(default_factory=CheckConfig)
     state_dir: Path = Field(Path("demo/state"), description="journals, locks and run history (outside the database)")
 
     #: where the configuration came from ("embedded default" when no file)

@@ -97,6 +97,8 @@ CASES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...], int]] = {
     "status": (("status",), (*NOREPO, "status"), 61),
     "undo": (("undo", "--table", "contacts", "--where", "id IN (1, 2)"),
              (*NOREPO, "undo", "--table", "contacts", "--where", "id = 1"), 22),
+    "repair": (("repair", "--dry-run"), (*NOREPO, "repair", "--dry-run"), 22),
+    "unlock": (("unlock",), (*NOREPO, "unlock"), 22),
 }
 
 

@@ -41,10 +41,12 @@ COMMANDS: dict[str, str] = {
     "report": "crmops.cli.report:report_cmd",
     "status": "crmops.cli.report:status_cmd",
     "undo": "crmops.cli.undo:undo_cmd",
+    "repair": "crmops.cli.repair:repair_cmd",
+    "unlock": "crmops.cli.unlock:unlock_cmd",
 }
 
 HELP_GROUPS = {
-    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "undo"],
+    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "undo", "repair", "unlock"],
     "Prove": ["verify", "drill", "sandbox"],
     "Change": ["migrate", "upgrade"],
     "Operate": ["schedule", "status", "report", "repo", "key", "db"],

@@ -16,6 +16,7 @@ from crmops.dburl import safe
 from crmops.engines import open_engine
 from crmops.engines.files import read_pieces, walk
 from crmops.repository import Repository, open_repository
+from crmops.repository.repo import manifest_chunks
 from crmops.repository.source import source_of_url
 
 
@@ -36,6 +37,10 @@ class BackupResult:
     tags: list[str]
     #: of the `files` entries, how many are regular files (the rest are folders and symlinks)
     attachment_files: int = 0
+    #: damaged chunks this backup stored again (and read back): they left quarantine
+    chunks_healed: int = 0
+    #: quarantined chunks some snapshot still needs after it: those stay damaged (`crmops repair`)
+    chunks_quarantined: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,4 +81,14 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                         bytes_uploaded=stats["bytes_uploaded"], dedup_ratio=stats["dedup_ratio"],
                         chunks=stats["chunks"], chunks_new=stats["chunks_new"], files=files, engine=engine.name,
                         server_version=server_version, schema_revision=revision, tags=list(tags),
-                        attachment_files=regular)
+                        attachment_files=regular, chunks_healed=stats.get("chunks_healed", 0),
+                        chunks_quarantined=len(_still_damaged(repo)))
+
+
+def _still_damaged(repo: Repository) -> set[str]:
+    """Quarantined chunks some snapshot still needs (the others only wait for prune)."""
+    quarantined = repo.quarantined()
+    if not quarantined:
+        return set()
+    manifests, _ = repo.readable_manifests()
+    return quarantined & {c for m in manifests for c in manifest_chunks(m)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crmops.config import Config, RetentionConfig
@@ -22,6 +23,8 @@ from crmops.repository import Repository, open_repository
 from crmops.repository.retention import plan_groups
 
 log = logging.getLogger("crmops.prune")
+
+TEMPORARY_MAX_AGE = timedelta(days=1)
 
 
 @dataclass
@@ -47,6 +50,8 @@ class PruneResult:
     refused: list[str] = field(default_factory=list)  # e.g. objects still under S3 Object Lock
     #: damaged manifests: the chunks they name cannot be known, so prune deleted nothing
     kept_everything_for: list[str] = field(default_factory=list)
+    #: left by interrupted writes (local temp files, S3 multipart uploads), removed once a day old
+    temporary_removed: list[str] = field(default_factory=list)
 
 
 def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bool = False, prune_after: bool = False,
@@ -102,8 +107,12 @@ def prune(config: Config, *, dry_run: bool = False, repo: Repository | None = No
                 referenced.update(s["chunks"])
             for f in m.get("files", []):
                 referenced.update(f.get("chunks", []))
+        quarantined = repo.quarantined()
+        stored = set()
         for key, size in list(repo.store.list("data/")):
-            if key.rsplit("/", 1)[1] in referenced:
+            cid = key.rsplit("/", 1)[1]
+            stored.add(cid)
+            if cid in referenced:
                 continue
             if not dry_run:
                 try:
@@ -111,7 +120,24 @@ def prune(config: Config, *, dry_run: bool = False, repo: Repository | None = No
                 except CrmopsError as e:
                     result.refused.append(f"{key}: {e.message}")
                     continue
+                if cid in quarantined:
+                    repo.release(cid)  # the damaged object is gone: nothing is left to re-use by mistake
             result.chunks_deleted += 1
             result.bytes_freed += size
+        for cid in quarantined - stored - referenced:  # missing and needed by no snapshot any more
+            if not dry_run:
+                repo.release(cid)
+        old = datetime.now(UTC) - TEMPORARY_MAX_AGE
+        finder = getattr(repo.store, "temporaries", None)
+        for t in finder() if finder else []:
+            if t.created > old:
+                continue  # may be a write still under way elsewhere
+            if not dry_run:
+                try:
+                    repo.store.remove_temporary(t.name)  # type: ignore[attr-defined]
+                except CrmopsError as e:
+                    result.refused.append(f"{t.name}: {e.message}")
+                    continue
+            result.temporary_removed.append(t.name)
     return result
 

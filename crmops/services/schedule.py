@@ -32,7 +32,8 @@ PREFIX = "crmops-"
 JOBS: dict[str, tuple[list[str], str]] = {
     "backup": (["backup", "--tag", "scheduled"], "back up the CRM's database and attachments"),
     "verify": (["drill"], "restore the latest snapshot in a sandbox and prove it (drill report)"),
-    "check": (["check", "--read-data-subset", "10%"], "check the repository, reading 10% of the data in rotation"),
+    "check": (["check", "--read-data-subset", "auto"],
+              "check the repository, reading a share of the data in rotation (check.read_data_days)"),
     "prune": (["forget", "--prune"], "forget snapshots past retention and delete unused data"),
 }
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -44,6 +44,10 @@ class Overview:
     upgrades: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     repository_size_bytes: int | None = None
+    #: chunks found damaged or missing and not stored again yet; those the newest snapshot of the source needs
+    quarantined: list[str] = field(default_factory=list)
+    quarantine_needed: list[str] = field(default_factory=list)
+    newest_of_source: str | None = None
     retention: dict[str, Any] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
     #: the configured database's source: what the verdicts judge (snapshots and verifications are its own)
@@ -143,6 +147,19 @@ def _read_repository(config: Config, ov: Overview) -> None:
                     "past_retention": sum(len(g["forget"]) for g in groups),
                     "groups": len(groups), "policy": config.retention.model_dump()}
     ov.repository_size_bytes = repository_figures(config)["repository_size_bytes"]
+    _read_quarantine(config, repo, listing.manifests, ov)
+
+
+def _read_quarantine(config: Config, repo: Any, manifests: list[dict[str, Any]], ov: Overview) -> None:
+    from crmops.repository.repo import manifest_chunks
+    from crmops.services.repair import newest_of_source
+
+    referenced = {c for m in manifests for c in manifest_chunks(m)}
+    ov.quarantined = sorted(repo.quarantined() & referenced)  # the others only wait for prune
+    newest = newest_of_source(manifests, config)
+    if newest is not None:
+        ov.newest_of_source = newest["id"]
+        ov.quarantine_needed = sorted(set(manifest_chunks(newest)) & set(ov.quarantined))
 
 
 def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) -> Overview:
@@ -179,6 +196,7 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_sources_verdict(ov))
     out.append(_retention_verdict(ov, s.repository_quota_bytes, s.headroom_percent))
     out.append(_jobs_verdict(runs, now))
+    out.append(_integrity_verdict(config, ov, runs))
     out.append(_upgrades_verdict(ov))
     out.append(_alerting_verdict(config))
     return out
@@ -302,3 +320,26 @@ def _upgrades_verdict(ov: Overview) -> Verdict:
     if u["result"] == "rolled-back":
         return Verdict("upgrades", AMBER, f"{what} was rolled back{why}")
     return Verdict("upgrades", RED, f"{what} failed and was not rolled back{why}")
+
+
+def _integrity_verdict(config: Config, ov: Overview, runs: list[dict[str, Any]]) -> Verdict:
+    """Red while the newest snapshot of the configured database needs a chunk known to be damaged."""
+    days = config.check.read_data_days
+    reading = (f"the scheduled check reads {config.check.daily_percent():g}% of the data a day, so a damaged "
+               f"chunk is found within {days} days")
+    checks = [r for r in runs if r.get("command") == "check" and r.get("result") == "success"]
+    if checks:
+        reading += f"; coverage {checks[-1].get('figures', {}).get('coverage_percent', '?')}%"
+    if ov.repository_error:
+        return Verdict("integrity", AMBER, "unknown (the repository cannot be read)")
+    if ov.quarantine_needed:
+        n = len(ov.quarantine_needed)
+        return Verdict("integrity", RED, f"the newest snapshot {ov.newest_of_source} needs {n} damaged chunk"
+                                         f"{'s' if n != 1 else ''} ({', '.join(ov.quarantine_needed)}): it cannot be "
+                                         "restored until `crmops backup` stores them again; then "
+                                         "`crmops repair --dry-run`")
+    if ov.quarantined:
+        n = len(ov.quarantined)
+        return Verdict("integrity", AMBER, f"{n} damaged chunk{'s' if n != 1 else ''} in quarantine, needed only by "
+                                           "older snapshots: `crmops repair --dry-run` names them")
+    return Verdict("integrity", GREEN, f"no damaged chunk known; {reading}")
