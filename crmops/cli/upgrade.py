@@ -20,7 +20,8 @@ def _plan_lines(console: Any, report: dict[str, Any]) -> None:
         secs = f"{p['seconds']:7.2f}s" + ("" if p.get("measured") else " (expected)")
         status = "" if p["ok"] is None else ("ok" if p["ok"] else f"FAILED: {p['error']}")
         step = p["step"] + (" (rollback)" if p["phase"] == "rollback" else "")
-        detail = status if status.startswith("FAILED") else (p.get("summary") or _params_line(p["params"]))
+        detail = status if status.startswith("FAILED") else (
+            p.get("summary") or (f"{p['reason']}" if p.get("reason") else _params_line(p["params"])))
         console.print(f"  {p['stage'] or 'smoke':<11} {step:<24} {p['type']:<11} {p['mode']:<24} {secs:<20} "
                       f"{detail}", markup=False)
 
@@ -48,9 +49,29 @@ def _dry_human(report: dict[str, Any]) -> Any:
             console.print(f"[yellow]warning[/yellow] {w}")
         for b in report["blockers"]:
             console.print(f"[red]blocker[/red] {b}")
+        stack = report.get("stack") or {}
+        if stack.get("started"):
+            console.print(f"copy of the app: {stack['app']} from {stack['source']} on private network "
+                          f"{stack['network']}, answering for {', '.join(stack['answers_for'])}"
+                          + (f"; database settings pointed at the sandbox: {', '.join(stack['env_rewritten'])}"
+                             if stack.get("env_rewritten") else ""), markup=False)
+        elif stack:
+            console.print(f"no copy of the app: {stack.get('reason')}", markup=False)
+        rb = report.get("rollback") or {}
+        if rb:
+            console.print(f"forward run {report.get('forward_seconds') or 0:.1f}s; rollback ({rb['why']}) "
+                          f"{rb['seconds']:.1f}s: {'ok' if rb['ok'] else 'FAILED'}; database "
+                          f"{rb['database']['detail']}" + (f"; app {rb['app']['detail']}" if rb.get("app") else ""),
+                          markup=False)
+        counts = report.get("counts") or {}
+        if counts:
+            console.print(f"rehearsed {counts['rehearsed']} of {counts['steps']} steps, "
+                          f"{counts['production_read_only']} checked against production read-only, "
+                          f"{counts['not_rehearsed']} not rehearsed; downtime forecast "
+                          f"{report.get('estimated_downtime_s', 0):.1f}s")
         console.print("not rehearsed for real:")
         for f in report["fidelity"]:
-            console.print(f"  - {f['step'] or f['type']}: {f['reason']}")
+            console.print(f"  - {f['step'] or f['type']}: {f['reason']}", markup=False)
     return human
 
 
