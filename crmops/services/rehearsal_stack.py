@@ -24,11 +24,8 @@ from crmops.playbooks.model import DockerStep, Playbook
 from crmops.playbooks.steps import StepFailed, expand_env
 from crmops.playbooks.template import render
 from crmops.sandbox import guard
-from crmops.sandbox.docker import LABEL
+from crmops.sandbox.docker import LABEL, STACK_LABEL
 
-STACK_LABEL = "crmops.stack"
-#: host names under which this machine's published ports answer
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"}
 #: environment names that hold database settings, by the part they hold (checked on the upper-cased name)
 DB_ENV_HINTS = {
     "url": ("DATABASE_URL", "DB_URL", "DATABASE_URI", "DB_URI", "SQLALCHEMY_DATABASE_URI", "DSN"),

@@ -40,11 +40,20 @@ pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 @pytest.fixture
 def bed(pg_url: str, tmp_path: Path, docker_client: Any) -> Iterator[tuple[Path, str, App]]:
     config = prepared(tmp_path, pg_url)
-    with app_container(docker_client) as app:
+    # the app is given its database URL (password included) and keeps uploads in a volume, as a CRM does
+    with app_container(docker_client, env={"DATABASE_URL": pg_url}, volume=True) as app:
         yield config, pg_url, app
 
 
-def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: Path) -> None:
+def _stack_leftovers(client: Any, network: str) -> list[str]:
+    """Whatever of a dry run's rehearsal stack (and its sandbox) is still in the Docker engine."""
+    stack = {"label": f"crmops.stack={network}"}
+    return ([c.name for c in client.containers.list(all=True, filters=stack)]
+            + [v.name for v in client.volumes.list(filters=stack)]
+            + [n.name for n in client.networks.list(names=[network]) if n.name == network])
+
+
+def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: Path, docker_client: Any) -> None:
     config, url, app = bed
     pb = playbook_for(tmp_path, app)
     before = fingerprint(url)
@@ -53,13 +62,40 @@ def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: P
     assert dry["restore"]["proven"] and dry["snapshot"]["verified"]
     modes = {p["step"]: p["mode"] for p in dry["plan"] if p["phase"] == "run"}
     assert modes["schema"] == "rehearsed" and modes["preflight-1"] == "production, read-only"
-    assert modes["swap"] == "planned" and modes["pre_upgrade"] == "planned"
+    # the steps that were only listed before the rehearsal stack now run against the copies
+    for step in ("app_is_1", "maintenance-1", "pre_upgrade", "swap", "health", "reopen-1"):
+        assert modes[step] == "rehearsed", (step, modes)
+    smoke = {p["step"]: p for p in dry["plan"] if p["phase"] == "smoke"}
+    assert all(p["mode"] == "rehearsed" and p["ok"] for p in smoke.values()), smoke
+    swap = next(p for p in dry["plan"] if p["step"] == "swap")
+    assert swap["ok"] and swap["measured"] and "crmops-demo-app:1.0 -> crmops-demo-app:2.0" in swap["summary"]
     assert dry["row_changes"]["contacts"] < 0  # the merge of duplicate contacts, seen in the sandbox
-    rollback_swap = next(p for p in dry["plan"] if p["phase"] == "rollback" and p["type"] == "docker")
-    assert rollback_swap["params"]["image"] == "crmops-demo-app:1.0"  # templated from the container, read-only
-    assert {f["step"] for f in dry["fidelity"]} >= {"swap", "health", "pre_upgrade", "maintenance-1"}
+    rollback = {p["step"]: p for p in dry["plan"] if p["phase"] == "rollback"}
+    assert all(p["mode"] == "rollback: rehearsed" and p["ok"] for p in rollback.values()), rollback
+    rollback_swap = next(p for p in rollback.values() if p["type"] == "docker")
+    assert rollback_swap["params"]["image"] == "crmops-demo-app:1.0"  # the copy's own previous image
+    counts = dry["counts"]
+    print(f"demo playbook: not rehearsed {counts['not_rehearsed']} of {counts['steps']} steps (was 10 of 18); "
+          f"{counts['production_read_only']} checked against production read-only; forward "
+          f"{dry['forward_seconds']:.1f}s, rollback {dry['rollback']['seconds']:.1f}s")
+    assert counts == {"steps": 18, "rehearsed": 13, "production_read_only": 5, "not_rehearsed": 0}
+    assert [f for f in dry["fidelity"] if f["step"]] == []
+    rb = dry["rollback"]
+    assert rb["ok"] and rb["database"]["ok"] and rb["app"]["image"] == "crmops-demo-app:1.0", rb
+    assert {c["step"] for c in rb["app"]["checks"]} == {"app_is_1", "health"}
+    assert rb["seconds"] > 0 and dry["forward_seconds"] > rb["seconds"] / 10
+    stack = dry["stack"]
+    assert stack["started"] and stack["env_rewritten"] == ["DATABASE_URL"] and stack["internal"]
+    assert [v["target"] for v in stack["volumes_copied"]] == ["/data"]
+    assert _stack_leftovers(docker_client, stack["network"]) == []  # removed with the sandbox
+    prod = docker_client.containers.get(app.name)
+    assert prod.exec_run(["cat", "/data/upload.txt"]).output == b"contract\n"  # production's volume untouched
+    downtime = [p for p in dry["plan"] if p.get("in_downtime")]
+    assert downtime and all(p["measured"] for p in downtime)  # the forecast is built from measured steps only
     assert dry["migrate_seconds"] > 0 and dry["estimated_downtime_s"] >= dry["migrate_seconds"]
     assert not [w for w in dry["warnings"] if "not in" in w], dry["warnings"]  # lint saw the real revision
+    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert password not in Path(dry["journal"]).read_text()
 
     r = run(config, "--json", "upgrade", str(pb))
     report = ok(r)
