@@ -212,6 +212,62 @@ def test_a_failure_at_each_stage_leaves_everything_as_before(stage: str, shared:
     assert password not in json.dumps(records)
 
 
+def test_a_dry_run_fails_an_app_that_fails_its_health_check_and_proves_the_rollback(
+        shared: tuple[Path, str, App, Path], docker_client: Any) -> None:
+    """The 2.0 image that answers 503 on /health: once found only by the real run, now by the dry run."""
+    config, url, app, tmp = shared
+    unhealthy = derived_image(docker_client, "crmops-demo-app:2.0", "crmops-demo-app:2.0-unhealthy",
+                              "ENV APP_FAIL_HEALTH=1")
+    pb = playbook_for(tmp, app, name="dry-unhealthy.yaml", app_image=unhealthy)
+    before = fingerprint(url)
+    r = run(config, "--json", "upgrade", str(pb), "--dry-run")
+    assert r.returncode == 51, r.stderr + r.stdout[-3000:]
+    assert "the rehearsal failed at health" in r.stderr and "rehearsed rollback brought it back" in r.stderr
+    report = first_json(r.stdout)
+    plan = {(p["phase"], p["step"]): p for p in report["plan"]}
+    assert plan[("run", "swap")]["ok"] and plan[("run", "health")]["ok"] is False
+    assert "HTTP 503" in plan[("run", "health")]["error"]
+    assert plan[("run", "reopen-1")]["mode"] == "not reached"
+    rolled = [p for p in report["plan"] if p["phase"] == "rollback"]
+    assert [(p["type"], p["mode"], p["ok"]) for p in rolled] == [
+        ("maintenance", "rollback: rehearsed", True), ("restore", "rollback: rehearsed", True),
+        ("docker", "rollback: rehearsed", True)]
+    rb = report["rollback"]
+    assert rb["ok"] and rb["why"] == "health failed"
+    assert rb["database"]["ok"] and "pre-upgrade fingerprint" in rb["database"]["detail"]
+    assert rb["app"]["image"] == "crmops-demo-app:1.0" and all(c["ok"] for c in rb["app"]["checks"])
+    assert report["result"] == "failed" and _stack_leftovers(docker_client, report["stack"]["network"]) == []
+    assert same(before, fingerprint(url)) == [] and app.image() == "crmops-demo-app:1.0"
+    records = last_journal(tmp)
+    assert records[0]["dry_run"] and records[-1]["result"] == "failed" and "503" in records[-1]["error"]
+    assert next(x for x in records if x["event"] == "rollback_rehearsed")["ok"]
+
+
+def test_sigterm_during_a_dry_run_removes_the_rehearsal_stack(shared: tuple[Path, str, App, Path],
+                                                              docker_client: Any) -> None:
+    config, url, app, tmp = shared
+
+    def slow_smoke(doc: dict[str, Any]) -> None:  # holds the dry run once the copy of the app runs
+        doc["smoke_tests"].insert(0, {"type": "sql", "sql": "SELECT pg_sleep(60)"})
+    pb = playbook_for(tmp, app, name="dry-term.yaml", edit=slow_smoke)
+    proc = _spawn(config, "upgrade", str(pb), "--dry-run")
+    try:
+        def stack_up() -> bool:
+            return bool(docker_client.containers.list(filters={"label": [f"crmops.pid={proc.pid}", "crmops.stack"]}))
+        _wait("the rehearsal stack", stack_up)
+        _wait("the slow smoke test", lambda: any(
+            r.get("event") == "plan_step" and r.get("step") == "reopen-1" for r in last_journal(tmp)))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    mine = {"label": f"crmops.pid={proc.pid}"}
+    assert docker_client.containers.list(all=True, filters=mine) == []
+    assert docker_client.volumes.list(filters=mine) == [] and docker_client.networks.list(filters=mine) == []
+    assert app.image() == "crmops-demo-app:1.0"
+
+
 def test_a_failing_smoke_test_after_every_stage_rolls_all_back(shared: tuple[Path, str, App, Path]) -> None:
     config, url, app, tmp = shared
 
