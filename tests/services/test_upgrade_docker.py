@@ -243,6 +243,38 @@ def test_a_dry_run_fails_an_app_that_fails_its_health_check_and_proves_the_rollb
     assert next(x for x in records if x["event"] == "rollback_rehearsed")["ok"]
 
 
+def test_a_crm_installed_by_shell_is_rehearsed_from_the_images_its_rehearsal_block_names(
+        shared: tuple[Path, str, App, Path], docker_client: Any) -> None:
+    """The systemd template's shape: the new version comes from a package, so the copy swaps where it installs."""
+    config, url, app, tmp = shared
+    nowhere = "http://127.0.0.1:9"  # nothing answers there: a request that reached it would fail
+
+    def installed_by_shell(doc: dict[str, Any]) -> None:
+        doc["vars"]["app_url"] = nowhere
+        doc["rehearsal"] = {"image": "crmops-demo-app:1.0", "to_image": "crmops-demo-app:2.0",
+                            "swap_after": "install", "app_url": "{{ vars.app_url }}"}
+        app_stage = next(s for s in doc["stages"] if s["name"] == "app")
+        app_stage["steps"] = [st for st in app_stage["steps"] if st["type"] != "docker"]
+        app_stage.pop("rollback")
+        at = doc["stages"].index(app_stage)
+        doc["stages"].insert(at, {"name": "install", "steps": [{"id": "install", "type": "shell", "command": "true"}],
+                                  "rollback": [{"type": "shell", "command": "true"}]})
+    pb = playbook_for(tmp, app, name="dry-image.yaml", edit=installed_by_shell)
+    dry = ok(run(config, "--json", "upgrade", str(pb), "--dry-run"))
+    assert dry["stack"]["source"] == "image crmops-demo-app:1.0" and dry["stack"]["answers_for"] == [nowhere]
+    assert [(s["from"], s["to"]) for s in dry["stack"]["swaps"]] == [
+        ("crmops-demo-app:1.0", "crmops-demo-app:2.0"), ("crmops-demo-app:2.0", "crmops-demo-app:1.0")]
+    plan = {(p["phase"], p["step"]): p for p in dry["plan"]}
+    assert plan[("run", "install")]["mode"] == "not rehearsed" and "on this host" in plan[("run", "install")]["reason"]
+    assert plan[("rollback", "install-rollback-1")]["mode"] == "rollback: not rehearsed"
+    for step in ("app_is_1", "health"):
+        assert plan[("run", step)]["mode"] == "rehearsed" and plan[("run", step)]["ok"]
+    assert plan[("smoke", "smoke-1")]["ok"]  # the copy answers "2.0" after the install stage
+    assert dry["counts"]["not_rehearsed"] == 2
+    assert dry["rollback"]["ok"] and dry["rollback"]["app"]["image"] == "crmops-demo-app:1.0"
+    assert _stack_leftovers(docker_client, dry["stack"]["network"]) == []
+
+
 def test_sigterm_during_a_dry_run_removes_the_rehearsal_stack(shared: tuple[Path, str, App, Path],
                                                               docker_client: Any) -> None:
     config, url, app, tmp = shared
