@@ -72,6 +72,8 @@ def _dry_human(report: dict[str, Any]) -> Any:
         console.print("not rehearsed for real:")
         for f in report["fidelity"]:
             console.print(f"  - {f['step'] or f['type']}: {f['reason']}", markup=False)
+        if report.get("reports"):
+            console.print(f"report: {report['reports']['html']} (and .json)", markup=False)
     return human
 
 
@@ -118,9 +120,12 @@ def _asker() -> Any:
 @click.option("--yes", "-y", is_flag=True, help="Confirm every pause step in advance.")
 @click.option("--ignore-window", is_flag=True, help="Run outside the window or past the estimate (you decide).")
 @click.option("--limit", default=20, show_default=True, help="With history: how many runs.")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="With --dry-run: where its JSON and HTML reports go (default: <state_dir>/rehearsals).")
 @pass_app
 def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, check_only: bool, resume: bool,
-                rollback: bool, run_id: str | None, yes: bool, ignore_window: bool, limit: int) -> None:
+                rollback: bool, run_id: str | None, yes: bool, ignore_window: bool, limit: int,
+                report_dir: Path | None) -> None:
     """Staged upgrades with rollback: `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`,
     `upgrade history`. Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
     from crmops.services import upgrade as svc
@@ -145,6 +150,8 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
         return
     if not playbooks:
         raise click.UsageError("name a PLAYBOOK, or use --resume, --rollback or `upgrade history`")
+    if report_dir is not None and not dry_run:
+        raise click.UsageError("--report-dir goes with --dry-run (a real run's record is its journal)")
     paths: list[str | Path] = list(playbooks)
     if check_only:
         out = svc.check(paths)
@@ -154,7 +161,7 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
     if dry_run:
         from crmops.services.upgrade_rehearsal import dry_run as rehearse
 
-        _reporting(app, lambda: rehearse(app.config, paths, say=app.say), _dry_human)
+        _reporting(app, lambda: rehearse(app.config, paths, say=app.say, report_dir=report_dir), _dry_human)
         return
     _reporting(app, lambda: svc.upgrade(app.config, paths, yes=yes, ignore_window=ignore_window, confirm=_asker(),
                                         say=app.say), _run_human)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from crmops.config import Config
@@ -119,8 +120,11 @@ class LockSampler(threading.Thread):
 
 
 def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = lambda s: None,
-            now: datetime | None = None) -> dict[str, Any]:
-    """Rehearse the playbook; returns the report (also on failure, attached to the error as .report)."""
+            now: datetime | None = None, report_dir: Path | None = None) -> dict[str, Any]:
+    """Rehearse the playbook; returns the report (also on failure, attached to the error as .report).
+
+    The report is also written as JSON and HTML to report_dir (default: <state_dir>/rehearsals).
+    """
     playbook = load(paths)
     repo = open_repository(config)
     manifest, verified = pick_snapshot(repo)
@@ -156,6 +160,11 @@ def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = la
                    (f"the rehearsed rollback failed: {_rollback_problem(rollback)}" if rollback_failed else
                     f"the real run would refuse: {report['blockers'][0]}" if report["blockers"] else None))
     report["result"] = result
+    report["error"] = next((r["error"] for r in reversed(list(journal.journal.records())) if r["event"] == "end"),
+                           None)
+    from crmops.services.rehearsal_report import write_reports
+
+    report["reports"] = write_reports(report, report_dir or Path(config.state_dir) / "rehearsals")
     if failed or rollback_failed:
         what = (f"the rehearsal failed at {failed[0]['step']}: {failed[0]['error']}" if failed else
                 "the rehearsal's forward run passed")

@@ -96,6 +96,9 @@ def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: P
     assert not [w for w in dry["warnings"] if "not in" in w], dry["warnings"]  # lint saw the real revision
     password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert password not in Path(dry["journal"]).read_text()
+    html = Path(dry["reports"]["html"]).read_text()
+    assert 'class="verdict pass"' in html and "13 + 5 read-only / 18" in html and "rollback: rehearsed" in html
+    assert password not in html and password not in Path(dry["reports"]["json"]).read_text()
 
     r = run(config, "--json", "upgrade", str(pb))
     report = ok(r)
@@ -241,6 +244,8 @@ def test_a_dry_run_fails_an_app_that_fails_its_health_check_and_proves_the_rollb
     records = last_journal(tmp)
     assert records[0]["dry_run"] and records[-1]["result"] == "failed" and "503" in records[-1]["error"]
     assert next(x for x in records if x["event"] == "rollback_rehearsed")["ok"]
+    html = Path(report["reports"]["html"]).read_text()
+    assert 'class="verdict fail"' in html and "HTTP 503" in html and "equal to its pre-upgrade fingerprint" in html
 
 
 def test_a_crm_installed_by_shell_is_rehearsed_from_the_images_its_rehearsal_block_names(
