@@ -19,7 +19,7 @@ def _plan_lines(console: Any, report: dict[str, Any]) -> None:
     for p in report["plan"]:
         secs = f"{p['seconds']:7.2f}s" + ("" if p.get("measured") else " (expected)")
         status = "" if p["ok"] is None else ("ok" if p["ok"] else f"FAILED: {p['error']}")
-        step = p["step"] + (" (rollback)" if p["phase"] == "rollback" else "")
+        step = p["step"] + (" (rollback)" if p["phase"] == "rollback" and "rollback" not in p["mode"] else "")
         detail = status if status.startswith("FAILED") else (
             p.get("summary") or (f"{p['reason']}" if p.get("reason") else _params_line(p["params"])))
         console.print(f"  {p['stage'] or 'smoke':<11} {step:<24} {p['type']:<11} {p['mode']:<24} {secs:<20} "
