@@ -345,7 +345,8 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
 def _swap_copy(stack: RehearsalStack, image: str, report: dict[str, Any], say: Callable[[str], None]) -> None:
     """The copy to another image where the playbook installs the new version by means the rehearsal cannot run."""
     t0 = time.monotonic()
-    previous, _ = swap_image(stack.name, image, stop_timeout=10, client=stack.client)
+    # a throwaway copy has nothing to finish gracefully; this stands in for a package install, not a step
+    previous, _ = swap_image(stack.name, image, stop_timeout=1, client=stack.client)
     seconds = round(time.monotonic() - t0, 2)
     report["stack"].setdefault("swaps", []).append({"from": previous, "to": image, "seconds": seconds})
     say(f"  the copy now runs {image} (was {previous}, {seconds:.1f}s)")
