@@ -256,6 +256,9 @@ def remove_by_name(client: Any, name: str) -> None:
             c.remove(force=True, v=True)
         except NotFound:
             pass
+        except APIError as e:  # its owner is removing it at this moment
+            if e.status_code != 409:
+                raise
     try:
         client.containers.get(name).remove(force=True, v=True)
     except NotFound:
@@ -270,7 +273,7 @@ def remove_by_name(client: Any, name: str) -> None:
     except NotFound:
         pass
     for v in volumes:
-        if v.attrs.get("Labels", {}).get(LABEL) != "1":
+        if (v.attrs.get("Labels") or {}).get(LABEL) != "1":
             continue  # only what crmops labelled
         try:
             v.remove(force=True)
