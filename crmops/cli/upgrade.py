@@ -111,7 +111,8 @@ def _asker() -> Any:
 
 @click.command("upgrade", context_settings={"ignore_unknown_options": False})
 @click.argument("playbooks", nargs=-1, metavar="PLAYBOOK... | history")
-@click.option("--dry-run", is_flag=True, help="Rehearse in a sandbox restored from the latest verified snapshot.")
+@click.option("--dry-run", is_flag=True, help="Rehearse on a sandbox restored from the latest verified snapshot and a "
+              "copy of the app beside it, rollback included; production is only read.")
 @click.option("--check", "check_only", is_flag=True, help="Only validate the playbook(s); contact nothing.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished (crashed) run where its journal stops.")
 @click.option("--rollback", is_flag=True, help="Undo what the unfinished run's journal says ran.")
