@@ -24,6 +24,8 @@ from crmops.sandbox import guard
 from crmops.sandbox.base import flavor_of, image_for
 
 LABEL = "crmops.sandbox"
+#: on what a dry run's rehearsal stack adds to a sandbox (a copy of the app, its volumes): the sandbox's name
+STACK_LABEL = "crmops.stack"
 PREFIX = "crmops-sandbox-"
 
 
@@ -264,8 +266,18 @@ class DockerSandbox:
 
 
 def remove_by_name(client: Any, name: str) -> None:
-    from docker.errors import NotFound
+    """A sandbox container, network or volume by name; a sandbox goes with its rehearsal stack (first: it
+    holds the network)."""
+    from docker.errors import APIError, NotFound
 
+    for c in client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={name}"}):
+        try:
+            c.remove(force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as e:  # its owner is removing it at this moment
+            if e.status_code != 409:
+                raise
     try:
         client.containers.get(name).remove(force=True, v=True)
     except NotFound:
@@ -274,3 +286,15 @@ def remove_by_name(client: Any, name: str) -> None:
         client.networks.get(name).remove()
     except NotFound:
         pass
+    volumes = client.volumes.list(filters={"label": f"{STACK_LABEL}={name}"})
+    try:
+        volumes.append(client.volumes.get(name))
+    except NotFound:
+        pass
+    for v in volumes:
+        if (v.attrs.get("Labels") or {}).get(LABEL) != "1":
+            continue  # only what crmops labelled
+        try:
+            v.remove(force=True)
+        except (NotFound, APIError):
+            pass
