@@ -220,8 +220,10 @@ def _plan(config: Config, playbook: Playbook, sandbox_url: str, journal: RunJour
                 params = step_params(step, context, pending_ok=True)
                 entry: dict[str, Any] = {"stage": stage.name, "phase": phase, "step": step.id, "type": step.type,
                                          "params": _shown(params), "ok": None, "error": None}
-                if phase == "run" and broken is None and step.type in ("migrate", "sql", "preflight"):
+                if phase == "run" and broken is None and step.type in ("migrate", "sql", "preflight", "engine_upgrade"):
                     _execute(step, params, execs, ctx, entry, say, sandbox_url)
+                    if step.type == "engine_upgrade":  # its findings are the dry run's report
+                        entry["report"] = entry.get("outputs")
                     if entry["ok"]:
                         context["steps"][step.id] = entry.pop("outputs")
                     elif step.type == "preflight":
