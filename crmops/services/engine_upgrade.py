@@ -275,6 +275,12 @@ def restore_past_errors(target: Engine, path: Path, fmt: str) -> list[dict[str, 
         for s in secrets:
             if s:
                 f["error"] = f["error"].replace(s, "********")
+    merged: dict[str, dict[str, str]] = {}
+    for f in found:  # one entry per object, its errors in order
+        if f["object"] in merged and f["error"] not in merged[f["object"]]["error"]:
+            merged[f["object"]]["error"] += "; " + f["error"]
+        merged.setdefault(f["object"], dict(f))
+    found = list(merged.values())
     if r.returncode != 0 and not found:
         found.append({"object": "(restore)", "error": text.strip().splitlines()[-1] if text.strip() else
                       f"exit {r.returncode}"})

@@ -129,3 +129,28 @@ def test_engine_upgrade_dry_run_then_rollback_from_each_stage_then_real(servers,
         assert open_engine(new_url).fingerprint(method=open_engine(url).fingerprint().method).compare(
             open_engine(url).fingerprint()) == []
         assert native_digest(url) == before
+
+
+def test_dry_run_names_what_the_target_version_rejects(docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL 14 removed postfix operators: a 13 database using one cannot be restored into 17 as it is."""
+    import psycopg
+
+    from crmops.config import Config
+    from crmops.services.engine_upgrade import rehearse
+
+    with run_server(docker_client, BY_ID["pg13"]) as old:
+        url = old.create_database()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE invoices (id int PRIMARY KEY, amount numeric)")
+            conn.execute("INSERT INTO invoices VALUES (1, 10.5), (2, 99)")
+            conn.execute("CREATE FUNCTION fact(bigint) RETURNS numeric AS 'SELECT 1::numeric' LANGUAGE sql")
+            conn.execute("CREATE OPERATOR !!! (LEFTARG = bigint, PROCEDURE = fact)")
+        before = native_digest(url)
+        cfg = Config.model_validate({"database": {"url": url}, "repository": {"url": f"file://{tmp_path}/r"}})
+        report = rehearse(cfg, url, "17", smoke=[{"sql": "SELECT count(*) FROM invoices", "expect": 2}])
+        assert report["target_version"].startswith("17.") and report["image"] == "postgres:17"
+        assert [i["object"] for i in report["incompatibilities"]] == ["OPERATOR !!!"], report["incompatibilities"]
+        assert "postfix operators are not supported" in report["incompatibilities"][0]["error"]
+        # everything else arrived and holds
+        assert report["differences"] == [] and report["smoke"][0]["ok"] and report["seconds"] > 0
+        assert native_digest(url) == before
