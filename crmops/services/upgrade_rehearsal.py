@@ -222,8 +222,10 @@ def _plan(config: Config, playbook: Playbook, sandbox_url: str, journal: RunJour
                                          "params": _shown(params), "ok": None, "error": None}
                 if phase == "run" and broken is None and step.type in ("migrate", "sql", "preflight", "engine_upgrade"):
                     _execute(step, params, execs, ctx, entry, say, sandbox_url)
-                    if step.type == "engine_upgrade":  # its findings are the dry run's report
-                        entry["report"] = entry.get("outputs")
+                    if step.type == "engine_upgrade" and entry.get("outputs"):  # its findings: the dry run's report
+                        entry["report"] = entry["outputs"]
+                        # the copy itself, not the target sandbox's start-up, is what production will wait for
+                        entry["seconds"] = entry["outputs"].get("seconds") or entry["seconds"]
                     if entry["ok"]:
                         context["steps"][step.id] = entry.pop("outputs")
                     elif step.type == "preflight":

@@ -85,19 +85,21 @@ def test_engine_upgrade_dry_run_then_rollback_from_each_stage_then_real(servers,
     url = old.create_database()
     config = prepared(tmp_path, url)
     before = native_digest(url)
-    env = {"NEW_DB_PASSWORD": new.password}
-    (tmp_path / "database.url").write_text(url + "\n")
+    env = {"NEW_DB_PASSWORD": new.password, "OLD_DB_PASSWORD": old.password}
+    app_url_text = url.replace(f":{old.password}@", ":${OLD_DB_PASSWORD}@")  # what the app's file holds
+    (tmp_path / "database.url").write_text(app_url_text + "\n")
 
     with app_container(docker_client) as app:
         # the dry run: a sandbox of the target version, every table compared, the copy measured
         target = new.create_database().rsplit("/", 1)[1]
-        dry = run(config, "--json", "upgrade", str(_playbook(tmp_path, name, new, target, url, app.url)),
+        dry = run(config, "--json", "upgrade", str(_playbook(tmp_path, name, new, target, app_url_text, app.url)),
                   "--dry-run", env=env)
         report = first_json(dry.stdout)
         assert dry.returncode == 0, dry.stderr + dry.stdout[-3000:]
         copy = next(p for p in report["plan"] if p["step"] == "copy")
         assert copy["mode"] == "rehearsed" and copy["ok"] and copy["measured"] and copy["seconds"] > 0, copy
         found = copy["report"]
+        assert copy["seconds"] == found["seconds"]  # the forecast holds the copy, not the sandbox's start-up
         assert found["target_version"].startswith(new.version.major + ".") and found["incompatibilities"] == []
         assert found["differences"] == [] and found["tables"] >= 10 and all(s["ok"] for s in found["smoke"])
         assert new.version.image in copy["summary"] or found["target_version"]
@@ -107,24 +109,25 @@ def test_engine_upgrade_dry_run_then_rollback_from_each_stage_then_real(servers,
         for stage, fault in (("maintenance", _fail_maintenance), ("backup", _fail_backup),
                              ("engine", _fail_engine), ("switch", _fail_switch), ("reopen", _fail_reopen)):
             target = new.create_database().rsplit("/", 1)[1]
-            r = run(config, "--json", "upgrade", str(_playbook(tmp_path, name, new, target, url, app.url,
+            r = run(config, "--json", "upgrade", str(_playbook(tmp_path, name, new, target, app_url_text, app.url,
                                                                edit=fault)), env=env)
             out = first_json(r.stdout)
             assert r.returncode == 50, (stage, r.stderr, r.stdout[-2000:])
             failed = next(s for s in out["steps"] if s["ok"] is False)
             assert failed["stage"] == stage, (stage, failed)
-            assert (tmp_path / "database.url").read_text().strip() == url, stage
+            assert (tmp_path / "database.url").read_text().strip() == app_url_text, stage
             assert not (tmp_path / "maintenance.flag").exists(), stage
             assert native_digest(url) == before, f"the old server changed after a failure in {stage}"
             assert old.server_version()  # still serving
 
         # the real run: the application now points at the new server, which holds the same rows
         target = new.create_database().rsplit("/", 1)[1]
-        r = run(config, "--json", "upgrade", str(_playbook(tmp_path, name, new, target, url, app.url)), env=env)
+        playbook = _playbook(tmp_path, name, new, target, app_url_text, app.url)
+        r = run(config, "--json", "upgrade", str(playbook), env=env)
         out = first_json(r.stdout)
         assert r.returncode == 0, r.stderr + r.stdout[-3000:]
         assert "${NEW_DB_PASSWORD}@127.0.0.1" in (tmp_path / "database.url").read_text()
-        assert new.password not in json.dumps(out)
+        assert new.password not in json.dumps(out) and old.password not in dry.stdout + r.stdout
         new_url = new.url(target)
         assert open_engine(new_url).fingerprint(method=open_engine(url).fingerprint().method).compare(
             open_engine(url).fingerprint()) == []
