@@ -47,8 +47,9 @@ def executor(config: Config) -> Callable[[Any, dict[str, Any], StepContext], Ste
 
 
 def _result(report: dict[str, Any]) -> StepResult:
-    outputs = {k: report.get(k) for k in ("seconds", "source_version", "target_version", "tables", "differences",
-                                          "incompatibilities", "smoke", "tool")}
+    outputs = {k: report.get(k) for k in ("method", "seconds", "dump_seconds", "restore_seconds", "image",
+                                          "source_version", "target_version", "tables", "differences",
+                                          "incompatibilities", "smoke", "tool") if k in report}
     problems = [f"{i['object']}: {i['error']}" for i in report["incompatibilities"]]
     problems += [_difference_line(d) for d in report["differences"]]
     problems += [f"smoke SQL {s['sql']!r}: {s['error']}" for s in report["smoke"] if not s["ok"]]
