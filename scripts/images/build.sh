@@ -31,10 +31,16 @@ ENGINE_TAGS=(postgres:13 postgres:15 postgres:17 mariadb:10.5 mariadb:10.11 mari
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
 rootfs() {  # rootfs NAME SUITE PACKAGES -> prints the folder
-  local dir="$WORK/$1"
-  rm -rf "$dir"
-  debootstrap --variant=minbase --include="$3" "$2" "$dir" "$MIRROR" >"$WORK/$1.log" 2>&1 \
-    || { echo "debootstrap $2 for $1 failed (log: $WORK/$1.log):" >&2; tail -30 "$WORK/$1.log" >&2; return 1; }
+  local dir="$WORK/$1" try
+  # a second attempt rides out a mirror hiccup (a truncated download, a reset connection)
+  for try in 1 2; do
+    rm -rf "$dir"
+    debootstrap --variant=minbase --include="$3" "$2" "$dir" "$MIRROR" >"$WORK/$1.log" 2>&1 && break
+    if [ "$try" = 2 ]; then
+      echo "debootstrap $2 for $1 failed twice (log: $WORK/$1.log):" >&2; tail -30 "$WORK/$1.log" >&2; return 1
+    fi
+    sleep 5
+  done
   # keep images lean: no package lists or caches
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/usr/share/doc/* "$dir"/usr/share/man/*
   echo "$dir"
