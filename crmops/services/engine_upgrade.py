@@ -245,6 +245,11 @@ _MY_OBJECT = re.compile(rb"^-- (?:Table structure for table|Dumping data for tab
                         rb"database) (?P<name>.+)$")
 
 
+_MY_KINDS = {"Table structure": "table", "Dumping data": "rows of table", "Temporary table structure": "view",
+             "Final view structure": "view", "Dumping routines": "routines of database",
+             "Dumping events": "events of database"}
+
+
 def restore_past_errors(target: Engine, path: Path, fmt: str) -> list[dict[str, str]]:
     """Restore a spooled dump without stopping at errors; each error with the object it belongs to."""
     if fmt == "pg-custom":
@@ -320,8 +325,8 @@ def _mysql_errors(text: str, path: Path) -> list[dict[str, str]]:
         for number, raw in enumerate(f, start=1):
             m = _MY_OBJECT.match(raw.rstrip(b"\n"))
             if m:
-                kind = raw.split(b" for ")[0][3:].decode(errors="replace").lower()
-                current = f"{kind} {m.group('name').decode(errors='replace')}"
+                head = raw.split(b" for ")[0][3:].decode(errors="replace")
+                current = f"{_MY_KINDS.get(head, head.lower())} {m.group('name').decode(errors='replace')}"
             if number in wanted:
                 objects[number] = current
             if number >= max(wanted):
