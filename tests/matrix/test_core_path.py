@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from crmops.democrm.load import create
 from crmops.engines import open_engine
 from crmops.repository import open_repository
+from tests.matrix.cli import cli
 from tests.matrix.servers import Server, params, run_server
-from tests.services.verify_helpers import demo_snapshot, load, ok, run
+from tests.services.verify_helpers import ATTACHMENTS_QUERY, load, ok, write_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.matrix, pytest.mark.slow]
 
@@ -35,11 +37,14 @@ def test_core_path(server: Server, tmp_path: Path) -> None:
     v = server.version
     assert server.server_version().startswith(v.major + "."), server.server_version()
     url = server.create_database()
-    config, snap = demo_snapshot(tmp_path, url)
+    create(url, size="small", attachments_dir=tmp_path / "files")
+    config = write_config(tmp_path, url, verify={"checks": {"attachments_query": ATTACHMENTS_QUERY}})
+    ok(cli(config, "repo", "init"))
+    snap = ok(cli(config, "--json", "backup"))["snapshot_id"]
     source_fp = open_engine(url).fingerprint()
 
     # the dump tool: the host's where it reaches the server, else the server's image, recorded either way
-    check = ok(run(config, "--json", "db", "check"))
+    check = ok(cli(config, "--json", "db", "check"))
     dump_tool = check["tool_choice"]["pg_dump" if v.engine == "postgresql" else "dump"]
     assert dump_tool["where"] == ("container" if _newer_than_host(server) else "host"), dump_tool
     if dump_tool["where"] == "container":
@@ -49,28 +54,28 @@ def test_core_path(server: Server, tmp_path: Path) -> None:
     assert recorded["where"] == dump_tool["where"] and recorded["version"] == dump_tool["version"]
 
     # verify picks the sandbox image of the snapshot's own major version
-    verified = ok(run(config, "--json", "verify", snap))
+    verified = ok(cli(config, "--json", "verify", snap))
     assert verified["ok"] and verified["image"] == v.image, verified
     assert verified["differences"] == []
 
     # a whole restore gives back the same rows
     target = server.create_database()
-    ok(run(config, "--json", "restore", snap, "--to", target))
+    ok(cli(config, "--json", "restore", snap, "--to", target))
     assert source_fp.compare(open_engine(target).fingerprint()) == []
 
     # --tables brings only the chosen tables
     partial = server.create_database()
-    ok(run(config, "--json", "restore", snap, "--to", partial, "--tables", "accounts,contacts"))
+    ok(cli(config, "--json", "restore", snap, "--to", partial, "--tables", "accounts,contacts"))
     got = open_engine(partial).fingerprint()
     assert set(got.tables) == {"accounts", "contacts"}
     for t in ("accounts", "contacts"):
         assert got.tables[t] == source_fp.tables[t]
 
     # the demo CRM's migrations, 1.0 -> 2.0 -> 1.0, on the restored copy
-    up = ok(run(config, "--json", "migrate", "up", "--to", "2.0", "--no-safety-backup", "--url", target))
+    up = ok(cli(config, "--json", "migrate", "up", "--to", "2.0", "--no-safety-backup", "--url", target))
     assert up["direction"] == "up" and up["revisions"], up
     assert open_engine(target).schema_revision() == "d2_0003" and "customer_feedback" in _tables(target)
-    down = ok(run(config, "--json", "migrate", "down", "--to", "1.0", "--no-safety-backup", "--url", target))
+    down = ok(cli(config, "--json", "migrate", "down", "--to", "1.0", "--no-safety-backup", "--url", target))
     assert down["direction"] == "down" and down["revisions"], down
     assert open_engine(target).schema_revision() == "d1_0003" and "customer_feedback" not in _tables(target)
 
