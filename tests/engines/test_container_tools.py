@@ -80,3 +80,11 @@ def test_sandbox_image_missing_is_exit_32_naming_the_image(docker_client, engine
     line = err.value.line()
     assert err.value.exit_code == 32 and image in line and "scripts/images/build.sh builds only" in line
     assert "postgres:17" in line and "mariadb:11.8" in line and "\n" not in line
+
+
+def test_a_buildable_image_is_named_with_its_build_line() -> None:
+    from crmops.sandbox.base import build_hint
+
+    for image in ("postgres:13", "postgres:17", "mariadb:10.5", "mariadb:11.8"):
+        assert f"scripts/images/build.sh {image}" in build_hint(image)
+    assert build_hint("mysql:8.0") == ""
