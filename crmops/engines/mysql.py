@@ -22,7 +22,8 @@ from sqlalchemy.engine import URL
 from crmops.dburl import display, parse
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.connect import classify
-from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, private_file, require_tool
+from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file
 from crmops.errors import CrmopsError, DatabaseError
 
 FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
@@ -74,14 +75,14 @@ class MysqlEngine:
     def database_name(self) -> str:
         return self.url.database or ""
 
-    def _tool(self, kind: str, version: str | None = None) -> str:
-        """mariadb-dump/mysqldump or the mariadb/mysql client, from the server's release or newer."""
+    def _tool(self, kind: str, version: str | None = None) -> Tool:
+        """mariadb-dump/mysqldump or the mariadb/mysql client, from the server's release or newer (else its image)."""
         version = version or self.server_version()
         release = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
         flavor = "mariadb" if "mariadb" in version.lower() else "mysql"
         names = ["mariadb-dump", "mysqldump"] if kind == "dump" else ["mariadb", "mysql"]
-        return require_tool(names, release, what=f"{'back up' if kind == 'dump' else 'restore'} {flavor} {version}",
-                            fix=FIX, flavor=flavor)
+        return choose_tool(names, release, flavor=flavor, server_version=version, host=self.url.host,
+                           what=f"{'back up' if kind == 'dump' else 'restore'} {flavor} {version}", fix=FIX)
 
     def check(self) -> dict[str, Any]:
         version = self.server_version()
@@ -89,13 +90,15 @@ class MysqlEngine:
                                    "information_schema.tables WHERE table_schema = DATABASE() "
                                    "AND table_type = 'BASE TABLE'")[0]
         tools: dict[str, str] = {}
+        chosen: dict[str, Any] = {}
         for kind in ("dump", "client"):
             try:
-                tools[kind] = self._tool(kind, version)
+                tool = self._tool(kind, version)
+                tools[kind], chosen[kind] = tool.describe(), tool.to_dict()
             except Exception as e:  # reported, not raised
                 tools[kind] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
         return {"engine": self.name, "url": display(self.url), "server_version": version, "size_bytes": int(size),
-                "tables": int(tables), "tools": tools,
+                "tables": int(tables), "tools": tools, "tool_choice": chosen,
                 "tools_ok": all(not v.startswith("unusable") for v in tools.values())}
 
     def is_empty(self) -> bool:
@@ -159,10 +162,10 @@ class MysqlEngine:
                 sequences = _auto_increments(cur)
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 before = _connection_ids(cur)
-                proc = ToolProcess([tool, f"--defaults-extra-file={options}", "--single-transaction", "--quick",
-                                    "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
-                                    "--default-character-set=utf8mb4", "--no-tablespaces", self.database_name()],
-                                   env={}, secrets=self._secrets(), label=os.path.basename(tool))
+                proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", "--quick",
+                                     "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
+                                     "--default-character-set=utf8mb4", "--no-tablespaces", self.database_name()],
+                                    env={}, secrets=self._secrets(), label=tool.name, mounts=[options])
                 _await_dump_snapshot(cur, before | {mine}, proc)
             finally:
                 cur.execute("UNLOCK TABLES")
@@ -173,7 +176,7 @@ class MysqlEngine:
                 _fill_fingerprint(cur, fp)
                 return fp
 
-            yield StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds)
+            yield StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds, tool=tool.to_dict())
         finally:
             if proc is not None:
                 proc.close()
@@ -186,8 +189,9 @@ class MysqlEngine:
         options = self._option_file()
         try:
             stream = only_tables(chunks, tables) if tables else chunks
-            feed([self._tool("client"), f"--defaults-extra-file={options}", "--default-character-set=utf8mb4",
-                  "--binary-mode", self.database_name()], stream, env={}, secrets=self._secrets(), label="mysql")
+            self._tool("client").feed([f"--defaults-extra-file={options}", "--default-character-set=utf8mb4",
+                                       "--binary-mode", self.database_name()], stream, env={},
+                                      secrets=self._secrets(), label="mysql", mounts=[options])
         finally:
             os.unlink(options)
 

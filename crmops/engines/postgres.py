@@ -19,7 +19,8 @@ from sqlalchemy.engine import URL
 from crmops.dburl import display, parse
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.connect import classify
-from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, require_tool
+from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.tools import Background, StreamedDump
 from crmops.errors import CrmopsError, DatabaseError
 
 SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
@@ -76,10 +77,14 @@ class PostgresEngine:
     def database_name(self) -> str:
         return self.url.database or ""
 
-    def _tool(self, name: str, major: int | None = None) -> str:
-        major = major or self.server_major()
-        return require_tool([name], (major,), what=f"{'back up' if name == 'pg_dump' else 'restore'} PostgreSQL "
-                            f"{major}", fix=FIX.format(major=major), extra_dirs=[f"/usr/lib/postgresql/{major}/bin"])
+    def _tool(self, name: str, version: str | None = None) -> Tool:
+        """The host's tool when it reaches the server's major, else the one in the server version's image."""
+        version = version or self.server_version()
+        major = int(version.split(".")[0])
+        return choose_tool([name], (major,), flavor="postgresql", server_version=version, host=self.url.host,
+                           what=f"{'back up' if name == 'pg_dump' else 'restore'} PostgreSQL {major}",
+                           fix=FIX.format(major=major), env_names=sorted(self._env()),
+                           extra_dirs=[f"/usr/lib/postgresql/{major}/bin"])
 
     def check(self) -> dict[str, Any]:
         with self.connect() as conn:
@@ -88,13 +93,15 @@ class PostgresEngine:
             tables = conn.execute(f"SELECT count(*) FROM pg_tables WHERE schemaname NOT IN {SYSTEM_SCHEMAS}"
                                   ).fetchone()[0]
         tools: dict[str, str] = {}
+        chosen: dict[str, Any] = {}
         for t in ("pg_dump", "pg_restore"):
             try:
-                tools[t] = self._tool(t, int(version.split(".")[0]))
+                tool = self._tool(t, version)
+                tools[t], chosen[t] = tool.describe(), tool.to_dict()
             except Exception as e:  # reported, not raised: check lists every problem
                 tools[t] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
         return {"engine": self.name, "url": display(self.url), "server_version": version, "size_bytes": size,
-                "tables": tables, "tools": tools,
+                "tables": tables, "tools": tools, "tool_choice": chosen,
                 "tools_ok": all(not v.startswith("unusable") for v in tools.values())}
 
     def is_empty(self) -> bool:
@@ -160,7 +167,7 @@ class PostgresEngine:
     @contextmanager
     def dump(self) -> Iterator[StreamedDump]:
         version = self.server_version()
-        pg_dump = self._tool("pg_dump", int(version.split(".")[0]))
+        pg_dump = self._tool("pg_dump", version)
         method = self._method(None, int(version.split(".")[0]))
         conn = self.connect(autocommit=False)
         fp_conn = None
@@ -171,8 +178,8 @@ class PostgresEngine:
             # sequences are not transactional: read them before pg_dump does, so what it
             # stores is never below what the fingerprint says
             sequences = _sequences(conn)
-            proc = ToolProcess([pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}",
-                                "--no-password"], env=self._env(), secrets=self._secrets(), label="pg_dump")
+            proc = pg_dump.process(["--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"],
+                                   env=self._env(), secrets=self._secrets(), label="pg_dump")
             # the fingerprint runs on a second connection in the same snapshot, alongside pg_dump
             fp_conn = self.connect(autocommit=False)
             fp_conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -183,7 +190,7 @@ class PostgresEngine:
                 _fill_fingerprint(fp_conn, fp)
                 return fp
 
-            yield StreamedDump("pg-custom", proc, Background(compute), version)
+            yield StreamedDump("pg-custom", proc, Background(compute), version, tool=pg_dump.to_dict())
         finally:
             if proc is not None:
                 proc.close()
@@ -200,11 +207,11 @@ class PostgresEngine:
         if format != "pg-custom":
             raise DatabaseError(f"a {format} dump cannot be restored into PostgreSQL")
         pg_restore = self._tool("pg_restore")
-        argv = [pg_restore, "--no-password", f"--dbname={self.url.database}", "--exit-on-error"]
+        argv = ["--no-password", f"--dbname={self.url.database}", "--exit-on-error"]
         if not self.restore_owners:
             argv += ["--no-owner", "--no-acl"]
         if self.jobs <= 1 and not tables:
-            feed(argv, chunks, env=self._env(), secrets=self._secrets(), label="pg_restore")
+            pg_restore.feed(argv, chunks, env=self._env(), secrets=self._secrets(), label="pg_restore")
             return
         # parallel restore and table selection read the archive more than once, so they
         # need a seekable file: the stream is spooled to a private temporary folder
@@ -216,15 +223,16 @@ class PostgresEngine:
             if self.jobs > 1:
                 argv.append(f"--jobs={self.jobs}")
             if tables:
-                listing = ToolProcess([pg_restore, "--list", "--verbose", str(path)], env=self._env(),
-                                      secrets=self._secrets(), label="pg_restore --list")
+                listing = pg_restore.process(["--list", "--verbose", str(path)], env=self._env(),
+                                             secrets=self._secrets(), label="pg_restore --list", mounts=[tmp])
                 try:
                     toc = b"".join(listing.pieces()).decode("utf-8", "replace")
                 finally:
                     listing.close()
                 (Path(tmp) / "selected.list").write_text(select_tables(toc, tables))
                 argv.append(f"--use-list={Path(tmp) / 'selected.list'}")
-            feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(), label="pg_restore")
+            pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(), label="pg_restore",
+                            mounts=[tmp])
 
 
 #: entry kinds in a pg_restore listing made of more than one word (the rest are one word)

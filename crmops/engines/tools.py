@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from crmops.errors import DatabaseError, ToolMissing
 
@@ -239,13 +240,15 @@ class StreamedDump:
     """A dump streamed from a client tool, fingerprinted alongside in the same snapshot."""
 
     def __init__(self, format: str, proc: ToolProcess, fingerprint: Background, server_version: str,
-                 lock_seconds: float = 0.0) -> None:
+                 lock_seconds: float = 0.0, tool: dict[str, Any] | None = None) -> None:
         self.format = format
         self._proc = proc
         self._fingerprint = fingerprint
         self.server_version = server_version
         #: how long writers were held to align snapshots (MySQL/MariaDB only)
         self.lock_seconds = lock_seconds
+        #: which client tool made the dump, where it ran and its version (recorded in the manifest)
+        self.tool = tool
 
     def chunks(self) -> Iterator[bytes]:
         yield from self._proc.pieces()

@@ -169,15 +169,35 @@ class RestoreStep(Step):
     timeout: float = Field(3600, gt=0)
 
 
+class EngineUpgradeStep(Step):
+    """A database server major upgrade (crmops.services.engine_upgrade): the old server is only read."""
+
+    OUTPUTS = ("seconds", "source_version", "target_version", "tables", "differences", "incompatibilities",
+               "smoke", "tool")
+    REHEARSED = True  # in a sandbox of the target version
+    TYPICAL_SECONDS = 120
+    type: Literal["engine_upgrade"]
+    method: Literal["logical"] = Field("logical", description="dump, restore into the new server, compare")
+    target_version: str = Field(description="the new server's release: 17, 11.8")
+    target_url: str = Field(description="an empty database on the new server; ${VAR} for its password")
+    smoke_sql: list[dict[str, Any]] = Field(default_factory=list, description="[{sql, expect}] on the new copy")
+    timeout: float = Field(7200, gt=0)
+
+    @field_validator("target_version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) else v
+
+
 AnyStep = Annotated[
     PreflightStep | BackupStep | VerifyStep | MigrateStep | SqlStep | ShellStep | HttpStep | DockerStep
-    | PauseStep | MaintenanceStep | RestoreStep,
+    | PauseStep | MaintenanceStep | RestoreStep | EngineUpgradeStep,
     Field(discriminator="type"),
 ]
 STEP_TYPES: dict[str, type[Step]] = {
     cls.model_fields["type"].annotation.__args__[0]: cls  # type: ignore[union-attr]
     for cls in (PreflightStep, BackupStep, VerifyStep, MigrateStep, SqlStep, ShellStep, HttpStep, DockerStep,
-                PauseStep, MaintenanceStep, RestoreStep)
+                PauseStep, MaintenanceStep, RestoreStep, EngineUpgradeStep)
 }
 SMOKE_TYPES = ("sql", "http")
 

@@ -59,6 +59,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             writer.add_stream("database", dump.chunks(), format=dump.format, progress=progress)
             fingerprint = dump.fingerprint
             server_version = dump.server_version
+            dump_tool = getattr(dump, "tool", None)
         files = regular = 0
         folder = config.attachments.path if url is None else None
         if folder is not None:
@@ -73,7 +74,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             "engine": engine.name, "server_version": server_version, "database": engine.database_name(),
             "source": safe(source), "source_id": source_of_url(source),
             "schema_revision": revision, "fingerprint": fingerprint.to_dict(),
-            "attachments_root": str(folder) if folder else None,
+            "attachments_root": str(folder) if folder else None, "dump_tool": dump_tool,
         })
     stats = manifest["stats"]
     return BackupResult(snapshot_id=manifest["id"], duration_s=round(time.monotonic() - started, 2),

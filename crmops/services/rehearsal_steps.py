@@ -75,7 +75,7 @@ def why_not(step: Step, params: dict[str, Any], place: Place) -> str | None:
     kind = step.type
     if kind in BY_NATURE:
         return BY_NATURE[kind]
-    if kind in ("migrate", "sql", "preflight", "backup", "restore"):
+    if kind in ("migrate", "sql", "preflight", "backup", "restore", "engine_upgrade"):
         if kind == "restore" and isinstance(params.get("snapshot"), Pending):
             return f"restores {params['snapshot']}, which the rehearsal did not produce"
         return None

@@ -307,6 +307,10 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
                 why = why_not(step, params, place)
                 if walk.broken is None and why is None:
                     _execute(step, params, execs, ctx, entry, say, place.sandbox_url)
+                    if step.type == "engine_upgrade" and entry.get("outputs"):  # its findings: the dry run's report
+                        entry["report"] = entry["outputs"]
+                        # the copy itself, not the target sandbox's start-up, is what production will wait for
+                        entry["seconds"] = entry["outputs"].get("seconds") or entry["seconds"]
                     if entry["ok"]:
                         context["steps"][step.id] = entry.pop("outputs")
                         walk.passed.add(step.id or "")

@@ -71,8 +71,11 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
                           f"snapshot {res.snapshot_id[:10]} restored into {display(ctx.url)} in {res.seconds:.1f}s "
                           f"(the state before it: snapshot {(res.safety_snapshot or '-')[:10]})")
 
+    from crmops.services.engine_upgrade import executor as engine_upgrade
+
     return {**CORE_EXECUTORS, "docker": run_docker, "preflight": preflight, "backup": backup_step,
-            "verify": verify_step, "migrate": migrate_step, "restore": restore_step}
+            "verify": verify_step, "migrate": migrate_step, "restore": restore_step,
+            "engine_upgrade": engine_upgrade(config)}
 
 
 def cancel_queries(url: str, since: datetime) -> int:

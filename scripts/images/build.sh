@@ -1,24 +1,61 @@
 #!/usr/bin/env bash
 # Build the sandbox images from Debian packages, since no container registry is
-# reachable: each is a debootstrap'ed bookworm with the engine and an entrypoint
-# that honours the official image's environment contract. A tag that already
-# exists is left alone, so this takes seconds once the images are there.
+# reachable: each is a debootstrap'ed Debian suite with the engine and an entrypoint
+# that honours the official image's environment contract. One suite per server
+# version, so the test matrix covers what real CRMs run on:
+#
+#   bullseye: postgres:13  mariadb:10.5
+#   bookworm: postgres:15  mariadb:10.11
+#   trixie:   postgres:17  mariadb:11.8
+#
+#   scripts/images/build.sh                  every image whose tag is missing
+#   scripts/images/build.sh postgres:17 ...  only these tags (still only when missing)
+#
+# A tag that already exists is left alone (never removed or retagged), so this takes
+# seconds once the images are there. Engine images build in parallel, each from its own
+# folder and log under $CRMOPS_IMAGE_WORKDIR; the package's version is checked against
+# the tag before import, so a suite that moved on fails the build instead of mislabelling.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 MIRROR="${CRMOPS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 WORK="${CRMOPS_IMAGE_WORKDIR:-/var/tmp/crmops-images}"
 mkdir -p "$WORK"
 
+# tag -> Debian suite
+declare -A SUITE=(
+  [postgres:13]=bullseye [postgres:15]=bookworm [postgres:17]=trixie
+  [mariadb:10.5]=bullseye [mariadb:10.11]=bookworm [mariadb:11.8]=trixie
+)
+ENGINE_TAGS=(postgres:13 postgres:15 postgres:17 mariadb:10.5 mariadb:10.11 mariadb:11.8)
+
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
-rootfs() {  # rootfs NAME PACKAGES -> prints the folder
-  local dir="$WORK/$1"
-  rm -rf "$dir"
-  debootstrap --variant=minbase --include="$2" bookworm "$dir" "$MIRROR" >"$WORK/$1.log" 2>&1 \
-    || { tail -30 "$WORK/$1.log" >&2; return 1; }
+rootfs() {  # rootfs NAME SUITE PACKAGES -> prints the folder
+  local dir="$WORK/$1" try
+  # a second attempt rides out a mirror hiccup (a truncated download, a reset connection)
+  for try in 1 2; do
+    rm -rf "$dir"
+    debootstrap --variant=minbase --include="$3" "$2" "$dir" "$MIRROR" >"$WORK/$1.log" 2>&1 && break
+    if [ "$try" = 2 ]; then
+      echo "debootstrap $2 for $1 failed twice (log: $WORK/$1.log):" >&2; tail -30 "$WORK/$1.log" >&2; return 1
+    fi
+    sleep 5
+  done
   # keep images lean: no package lists or caches
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/usr/share/doc/* "$dir"/usr/share/man/*
   echo "$dir"
+}
+
+pkg_version() {  # pkg_version DIR PACKAGE -> Debian version without epoch, e.g. 10.5.29-0+deb11u1
+  dpkg-query --admindir="$1/var/lib/dpkg" -W -f '${Version}' "$2" | sed 's/^[0-9]*://'
+}
+
+check_version() {  # check_version TAG VERSION: the package must be the tag's release line
+  local want=${1#*:} got=$2
+  case "$got" in
+    "$want".*|"$want"-*|"$want"+*) ;;
+    *) echo "$1: the suite ships version $got, not $want; not importing" >&2; return 1 ;;
+  esac
 }
 
 import() {  # import DIR TAG ENTRYPOINT PORT ENV...
@@ -29,26 +66,30 @@ import() {  # import DIR TAG ENTRYPOINT PORT ENV...
   rm -rf "$dir"
 }
 
-build_postgres() {
-  have postgres:15 && return
-  local dir; dir=$(rootfs postgres "postgresql-15,postgresql-client-15,locales-all")
+build_postgres() {  # build_postgres TAG
+  local tag=$1 v=${1#*:} t0=$SECONDS dir
+  have "$tag" && return
+  dir=$(rootfs "postgres-$v" "${SUITE[$tag]}" "postgresql-$v,postgresql-client-$v,locales-all")
+  check_version "$tag" "$(pkg_version "$dir" "postgresql-$v")" || { rm -rf "$dir"; return 1; }
   install -m 755 "$HERE/postgres-entrypoint.sh" "$dir/usr/local/bin/docker-entrypoint.sh"
   mkdir -p "$dir/docker-entrypoint-initdb.d" "$dir/var/lib/postgresql/data"
-  import "$dir" postgres:15 /usr/local/bin/docker-entrypoint.sh 5432 \
-    "PGDATA=/var/lib/postgresql/data" "LANG=C.UTF-8" "PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-  echo "built postgres:15"
+  import "$dir" "$tag" /usr/local/bin/docker-entrypoint.sh 5432 \
+    "PGDATA=/var/lib/postgresql/data" "LANG=C.UTF-8" "PATH=/usr/lib/postgresql/$v/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  echo "built $tag from ${SUITE[$tag]} in $((SECONDS - t0)) s"
 }
 
-build_mariadb() {
-  have mariadb:10.11 && return
-  local dir; dir=$(rootfs mariadb "mariadb-server,mariadb-client")
+build_mariadb() {  # build_mariadb TAG
+  local tag=$1 v=${1#*:} t0=$SECONDS dir
+  have "$tag" && return
+  dir=$(rootfs "mariadb-$v" "${SUITE[$tag]}" "mariadb-server,mariadb-client")
+  check_version "$tag" "$(pkg_version "$dir" mariadb-server)" || { rm -rf "$dir"; return 1; }
   install -m 755 "$HERE/mariadb-entrypoint.sh" "$dir/usr/local/bin/docker-entrypoint.sh"
   # Debian's postinst initialises a datadir; the official image ships it empty so the
   # entrypoint sets it up from MARIADB_* on first start
   rm -rf "$dir"/var/lib/mysql/*
   mkdir -p "$dir/docker-entrypoint-initdb.d"
-  import "$dir" mariadb:10.11 /usr/local/bin/docker-entrypoint.sh 3306 "LANG=C.UTF-8"
-  echo "built mariadb:10.11"
+  import "$dir" "$tag" /usr/local/bin/docker-entrypoint.sh 3306 "LANG=C.UTF-8"
+  echo "built $tag from ${SUITE[$tag]} in $((SECONDS - t0)) s"
 }
 
 # the app needs json and http.server: python3-minimal lacks them, so an image built from it
@@ -61,7 +102,7 @@ build_app() {
     [ "$v" = 2.0 ] && return
   done
   if ! { have crmops-debian-python:bookworm && app_runs crmops-debian-python:bookworm; }; then
-    local dir; dir=$(rootfs python "python3")
+    local dir; dir=$(rootfs python bookworm "python3")
     tar -C "$dir" -c . | docker import -c 'CMD ["/bin/sh"]' - crmops-debian-python:bookworm >/dev/null
     rm -rf "$dir"
   fi
@@ -71,11 +112,34 @@ build_app() {
   echo "built crmops-demo-app:1.0 and :2.0"
 }
 
-# the two engine images download in parallel; the small app image after them
-build_postgres & p1=$!
-build_mariadb & p2=$!
+build_one() {
+  case "$1" in
+    postgres:*) build_postgres "$1" ;;
+    mariadb:*) build_mariadb "$1" ;;
+    crmops-demo-app|crmops-demo-app:*) build_app ;;
+  esac
+}
+
+targets=("$@")
+if ((${#targets[@]} == 0)); then targets=("${ENGINE_TAGS[@]}" crmops-demo-app); fi
+for t in "${targets[@]}"; do
+  case "$t" in
+    crmops-demo-app|crmops-demo-app:*) ;;
+    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app" >&2; exit 2; } ;;
+  esac
+done
+
+# the engine images download in parallel (the network, not the 2 cores, bounds them);
+# the small app image after them
+pids=()
+app=0
+for t in "${targets[@]}"; do
+  case "$t" in
+    crmops-demo-app*) app=1 ;;
+    *) build_one "$t" & pids+=($!) ;;
+  esac
+done
 fail=0
-wait $p1 || fail=1
-wait $p2 || fail=1
-build_app || fail=1
+for p in "${pids[@]}"; do wait "$p" || fail=1; done
+if ((app)); then build_app || fail=1; fi
 exit $fail

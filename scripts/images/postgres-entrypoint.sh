@@ -3,7 +3,8 @@
 # POSTGRES_USER, POSTGRES_DB, POSTGRES_HOST_AUTH_METHOD, POSTGRES_INITDB_ARGS, PGDATA,
 # /docker-entrypoint-initdb.d/*.sql|*.sh, server in the foreground as PID 1.
 set -eu
-BIN=/usr/lib/postgresql/15/bin
+# the one server version installed in this image (13, 15, 17 ...)
+BIN=$(echo /usr/lib/postgresql/*/bin)
 : "${PGDATA:=/var/lib/postgresql/data}"
 export PGDATA
 
@@ -27,8 +28,11 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pwfile=$(mktemp)
   printf '%s\n' "${POSTGRES_PASSWORD:-}" >"$pwfile"
   # shellcheck disable=SC2086
+  # --auth-host makes initdb store the password the way the host lines check it: before
+  # PostgreSQL 14 the default was md5, which a scram-sha-256 line refuses
+  hostauth=$AUTH; [ "$AUTH" = trust ] && hostauth=scram-sha-256
   "$BIN/initdb" -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 \
-    ${POSTGRES_INITDB_ARGS:-} >/dev/null
+    --auth-local=trust --auth-host="$hostauth" ${POSTGRES_INITDB_ARGS:-} >/dev/null
   rm -f "$pwfile"
   printf 'host all all all %s\n' "$AUTH" >>"$PGDATA/pg_hba.conf"
   "$BIN/pg_ctl" -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/run/postgresql" -w start >/dev/null
