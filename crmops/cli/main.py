@@ -42,10 +42,11 @@ COMMANDS: dict[str, str] = {
     "schedule": "crmops.cli.schedule:schedule_group",
     "report": "crmops.cli.report:report_cmd",
     "status": "crmops.cli.report:status_cmd",
+    "wal": "crmops.cli.wal:wal_group",
 }
 
 HELP_GROUPS = {
-    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check"],
+    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "wal"],
     "Prove": ["verify", "drill", "sandbox"],
     "Change": ["migrate", "upgrade"],
     "Operate": ["schedule", "status", "report", "repo", "key", "db"],

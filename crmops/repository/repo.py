@@ -300,7 +300,8 @@ class Repository:
     def manifest(self, ref: str = "latest") -> dict[str, Any]:
         ids = self.snapshot_ids()
         if ref == "latest":
-            manifests = [self._load_manifest(i) for i in ids]
+            # physical base backups are restored with --at, never as "the latest snapshot"
+            manifests = [m for m in (self._load_manifest(i) for i in ids) if m.get("kind") != "physical"]
             if not manifests:
                 raise SnapshotNotFound(f"the repository at {self.store.url} has no snapshots yet")
             return max(manifests, key=lambda m: m["time"])

@@ -1,0 +1,84 @@
+"""The recoverable window: from the oldest usable base backup to the newest archived WAL.
+
+A base backup is usable from its stop time (recovery cannot end before the backup's
+stop LSN) as long as every segment from its start onwards is archived; the first
+missing segment ends the window of every base backup older than it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from crmops.pitr.archive import DEFAULT_SEGMENT_SIZE, WalArchive, first_gap, parse_segment, segment_name, timeline_of
+
+
+def physical_manifests(repo: Any, system_id: str | None = None) -> list[dict[str, Any]]:
+    out = [m for m in repo.manifests() if m.get("kind") == "physical"]
+    if system_id:
+        out = [m for m in out if m["physical"]["system_id"] == system_id]
+    return sorted(out, key=lambda m: m["physical"]["stop_time"])
+
+
+def archived_systems(repo: Any) -> list[str]:
+    return sorted({key.split("/", 1)[1] for key, _ in repo.store.list("walstate/")})
+
+
+def window(repo: Any, system_id: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Facts about one cluster's archive; {"configured": False} when there is none."""
+    now = now or datetime.now(UTC)
+    bases = physical_manifests(repo, system_id)
+    if system_id is None:
+        systems = [bases[-1]["physical"]["system_id"]] if bases else archived_systems(repo)[-1:]
+        if not systems:
+            return {"configured": False}
+        system_id = systems[0]
+        bases = [m for m in bases if m["physical"]["system_id"] == system_id]
+    archive = WalArchive(repo, system_id)
+    segments = archive.segments()
+    latest = archive.latest()
+    seg_size = bases[-1]["physical"]["wal_segment_size"] if bases else DEFAULT_SEGMENT_SIZE
+    out: dict[str, Any] = {"configured": True, "system_id": system_id, "segments": len(segments),
+                           "base_backups": len(bases), "newest_segment": latest["segment"] if latest else None,
+                           "newest_archived_at": latest["pushed_at"] if latest else None,
+                           "archive_lag_seconds": None, "start": None, "end": None, "gap": None,
+                           "segment_size": seg_size}
+    if latest:
+        out["archive_lag_seconds"] = round((now - datetime.fromisoformat(latest["pushed_at"])).total_seconds(), 1)
+    if not bases or not segments:
+        return out
+    oldest_segno = parse_segment(bases[0]["physical"]["start_segment"], seg_size)[1]
+    gap = first_gap(segments, oldest_segno, seg_size)
+    usable = bases
+    if gap is not None:
+        name = segment_name(timeline_of(segments, gap, seg_size), gap, seg_size)
+        broken = [m["id"] for m in bases if parse_segment(m["physical"]["start_segment"], seg_size)[1] <= gap]
+        usable = [m for m in bases if parse_segment(m["physical"]["start_segment"], seg_size)[1] > gap]
+        out["gap"] = {"missing_segment": name, "breaks_base_backups": broken,
+                      "message": f"WAL segment {name} is missing from the archive: base backups "
+                                 f"{', '.join(broken)} cannot be recovered past it"}
+    if usable:
+        out["start"] = usable[0]["physical"]["stop_time"]
+        out["end"] = latest["pushed_at"] if latest else None
+        out["base_snapshot_ids"] = [m["id"] for m in usable]
+    return out
+
+
+def describe(repo: Any, system_id: str | None = None) -> dict[str, Any]:
+    info = window(repo, system_id)
+    lines: list[str] = []
+    if not info["configured"]:
+        lines.append("no WAL archive in this repository yet: `crmops wal setup` shows how to start one")
+    else:
+        lines.append(f"cluster {info['system_id']}: {info['segments']} segments archived, "
+                     f"{info['base_backups']} base backups")
+        if info["newest_segment"]:
+            lines.append(f"newest segment {info['newest_segment']} archived {info['newest_archived_at']} "
+                         f"({info['archive_lag_seconds']:.0f} s ago)")
+        if info["start"]:
+            lines.append(f"recoverable window: {info['start']} .. {info['end']}")
+        else:
+            lines.append("no recoverable window: take a base backup (crmops backup --physical)")
+        if info["gap"]:
+            lines.append(info["gap"]["message"])
+    return {"ok": info.get("gap") is None, **info, "lines": lines}
