@@ -39,6 +39,14 @@ def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | N
         for sid in result.forget:
             t.add_row(sid, "[red]would forget[/red]" if dry_run else "[red]forgotten[/red]", "")
         console.print(t)
+        if result.pitr:
+            p = result.pitr
+            verb = "would delete" if dry_run else "deleted"
+            for sid, start in p["window_start_before"].items():
+                console.print(f"point-in-time window of cluster {sid} starts {start} -> "
+                              f"{p['window_start_after'].get(sid)} (retention.pitr_days={p['pitr_days']}); "
+                              f"{verb} {p['wal_files_deleted']} WAL files ({p['wal_bytes_freed'] / 1e6:,.1f} MB)",
+                              markup=False)
         if result.prune:
             _say_prune(console, result.prune)
 

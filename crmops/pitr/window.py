@@ -82,3 +82,24 @@ def describe(repo: Any, system_id: str | None = None) -> dict[str, Any]:
         if info["gap"]:
             lines.append(info["gap"]["message"])
     return {"ok": info.get("gap") is None, **info, "lines": lines}
+
+
+def all_windows(repo: Any) -> list[dict[str, Any]]:
+    """The window of every cluster archiving into this repository (usually one)."""
+    systems = set(archived_systems(repo)) | {m["physical"]["system_id"] for m in physical_manifests(repo)}
+    return [window(repo, s) for s in sorted(systems)]
+
+
+def figures(config: Any) -> dict[str, Any]:
+    """What the metrics export: the archive lag, the last push and the window start (Unix times)."""
+    from crmops.repository import open_repository
+
+    wins = [w for w in all_windows(open_repository(config)) if w.get("newest_archived_at")]
+    if not wins:
+        return {}
+    w = max(wins, key=lambda x: x["newest_archived_at"])
+    out: dict[str, Any] = {"archive_lag_seconds": w["archive_lag_seconds"],
+                           "archive_last_push_timestamp": datetime.fromisoformat(w["newest_archived_at"]).timestamp()}
+    if w.get("start"):
+        out["pitr_window_start_timestamp"] = datetime.fromisoformat(w["start"]).timestamp()
+    return out

@@ -23,6 +23,8 @@ class ForgetResult:
     keep: dict[str, list[str]]
     forget: list[str]
     prune: PruneResult | None = None
+    #: point-in-time recovery: base backups by retention.pitr_days, the WAL they no longer need, the window
+    pitr: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,17 +41,28 @@ class PruneResult:
 def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bool = False, prune_after: bool = False,
            repo: Repository | None = None) -> ForgetResult:
     repo = repo or open_repository(config)
-    manifests = repo.manifests()
-    keep, drop = plan([(m["id"], datetime.fromisoformat(m["time"])) for m in manifests], policy or config.retention)
+    from crmops.pitr import retention as pitr_retention
+
+    everything = repo.manifests()
+    manifests = [m for m in everything if m.get("kind") != "physical"]  # base backups: retention.pitr_days
+    policy = policy or config.retention
+    keep, drop = plan([(m["id"], datetime.fromisoformat(m["time"])) for m in manifests], policy)
+    physical = [m for m in everything if m.get("kind") == "physical"]
     if dry_run:
+        pitr = pitr_retention.apply(repo, physical, policy.pitr_days, dry_run=True) if physical else None
+        drop += pitr["forget"] if pitr else []
+        keep.update({sid: ["pitr_days"] for sid in (pitr["keep"] if pitr else [])})
         return ForgetResult(True, keep, drop, prune(config, dry_run=True, repo=repo, without=set(drop))
-                            if prune_after else None)
+                            if prune_after else None, pitr)
     with repo.lock(exclusive=True, purpose="forget"):
+        pitr = pitr_retention.apply(repo, physical, policy.pitr_days, dry_run=False) if physical else None
+        drop += pitr["forget"] if pitr else []
+        keep.update({sid: ["pitr_days"] for sid in (pitr["keep"] if pitr else [])})
         for sid in drop:
             repo.store.delete(f"snapshots/{sid}")
             for key, _ in list(repo.store.list(f"records/{sid}/")):
                 repo.store.delete(key)
-    return ForgetResult(False, keep, drop, prune(config, repo=repo) if prune_after else None)
+    return ForgetResult(False, keep, drop, prune(config, repo=repo) if prune_after else None, pitr)
 
 
 def prune(config: Config, *, dry_run: bool = False, repo: Repository | None = None,

@@ -47,6 +47,8 @@ class Overview:
     retention: dict[str, Any] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
     version: str = __version__
+    #: point-in-time recovery: each archiving cluster's window, lag and first gap
+    pitr: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def level(self) -> str:
@@ -120,6 +122,9 @@ def _read_repository(config: Config, ov: Overview) -> None:
     ov.retention = {"kept": len(keep), "past_retention": len(forget),
                     "policy": config.retention.model_dump()}
     ov.repository_size_bytes = repository_figures(config)["repository_size_bytes"]
+    from crmops.pitr.window import all_windows
+
+    ov.pitr = [{k: v for k, v in w.items() if k != "lines"} for w in all_windows(repo)]
 
 
 def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) -> Overview:
@@ -151,7 +156,25 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_jobs_verdict(runs, now))
     out.append(_upgrades_verdict(ov))
     out.append(_alerting_verdict(config))
+    out += [_archive_verdict(w, s.max_archive_lag_seconds) for w in ov.pitr]
     return out
+
+
+def _archive_verdict(w: dict[str, Any], max_lag: float) -> Verdict:
+    """Point-in-time recovery: the archive lag is the data a crash would lose; a gap breaks the window."""
+    if w.get("gap"):
+        return Verdict("wal archive", RED, w["gap"]["message"])
+    lag = w.get("archive_lag_seconds")
+    if lag is None:
+        return Verdict("wal archive", AMBER, f"cluster {w['system_id']}: no WAL segment archived yet")
+    if lag > max_lag:
+        return Verdict("wal archive", RED, f"the newest WAL segment was archived {lag:.0f} s ago "
+                                           f"(limit {max_lag:g} s): check archive_command and the server log")
+    if not w.get("start"):
+        return Verdict("wal archive", AMBER, f"WAL archived {lag:.0f} s ago, but no base backup: "
+                                             "run `crmops backup --physical`")
+    return Verdict("wal archive", GREEN, f"recoverable from {w['start'][:19]} to {w['end'][:19]} UTC; "
+                                         f"archive lag {lag:.0f} s")
 
 
 def _alerting_verdict(config: Config) -> Verdict:
