@@ -120,3 +120,51 @@ def test_tables_at_a_point_in_time_bring_back_a_dropped_table_only(cluster: Clus
     refused = cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--tables", "contacts", "--to",
                              cluster.url, check=False)
     assert refused.returncode == 60 and "--force" in refused.stderr
+
+
+def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Cluster) -> None:
+    from tests.pitr.conftest import PG_BIN, as_postgres
+    from tests.pitr.conftest import Cluster as _C
+
+    cluster.sql("CREATE TABLE notes (id int)")
+    cluster.crmops_json("backup", "--physical")
+    cluster.sql("INSERT INTO notes SELECT generate_series(1, 50)")
+    time.sleep(1.1)
+    good = cluster.sql("SELECT now()")[0][0]
+    time.sleep(1.1)
+    cluster.sql("DELETE FROM notes WHERE id > 10")
+    cluster.switch_and_wait()
+
+    busy = cluster.base / "busy"
+    busy.mkdir()
+    (busy / "PG_VERSION").write_text("15\n")
+    refused = cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--to-datadir", str(busy), check=False)
+    assert refused.returncode == 60 and "not empty" in refused.stderr
+
+    datadir = cluster.base / "recovered"
+    r = json.loads(cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--to-datadir", str(datadir)).stdout)
+    assert (datadir / "recovery.signal").exists() and "wal fetch --system-id" in r["restore_command"]
+    assert any("next: chown -R postgres:postgres" in line for line in r["lines"])
+    # start it as an administrator would; this test's postgres user runs crmops through the system python
+    other = _C(cluster.base)
+    auto = (datadir / "postgresql.auto.conf").read_text()
+    ours, theirs = r["restore_command"].split(" wal fetch")[0], cluster.wal_command("fetch").split(" wal fetch")[0]
+    auto = auto.replace(ours, theirs)
+    auto += f"port = {other.port}\narchive_mode = off\n"
+    (datadir / "postgresql.auto.conf").write_text(auto)
+    import subprocess
+
+    subprocess.run(["chown", "-R", "postgres:postgres", str(datadir)], check=True)
+    log = cluster.base / "recovered.log"
+    try:
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "90", "start"],
+                    check=True, capture_output=True)
+        url = f"postgresql://postgres@127.0.0.1:{other.port}/postgres"
+        deadline = time.monotonic() + 60
+        while psycopg.connect(url, autocommit=True).execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.3)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 50
+    finally:
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"], capture_output=True)
