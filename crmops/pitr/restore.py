@@ -184,7 +184,8 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
                tables: list[str] | None = None, sandbox: bool = False, keep: bool = False,
                to_datadir: Path | None = None, force: bool = False, system_id: str | None = None,
                progress: Callable[[int], None] | None = None,
-               say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+               say: Callable[[str], None] = lambda s: None,
+               inspect: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
     from crmops.repository import open_repository
 
     started = time.monotonic()
@@ -207,7 +208,8 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
     archive = WalArchive(repo, base["physical"]["system_id"])
     result: dict[str, Any] = {"ok": True, "target": {k: v for k, v in target.items() if k in ("kind", "value")},
                               "base_snapshot": base["id"], "base_stop_time": base["physical"]["stop_time"],
-                              "window": {"start": win["start"], "end": win["end"]}, "lines": []}
+                              "window": {"start": win["start"], "end": win["end"]},
+                              "archive_lag_seconds": win.get("archive_lag_seconds"), "lines": []}
     if to_url is not None:
         _check_tables_target(to_url, tables or [], force)
     if to_datadir is not None:
@@ -229,6 +231,8 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
         result.update(wal_files=n, sandbox=box.name, recovery_stopped=box.stopped_at, replay_seconds=box.started_s)
         result["lines"].append(f"recovered base {base['id']} + {n} WAL files to {target['value']} in "
                                f"{box.started_s} s" + (f" (stopped {box.stopped_at})" if box.stopped_at else ""))
+        if inspect is not None:
+            result.update(inspect(box.url))
         if tables:
             result.update(_move_tables(config, box.url, to_url or "", tables, force))
             result["lines"].append(f"tables {', '.join(tables)} as of {target['value']} are now in "

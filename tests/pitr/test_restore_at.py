@@ -84,6 +84,21 @@ def test_restore_at_one_second_before_the_disaster_has_exactly_the_markers(clust
 
         shutil.rmtree(result["sandbox_info"]["folder"], ignore_errors=True)
 
+    # drill --at: the same recovery, with the configured checks run on it
+    import yaml
+
+    cfg = yaml.safe_load(cluster.config.read_text())
+    cfg["verify"]["assertions"] = [{"name": "markers", "sql": "SELECT count(*) FROM markers",
+                                    "expect": len(expected)}]
+    cluster.config.write_text(yaml.safe_dump(cfg))
+    drill = json.loads(cluster.crmops("drill", "--at", target, "--report-dir", str(cluster.base / "drills")).stdout)
+    assert drill["ok"] and [c["ok"] for c in drill["checks"]] == [True, True], drill["checks"]
+    assert drill["restore_seconds"] > 0 and (cluster.base / "drills").is_dir()
+    cfg["verify"]["assertions"][0]["expect"] = len(expected) + 1
+    cluster.config.write_text(yaml.safe_dump(cfg))
+    failed = cluster.crmops("verify", "--at", target, check=False)
+    assert failed.returncode == 30 and "assertion 'markers' failed" in failed.stderr, failed.stderr
+
     # outside the window: one clear line naming it, exit 82
     before = (cutoff - timedelta(hours=1)).isoformat(sep=" ")
     refused = cluster.crmops("restore", "--at", before, "--sandbox", check=False)
