@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from tests.pitr.conftest import Cluster, as_postgres
+from tests.pitr.conftest import Cluster
 
 
 def test_archive_command_stores_segments_and_base_backup_records_lsns(cluster: Cluster) -> None:
@@ -66,6 +65,10 @@ def test_setup_prints_settings_without_secrets(cluster: Cluster) -> None:
     assert "wal fetch %f %p" in r["restore_command"]
     assert not r["applied"]
 
-
-def _unused(p: Path) -> None:  # keeps as_postgres imported for the kill test module
-    as_postgres(["true"])
+    # --apply writes them with ALTER SYSTEM (last: this cluster's own archive_command is replaced)
+    cluster.sql("ALTER SYSTEM SET archive_timeout = 5")
+    applied = cluster.crmops_json("wal", "setup", "--apply", "--env-file", str(cluster.env_file))
+    assert applied["applied"] and applied["changed"] == ["archive_command", "archive_timeout"]
+    assert applied["needs_restart"] == []  # archive_mode and wal_level were already right
+    assert cluster.sql("SHOW archive_command")[0][0] == s["archive_command"]
+    assert cluster.sql("SHOW archive_timeout")[0][0] == "1min"
