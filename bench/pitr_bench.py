@@ -4,7 +4,7 @@ physical restore is beside pg_restore of a logical snapshot.
 Runs its own PostgreSQL 15 cluster (as tests/pitr do: the shared server must keep its
 settings), archiving through `crmops wal push`. Prints one JSON document.
 
-    CRMOPS_TESTBED_DIR=/work/main/.testbed PYTHONPATH=. .venv/bin/python -m bench.pitr_bench [--size medium] [--rewrites 2]
+    PYTHONPATH=. .venv/bin/python -m bench.pitr_bench [--size medium] [--rewrites 2]
 """
 
 from __future__ import annotations
