@@ -132,9 +132,21 @@ def test_tables_at_a_point_in_time_bring_back_a_dropped_table_only(cluster: Clus
     assert cluster.sql("SELECT count(*) FROM deals")[0][0] == 301
 
     # the table exists now: replacing its rows needs --force, and touches nothing else
+    cluster.sql("DELETE FROM contacts WHERE id > 100")  # a second disaster, a mass DELETE this time
     refused = cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--tables", "contacts", "--to",
                              cluster.url, check=False)
     assert refused.returncode == 60 and "--force" in refused.stderr
+    assert cluster.sql("SELECT count(*) FROM contacts")[0][0] == 100
+    schema = "SELECT string_agg(column_name || data_type, ',' ORDER BY table_name, ordinal_position) " \
+             "FROM information_schema.columns WHERE table_schema = 'public'"
+    schema_before = cluster.sql(schema)[0][0]
+    cluster.switch_and_wait()
+    r = cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--tables", "contacts", "--to", cluster.url,
+                       "--force")
+    result = json.loads(r.stdout)
+    assert result["tables_rows_replaced"] == ["contacts"] and result["safety_snapshot"]
+    assert cluster.sql("SELECT count(*), max(id) FROM contacts")[0] == (501, 501)
+    assert cluster.sql(deals_digest)[0][0] == before and cluster.sql(schema)[0][0] == schema_before
 
 
 def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Cluster) -> None:
