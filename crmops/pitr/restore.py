@@ -25,7 +25,7 @@ from typing import Any
 
 from crmops.config import Config
 from crmops.dburl import engine_kind, safe
-from crmops.errors import ConfigError, DatabaseError, OutsideWindow, TargetNotEmpty
+from crmops.errors import ConfigError, DatabaseError, OutsideWindow, RecoveryFailed, TargetNotEmpty
 from crmops.pitr.archive import FILE_RE, SEGMENT_RE, WalArchive, parse_lsn, parse_segment
 from crmops.pitr.basebackup import STREAM
 from crmops.pitr.window import physical_manifests, window
@@ -178,6 +178,13 @@ def write_recovery(datadir: Path, settings: dict[str, str], *, sandbox: bool) ->
             (datadir / "pg_ident.conf").write_text("")
 
 
+def drop_targets(datadir: Path) -> None:
+    """Remove the recovery_target_* settings, so a restarted recovery replays to the end of the archive."""
+    conf = datadir / "postgresql.auto.conf"
+    lines = [ln for ln in conf.read_text().splitlines(keepends=True) if not ln.startswith("recovery_target_")]
+    conf.write_text("".join(lines) + "recovery_target_action = 'promote'\n")
+
+
 # -- the three forms -----------------------------------------------------------------------
 
 def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None = None,
@@ -227,7 +234,20 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
         write_recovery(work / "data", recovery_settings(target, f"cp {WALDIR}/%f %p"), sandbox=True)
         box = RecoverySandbox(config.verify, base["server_version"], datadir=work / "data", waldir=work / "wal",
                               superuser=base["physical"].get("superuser") or "postgres", database=base.get("database"))
-        box.start()
+        box.allow_retry = target["kind"] == "time"
+        t_start = time.monotonic()
+        try:
+            box.start()
+        except RecoveryFailed as e:
+            if not (box.allow_retry and box.ended_early(e)):
+                raise
+            # no commit after T reached the archive (a quiet moment): the state at T is the archive's end
+            drop_targets(work / "data")
+            box.resume_to_end()
+            box.started_s = round(time.monotonic() - t_start, 3)
+            result["ended_at_archive_end"] = True
+            result["lines"].append(f"no transaction committed between the archive's last commit and "
+                                   f"{target['value']}: recovered to the end of the archive")
         result.update(wal_files=n, sandbox=box.name, recovery_stopped=box.stopped_at, replay_seconds=box.started_s)
         result["lines"].append(f"recovered base {base['id']} + {n} WAL files to {target['value']} in "
                                f"{box.started_s} s" + (f" (stopped {box.stopped_at})" if box.stopped_at else ""))

@@ -75,15 +75,42 @@ class RecoverySandbox(DockerSandbox):
             self._container.start()
             self._container.reload()
             self._ip = self._container.attrs["NetworkSettings"]["Networks"][self.name]["IPAddress"]
-            self._wait_promoted()
-            self._psql(f"ALTER ROLE \"{self.superuser}\" PASSWORD '{self._password}'")
+            self._finish()
         except DockerException as e:
             self.remove()
             raise SandboxUnavailable(f"Docker could not start recovery sandbox {self.name}: {e}") from None
+        except RecoveryFailed as e:
+            if not (self.ended_early(e) and self.allow_retry):
+                self.remove()
+            raise
         except BaseException:
             self.remove()
             raise
         self.started_s = round(time.monotonic() - t0, 3)
+
+    #: set by the caller: keep the container when replay ran out of WAL before the target
+    allow_retry = False
+
+    @staticmethod
+    def ended_early(e: Exception) -> bool:
+        return "before configured recovery target was reached" in str(e)
+
+    def _finish(self) -> None:
+        self._wait_promoted()
+        self._psql(f"ALTER ROLE \"{self.superuser}\" PASSWORD '{self._password}'")
+
+    def resume_to_end(self) -> None:
+        """Start the stopped container again (its settings rewritten by the caller) and replay to the end."""
+        t0 = time.monotonic()
+        try:
+            self._container.start()
+            self._container.reload()
+            self._ip = self._container.attrs["NetworkSettings"]["Networks"][self.name]["IPAddress"]
+            self._finish()
+        except BaseException:
+            self.remove()
+            raise
+        self.started_s = round((self.started_s or 0) + time.monotonic() - t0, 3)
 
     def _psql(self, sql: str) -> str:
         code, out = self._container.exec_run(
