@@ -26,7 +26,7 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import engine_kind, safe
 from crmops.errors import ConfigError, DatabaseError, OutsideWindow, RecoveryFailed, TargetNotEmpty
-from crmops.pitr.archive import FILE_RE, SEGMENT_RE, WalArchive, parse_lsn, parse_segment
+from crmops.pitr.archive import FILE_RE, SEGMENT_RE, WalArchive, parse_lsn, parse_segment, segno_of
 from crmops.pitr.basebackup import STREAM
 from crmops.pitr.window import physical_manifests, window
 
@@ -144,7 +144,25 @@ def extract_base(repo: Any, manifest: dict[str, Any], datadir: Path, progress: C
     (datadir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
 
 
-def prefetch_wal(archive: WalArchive, base: dict[str, Any], folder: Path) -> int:
+def last_needed_segment(repo: Any, base: dict[str, Any], target: dict[str, Any]) -> int | None:
+    """A segment number past which replay to the target never reads, or None (read to the end).
+
+    A later base backup that started after the target time began at an LSN past it, so the
+    WAL up to its start segment holds the target (one more segment for the commit after it).
+    """
+    seg = base["physical"]["wal_segment_size"]
+    if target["kind"] == "lsn":
+        return segno_of(target["lsn"], seg) + 1
+    if target["kind"] != "time":
+        return None
+    later = [m for m in physical_manifests(repo, base["physical"]["system_id"])
+             if datetime.fromisoformat(m["physical"]["start_time"]) > target["time"]]
+    if not later:
+        return None
+    return min(parse_segment(m["physical"]["start_segment"], seg)[1] for m in later) + 1
+
+
+def prefetch_wal(archive: WalArchive, base: dict[str, Any], folder: Path, last: int | None = None) -> int:
     """Every archived WAL file the replay may ask for from the base's start on: segments, histories."""
     seg_size = base["physical"]["wal_segment_size"]
     start_tli, start_segno = parse_segment(base["physical"]["start_segment"], seg_size)
@@ -153,7 +171,7 @@ def prefetch_wal(archive: WalArchive, base: dict[str, Any], folder: Path) -> int
     for f in archive.files():
         if SEGMENT_RE.match(f.name):
             tli, segno = parse_segment(f.name, seg_size)
-            if segno < start_segno or tli < start_tli:
+            if segno < start_segno or tli < start_tli or (last is not None and segno > last):
                 continue
         elif not f.name.endswith(".history"):
             continue
@@ -227,7 +245,7 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
         os.chmod(work, 0o755)
         say(f"extracting base backup {base['id']} (stopped {base['physical']['stop_time']})")
         extract_base(repo, base, work / "data", progress)
-        n = prefetch_wal(archive, base, work / "wal")
+        n = prefetch_wal(archive, base, work / "wal", last_needed_segment(repo, base, target))
         say(f"replaying {n} archived WAL files to {target['value']} in a sandbox")
         from crmops.pitr.sandbox import WALDIR, RecoverySandbox
 
