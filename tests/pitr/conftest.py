@@ -111,6 +111,8 @@ class Cluster:
 
     def switch_and_wait(self, timeout: float = 60) -> str:
         """Close the current segment and wait until archive_command has stored it."""
+        # a record first: with nothing written since the last switch, pg_switch_wal() does not switch
+        self.sql("SELECT pg_logical_emit_message(false, 'crmops-test', 'tick')")
         name = self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
