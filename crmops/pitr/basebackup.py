@@ -61,7 +61,9 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
                           hint="run `crmops backup` for a logical snapshot")
     engine = PostgresEngine(source)
     facts = server_facts(engine)
-    if facts["archive_mode"] == "off" or "wal push" not in facts["archive_command"]:
+    # a wrapper script around `crmops wal push` is fine: the backup history file must reach this
+    # repository's archive below, which proves archiving works whatever the command looks like
+    if facts["archive_mode"] == "off" or not facts["archive_command"]:
         raise ConfigError(f"{safe(source)} does not archive its WAL to crmops (archive_mode={facts['archive_mode']}): "
                           "a base backup alone cannot be recovered",
                           hint="run `crmops wal setup --apply`, restart PostgreSQL, then back up again")

@@ -300,8 +300,14 @@ def _to_datadir(config: Config, repo: Any, base: dict[str, Any], target: dict[st
     env_file = Path(os.environ.get("CRMOPS_ENV_FILE", "/etc/crmops/crmops.env"))
     _push, fetch = archive_commands(config_file, env_file)
     fetch = fetch.replace("wal fetch %f %p", f"wal fetch --system-id {base['physical']['system_id']} %f %p")
-    extract_base(repo, base, datadir, progress)
-    write_recovery(datadir, recovery_settings(target, fetch), sandbox=False)
+    created = not datadir.exists()
+    try:
+        extract_base(repo, base, datadir, progress)
+        write_recovery(datadir, recovery_settings(target, fetch), sandbox=False)
+    except BaseException:
+        if created:  # half a data directory must never be mistaken for a recovered one
+            shutil.rmtree(datadir, ignore_errors=True)
+        raise
     major = base["server_version"].split(".")[0]
     result.update(datadir=str(datadir), restore_command=fetch, seconds=round(time.monotonic() - started, 2))
     result["lines"] += [
