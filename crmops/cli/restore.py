@@ -38,6 +38,10 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
     if at or at_lsn or at_name or before_xid or sandbox or to_datadir:
         from crmops.cli.pitr import parse_target, restore_at_cmd
 
+        if snapshot != "latest":
+            raise click.UsageError("--at picks its base backup itself: leave out SNAPSHOT")
+        if attachments_to is not None:
+            raise click.UsageError("--attachments-to belongs to logical snapshots; it does not combine with --at")
         return restore_at_cmd(app, target=parse_target(at, at_lsn, at_name, before_xid), to_url=to_url,
                               tables=chosen, sandbox=sandbox, keep=keep, to_datadir=to_datadir, force=force)
     if to_url is None:

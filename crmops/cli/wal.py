@@ -49,6 +49,9 @@ def wal_group() -> None:
 @pass_app
 def push_cmd(app: AppContext, path: Path, system_id: str | None) -> None:
     """Archive one WAL file (archive_command = '... wal push %p'); exit 0 only once it is stored."""
+    from crmops.pitr.archive import validate_name
+
+    validate_name(path.name)
     archive = _archive(app, _system_id(system_id, path))
     outcome = archive.push(path)
     app.emit({"ok": True, "file": path.name, "outcome": outcome, "system_id": archive.system_id},
@@ -62,6 +65,9 @@ def push_cmd(app: AppContext, path: Path, system_id: str | None) -> None:
 @pass_app
 def fetch_cmd(app: AppContext, name: str, dest: Path, system_id: str | None) -> None:
     """Restore one WAL file (restore_command = '... wal fetch %f %p'); exit 81 when it is not archived."""
+    from crmops.pitr.archive import validate_name
+
+    validate_name(name)
     archive = _archive(app, _system_id(system_id))
     size = archive.fetch(name, dest)
     app.emit({"ok": True, "file": name, "bytes": size}, lambda c: c.print(f"{name}: {size} bytes"))
