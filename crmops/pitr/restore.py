@@ -84,7 +84,7 @@ def _conf_line(name: str, value: str) -> str:
 def choose_base(repo: Any, target: dict[str, Any], system_id: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(base manifest, window) for the target; OutsideWindow names the window when it does not fit."""
     win = window(repo, system_id)
-    if not win.get("configured") or not win.get("start"):
+    if not win.get("configured") or not win.get("start") or not win.get("end"):
         raise OutsideWindow("there is no recoverable window yet: no base backup with its WAL archived",
                             hint="turn archiving on (`crmops wal setup --apply`) and run `crmops backup --physical`")
     usable = [m for m in physical_manifests(repo, win["system_id"]) if m["id"] in win["base_snapshot_ids"]]
