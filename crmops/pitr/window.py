@@ -93,7 +93,10 @@ def all_windows(repo: Any) -> list[dict[str, Any]]:
 def figures(config: Any) -> dict[str, Any]:
     """What the metrics export: the archive lag, the last push and the window start (Unix times)."""
     from crmops.repository import open_repository
+    from crmops.storage import open_store
 
+    if not any(True for _ in open_store(config.repository.url, config.repository).list("walstate/")):
+        return {}  # no archive: no key derivation, no manifests read at the end of every job
     wins = [w for w in all_windows(open_repository(config)) if w.get("newest_archived_at")]
     if not wins:
         return {}
