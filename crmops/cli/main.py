@@ -43,10 +43,11 @@ COMMANDS: dict[str, str] = {
     "report": "crmops.cli.report:report_cmd",
     "status": "crmops.cli.report:status_cmd",
     "wal": "crmops.cli.wal:wal_group",
+    "binlog": "crmops.cli.binlog:binlog_group",
 }
 
 HELP_GROUPS = {
-    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "wal"],
+    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "wal", "binlog"],
     "Prove": ["verify", "drill", "sandbox"],
     "Change": ["migrate", "upgrade"],
     "Operate": ["schedule", "status", "report", "repo", "key", "db"],

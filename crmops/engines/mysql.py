@@ -140,6 +140,9 @@ class MysqlEngine:
             cur.execute("FLUSH TABLES WITH READ LOCK")
             try:
                 sequences = _auto_increments(cur)
+                from crmops.pitr.binlog import position
+
+                binlog = position(cur)  # under the lock: exactly the dump's point in the binlog
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 before = _connection_ids(cur)
                 proc = ToolProcess([tool, f"--defaults-extra-file={options}", "--single-transaction", "--quick",
@@ -156,7 +159,9 @@ class MysqlEngine:
                 _fill_fingerprint(cur, fp)
                 return fp
 
-            yield StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds)
+            dump = StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds)
+            dump.binlog = binlog  # type: ignore[attr-defined]
+            yield dump
         finally:
             if proc is not None:
                 proc.close()

@@ -51,6 +51,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             writer.add_stream("database", dump.chunks(), format=dump.format, progress=progress)
             fingerprint = dump.fingerprint
             server_version = dump.server_version
+            binlog = getattr(dump, "binlog", None)  # MariaDB/MySQL: the binlog position the dump is consistent with
         files = 0
         folder = config.attachments.path if url is None else None
         if folder is not None:
@@ -64,6 +65,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             "engine": engine.name, "server_version": server_version, "database": engine.database_name(),
             "source": safe(source), "schema_revision": revision, "fingerprint": fingerprint.to_dict(),
             "attachments_root": str(folder) if folder else None,
+            **({"binlog": binlog} if binlog else {}),
         })
     stats = manifest["stats"]
     return BackupResult(snapshot_id=manifest["id"], duration_s=round(time.monotonic() - started, 2),

@@ -1,0 +1,120 @@
+"""MariaDB: the logical backup records its binlog position; `binlog setup` checks the server's settings.
+
+A MariaDB of the test's own with binary logging on (the shared server runs without it and
+must keep its settings), started as the mysql OS user and stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+import yaml
+
+from tests.conftest import BED_ENV
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def binlog_server() -> Iterator[str]:
+    if not shutil.which("mariadbd") and not Path("/usr/sbin/mariadbd").exists():
+        pytest.skip("mariadbd is not installed")
+    base = Path(tempfile.mkdtemp(prefix="crmops-mdb-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    data = base / "data"
+    data.mkdir()
+    shutil.chown(data, "mysql", "mysql")
+    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql",
+                    "--auth-root-authentication-method=normal"], check=True, capture_output=True)
+    port = _port()
+    proc = subprocess.Popen(["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={data}/sock",
+                             f"--port={port}", "--bind-address=127.0.0.1", "--user=mysql",
+                             f"--log-bin={data}/mariadb-bin", "--binlog-format=ROW", "--server-id=7",
+                             f"--pid-file={data}/pid"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pymysql.connect(host="127.0.0.1", port=port, user="root").close()
+                break
+            except pymysql.err.OperationalError:
+                assert time.monotonic() < deadline and proc.poll() is None, "mariadbd did not start"
+                time.sleep(0.3)
+        with pymysql.connect(host="127.0.0.1", port=port, user="root", autocommit=True) as conn:
+            conn.cursor().execute("CREATE DATABASE crm")
+        yield f"mysql://root@127.0.0.1:{port}/crm"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _crmops(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    config = tmp_path / "crmops.yaml"
+    config.write_text(yaml.safe_dump({"database": {"url": url}, "repository": {"url": f"file://{tmp_path / 'repo'}"},
+                                      "state_dir": str(tmp_path / "state")}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["CRMOPS_PASSPHRASE"] = "binlog test"
+    return subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "--json", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_logical_backup_records_the_binlog_position_it_is_consistent_with(binlog_server: str,
+                                                                            tmp_path: Path) -> None:
+    from crmops.config import load_config
+    from crmops.repository import open_repository
+
+    with pymysql.connect(host="127.0.0.1", port=int(binlog_server.split(":")[2].split("/")[0]), user="root",
+                         database="crm", autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE contacts (id int PRIMARY KEY, name varchar(40))")
+        cur.execute("INSERT INTO contacts VALUES (1, 'a'), (2, 'b')")
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+        cur.execute("SELECT @@gtid_binlog_pos")
+        gtid = cur.fetchone()[0]
+    assert _crmops(tmp_path, binlog_server, "repo", "init").returncode == 0
+    r = _crmops(tmp_path, binlog_server, "backup")
+    assert r.returncode == 0, r.stderr
+    os.environ["CRMOPS_PASSPHRASE"] = "binlog test"
+    try:
+        manifest = open_repository(load_config(tmp_path / "crmops.yaml")).manifest("latest")
+    finally:
+        del os.environ["CRMOPS_PASSPHRASE"]
+    assert manifest["binlog"] == {"file": file, "position": pos, "gtid": gtid}
+
+    ready = _crmops(tmp_path, binlog_server, "binlog", "setup")
+    assert ready.returncode == 0, ready.stderr
+    assert json.loads(ready.stdout)["ready"] is True
+
+
+def test_binlog_setup_names_what_the_server_lacks(tmp_path: Path) -> None:
+    url = BED_ENV.get("CRMOPS_TEST_MYSQL_URL")
+    if not url:
+        pytest.skip("MariaDB test server is not available")
+    r = _crmops(tmp_path, url, "binlog", "setup")
+    doc = json.JSONDecoder().raw_decode(r.stdout)[0]
+    if doc.get("ready"):
+        pytest.skip("the shared server logs binlogs already")
+    assert r.returncode == 3 and "log_bin" in r.stderr and "Traceback" not in r.stderr
+    assert {c["setting"]: c["ok"] for c in doc["checks"]}["log_bin"] is False
