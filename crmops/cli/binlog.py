@@ -47,3 +47,41 @@ def setup_cmd(app: AppContext, url: str | None) -> None:
         bad = [c["setting"] for c in result["checks"] if not c["ok"]]
         raise ConfigError(f"{safe(url)} does not keep what binlog archiving needs: {', '.join(bad)}",
                           hint="set them in my.cnf and restart the server (see the lines above)")
+
+
+@binlog_group.command("push")
+@click.option("--url", type=DATABASE_URL, help="The server (default: database.url); needs REPLICATION SLAVE.")
+@pass_app
+def push_cmd(app: AppContext, url: str | None) -> None:
+    """Archive the binary logs that are new or have grown since the last push."""
+    from crmops.pitr.binlog import push
+
+    result = push(app.config, url)
+    app.emit(result, lambda c: c.print(f"server {result['server_id']}: stored {len(result['stored'])} binary logs "
+                                       f"({', '.join(result['stored']) or 'nothing new'})", markup=False))
+
+
+@binlog_group.command("follow")
+@click.option("--url", type=DATABASE_URL, help="The server (default: database.url); needs REPLICATION SLAVE.")
+@click.option("--interval", type=click.IntRange(1, 3600), default=60, show_default=True,
+              help="Seconds between pushes: the bound on data lost (RPO).")
+@pass_app
+def follow_cmd(app: AppContext, url: str | None, interval: int) -> None:
+    """Push the binary logs every --interval seconds until stopped (run it as a service).
+
+    Each round lists the server's binary logs and archives what is new or longer, so a
+    server restart or a rotation between rounds loses nothing the server still keeps.
+    """
+    import time
+
+    from crmops.errors import CrmopsError
+    from crmops.pitr.binlog import push
+
+    while True:
+        try:
+            result = push(app.config, url)
+            if result["stored"]:
+                app.say(f"stored {', '.join(result['stored'])}")
+        except CrmopsError as e:  # an unreachable server or store: say it, try again next round
+            click.echo(f"crmops: warning: {e.line()}", err=True)
+        time.sleep(interval)

@@ -101,7 +101,7 @@ def test_logical_backup_records_the_binlog_position_it_is_consistent_with(binlog
         manifest = open_repository(load_config(tmp_path / "crmops.yaml")).manifest("latest")
     finally:
         del os.environ["CRMOPS_PASSPHRASE"]
-    assert manifest["binlog"] == {"file": file, "position": pos, "gtid": gtid}
+    assert manifest["binlog"] == {"file": file, "position": pos, "gtid": gtid, "server_id": "7"}
 
     ready = _crmops(tmp_path, binlog_server, "binlog", "setup")
     assert ready.returncode == 0, ready.stderr
@@ -118,3 +118,72 @@ def test_binlog_setup_names_what_the_server_lacks(tmp_path: Path) -> None:
         pytest.skip("the shared server logs binlogs already")
     assert r.returncode == 3 and "log_bin" in r.stderr and "Traceback" not in r.stderr
     assert {c["setting"]: c["ok"] for c in doc["checks"]}["log_bin"] is False
+
+
+def _port_of(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster(
+        binlog_server: str, tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    from datetime import UTC, datetime
+
+    port = _port_of(binlog_server)
+
+    def connect():  # type: ignore[no-untyped-def]
+        return pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True)
+
+    with connect() as conn:
+        conn.cursor().execute("CREATE TABLE markers (id int AUTO_INCREMENT PRIMARY KEY, at datetime NOT NULL)")
+    stop = threading.Event()
+
+    def write() -> None:
+        with connect() as conn:
+            cur = conn.cursor()
+            while not stop.is_set():
+                cur.execute("INSERT INTO markers (at) VALUES (UTC_TIMESTAMP())")
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        time.sleep(1.5)
+        assert _crmops(tmp_path, binlog_server, "repo", "init").returncode == 0
+        r = _crmops(tmp_path, binlog_server, "backup")
+        assert r.returncode == 0, r.stderr
+        time.sleep(2)
+        cutoff = datetime.now(UTC).replace(microsecond=0)  # T-1s, on a second boundary (binlog time is whole seconds)
+        time.sleep(2)
+    finally:
+        stop.set()
+        writer.join()
+    with connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT id FROM markers WHERE at < %s ORDER BY id", (cutoff.replace(tzinfo=None),))
+        expected = [str(r[0]) for r in cur.fetchall()]
+        cur.execute("SELECT count(*) FROM markers WHERE at >= %s", (cutoff.replace(tzinfo=None),))
+        later = cur.fetchone()[0]
+        cur.execute("DELETE FROM markers")  # the disaster, one second after the target
+    assert len(expected) > 100 and later > 10
+    pushed = _crmops(tmp_path, binlog_server, "binlog", "push")
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["stored"]
+
+    r = _crmops(tmp_path, binlog_server, "restore", "--at", cutoff.isoformat(sep=" "),
+                "--sandbox", "--keep")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    name = result["sandbox"]
+    try:
+        code, out = docker_client.containers.get(name).exec_run(
+            ["sh", "-c", 'mariadb -uroot -p"$MARIADB_ROOT_PASSWORD" crm -N -e "SELECT id FROM markers ORDER BY id"'])
+        assert code == 0, out
+        assert out.decode().split() == expected
+    finally:
+        from crmops.sandbox.docker import remove_by_name
+
+        remove_by_name(docker_client, name)
+
+    refused = _crmops(tmp_path, binlog_server, "restore", "--at", "2020-01-01 00:00:00+00", "--sandbox")
+    assert refused.returncode == 82 and "recoverable window is" in refused.stderr
