@@ -85,9 +85,45 @@ def describe(repo: Any, system_id: str | None = None) -> dict[str, Any]:
 
 
 def all_windows(repo: Any) -> list[dict[str, Any]]:
-    """The window of every cluster archiving into this repository (usually one)."""
+    """The window of every cluster archiving into this repository (usually one), WAL and binlog."""
     systems = set(archived_systems(repo)) | {m["physical"]["system_id"] for m in physical_manifests(repo)}
-    return [window(repo, s) for s in sorted(systems)]
+    return [window(repo, s) for s in sorted(systems)] + binlog_windows(repo)
+
+
+def binlog_windows(repo: Any, now: datetime | None = None) -> list[dict[str, Any]]:
+    """MariaDB/MySQL: per server, from the oldest snapshot with a binlog position to the last push."""
+    from crmops.pitr.binlog import read_state
+
+    now = now or datetime.now(UTC)
+    servers = sorted({key.split("/", 1)[1] for key, _ in repo.store.list("binlogstate/")})
+    if not servers:
+        return []
+    snaps = [m for m in repo.manifests() if m.get("binlog")]
+    out = []
+    for sid in servers:
+        state = read_state(repo, sid)
+        stored = {key.rsplit("/", 1)[1] for key, _ in repo.store.list(f"binlog/{sid}/")}
+        mine = [m for m in snaps if m["binlog"].get("server_id") == sid]
+        info: dict[str, Any] = {"configured": True, "kind": "binlog", "system_id": sid, "segments": len(stored),
+                                "base_backups": len(mine), "newest_segment": state.get("active"),
+                                "newest_archived_at": state.get("pushed_at"), "archive_lag_seconds": None,
+                                "start": mine[0]["time"] if mine else None, "end": state.get("pushed_at"),
+                                "gap": None}
+        if state.get("pushed_at"):
+            info["archive_lag_seconds"] = round((now - datetime.fromisoformat(state["pushed_at"])).total_seconds(), 1)
+        if mine:
+            first = mine[0]["binlog"]["file"]
+            stem, _, num = first.rpartition(".")
+            numbers = sorted(int(n.rpartition(".")[2]) for n in stored if n.rpartition(".")[0] == stem)
+            newest = numbers[-1] if numbers else int(num)
+            missing = next((i for i in range(int(num), newest + 1) if i not in numbers), None)
+            if missing is not None:
+                name = f"{stem}.{missing:0{len(num)}d}"
+                info["gap"] = {"missing_segment": name, "breaks_base_backups": [m["id"] for m in mine],
+                               "message": f"binary log {name} of server {sid} is missing from the archive: "
+                                          "snapshots before it cannot be rolled forward past it"}
+        out.append(info)
+    return out
 
 
 def figures(config: Any) -> dict[str, Any]:
@@ -95,7 +131,8 @@ def figures(config: Any) -> dict[str, Any]:
     from crmops.repository import open_repository
     from crmops.storage import open_store
 
-    if not any(True for _ in open_store(config.repository.url, config.repository).list("walstate/")):
+    store = open_store(config.repository.url, config.repository)
+    if not any(True for prefix in ("walstate/", "binlogstate/") for _ in store.list(prefix)):
         return {}  # no archive: no key derivation, no manifests read at the end of every job
     wins = [w for w in all_windows(open_repository(config)) if w.get("newest_archived_at")]
     if not wins:

@@ -162,19 +162,22 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
 
 def _archive_verdict(w: dict[str, Any], max_lag: float) -> Verdict:
     """Point-in-time recovery: the archive lag is the data a crash would lose; a gap breaks the window."""
+    binlog = w.get("kind") == "binlog"
+    name, what = ("binlog archive", "binary log") if binlog else ("wal archive", "WAL segment")
     if w.get("gap"):
-        return Verdict("wal archive", RED, w["gap"]["message"])
+        return Verdict(name, RED, w["gap"]["message"])
     lag = w.get("archive_lag_seconds")
     if lag is None:
-        return Verdict("wal archive", AMBER, f"cluster {w['system_id']}: no WAL segment archived yet")
+        return Verdict(name, AMBER, f"{w['system_id']}: no {what} archived yet")
     if lag > max_lag:
-        return Verdict("wal archive", RED, f"the newest WAL segment was archived {lag:.0f} s ago "
-                                           f"(limit {max_lag:g} s): check archive_command and the server log")
+        how = "`crmops binlog follow`" if binlog else "archive_command"
+        return Verdict(name, RED, f"the newest {what} was archived {lag:.0f} s ago "
+                                  f"(limit {max_lag:g} s): check {how} and the server log")
     if not w.get("start"):
-        return Verdict("wal archive", AMBER, f"WAL archived {lag:.0f} s ago, but no base backup: "
-                                             "run `crmops backup --physical`")
-    return Verdict("wal archive", GREEN, f"recoverable from {w['start'][:19]} to {w['end'][:19]} UTC; "
-                                         f"archive lag {lag:.0f} s")
+        return Verdict(name, AMBER, f"{what}s archived {lag:.0f} s ago, but no backup to start from: run "
+                                    + ("`crmops backup`" if binlog else "`crmops backup --physical`"))
+    return Verdict(name, GREEN, f"recoverable from {w['start'][:19]} to {w['end'][:19]} UTC; "
+                                f"archive lag {lag:.0f} s")
 
 
 def _alerting_verdict(config: Config) -> Verdict:

@@ -185,5 +185,11 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
 
         remove_by_name(docker_client, name)
 
+    status = json.JSONDecoder().raw_decode(_crmops(tmp_path, binlog_server, "status").stdout)[0]
+    (w,) = [x for x in status["pitr"] if x.get("kind") == "binlog"]
+    assert w["system_id"] == "7" and w["gap"] is None and w["archive_lag_seconds"] < 120
+    verdict = next(v for v in status["verdicts"] if v["name"] == "binlog archive")
+    assert verdict["level"] == "green", verdict
+
     refused = _crmops(tmp_path, binlog_server, "restore", "--at", "2020-01-01 00:00:00+00", "--sandbox")
     assert refused.returncode == 82 and "recoverable window is" in refused.stderr
