@@ -73,3 +73,23 @@ def apply(repo: Any, manifests: list[dict[str, Any]], pitr_days: int, *, dry_run
     return {"keep": keep, "forget": drop, "wal_files_deleted": len(doomed),
             "wal_bytes_freed": sum(n for _, n in doomed), "window_start_before": before,
             "window_start_after": after, "pitr_days": pitr_days}
+
+
+def binlogs_to_delete(repo: Any, kept: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(key, size) of archived binary logs older than every kept snapshot's binlog file, per server.
+
+    A server none of whose kept snapshots records a position keeps all its binlogs: without
+    a starting point nothing tells which are useless.
+    """
+    oldest: dict[str, str] = {}
+    for m in kept:
+        b = m.get("binlog")
+        if b and b.get("server_id"):
+            sid = b["server_id"]
+            oldest[sid] = min(oldest.get(sid, b["file"]), b["file"])
+    out = []
+    for sid, first in oldest.items():
+        for key, size in repo.store.list(f"binlog/{sid}/"):
+            if key.rsplit("/", 1)[1] < first:
+                out.append((key, size))
+    return sorted(out)

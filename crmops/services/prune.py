@@ -48,14 +48,20 @@ def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bo
     policy = policy or config.retention
     keep, drop = plan([(m["id"], datetime.fromisoformat(m["time"])) for m in manifests], policy)
     physical = [m for m in everything if m.get("kind") == "physical"]
+    kept_logical = [m for m in manifests if m["id"] in keep]
+    binlogs = pitr_retention.binlogs_to_delete(repo, kept_logical)
     if dry_run:
         pitr = pitr_retention.apply(repo, physical, policy.pitr_days, dry_run=True) if physical else None
+        pitr = _with_binlogs(pitr, binlogs)
         drop += pitr["forget"] if pitr else []
         keep.update({sid: ["pitr_days"] for sid in (pitr["keep"] if pitr else [])})
         return ForgetResult(True, keep, drop, prune(config, dry_run=True, repo=repo, without=set(drop))
                             if prune_after else None, pitr)
     with repo.lock(exclusive=True, purpose="forget"):
         pitr = pitr_retention.apply(repo, physical, policy.pitr_days, dry_run=False) if physical else None
+        pitr = _with_binlogs(pitr, binlogs)
+        for key, _size in binlogs:
+            repo.store.delete(key)
         drop += pitr["forget"] if pitr else []
         keep.update({sid: ["pitr_days"] for sid in (pitr["keep"] if pitr else [])})
         for sid in drop:
@@ -63,6 +69,14 @@ def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bo
             for key, _ in list(repo.store.list(f"records/{sid}/")):
                 repo.store.delete(key)
     return ForgetResult(False, keep, drop, prune(config, repo=repo) if prune_after else None, pitr)
+
+
+def _with_binlogs(pitr: dict[str, Any] | None, binlogs: list[tuple[str, int]]) -> dict[str, Any] | None:
+    if not binlogs:
+        return pitr
+    out = pitr or {"keep": [], "forget": [], "wal_files_deleted": 0, "wal_bytes_freed": 0,
+                   "window_start_before": {}, "window_start_after": {}, "pitr_days": None}
+    return {**out, "binlog_files_deleted": len(binlogs), "binlog_bytes_freed": sum(n for _, n in binlogs)}
 
 
 def prune(config: Config, *, dry_run: bool = False, repo: Repository | None = None,

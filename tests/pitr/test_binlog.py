@@ -107,6 +107,25 @@ def test_logical_backup_records_the_binlog_position_it_is_consistent_with(binlog
     assert ready.returncode == 0, ready.stderr
     assert json.loads(ready.stdout)["ready"] is True
 
+    # retention: binary logs older than every kept snapshot's position go, the rest stay
+    assert _crmops(tmp_path, binlog_server, "binlog", "push").returncode == 0
+    with pymysql.connect(host="127.0.0.1", port=_port_of(binlog_server), user="root", database="crm",
+                         autocommit=True) as conn:
+        conn.cursor().execute("FLUSH BINARY LOGS")
+        conn.cursor().execute("INSERT INTO contacts VALUES (3, 'c')")
+    second = _crmops(tmp_path, binlog_server, "backup")
+    assert second.returncode == 0, second.stderr
+    assert _crmops(tmp_path, binlog_server, "binlog", "push").returncode == 0
+    archived = sorted(p.name for p in (tmp_path / "repo" / "binlog" / "7").iterdir())
+    dry = json.loads(_crmops(tmp_path, binlog_server, "forget", "--keep-last", "1", "--keep-daily", "0",
+                             "--keep-weekly", "0", "--keep-monthly", "0", "--keep-yearly", "0", "--dry-run").stdout)
+    assert dry["pitr"]["binlog_files_deleted"] >= 1
+    done = _crmops(tmp_path, binlog_server, "forget", "--keep-last", "1", "--keep-daily", "0", "--keep-weekly", "0",
+                   "--keep-monthly", "0", "--keep-yearly", "0")
+    assert done.returncode == 0, done.stderr
+    left = sorted(p.name for p in (tmp_path / "repo" / "binlog" / "7").iterdir())
+    assert file in archived and file not in left and left == archived[-len(left):] and left
+
 
 def test_binlog_setup_names_what_the_server_lacks(tmp_path: Path) -> None:
     url = BED_ENV.get("CRMOPS_TEST_MYSQL_URL")
