@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from crmops.config import Config
-from crmops.dburl import safe
+from crmops.dburl import engine_kind, safe
 from crmops.errors import ConfigError, DatabaseError, OutsideWindow
 from crmops.pitr.binlog import read_file, read_state
 
 
-def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any) -> dict[str, Any]:
+def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, tables: list[str] | None = None,
+                       to_url: str | None = None, force: bool = False) -> dict[str, Any]:
     from crmops.engines import open_engine
     from crmops.engines.tools import require_tool
     from crmops.repository import open_repository
@@ -56,6 +57,7 @@ def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any) 
     result: dict[str, Any] = {"ok": True, "engine": "mysql", "target": {"kind": "time", "value": str(when)},
                               "base_snapshot": base["id"], "binlog_start": base["binlog"], "binlog_files": files,
                               "window": {"start": str(start), "end": str(end)}, "lines": []}
+    present = _check_tables_target(to_url, tables, force) if tables and to_url else []
     box = DockerSandbox(config.verify, "mysql", base["server_version"], database=base.get("database"))
     with tempfile.TemporaryDirectory(prefix="crmops-binlog-") as tmp:
         for name in files:
@@ -72,6 +74,10 @@ def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any) 
             result["sandbox"] = box.name
             result["lines"].append(f"restored snapshot {base['id']} and replayed {len(files)} binary logs "
                                    f"from {first}:{base['binlog']['position']} up to {when:%Y-%m-%d %H:%M:%S} UTC")
+            if tables and to_url:
+                result.update(_move_tables(config, target, to_url, tables, present))
+                result["lines"].append(f"tables {', '.join(tables)} as of {when:%Y-%m-%d %H:%M:%S} UTC are now in "
+                                       f"{safe(to_url)}")
             if keep:
                 box.keep()
                 result["sandbox_info"] = box.connect_info()
@@ -105,9 +111,72 @@ def _replay(tool: str, target: Any, files: list[str], position: int, when: datet
         os.unlink(options)
 
 
-def check_mariadb_form(sandbox: bool, tables: list[str] | None, to_datadir: Path | None, kind: str) -> None:
+def check_mariadb_form(sandbox: bool, tables: list[str] | None, to_url: str | None, to_datadir: Path | None,
+                       kind: str) -> None:
     if kind != "time":
         raise ConfigError("MariaDB/MySQL point-in-time restore takes --at TIME only")
-    if tables or to_datadir is not None or not sandbox:
-        raise ConfigError("MariaDB/MySQL point-in-time restore goes into a sandbox only so far: use --sandbox "
-                          "[--keep], then copy what you need from it")
+    if to_datadir is not None:
+        raise ConfigError("--to-datadir is for PostgreSQL; MariaDB/MySQL recovers into a sandbox (--sandbox) "
+                          "or moves tables into a database (--tables ... --to URL)")
+    if not sandbox and not (tables and to_url):
+        raise ConfigError("restore --at needs --sandbox, or --tables ... --to URL")
+    if to_url is not None and engine_kind(to_url) != "mysql":
+        raise ConfigError(f"{safe(to_url)} is not MariaDB/MySQL")
+
+
+def _check_tables_target(to_url: str, tables: list[str], force: bool) -> list[str]:
+    """The named tables that exist in the target; TargetNotEmpty unless --force (checked before any work)."""
+    import re
+
+    from crmops.engines.mysql import MysqlEngine
+    from crmops.errors import TargetNotEmpty
+
+    for t in tables:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", t):
+            raise ConfigError(f"--tables: {t!r} is not a table name")
+    found = {r[0] for r in MysqlEngine(to_url)._query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")}
+    present = [t for t in tables if t in found]
+    if present and not force:
+        raise TargetNotEmpty(f"{', '.join(present)} still exist(s) in {safe(to_url)}",
+                             hint="add --force to replace them (a pre-restore snapshot of the target is taken "
+                                  "first); tables that no longer exist are simply brought back")
+    return present
+
+
+def _move_tables(config: Config, sandbox: Any, to_url: str, tables: list[str], present: list[str]) -> dict[str, Any]:
+    """mariadb-dump of those tables from the sandbox into the target: each is dropped and recreated
+    there, with its rows as at the target time; no other table is touched."""
+    from crmops.engines.mysql import MysqlEngine
+    from crmops.engines.tools import feed
+
+    found = {r[0] for r in sandbox._query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")}
+    missing = [t for t in tables if t not in found]
+    if missing:
+        raise DatabaseError(f"table(s) {', '.join(missing)} did not exist at the recovery target")
+    safety = None
+    if present:
+        from crmops.services.backup import backup
+
+        safety = backup(config, tags=["pre-restore"], url=to_url).snapshot_id
+    dst = MysqlEngine(to_url)
+    src_opts = sandbox._option_file()
+    dst_opts = dst._option_file()
+    try:
+        dump = subprocess.Popen([sandbox._tool("dump"), f"--defaults-extra-file={src_opts}", "--single-transaction",
+                                 "--quick", "--triggers", "--hex-blob", "--skip-dump-date",
+                                 "--default-character-set=utf8mb4", sandbox.database_name(), *tables],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert dump.stdout is not None
+        feed([dst._tool("client"), f"--defaults-extra-file={dst_opts}", "--default-character-set=utf8mb4",
+              "--binary-mode", dst.database_name()], iter(lambda: dump.stdout.read(1 << 20), b""), env={},
+             secrets=dst._secrets(), label="mariadb")
+        if dump.wait() != 0:
+            err = dump.stderr.read().decode("utf-8", "replace") if dump.stderr else ""
+            raise DatabaseError(f"mariadb-dump failed: {(err.strip().splitlines() or ['no output'])[-1]}")
+    finally:
+        os.unlink(src_opts)
+        os.unlink(dst_opts)
+    return {"tables_recreated": [t for t in tables if t not in present], "tables_replaced": present,
+            "safety_snapshot": safety}

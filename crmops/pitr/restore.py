@@ -218,8 +218,9 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
     if engine_kind(config.database.url) == "mysql":
         from crmops.pitr.binlog_restore import check_mariadb_form, restore_at_mariadb
 
-        check_mariadb_form(sandbox, tables, to_datadir, target["kind"])
-        return restore_at_mariadb(config, target["time"], keep=keep, say=say)
+        check_mariadb_form(sandbox, tables, to_url, to_datadir, target["kind"])
+        return restore_at_mariadb(config, target["time"], keep=keep, say=say, tables=tables, to_url=to_url,
+                                  force=force)
     forms = [bool(sandbox), to_datadir is not None, to_url is not None]
     if sum(forms) != 1:
         raise ConfigError("restore --at needs one destination: --sandbox, --to-datadir DIR, or --tables ... --to URL")

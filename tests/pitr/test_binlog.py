@@ -155,6 +155,8 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
 
     with connect() as conn:
         conn.cursor().execute("CREATE TABLE markers (id int AUTO_INCREMENT PRIMARY KEY, at datetime NOT NULL)")
+        conn.cursor().execute("CREATE TABLE other (id int PRIMARY KEY)")
+        conn.cursor().execute("INSERT INTO other VALUES (1), (2), (3)")
     stop = threading.Event()
 
     def write() -> None:
@@ -184,6 +186,9 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
         cur.execute("SELECT count(*) FROM markers WHERE at >= %s", (cutoff.replace(tzinfo=None),))
         later = cur.fetchone()[0]
         cur.execute("DELETE FROM markers")  # the disaster, one second after the target
+        cur.execute("INSERT INTO other VALUES (4)")  # work after it, which must stay
+        cur.execute("CHECKSUM TABLE other")
+        other_before = cur.fetchone()[1]
     assert len(expected) > 100 and later > 10
     pushed = _crmops(tmp_path, binlog_server, "binlog", "push")
     assert pushed.returncode == 0, pushed.stderr
@@ -209,6 +214,22 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
     assert w["system_id"] == "7" and w["gap"] is None and w["archive_lag_seconds"] < 120
     verdict = next(v for v in status["verdicts"] if v["name"] == "binlog archive")
     assert verdict["level"] == "green", verdict
+
+    # table-level: the mass-deleted table comes back as at T-1s, the other keeps its current rows
+    args = ("restore", "--at", cutoff.isoformat(sep=" "), "--tables", "markers", "--to", binlog_server)
+    busy = _crmops(tmp_path, binlog_server, *args)
+    assert busy.returncode == 60 and "--force" in busy.stderr
+    forced = _crmops(tmp_path, binlog_server, *args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["tables_replaced"] == ["markers"]
+    with connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT id FROM markers ORDER BY id")
+        assert [str(r[0]) for r in cur.fetchall()] == expected
+        cur.execute("CHECKSUM TABLE other")
+        assert cur.fetchone()[1] == other_before
+        cur.execute("SELECT id FROM other ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == [1, 2, 3, 4]
 
     refused = _crmops(tmp_path, binlog_server, "restore", "--at", "2020-01-01 00:00:00+00", "--sandbox")
     assert refused.returncode == 82 and "recoverable window is" in refused.stderr
