@@ -24,7 +24,8 @@ from crmops.pitr.binlog import read_file, read_state
 
 
 def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, tables: list[str] | None = None,
-                       to_url: str | None = None, force: bool = False) -> dict[str, Any]:
+                       to_url: str | None = None, force: bool = False,
+                       inspect: Any = None) -> dict[str, Any]:
     from crmops.engines import open_engine
     from crmops.engines.tools import require_tool
     from crmops.repository import open_repository
@@ -74,6 +75,8 @@ def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, 
             result["sandbox"] = box.name
             result["lines"].append(f"restored snapshot {base['id']} and replayed {len(files)} binary logs "
                                    f"from {first}:{base['binlog']['position']} up to {when:%Y-%m-%d %H:%M:%S} UTC")
+            if inspect is not None:
+                result.update(inspect(box.url))
             if tables and to_url:
                 result.update(_move_tables(config, target, to_url, tables, present))
                 result["lines"].append(f"tables {', '.join(tables)} as of {when:%Y-%m-%d %H:%M:%S} UTC are now in "

@@ -220,7 +220,7 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
 
         check_mariadb_form(sandbox, tables, to_url, to_datadir, target["kind"])
         return restore_at_mariadb(config, target["time"], keep=keep, say=say, tables=tables, to_url=to_url,
-                                  force=force)
+                                  force=force, inspect=inspect)
     forms = [bool(sandbox), to_datadir is not None, to_url is not None]
     if sum(forms) != 1:
         raise ConfigError("restore --at needs one destination: --sandbox, --to-datadir DIR, or --tables ... --to URL")

@@ -231,5 +231,18 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
         cur.execute("SELECT id FROM other ORDER BY id")
         assert [r[0] for r in cur.fetchall()] == [1, 2, 3, 4]
 
+    # verify --at on MariaDB: the same roll-forward, with the configured assertion checked in the sandbox
+    config = tmp_path / "crmops.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["verify"] = {"assertions": [{"name": "markers", "sql": "SELECT count(*) FROM markers",
+                                     "expect": len(expected)}]}
+    config.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["CRMOPS_PASSPHRASE"] = "binlog test"
+    verified = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "--json", "verify", "--at",
+                               cutoff.isoformat(sep=" ")], capture_output=True, text=True, env=env, timeout=300)
+    assert verified.returncode == 0, verified.stderr
+    assert all(c["ok"] for c in json.loads(verified.stdout)["checks"])
+
     refused = _crmops(tmp_path, binlog_server, "restore", "--at", "2020-01-01 00:00:00+00", "--sandbox")
     assert refused.returncode == 82 and "recoverable window is" in refused.stderr
