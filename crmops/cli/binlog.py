@@ -1,4 +1,4 @@
-"""`crmops binlog`: MariaDB/MySQL binary logs for point-in-time recovery (settings check only, so far)."""
+"""`crmops binlog`: MariaDB/MySQL binary logs for point-in-time recovery: settings, push, follow."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 
 @click.group("binlog")
 def binlog_group() -> None:
-    """MariaDB/MySQL binary logs: what point-in-time recovery will need from the server."""
+    """MariaDB/MySQL binary log archiving for point-in-time recovery."""
 
 
 @binlog_group.command("setup")

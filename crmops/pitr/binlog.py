@@ -4,7 +4,7 @@ server keeps what binlog archiving needs.
 The position is read while the dump holds FLUSH TABLES WITH READ LOCK to open its
 consistent snapshot (engines/mysql.py), so it is exactly the point the dump shows: replaying
 the binlog from there onward (`mariadb-binlog --start-position`) rolls the dump forward.
-Archiving and replaying binlogs (`binlog follow`, `restore --at` on MariaDB) are not built yet.
+The archive itself (push, follow) is below; the replay is in binlog_restore.py.
 """
 
 from __future__ import annotations
