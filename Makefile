@@ -40,9 +40,10 @@ lint: venv
 demo: venv
 	@set -e; C="$(BIN)/crmops"; \
 	echo "== 1. a demo CRM (SQLite, with attachments) under ./demo"; \
-	test -f demo/crm.db || $$C demo create --size small; \
+	if test -f demo/crm.db; then echo "already there (make clean-demo starts afresh)"; \
+	else $$C demo create --size small; fi; \
 	echo "== 2. an encrypted repository (key file demo/repo.key)"; \
-	test -f demo/repo/config || $$C repo init; \
+	if test -f demo/repo/config; then echo "already there"; else $$C repo init; fi; \
 	echo "== 3. the nightly backup"; $$C backup --tag demo; \
 	echo "== 4. a CRM user edits a contact; the next backup stores only what changed"; \
 	$(BIN)/python -c "import sqlite3, time; c = sqlite3.connect('demo/crm.db'); c.execute('UPDATE contacts SET notes = ? WHERE id = 1', ('edited %s' % time.time(),)); c.commit()"; \
@@ -53,7 +54,7 @@ demo: venv
 	rm -rf demo/restored && mkdir -p demo/restored; \
 	$$C restore latest --to sqlite:///demo/restored/crm.db --attachments-to demo/restored/attachments; \
 	echo "== 8. what monitoring sees (exit 61 when red), and the status page for managers"; \
-	$$C status; $$C report --html demo/status.html; \
+	$$C status; $$C --quiet report --html demo/status.html; echo "status page written to demo/status.html"; \
 	echo "== done: see README.md for the tour, and crmops --help for everything else"
 
 # Speed and memory against pg_dump, pg_restore, the usual openssl script and restic,

@@ -219,7 +219,19 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _print(rows, results)
-    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2))
+    save_results(results, args.size)
+
+
+def save_results(results: dict, size: str) -> None:
+    """Merge into bench/results.json: `large` keeps the plain keys, other sizes sit beside them
+    with their size as a suffix (backup_vs_restic_medium), so one file holds both runs."""
+    path = ROOT / "bench" / "results.json"
+    try:
+        merged = json.loads(path.read_text())
+    except (OSError, ValueError):
+        merged = {}
+    merged.update(results if size == "large" else {f"{k}_{size}": v for k, v in results.items()})
+    path.write_text(json.dumps(merged, indent=2))
 
 
 def _stored(folder: Path) -> int:

@@ -1,4 +1,4 @@
-"""Upgrade rehearsal: the dry run's migration estimate against the real run's migration.
+"""Upgrade rehearsal: the dry run's migration estimate and downtime forecast against the real run.
 
     .venv/bin/python bench/upgrade_bench.py --size medium            # the issue's target size
     .venv/bin/python bench/upgrade_bench.py --size small --rounds 1  # a quick look
@@ -8,7 +8,10 @@ on the medium demo CRM. How close a sub-second to few-second migration comes on 
 host is a measurement, not a pass/fail test, so it lives here. Each round runs the
 shipped playbook (playbooks/democrm-1-to-2.yaml, pointed at a demo app container) as
 `crmops upgrade --dry-run` and then for real, and compares the dry run's `migrate_seconds`
-with the real run's `schema` step. Between rounds the database is recreated from a
+with the real run's `schema` step, and the dry run's downtime forecast (built from the steps
+the rehearsal stack measured: maintenance, backup, migration, swap, health check) with the
+real run's downtime (maintenance on to off, from its journal), next to the migration-only
+figure that was the whole forecast before the rehearsal stack. Between rounds the database is recreated from a
 pristine 1.0 copy (CREATE DATABASE ... TEMPLATE: byte for byte the same data, statistics
 included) and the app goes back to crmops-demo-app:1.0, so every round starts alike; the
 2.0 migration merges duplicate contacts, so `migrate down` could not give that back.
@@ -94,9 +97,32 @@ def one_round(config: Path, playbook: Path, env: dict[str, str]) -> dict[str, An
         raise SystemExit(f"the real run ended {real['result']}: {real.get('error')}")
     schema = next(p for p in dry["plan"] if p["step"] == "schema")
     measured = next(s["seconds"] for s in real["steps"] if s["step"] == "schema")
+    downtime = real_downtime(Path(real["journal"]))
     return {"estimate_s": dry["migrate_seconds"], "timings": schema.get("timings") or [],
             "real_s": measured, "ratio": dry["migrate_seconds"] / measured,
-            "downtime_s": dry["estimated_downtime_s"], "real_run_s": real["seconds"]}
+            "downtime_s": dry["estimated_downtime_s"], "real_run_s": real["seconds"],
+            "real_downtime_s": downtime, "forecast_ratio": dry["estimated_downtime_s"] / downtime,
+            "migrate_only_ratio": dry["migrate_seconds"] / downtime,
+            "rollback_rehearsed_s": (dry.get("rollback") or {}).get("seconds"),
+            "not_rehearsed": (dry.get("counts") or {}).get("not_rehearsed"),
+            # per step inside the downtime: (forecast, real) seconds, to see where they part
+            "per_step": {p["step"]: (p["seconds"], next((x["seconds"] for x in real["steps"] if x["step"] == p["step"]
+                                                         and x["phase"] == "run"), None))
+                         for p in dry["plan"] if p.get("in_downtime")}}
+
+
+def real_downtime(journal: Path) -> float:
+    """From the start of the real run's maintenance-on step to the end of its maintenance-off step."""
+    from datetime import datetime
+
+    from crmops.journal import Journal
+
+    records = list(Journal(journal).records())
+    steps = [r for r in records if r["event"] in ("step_start", "step_end") and r.get("phase") == "run"]
+    on = next(r for r in steps if r["event"] == "step_start" and r["type"] == "maintenance"
+              and r["params"].get("mode") == "on")
+    off = next(r for r in reversed(steps) if r["event"] == "step_end" and r["type"] == "maintenance")
+    return (datetime.fromisoformat(off["ts"]) - datetime.fromisoformat(on["ts"])).total_seconds()
 
 
 def back_to_1_0(admin_url: str, name: str, template: str, app: App) -> None:
@@ -150,6 +176,7 @@ def main() -> None:
 
 def summary(size: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     within = sum(abs(r["ratio"] - 1) <= TOLERANCE for r in rounds)
+    forecast_within = sum(abs(r["forecast_ratio"] - 1) <= TOLERANCE for r in rounds)
     return {
         "upgrade_size": size,
         "upgrade_estimate_s": round(statistics.median(r["estimate_s"] for r in rounds), 3),
@@ -157,6 +184,15 @@ def summary(size: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "upgrade_estimate_vs_real": round(statistics.median(r["ratio"] for r in rounds), 2),
         "upgrade_estimate_within_25pct": f"{within}/{len(rounds)}",
         "upgrade_rounds": len(rounds),
+        # the downtime forecast built from the rehearsal's measured steps, against the real maintenance window
+        "upgrade_downtime_forecast_s": round(statistics.median(r["downtime_s"] for r in rounds), 2),
+        "upgrade_real_downtime_s": round(statistics.median(r["real_downtime_s"] for r in rounds), 2),
+        "upgrade_forecast_vs_real_downtime": round(statistics.median(r["forecast_ratio"] for r in rounds), 2),
+        "upgrade_forecast_within_25pct": f"{forecast_within}/{len(rounds)}",
+        # what the forecast was before the rehearsal stack: the migration alone
+        "upgrade_migrate_only_vs_real_downtime": round(statistics.median(r["migrate_only_ratio"] for r in rounds), 2),
+        "upgrade_rollback_rehearsed_s": round(statistics.median(r["rollback_rehearsed_s"] or 0 for r in rounds), 2),
+        "upgrade_steps_not_rehearsed": rounds[-1]["not_rehearsed"],
     }
 
 
@@ -165,13 +201,25 @@ def show(size: str, rounds: list[dict[str, Any]], results: dict[str, Any]) -> No
     from rich.table import Table
 
     t = Table(title=f"upgrade rehearsal, demo CRM {size}: dry-run migration estimate vs the real migration")
-    for col in ("round", "estimate s", "real s", "ratio", "dry-run runs s", "est. downtime s", "real run s"):
+    for col in ("round", "estimate s", "real s", "ratio", "dry-run runs s", "forecast downtime s",
+                "real downtime s", "ratio", "migrate-only ratio", "rollback s", "real run s"):
         t.add_column(col, justify="right")
     for i, r in enumerate(rounds, 1):
         t.add_row(str(i), f"{r['estimate_s']:.3f}", f"{r['real_s']:.3f}", f"{r['ratio']:.2f}",
-                  " ".join(f"{s:.2f}" for s in r["timings"]), f"{r['downtime_s']:.1f}", f"{r['real_run_s']:.1f}")
-    Console().print(t)
-    Console().print(results)
+                  " ".join(f"{s:.2f}" for s in r["timings"]), f"{r['downtime_s']:.1f}", f"{r['real_downtime_s']:.1f}",
+                  f"{r['forecast_ratio']:.2f}", f"{r['migrate_only_ratio']:.2f}",
+                  f"{r['rollback_rehearsed_s'] or 0:.1f}", f"{r['real_run_s']:.1f}")
+    console = Console(width=160)
+    console.print(t)
+    steps = Table(title="inside the downtime, per step: forecast s / real s")
+    steps.add_column("round", justify="right")
+    names = list(rounds[0]["per_step"]) if rounds else []
+    for name in names:
+        steps.add_column(name, justify="right")
+    for i, r in enumerate(rounds, 1):
+        steps.add_row(str(i), *(f"{r['per_step'][n][0]:.2f} / {r['per_step'][n][1] or 0:.2f}" for n in names))
+    console.print(steps)
+    console.print(results)
 
 
 if __name__ == "__main__":

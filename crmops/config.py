@@ -10,6 +10,7 @@ the environment, and CRMOPS_SECTION__KEY variables override single keys.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import MutableMapping
@@ -200,6 +201,48 @@ class StatusConfig(_Section):
     max_archive_lag_seconds: float = Field(900, gt=0, description="red when the newest archived WAL is older")
 
 
+class UndoRelation(_Section):
+    """A foreign key the schema does not declare (WukongCRM, many PHP CRMs): table.column -> references."""
+
+    table: str
+    column: str
+    #: "parent_table.column"
+    references: str
+
+    @field_validator("references")
+    @classmethod
+    def _table_dot_column(cls, v: str) -> str:
+        if v.count(".") != 1 or not all(v.split(".")):
+            raise ValueError("table.column, e.g. crm_customer.customer_id")
+        return v
+
+
+class UndoConfig(_Section):
+    relations: list[UndoRelation] = Field(default_factory=list)
+    #: "table.column" whose values name files under attachments.path; default: the table and first
+    #: column of verify.checks.attachments_query when it is a plain SELECT ... FROM table
+    attachment_columns: list[str] = Field(default_factory=list)
+
+    @field_validator("attachment_columns")
+    @classmethod
+    def _each_table_dot_column(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if item.count(".") != 1 or not all(item.split(".")):
+                raise ValueError(f"table.column, e.g. attachments.storage_path (got {item!r})")
+        return v
+
+
+class CheckConfig(_Section):
+    """What the scheduled `check --read-data-subset auto` reads."""
+
+    read_data_days: int = Field(30, ge=1, le=366, description="every chunk is read (and a flipped bit found) "
+                                                               "within this many daily checks")
+
+    def daily_percent(self) -> float:
+        """The share a daily check reads, rounded up so the days cover everything."""
+        return math.ceil(10000 / self.read_data_days) / 100
+
+
 class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
@@ -210,6 +253,8 @@ class Config(_Section):
     migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
+    undo: UndoConfig = Field(default_factory=UndoConfig)
+    check: CheckConfig = Field(default_factory=CheckConfig)
     state_dir: Path = Field(Path("demo/state"), description="journals, locks and run history (outside the database)")
 
     #: where the configuration came from ("embedded default" when no file)
@@ -285,6 +330,7 @@ def _mask_secrets(data: dict[str, Any], model: BaseModel) -> None:
 EMBEDDED_DEFAULT: dict[str, dict[str, Any]] = {
     "attachments": {"path": "demo/attachments"},
     "encryption": {"key_file": "demo/repo.key"},
+    "undo": {"attachment_columns": ["attachments.storage_path"]},
 }
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

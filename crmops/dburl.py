@@ -43,3 +43,12 @@ def parse(url: str | URL) -> URL:
 def safe(url: str | URL) -> str:
     """The URL as text with the password hidden, for logs, reports and manifests."""
     return parse(url).render_as_string(hide_password=True)
+
+
+def display(url: str | URL) -> str:
+    """The URL as people wrote it, password hidden: `postgresql://`, not the driver we picked
+    (`postgresql+psycopg://`). For what people read; records keep safe()'s stable form."""
+    u = parse(url)
+    if u.drivername in {"postgresql+psycopg", "mysql+pymysql"}:
+        u = u.set(drivername=u.drivername.split("+", 1)[0])
+    return u.render_as_string(hide_password=True)

@@ -38,6 +38,10 @@ DatabaseAuthFailed = _error("DatabaseAuthFailed", 11, "db-auth", "The database r
 DatabaseNotFound = _error("DatabaseNotFound", 12, "db-missing", "The named database does not exist.")
 ToolMissing = _error("ToolMissing", 13, "tool-missing", "A client tool is missing or too old for the server.")
 DatabaseError = _error("DatabaseError", 14, "db-error", "A dump, restore or query failed.")
+ConstraintBroken = _error("ConstraintBroken", 15, "constraint-broken",
+                          "A partial restore would break a foreign key; nothing was changed.")
+TableNotInSnapshot = _error("TableNotInSnapshot", 16, "table-missing",
+                            "A table named for restore is not in the snapshot.")
 # storage and repository
 StorageUnreachable = _error("StorageUnreachable", 20, "storage-unreachable", "The storage endpoint does not answer.")
 StorageAccessDenied = _error(
@@ -67,6 +71,13 @@ PlaybookInvalid = _error("PlaybookInvalid", 52, "playbook-invalid", "The playboo
 # safety refusals and operations
 TargetNotEmpty = _error("TargetNotEmpty", 60, "target-not-empty", "Refused to overwrite a non-empty target.")
 StatusRed = _error("StatusRed", 61, "status-red", "A monitoring verdict is red.")
+# undo
+UndoConflict = _error("UndoConflict", 70, "undo-conflict",
+                      "An undo was refused: a row to restore collides with live data (nothing was written).")
+UndoNothingSelected = _error("UndoNothingSelected", 71, "undo-nothing-selected",
+                             "The undo selection matched no row in the snapshot.")
+UndoSelectionInvalid = _error("UndoSelectionInvalid", 72, "undo-selection-invalid",
+                              "The undo --table or --where does not work on the snapshot's database.")
 Interrupted = _error("Interrupted", 130, "interrupted", "Stopped by Ctrl-C or SIGTERM.")
 
 EXIT_CODES: dict[int, str] = {
@@ -81,7 +92,8 @@ EXIT_CODES: dict[int, str] = {
             RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
             MigrationRefused, LintFailed, SchemaDrift, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
-            TargetNotEmpty, StatusRed, Interrupted,
+            TargetNotEmpty, StatusRed, Interrupted, ConstraintBroken, TableNotInSnapshot,
+            UndoConflict, UndoNothingSelected, UndoSelectionInvalid,
         )
     },
 }

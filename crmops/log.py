@@ -38,6 +38,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
+class _HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"crmops: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def setup_logging(*, debug: bool = False, fmt: str = "human", quiet: bool = False) -> None:
     """Logs go to stderr so --json output on stdout stays parseable."""
     root = logging.getLogger("crmops")
@@ -47,8 +52,10 @@ def setup_logging(*, debug: bool = False, fmt: str = "human", quiet: bool = Fals
     handler.addFilter(_RunIdFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
-    else:
+    elif debug:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(run_id)s] %(message)s"))
+    else:  # the same shape as the one-line errors: `crmops: warning: ...`
+        handler.setFormatter(_HumanFormatter())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING))
     root.propagate = False

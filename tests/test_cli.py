@@ -43,7 +43,7 @@ def test_json_error_document(tmp_path: Path) -> None:
     r = crmops("--json", "--config", str(tmp_path / "missing.yaml"), "config", "show")
     assert r.returncode == 3
     doc = json.loads(r.stdout)
-    assert doc == {"ok": False, "error": "config", "message": doc["message"], "exit_code": 3}
+    assert doc == {"ok": False, "error": "config", "message": doc["message"], "exit_code": 3, "result": None}
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -152,25 +152,28 @@ def test_units_verify_and_show_and_remove_touch_only_their_own_files(tmp_path: P
     assert "OnCalendar=Sun *-*-* 04:00:00" in (units / "crmops-verify.timer").read_text()
     assert "drill" in (units / "crmops-verify.service").read_text()
     assert "forget --prune" in (units / "crmops-prune.service").read_text()
+    # the check is scheduled by default: a daily share of the data (check.read_data_days), in rotation
+    assert "check --read-data-subset auto" in (units / "crmops-check.service").read_text()
     files = sorted(str(p) for p in units.glob("crmops-*.*") if p.name != "crmops-mine.service")
-    assert len(files) == 6
+    assert len(files) == 8
     if shutil.which("systemd-analyze"):
         v = subprocess.run(["systemd-analyze", "verify", *files], capture_output=True, text=True, timeout=60)
         assert v.returncode == 0 and v.stderr.strip() == "", v.stderr
     shown = json.loads(crmops("--json", "schedule", "show", "--unit-dir", str(units)).stdout)["jobs"]
     assert {j["job"]: j["when"] for j in shown} == {"backup": "*-*-* 02:30:00", "prune": "Sun *-*-* 05:00:00",
-                                                    "verify": "Sun *-*-* 04:00:00"}
+                                                    "verify": "Sun *-*-* 04:00:00", "check": "*-*-* 03:30:00"}
     # switching to cron drops the units (and the links `systemctl enable` made), so nothing runs twice
     (units / "timers.target.wants").mkdir()
     (units / "timers.target.wants" / "crmops-backup.timer").symlink_to(units / "crmops-backup.timer")
     cron = tmp_path / "cron.d" / "crmops"
     r = crmops("--config", str(config), "--json", "schedule", "install", "--cron", "--cron-file", str(cron),
-               "--unit-dir", str(units), "--backup", "mon-fri 22:00")
+               "--unit-dir", str(units), "--backup", "mon-fri 22:00", "--check", "off")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert len(out["removed"]) == 6 and (units / "crmops-mine.service").exists()
+    assert len(out["removed"]) == 8 and (units / "crmops-mine.service").exists()
     assert not list((units / "timers.target.wants").iterdir())
-    assert out["to_run"] == ["systemctl stop crmops-backup.timer crmops-prune.timer crmops-verify.timer",
+    assert out["to_run"] == ["systemctl stop crmops-backup.timer crmops-check.timer crmops-prune.timer "
+                             "crmops-verify.timer",
                              "systemctl daemon-reload"]
     line = next(ln for ln in cron.read_text().splitlines() if ln.startswith("0 22 * * 1,2,3,4,5 root "))
     assert "timeout --kill-after=120 14400 " in line and line.endswith("# crmops-job=backup")

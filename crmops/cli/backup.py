@@ -7,6 +7,10 @@ import click
 from crmops.cli.context import AppContext, pass_app
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -31,8 +35,10 @@ def backup_cmd(app: AppContext, tags: tuple[str, ...], physical: bool) -> None:
     def human(console) -> None:  # type: ignore[no-untyped-def]
         ratio = f"dedup ratio {result.dedup_ratio}" if result.dedup_ratio else "nothing new to store"
         console.print(f"snapshot {result.snapshot_id} of {result.engine} {result.server_version} "
-                      f"in {result.duration_s} s: read {_mb(result.bytes_read)}, new {_mb(result.bytes_new)} "
-                      f"({result.chunks_new}/{result.chunks} chunks new, {ratio}), "
-                      f"{result.files} attachment entries")
+                      f"in {result.duration_s} s:\n  read {_mb(result.bytes_read)}, new {_mb(result.bytes_new)} "
+                      f"({result.chunks_new}/{result.chunks} chunks new, {ratio}),\n  "
+                      f"{_plural(result.attachment_files, 'attachment file')}"
+                      + (f" in {_plural(result.files - result.attachment_files, 'folder')}"
+                         if result.files > result.attachment_files else ""))
 
     app.emit(result.to_dict(), human)

@@ -6,8 +6,6 @@ from importlib import resources
 from pathlib import Path
 
 import click
-import yaml
-from rich.syntax import Syntax
 
 from crmops.cli.context import AppContext, pass_app
 from crmops.errors import ConfigError
@@ -43,7 +41,9 @@ def show_cmd(app: AppContext) -> None:
     data = cfg.masked()
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        console.print(f"# source: {cfg.source}")
-        console.print(Syntax(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "yaml"))
+        import yaml
+
+        console.print(f"# source: {cfg.source}", markup=False)
+        console.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n"), markup=False)
 
     app.emit({"source": cfg.source, "config": data}, human)

@@ -1,27 +1,26 @@
-"""What every command shares: the global options, the lazily loaded config, output."""
+"""What every command shares: the global options, the lazily loaded config, output.
+
+rich, pydantic (through crmops.config) and yaml are imported where they are used, not
+here: every command, `--help` and `--version` included, imports this module first.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from crmops.config import Config, apply_env_file, expand_env, load_config
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from crmops.config import Config
+
+#: the JSON document a command's result stands for until main() prints it
+NO_RESULT = object()
 
 
 @dataclass
@@ -36,18 +35,26 @@ class AppContext:
     job: Any = field(default=None, repr=False)
     #: the last result emitted, whose key figures go into the run history and notifications
     result: Any = field(default=None, repr=False)
+    #: with --json: the document main() prints once the exit code is known (NO_RESULT: none yet)
+    pending_json: Any = field(default=NO_RESULT, repr=False)
 
     @property
     def config(self) -> Config:
         """Loaded on first use, so `crmops --help` works with a broken config file."""
         if self._config is None:
+            from crmops.allocator import keep_large_buffers
+            from crmops.config import apply_env_file, load_config
+
+            keep_large_buffers()  # real work starts here; ctypes is not for --help and --version
             apply_env_file()  # scheduled runs: secrets from $CRMOPS_ENV_FILE
             self._config = load_config(self.config_path)
         return self._config
 
     @property
     def console(self) -> Console:
-        return Console(stderr=False, highlight=False, soft_wrap=True)
+        from rich.console import Console
+
+        return Console(file=_TrimmedLines(sys.stdout), highlight=False, soft_wrap=True)
 
     @property
     def interactive(self) -> bool:
@@ -63,10 +70,12 @@ class AppContext:
         self.job.acquire(config)
 
     def emit(self, result: Any, human: Callable[[Console], None] | None = None) -> None:
-        """--json prints the result as one JSON document; otherwise the human renderer runs."""
+        """--json keeps the result for main() to print as the one JSON document once the exit code
+        is known (a failed verdict's result goes inside the error envelope); otherwise the human
+        renderer runs now."""
         self.result = result
         if self.json:
-            click.echo(json.dumps(result, indent=2, sort_keys=False, default=str, ensure_ascii=False))
+            self.pending_json = result
         elif human is not None and not self.quiet:
             human(self.console)
 
@@ -81,6 +90,16 @@ class AppContext:
         if not self.interactive:
             yield lambda n: None
             return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
         if total:
             columns.append(TimeRemainingColumn())
@@ -89,7 +108,33 @@ class AppContext:
             yield lambda n: bar.advance(task, n)
 
 
+class _TrimmedLines:
+    """stdout without the spaces rich pads lines with (tables, wrapped text): copied text stays clean."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        import re
+
+        return self._stream.write(re.sub(r" +((?:\x1b\[[0-9;]*m)*)(?=\n|$)", r"\1", text))
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding: the real stream's
+        return getattr(self._stream, name)
+
+
 pass_app = click.make_pass_decorator(AppContext)
+
+
+def table(*headers: str, **options: Any) -> Any:
+    """A rich Table whose cells wrap (folding long words) instead of ending in "…" at 80 columns."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(**{"box": box.SIMPLE_HEAD, "show_edge": False, "padding": (0, 1, 0, 0), **options})
+    for header in headers:
+        t.add_column(header, overflow="fold")
+    return t
 
 
 class DatabaseUrl(click.ParamType):
@@ -99,12 +144,24 @@ class DatabaseUrl(click.ParamType):
     name = "URL"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        where = f"--{param.name}" if param is not None and param.name else "URL"
+        from crmops.config import expand_env
+
+        where = _option_name(param)
         if "${" not in str(value) and _has_password(str(value)):
+            import logging
+
             logging.getLogger("crmops").warning(
                 "%s holds a password on the command line, where other users' `ps` can read it; "
                 "write it as ${VARIABLE} and export the variable instead", where)
         return expand_env(str(value), where)
+
+
+def _option_name(param: click.Parameter | None) -> str:
+    """The option as the user typed it (`--to`), not its Python name (`to_url`)."""
+    if param is None:
+        return "URL"
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    return opts[0] if opts else f"--{param.name}"
 
 
 def _has_password(url: str) -> bool:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import DATABASE_URL, AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app, table
 
 
 @click.group("db")
@@ -24,7 +23,7 @@ def check_cmd(app: AppContext, url: str | None) -> None:
     report = open_engine(url or app.config.database.url, app.config.database).check()
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        t = Table(show_header=False, box=None)
+        t = table(show_header=False, box=None, padding=(0, 2, 0, 0))
         t.add_row("engine", report["engine"])
         t.add_row("database", report["url"])
         t.add_row("server version", report["server_version"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import DATABASE_URL, AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app, table
 
 
 @click.group("demo")
@@ -40,7 +39,7 @@ def create_cmd(app: AppContext, url: str | None, size: str, seed: int, version: 
                         progress=lambda table, n: advance(n))
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        t = Table(title=f"demo CRM {result.version} ({result.size}, seed {result.seed}) at {result.url}")
+        t = table(title=f"demo CRM {result.version} ({result.size}, seed {result.seed}) at {result.url}")
         t.add_column("table")
         t.add_column("rows", justify="right")
         for name, rows in result.rows.items():

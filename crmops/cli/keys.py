@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, table
 from crmops.errors import ConfigError
 
 
@@ -36,9 +35,9 @@ def list_cmd(app: AppContext) -> None:
     slots = open_repository(app.config).key_slots()
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        t = Table("slot", "label", "kind", "created", "")
+        t = table("slot", "label", "kind", "created (UTC)", "in use")
         for s in slots:
-            t.add_row(s["id"], s["label"], s["kind"], s["created"], "in use" if s["in_use"] else "")
+            t.add_row(s["id"], s["label"], s["kind"], s["created"][:16].replace("T", " "), "yes" if s["in_use"] else "")
         console.print(t)
 
     app.emit(slots, human)

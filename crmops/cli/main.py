@@ -7,7 +7,6 @@ alembic) is only paid by the commands that use it, and `crmops --help` stays fas
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -16,7 +15,6 @@ from typing import Any
 import click
 
 from crmops import __version__
-from crmops.allocator import keep_large_buffers
 from crmops.cli.context import AppContext
 from crmops.errors import CrmopsError, Interrupted
 
@@ -44,10 +42,14 @@ COMMANDS: dict[str, str] = {
     "status": "crmops.cli.report:status_cmd",
     "wal": "crmops.cli.wal:wal_group",
     "binlog": "crmops.cli.binlog:binlog_group",
+    "undo": "crmops.cli.undo:undo_cmd",
+    "repair": "crmops.cli.repair:repair_cmd",
+    "unlock": "crmops.cli.unlock:unlock_cmd",
 }
 
 HELP_GROUPS = {
-    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "wal", "binlog"],
+    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "undo", "repair", "unlock", "wal",
+                "binlog"],
     "Prove": ["verify", "drill", "sandbox"],
     "Change": ["migrate", "upgrade"],
     "Operate": ["schedule", "status", "report", "repo", "key", "db"],
@@ -71,7 +73,7 @@ class LazyGroup(click.Group):
         if target is None or not self._available(name):
             return None
         module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+        return _whole_summaries(getattr(importlib.import_module(module), attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         available = set(self.list_commands(ctx))
@@ -81,10 +83,19 @@ class LazyGroup(click.Group):
                 if name in available:
                     cmd = self.get_command(ctx, name)
                     if cmd is not None and not cmd.hidden:
-                        rows.append((name, cmd.get_short_help_str(limit=formatter.width - 20)))
+                        rows.append((name, cmd.get_short_help_str(limit=10_000)))
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
+
+
+def _whole_summaries(cmd: click.Command) -> click.Command:
+    """Help lists show each command's whole first sentence, wrapped, never cut off with "..."."""
+    if cmd.short_help is None and cmd.help:
+        cmd.short_help = cmd.get_short_help_str(limit=10_000)
+    for sub in getattr(cmd, "commands", {}).values():
+        _whole_summaries(sub)
+    return cmd
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -122,14 +133,23 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: turn every user-caused failure into one line and its exit code."""
+    """Entry point: turn every user-caused failure into one line and its exit code.
+
+    With --json, stdout gets exactly one JSON document whatever the outcome, printed here once
+    the exit code is known: the command's result on success; on failure the error envelope
+    {"ok": false, "error", "message", "exit_code", "result"} with the result (or null) inside.
+    """
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    keep_large_buffers()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("CRMOPS_DEBUG"))
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args or bool(os.environ.get("CRMOPS_DEBUG"))
+    global _JSON_ASKED
+    _JSON_ASKED = "--json" in args  # a usage error may come before the option is parsed
     try:
         code = cli.main(args=argv, prog_name="crmops", standalone_mode=False)
     except CrmopsError as e:
         if debug:
+            import logging
+
             logging.getLogger("crmops").exception("failed")
         _fail(e.line(), e.exit_code, e.kind)
     except (click.exceptions.Abort, KeyboardInterrupt):
@@ -138,19 +158,65 @@ def main(argv: list[str] | None = None) -> None:
         _fail(why, Interrupted.exit_code, "interrupted")
     except click.ClickException as e:
         _finish_job(e.exit_code, e.format_message())
+        if _json_wanted(usage=isinstance(e, click.UsageError)):
+            kind = "usage" if isinstance(e, click.UsageError) else "error"
+            message = e.format_message()
+            ctx = getattr(e, "ctx", None)
+            if message.startswith("Usage:") and ctx is not None:  # a group run without its command: not the help
+                message = f"missing command (see `{ctx.command_path} --help`)"
+            _print_json(_envelope(kind, message, e.exit_code))
         e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         _finish_job(e.exit_code, None if e.exit_code == 0 else f"exit code {e.exit_code}")
+        _print_outcome(e.exit_code, f"exit code {e.exit_code}", "error")
         sys.exit(e.exit_code)
     except Exception as e:  # a bug: one line unless --debug
         if debug:
             _finish_job(1, f"internal error: {type(e).__name__}: {e}")
+            _print_outcome(1, f"internal error: {type(e).__name__}: {e}", "internal")
             raise
         _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", 1, "internal")
     code = code if isinstance(code, int) else 0
     _finish_job(code, None)
+    _print_outcome(code, f"exit code {code}", "error")
     sys.exit(code)
+
+
+_JSON_ASKED = False
+
+
+def _json_wanted(usage: bool = False) -> bool:
+    """--json as parsed; for a usage error, --json anywhere on the line (it may be what was wrong)."""
+    if _APP is None or usage:
+        return _JSON_ASKED or (_APP is not None and _APP.json)
+    return _APP.json
+
+
+def _envelope(kind: str, line: str, code: int) -> dict[str, Any]:
+    from crmops.cli.context import NO_RESULT
+
+    pending = _APP.pending_json if _APP is not None else NO_RESULT
+    return {"ok": False, "error": kind, "message": line, "exit_code": code,
+            "result": None if pending is NO_RESULT else pending}
+
+
+def _print_json(document: Any) -> None:
+    import json
+
+    click.echo(json.dumps(document, indent=2, sort_keys=False, default=str, ensure_ascii=False))
+
+
+def _print_outcome(code: int, line: str, kind: str) -> None:
+    """--json: the command's result on success, the envelope around it otherwise (nothing for --help)."""
+    from crmops.cli.context import NO_RESULT
+
+    if not _json_wanted() or _APP is None:
+        return
+    if code != 0:
+        _print_json(_envelope(kind, line, code))
+    elif _APP.pending_json is not NO_RESULT:
+        _print_json(_APP.pending_json)
 
 
 def _finish_job(code: int, line: str | None) -> None:
@@ -163,15 +229,15 @@ def _finish_job(code: int, line: str | None) -> None:
 
         finish(_APP.config, job, exit_code=code, error=line, result=_APP.result, log_failure=_APP.log_format == "json")
     except Exception as e:  # reporting must not turn a good run into a failed one
+        import logging
+
         logging.getLogger("crmops.jobs").warning("could not record the run: %s: %s", type(e).__name__,
                                                  _APP.config.redact(str(e)))
 
 
 def _fail(line: str, code: int, kind: str) -> None:
     _finish_job(code, line)
-    if _APP is not None and _APP.json:
-        import json
-
-        click.echo(json.dumps({"ok": False, "error": kind, "message": line, "exit_code": code}))
+    if _json_wanted():
+        _print_json(_envelope(kind, line, code))
     click.echo(f"crmops: error: {line}", err=True)
     sys.exit(code)

@@ -41,9 +41,9 @@ def status_cmd(app: AppContext, url: str | None) -> None:
         for m in s["modified"]:
             console.print(f"[red]EDITED[/red] {m['revision']} ({m['path']}) changed after it was applied")
 
+    app.emit(s, human)
     if s["errors"]:
         raise MigrationRefused("; ".join(s["errors"]))
-    app.emit(s, human)
 
 
 @migrate_group.command("plan")

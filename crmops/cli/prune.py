@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from crmops.cli.context import AppContext, pass_app
 
@@ -23,7 +22,7 @@ def _keep_options(f):  # type: ignore[no-untyped-def]
 @click.option("--dry-run", is_flag=True, help="Show what would go, change nothing.")
 @pass_app
 def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | None) -> None:
-    """Forget snapshots the retention policy does not keep."""
+    """Forget snapshots the retention policy does not keep, per source; never a source's newest verified one."""
     from crmops.services.prune import forget
 
     if not dry_run:
@@ -33,12 +32,24 @@ def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | N
     result = forget(app.config, policy=policy, dry_run=dry_run, prune_after=and_prune)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        t = Table("snapshot", "verdict", "why kept")
-        for sid, reasons in result.keep.items():
-            t.add_row(sid, "keep", ", ".join(reasons))
-        for sid in result.forget:
-            t.add_row(sid, "[red]would forget[/red]" if dry_run else "[red]forgotten[/red]", "")
-        console.print(t)
+        from rich.markup import escape
+        from rich.table import Column, Table
+
+        gone = "[red]would forget[/red]" if dry_run else "[red]forgotten[/red]"
+        for g in result.groups:
+            console.print(f"[bold]{escape(g['source'])}[/bold] ({g['kind']}): keep {len(g['keep'])}, "
+                          f"{'would forget' if dry_run else 'forgot'} {len(g['forget'])}", highlight=False)
+            t = Table(Column("snapshot", no_wrap=True), Column("verdict", no_wrap=True), "why kept",
+                      box=None, pad_edge=False, padding=(0, 2, 0, 0), show_header=False)
+            for sid, reasons in g["keep"].items():
+                t.add_row(f"  {sid[:10]}", "keep", ", ".join(reasons))
+            for sid in g["forget"]:
+                t.add_row(f"  {sid[:10]}", gone, "")
+            console.print(t)
+        if not result.groups:
+            console.print("no snapshots")
+        for sid in result.damaged:
+            console.print(f"[yellow]kept[/yellow] {sid}: its manifest is damaged (source and age unknown)")
         if result.pitr:
             p = result.pitr
             verb = "would delete" if dry_run else "deleted"
@@ -59,7 +70,12 @@ def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | N
 
 def _say_prune(console, p) -> None:  # type: ignore[no-untyped-def]
     verb = "would delete" if p.dry_run else "deleted"
-    console.print(f"prune {verb} {p.chunks_deleted} chunks ({p.bytes_freed / 1e6:,.1f} MB)")
+    if not p.kept_everything_for:
+        console.print(f"prune {verb} {p.chunks_deleted} chunks ({p.bytes_freed / 1e6:,.1f} MB)")
+    else:
+        console.print(f"[yellow]prune {'would delete' if p.dry_run else 'deleted'} nothing[/yellow]: the manifest of "
+                      f"{', '.join(p.kept_everything_for)} is damaged, so no chunk can be proven unreferenced "
+                      "(`crmops check` shows the damage)")
     for line in p.refused:
         console.print(f"[yellow]kept (refused by storage)[/yellow] {line}")
 

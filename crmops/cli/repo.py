@@ -25,12 +25,19 @@ def init_cmd(app: AppContext) -> None:
         write_key_file(cfg.encryption.key_file)
         created_key = True
     store = open_store(cfg.repository.url, cfg.repository)
+    created_bucket = None
+    if hasattr(store, "bucket_exists") and not store.bucket_exists():
+        store.create_bucket()  # S3: a missing bucket is made here when the credentials allow it
+        created_bucket = store.bucket
     repo = Repository.init(store, credential(cfg), chunk_avg=cfg.repository.chunk_avg_kib * 1024,
                            compression_level=cfg.repository.compression_level)
     result = {"ok": True, "repository": store.url, "id": repo.id, "key_slot": repo.slot_id,
-              "key_file_created": str(cfg.encryption.key_file) if created_key else None}
+              "key_file_created": str(cfg.encryption.key_file) if created_key else None,
+              "bucket_created": created_bucket}
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
+        if created_bucket:
+            console.print(f"created bucket {created_bucket} (it did not exist)")
         console.print(f"created repository {repo.id} at {store.url}")
         if created_key:
             console.print(f"generated key file {cfg.encryption.key_file}: keep a copy somewhere safe, "
@@ -50,4 +57,21 @@ def info_cmd(app: AppContext) -> None:
     result = {"repository": repo.store.url, "id": repo.id, "format": repo.config["format"],
               "chunker": repo.config["chunker"], "snapshots": len(repo.snapshot_ids()), "chunks": len(objects),
               "stored_bytes": sum(size for _, size in objects)}
-    app.emit(result, lambda c: [c.print(f"{k}: {v}") for k, v in result.items()])
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        chunker = result["chunker"]
+        console.print(f"repository  {result['repository']}\n"
+                      f"id          {result['id']} (format {result['format']})\n"
+                      f"chunking    {chunker.get('algorithm', '?')}, average {_kib(chunker.get('avg'))} "
+                      f"({_kib(chunker.get('min'))} to {_kib(chunker.get('max'))})\n"
+                      f"holds       {_plural(result['snapshots'], 'snapshot')}, {_plural(result['chunks'], 'chunk')}, "
+                      f"{result['stored_bytes'] / 1e6:,.1f} MB stored", markup=False)
+
+    app.emit(result, human)
+
+
+def _kib(n: int | None) -> str:
+    return "?" if n is None else f"{n // 1024:,} KiB"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, table
 
 _COLOUR = {"green": "green", "amber": "yellow", "red": "red"}
 
@@ -19,9 +18,13 @@ def _overview(app: AppContext):  # type: ignore[no-untyped-def]
 
 
 def _print_verdicts(console, ov) -> None:  # type: ignore[no-untyped-def]
+    from rich.markup import escape
+
+    t = table(show_header=False, box=None, padding=(0, 1, 0, 0))  # long summaries wrap under themselves
     for v in ov.verdicts:
         c = _COLOUR[v.level]
-        console.print(f"[{c}]{v.level.upper():5}[/{c}] {v.name:12} {escape(v.summary)}", highlight=False)
+        t.add_row(f"[{c}]{v.level.upper():5}[/{c}]", f"{v.name:12}", escape(v.summary))
+    console.print(t, highlight=False)
     console.print(f"overall: [{_COLOUR[ov.level]}]{ov.level.upper()}[/{_COLOUR[ov.level]}]")
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, table
 
 
 @click.group("sandbox")
@@ -29,7 +28,7 @@ def list_cmd(app: AppContext) -> None:
         if not entries:
             console.print("no crmops sandboxes")
             return
-        t = Table("name", "kind", "status", "image", "created (UTC)", "owner")
+        t = table("name", "kind", "status", "image", "created (UTC)", "owner")
         for e in entries:
             t.add_row(e.name, e.kind, e.status, e.image, e.created.replace("T", " ")[:19], _owner(e))
         console.print(t)

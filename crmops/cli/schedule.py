@@ -61,7 +61,7 @@ def _config_file(app: AppContext) -> Path:
 def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> sch.When | None:
     from crmops.errors import ConfigError
 
-    if value is None:
+    if value is None or value.strip().lower() == "off":
         return None
     try:
         return sch.parse_when(value)
@@ -78,7 +78,9 @@ def schedule_group() -> None:
 @click.option("--backup", "backup", default="02:30", show_default=True, callback=_when, metavar="WHEN",
               help='When to back up: "HH:MM" daily, or with weekdays ("mon-fri 22:00").')
 @click.option("--verify", callback=_when, metavar="WHEN", help='When to run the drill, e.g. "sun 04:00".')
-@click.option("--check", callback=_when, metavar="WHEN", help='When to check the repository, e.g. "sat 03:00".')
+@click.option("--check", default="03:30", show_default=True, callback=_when, metavar="WHEN",
+              help="When to check the repository, reading a rotating share of the data (check.read_data_days); "
+                   '"off" to leave it out.')
 @click.option("--prune", callback=_when, metavar="WHEN", help='When to forget and prune, e.g. "sun 05:00".')
 @click.option("--timeout", "timeout", default="4h", show_default=True, metavar="DURATION",
               help="Stop a run after this long (it is recorded and notified as failed).")
@@ -157,8 +159,9 @@ def show_cmd(app: AppContext, unit_dir: Path, cron_file: Path) -> None:
             console.print(f"nothing scheduled (no crmops units in {unit_dir}, no {cron_file}); "
                           "see `crmops schedule install --help`")
         for j in jobs:
-            nxt = f", next {j['next']}" if j.get("next") else ""
-            console.print(f"{j['job']:7} {j['kind']:7} {j['when']}{nxt}\n        {j['command']}\n        ({j['file']})")
+            nxt = j.get("next") or "unknown (systemd-analyze is not installed)"
+            console.print(f"{j['job']:7} {j['kind']:7} {j['when']}\n        next run: {nxt}\n"
+                          f"        runs: {j['command']}\n        file: {j['file']}", markup=False)
 
     app.emit(result, human)
 

@@ -16,13 +16,19 @@ from crmops.errors import CrmopsError
 def _plan_lines(console: Any, report: dict[str, Any]) -> None:
     """One line per step: stage, step, type, how it was handled, seconds, outcome or templated values."""
     console.print("plan:")
-    for p in report["plan"]:
-        secs = f"{p['seconds']:7.2f}s" + ("" if p.get("measured") else " (expected)")
+    expected = False
+    for p in report["plan"]:  # two lines a step, so 80 columns hold it: what and how long, then the detail
+        secs = f"{p['seconds']:7.2f}s" + (" " if p.get("measured") else "*")
+        expected = expected or not p.get("measured")
         status = "" if p["ok"] is None else ("ok" if p["ok"] else f"FAILED: {p['error']}")
-        step = p["step"] + (" (rollback)" if p["phase"] == "rollback" else "")
-        detail = status if status.startswith("FAILED") else (p.get("summary") or _params_line(p["params"]))
-        console.print(f"  {p['stage'] or 'smoke':<11} {step:<24} {p['type']:<11} {p['mode']:<24} {secs:<20} "
-                      f"{detail}", markup=False)
+        step = p["step"] + (" (rollback)" if p["phase"] == "rollback" and "rollback" not in p["mode"] else "")
+        detail = status if status.startswith("FAILED") else (
+            p.get("summary") or (f"{p['reason']}" if p.get("reason") else _params_line(p["params"])))
+        console.print(f"  {p['stage'] or 'smoke':<9} {step:<20} {p['type']:<10} {secs} {p['mode']}", markup=False)
+        if detail:
+            console.print(f"      {detail}", markup=False)
+    if expected:
+        console.print("  * expected time: not rehearsed, so not measured", markup=False)
 
 
 def _params_line(params: dict[str, Any]) -> str:
@@ -48,9 +54,31 @@ def _dry_human(report: dict[str, Any]) -> Any:
             console.print(f"[yellow]warning[/yellow] {w}")
         for b in report["blockers"]:
             console.print(f"[red]blocker[/red] {b}")
+        stack = report.get("stack") or {}
+        if stack.get("started"):
+            console.print(f"copy of the app: {stack['app']} from {stack['source']} on private network "
+                          f"{stack['network']}, answering for {', '.join(stack['answers_for'])}"
+                          + (f"; database settings pointed at the sandbox: {', '.join(stack['env_rewritten'])}"
+                             if stack.get("env_rewritten") else ""), markup=False)
+        elif stack:
+            console.print(f"no copy of the app: {stack.get('reason')}", markup=False)
+        rb = report.get("rollback") or {}
+        if rb:
+            console.print(f"forward run {report.get('forward_seconds') or 0:.1f}s; rollback ({rb['why']}) "
+                          f"{rb['seconds']:.1f}s: {'ok' if rb['ok'] else 'FAILED'}; database "
+                          f"{rb['database']['detail']}" + (f"; app {rb['app']['detail']}" if rb.get("app") else ""),
+                          markup=False)
+        counts = report.get("counts") or {}
+        if counts:
+            console.print(f"rehearsed {counts['rehearsed']} of {counts['steps']} steps, "
+                          f"{counts['production_read_only']} checked against production read-only, "
+                          f"{counts['not_rehearsed']} not rehearsed; downtime forecast "
+                          f"{report.get('estimated_downtime_s', 0):.1f}s")
         console.print("not rehearsed for real:")
         for f in report["fidelity"]:
-            console.print(f"  - {f['step'] or f['type']}: {f['reason']}")
+            console.print(f"  - {f['step'] or f['type']}: {f['reason']}", markup=False)
+        if report.get("reports"):
+            console.print(f"report: {report['reports']['html']} (and .json)", markup=False)
     return human
 
 
@@ -88,7 +116,8 @@ def _asker() -> Any:
 
 @click.command("upgrade", context_settings={"ignore_unknown_options": False})
 @click.argument("playbooks", nargs=-1, metavar="PLAYBOOK... | history")
-@click.option("--dry-run", is_flag=True, help="Rehearse in a sandbox restored from the latest verified snapshot.")
+@click.option("--dry-run", is_flag=True, help="Rehearse on a sandbox restored from the latest verified snapshot and a "
+              "copy of the app beside it, rollback included; production is only read.")
 @click.option("--check", "check_only", is_flag=True, help="Only validate the playbook(s); contact nothing.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished (crashed) run where its journal stops.")
 @click.option("--rollback", is_flag=True, help="Undo what the unfinished run's journal says ran.")
@@ -97,11 +126,16 @@ def _asker() -> Any:
 @click.option("--yes", "-y", is_flag=True, help="Confirm every pause step in advance.")
 @click.option("--ignore-window", is_flag=True, help="Run outside the window or past the estimate (you decide).")
 @click.option("--limit", default=20, show_default=True, help="With history: how many runs.")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="With --dry-run: where its JSON and HTML reports go (default: <state_dir>/rehearsals).")
 @pass_app
 def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, check_only: bool, resume: bool,
-                rollback: bool, run_id: str | None, yes: bool, ignore_window: bool, limit: int) -> None:
-    """Staged upgrades with rollback: `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`,
-    `upgrade history`. Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
+                rollback: bool, run_id: str | None, yes: bool, ignore_window: bool, limit: int,
+                report_dir: Path | None) -> None:
+    """Run a staged upgrade PLAYBOOK with rollback, or rehearse, check, resume or roll one back.
+
+    `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`, `upgrade history`.
+    Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
     from crmops.services import upgrade as svc
 
     modes = [m for m, on in (("--dry-run", dry_run), ("--check", check_only), ("--resume", resume),
@@ -124,6 +158,8 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
         return
     if not playbooks:
         raise click.UsageError("name a PLAYBOOK, or use --resume, --rollback or `upgrade history`")
+    if report_dir is not None and not dry_run:
+        raise click.UsageError("--report-dir goes with --dry-run (a real run's record is its journal)")
     paths: list[str | Path] = list(playbooks)
     if check_only:
         out = svc.check(paths)
@@ -133,7 +169,7 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
     if dry_run:
         from crmops.services.upgrade_rehearsal import dry_run as rehearse
 
-        _reporting(app, lambda: rehearse(app.config, paths, say=app.say), _dry_human)
+        _reporting(app, lambda: rehearse(app.config, paths, say=app.say, report_dir=report_dir), _dry_human)
         return
     _reporting(app, lambda: svc.upgrade(app.config, paths, yes=yes, ignore_window=ignore_window, confirm=_asker(),
                                         say=app.say), _run_human)

@@ -7,18 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, table
 
 
 def _render(console, r) -> None:  # type: ignore[no-untyped-def]
-    t = Table("table", "rows expected", "rows found", "checksum", "")
+    failed = any(not row.ok for row in r.tables)  # the "problem" column only when there is one
+    t = table("table", "rows expected", "rows found", "checksum", *(["problem"] if failed else []))
     for row in r.tables:
         t.add_row(row.name, "–" if row.rows_expected is None else f"{row.rows_expected:,}",
                   "–" if row.rows_found is None else f"{row.rows_found:,}",
                   "–" if row.checksum_ok is None else ("ok" if row.checksum_ok else "[red]differs[/red]"),
-                  "" if row.ok else f"[red]{row.reason}[/red]")
+                  *([] if not failed else ["" if row.ok else f"[red]{row.reason}[/red]"]))
     if r.tables:
         console.print(t)
     for d in r.differences:
@@ -38,11 +38,12 @@ def _render(console, r) -> None:  # type: ignore[no-untyped-def]
 
 
 def _run(app: AppContext, snapshot: str, keep: bool, show_data: bool, record: Path | None,
-         report_dir: Path | None) -> None:
+         report_dir: Path | None, source: str | None = None) -> None:
     from crmops.services.verify import verify
 
     app.begin_job("drill" if report_dir is not None else "verify")
-    r = verify(app.config, snapshot, keep=keep, show_data=show_data, on_step=lambda s: app.say(f"· {s}"))
+    r = verify(app.config, snapshot, keep=keep, show_data=show_data, on_step=lambda s: app.say(f"· {s}"),
+               source=source)
     out: dict[str, Any] = r.to_dict()
     if record is not None:
         record.write_text(json.dumps(r.record, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -65,6 +66,8 @@ def _run(app: AppContext, snapshot: str, keep: bool, show_data: bool, record: Pa
 
 _record_opt = click.option("--record", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
                            help="Also write the signed verification record to FILE (for auditors).")
+_source_opt = click.option("--source", metavar="SOURCE",
+                           help="latest of this source instead of the configured database's.")
 _show_opt = click.option("--show-data", is_flag=True, help="Show row samples in failures unmasked (personal data).")
 
 
@@ -99,6 +102,7 @@ def _run_at(app: AppContext, at: str, keep: bool, show_data: bool, report_dir: P
 @click.argument("snapshot", default="latest")
 @_show_opt
 @_record_opt
+@_source_opt
 @click.option("--check-record", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Check a signed record offline instead of verifying (Ed25519: no repository needed).")
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="PEM",
@@ -106,7 +110,7 @@ def _run_at(app: AppContext, at: str, keep: bool, show_data: bool, report_dir: P
 @_at_opt
 @pass_app
 def verify_cmd(app: AppContext, snapshot: str, show_data: bool, record: Path | None, check_record: Path | None,
-               public_key: Path | None, at: str | None) -> None:
+               public_key: Path | None, source: str | None, at: str | None) -> None:
     """Restore SNAPSHOT (default: latest) into a throwaway sandbox and prove it matches what was backed up.
 
     Exit 0 only if every table's rows and checksum, the attachments and all configured
@@ -117,7 +121,7 @@ def verify_cmd(app: AppContext, snapshot: str, show_data: bool, record: Path | N
         return
     if at is not None:
         return _run_at(app, at, False, show_data, None)
-    _run(app, snapshot, False, show_data, record, None)
+    _run(app, snapshot, False, show_data, record, None, source)
 
 
 @click.command("drill")
@@ -127,14 +131,15 @@ def verify_cmd(app: AppContext, snapshot: str, show_data: bool, record: Path | N
               help="Where the JSON and HTML reports go (default: <state_dir>/drills).")
 @_show_opt
 @_record_opt
+@_source_opt
 @_at_opt
 @pass_app
 def drill_cmd(app: AppContext, snapshot: str, keep: bool, report_dir: Path | None, show_data: bool,
-              record: Path | None, at: str | None) -> None:
+              record: Path | None, source: str | None, at: str | None) -> None:
     """Disaster drill: verify SNAPSHOT and write a JSON and a self-contained HTML report."""
     if at is not None:
         return _run_at(app, at, keep, show_data, report_dir or app.config.state_dir / "drills")
-    _run(app, snapshot, keep, show_data, record, report_dir or app.config.state_dir / "drills")
+    _run(app, snapshot, keep, show_data, record, report_dir or app.config.state_dir / "drills", source)
 
 
 def _check_record(app: AppContext, path: Path, public_key: Path | None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 
-from crmops.dburl import parse
+from crmops.dburl import display, parse
 from crmops.democrm import VERSIONS, alembic_config, data
 from crmops.errors import ConfigError, TargetNotEmpty
 
@@ -59,7 +59,7 @@ def create(url: str, *, size: str = "small", seed: int = 1, version: str = "1.0"
         _prepare_empty(engine, url, force)
         cfg = alembic_config(url)
         command.upgrade(cfg, VERSIONS["1.0"])
-        result = DemoResult(url=parse(url).render_as_string(hide_password=True), size=size, seed=seed,
+        result = DemoResult(url=display(url), size=size, seed=seed,
                             version=version)
         for table, rows in data.TABLES:
             result.rows[table] = _load(engine, table, rows(plan), progress)

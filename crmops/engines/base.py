@@ -137,6 +137,20 @@ class Engine(Protocol):
         """Load a dump into this (empty, unless tables are chosen) database."""
         ...
 
+    def restore_tables(self, chunks: Iterable[bytes], *, format: str, tables: list[str],
+                       prefix: str | None = None) -> dict[str, list[str]]:
+        """Into a live database: replace only the chosen tables, all or nothing, keys checked.
+
+        With prefix, add them beside the live ones as prefix+name instead. Returns the
+        tables "replaced" and "created"; raises ConstraintBroken (nothing changed) when a
+        foreign key from or to a replaced table would no longer hold.
+        """
+        ...
+
+    def existing_tables(self, tables: list[str]) -> list[str]:
+        """Which of these tables already exist here."""
+        ...
+
     def fingerprint(self, *, method: str | None = None) -> Fingerprint:
         """Computed the given way (a stored fingerprint's .method, so the two compare) or the newest way."""
         ...

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from crmops.dburl import parse, safe
+from crmops.dburl import display, parse
 from crmops.errors import (
     CrmopsError,
     DatabaseAuthFailed,
@@ -28,7 +28,7 @@ _MYSQL_CODES = {1045: DatabaseAuthFailed, 1044: DatabaseAuthFailed, 1049: Databa
 
 def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
     """Map a driver error to the crmops error a user can act on (never echoing the password)."""
-    where = safe(url)
+    where = display(url)
     orig = getattr(exc, "orig", exc)
     args = getattr(orig, "args", ())
     if args and isinstance(args[0], int) and args[0] in _MYSQL_CODES:

@@ -19,7 +19,7 @@ from typing import Any
 import pymysql
 from sqlalchemy.engine import URL
 
-from crmops.dburl import parse, safe
+from crmops.dburl import display, parse
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.connect import classify
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, private_file, require_tool
@@ -94,15 +94,32 @@ class MysqlEngine:
                 tools[kind] = self._tool(kind, version)
             except Exception as e:  # reported, not raised
                 tools[kind] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
-        return {"engine": self.name, "url": safe(self.url), "server_version": version, "size_bytes": int(size),
+        return {"engine": self.name, "url": display(self.url), "server_version": version, "size_bytes": int(size),
                 "tables": int(tables), "tools": tools,
                 "tools_ok": all(not v.startswith("unusable") for v in tools.values())}
 
     def is_empty(self) -> bool:
+        """No table, view, sequence, routine, event or trigger a restore could collide with."""
         n = self._query("SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()) "
                         "+ (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = DATABASE()) "
-                        "+ (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE())")[0][0]
+                        "+ (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE()) "
+                        "+ (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE())")[0][0]
         return int(n) == 0
+
+    def existing_tables(self, tables: list[str]) -> list[str]:
+        """Which of these tables (or views) already exist here."""
+        from crmops.engines.mysql_tables import existing
+
+        return existing(self, tables)
+
+    def restore_tables(self, chunks: Iterable[bytes], *, format: str, tables: list[str],
+                       prefix: str | None = None) -> dict[str, list[str]]:
+        """Replace the chosen tables' rows in one transaction after an orphan check (or add them beside)."""
+        if format != "mysql-sql":
+            raise DatabaseError(f"a {format} dump cannot be restored into MySQL/MariaDB")
+        from crmops.engines.mysql_tables import restore_tables
+
+        return restore_tables(self, chunks, tables, prefix)
 
     def schema_revision(self) -> str | None:
         if not self._query("SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from crmops.dburl import parse, safe
+from crmops.dburl import display, parse
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.connect import classify
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, feed, require_tool
@@ -93,17 +93,44 @@ class PostgresEngine:
                 tools[t] = self._tool(t, int(version.split(".")[0]))
             except Exception as e:  # reported, not raised: check lists every problem
                 tools[t] = f"unusable: {e.line() if isinstance(e, CrmopsError) else e}"
-        return {"engine": self.name, "url": safe(self.url), "server_version": version, "size_bytes": size,
+        return {"engine": self.name, "url": display(self.url), "server_version": version, "size_bytes": size,
                 "tables": tables, "tools": tools,
                 "tools_ok": all(not v.startswith("unusable") for v in tools.values())}
 
     def is_empty(self) -> bool:
+        """No object a restore could collide with: relations, routines, types, schemas, extensions, large objects.
+
+        A failed restore may leave only a function, a type or a schema behind; that is not empty.
+        """
+        user_ns = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'"
+        not_extension = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
         with self.connect() as conn:
             n = conn.execute(f"""SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                 WHERE n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'
-                                 AND c.relkind IN ('r','v','m','S','p','f'))
+                                 WHERE {user_ns} AND c.relkind IN ('r','v','m','S','p','f','c'))
+                                 + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                                    WHERE {user_ns} AND {not_extension.format(oid="p.oid")})
+                                 + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                                    WHERE {user_ns} AND t.typtype IN ('e','d','r','m','b')
+                                    AND {not_extension.format(oid="t.oid")})
+                                 + (SELECT count(*) FROM pg_namespace n WHERE {user_ns} AND n.nspname <> 'public')
+                                 + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
                                  + (SELECT count(*) FROM pg_largeobject_metadata)""").fetchone()[0]
         return n == 0
+
+    def existing_tables(self, tables: list[str]) -> list[str]:
+        """Which of these tables ("schema.table") already exist here."""
+        from crmops.engines.postgres_tables import existing
+
+        return existing(self, tables)
+
+    def restore_tables(self, chunks: Iterable[bytes], *, format: str, tables: list[str],
+                       prefix: str | None = None) -> dict[str, list[str]]:
+        """Replace the chosen tables of this live database in one transaction (or add them beside, renamed)."""
+        if format != "pg-custom":
+            raise DatabaseError(f"a {format} dump cannot be restored into PostgreSQL")
+        from crmops.engines.postgres_tables import restore_tables
+
+        return restore_tables(self, chunks, tables, prefix)
 
     def schema_revision(self) -> str | None:
         with self.connect() as conn:
@@ -210,16 +237,8 @@ _PREREQUISITES = {"SCHEMA", "TYPE", "SHELL TYPE", "DOMAIN", "EXTENSION", "FUNCTI
 _SETTINGS = {"ENCODING", "STDSTRINGS", "SEARCHPATH"}
 
 
-def select_tables(toc: str, tables: list[str]) -> str:
-    """A pg_restore --use-list holding the chosen tables and what belongs to them.
-
-    From `pg_restore --list --verbose` (which shows each entry's dependencies): the
-    chosen tables; everything that depends only on them and on shared prerequisites
-    (their rows, sequences and values, defaults, keys, indexes, triggers, comments,
-    grants, views over them alone); and the schemas, types, extensions and functions
-    they use. Foreign keys to tables not chosen are left out: their rows are not there.
-    A name matches a table in any schema; "schema.table" matches one.
-    """
+def parse_toc(toc: str) -> tuple[dict[int, tuple[str, str, str]], dict[int, set[int]], dict[int, str]]:
+    """A `pg_restore --list --verbose` listing: entries (kind, schema, tag), their dependencies, their lines."""
     entries: dict[int, tuple[str, str, str]] = {}  # id -> (kind, schema, tag)
     deps: dict[int, set[int]] = {}
     lines: dict[int, str] = {}
@@ -238,6 +257,20 @@ def select_tables(toc: str, tables: list[str]) -> str:
         entries[last] = (kind, schema, tail.rsplit(" ", 1)[0])
         lines[last] = line
         deps.setdefault(last, set())
+    return entries, deps, lines
+
+
+def select_tables(toc: str, tables: list[str]) -> str:
+    """A pg_restore --use-list holding the chosen tables and what belongs to them.
+
+    From `pg_restore --list --verbose` (which shows each entry's dependencies): the
+    chosen tables; everything that depends only on them and on shared prerequisites
+    (their rows, sequences and values, defaults, keys, indexes, triggers, comments,
+    grants, views over them alone); and the schemas, types, extensions and functions
+    they use. Foreign keys to tables not chosen are left out: their rows are not there.
+    A name matches a table in any schema; "schema.table" matches one.
+    """
+    entries, deps, lines = parse_toc(toc)
     chosen: set[int] = set()
     for name in tables:
         hits = {i for i, (kind, schema, tag) in entries.items()

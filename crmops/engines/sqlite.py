@@ -87,6 +87,21 @@ class SqliteEngine:
         finally:
             conn.close()
 
+    def existing_tables(self, tables: list[str]) -> list[str]:
+        """Which of these names already exist in the file (as a table, view, index or trigger)."""
+        from crmops.engines.sqlite_tables import existing
+
+        return existing(self.path, tables)
+
+    def restore_tables(self, chunks: Iterable[bytes], *, format: str, tables: list[str],
+                       prefix: str | None = None) -> dict[str, list[str]]:
+        """Replace the chosen tables of this live file in one transaction (or add them beside, renamed)."""
+        if format != "sqlite-db":
+            raise DatabaseError(f"a {format} dump cannot be restored into SQLite")
+        from crmops.engines.sqlite_tables import restore_tables
+
+        return restore_tables(self.path, chunks, tables, prefix)
+
     def schema_revision(self) -> str | None:
         conn = self._open()
         try:

@@ -10,16 +10,53 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from crmops.errors import DatabaseError, ToolMissing
 
 PIECE = 1 << 20
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl():  # type: ignore[no-untyped-def]
+    """libc's prctl, loaded once in the parent (a forked child must not load libraries)."""
+    if not os.path.exists("/proc/self/stat"):  # not Linux: no death signal to ask for
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel SIGKILL the child when crmops ends, however it ends.
+
+    A dump tool outliving a killed crmops holds a database snapshot open and writes into a
+    pipe no one reads. PR_SET_PDEATHSIG fires when the forking *thread* ends, so it is asked
+    for only from the main thread (which outlives every tool it starts).
+    """
+    if _PRCTL is None or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+    prctl = _PRCTL
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # crmops died between fork and prctl
+            os._exit(1)
+
+    return preexec
 
 
 def find_tool(names: Iterable[str], *, extra_dirs: Iterable[str] = ()) -> str | None:
@@ -101,7 +138,7 @@ class ToolProcess:
         full_env.update(env)
         try:
             self.proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr,
-                                         env=full_env, bufsize=0)
+                                         env=full_env, bufsize=0, preexec_fn=die_with_parent())
         except OSError as e:
             raise ToolMissing(f"cannot run {argv[0]}: {e.strerror}") from None
 
@@ -158,7 +195,8 @@ def feed(argv: list[str], pieces: Iterable[bytes], *, env: dict[str, str], secre
     full_env.update(env)
     name = label or Path(argv[0]).name
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, env=full_env)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, env=full_env,
+                                preexec_fn=die_with_parent())
     except OSError as e:
         raise ToolMissing(f"cannot run {argv[0]}: {e.strerror}") from None
     assert proc.stdin is not None

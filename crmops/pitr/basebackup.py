@@ -54,6 +54,7 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
     from crmops.engines.postgres import FIX, PostgresEngine
     from crmops.engines.tools import ToolProcess, require_tool
     from crmops.repository import open_repository
+    from crmops.repository.source import source_of_url
 
     source = url or config.database.url
     if engine_kind(source) != "postgresql":
@@ -114,7 +115,8 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
                                          "(`crmops wal status`)")
             manifest = writer.commit({
                 "kind": "physical", "engine": "postgresql", "server_version": facts["server_version"],
-                "database": engine.database_name(), "source": safe(source), "schema_revision": None,
+                "database": engine.database_name(), "source": safe(source), "source_id": source_of_url(source),
+                "schema_revision": None,
                 "fingerprint": None, "physical": physical,
             })
     finally:

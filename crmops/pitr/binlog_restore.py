@@ -33,9 +33,11 @@ def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, 
 
     started = time.monotonic()
     repo = open_repository(config)
-    source = safe(config.database.url)
-    snaps = [m for m in repo.manifests() if m.get("binlog") and m.get("kind") != "physical"
-             and m.get("source") == source]
+    from crmops.repository.source import source_of_manifest, source_of_url
+
+    source = source_of_url(config.database.url)
+    snaps = [m for m in repo.listing().manifests if m.get("binlog") and m.get("kind") != "physical"
+             and source_of_manifest(m) == source]
     if not snaps:
         raise OutsideWindow(f"no logical snapshot of {source} records a binlog position",
                             hint="turn binary logging on (`crmops binlog setup`), then `crmops backup`")

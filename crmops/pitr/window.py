@@ -14,7 +14,7 @@ from crmops.pitr.archive import DEFAULT_SEGMENT_SIZE, WalArchive, first_gap, par
 
 
 def physical_manifests(repo: Any, system_id: str | None = None) -> list[dict[str, Any]]:
-    out = [m for m in repo.manifests() if m.get("kind") == "physical"]
+    out = [m for m in repo.listing().manifests if m.get("kind") == "physical"]
     if system_id:
         out = [m for m in out if m["physical"]["system_id"] == system_id]
     return sorted(out, key=lambda m: m["physical"]["stop_time"])
@@ -98,7 +98,7 @@ def binlog_windows(repo: Any, now: datetime | None = None) -> list[dict[str, Any
     servers = sorted({key.split("/", 1)[1] for key, _ in repo.store.list("binlogstate/")})
     if not servers:
         return []
-    snaps = [m for m in repo.manifests() if m.get("binlog")]
+    snaps = [m for m in repo.listing().manifests if m.get("binlog")]
     out = []
     for sid in servers:
         state = read_state(repo, sid)

@@ -28,7 +28,9 @@ def _client() -> Any:
         client = docker.from_env(timeout=120)
         client.ping()
     except DockerException as e:
-        raise SandboxUnavailable(f"the Docker engine does not answer ({str(e).splitlines()[0][:160]})",
+        from crmops.sandbox.docker import why_unreachable
+
+        raise SandboxUnavailable(f"the Docker engine does not answer: {why_unreachable(e)}",
                                  hint="start Docker or set DOCKER_HOST") from None
     return client
 

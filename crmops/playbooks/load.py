@@ -172,6 +172,8 @@ def _check_templates(playbook: Playbook, data: dict[str, Any], lines: LineMap) -
             visible[step.id or ""] = type(step)
     for j, _ in enumerate(playbook.smoke_tests):
         _check_refs(playbook, data, lines, ("smoke_tests", j), main_before)
+    if playbook.rehearsal is not None and isinstance(data.get("rehearsal"), dict):
+        _check_refs(playbook, data, lines, ("rehearsal",), {})  # vars only: it is read before any step runs
 
 
 def _raw(data: Any, loc: Loc) -> Any:

@@ -227,6 +227,39 @@ class PostChecks(_Strict):
     row_tolerance_rows: int = Field(10, ge=0)
 
 
+class Rehearsal(_Strict):
+    """How the dry run starts a throwaway copy of the CRM next to the sandbox database.
+
+    Default: a copy of the container the playbook's first docker step swaps. A CRM run another
+    way (systemd, a package) names an image of its current version instead; skip says why no
+    copy can be started, and every step that needs one stays "not rehearsed" with that reason.
+    """
+
+    container: str | None = Field(None, description="the production container to copy (default: the first "
+                                  "docker step's)")
+    image: str | None = Field(None, description="start this image as the copy (a CRM not run in Docker)")
+    port: int | None = Field(None, ge=1, le=65535, description="the port the CRM listens on inside the copy "
+                             "(default: the first exposed port, else 8080)")
+    app_url: str | None = Field(None, description="production's base URL the steps use; requests to it go to "
+                                "the copy (default: the copied container's published ports on this host)")
+    env: dict[str, str] = Field(default_factory=dict, description="more environment for the copy; ${VAR} is "
+                                "read from crmops's environment")
+    database_env: dict[str, Literal["url", "host", "port", "database", "user", "password"]] = Field(
+        default_factory=dict, description="environment variables that get the sandbox database's settings")
+    to_image: str | None = Field(None, description="image of the target version, for playbooks that install it "
+                                 "by shell: the copy runs it after the stage swap_after")
+    swap_after: str | None = Field(None, description="the stage after which the copy is swapped to to_image")
+    skip: str | None = Field(None, description="start no copy; the reason each step that needs one shows")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rehearsal:
+        if self.container and self.image:
+            raise ValueError("rehearsal: give container or image, not both")
+        if bool(self.to_image) != bool(self.swap_after):
+            raise ValueError("rehearsal: to_image and swap_after go together")
+        return self
+
+
 class Playbook(_Strict):
     name: str
     description: str | None = None
@@ -239,10 +272,19 @@ class Playbook(_Strict):
     post_checks: PostChecks = Field(default_factory=PostChecks)
     #: after a failure past a checkpoint: undo everything, or only back to the last good hop
     on_failure: Literal["rollback_to_start", "rollback_to_checkpoint"] = "rollback_to_start"
+    #: how the dry run starts its throwaway copy of the CRM (default: a copy of the docker step's container)
+    rehearsal: Rehearsal | None = None
 
     #: set by the loader: where it came from and a digest of its text
     source: str = Field("", exclude=True)
     digest: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _swap_stage(self) -> Playbook:
+        after = self.rehearsal.swap_after if self.rehearsal else None
+        if after and after not in [s.name for s in self.stages]:
+            raise ValueError(f"rehearsal: swap_after names no stage ({after!r})")
+        return self
 
     @field_validator("from_version", "to_version", mode="before")
     @classmethod

@@ -24,6 +24,8 @@ from crmops.sandbox import guard
 from crmops.sandbox.base import flavor_of, image_for
 
 LABEL = "crmops.sandbox"
+#: on what a dry run's rehearsal stack adds to a sandbox (a copy of the app, its volumes): the sandbox's name
+STACK_LABEL = "crmops.stack"
 PREFIX = "crmops-sandbox-"
 
 
@@ -71,11 +73,30 @@ def docker_client(timeout: float = 60) -> Any:
         client.ping()
     except DockerException as e:
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        detail = str(e).splitlines()[0][:160]
-        raise SandboxUnavailable(f"the Docker engine at {where} does not answer ({detail})",
+        raise SandboxUnavailable(f"the Docker engine at {where} does not answer: {why_unreachable(e)}",
                                  hint="start Docker (systemctl start docker) or set DOCKER_HOST; "
                                       "the user needs access to the Docker socket") from None
     return client
+
+
+def why_unreachable(error: BaseException) -> str:
+    """The reason in a few words, read from the exception chain, not the SDK's nested reprs."""
+    seen: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in seen)
+    for cls, found, words in ((PermissionError, "Permission denied", "permission denied on the socket"),
+                              (FileNotFoundError, "No such file or directory", "no socket there"),
+                              (ConnectionRefusedError, "Connection refused", "connection refused"),
+                              (TimeoutError, "timed out", "timed out")):
+        if any(isinstance(x, cls) for x in seen) or found in text:
+            return words
+    if "NewConnectionError" in text or "Max retries exceeded" in text:
+        return "cannot connect"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first if len(first) <= 100 else first[:first.rfind(" ", 0, 100)] + " ..."
 
 
 def safe_database_name(name: str | None) -> str:
@@ -245,8 +266,18 @@ class DockerSandbox:
 
 
 def remove_by_name(client: Any, name: str) -> None:
-    from docker.errors import NotFound
+    """A sandbox container, network or volume by name; a sandbox goes with its rehearsal stack (first: it
+    holds the network)."""
+    from docker.errors import APIError, NotFound
 
+    for c in client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={name}"}):
+        try:
+            c.remove(force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as e:  # its owner is removing it at this moment
+            if e.status_code != 409:
+                raise
     try:
         client.containers.get(name).remove(force=True, v=True)
     except NotFound:
@@ -255,3 +286,15 @@ def remove_by_name(client: Any, name: str) -> None:
         client.networks.get(name).remove()
     except NotFound:
         pass
+    volumes = client.volumes.list(filters={"label": f"{STACK_LABEL}={name}"})
+    try:
+        volumes.append(client.volumes.get(name))
+    except NotFound:
+        pass
+    for v in volumes:
+        if (v.attrs.get("Labels") or {}).get(LABEL) != "1":
+            continue  # only what crmops labelled
+        try:
+            v.remove(force=True)
+        except (NotFound, APIError):
+            pass

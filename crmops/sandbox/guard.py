@@ -61,7 +61,7 @@ def forget(name: str) -> None:
 
 
 def remove_all() -> None:
-    for name, remove in list(_live.items()):
+    for name, remove in reversed(list(_live.items())):  # newest first: a rehearsal stack before its sandbox
         try:
             remove()
         except Exception:  # best effort at exit; cleanup by label is the fallback

@@ -18,7 +18,7 @@ from crmops.sandbox.docker import LABEL, docker_client, remove_by_name
 @dataclass
 class SandboxEntry:
     name: str
-    kind: str  # container | network
+    kind: str  # container | network | volume
     status: str
     image: str
     engine: str
@@ -64,6 +64,8 @@ def list_sandboxes(client: Any = None) -> list[SandboxEntry]:
     for n in client.networks.list(filters={"label": f"{LABEL}=1"}):
         if n.name not in names:
             out.append(_entry(n.name, "network", "", "", n.attrs.get("Labels") or {}))
+    for v in client.volumes.list(filters={"label": f"{LABEL}=1"}):  # a dry run's copies of app volumes
+        out.append(_entry(v.name, "volume", "", "", v.attrs.get("Labels") or {}))
     return sorted(out, key=lambda e: (e.created, e.name))
 
 

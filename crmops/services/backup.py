@@ -16,6 +16,8 @@ from crmops.dburl import safe
 from crmops.engines import open_engine
 from crmops.engines.files import read_pieces, walk
 from crmops.repository import Repository, open_repository
+from crmops.repository.repo import manifest_chunks
+from crmops.repository.source import source_of_url
 
 
 @dataclass
@@ -33,6 +35,12 @@ class BackupResult:
     server_version: str
     schema_revision: str | None
     tags: list[str]
+    #: of the `files` entries, how many are regular files (the rest are folders and symlinks)
+    attachment_files: int = 0
+    #: damaged chunks this backup stored again (and read back): they left quarantine
+    chunks_healed: int = 0
+    #: quarantined chunks some snapshot still needs after it: those stay damaged (`crmops repair`)
+    chunks_quarantined: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,18 +60,20 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             fingerprint = dump.fingerprint
             server_version = dump.server_version
             binlog = getattr(dump, "binlog", None)  # MariaDB/MySQL: the binlog position the dump is consistent with
-        files = 0
+        files = regular = 0
         folder = config.attachments.path if url is None else None
         if folder is not None:
             for entry in walk(folder, config.attachments.exclude):
                 if entry.kind == "file":
                     writer.add_file(entry.to_dict(), read_pieces(folder, entry), progress)
+                    regular += 1
                 else:
                     writer.add_file(entry.to_dict())
                 files += 1
         manifest = writer.commit({
             "engine": engine.name, "server_version": server_version, "database": engine.database_name(),
-            "source": safe(source), "schema_revision": revision, "fingerprint": fingerprint.to_dict(),
+            "source": safe(source), "source_id": source_of_url(source),
+            "schema_revision": revision, "fingerprint": fingerprint.to_dict(),
             "attachments_root": str(folder) if folder else None,
             **({"binlog": binlog} if binlog else {}),
         })
@@ -72,4 +82,15 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                         bytes_read=stats["bytes_read"], bytes_new=stats["bytes_new"],
                         bytes_uploaded=stats["bytes_uploaded"], dedup_ratio=stats["dedup_ratio"],
                         chunks=stats["chunks"], chunks_new=stats["chunks_new"], files=files, engine=engine.name,
-                        server_version=server_version, schema_revision=revision, tags=list(tags))
+                        server_version=server_version, schema_revision=revision, tags=list(tags),
+                        attachment_files=regular, chunks_healed=stats.get("chunks_healed", 0),
+                        chunks_quarantined=len(_still_damaged(repo)))
+
+
+def _still_damaged(repo: Repository) -> set[str]:
+    """Quarantined chunks some snapshot still needs (the others only wait for prune)."""
+    quarantined = repo.quarantined()
+    if not quarantined:
+        return set()
+    manifests, _ = repo.readable_manifests()
+    return quarantined & {c for m in manifests for c in manifest_chunks(m)}

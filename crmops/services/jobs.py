@@ -33,12 +33,14 @@ LOCK_WAIT_ENV = "CRMOPS_JOB_LOCK_WAIT"
 
 #: per command, the figures kept from its --json result (what the metrics and the status page use)
 FIGURES: dict[str, tuple[str, ...]] = {
-    "backup": ("snapshot_id", "bytes_read", "bytes_new", "bytes_uploaded", "dedup_ratio", "chunks_new", "files"),
+    "backup": ("snapshot_id", "bytes_read", "bytes_new", "bytes_uploaded", "dedup_ratio", "chunks_new", "files",
+               "chunks_healed", "chunks_quarantined"),
     "verify": ("snapshot_id", "ok", "restore_seconds", "snapshot_age_hours", "first_failure", "record_id"),
-    "check": ("ok", "snapshots", "chunks_referenced", "chunks_read", "coverage_percent"),
+    "check": ("ok", "snapshots", "chunks_referenced", "chunks_read", "coverage_percent", "newest_needs"),
     "prune": ("chunks_deleted", "bytes_freed"),
 }
 FIGURES["drill"] = FIGURES["verify"]
+FIGURES["undo"] = ("snapshot_id", "applied", "inserted", "updated", "conflicts", "pre_undo_snapshot")
 
 
 def runs_path(config: Config) -> Path:
@@ -105,6 +107,9 @@ def figures_of(command: str, result: Any) -> dict[str, Any]:
             out.update({k: result["prune"][k] for k in FIGURES["prune"]})
     if command == "check":
         out["damaged"] = len(result.get("damaged") or [])
+        out["quarantined"] = len(result.get("quarantined") or [])
+        if not out.get("newest_needs"):
+            out.pop("newest_needs", None)
     return out
 
 
@@ -204,8 +209,13 @@ def write_metrics(config: Config) -> list[str]:
 
 
 def notify(config: Config, record: dict[str, Any]) -> list[str]:
-    """Notify every channel of a failure, or of a success when notify.on_success is set."""
-    if record["result"] == "success" and not config.notify.on_success:
+    """Notify every channel of a failure, of known damage (quarantined chunks), or of a success when
+    notify.on_success is set."""
+    figures = record.get("figures") or {}
+    # damage outlives a successful run: chunks still quarantined are told every time until repaired, and
+    # damage a backup healed is told once (storage that corrupts objects deserves a look)
+    damage = bool(figures.get("chunks_quarantined") or figures.get("newest_needs") or figures.get("chunks_healed"))
+    if record["result"] == "success" and not config.notify.on_success and not damage:
         return []
     from crmops.notify import Event, notifiers, send_all
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crmops.config import Config
-from crmops.dburl import engine_kind, parse, safe
+from crmops.dburl import display, engine_kind, parse, safe
 from crmops.errors import ConfigError, CrmopsError, Interrupted, MigrationFailed, MigrationRefused
 from crmops.journal import actor
 from crmops.migrations import prechecks, source
@@ -90,7 +90,7 @@ def status(config: Config, *, url: str | None = None) -> dict[str, Any]:
     elif len(heads) == 1:
         pending = [{"revision": s.revision, "message": s.message} for s in scripts.steps(current, heads[0])]
     modified = _modified(config, scripts, safe(target), current)
-    return {"database": safe(target), "engine": engine_kind(target), "script_location": scripts.location,
+    return {"database": display(target), "engine": engine_kind(target), "script_location": scripts.location,
             "current": current, "current_message": scripts.message(current) if current and scripts.knows(current)
             else None, "heads": heads, "pending": pending, "modified": modified, "errors": errors,
             "up_to_date": not pending and not errors and current is not None and current in heads}
@@ -146,7 +146,7 @@ def plan(config: Config, *, to: str = "head", url: str | None = None, sql: bool 
         if sql:
             row["sql"], row["sql_error"] = _offline_sql(scripts, target_url, step)
         rows.append(row)
-    return {"database": safe(target_url), "from": current, "to": target,
+    return {"database": display(target_url), "from": current, "to": target,
             "direction": steps[0].direction if steps else None, "revisions": rows,
             "prechecks_up_front": len(checks.upfront),
             "transaction": _policy(engine_kind(target_url), _needs_autocommit(steps))}
@@ -168,8 +168,13 @@ def _offline_sql(scripts: Scripts, url: str, step: Step) -> tuple[str | None, st
         else:
             command.downgrade(cfg, f"{step.revision}:{step.after or 'base'}", sql=True)
     except Exception as e:  # the script needs a live connection (it reads data or asks the dialect)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return None, f"cannot be rendered offline (it needs a live database): {type(e).__name__}: {first}"
+        import logging
+
+        logging.getLogger("crmops.migrate").debug("offline SQL of %s failed: %s: %s", step.revision,
+                                                  type(e).__name__, e)
+        return None, ("no SQL to show: this revision reads the database while it runs, so its statements "
+                      "depend on the data; rehearse it on a copy (`migrate up --url COPY` or "
+                      "`upgrade PLAYBOOK --dry-run`)")
     return buffer.getvalue(), None
 
 

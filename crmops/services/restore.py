@@ -7,7 +7,9 @@ non-empty target is refused unless forced, and forcing first snapshots the targe
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,10 +20,20 @@ from crmops.config import Config
 from crmops.dburl import engine_kind, safe
 from crmops.engines import open_engine
 from crmops.engines.files import FileEntry, finish_dirs, restore_entry
-from crmops.errors import ConfigError, IntegrityError, TargetNotEmpty
+from crmops.errors import (
+    ConfigError,
+    CrmopsError,
+    IntegrityError,
+    Interrupted,
+    TableNotInSnapshot,
+    TargetNotEmpty,
+)
 from crmops.repository import Repository, open_repository
+from crmops.services.sources import resolve
 
 ENGINE_OF_FORMAT = {"pg-custom": "postgresql", "mysql-sql": "mysql", "sqlite-db": "sqlite"}
+#: --as: a prefix for the restored copies' names
+PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -34,14 +46,69 @@ class RestoreResult:
     files: int = 0
     safety_snapshot: str | None = None
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    #: what was overwritten: ["the whole database"] or the tables replaced in place
+    replaced: list[str] = field(default_factory=list)
+    #: tables that did not exist in the target before (with --as: the copies beside the live ones)
+    created: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def snapshot_tables(manifest: dict[str, Any]) -> list[str]:
+    """The tables a snapshot holds, as its fingerprint names them (PostgreSQL: schema.table outside public)."""
+    return sorted(t for t in manifest.get("fingerprint", {}).get("tables", {}) if t != "pg_largeobject")
+
+
+def resolve_tables(manifest: dict[str, Any], engine: str, names: list[str]) -> list[str]:
+    """The chosen tables in the engine's own form, each checked against the snapshot, before anything changes.
+
+    PostgreSQL names are schema-qualified ("public.contacts"); a plain name is in public.
+    A name the snapshot lacks is refused with the closest names it does hold.
+    """
+    known = snapshot_tables(manifest)
+    out: list[str] = []
+    for raw in names:
+        name = raw.replace('"', "") if engine == "postgresql" else raw.strip("`")
+        key = name.removeprefix("public.") if engine == "postgresql" else name
+        if known and key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(close)}?" if close else
+                    f"it holds {', '.join(known[:8])}{', …' if len(known) > 8 else ''}")
+            raise TableNotInSnapshot(f"table {raw!r} is not in snapshot {manifest['id']}; nothing was changed",
+                                     hint=hint)
+        full = (key if "." in key else f"public.{key}") if engine == "postgresql" else key
+        if full not in out:
+            out.append(full)
+    return out
+
+
+def _check_prefix(prefix: str, engine: str, tables: list[str]) -> None:
+    if engine == "postgresql" and prefix.endswith(".") and PREFIX.fullmatch(prefix[:-1]):
+        if prefix[:-1] in {t.partition(".")[0] for t in tables}:
+            raise ConfigError(f"--as {prefix!r} is the tables' own schema",
+                              hint="name another schema, e.g. --as recovered.")
+        return  # a schema: the tables keep their names there
+    if not PREFIX.fullmatch(prefix):
+        raise ConfigError(f"--as {prefix!r} is not a usable name prefix",
+                          hint="use letters, digits and _ only, e.g. --as restored_"
+                               + (" (or --as recovered. for a schema)" if engine == "postgresql" else ""))
+    limit = {"postgresql": 63, "mysql": 64}.get(engine)
+    for t in tables:
+        if limit and len(_prefixed(t, prefix).rpartition(".")[2].encode()) > limit:
+            raise ConfigError(f"--as {prefix!r} makes the name of {t} longer than {engine} allows ({limit})",
+                              hint="choose a shorter prefix")
+
+
 def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None = None,
             attachments_to: Path | None = None, force: bool = False, repo: Repository | None = None,
-            progress: Callable[[int], None] | None = None) -> RestoreResult:
+            progress: Callable[[int], None] | None = None, prefix: str | None = None,
+            source: str | None = None) -> RestoreResult:
+    """Restore a snapshot into to_url; with tables, only those, replacing them in place (force) or beside (prefix).
+
+    Everything is checked before the first change: the engine, the table names against
+    the snapshot, the destination names, the target's emptiness, every chunk's tag.
+    """
     started = time.monotonic()
     timeline: list[dict[str, Any]] = []
 
@@ -49,14 +116,29 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         timeline.append({"step": step, "at_s": round(time.monotonic() - started, 3)})
 
     repo = repo or open_repository(config)
-    manifest = repo.manifest(ref)
+    manifest = resolve(config, repo, ref, source=source)
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if wanted != engine_kind(to_url):
         raise ConfigError(f"snapshot {manifest['id']} holds a {wanted} dump; {safe(to_url)} is not {wanted}")
+    if prefix is not None and not tables:
+        raise ConfigError("--as needs --tables", hint="name the tables to restore beside the live ones")
+    chosen = resolve_tables(manifest, wanted, tables) if tables else None
+    if prefix is not None and chosen:
+        _check_prefix(prefix, wanted, chosen)
     target = open_engine(to_url, config.database)
-    safety = None
-    if not force and not target.is_empty():
+    empty = target.is_empty()
+    if prefix is not None and chosen:
+        taken = target.existing_tables([_prefixed(t, prefix) for t in chosen])
+        if taken:
+            raise TargetNotEmpty(f"{', '.join(taken)} already exists in {safe(to_url)}; nothing was changed",
+                                 hint="choose another --as prefix, or drop the earlier copy")
+    elif not force and not empty:
+        if chosen:
+            raise TargetNotEmpty(f"{safe(to_url)} is not empty",
+                                 hint=f"add --force to replace only {', '.join(chosen)} there, after a "
+                                      f"pre-restore snapshot of the target; or --as restored_ to restore "
+                                      f"{'them' if len(chosen) > 1 else 'it'} beside the live tables")
         raise TargetNotEmpty(f"{safe(to_url)} is not empty",
                              hint="restore into an empty database, or add --force (a pre-restore snapshot "
                                   "of the target is taken first)")
@@ -64,21 +146,49 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     # data included); the restore then opens each chunk fully again as it streams it
     repo.authenticate(manifest, progress)
     mark("every chunk authenticated")
-    if force and not target.is_empty():
+    safety = None
+    if force and not empty and prefix is None:
         from crmops.services.backup import backup
 
         safety = backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
         mark("safety snapshot of the target")
-        _empty(target)
-    target.restore(repo.read_stream(manifest), format=stream["format"], tables=tables)
-    mark("database restored")
+    replaced: list[str] = []
+    created: list[str] = []
+    if chosen and (prefix is not None or not empty):
+        done = target.restore_tables(repo.read_stream(manifest), format=stream["format"], tables=chosen,
+                                     prefix=prefix)
+        replaced, created = done["replaced"], done["created"]
+        mark("tables restored")
+    else:
+        try:
+            if safety:
+                replaced = ["the whole database"]
+                _empty(target)
+                mark("target emptied")
+            target.restore(repo.read_stream(manifest), format=stream["format"], tables=chosen)
+        except (CrmopsError, KeyboardInterrupt) as e:
+            if not safety:
+                raise
+            back = f"get its previous content back with: crmops restore {safety} --to {safe(to_url)} --force"
+            if isinstance(e, KeyboardInterrupt):
+                raise Interrupted("restore stopped half-way; the target was emptied first", hint=back) from None
+            raise type(e)(f"{e.message}; the target was emptied first", hint=back) from None
+        created = list(chosen or [])
+        mark("database restored")
     files = 0
     if attachments_to is not None:
         files = restore_files(repo, manifest, attachments_to)
         mark("attachments restored")
-    return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=tables,
+    return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=chosen,
                          seconds=round(time.monotonic() - started, 2), bytes=stream["size"], files=files,
-                         safety_snapshot=safety, timeline=timeline)
+                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created)
+
+
+def _prefixed(table: str, prefix: str) -> str:
+    schema, dot, name = table.rpartition(".")
+    if prefix.endswith("."):
+        return f"{prefix}{name}"
+    return f"{schema}{dot}{prefix}{name}"
 
 
 def restore_files(repo: Repository, manifest: dict[str, Any], folder: Path) -> int:
@@ -111,10 +221,23 @@ def _empty(engine: Any) -> None:
         return  # the restore replaces the file atomically
     if engine.name == "postgresql":
         with engine.connect() as conn:
+            # public comes back as it was (owner, grants, comment): pg_dump leaves out what is
+            # initdb's default, so a bare CREATE SCHEMA would lose e.g. PUBLIC's USAGE on it
+            again = conn.execute("""SELECT 'ALTER SCHEMA public OWNER TO ' || quote_ident(n.nspowner::regrole::text)
+                                    || '; COMMENT ON SCHEMA public IS '
+                                    || COALESCE(quote_literal(obj_description(n.oid, 'pg_namespace')), 'NULL')
+                                    || ';' || COALESCE((SELECT string_agg(' GRANT ' || a.privilege_type
+                                        || ' ON SCHEMA public TO ' || CASE a.grantee WHEN 0 THEN 'PUBLIC'
+                                        ELSE quote_ident(a.grantee::regrole::text) END
+                                        || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END, ';')
+                                        || ';' FROM aclexplode(n.nspacl) a), '')
+                                    FROM pg_namespace n WHERE n.nspname = 'public'""").fetchone()
             for (schema,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_%' "
                                           "AND nspname <> 'information_schema'").fetchall():
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
             conn.execute("CREATE SCHEMA public")
+            if again:
+                conn.execute(again[0])
             conn.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
         return
     conn = engine.connect()

@@ -44,8 +44,18 @@ class Overview:
     upgrades: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     repository_size_bytes: int | None = None
+    #: chunks found damaged or missing and not stored again yet; those the newest snapshot of the source needs
+    quarantined: list[str] = field(default_factory=list)
+    quarantine_needed: list[str] = field(default_factory=list)
+    newest_of_source: str | None = None
     retention: dict[str, Any] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
+    #: the configured database's source: what the verdicts judge (snapshots and verifications are its own)
+    source: str = ""
+    #: other sources in the repository: source -> number of snapshots
+    other_sources: dict[str, int] = field(default_factory=dict)
+    #: snapshots whose manifest cannot be read: [{"id", "problem"}]
+    damaged: list[dict[str, str]] = field(default_factory=list)
     version: str = __version__
     #: point-in-time recovery: each archiving cluster's window, lag and first gap
     pitr: list[dict[str, Any]] = field(default_factory=list)
@@ -98,33 +108,64 @@ def read_upgrades(folder: Path) -> list[dict[str, Any]]:
 
 
 def _read_repository(config: Config, ov: Overview) -> None:
+    """The configured source's snapshots and verifications; other sources only counted, damage named."""
     from crmops.repository import SnapshotInfo, open_repository
-    from crmops.repository.retention import plan
+    from crmops.repository.retention import plan_groups
+    from crmops.repository.source import is_safety
+    from crmops.services.sources import configured_source
     from crmops.services.verify_record import KIND
 
     repo = open_repository(config)
     ov.repository = repo.store.url
-    manifests = repo.manifests()
-    for m in manifests:
+    ov.source = configured_source(config)
+    listing = repo.listing()
+    ov.damaged = [{"id": d.id, "problem": d.problem} for d in listing.damaged]
+    passed: dict[str, bool] = {}
+    for m in listing.manifests:
         info = SnapshotInfo.from_manifest(m)
-        ov.snapshots.append({"id": info.id, "time": info.time, "tags": info.tags, "engine": info.engine,
-                             "schema_revision": info.schema_revision, "size": info.size,
-                             "bytes_new": info.bytes_new, "seconds": m.get("stats", {}).get("seconds")})
-        for rec in repo.records(m["id"]):
+        if info.source != ov.source:
+            ov.other_sources[info.source] = ov.other_sources.get(info.source, 0) + 1
+        else:
+            ov.snapshots.append({"id": info.id, "time": info.time, "tags": info.tags, "engine": info.engine,
+                                 "schema_revision": info.schema_revision, "size": info.size,
+                                 "bytes_new": info.bytes_new, "seconds": m.get("stats", {}).get("seconds"),
+                                 "source": info.source, "safety": is_safety(m)})
+        try:
+            records = repo.records(m["id"])
+        except IntegrityError:
+            continue  # a damaged record proves nothing
+        for rec in records:
             if rec.get("kind") != KIND or "record" not in rec:
                 continue
             body = rec["record"]
-            ov.verifications.append({k: body.get(k) for k in (
-                "snapshot_id", "verified_at", "ok", "first_failure", "restore_seconds", "snapshot_age_hours",
-                "total_seconds", "sandbox", "image")})
+            passed[m["id"]] = bool(body.get("ok"))
+            if info.source == ov.source and not is_safety(m):
+                ov.verifications.append({k: body.get(k) for k in (
+                    "snapshot_id", "verified_at", "ok", "first_failure", "restore_seconds", "snapshot_age_hours",
+                    "total_seconds", "sandbox", "image")})
     ov.verifications.sort(key=lambda v: v.get("verified_at") or "")
-    keep, forget = plan([(m["id"], parse_time(m["time"])) for m in manifests], config.retention)
-    ov.retention = {"kept": len(keep), "past_retention": len(forget),
-                    "policy": config.retention.model_dump()}
+    logical = [m for m in listing.manifests if m.get("kind") != "physical"]  # base backups: retention.pitr_days
+    groups = plan_groups(logical, config.retention, lambda sid: passed.get(sid, False))
+    ov.retention = {"kept": sum(len(g["keep"]) for g in groups),
+                    "past_retention": sum(len(g["forget"]) for g in groups),
+                    "groups": len(groups), "policy": config.retention.model_dump()}
     ov.repository_size_bytes = repository_figures(config)["repository_size_bytes"]
     from crmops.pitr.window import all_windows
 
     ov.pitr = [{k: v for k, v in w.items() if k != "lines"} for w in all_windows(repo)]
+    _read_quarantine(config, repo, listing.manifests, ov)
+
+
+def _read_quarantine(config: Config, repo: Any, manifests: list[dict[str, Any]], ov: Overview) -> None:
+    from crmops.repository.repo import manifest_chunks
+    from crmops.services.repair import newest_of_source
+
+    referenced = {c for m in manifests for c in manifest_chunks(m)}
+    ov.quarantined = sorted(repo.quarantined() & referenced)  # the others only wait for prune
+    newest = newest_of_source(manifests, config)
+    if newest is not None:
+        ov.newest_of_source = newest["id"]
+        ov.quarantine_needed = sorted(set(manifest_chunks(newest)) & set(ov.quarantined))
 
 
 def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) -> Overview:
@@ -149,11 +190,19 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_verify_verdict(ov, now, s.verify_max_age_days))
     if ov.repository_error:
         out.append(Verdict("repository", RED, f"cannot open the repository: {ov.repository_error}"))
+    elif ov.damaged:
+        ids = ", ".join(d["id"][:10] for d in ov.damaged)
+        out.append(Verdict("repository", RED, f"{len(ov.damaged)} snapshot manifest(s) damaged ({ids}); "
+                                              f"{_snapshots(len(ov.snapshots))} of this database readable; "
+                                              "run `crmops check`"))
     else:
-        out.append(Verdict("repository", GREEN, f"{_snapshots(len(ov.snapshots))}, "
+        total = len(ov.snapshots) + sum(ov.other_sources.values())
+        out.append(Verdict("repository", GREEN, f"{_snapshots(total)}, "
                                                 f"{_mb(ov.repository_size_bytes or 0)} stored at {ov.repository}"))
+    out.append(_sources_verdict(ov))
     out.append(_retention_verdict(ov, s.repository_quota_bytes, s.headroom_percent))
     out.append(_jobs_verdict(runs, now))
+    out.append(_integrity_verdict(config, ov, runs))
     out.append(_upgrades_verdict(ov))
     out.append(_alerting_verdict(config))
     out += [_archive_verdict(w, s.max_archive_lag_seconds) for w in ov.pitr]
@@ -180,6 +229,13 @@ def _archive_verdict(w: dict[str, Any], max_lag: float) -> Verdict:
                                 f"archive lag {lag:.0f} s")
 
 
+def _sources_verdict(ov: Overview) -> Verdict:
+    """What is judged, and in one line what else the repository holds (never judged here)."""
+    others = "; the repository also holds " + ", ".join(
+        f"{src} ({n})" for src, n in sorted(ov.other_sources.items())) if ov.other_sources else ""
+    return Verdict("sources", GREEN, f"judging {ov.source or 'the configured database'}{others}")
+
+
 def _alerting_verdict(config: Config) -> Verdict:
     """A failed nightly job that reaches no one is the silent failure this tool exists to prevent."""
     from crmops.notify import notifiers
@@ -196,12 +252,14 @@ def _alerting_verdict(config: Config) -> Verdict:
 
 
 def _backup_verdict(ov: Overview, runs: list[dict[str, Any]], now: datetime, max_hours: float) -> Verdict:
-    times = [parse_time(sn["time"]) for sn in ov.snapshots]
+    # the configured database's own backups: safety snapshots (pre-restore, pre-migrate) are not backups
+    times = [parse_time(sn["time"]) for sn in ov.snapshots if not sn.get("safety")]
     # a repository we cannot read right now: the run history still knows the last good backup
     times += [datetime.fromtimestamp(r["finished"], UTC) for r in runs
               if r.get("command") == "backup" and r.get("result") == "success" and ov.repository_error]
     if not times:
-        return Verdict("backup", RED, "no backup has been taken yet" if not ov.repository_error
+        return Verdict("backup", RED, f"no backup of {ov.source or 'the configured database'} yet"
+                       if not ov.repository_error
                        else "no backup is known (the repository cannot be read)")
     newest = max(times)
     age = now - newest
@@ -275,7 +333,9 @@ def _upgrades_verdict(ov: Overview) -> Verdict:
     if damaged:
         return Verdict("upgrades", AMBER, f"upgrade journal {damaged[0]['file']}: {damaged[0]['problem']}")
     if not real:
-        return Verdict("upgrades", GREEN, f"{len(ov.upgrades)} rehearsals (dry runs), no real upgrade")
+        n = len(ov.upgrades)
+        runs = "1 rehearsal (dry run)" if n == 1 else f"{n} rehearsals (dry runs)"
+        return Verdict("upgrades", GREEN, f"{runs}, no real upgrade")
     u = real[0]
     what = f"upgrade {u.get('playbook')} {u.get('from_version')} → {u.get('to_version')} (run {u.get('run_id')})"
     if u.get("result") is None:
@@ -287,3 +347,26 @@ def _upgrades_verdict(ov: Overview) -> Verdict:
     if u["result"] == "rolled-back":
         return Verdict("upgrades", AMBER, f"{what} was rolled back{why}")
     return Verdict("upgrades", RED, f"{what} failed and was not rolled back{why}")
+
+
+def _integrity_verdict(config: Config, ov: Overview, runs: list[dict[str, Any]]) -> Verdict:
+    """Red while the newest snapshot of the configured database needs a chunk known to be damaged."""
+    days = config.check.read_data_days
+    reading = (f"the scheduled check reads {config.check.daily_percent():g}% of the data a day, so a damaged "
+               f"chunk is found within {days} days")
+    checks = [r for r in runs if r.get("command") == "check" and r.get("result") == "success"]
+    if checks:
+        reading += f"; coverage {checks[-1].get('figures', {}).get('coverage_percent', '?')}%"
+    if ov.repository_error:
+        return Verdict("integrity", AMBER, "unknown (the repository cannot be read)")
+    if ov.quarantine_needed:
+        n = len(ov.quarantine_needed)
+        return Verdict("integrity", RED, f"the newest snapshot {ov.newest_of_source} needs {n} damaged chunk"
+                                         f"{'s' if n != 1 else ''} ({', '.join(ov.quarantine_needed)}): it cannot be "
+                                         "restored until `crmops backup` stores them again; then "
+                                         "`crmops repair --dry-run`")
+    if ov.quarantined:
+        n = len(ov.quarantined)
+        return Verdict("integrity", AMBER, f"{n} damaged chunk{'s' if n != 1 else ''} in quarantine, needed only by "
+                                           "older snapshots: `crmops repair --dry-run` names them")
+    return Verdict("integrity", GREEN, f"no damaged chunk known; {reading}")

@@ -126,7 +126,8 @@ def render_html(ov: Overview) -> str:
         f"<title>crmops status {e(ov.host)}: {level.upper()}</title><style>{CSS}</style></head><body>",
         f"<h1>CRM backup status: {e(ov.host)}</h1>",
         f'<div id="verdict" class="verdict {level}">{level.upper()}</div>',
-        f'<p class="muted">repository {e(ov.repository)}; generated {e(ov.generated_at.replace("T", " "))} '
+        f'<p class="muted">database {e(ov.source or "?")}; repository {e(ov.repository)}; '
+        f'generated {e(ov.generated_at.replace("T", " "))} '
         f"by crmops {e(ov.version)}</p>",
         '<div class="facts">' + "".join(f'<div class="fact">{e(k)}<b>{v}</b></div>' for k, v in facts) + "</div>",
         '<h2>Warnings</h2><ul id="warnings">',
@@ -150,6 +151,11 @@ def render_html(ov: Overview) -> str:
                         [[_when(s["time"]), f"<code>{e(s['id'][:12])}</code>", e(", ".join(s["tags"])),
                           e(s.get("schema_revision") or ""), _mb(s["size"]), _mb(s["bytes_new"])]
                          for _, s in reversed(snaps[-20:])], "No snapshots yet."))
+    if ov.damaged:
+        parts.append("<p>Snapshots whose manifest cannot be read (the others above are intact)</p>")
+        parts.append(_table("damaged", ["snapshot", "problem"],
+                            [[f"<code>{e(d['id'][:12])}</code>", f'<span class="no">{e(d["problem"])}</span>']
+                             for d in ov.damaged], ""))
 
     ver = [(parse_time(v["verified_at"]), v) for v in ov.verifications if v.get("verified_at")]
     parts.append("<h2>Verification history</h2><p>Restore time (RTO) of each verification; red: it failed</p>")

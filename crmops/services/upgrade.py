@@ -55,8 +55,9 @@ def secret_scrubber(config: Config, playbook: Playbook | None = None) -> Callabl
     the values of the ${VAR}s the playbook reads from the environment (tokens in headers or env)."""
     secrets = [parse(config.database.url).password, config.encryption.resolved_passphrase()]
     if playbook is not None:
-        names = {m for _, _, step in playbook.all_steps()
-                 for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", step.model_dump_json())}
+        texts = [step.model_dump_json() for _, _, step in playbook.all_steps()]
+        texts += [playbook.rehearsal.model_dump_json()] if playbook.rehearsal else []  # the copy's env: tokens
+        names = {m for text in texts for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)}
         secrets += [os.environ.get(n) for n in sorted(names)]
     s3 = config.repository.s3
     secrets += [v.get_secret_value() for v in (s3.access_key_id, s3.secret_access_key) if v is not None]

@@ -1,51 +1,53 @@
-"""The dry run: rehearse an upgrade on a sandbox restored from the latest verified snapshot.
+"""The dry run: rehearse an upgrade on throwaway copies of the database and the application.
 
-migrate and sql steps (and SQL smoke tests) run for real in the sandbox and are timed,
-with PostgreSQL lock sampling and per-table row changes; preflight checks run against
-production, read-only; every other step is shown as it would run, templates filled in.
-Nothing in production changes. The result is journalled (event "rehearsal") so the real
-run can hold its downtime estimate against the window and its row changes against
-what the rehearsal saw.
+The database is restored from the latest verified snapshot into a sandbox; beside it, on
+the sandbox's private network, the rehearsal stack starts a copy of the application
+(crmops.services.rehearsal_stack). Every step that can act on those copies runs for real
+and is timed (migrations, SQL, HTTP checks against the copy, the container swap, the
+maintenance commands inside the copy, backup and restore through a scratch repository);
+preflight checks run against production, read-only; what can only act on production
+stays "not rehearsed", with the reason. Then a failure is injected after the last stage
+and the rollback steps run for real on the copies, which must end with the database equal
+to its pre-upgrade fingerprint and the old app answering its checks. Nothing in
+production changes. The result is journalled (event "rehearsal") so the real run can hold
+its downtime forecast against the window and its row changes against what the rehearsal saw.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from crmops.config import Config
 from crmops.dburl import engine_kind, parse
 from crmops.engines import Fingerprint, open_engine
-from crmops.errors import CrmopsError, UpgradeFailed, UpgradeRefused
+from crmops.errors import CrmopsError, UpgradeRefused
 from crmops.playbooks.actions import describe_error
-from crmops.playbooks.dockerswap import current_image, image_present
-from crmops.playbooks.model import Playbook, Step
+from crmops.playbooks.dockerswap import current_image, image_present, swap_image
+from crmops.playbooks.model import Playbook, Stage, Step
 from crmops.playbooks.runjournal import RunJournal
 from crmops.playbooks.runner import attempt, step_params, template_context
 from crmops.playbooks.steps import StepContext
-from crmops.playbooks.template import Pending, render
+from crmops.playbooks.template import Pending, TemplateError, render
 from crmops.playbooks.window import fits
 from crmops.repository import open_repository
 from crmops.sandbox import open_sandbox
+from crmops.services.rehearsal_stack import NoStack, RehearsalStack, StackFailed, stack_source, start_stack
+from crmops.services.rehearsal_steps import Place, scratch_repository, why_not
+from crmops.services.rehearsal_steps import executors as rehearsal_executors
 from crmops.services.restore import ENGINE_OF_FORMAT
+from crmops.services.sources import configured_source
 from crmops.services.upgrade import load, run_post_checks, secret_scrubber
 from crmops.services.upgrade_steps import executors
 from crmops.services.verify_record import is_verified_ok
 
-NOT_REHEARSED = {
-    "shell": "runs a command on this host that may change anything: not run",
-    "http": "a request may have side effects, and production endpoints do not point at the sandbox: not sent",
-    "docker": "swaps a production container: not done (the current image was read)",
-    "backup": "writes a snapshot of production: not taken (expected time from the latest snapshot's size)",
-    "verify": "not run (the rehearsal's own restore, compared with the snapshot's fingerprint, proves it)",
-    "restore": "overwrites production: not done (expected time from the rehearsal's restore)",
-    "pause": "waits for a person: not asked",
-    "maintenance": "switches production's maintenance mode: not done",
-}
 #: extra timed runs of each migration on copies of the sandbox database, and up to which size
 EXTRA_REHEARSALS = 2
 COPY_LIMIT_BYTES = 2_000_000_000
@@ -54,13 +56,16 @@ LOCK_MODES = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdat
               "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
 
 
-def pick_snapshot(repo: Any) -> tuple[dict[str, Any], bool]:
-    """The newest verified snapshot, or the newest at all (the rehearsal's restore then proves it)."""
-    manifests = repo.manifests()
+def pick_snapshot(repo: Any, source: str | None = None) -> tuple[dict[str, Any], bool]:
+    """The source's newest verified backup, or its newest at all (the rehearsal's restore then proves it)."""
+    from crmops.repository.source import is_safety
+
+    manifests = [m for m in repo.listing().of_source(source) if not is_safety(m)]
     if not manifests:
         from crmops.errors import SnapshotNotFound
 
-        raise SnapshotNotFound("the repository has no snapshots to rehearse on", hint="run `crmops backup` first")
+        where = f" of {source}" if source else ""
+        raise SnapshotNotFound(f"the repository has no backup{where} to rehearse on", hint="run `crmops backup` first")
     for m in reversed(manifests):
         if is_verified_ok(repo, m["id"]):
             return m, True
@@ -119,11 +124,14 @@ class LockSampler(threading.Thread):
 
 
 def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = lambda s: None,
-            now: datetime | None = None) -> dict[str, Any]:
-    """Rehearse the playbook; returns the report (also on failure, attached to the error as .report)."""
+            now: datetime | None = None, report_dir: Path | None = None) -> dict[str, Any]:
+    """Rehearse the playbook; returns the report (also on failure, attached to the error as .report).
+
+    The report is also written as JSON and HTML to report_dir (default: <state_dir>/rehearsals).
+    """
     playbook = load(paths)
     repo = open_repository(config)
-    manifest, verified = pick_snapshot(repo)
+    manifest, verified = pick_snapshot(repo, configured_source(config))
     journal = RunJournal.create(config.state_dir, playbook=playbook.source, from_version=playbook.from_version,
                                 to_version=playbook.to_version, dry_run=True, scrub=secret_scrubber(config, playbook),
                                 playbooks=[str(p) for p in paths], digest=playbook.digest,
@@ -142,18 +150,33 @@ def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = la
         raise
     _estimate(playbook, report, now or datetime.now(UTC))
     failed = [p for p in report["plan"] if p["mode"] == "rehearsed" and p["ok"] is False]
+    rollback = report.get("rollback") or {}
+    rollback_failed = rollback.get("ok") is False
     journal.record("rehearsal", estimated_downtime_s=report["estimated_downtime_s"],
                    migrate_seconds=report["migrate_seconds"], row_changes=report["row_changes"],
-                   steps=[{k: p.get(k) for k in ("step", "mode", "seconds")} for p in report["plan"]],
-                   fits_window=report["window"]["fits"], blockers=report["blockers"], rehearsed_ok=not failed)
+                   steps=[{k: p.get(k) for k in ("step", "phase", "mode", "seconds")} for p in report["plan"]],
+                   fits_window=report["window"]["fits"], blockers=report["blockers"],
+                   rehearsed_ok=not failed and not rollback_failed, forward_seconds=report.get("forward_seconds"),
+                   rollback_seconds=rollback.get("seconds"), counts=report["counts"])
     # a blocker fails the dry run for people reading its history; its measurements stay usable
-    result = "failed" if failed or report["blockers"] else "success"
+    result = "failed" if failed or rollback_failed or report["blockers"] else "success"
     journal.record("end", result=result, error=failed[0]["error"] if failed else
-                   (f"the real run would refuse: {report['blockers'][0]}" if report["blockers"] else None))
+                   (f"the rehearsed rollback failed: {_rollback_problem(rollback)}" if rollback_failed else
+                    f"the real run would refuse: {report['blockers'][0]}" if report["blockers"] else None))
     report["result"] = result
-    if failed:
-        err = UpgradeFailed(f"the rehearsal failed at {failed[0]['step']}: {failed[0]['error']}",
-                            hint="the real upgrade would fail the same way; nothing in production changed")
+    report["error"] = next((r["error"] for r in reversed(list(journal.journal.records())) if r["event"] == "end"),
+                           None)
+    from crmops.services.rehearsal_report import write_reports
+
+    report["reports"] = write_reports(report, report_dir or Path(config.state_dir) / "rehearsals")
+    if failed or rollback_failed:
+        what = (f"the rehearsal failed at {failed[0]['step']}: {failed[0]['error']}" if failed else
+                "the rehearsal's forward run passed")
+        undo = (f"; the rehearsed rollback FAILED: {_rollback_problem(rollback)}" if rollback_failed else
+                f"; the rehearsed rollback brought it back in {rollback['seconds']:.1f}s "
+                f"(database {rollback['database']['detail']}"
+                + (f", app {rollback['app']['detail']}" if rollback.get("app") else "") + ")" if rollback else "")
+        err = UpgradeRefused(what + undo, hint="the real upgrade would go the same way; nothing in production changed")
         err.report = report  # type: ignore[attr-defined]
         raise err
     if report["blockers"]:
@@ -162,6 +185,14 @@ def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = la
         err.report = report  # type: ignore[attr-defined]
         raise err
     return report
+
+
+def _rollback_problem(rollback: dict[str, Any]) -> str:
+    if not rollback.get("steps_ok", True):
+        return "a rollback step failed (see the plan)"
+    if not rollback["database"]["ok"]:
+        return "the database is not as before: " + rollback["database"]["detail"]
+    return "the old app: " + ((rollback.get("app") or {}).get("detail") or "?")
 
 
 def _rehearse(config: Config, playbook: Playbook, repo: Any, manifest: dict[str, Any], journal: RunJournal,
@@ -187,14 +218,20 @@ def _rehearse(config: Config, playbook: Playbook, repo: Any, manifest: dict[str,
         say(f"restored in {restore_s:.1f}s; {report['restore']['detail']}")
         if diffs:
             report["blockers"].append(f"snapshot {manifest['id'][:10]} does not restore faithfully")
-        run_steps = _plan(config, playbook, sandbox.url, journal, report, say, restore_s, manifest)
-        after_rows = {n: t.rows for n, t in target.fingerprint().tables.items()}
-        rows_before = {n: t.rows for n, t in before.tables.items()}
-        report["row_changes"] = {t: after_rows.get(t, 0) - rows_before.get(t, 0)
-                                 for t in sorted(set(after_rows) | set(rows_before))
-                                 if after_rows.get(t, 0) != rows_before.get(t, 0)}
-        if run_steps:
-            _rehearse_post_checks(config, playbook, sandbox.url, report, journal)
+        with contextlib.ExitStack() as cleanup, scratch_repository(config) as scratch:
+            stack, no_stack, copied = _open_stack(config, playbook, sandbox, report, say)
+            if stack is not None:
+                cleanup.enter_context(stack)
+            place = Place(config, sandbox.url, stack, no_stack, scratch, copied)
+            walk = _plan(config, playbook, place, journal, report, say, restore_s, manifest)
+            after_rows = {n: t.rows for n, t in target.fingerprint().tables.items()}
+            rows_before = {n: t.rows for n, t in before.tables.items()}
+            report["row_changes"] = {t: after_rows.get(t, 0) - rows_before.get(t, 0)
+                                     for t in sorted(set(after_rows) | set(rows_before))
+                                     if after_rows.get(t, 0) != rows_before.get(t, 0)}
+            if walk.broken is None:
+                _rehearse_post_checks(config, playbook, sandbox.url, report, journal)
+            _rehearse_rollback(playbook, walk, place, target, before, report, journal, say)
     _fidelity(config, playbook, manifest, report, engine)
 
 
@@ -205,51 +242,209 @@ def _analyze(target: Any) -> None:
             conn.execute("ANALYZE")
 
 
-def _plan(config: Config, playbook: Playbook, sandbox_url: str, journal: RunJournal, report: dict[str, Any],
-          say: Callable[[str], None], restore_s: float, manifest: dict[str, Any]) -> bool:
-    """Walk every step in order: rehearse, check read-only, or describe. False once a rehearsed step failed."""
-    execs = executors(config)
-    ctx = StepContext(run_id=journal.run_id, url=sandbox_url, dry_run=True, yes=True, say=say)
-    state = journal.state()
-    context = template_context(playbook, journal.run_id, state.started_at, True, {})
+def _open_stack(config: Config, playbook: Playbook, sandbox: Any, report: dict[str, Any],
+                say: Callable[[str], None]) -> tuple[RehearsalStack | None, str | None, str | None]:
+    """The copy of the app beside the sandbox, or None and why (steps that need it are then not rehearsed)."""
+    if not hasattr(sandbox, "client"):
+        reason = "the sandbox is not a Docker container (SQLite): there is no private network to start a copy on"
+        report["stack"] = {"started": False, "reason": reason}
+        return None, reason, None
+    try:
+        kind, what = stack_source(playbook)
+        stack = start_stack(sandbox.client, sandbox.name, sandbox.url, config.database.url, playbook,
+                            {k: v for k, v in sandbox._labels().items() if k != "crmops.database"})
+    except NoStack as e:
+        report["stack"] = {"started": False, "reason": str(e)}
+        say(f"no copy of the app: {e}")
+        return None, str(e), None
+    except StackFailed as e:
+        report["stack"] = {"started": False, "reason": str(e)}
+        report["blockers"].append(str(e))
+        return None, str(e), None
+    report["stack"] = {"started": True, **stack.describe()}
+    say(f"copy of the app {stack.name} ({stack.source}) answers at {stack.base_url()} for "
+        f"{', '.join(stack.prod_prefixes)}; private network {sandbox.name}")
+    return stack, None, what if kind == "container" else None
+
+
+@dataclass
+class Walk:
+    """What the forward rehearsal left: the template context, the stages that started, the step that failed."""
+
+    context: dict[str, Any]
+    started: list[Stage] = field(default_factory=list)
     broken: str | None = None
+    rollback_entries: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    passed: set[str] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal, report: dict[str, Any],
+          say: Callable[[str], None], restore_s: float, manifest: dict[str, Any]) -> Walk:
+    """Walk every step in order: rehearse it in place, check it read-only against production, or describe it."""
+    execs = rehearsal_executors(place, executors(config))
+    ctx = StepContext(run_id=journal.run_id, url=place.sandbox_url, dry_run=True, yes=True, say=say)
+    state = journal.state()
+    walk = Walk(template_context(playbook, journal.run_id, state.started_at, True, {}))
+    context = walk.context
     size = manifest["streams"]["database"]["size"]
+    spec = playbook.rehearsal
+    t0 = time.monotonic()
     for stage in playbook.stages:
+        if walk.broken is None:
+            walk.started.append(stage)
         for phase, steps in (("run", stage.steps), ("rollback", stage.rollback)):
             for step in steps:
                 params = step_params(step, context, pending_ok=True)
                 entry: dict[str, Any] = {"stage": stage.name, "phase": phase, "step": step.id, "type": step.type,
                                          "params": _shown(params), "ok": None, "error": None}
-                if phase == "run" and broken is None and step.type in ("migrate", "sql", "preflight"):
-                    _execute(step, params, execs, ctx, entry, say, sandbox_url)
+                if phase == "rollback":
+                    entry.update(mode="rollback: not reached", seconds=_expected(step, size, restore_s),
+                                 measured=False, rehearsed=False, reason="its stage did not start")
+                    walk.rollback_entries[(stage.name, step.id or "")] = entry
+                    report["plan"].append(entry)
+                    continue
+                why = why_not(step, params, place)
+                if walk.broken is None and why is None:
+                    _execute(step, params, execs, ctx, entry, say, place.sandbox_url)
                     if entry["ok"]:
                         context["steps"][step.id] = entry.pop("outputs")
+                        walk.passed.add(step.id or "")
                     elif step.type == "preflight":
                         report["blockers"].append(entry["error"])
                         context["steps"][step.id] = {o: Pending(f"steps.{step.id}.{o}") for o in step.OUTPUTS}
                     else:
-                        broken = step.id
+                        entry.pop("outputs", None)
+                        walk.broken = step.id
                 else:
-                    entry["mode"] = "not reached" if (broken and phase == "run") else \
-                        "rollback (not rehearsed)" if phase == "rollback" else "planned"
+                    entry["mode"] = "not reached" if walk.broken else "not rehearsed"
+                    entry["reason"] = f"after {walk.broken} failed" if walk.broken else why
                     entry["seconds"] = _expected(step, size, restore_s)
-                    entry["measured"] = False
-                    if phase == "run":
-                        context["steps"][step.id] = _planned_outputs(step, params, report)
+                    entry["measured"] = entry["rehearsed"] = False
+                    context["steps"][step.id] = _planned_outputs(step, params, report)
                 report["plan"].append(entry)
                 journal.record("plan_step", **{k: entry.get(k) for k in ("stage", "phase", "step", "type", "mode",
-                                                                         "seconds", "ok", "error")})
+                                                                         "seconds", "ok", "error", "reason")})
+        if spec and spec.swap_after == stage.name and spec.to_image and place.stack and walk.broken is None:
+            _swap_copy(place.stack, str(render(spec.to_image, context)), report, say)
     for step in playbook.smoke_tests:
         params = step_params(step, context, pending_ok=True)
         entry = {"stage": None, "phase": "smoke", "step": step.id, "type": step.type, "params": _shown(params),
                  "ok": None, "error": None}
-        if step.type == "sql" and broken is None:
-            _execute(step, params, execs, ctx, entry, say, sandbox_url)
+        why = why_not(step, params, place)
+        if walk.broken is None and why is None:
+            _execute(step, params, execs, ctx, entry, say, place.sandbox_url)
             entry.pop("outputs", None)
+            if not entry["ok"]:
+                walk.broken = step.id
         else:
-            entry.update(mode="planned", seconds=_expected(step, size, restore_s), measured=False)
+            entry.update(mode="not reached" if walk.broken else "not rehearsed", measured=False, rehearsed=False,
+                         reason=f"after {walk.broken} failed" if walk.broken else why,
+                         seconds=_expected(step, size, restore_s))
         report["plan"].append(entry)
-    return broken is None
+    walk.seconds = round(time.monotonic() - t0, 2)
+    return walk
+
+
+def _swap_copy(stack: RehearsalStack, image: str, report: dict[str, Any], say: Callable[[str], None]) -> None:
+    """The copy to another image where the playbook installs the new version by means the rehearsal cannot run."""
+    t0 = time.monotonic()
+    # a throwaway copy has nothing to finish gracefully; this stands in for a package install, not a step
+    previous, _ = swap_image(stack.name, image, stop_timeout=1, client=stack.client)
+    seconds = round(time.monotonic() - t0, 2)
+    report["stack"].setdefault("swaps", []).append({"from": previous, "to": image, "seconds": seconds})
+    say(f"  the copy now runs {image} (was {previous}, {seconds:.1f}s)")
+
+
+def _rehearse_rollback(playbook: Playbook, walk: Walk, place: Place, target: Any, before: Fingerprint,
+                       report: dict[str, Any], journal: RunJournal, say: Callable[[str], None]) -> None:
+    """Undo what the forward rehearsal did, for real, as the real run would after a failure in its last stage.
+
+    Then the database must equal its pre-upgrade fingerprint and the old app must pass the checks it
+    passed before the swap (and the health checks that follow the swap).
+    """
+    why = f"{walk.broken} failed" if walk.broken else "a failure injected after the last stage"
+    say(f"rehearsing the rollback ({why})")
+    execs = rehearsal_executors(place, executors(place.config))
+    ctx = StepContext(run_id=journal.run_id, url=place.sandbox_url, dry_run=True, yes=True, say=say)
+    context = walk.context
+    spec = playbook.rehearsal
+    steps_ok = True
+    t0 = time.monotonic()
+    for stage in reversed(walk.started):
+        if spec and spec.swap_after == stage.name and place.stack and report["stack"].get("swaps"):
+            _swap_copy(place.stack, place.stack.image, report, say)
+        for step in stage.rollback:
+            entry = walk.rollback_entries[(stage.name, step.id or "")]
+            try:
+                params = step_params(step, context)
+            except TemplateError as e:
+                entry.update(mode="rollback: skipped", reason=f"nothing to undo ({e})", seconds=0.0)
+                continue
+            entry["params"] = _shown(params)
+            reason = why_not(step, params, place)
+            if reason is not None:
+                entry.update(mode="rollback: not rehearsed", reason=reason)
+                continue
+            _execute(step, params, execs, ctx, entry, say, place.sandbox_url)
+            entry["mode"] = "rollback: rehearsed"
+            entry.pop("reason", None)
+            outputs = entry.pop("outputs", None)
+            if entry["ok"]:
+                context["steps"][step.id] = outputs
+            else:
+                steps_ok = False
+    seconds = round(time.monotonic() - t0, 2)
+    after = target.fingerprint(method=before.method)
+    diffs = before.compare(after)
+    database = {"ok": not diffs, "detail": "equal to its pre-upgrade fingerprint" if not diffs else
+                f"{len(diffs)} difference(s) from before the upgrade, first: {diffs[0].kind} {diffs[0].name}: "
+                f"{diffs[0].reason}"}
+    app = _old_app_checks(playbook, walk, place, execs, ctx, say)
+    ok = steps_ok and database["ok"] and (app is None or app["ok"])
+    report["rollback"] = {"rehearsed": True, "why": why, "seconds": seconds, "ok": ok, "steps_ok": steps_ok,
+                          "database": database, "app": app}
+    report["forward_seconds"] = walk.seconds
+    say(f"rollback rehearsed in {seconds:.1f}s: database {database['detail']}"
+        + (f"; app {app['detail']}" if app else ""))
+    for entry in walk.rollback_entries.values():
+        journal.record("plan_step", **{k: entry.get(k) for k in ("stage", "phase", "step", "type", "mode", "seconds",
+                                                                 "ok", "error", "reason")})
+    journal.record("rollback_rehearsed", seconds=seconds, ok=ok, database=database, app=app, why=why)
+
+
+def _old_app_checks(playbook: Playbook, walk: Walk, place: Place, execs: dict[str, Any], ctx: StepContext,
+                    say: Callable[[str], None]) -> dict[str, Any] | None:
+    """After the rollback: the copy runs its old image again and answers the checks the old app answered."""
+    stack = place.stack
+    if stack is None:
+        return None
+    checks: list[dict[str, Any]] = []
+    seen_swap = False
+    for stage in playbook.stages:
+        after_swap = False
+        for step in stage.steps:
+            if step.type == "docker":
+                seen_swap = after_swap = True
+                continue
+            # the http checks that passed against the old app, and the health checks that follow a swap
+            if step.type != "http" or (seen_swap and not after_swap):
+                continue
+            if not seen_swap and step.id not in walk.passed:
+                continue
+            params = step_params(step, walk.context, pending_ok=True)
+            if why_not(step, params, place) is not None:
+                continue
+            res = attempt(execs["http"], step, params, ctx.fresh(), say)
+            checks.append({"step": step.id, "ok": res.result.ok, "seconds": res.seconds,
+                           "detail": res.result.error or res.result.summary})
+    image = stack.image_now()
+    ok = image == stack.image and all(c["ok"] for c in checks)
+    bad = next((c for c in checks if not c["ok"]), None)
+    detail = (f"runs {image} again" + (f" and passes {', '.join(c['step'] for c in checks)}" if checks else "")
+              if ok else f"runs {image} (expected {stack.image})" if image != stack.image
+              else f"{bad['step']} fails: {bad['detail']}" if bad else "")
+    return {"ok": ok, "image": image, "expected_image": stack.image, "checks": checks, "detail": detail}
 
 
 def _execute(step: Step, params: dict[str, Any], execs: dict[str, Any], ctx: StepContext, entry: dict[str, Any],
@@ -267,6 +462,7 @@ def _execute(step: Step, params: dict[str, Any], execs: dict[str, Any], ctx: Ste
             sampler.join(5)
     timings = [res.seconds, *extra]
     entry.update(mode="production, read-only" if step.type == "preflight" else "rehearsed", measured=True,
+                 rehearsed=True,
                  seconds=statistics.median(timings) if res.result.ok else res.seconds, timings=timings,
                  ok=res.result.ok, error=res.result.error, summary=res.result.summary,
                  outputs=res.result.outputs)
@@ -415,15 +611,17 @@ def _estimate(playbook: Playbook, report: dict[str, Any], now: datetime) -> None
 
 def _fidelity(config: Config, playbook: Playbook, manifest: dict[str, Any], report: dict[str, Any],
               engine: str) -> None:
-    """Exactly what the rehearsal did not do for real, and why."""
+    """Exactly what the rehearsal did not do for real, and why; and how many steps it did."""
     out = report["fidelity"]
     for p in report["plan"]:
-        if p["phase"] == "run" and p.get("mode") == "planned":
-            out.append({"step": p["step"], "type": p["type"], "reason": NOT_REHEARSED.get(p["type"], "not run")})
-        elif p["phase"] == "rollback":
-            out.append({"step": p["step"], "type": p["type"], "reason": "rollback steps are listed, not rehearsed"})
-        elif p["phase"] == "smoke" and p.get("mode") == "planned":
-            out.append({"step": p["step"], "type": p["type"], "reason": NOT_REHEARSED.get(p["type"], "not run")})
+        if not p.get("rehearsed"):
+            out.append({"step": p["step"], "type": p["type"], "phase": p["phase"],
+                        "reason": p.get("reason") or "not run"})
+    steps = [p for p in report["plan"]]
+    report["counts"] = {"steps": len(steps), "rehearsed": sum(1 for p in steps if p.get("mode") in (
+        "rehearsed", "rollback: rehearsed")), "production_read_only": sum(
+        1 for p in steps if p.get("mode") == "production, read-only"),
+        "not_rehearsed": sum(1 for p in steps if not p.get("rehearsed"))}
     taken = datetime.fromisoformat(manifest["time"])
     taken = taken if taken.tzinfo else taken.replace(tzinfo=UTC)
     age = (datetime.now(UTC) - taken).total_seconds() / 3600
@@ -431,5 +629,9 @@ def _fidelity(config: Config, playbook: Playbook, manifest: dict[str, Any], repo
                 f"({age:.1f} h old) are not in the rehearsal; row counts may differ by those"})
     out.append({"step": None, "type": "load", "reason": "the sandbox has no CRM users: lock waits behind their "
                 "traffic are not measured, and it runs with fsync off, so I/O-heavy steps may be faster here"})
+    if (report.get("stack") or {}).get("started"):
+        out.append({"step": None, "type": "app", "reason": "the copy of the app runs on a private network: calls it "
+                    "makes to other services (mail, payment, single sign-on) fail there; its volumes are copies; "
+                    "backups and restores go to a scratch repository on this disk, not to the configured one"})
     if engine != "postgresql":
         out.append({"step": None, "type": "locks", "reason": f"locks are only sampled on PostgreSQL, not {engine}"})

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmops.config import Config
-from crmops.dburl import safe
+from crmops.dburl import display
 from crmops.engines import open_engine
 from crmops.engines.connect import connect_engine
 from crmops.playbooks.actions import CORE_EXECUTORS
@@ -68,7 +68,7 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
         res = restore(config, str(params["snapshot"]), to_url=ctx.url, force=True)
         return StepResult(True, {"snapshot_id": res.snapshot_id, "safety_snapshot": res.safety_snapshot,
                                  "seconds": res.seconds},
-                          f"snapshot {res.snapshot_id[:10]} restored into {safe(ctx.url)} in {res.seconds:.1f}s "
+                          f"snapshot {res.snapshot_id[:10]} restored into {display(ctx.url)} in {res.seconds:.1f}s "
                           f"(the state before it: snapshot {(res.safety_snapshot or '-')[:10]})")
 
     return {**CORE_EXECUTORS, "docker": run_docker, "preflight": preflight, "backup": backup_step,
@@ -110,7 +110,7 @@ def _db_reachable(config: Config, params: dict[str, Any], *, url: str, run_id: s
     finally:
         engine.dispose()
     text = ".".join(str(v) for v in version or ()) or "?"
-    return True, text, f"{safe(url)} answers (server {text})"
+    return True, text, f"{display(url)} answers (server {text})"
 
 
 def _disk_free(config: Config, params: dict[str, Any], *, url: str, run_id: str) -> tuple[bool, Any, str]:
@@ -122,7 +122,9 @@ def _disk_free(config: Config, params: dict[str, Any], *, url: str, run_id: str)
     need = (params.get("min_free_gb") or 0) * 1e9
     why = f"{params.get('min_free_gb') or 0:g} GB asked"
     try:
-        size = open_repository(config).manifest("latest")["streams"]["database"]["size"]
+        from crmops.services.sources import resolve
+
+        size = resolve(config, open_repository(config))["streams"]["database"]["size"]
         if size * params["restore_factor"] > need:
             need = size * params["restore_factor"]
             why = f"{params['restore_factor']:g} x the latest snapshot's {size / 1e6:.1f} MB, for a restore"
@@ -134,12 +136,16 @@ def _disk_free(config: Config, params: dict[str, Any], *, url: str, run_id: str)
 
 def _snapshot_fresh(config: Config, params: dict[str, Any], *, url: str, run_id: str) -> tuple[bool, Any, str]:
     """A recent restore point exists: the newest snapshot (newest verified one with require_verified)."""
+    from crmops.repository.source import is_safety
+    from crmops.services.sources import configured_source
     from crmops.services.verify_record import is_verified_ok
 
     repo = open_repository(config)
-    manifests = list(reversed(repo.manifests()))
+    source = configured_source(config)
+    manifests = [m for m in reversed(repo.listing().of_source(source)) if not is_safety(m)]
     if not manifests:
-        return False, None, "the repository holds no snapshot; run `crmops backup` (and `crmops verify`) first"
+        return False, None, (f"the repository holds no backup of {source}; run `crmops backup` "
+                             "(and `crmops verify`) first")
     newest = manifests[0]
     if params["require_verified"]:
         good = next((m for m in manifests if is_verified_ok(repo, m["id"])), None)

@@ -29,6 +29,7 @@ from crmops.repository import Repository, open_repository
 from crmops.sandbox import Sandbox, open_sandbox
 from crmops.services import verify_checks as checks
 from crmops.services.restore import ENGINE_OF_FORMAT, restore_files
+from crmops.services.sources import resolve
 from crmops.services.verify_checks import CheckResult
 from crmops.services.verify_record import KIND, sign
 
@@ -127,7 +128,8 @@ def _parse_time(text: str) -> datetime:
 
 
 def verify(config: Config, ref: str = "latest", *, keep: bool = False, show_data: bool = False,
-           repo: Repository | None = None, on_step: Callable[[str], None] | None = None) -> VerifyResult:
+           repo: Repository | None = None, on_step: Callable[[str], None] | None = None,
+           source: str | None = None) -> VerifyResult:
     """Restore ref into a sandbox and check it; the result is recorded (signed) in the repository.
 
     Raises only for problems outside the snapshot (no Docker, image missing, repository
@@ -143,7 +145,7 @@ def verify(config: Config, ref: str = "latest", *, keep: bool = False, show_data
 
     repo = repo or open_repository(config)
     with repo.lock(exclusive=False, purpose="verify") as refresh:
-        manifest = repo.manifest(ref)
+        manifest = resolve(config, repo, ref, source=source)
         mark("manifest opened and authenticated")
         stream = manifest["streams"]["database"]
         engine = ENGINE_OF_FORMAT.get(stream["format"], "unknown")

@@ -12,9 +12,19 @@ __all__ = ["Store", "open_store"]
 def open_store(url: str, cfg: RepositoryConfig | None = None) -> Store:
     """The store for a repository URL: file:///path or s3://bucket/prefix."""
     if url.startswith("file://"):
+        from pathlib import Path
+
         from crmops.storage.local import LocalStore
 
-        return LocalStore(url[len("file://"):])
+        root = Path(url[len("file://"):])
+        for place in (root, *root.parents):  # the nearest part that exists must be a folder
+            if place.exists() or place.is_symlink():
+                if not place.is_dir():
+                    what = "the repository path" if place == root else f"{place}, in the repository path,"
+                    raise ConfigError(f"repository URL {url}: {what} is a file, not a folder",
+                                      hint="point repository.url at a folder; `crmops repo init` creates it")
+                break
+        return LocalStore(root)
     if url.startswith("s3://"):
         from crmops.storage.s3 import S3Store
 

@@ -7,6 +7,7 @@ A put is atomic from a reader's view: an object is either whole or absent.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -33,3 +34,19 @@ class Store(Protocol):
     def delete(self, key: str) -> None:
         """Remove an object; an object under retention raises (and is kept)."""
         ...
+
+
+@dataclass
+class Temporary:
+    """Something a store left half-written (a local temp file, an S3 multipart upload never completed).
+
+    Never part of the repository: a put either completes or leaves one of these, which
+    `check` reports and `prune` removes once it is older than a day.
+    """
+
+    name: str
+    size: int
+    created: datetime
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "size": self.size, "created": self.created.isoformat(timespec="seconds")}

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from crmops.errors import IntegrityError, StorageUnreachable
+from crmops.storage.base import Temporary
 
 
 class LocalStore:
@@ -74,6 +75,31 @@ class LocalStore:
                         yield key, full.stat().st_size
                     except FileNotFoundError:
                         continue
+
+    def temporaries(self) -> list[Temporary]:
+        """Temp files of puts that never finished (a crmops killed mid-write)."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    full = Path(dirpath) / name
+                    try:
+                        st = full.stat()
+                    except FileNotFoundError:
+                        continue
+                    out.append(Temporary(full.relative_to(self.root).as_posix(), st.st_size,
+                                         datetime.fromtimestamp(st.st_mtime, UTC)))
+        return out
+
+    def remove_temporary(self, name: str) -> None:
+        if not Path(name).name.startswith(".tmp-"):
+            raise IntegrityError(f"{name!r} is not a temporary object")
+        try:
+            self._path(name).unlink()
+        except FileNotFoundError:
+            pass
 
     def delete(self, key: str) -> None:
         try:

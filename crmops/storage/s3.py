@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +29,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
-from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from crmops.config import S3Config
 from crmops.errors import (
@@ -38,6 +39,7 @@ from crmops.errors import (
     StorageAccessDenied,
     StorageUnreachable,
 )
+from crmops.storage.base import Temporary
 
 log = logging.getLogger("crmops.storage.s3")
 MULTIPART_THRESHOLD = 64 << 20
@@ -55,6 +57,10 @@ def _transient(exc: BaseException) -> bool:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return err.get("Code") in THROTTLED or status >= 500 or status == 429
     return isinstance(exc, TRANSIENT_IO) or (isinstance(exc, BotoCoreError) and "Connection" in type(exc).__name__)
+
+
+def _op_name(op: str) -> str:
+    return "".join(w.capitalize() for w in op.split("_"))
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -83,9 +89,6 @@ class S3Store:
                               s3={"addressing_style": cfg.addressing_style}))
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=16 << 20,
                                        max_concurrency=cfg.max_concurrency, use_threads=True)
-        self._call = retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(cfg.max_attempts),
-                           wait=wait_random_exponential(multiplier=0.2, max=20), reraise=True,
-                           before_sleep=_log_retry)(self._raw)
 
     def _raw(self, op: str, **kwargs: Any) -> Any:
         result = getattr(self.client, op)(**kwargs)
@@ -93,10 +96,29 @@ class S3Store:
             return result["Body"].read()  # inside the retry: a dropped body is retried too
         return result
 
+    def _retrying(self) -> Retrying:
+        return Retrying(retry=retry_if_exception(_transient), stop=stop_after_attempt(self.cfg.max_attempts),
+                        wait=wait_random_exponential(multiplier=0.2, max=20), reraise=True, before_sleep=_log_retry)
+
     def _do(self, op: str, key: str | None = None, **kwargs: Any) -> Any:
-        """One S3 call with our retries; failures become one clear crmops error."""
+        """One S3 call with our retries; failures become one clear crmops error.
+
+        The message counts crmops's own attempts and the time they took: botocore's
+        "reached max retries: 0" speaks of its retries, which are switched off.
+        """
+        started = time.monotonic()
+        attempts = 0
+
+        def call() -> Any:
+            nonlocal attempts
+            attempts += 1
+            return self._raw(op, Bucket=self.bucket, **kwargs)
+
+        def tried() -> str:
+            return f"after {attempts} attempt{'s' if attempts != 1 else ''} in {time.monotonic() - started:.1f} s"
+
         try:
-            return self._call(op, Bucket=self.bucket, **kwargs)
+            return self._retrying()(call)
         except NoCredentialsError:
             raise StorageAccessDenied(f"{self.url}: no S3 credentials",
                                       hint="set repository.s3.access_key_id/secret_access_key or AWS_* variables") \
@@ -106,14 +128,16 @@ class S3Store:
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in ("NoSuchKey", "404") and key is not None:
                 raise IntegrityError(f"object {key} is missing from {self.url}") from None
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or (op == "head_bucket" and status == 404):
                 raise RepositoryNotFound(f"bucket {self.bucket} does not exist at {self.cfg.endpoint_url or 'S3'}",
-                                         hint="create the bucket, or check repository.url") from None
+                                         hint=self.create_hint()) from None
             if code in DENIED or status == 403:
                 raise StorageAccessDenied(f"{self.url}: S3 refused the credentials ({code or status})") from None
-            raise StorageUnreachable(f"{self.url}: S3 error {code or status}: {e}") from None
+            detail = e.response.get("Error", {}).get("Message") or ""
+            raise StorageUnreachable(f"{self.url}: S3 error {code or status} on {_op_name(op)} {tried()}"
+                                     + (f": {detail}" if detail else "")) from None
         except (BotoCoreError, ConnectionError, TimeoutError) as e:
-            raise StorageUnreachable(f"{self.url}: cannot reach S3 ({type(e).__name__})",
+            raise StorageUnreachable(f"{self.url}: cannot reach S3 ({type(e).__name__}) {tried()}",
                                      hint="check repository.s3.endpoint_url and the network") from None
 
     def put(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> None:
@@ -130,11 +154,14 @@ class S3Store:
             def upload() -> None:
                 self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.prefix + key, Config=self.transfer)
 
+            started = time.monotonic()
+            retrying = self._retrying()
             try:
-                retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(self.cfg.max_attempts),
-                      wait=wait_random_exponential(multiplier=0.2, max=20), reraise=True)(upload)()
+                retrying(upload)
             except Exception as e:  # mapped like any other call
-                raise StorageUnreachable(f"{self.url}: multipart upload of {key} failed: {type(e).__name__}") \
+                n = retrying.statistics.get("attempt_number", 1)
+                raise StorageUnreachable(f"{self.url}: multipart upload of {key} failed ({type(e).__name__}) after "
+                                         f"{n} attempt{'s' if n != 1 else ''} in {time.monotonic() - started:.1f} s") \
                     from None
             return
         self._do("put_object", key, Key=self.prefix + key, Body=data, **extra)
@@ -146,8 +173,42 @@ class S3Store:
         try:
             self._do("head_object", key, Key=self.prefix + key)
             return True
-        except IntegrityError:
+        except IntegrityError:  # a HEAD's 404 does not say whether the key or the whole bucket is missing
+            if not self._bucket_known and not self.bucket_exists():
+                raise RepositoryNotFound(f"bucket {self.bucket} does not exist at {self.cfg.endpoint_url or 'S3'}",
+                                         hint=self.create_hint()) from None
             return False
+
+    _bucket_known = False
+
+    def bucket_exists(self) -> bool:
+        """One HEAD on the bucket; remembered once it answers, so later checks cost nothing."""
+        try:
+            self._do("head_bucket")
+        except RepositoryNotFound:
+            return False
+        self._bucket_known = True
+        return True
+
+    def create_hint(self) -> str:
+        endpoint = f" --endpoint-url {self.cfg.endpoint_url}" if self.cfg.endpoint_url else ""
+        return (f"create it with `aws s3 mb s3://{self.bucket}{endpoint}`, or run `crmops repo init`, which "
+                "creates it when the credentials allow")
+
+    def create_bucket(self) -> None:
+        """For `repo init`: the bucket, with Object Lock when the configuration asks for it."""
+        kwargs: dict[str, Any] = {}
+        if self.cfg.region and self.cfg.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.cfg.region}
+        if self.cfg.object_lock_days:
+            kwargs["ObjectLockEnabledForBucket"] = True
+        try:
+            self._do("create_bucket", **kwargs)
+        except StorageAccessDenied:
+            raise StorageAccessDenied(f"bucket {self.bucket} does not exist and these credentials cannot create it",
+                                      hint=f"create it with `aws s3 mb s3://{self.bucket}` as an account "
+                                           "administrator, then run `crmops repo init` again") from None
+        self._bucket_known = True
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         token: str | None = None
@@ -161,6 +222,25 @@ class S3Store:
             if not page.get("IsTruncated"):
                 return
             token = page["NextContinuationToken"]
+
+    def temporaries(self) -> list[Temporary]:
+        """Multipart uploads never completed nor aborted: S3 keeps (and bills) their parts until aborted."""
+        out = []
+        kwargs: dict[str, Any] = {"Prefix": self.prefix}
+        while True:
+            page = self._do("list_multipart_uploads", **kwargs)
+            for up in page.get("Uploads", []):
+                out.append(Temporary(f"{up['Key'][len(self.prefix):]}?uploadId={up['UploadId']}", 0,
+                                     up["Initiated"]))
+            if not page.get("IsTruncated"):
+                return out
+            kwargs.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
+
+    def remove_temporary(self, name: str) -> None:
+        key, _, upload_id = name.partition("?uploadId=")
+        if not upload_id:
+            raise IntegrityError(f"{name!r} is not a temporary object")
+        self._do("abort_multipart_upload", key, Key=self.prefix + key, UploadId=upload_id)
 
     def delete(self, key: str) -> None:
         self._do("delete_object", key, Key=self.prefix + key)

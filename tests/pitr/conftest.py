@@ -31,6 +31,14 @@ PASSPHRASE = "pitr test passphrase 7"
 SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
 
+def result_of(stdout: str) -> dict:  # type: ignore[type-arg]
+    """The command's result from its one JSON document: a failure wraps it in the error envelope."""
+    doc = json.loads(stdout)
+    if doc.get("ok") is False and "exit_code" in doc and "result" in doc:
+        return doc["result"] or {}
+    return doc
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

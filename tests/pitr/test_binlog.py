@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import BED_ENV
+from tests.pitr.conftest import result_of
 
 
 def _port() -> int:
@@ -132,7 +133,7 @@ def test_binlog_setup_names_what_the_server_lacks(tmp_path: Path) -> None:
     if not url:
         pytest.skip("MariaDB test server is not available")
     r = _crmops(tmp_path, url, "binlog", "setup")
-    doc = json.JSONDecoder().raw_decode(r.stdout)[0]
+    doc = result_of(r.stdout)
     if doc.get("ready"):
         pytest.skip("the shared server logs binlogs already")
     assert r.returncode == 3 and "log_bin" in r.stderr and "Traceback" not in r.stderr
@@ -209,7 +210,7 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
 
         remove_by_name(docker_client, name)
 
-    status = json.JSONDecoder().raw_decode(_crmops(tmp_path, binlog_server, "status").stdout)[0]
+    status = result_of(_crmops(tmp_path, binlog_server, "status").stdout)
     (w,) = [x for x in status["pitr"] if x.get("kind") == "binlog"]
     assert w["system_id"] == "7" and w["gap"] is None and w["archive_lag_seconds"] < 120
     verdict = next(v for v in status["verdicts"] if v["name"] == "binlog archive")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import yaml
 
-from tests.pitr.conftest import Cluster
+from tests.pitr.conftest import Cluster, result_of
 
 
 def _first(stdout: str) -> dict:  # type: ignore[type-arg]
-    """The status document (a red status is followed by its error document)."""
-    return json.JSONDecoder().raw_decode(stdout)[0]
+    """The status document (a red status is inside the error envelope)."""
+    return result_of(stdout)
 
 
 def test_gap_status_metrics_and_retention(cluster: Cluster) -> None:

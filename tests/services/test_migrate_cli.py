@@ -146,7 +146,7 @@ def test_lint_and_drift_exit_codes(tmp_path: Path) -> None:
     config = setup(tmp_path, scripts=scripts, version="2.0")
     lint = crmops(config, "--json", "migrate", "lint")
     assert lint.returncode == 42
-    findings = json.loads(lint.stdout.split("\n}\n")[0] + "\n}")["findings"]
+    findings = json.loads(lint.stdout)["result"]["findings"]
     assert {(f["revision"], f["rule"], f["line"]) for f in findings} == {("x_0001", "drop-table", 9),
                                                                          ("x_0001", "missing-downgrade", 1)}
     assert "lint finding(s) fail the check" in lint.stderr

@@ -40,11 +40,20 @@ pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 @pytest.fixture
 def bed(pg_url: str, tmp_path: Path, docker_client: Any) -> Iterator[tuple[Path, str, App]]:
     config = prepared(tmp_path, pg_url)
-    with app_container(docker_client) as app:
+    # the app is given its database URL (password included) and keeps uploads in a volume, as a CRM does
+    with app_container(docker_client, env={"DATABASE_URL": pg_url}, volume=True) as app:
         yield config, pg_url, app
 
 
-def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: Path) -> None:
+def _stack_leftovers(client: Any, network: str) -> list[str]:
+    """Whatever of a dry run's rehearsal stack (and its sandbox) is still in the Docker engine."""
+    stack = {"label": f"crmops.stack={network}"}
+    return ([c.name for c in client.containers.list(all=True, filters=stack)]
+            + [v.name for v in client.volumes.list(filters=stack)]
+            + [n.name for n in client.networks.list(names=[network]) if n.name == network])
+
+
+def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: Path, docker_client: Any) -> None:
     config, url, app = bed
     pb = playbook_for(tmp_path, app)
     before = fingerprint(url)
@@ -53,13 +62,43 @@ def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: P
     assert dry["restore"]["proven"] and dry["snapshot"]["verified"]
     modes = {p["step"]: p["mode"] for p in dry["plan"] if p["phase"] == "run"}
     assert modes["schema"] == "rehearsed" and modes["preflight-1"] == "production, read-only"
-    assert modes["swap"] == "planned" and modes["pre_upgrade"] == "planned"
+    # the steps that were only listed before the rehearsal stack now run against the copies
+    for step in ("app_is_1", "maintenance-1", "pre_upgrade", "swap", "health", "reopen-1"):
+        assert modes[step] == "rehearsed", (step, modes)
+    smoke = {p["step"]: p for p in dry["plan"] if p["phase"] == "smoke"}
+    assert all(p["mode"] == "rehearsed" and p["ok"] for p in smoke.values()), smoke
+    swap = next(p for p in dry["plan"] if p["step"] == "swap")
+    assert swap["ok"] and swap["measured"] and "crmops-demo-app:1.0 -> crmops-demo-app:2.0" in swap["summary"]
     assert dry["row_changes"]["contacts"] < 0  # the merge of duplicate contacts, seen in the sandbox
-    rollback_swap = next(p for p in dry["plan"] if p["phase"] == "rollback" and p["type"] == "docker")
-    assert rollback_swap["params"]["image"] == "crmops-demo-app:1.0"  # templated from the container, read-only
-    assert {f["step"] for f in dry["fidelity"]} >= {"swap", "health", "pre_upgrade", "maintenance-1"}
+    rollback = {p["step"]: p for p in dry["plan"] if p["phase"] == "rollback"}
+    assert all(p["mode"] == "rollback: rehearsed" and p["ok"] for p in rollback.values()), rollback
+    rollback_swap = next(p for p in rollback.values() if p["type"] == "docker")
+    assert rollback_swap["params"]["image"] == "crmops-demo-app:1.0"  # the copy's own previous image
+    counts = dry["counts"]
+    print(f"demo playbook: not rehearsed {counts['not_rehearsed']} of {counts['steps']} steps (was 10 of 18); "
+          f"{counts['production_read_only']} checked against production read-only; forward "
+          f"{dry['forward_seconds']:.1f}s, rollback {dry['rollback']['seconds']:.1f}s")
+    assert counts == {"steps": 18, "rehearsed": 13, "production_read_only": 5, "not_rehearsed": 0}
+    assert [f for f in dry["fidelity"] if f["step"]] == []
+    rb = dry["rollback"]
+    assert rb["ok"] and rb["database"]["ok"] and rb["app"]["image"] == "crmops-demo-app:1.0", rb
+    assert {c["step"] for c in rb["app"]["checks"]} == {"app_is_1", "health"}
+    assert rb["seconds"] > 0 and dry["forward_seconds"] > rb["seconds"] / 10
+    stack = dry["stack"]
+    assert stack["started"] and stack["env_rewritten"] == ["DATABASE_URL"] and stack["internal"]
+    assert [v["target"] for v in stack["volumes_copied"]] == ["/data"]
+    assert _stack_leftovers(docker_client, stack["network"]) == []  # removed with the sandbox
+    prod = docker_client.containers.get(app.name)
+    assert prod.exec_run(["cat", "/data/upload.txt"]).output == b"contract\n"  # production's volume untouched
+    downtime = [p for p in dry["plan"] if p.get("in_downtime")]
+    assert downtime and all(p["measured"] for p in downtime)  # the forecast is built from measured steps only
     assert dry["migrate_seconds"] > 0 and dry["estimated_downtime_s"] >= dry["migrate_seconds"]
     assert not [w for w in dry["warnings"] if "not in" in w], dry["warnings"]  # lint saw the real revision
+    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert password not in Path(dry["journal"]).read_text()
+    html = Path(dry["reports"]["html"]).read_text()
+    assert 'class="verdict pass"' in html and "13 + 5 read-only / 18" in html and "rollback: rehearsed" in html
+    assert password not in html and password not in Path(dry["reports"]["json"]).read_text()
 
     r = run(config, "--json", "upgrade", str(pb))
     report = ok(r)
@@ -174,6 +213,92 @@ def test_a_failure_at_each_stage_leaves_everything_as_before(stage: str, shared:
     assert PASSPHRASE not in json.dumps(records) and "secret" not in url  # nothing secret in the journal
     password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert password not in json.dumps(records)
+
+
+def test_a_dry_run_fails_an_app_that_fails_its_health_check_and_proves_the_rollback(
+        shared: tuple[Path, str, App, Path], docker_client: Any) -> None:
+    """The 2.0 image that answers 503 on /health: once found only by the real run, now by the dry run."""
+    config, url, app, tmp = shared
+    unhealthy = derived_image(docker_client, "crmops-demo-app:2.0", "crmops-demo-app:2.0-unhealthy",
+                              "ENV APP_FAIL_HEALTH=1")
+    pb = playbook_for(tmp, app, name="dry-unhealthy.yaml", app_image=unhealthy)
+    before = fingerprint(url)
+    r = run(config, "--json", "upgrade", str(pb), "--dry-run")
+    assert r.returncode == 51, r.stderr + r.stdout[-3000:]
+    assert "the rehearsal failed at health" in r.stderr and "rehearsed rollback brought it back" in r.stderr
+    report = first_json(r.stdout)
+    plan = {(p["phase"], p["step"]): p for p in report["plan"]}
+    assert plan[("run", "swap")]["ok"] and plan[("run", "health")]["ok"] is False
+    assert "HTTP 503" in plan[("run", "health")]["error"]
+    assert plan[("run", "reopen-1")]["mode"] == "not reached"
+    rolled = [p for p in report["plan"] if p["phase"] == "rollback"]
+    assert [(p["type"], p["mode"], p["ok"]) for p in rolled] == [
+        ("maintenance", "rollback: rehearsed", True), ("restore", "rollback: rehearsed", True),
+        ("docker", "rollback: rehearsed", True)]
+    rb = report["rollback"]
+    assert rb["ok"] and rb["why"] == "health failed"
+    assert rb["database"]["ok"] and "pre-upgrade fingerprint" in rb["database"]["detail"]
+    assert rb["app"]["image"] == "crmops-demo-app:1.0" and all(c["ok"] for c in rb["app"]["checks"])
+    assert report["result"] == "failed" and _stack_leftovers(docker_client, report["stack"]["network"]) == []
+    assert same(before, fingerprint(url)) == [] and app.image() == "crmops-demo-app:1.0"
+    records = last_journal(tmp)
+    assert records[0]["dry_run"] and records[-1]["result"] == "failed" and "503" in records[-1]["error"]
+    assert next(x for x in records if x["event"] == "rollback_rehearsed")["ok"]
+    html = Path(report["reports"]["html"]).read_text()
+    assert 'class="verdict fail"' in html and "HTTP 503" in html and "equal to its pre-upgrade fingerprint" in html
+
+
+def test_a_crm_installed_by_shell_is_rehearsed_from_the_images_its_rehearsal_block_names(
+        shared: tuple[Path, str, App, Path], docker_client: Any) -> None:
+    """The systemd template's shape: the new version comes from a package, so the copy swaps where it installs."""
+    config, url, app, tmp = shared
+    nowhere = "http://127.0.0.1:9"  # nothing answers there: a request that reached it would fail
+
+    def installed_by_shell(doc: dict[str, Any]) -> None:
+        doc["vars"]["app_url"] = nowhere
+        doc["rehearsal"] = {"image": "crmops-demo-app:1.0", "to_image": "crmops-demo-app:2.0",
+                            "swap_after": "install", "app_url": "{{ vars.app_url }}"}
+        app_stage = next(s for s in doc["stages"] if s["name"] == "app")
+        app_stage["steps"] = [st for st in app_stage["steps"] if st["type"] != "docker"]
+        app_stage.pop("rollback")
+        at = doc["stages"].index(app_stage)
+        doc["stages"].insert(at, {"name": "install", "steps": [{"id": "install", "type": "shell", "command": "true"}],
+                                  "rollback": [{"type": "shell", "command": "true"}]})
+    pb = playbook_for(tmp, app, name="dry-image.yaml", edit=installed_by_shell)
+    dry = ok(run(config, "--json", "upgrade", str(pb), "--dry-run"))
+    assert dry["stack"]["source"] == "image crmops-demo-app:1.0" and dry["stack"]["answers_for"] == [nowhere]
+    assert [(s["from"], s["to"]) for s in dry["stack"]["swaps"]] == [
+        ("crmops-demo-app:1.0", "crmops-demo-app:2.0"), ("crmops-demo-app:2.0", "crmops-demo-app:1.0")]
+    plan = {(p["phase"], p["step"]): p for p in dry["plan"]}
+    assert plan[("run", "install")]["mode"] == "not rehearsed" and "on this host" in plan[("run", "install")]["reason"]
+    assert plan[("rollback", "install-rollback-1")]["mode"] == "rollback: not rehearsed"
+    for step in ("app_is_1", "health"):
+        assert plan[("run", step)]["mode"] == "rehearsed" and plan[("run", step)]["ok"]
+    assert plan[("smoke", "smoke-1")]["ok"]  # the copy answers "2.0" after the install stage
+    assert dry["counts"]["not_rehearsed"] == 2
+    assert dry["rollback"]["ok"] and dry["rollback"]["app"]["image"] == "crmops-demo-app:1.0"
+    assert _stack_leftovers(docker_client, dry["stack"]["network"]) == []
+
+
+def test_sigterm_during_a_dry_run_removes_the_rehearsal_stack(shared: tuple[Path, str, App, Path],
+                                                              docker_client: Any) -> None:
+    config, url, app, tmp = shared
+    pb = playbook_for(tmp, app, name="dry-term.yaml")
+    proc = _spawn(config, "upgrade", str(pb), "--dry-run")
+    try:
+        def stack_up() -> bool:  # the copy of the app exists: the dry run has a sandbox, a network and a stack
+            return bool(docker_client.containers.list(all=True, filters={
+                "label": [f"crmops.pid={proc.pid}", "crmops.stack"]}))
+        _wait("the rehearsal stack", stack_up)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    mine = {"label": f"crmops.pid={proc.pid}"}
+    assert docker_client.containers.list(all=True, filters=mine) == []
+    assert docker_client.volumes.list(filters=mine) == [] and docker_client.networks.list(filters=mine) == []
+    assert app.image() == "crmops-demo-app:1.0"
 
 
 def test_a_failing_smoke_test_after_every_stage_rolls_all_back(shared: tuple[Path, str, App, Path]) -> None:

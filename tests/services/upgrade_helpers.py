@@ -52,14 +52,23 @@ class App:
 
 
 @contextmanager
-def app_container(client: Any, image: str = "crmops-demo-app:1.0") -> Iterator[App]:
+def app_container(client: Any, image: str = "crmops-demo-app:1.0", *, env: dict[str, str] | None = None,
+                  volume: bool = False) -> Iterator[App]:
+    """volume: a named volume at /data holding one file, as a CRM keeps its uploads."""
     tag = uuid.uuid4().hex[:8]
     name, labels = f"crmops-test-app-{tag}", {LABEL: "1", f"{LABEL}.run": tag}
     net = client.networks.create(f"crmops-test-net-{tag}", driver="bridge", labels=labels)
     port = free_port()
+    volumes = {}
+    if volume:
+        client.volumes.create(f"crmops-test-vol-{tag}", labels=labels)
+        volumes = {f"crmops-test-vol-{tag}": {"bind": "/data", "mode": "rw"}}
     try:
-        client.containers.run(image, name=name, detach=True, labels=labels, network=net.name,
-                              ports={"8080/tcp": ("127.0.0.1", port)}, environment={"CRM_SETTING": "kept"})
+        client.containers.run(image, name=name, detach=True, labels=labels, network=net.name, volumes=volumes,
+                              ports={"8080/tcp": ("127.0.0.1", port)},
+                              environment={"CRM_SETTING": "kept", **(env or {})})
+        if volume:
+            client.containers.get(name).exec_run(["sh", "-c", "echo contract > /data/upload.txt"])
         app = App(client, name, port)
         wait_http(app)
         yield app
@@ -67,6 +76,8 @@ def app_container(client: Any, image: str = "crmops-demo-app:1.0") -> Iterator[A
         for c in client.containers.list(all=True, filters={"label": f"{LABEL}.run={tag}"}):
             c.remove(force=True, v=True)
         net.remove()
+        for v in client.volumes.list(filters={"label": f"{LABEL}.run={tag}"}):
+            v.remove(force=True)
 
 
 def wait_http(app: App, seconds: float = 30) -> None:

@@ -47,8 +47,9 @@ def ok(r: subprocess.CompletedProcess[str]) -> Any:
 
 
 def first_json(stdout: str) -> Any:
-    """The report: on failure --json output is the report, then the one-line error document."""
-    return json.JSONDecoder().raw_decode(stdout.lstrip())[0]
+    """The report: on failure --json output is one error envelope with the report as its result."""
+    doc = json.loads(stdout)
+    return doc["result"] if isinstance(doc, dict) and "exit_code" in doc and "error" in doc else doc
 
 
 def demo_snapshot(tmp_path: Path, url: str, **cfg: Any) -> tuple[Path, str]:

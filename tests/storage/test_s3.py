@@ -132,3 +132,16 @@ def test_unreachable_bucket_is_exit_20(tmp_path: Path) -> None:
     create(f"sqlite:///{tmp_path / 'crm.db'}", size="small")
     r = _crmops(config, "backup")
     assert r.returncode == 20 and r.stderr.count("\n") == 1 and "cannot reach S3" in r.stderr
+
+
+def test_always_failing_s3_reports_our_attempts_not_botocores(s3_endpoint: str, s3_bucket: str) -> None:
+    with FaultProxy(s3_endpoint, rate=1.0, seed=1, kinds=("503",)) as proxy:
+        store = s3_store(proxy.url, s3_bucket, max_attempts=3, timeout_seconds=1.5)
+        with pytest.raises(StorageUnreachable) as failed:
+            store.put("data/ab/abc", b"chunk")
+    message = failed.value.message
+    assert "max retries" not in message, message
+    assert "SlowDown" in message and "PutObject" in message and "after 3 attempts in " in message, message
+    assert proxy.faults["503"] >= 3  # every attempt really went out (and failed)
+    with pytest.raises(StorageUnreachable, match=r"cannot reach S3 \(\w+\) after 2 attempts in [\d.]+ s"):
+        S3Store("s3://b/p", S3Config(endpoint_url="http://127.0.0.1:9", max_attempts=2, timeout_seconds=1)).get("x")

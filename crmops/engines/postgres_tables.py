@@ -1,0 +1,239 @@
+"""PostgreSQL: replace chosen tables of a live database in one transaction, or restore them beside it.
+
+The archive's entries for the chosen tables are rendered by `pg_restore -f -` and run
+by crmops itself on one connection, inside one transaction: foreign keys that touch a
+replaced table are dropped, the table is emptied and reloaded, and the keys are added
+again, which checks every row. A key that no longer holds rolls everything back, so
+the target is either fully updated or exactly as it was.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from crmops.engines.tools import ToolProcess
+from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
+
+if TYPE_CHECKING:
+    from crmops.engines.postgres import PostgresEngine
+
+#: entries a table that is new to the target brings with it (views, functions and types are not created)
+_OWN_KINDS = {"TABLE", "TABLE DATA", "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT",
+              "INDEX", "TRIGGER", "COMMENT", "ACL", "FK CONSTRAINT", "CHECK CONSTRAINT"}
+COPY_BATCH = 1 << 20
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """("schema", "table") of a name; a plain name is in public."""
+    schema, _, table = name.rpartition(".")
+    return schema or "public", table
+
+
+def beside(name: str, prefix: str) -> str:
+    """Where --as puts a table: "restored_" gives schema.restored_table, "recovered." gives recovered.table."""
+    schema, table = split_name(name)
+    if prefix.endswith("."):
+        return f"{prefix[:-1]}.{table}"
+    return f"{schema}.{prefix}{table}"
+
+
+def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
+    """Which of these tables (or other relations of that name) the database already has."""
+    with engine.connect() as conn:
+        found = []
+        for name in names:
+            schema, table = split_name(name)
+            if conn.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = %s AND c.relname = %s", (schema, table)).fetchone():
+                found.append(name)
+    return found
+
+
+def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str],
+                   prefix: str | None = None) -> dict[str, list[str]]:
+    """Replace (or, with prefix, add beside) the chosen tables; one transaction, all or nothing."""
+    from crmops.engines.postgres import parse_toc, select_tables
+
+    pg_restore = engine._tool("pg_restore")
+    with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
+        archive = Path(tmp) / "dump.pgc"
+        with open(archive, "wb") as f:
+            for piece in chunks:
+                f.write(piece)
+        listing = ToolProcess([pg_restore, "--list", "--verbose", str(archive)], env=engine._env(),
+                              secrets=engine._secrets(), label="pg_restore --list")
+        try:
+            toc = b"".join(listing.pieces()).decode("utf-8", "replace")
+        finally:
+            listing.close()
+        entries, _, lines = parse_toc(toc)
+        in_archive = {(schema, tag) for kind, schema, tag in entries.values() if kind == "TABLE"}
+        for t in tables:  # the caller checked the fingerprint; an old snapshot may lack one
+            if split_name(t) not in in_archive:
+                raise TableNotInSnapshot(f"table {t!r} is not in the snapshot; nothing was changed")
+        live = set(existing(engine, tables))
+        parts = {p for t in tables for p in (*split_name(t), *(split_name(beside(t, prefix)) if prefix else ()))}
+        q = _quoted(engine, parts)
+        qualified = {t: ".".join(q[p] for p in split_name(t)) for t in tables}
+        rename: dict[str, str] = {}
+        keep: list[int] = []
+        if prefix:
+            for t in tables:
+                rename[qualified[t]] = ".".join(q[p] for p in split_name(beside(t, prefix)))
+            taken = existing(engine, [beside(t, prefix) for t in tables])
+            if taken:
+                raise TargetNotEmpty(f"{', '.join(taken)} already exists in the target",
+                                     hint="choose another --as prefix, or drop the earlier copy")
+            wanted = {split_name(t) for t in tables}
+            keep = [i for i, (kind, schema, tag) in entries.items()
+                    if kind in ("TABLE", "TABLE DATA") and (schema, tag) in wanted]
+        else:
+            for t in tables:
+                schema, table = split_name(t)
+                if t in live:
+                    keep += [i for i, e in entries.items() if e == ("TABLE DATA", schema, table)]
+                else:
+                    chosen = select_tables(toc, [f"{schema}.{table}"])
+                    ids = {int(line.split(";", 1)[0]) for line in chosen.splitlines() if line[:1].isdigit()}
+                    keep += [i for i in ids if entries[i][0] in _OWN_KINDS]
+        (Path(tmp) / "selected.list").write_text("".join(lines[i] + "\n" for i in entries if i in set(keep)))
+        argv = [pg_restore, "--file=-", f"--use-list={Path(tmp) / 'selected.list'}"]
+        if prefix or not engine.restore_owners:
+            argv += ["--no-owner", "--no-acl"]
+        script = ToolProcess([*argv, str(archive)], env=engine._env(), secrets=engine._secrets(),
+                             label="pg_restore")
+        try:
+            conn = engine.connect(autocommit=False)
+            try:
+                if prefix and prefix.endswith("."):
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q[prefix[:-1]]}")
+                _apply(conn, script.pieces(), [t for t in tables if t in live and not prefix], qualified, rename)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                conn.close()
+        finally:
+            script.close()
+    if prefix:
+        return {"replaced": [], "created": [beside(t, prefix) for t in tables]}
+    return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
+
+
+def _quoted(engine: PostgresEngine, names: set[str]) -> dict[str, str]:
+    """Each name quoted as pg_dump writes it: the server's quote_ident (bare unless a keyword or unusual)."""
+    with engine.connect() as conn:
+        return {n: conn.execute("SELECT quote_ident(%s)", (n,)).fetchone()[0] for n in sorted(names)}
+
+
+def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str], qualified: dict[str, str],
+           rename: dict[str, str]) -> None:
+    """Inside the caller's transaction: unhook the replaced tables, load the script, hook them back."""
+    conn.execute("SET LOCAL search_path = ''")  # constraint definitions come out schema-qualified
+    regs = [qualified[t] for t in replaced]
+    keys: list[tuple[str, str, str]] = []
+    triggers: list[tuple[str, str]] = []
+    sequences: list[tuple[str, str, str]] = []
+    if regs:
+        keys = conn.execute("""SELECT quote_ident(n.nspname) || '.' || quote_ident(r.relname), quote_ident(c.conname),
+                                      pg_get_constraintdef(c.oid)
+                               FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+                               JOIN pg_namespace n ON n.oid = r.relnamespace
+                               WHERE c.contype = 'f' AND c.conparentid = 0
+                               AND (c.conrelid = ANY(%(t)s::regclass[]) OR c.confrelid = ANY(%(t)s::regclass[]))
+                               ORDER BY 1, 2""", {"t": regs}).fetchall()
+        triggers = conn.execute("""SELECT t.tgrelid::regclass::text, quote_ident(t.tgname) FROM pg_trigger t
+                                   WHERE t.tgrelid = ANY(%(t)s::regclass[]) AND NOT t.tgisinternal
+                                   AND t.tgenabled <> 'D'""", {"t": regs}).fetchall()
+        sequences = conn.execute("""SELECT s.oid::regclass::text, d.refobjid::regclass::text, quote_ident(a.attname)
+                                    FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                                    JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                                    WHERE d.refobjid = ANY(%(t)s::regclass[]) AND d.deptype IN ('a', 'i')""",
+                                 {"t": regs}).fetchall()
+        for table, name, _ in keys:
+            conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+        for table, name in triggers:
+            conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {name}")
+        # ONLY: an inheriting child is another table, not named; a partitioned table is refused here
+        conn.execute(f"TRUNCATE ONLY {', '.join(regs)}")
+    try:
+        _run_script(conn, script, rename)
+    except psycopg.Error as e:
+        raise DatabaseError(f"restoring the tables failed, nothing was changed: {_first_line(e)}") from None
+    conn.execute("SET LOCAL search_path = ''")
+    for seq, table, column in sequences:
+        # never hand out an id again that the live table used after the snapshot
+        conn.execute(f"SELECT pg_catalog.setval('{seq}', m) FROM (SELECT max({column}) AS m FROM {table}) x, {seq} s "
+                     "WHERE x.m > s.last_value")
+    for table, name in triggers:
+        conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {name}")
+    for table, name, definition in keys:
+        try:
+            conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
+        except psycopg.errors.ForeignKeyViolation as e:
+            detail = (e.diag.message_detail or "").rstrip(".")
+            raise ConstraintBroken(f"restoring {', '.join(replaced)} would break foreign key {name} on {table}"
+                                   f"{': ' + detail if detail else ''}; nothing was changed",
+                                   hint="restore the tables it links as well, or use --as to restore beside "
+                                        "the live ones and copy rows back") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    buffer = b""
+    for piece in pieces:
+        buffer += piece
+        *lines, buffer = buffer.split(b"\n")
+        yield from lines
+    if buffer:
+        yield buffer
+
+
+def _run_script(conn: psycopg.Connection, pieces: Iterable[bytes], rename: dict[str, str]) -> None:
+    """Run a pg_restore SQL script: statements as batches, COPY blocks through COPY FROM STDIN."""
+    statements: list[bytes] = []
+    block = bytearray()
+    cur = conn.cursor()
+
+    def flush() -> None:
+        text = b"\n".join(statements).strip()
+        statements.clear()
+        if text:
+            cur.execute(text)
+
+    lines = _lines(pieces)
+    for line in lines:
+        if line.startswith(b"\\"):
+            continue  # psql meta-commands (\restrict) mean nothing here
+        if line.startswith(b"COPY ") and line.endswith(b" FROM stdin;"):
+            flush()
+            head = line[:-len(b" FROM stdin;")].decode()
+            target = head[5:].split(" (", 1)[0]
+            head = "COPY " + rename.get(target, target) + head[5 + len(target):]
+            with cur.copy(head + " FROM STDIN") as copy:
+                for row in lines:
+                    if row == b"\\.":
+                        break
+                    block += row + b"\n"
+                    if len(block) >= COPY_BATCH:
+                        copy.write(bytes(block))
+                        block.clear()
+                if block:
+                    copy.write(bytes(block))
+                    block.clear()
+            continue
+        if rename and line.startswith(b"CREATE TABLE "):
+            target = line[13:].decode().split(" (", 1)[0]
+            if target in rename:
+                line = f"CREATE TABLE {rename[target]}".encode() + line[13 + len(target.encode()):]
+        statements.append(line)
+    flush()
