@@ -113,6 +113,8 @@ class RetentionConfig(_Section):
     keep_weekly: int = Field(8, ge=0)
     keep_monthly: int = Field(12, ge=0)
     keep_yearly: int = Field(3, ge=0)
+    #: point-in-time recovery: keep base backups (and their WAL) reaching this many days back
+    pitr_days: int = Field(7, ge=0)
 
 
 class Assertion(_Section):
@@ -196,6 +198,7 @@ class StatusConfig(_Section):
     #: the repository's allowance in bytes (bucket quota, disk); unset: no size verdict
     repository_quota_bytes: int | None = Field(None, gt=0)
     headroom_percent: float = Field(90, gt=0, le=100, description="amber when usage reaches this share of the quota")
+    max_archive_lag_seconds: float = Field(900, gt=0, description="red when the newest archived WAL is older")
 
 
 class UndoRelation(_Section):

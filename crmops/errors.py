@@ -97,3 +97,13 @@ EXIT_CODES: dict[int, str] = {
         )
     },
 }
+# point-in-time recovery
+WalConflict = _error("WalConflict", 80, "wal-conflict",
+                     "A WAL file is already archived with different content.")
+WalMissing = _error("WalMissing", 81, "wal-missing", "The requested WAL file is not in the archive.")
+OutsideWindow = _error("OutsideWindow", 82, "outside-window",
+                       "The recovery target lies outside the recoverable window.")
+RecoveryFailed = _error("RecoveryFailed", 83, "recovery-failed",
+                        "Replaying the archive did not reach the recovery target.")
+EXIT_CODES.update({cls.exit_code: cls.__doc__ or "" for cls in (WalConflict, WalMissing, OutsideWindow,
+                                                                  RecoveryFailed)})

@@ -41,6 +41,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "crmops_repository_snapshots": ("gauge", "Snapshots in the repository, as last counted."),
     "crmops_repository_size_bytes": ("gauge", "Bytes stored in the repository, as last measured."),
     "crmops_build_info": ("gauge", "crmops version (always 1)."),
+    "crmops_archive_lag_seconds": ("gauge", "Age of the newest archived WAL segment when last measured (RPO)."),
+    "crmops_archive_last_push_timestamp_seconds": ("gauge", "When the newest WAL segment was archived (Unix time)."),
+    "crmops_pitr_window_start_timestamp": ("gauge", "Oldest moment a point-in-time restore can reach (Unix time)."),
 }
 
 
@@ -60,6 +63,7 @@ def samples(history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[dict[str,
     counts: dict[tuple[str, str], int] = {}
     last_verify: dict[str, Any] | None = None
     repo_figures: dict[str, Any] = {}
+    pitr_figures: dict[str, Any] = {}
     for run in history:
         cmd = run.get("command", "?")
         last[cmd] = run
@@ -71,6 +75,8 @@ def samples(history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[dict[str,
             last_verify = run
         if "repository_snapshots" in figures:
             repo_figures = figures
+        if "archive_last_push_timestamp" in figures:
+            pitr_figures = figures
     for cmd, run in sorted(last.items()):
         lab = {"command": cmd}
         out["crmops_last_run_timestamp_seconds"].append((lab, run["finished"]))
@@ -99,6 +105,11 @@ def samples(history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[dict[str,
     if repo_figures:
         out["crmops_repository_snapshots"].append(({}, repo_figures["repository_snapshots"]))
         out["crmops_repository_size_bytes"].append(({}, repo_figures["repository_size_bytes"]))
+    for key, name in (("archive_lag_seconds", "crmops_archive_lag_seconds"),
+                      ("archive_last_push_timestamp", "crmops_archive_last_push_timestamp_seconds"),
+                      ("pitr_window_start_timestamp", "crmops_pitr_window_start_timestamp")):
+        if pitr_figures.get(key) is not None:
+            out[name].append(({}, pitr_figures[key]))
     out["crmops_build_info"].append(({"version": __version__}, 1))
     return out
 

@@ -99,6 +99,9 @@ CASES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...], int]] = {
              (*NOREPO, "undo", "--table", "contacts", "--where", "id = 1"), 22),
     "repair": (("repair", "--dry-run"), (*NOREPO, "repair", "--dry-run"), 22),
     "unlock": (("unlock",), (*NOREPO, "unlock"), 22),
+    "wal": (("wal", "status"), (*NOREPO, "wal", "status"), 22),
+    # success needs a MariaDB with binary logging: tests/pitr/test_binlog.py
+    "binlog": (None, ("binlog", "setup"), 3),
 }
 
 

@@ -17,12 +17,18 @@ def _mb(n: int) -> str:
 
 @click.command("backup")
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option("--physical", is_flag=True,
+              help="PostgreSQL base backup (pg_basebackup) for point-in-time recovery with the WAL archive.")
 @pass_app
-def backup_cmd(app: AppContext, tags: tuple[str, ...]) -> None:
+def backup_cmd(app: AppContext, tags: tuple[str, ...], physical: bool) -> None:
     """Snapshot the CRM's database and attachments into the repository."""
     from crmops.services.backup import backup
 
     app.begin_job("backup")
+    if physical:
+        from crmops.cli.pitr import physical_backup_cmd
+
+        return physical_backup_cmd(app, tags)
     with app.progress("backup") as advance:
         result = backup(app.config, tags=tags, progress=advance)
 

@@ -58,7 +58,23 @@ def check_cmd(app: AppContext, read_data: bool, subset: float | str | None) -> N
             console.print(f"temporary object {t['name']} ({t['size']} bytes, since {t['created']}): "
                           "left by an interrupted write; `crmops prune` removes those older than a day")
 
-    app.emit(report.to_dict(), human)
+    from crmops.pitr.window import all_windows
+    from crmops.repository import open_repository
+
+    wal = [{k: v for k, v in w.items() if k in ("system_id", "segments", "start", "end", "gap")}
+           for w in all_windows(open_repository(app.config))]
+    gaps = [w["gap"] for w in wal if w.get("gap")]
+
+    def human_wal(console) -> None:  # type: ignore[no-untyped-def]
+        human(console)
+        for w in wal:
+            console.print(f"WAL archive of cluster {w['system_id']}: {w['segments']} segments"
+                          + (f", [red]GAP[/red] {w['gap']['message']}" if w.get("gap") else ", no gap"))
+
+    app.emit({**report.to_dict(), "wal": wal, "ok": report.ok and not gaps}, human_wal)
+    if gaps and report.ok:
+        raise IntegrityError(gaps[0]["message"], hint="take a new base backup (crmops backup --physical) to start "
+                                                      "a recoverable window after the gap")
     if not report.ok:
         first = report.damaged[0]
         raise IntegrityError(f"{len(report.damaged)} damaged object(s), first {first.object}: {first.problem}",

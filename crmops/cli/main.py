@@ -40,13 +40,16 @@ COMMANDS: dict[str, str] = {
     "schedule": "crmops.cli.schedule:schedule_group",
     "report": "crmops.cli.report:report_cmd",
     "status": "crmops.cli.report:status_cmd",
+    "wal": "crmops.cli.wal:wal_group",
+    "binlog": "crmops.cli.binlog:binlog_group",
     "undo": "crmops.cli.undo:undo_cmd",
     "repair": "crmops.cli.repair:repair_cmd",
     "unlock": "crmops.cli.unlock:unlock_cmd",
 }
 
 HELP_GROUPS = {
-    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "undo", "repair", "unlock"],
+    "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "undo", "repair", "unlock", "wal",
+                "binlog"],
     "Prove": ["verify", "drill", "sandbox"],
     "Change": ["migrate", "upgrade"],
     "Operate": ["schedule", "status", "report", "repo", "key", "db"],

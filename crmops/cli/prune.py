@@ -50,6 +50,18 @@ def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | N
             console.print("no snapshots")
         for sid in result.damaged:
             console.print(f"[yellow]kept[/yellow] {sid}: its manifest is damaged (source and age unknown)")
+        if result.pitr:
+            p = result.pitr
+            verb = "would delete" if dry_run else "deleted"
+            for sid, start in p["window_start_before"].items():
+                console.print(f"point-in-time window of cluster {sid} starts {start} -> "
+                              f"{p['window_start_after'].get(sid)} (retention.pitr_days={p['pitr_days']}); "
+                              f"{verb} {p['wal_files_deleted']} WAL files ({p['wal_bytes_freed'] / 1e6:,.1f} MB)",
+                              markup=False)
+        if result.pitr and result.pitr.get("binlog_files_deleted"):
+            verb = "would delete" if dry_run else "deleted"
+            console.print(f"{verb} {result.pitr['binlog_files_deleted']} archived binary logs older than every kept "
+                          f"snapshot ({result.pitr['binlog_bytes_freed'] / 1e6:,.1f} MB)", markup=False)
         if result.prune:
             _say_prune(console, result.prune)
 

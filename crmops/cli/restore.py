@@ -11,7 +11,7 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 
 @click.command("restore")
 @click.argument("snapshot", default="latest")
-@click.option("--to", "to_url", type=DATABASE_URL, required=True,
+@click.option("--to", "to_url", type=DATABASE_URL,
               help="Target database URL (empty, unless --force); write its password as ${VAR}.")
 @click.option("--tables", help="Only these tables, comma-separated (PostgreSQL: schema.table; plain names are in "
                                "public). Into a non-empty target, replaces just them (needs --force).")
@@ -22,16 +22,40 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
               help="Also restore the attachments into this folder.")
 @click.option("--force", is_flag=True, help="Replace a non-empty target, after a pre-restore snapshot of it.")
 @click.option("--source", metavar="SOURCE", help="latest of this source instead of the configured database's.")
+@click.option("--at", "at", metavar="TIME",
+              help='Point in time (WAL or binlog archive), e.g. "2026-12-01 14:05:00+00".')
+@click.option("--at-lsn", metavar="LSN", help="Point-in-time recovery up to this WAL position (0/3000060).")
+@click.option("--at-name", metavar="NAME", help="Point-in-time recovery up to a pg_create_restore_point() name.")
+@click.option("--before-xid", metavar="XID", help="Point-in-time recovery up to, not including, this transaction.")
+@click.option("--sandbox", is_flag=True, help="With --at: recover into a throwaway container (the proof).")
+@click.option("--keep", is_flag=True, help="With --sandbox: leave the container running for inspection.")
+@click.option("--to-datadir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --at: write an empty folder as a data directory that recovers to the point on start.")
 @pass_app
-def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None, prefix: str | None,
-                attachments_to: Path | None, force: bool, source: str | None) -> None:
-    """Restore SNAPSHOT (an id, a unique prefix, or latest) into the database at --to.
+def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str | None, prefix: str | None,
+                attachments_to: Path | None, force: bool, source: str | None, at: str | None, at_lsn: str | None,
+                at_name: str | None, before_xid: str | None, sandbox: bool, keep: bool,
+                to_datadir: Path | None) -> None:
+    """Restore SNAPSHOT (an id, a unique prefix, or latest) into the database at --to,
+    or with --at the database as it was at that moment (base backup + WAL, or snapshot + binlogs).
 
     latest is the newest backup of the configured database (see `crmops snapshots`).
     """
     from crmops.services.restore import restore
 
     chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
+    if at or at_lsn or at_name or before_xid or sandbox or to_datadir:
+        from crmops.cli.pitr import parse_target, restore_at_cmd
+
+        if snapshot != "latest":
+            raise click.UsageError("--at picks its base backup itself: leave out SNAPSHOT")
+        if attachments_to is not None or prefix is not None or source is not None:
+            raise click.UsageError("--attachments-to, --as and --source belong to snapshot restores; "
+                                   "they do not combine with --at")
+        return restore_at_cmd(app, target=parse_target(at, at_lsn, at_name, before_xid), to_url=to_url,
+                              tables=chosen, sandbox=sandbox, keep=keep, to_datadir=to_datadir, force=force)
+    if to_url is None:
+        raise click.UsageError("Missing option '--to'.")
     if prefix is not None and not chosen:
         raise click.UsageError("--as needs --tables (the tables to restore beside the live ones)")
     with app.progress("restore") as advance:

@@ -160,6 +160,9 @@ class MysqlEngine:
             cur.execute("FLUSH TABLES WITH READ LOCK")
             try:
                 sequences = _auto_increments(cur)
+                from crmops.pitr.binlog import position
+
+                binlog = position(cur)  # under the lock: exactly the dump's point in the binlog
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 before = _connection_ids(cur)
                 proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", "--quick",
@@ -176,7 +179,9 @@ class MysqlEngine:
                 _fill_fingerprint(cur, fp)
                 return fp
 
-            yield StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds, tool=tool.to_dict())
+            dump = StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds, tool=tool.to_dict())
+            dump.binlog = binlog  # type: ignore[attr-defined]
+            yield dump
         finally:
             if proc is not None:
                 proc.close()

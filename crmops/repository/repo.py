@@ -186,7 +186,8 @@ class Listing:
         are passed over with a warning, since any of them may have been newer.
         """
         mine = self.of_source(source)
-        backups = [m for m in mine if not is_safety(m)]
+        # physical base backups are restored with --at, never as "the latest snapshot"
+        backups = [m for m in mine if not is_safety(m) and m.get("kind") != "physical"]
         if self.damaged:
             log.warning("passing over %d damaged snapshot manifest%s: %s (`crmops check` shows the damage)",
                         len(self.damaged), "" if len(self.damaged) == 1 else "s",

@@ -60,6 +60,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             fingerprint = dump.fingerprint
             server_version = dump.server_version
             dump_tool = getattr(dump, "tool", None)
+            binlog = getattr(dump, "binlog", None)  # MariaDB/MySQL: the binlog position the dump is consistent with
         files = regular = 0
         folder = config.attachments.path if url is None else None
         if folder is not None:
@@ -75,6 +76,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             "source": safe(source), "source_id": source_of_url(source),
             "schema_revision": revision, "fingerprint": fingerprint.to_dict(),
             "attachments_root": str(folder) if folder else None, "dump_tool": dump_tool,
+            **({"binlog": binlog} if binlog else {}),
         })
     stats = manifest["stats"]
     return BackupResult(snapshot_id=manifest["id"], duration_s=round(time.monotonic() - started, 2),

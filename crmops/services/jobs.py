@@ -151,6 +151,12 @@ def finish(config: Config, run: JobRun, *, exit_code: int, error: str | None, re
             figures.update(repository_figures(config))
         except (CrmopsError, OSError) as e:
             log.warning("could not measure the repository: %s", config.redact(str(e)))
+        try:
+            from crmops.pitr.window import figures as pitr_figures
+
+            figures.update(pitr_figures(config))
+        except (CrmopsError, OSError) as e:
+            log.warning("could not read the WAL archive: %s", config.redact(str(e)))
     record: dict[str, Any] = {
         "run_id": RUN_ID, "command": run.command, "result": "success" if exit_code == 0 else "failure",
         "exit_code": exit_code, "error": config.redact(error) if error else None,

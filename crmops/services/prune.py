@@ -37,6 +37,8 @@ class ForgetResult:
     groups: list[dict[str, Any]] = field(default_factory=list)
     #: snapshots whose manifest cannot be read: never forgotten (their source and age are unknown)
     damaged: list[str] = field(default_factory=list)
+    #: point-in-time recovery: base backups by retention.pitr_days, the WAL they no longer need, the window
+    pitr: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +62,10 @@ def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bo
     from crmops.services.verify_record import is_verified_ok
 
     repo = repo or open_repository(config)
+    from crmops.pitr import retention as pitr_retention
+
     listing = repo.listing()
+    policy = policy or config.retention
 
     def verified(sid: str) -> bool:
         try:
@@ -68,22 +73,44 @@ def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bo
         except IntegrityError:  # an unreadable record proves nothing
             return False
 
-    groups = plan_groups(listing.manifests, policy or config.retention, verified)
+    manifests = [m for m in listing.manifests if m.get("kind") != "physical"]  # base backups: retention.pitr_days
+    physical = [m for m in listing.manifests if m.get("kind") == "physical"]
+    groups = plan_groups(manifests, policy, verified)
     keep: dict[str, list[str]] = {}
     drop: list[str] = []
     for g in groups:
         keep.update(g["keep"])
         drop += g["forget"]
     damaged = [d.id for d in listing.damaged]
+    kept_logical = [m for m in manifests if m["id"] in keep]
+    binlogs = pitr_retention.binlogs_to_delete(repo, kept_logical)
     if dry_run:
+        pitr = pitr_retention.apply(repo, physical, policy.pitr_days, dry_run=True) if physical else None
+        pitr = _with_binlogs(pitr, binlogs)
+        drop += pitr["forget"] if pitr else []
+        keep.update({sid: ["pitr_days"] for sid in (pitr["keep"] if pitr else [])})
         return ForgetResult(True, keep, drop, prune(config, dry_run=True, repo=repo, without=set(drop))
-                            if prune_after else None, groups, damaged)
+                            if prune_after else None, groups, damaged, pitr)
     with repo.lock(exclusive=True, purpose="forget"):
+        pitr = pitr_retention.apply(repo, physical, policy.pitr_days, dry_run=False) if physical else None
+        pitr = _with_binlogs(pitr, binlogs)
+        for key, _size in binlogs:
+            repo.store.delete(key)
+        drop += pitr["forget"] if pitr else []
+        keep.update({sid: ["pitr_days"] for sid in (pitr["keep"] if pitr else [])})
         for sid in drop:
             repo.store.delete(f"snapshots/{sid}")
             for key, _ in list(repo.store.list(f"records/{sid}/")):
                 repo.store.delete(key)
-    return ForgetResult(False, keep, drop, prune(config, repo=repo) if prune_after else None, groups, damaged)
+    return ForgetResult(False, keep, drop, prune(config, repo=repo) if prune_after else None, groups, damaged, pitr)
+
+
+def _with_binlogs(pitr: dict[str, Any] | None, binlogs: list[tuple[str, int]]) -> dict[str, Any] | None:
+    if not binlogs:
+        return pitr
+    out = pitr or {"keep": [], "forget": [], "wal_files_deleted": 0, "wal_bytes_freed": 0,
+                   "window_start_before": {}, "window_start_after": {}, "pitr_days": None}
+    return {**out, "binlog_files_deleted": len(binlogs), "binlog_bytes_freed": sum(n for _, n in binlogs)}
 
 
 def prune(config: Config, *, dry_run: bool = False, repo: Repository | None = None,

@@ -57,6 +57,8 @@ class Overview:
     #: snapshots whose manifest cannot be read: [{"id", "problem"}]
     damaged: list[dict[str, str]] = field(default_factory=list)
     version: str = __version__
+    #: point-in-time recovery: each archiving cluster's window, lag and first gap
+    pitr: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def level(self) -> str:
@@ -142,11 +144,15 @@ def _read_repository(config: Config, ov: Overview) -> None:
                     "snapshot_id", "verified_at", "ok", "first_failure", "restore_seconds", "snapshot_age_hours",
                     "total_seconds", "sandbox", "image")})
     ov.verifications.sort(key=lambda v: v.get("verified_at") or "")
-    groups = plan_groups(listing.manifests, config.retention, lambda sid: passed.get(sid, False))
+    logical = [m for m in listing.manifests if m.get("kind") != "physical"]  # base backups: retention.pitr_days
+    groups = plan_groups(logical, config.retention, lambda sid: passed.get(sid, False))
     ov.retention = {"kept": sum(len(g["keep"]) for g in groups),
                     "past_retention": sum(len(g["forget"]) for g in groups),
                     "groups": len(groups), "policy": config.retention.model_dump()}
     ov.repository_size_bytes = repository_figures(config)["repository_size_bytes"]
+    from crmops.pitr.window import all_windows
+
+    ov.pitr = [{k: v for k, v in w.items() if k != "lines"} for w in all_windows(repo)]
     _read_quarantine(config, repo, listing.manifests, ov)
 
 
@@ -199,7 +205,28 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_integrity_verdict(config, ov, runs))
     out.append(_upgrades_verdict(ov))
     out.append(_alerting_verdict(config))
+    out += [_archive_verdict(w, s.max_archive_lag_seconds) for w in ov.pitr]
     return out
+
+
+def _archive_verdict(w: dict[str, Any], max_lag: float) -> Verdict:
+    """Point-in-time recovery: the archive lag is the data a crash would lose; a gap breaks the window."""
+    binlog = w.get("kind") == "binlog"
+    name, what = ("binlog archive", "binary log") if binlog else ("wal archive", "WAL segment")
+    if w.get("gap"):
+        return Verdict(name, RED, w["gap"]["message"])
+    lag = w.get("archive_lag_seconds")
+    if lag is None:
+        return Verdict(name, AMBER, f"{w['system_id']}: no {what} archived yet")
+    if lag > max_lag:
+        how = "`crmops binlog follow`" if binlog else "archive_command"
+        return Verdict(name, RED, f"the newest {what} was archived {lag:.0f} s ago "
+                                  f"(limit {max_lag:g} s): check {how} and the server log")
+    if not w.get("start"):
+        return Verdict(name, AMBER, f"{what}s archived {lag:.0f} s ago, but no backup to start from: run "
+                                    + ("`crmops backup`" if binlog else "`crmops backup --physical`"))
+    return Verdict(name, GREEN, f"recoverable from {w['start'][:19]} to {w['end'][:19]} UTC; "
+                                f"archive lag {lag:.0f} s")
 
 
 def _sources_verdict(ov: Overview) -> Verdict:

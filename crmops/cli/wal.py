@@ -1,0 +1,128 @@
+"""`crmops wal`: PostgreSQL's archive_command and restore_command, and the settings for them.
+
+push and fetch run once per WAL file, so they import only what they use: no rich, no
+docker, no SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app
+
+
+def _system_id(given: str | None, path: Path | None = None) -> str:
+    from crmops.errors import ConfigError
+    from crmops.pitr.archive import read_system_id
+
+    if given:
+        return given
+    candidates = [Path.cwd()]  # PostgreSQL runs both commands in the data directory
+    if path is not None:
+        candidates.append(path.resolve().parent.parent)  # .../pg_wal/<segment>
+    for d in candidates:
+        found = read_system_id(d)
+        if found:
+            return found
+    raise ConfigError("cannot tell which cluster this WAL belongs to (no global/pg_control here)",
+                      hint="run from the data directory, as archive_command does, or pass --system-id")
+
+
+def _archive(app: AppContext, system_id: str):  # type: ignore[no-untyped-def]
+    from crmops.pitr.archive import WalArchive
+    from crmops.repository import open_repository
+
+    return WalArchive(open_repository(app.config), system_id)
+
+
+@click.group("wal")
+def wal_group() -> None:
+    """PostgreSQL WAL archiving for point-in-time recovery."""
+
+
+@wal_group.command("push")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--system-id", help="The cluster's system identifier (default: read from ./global/pg_control).")
+@pass_app
+def push_cmd(app: AppContext, path: Path, system_id: str | None) -> None:
+    """Archive one WAL file (archive_command = '... wal push %p'); exit 0 only once it is stored."""
+    from crmops.pitr.archive import validate_name
+
+    validate_name(path.name)
+    archive = _archive(app, _system_id(system_id, path))
+    outcome = archive.push(path)
+    app.emit({"ok": True, "file": path.name, "outcome": outcome, "system_id": archive.system_id},
+             lambda c: c.print(f"{path.name}: {outcome}"))
+
+
+@wal_group.command("fetch")
+@click.argument("name")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--system-id", help="The cluster's system identifier (default: read from ./global/pg_control).")
+@pass_app
+def fetch_cmd(app: AppContext, name: str, dest: Path, system_id: str | None) -> None:
+    """Restore one WAL file (restore_command = '... wal fetch %f %p'); exit 81 when it is not archived."""
+    from crmops.pitr.archive import validate_name
+
+    validate_name(name)
+    archive = _archive(app, _system_id(system_id))
+    size = archive.fetch(name, dest)
+    app.emit({"ok": True, "file": name, "bytes": size}, lambda c: c.print(f"{name}: {size} bytes"))
+
+
+@wal_group.command("setup")
+@click.option("--url", type=DATABASE_URL, help="The server (default: database.url); a superuser for --apply.")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), default="/etc/crmops/crmops.env",
+              show_default=True, help="Where the archive command reads CRMOPS_PASSPHRASE and the other secrets.")
+@click.option("--archive-timeout", type=click.IntRange(1, 3600), default=60, show_default=True,
+              help="Seconds before a quiet segment is archived anyway: the bound on data lost (RPO).")
+@click.option("--apply", "do_apply", is_flag=True, help="Write the settings with ALTER SYSTEM and reload.")
+@pass_app
+def setup_cmd(app: AppContext, url: str | None, env_file: Path, archive_timeout: int, do_apply: bool) -> None:
+    """Print (or --apply) the settings that send every WAL file to this repository."""
+    from crmops.pitr import setup
+
+    config = app.config
+    config_file = Path(app.config_path or os.environ.get("CRMOPS_CONFIG") or config.source)
+    wanted = setup.settings(config, config_file=config_file if config_file.is_file() else None, env_file=env_file,
+                            archive_timeout=archive_timeout)
+    _push, fetch = setup.archive_commands(config_file if config_file.is_file() else None, env_file)
+    result: dict[str, object] = {"ok": True, "settings": wanted, "restore_command": fetch, "env_file": str(env_file),
+                                 "env_file_exists": env_file.is_file(), "applied": False}
+    if do_apply:
+        result.update(setup.apply(url or config.database.url, wanted), applied=True)
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        if not do_apply:
+            console.print("# in postgresql.conf, or run again with --apply (ALTER SYSTEM):")
+        for k, v in wanted.items():
+            console.print(f"{k} = '{v}'", markup=False)
+        if not env_file.is_file():
+            console.print(f"# {env_file} does not exist yet: put CRMOPS_PASSPHRASE=... there (mode 600, "
+                          "readable by the postgres user)", markup=False)
+        if do_apply:
+            restart = result.get("needs_restart") or []
+            console.print(f"applied; {'restart PostgreSQL for ' + ', '.join(restart) if restart else 'in effect'}"
+                          " — then take a base backup: crmops backup --physical", markup=False)
+
+    app.emit(result, human)
+
+
+@wal_group.command("status")
+@click.option("--system-id", help="Which cluster (default: the newest physical backup's).")
+@pass_app
+def status_cmd(app: AppContext, system_id: str | None) -> None:
+    """The recoverable window, the archive lag and any gap in the archive."""
+    from crmops.pitr.window import describe
+    from crmops.repository import open_repository
+
+    info = describe(open_repository(app.config), system_id)
+
+    def human(console) -> None:  # type: ignore[no-untyped-def]
+        for line in info["lines"]:
+            console.print(line, markup=False)
+
+    app.emit(info, human)

@@ -1,0 +1,393 @@
+"""`crmops restore --at`: the newest base backup before the target plus the archive replayed to it.
+
+Three forms share one plan (which base, which window, which WAL):
+- into a recovery sandbox (`--sandbox`, kept with `--keep`): the proof, and the source of
+- table-level recovery (`--tables t1,t2 --to URL`): only those tables move into the target,
+  through the logical path (pg_dump/pg_restore, or COPY for a table that still exists);
+- into an empty data directory (`--to-datadir DIR`) for a real recovery, with
+  restore_command pointing at this crmops, for PostgreSQL to replay on its next start.
+Everything is validated (target, window, base backup, tables named) before the first change.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from crmops.config import Config
+from crmops.dburl import engine_kind, safe
+from crmops.errors import ConfigError, DatabaseError, OutsideWindow, RecoveryFailed, TargetNotEmpty
+from crmops.pitr.archive import FILE_RE, SEGMENT_RE, WalArchive, parse_lsn, parse_segment, segno_of
+from crmops.pitr.basebackup import STREAM
+from crmops.pitr.window import physical_manifests, window
+
+LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+SANDBOX_HBA = "local all all trust\nhost all all all scram-sha-256\n"
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--at {text!r} is not a time", hint='write it as "2026-12-01 14:05:00+00"') from None
+    if when.tzinfo is None:
+        raise ConfigError(f"--at {text!r} has no UTC offset: the server and this machine may disagree on the zone",
+                          hint='add one, e.g. "2026-12-01 14:05:00+00" or "+08"')
+    return when.astimezone(UTC)
+
+
+def check_target(target: dict[str, str]) -> dict[str, Any]:
+    (kind, value), = target.items()
+    if kind == "time":
+        return {"kind": kind, "value": value, "time": parse_time(value)}
+    if kind == "lsn":
+        if not LSN_RE.match(value):
+            raise ConfigError(f"--at-lsn {value!r} is not an LSN", hint="write it as 0/3000060")
+        return {"kind": kind, "value": value.upper(), "lsn": parse_lsn(value)}
+    if kind == "xid":
+        if not value.isdigit():
+            raise ConfigError(f"--before-xid {value!r} is not a transaction id (a number)")
+        return {"kind": kind, "value": value}
+    if not value or len(value) > 63:
+        raise ConfigError("--at-name takes the name given to pg_create_restore_point()")
+    return {"kind": kind, "value": value}
+
+
+def recovery_settings(target: dict[str, Any], restore_command: str) -> dict[str, str]:
+    out = {"restore_command": restore_command, "recovery_target_action": "promote",
+           "recovery_target_timeline": "latest"}
+    if target["kind"] == "time":
+        out["recovery_target_time"] = target["time"].isoformat(sep=" ")
+    elif target["kind"] == "lsn":
+        out["recovery_target_lsn"] = target["value"]
+    elif target["kind"] == "xid":
+        out["recovery_target_xid"] = target["value"]
+        out["recovery_target_inclusive"] = "off"  # --before-xid: that transaction is not replayed
+    else:
+        out["recovery_target_name"] = target["value"]
+    return out
+
+
+def _conf_line(name: str, value: str) -> str:
+    return f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n"
+
+
+def choose_base(repo: Any, target: dict[str, Any], system_id: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(base manifest, window) for the target; OutsideWindow names the window when it does not fit."""
+    win = window(repo, system_id)
+    if not win.get("configured") or not win.get("start") or not win.get("end"):
+        raise OutsideWindow("there is no recoverable window yet: no base backup with its WAL archived",
+                            hint="turn archiving on (`crmops wal setup --apply`) and run `crmops backup --physical`")
+    usable = [m for m in physical_manifests(repo, win["system_id"]) if m["id"] in win["base_snapshot_ids"]]
+    span = f"the recoverable window is {win['start']} .. {win['end']}"
+    if target["kind"] == "time":
+        when = target["time"]
+        if when < datetime.fromisoformat(win["start"]) or when > datetime.fromisoformat(win["end"]):
+            raise OutsideWindow(f"{when.isoformat(sep=' ')} lies outside the recoverable window: {span}"
+                                + (f"; {win['gap']['message']}" if win.get("gap") else ""),
+                                hint="pick a time inside it (`crmops wal status` shows it)")
+        before = [m for m in usable if datetime.fromisoformat(m["physical"]["stop_time"]) <= when]
+    elif target["kind"] == "lsn":
+        before = [m for m in usable if parse_lsn(m["physical"]["stop_lsn"]) <= target["lsn"]]
+        if not before:
+            raise OutsideWindow(f"LSN {target['value']} lies before the oldest usable base backup's end "
+                                f"({usable[0]['physical']['stop_lsn']}); {span}")
+    else:
+        before = usable  # a name or an xid carries no position: the newest base, replay finds it or fails
+    return before[-1], win
+
+
+# -- preparing a data directory ----------------------------------------------------------
+
+class _Stream(io.RawIOBase):
+    """Pieces seen as a readable file, for tarfile's stream mode."""
+
+    def __init__(self, pieces: Any) -> None:
+        self._pieces = iter(pieces)
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, out: Any) -> int:
+        while not self._rest:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._rest = piece
+        n = min(len(out), len(self._rest))
+        out[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+def extract_base(repo: Any, manifest: dict[str, Any], datadir: Path, progress: Callable[[int], None] | None) -> None:
+    def counted() -> Any:
+        for piece in repo.read_stream(manifest, STREAM):
+            if progress:
+                progress(len(piece))
+            yield piece
+
+    datadir.mkdir(parents=True, exist_ok=True)
+    os.chmod(datadir, 0o700)
+    with tarfile.open(fileobj=io.BufferedReader(_Stream(counted()), 1 << 20), mode="r|") as tar:
+        tar.extractall(datadir, filter="data")
+    (datadir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+
+
+def last_needed_segment(repo: Any, base: dict[str, Any], target: dict[str, Any]) -> int | None:
+    """A segment number past which replay to the target never reads, or None (read to the end).
+
+    A later base backup that started after the target time began at an LSN past it, so the
+    WAL up to its start segment holds the target (one more segment for the commit after it).
+    """
+    seg = base["physical"]["wal_segment_size"]
+    if target["kind"] == "lsn":
+        return segno_of(target["lsn"], seg) + 1
+    if target["kind"] != "time":
+        return None
+    later = [m for m in physical_manifests(repo, base["physical"]["system_id"])
+             if datetime.fromisoformat(m["physical"]["start_time"]) > target["time"]]
+    if not later:
+        return None
+    return min(parse_segment(m["physical"]["start_segment"], seg)[1] for m in later) + 1
+
+
+def prefetch_wal(archive: WalArchive, base: dict[str, Any], folder: Path, last: int | None = None) -> int:
+    """Every archived WAL file the replay may ask for from the base's start on: segments, histories."""
+    seg_size = base["physical"]["wal_segment_size"]
+    start_tli, start_segno = parse_segment(base["physical"]["start_segment"], seg_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for f in archive.files():
+        if SEGMENT_RE.match(f.name):
+            tli, segno = parse_segment(f.name, seg_size)
+            if segno < start_segno or tli < start_tli or (last is not None and segno > last):
+                continue
+        elif not f.name.endswith(".history"):
+            continue
+        (folder / f.name).write_bytes(archive.read(f.name))
+        os.chmod(folder / f.name, 0o644)
+        n += 1
+    os.chmod(folder, 0o755)
+    return n
+
+
+def write_recovery(datadir: Path, settings: dict[str, str], *, sandbox: bool) -> None:
+    if not (datadir / "postgresql.conf").exists():  # a Debian-style cluster keeps it in /etc
+        (datadir / "postgresql.conf").write_text("# written by crmops restore --at\n")
+    with open(datadir / "postgresql.auto.conf", "a") as f:
+        f.write("\n# crmops restore --at: recovery settings (remove them after the promotion)\n")
+        for k, v in settings.items():
+            f.write(_conf_line(k, v))
+    (datadir / "recovery.signal").write_text("")
+    if sandbox:
+        (datadir / "pg_hba.conf").write_text(SANDBOX_HBA)
+        if not (datadir / "pg_ident.conf").exists():
+            (datadir / "pg_ident.conf").write_text("")
+
+
+def drop_targets(datadir: Path) -> None:
+    """Remove the recovery_target_* settings, so a restarted recovery replays to the end of the archive."""
+    conf = datadir / "postgresql.auto.conf"
+    lines = [ln for ln in conf.read_text().splitlines(keepends=True) if not ln.startswith("recovery_target_")]
+    conf.write_text("".join(lines) + "recovery_target_action = 'promote'\n")
+
+
+# -- the three forms -----------------------------------------------------------------------
+
+def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None = None,
+               tables: list[str] | None = None, sandbox: bool = False, keep: bool = False,
+               to_datadir: Path | None = None, force: bool = False, system_id: str | None = None,
+               progress: Callable[[int], None] | None = None,
+               say: Callable[[str], None] = lambda s: None,
+               inspect: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
+    from crmops.repository import open_repository
+
+    started = time.monotonic()
+    target = check_target(target_in)
+    if engine_kind(config.database.url) == "mysql":
+        from crmops.pitr.binlog_restore import check_mariadb_form, restore_at_mariadb
+
+        check_mariadb_form(sandbox, tables, to_url, to_datadir, target["kind"])
+        return restore_at_mariadb(config, target["time"], keep=keep, say=say, tables=tables, to_url=to_url,
+                                  force=force, inspect=inspect)
+    forms = [bool(sandbox), to_datadir is not None, to_url is not None]
+    if sum(forms) != 1:
+        raise ConfigError("restore --at needs one destination: --sandbox, --to-datadir DIR, or --tables ... --to URL")
+    if to_url is not None and not tables:
+        raise ConfigError("restore --at into a database URL moves chosen tables only: add --tables",
+                          hint="for the whole cluster use --to-datadir (a real recovery) or --sandbox")
+    if tables and to_url is None:
+        raise ConfigError("--tables with --at needs --to URL")
+    if to_url is not None and engine_kind(to_url) != "postgresql":
+        raise ConfigError(f"{safe(to_url)} is not PostgreSQL; a PostgreSQL point-in-time copy moves into PostgreSQL")
+    if to_datadir is not None and to_datadir.exists() and any(to_datadir.iterdir()):
+        raise TargetNotEmpty(f"{to_datadir} is not empty", hint="give an empty or new folder; crmops never "
+                             "writes over a data directory")
+    repo = open_repository(config)
+    base, win = choose_base(repo, target, system_id)
+    archive = WalArchive(repo, base["physical"]["system_id"])
+    result: dict[str, Any] = {"ok": True, "target": {k: v for k, v in target.items() if k in ("kind", "value")},
+                              "base_snapshot": base["id"], "base_stop_time": base["physical"]["stop_time"],
+                              "window": {"start": win["start"], "end": win["end"]},
+                              "archive_lag_seconds": win.get("archive_lag_seconds"), "lines": []}
+    if to_url is not None:
+        _check_tables_target(to_url, tables or [], force)
+    if to_datadir is not None:
+        return _to_datadir(config, repo, base, target, to_datadir, result, progress, started)
+    work = Path(tempfile.mkdtemp(prefix="crmops-pitr-"))
+    box = None
+    try:
+        os.chmod(work, 0o755)
+        say(f"extracting base backup {base['id']} (stopped {base['physical']['stop_time']})")
+        extract_base(repo, base, work / "data", progress)
+        n = prefetch_wal(archive, base, work / "wal", last_needed_segment(repo, base, target))
+        say(f"replaying {n} archived WAL files to {target['value']} in a sandbox")
+        from crmops.pitr.sandbox import WALDIR, RecoverySandbox
+
+        write_recovery(work / "data", recovery_settings(target, f"cp {WALDIR}/%f %p"), sandbox=True)
+        box = RecoverySandbox(config.verify, base["server_version"], datadir=work / "data", waldir=work / "wal",
+                              superuser=base["physical"].get("superuser") or "postgres", database=base.get("database"))
+        box.allow_retry = target["kind"] == "time"
+        t_start = time.monotonic()
+        try:
+            box.start()
+        except RecoveryFailed as e:
+            if not (box.allow_retry and box.ended_early(e)):
+                raise
+            # no commit after T reached the archive (a quiet moment): the state at T is the archive's end
+            drop_targets(work / "data")
+            box.resume_to_end()
+            box.started_s = round(time.monotonic() - t_start, 3)
+            result["ended_at_archive_end"] = True
+            result["lines"].append(f"no transaction committed between the archive's last commit and "
+                                   f"{target['value']}: recovered to the end of the archive")
+        result.update(wal_files=n, sandbox=box.name, recovery_stopped=box.stopped_at, replay_seconds=box.started_s)
+        result["lines"].append(f"recovered base {base['id']} + {n} WAL files to {target['value']} in "
+                               f"{box.started_s} s" + (f" (stopped {box.stopped_at})" if box.stopped_at else ""))
+        if inspect is not None:
+            result.update(inspect(box.url))
+        if tables:
+            result.update(_move_tables(config, box.url, to_url or "", tables, force))
+            result["lines"].append(f"tables {', '.join(tables)} as of {target['value']} are now in "
+                                   f"{safe(to_url or '')}")
+        if keep:
+            box.keep()
+            info = box.connect_info()
+            info["folder"] = str(work)
+            info["remove"] += f"; then rm -rf {work}"
+            result["sandbox_info"] = info
+            result["lines"].append(f"sandbox {box.name} kept: {info['shell']}")
+            result["lines"].append(f"remove it with: {info['remove']}")
+    finally:
+        if not keep or box is None or not box.alive():
+            if box is not None:
+                box.remove()
+            shutil.rmtree(work, ignore_errors=True)
+    result["seconds"] = round(time.monotonic() - started, 2)
+    return result
+
+
+def _to_datadir(config: Config, repo: Any, base: dict[str, Any], target: dict[str, Any], datadir: Path,
+                result: dict[str, Any], progress: Callable[[int], None] | None, started: float) -> dict[str, Any]:
+    from crmops.pitr.setup import archive_commands
+
+    config_file = Path(config.source) if Path(config.source).is_file() else None
+    env_file = Path(os.environ.get("CRMOPS_ENV_FILE", "/etc/crmops/crmops.env"))
+    _push, fetch = archive_commands(config_file, env_file)
+    fetch = fetch.replace("wal fetch %f %p", f"wal fetch --system-id {base['physical']['system_id']} %f %p")
+    created = not datadir.exists()
+    try:
+        extract_base(repo, base, datadir, progress)
+        write_recovery(datadir, recovery_settings(target, fetch), sandbox=False)
+    except BaseException:
+        if created:  # half a data directory must never be mistaken for a recovered one
+            shutil.rmtree(datadir, ignore_errors=True)
+        raise
+    major = base["server_version"].split(".")[0]
+    result.update(datadir=str(datadir), restore_command=fetch, seconds=round(time.monotonic() - started, 2))
+    result["lines"] += [
+        f"base backup {base['id']} extracted into {datadir}, recovery settings written "
+        f"(postgresql.auto.conf, recovery.signal)",
+        f"next: chown -R postgres:postgres {datadir}, then start PostgreSQL {major} on it "
+        f"(e.g. pg_ctl -D {datadir} start); it replays the archive to {target['value']} and promotes",
+        f"{env_file} must hold CRMOPS_PASSPHRASE for the postgres user; remove the recovery settings from "
+        "postgresql.auto.conf once it runs",
+    ]
+    return result
+
+
+# -- table-level ---------------------------------------------------------------------------
+
+def _check_tables_target(to_url: str, tables: list[str], force: bool) -> None:
+    from crmops.engines.postgres import PostgresEngine
+
+    for t in tables:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?", t):
+            raise ConfigError(f"--tables: {t!r} is not a table name (name or schema.name)")
+    with PostgresEngine(to_url).connect() as conn:
+        present = [t for t in tables if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is not None]
+    if present and not force:
+        raise TargetNotEmpty(f"{', '.join(present)} still exist(s) in {safe(to_url)}",
+                             hint="add --force to replace their rows (a pre-restore snapshot of the target is "
+                                  "taken first); tables that no longer exist are simply brought back")
+
+
+def _move_tables(config: Config, source_url: str, to_url: str, tables: list[str], force: bool) -> dict[str, Any]:
+    """Absent tables come back whole (pg_dump -t | pg_restore); present ones get their rows replaced by COPY."""
+    from crmops.engines.postgres import PostgresEngine
+    from crmops.engines.tools import ToolProcess
+
+    src, dst = PostgresEngine(source_url), PostgresEngine(to_url)
+    with src.connect() as conn:
+        missing = [t for t in tables if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is None]
+    if missing:
+        raise DatabaseError(f"table(s) {', '.join(missing)} did not exist at the recovery target")
+    with dst.connect() as conn:
+        present = [t for t in tables if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is not None]
+    absent = [t for t in tables if t not in present]
+    safety = None
+    if present:
+        from crmops.services.backup import backup
+
+        safety = backup(config, tags=["pre-restore"], url=to_url).snapshot_id
+        _replace_rows(src, dst, present)
+    if absent:
+        argv = [src._tool("pg_dump"), "--format=custom", "--compress=0", "--no-password"]
+        for t in absent:
+            argv += ["-t", t]
+        dump = ToolProcess(argv, env=src._env(), secrets=src._secrets(), label="pg_dump")
+        try:
+            dst.restore(dump.pieces(), format="pg-custom", tables=absent)
+        finally:
+            dump.close()
+    return {"tables_recreated": absent, "tables_rows_replaced": present, "safety_snapshot": safety}
+
+
+def _replace_rows(src: Any, dst: Any, tables: list[str]) -> None:
+    """One transaction on the target: the chosen tables' rows become the recovered ones, nothing else changes."""
+    from psycopg import sql
+
+    with src.connect() as s, dst.connect(autocommit=False) as d:
+        d.execute("SET LOCAL session_replication_role = replica")  # foreign keys hold as they did at the target
+        for t in tables:
+            ident = sql.Identifier(*t.split("."))
+            d.execute(sql.SQL("DELETE FROM {}").format(ident))
+            with s.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT binary)").format(ident)) as out, \
+                    d.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(ident)) as inp:
+                for data in out:
+                    inp.write(data)
+        d.commit()
+
+
+__all__ = ["FILE_RE", "restore_at"]

@@ -1,0 +1,145 @@
+"""The recoverable window: from the oldest usable base backup to the newest archived WAL.
+
+A base backup is usable from its stop time (recovery cannot end before the backup's
+stop LSN) as long as every segment from its start onwards is archived; the first
+missing segment ends the window of every base backup older than it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from crmops.pitr.archive import DEFAULT_SEGMENT_SIZE, WalArchive, first_gap, parse_segment, segment_name, timeline_of
+
+
+def physical_manifests(repo: Any, system_id: str | None = None) -> list[dict[str, Any]]:
+    out = [m for m in repo.listing().manifests if m.get("kind") == "physical"]
+    if system_id:
+        out = [m for m in out if m["physical"]["system_id"] == system_id]
+    return sorted(out, key=lambda m: m["physical"]["stop_time"])
+
+
+def archived_systems(repo: Any) -> list[str]:
+    return sorted({key.split("/", 1)[1] for key, _ in repo.store.list("walstate/")})
+
+
+def window(repo: Any, system_id: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Facts about one cluster's archive; {"configured": False} when there is none."""
+    now = now or datetime.now(UTC)
+    bases = physical_manifests(repo, system_id)
+    if system_id is None:
+        systems = [bases[-1]["physical"]["system_id"]] if bases else archived_systems(repo)[-1:]
+        if not systems:
+            return {"configured": False}
+        system_id = systems[0]
+        bases = [m for m in bases if m["physical"]["system_id"] == system_id]
+    archive = WalArchive(repo, system_id)
+    segments = archive.segments()
+    latest = archive.latest()
+    seg_size = bases[-1]["physical"]["wal_segment_size"] if bases else DEFAULT_SEGMENT_SIZE
+    out: dict[str, Any] = {"configured": True, "system_id": system_id, "segments": len(segments),
+                           "base_backups": len(bases), "newest_segment": latest["segment"] if latest else None,
+                           "newest_archived_at": latest["pushed_at"] if latest else None,
+                           "archive_lag_seconds": None, "start": None, "end": None, "gap": None,
+                           "segment_size": seg_size}
+    if latest:
+        out["archive_lag_seconds"] = round((now - datetime.fromisoformat(latest["pushed_at"])).total_seconds(), 1)
+    if not bases or not segments:
+        return out
+    oldest_segno = parse_segment(bases[0]["physical"]["start_segment"], seg_size)[1]
+    gap = first_gap(segments, oldest_segno, seg_size)
+    usable = bases
+    if gap is not None:
+        name = segment_name(timeline_of(segments, gap, seg_size), gap, seg_size)
+        broken = [m["id"] for m in bases if parse_segment(m["physical"]["start_segment"], seg_size)[1] <= gap]
+        usable = [m for m in bases if parse_segment(m["physical"]["start_segment"], seg_size)[1] > gap]
+        out["gap"] = {"missing_segment": name, "breaks_base_backups": broken,
+                      "message": f"WAL segment {name} is missing from the archive: base backups "
+                                 f"{', '.join(broken)} cannot be recovered past it"}
+    if usable:
+        out["start"] = usable[0]["physical"]["stop_time"]
+        out["end"] = latest["pushed_at"] if latest else None
+        out["base_snapshot_ids"] = [m["id"] for m in usable]
+    return out
+
+
+def describe(repo: Any, system_id: str | None = None) -> dict[str, Any]:
+    info = window(repo, system_id)
+    lines: list[str] = []
+    if not info["configured"]:
+        lines.append("no WAL archive in this repository yet: `crmops wal setup` shows how to start one")
+    else:
+        lines.append(f"cluster {info['system_id']}: {info['segments']} segments archived, "
+                     f"{info['base_backups']} base backups")
+        if info["newest_segment"]:
+            lines.append(f"newest segment {info['newest_segment']} archived {info['newest_archived_at']} "
+                         f"({info['archive_lag_seconds']:.0f} s ago)")
+        if info["start"]:
+            lines.append(f"recoverable window: {info['start']} .. {info['end']}")
+        else:
+            lines.append("no recoverable window: take a base backup (crmops backup --physical)")
+        if info["gap"]:
+            lines.append(info["gap"]["message"])
+    return {"ok": info.get("gap") is None, **info, "lines": lines}
+
+
+def all_windows(repo: Any) -> list[dict[str, Any]]:
+    """The window of every cluster archiving into this repository (usually one), WAL and binlog."""
+    systems = set(archived_systems(repo)) | {m["physical"]["system_id"] for m in physical_manifests(repo)}
+    return [window(repo, s) for s in sorted(systems)] + binlog_windows(repo)
+
+
+def binlog_windows(repo: Any, now: datetime | None = None) -> list[dict[str, Any]]:
+    """MariaDB/MySQL: per server, from the oldest snapshot with a binlog position to the last push."""
+    from crmops.pitr.binlog import read_state
+
+    now = now or datetime.now(UTC)
+    servers = sorted({key.split("/", 1)[1] for key, _ in repo.store.list("binlogstate/")})
+    if not servers:
+        return []
+    snaps = [m for m in repo.listing().manifests if m.get("binlog")]
+    out = []
+    for sid in servers:
+        state = read_state(repo, sid)
+        stored = {key.rsplit("/", 1)[1] for key, _ in repo.store.list(f"binlog/{sid}/")}
+        mine = [m for m in snaps if m["binlog"].get("server_id") == sid]
+        info: dict[str, Any] = {"configured": True, "kind": "binlog", "system_id": sid, "segments": len(stored),
+                                "base_backups": len(mine), "newest_segment": state.get("active"),
+                                "newest_archived_at": state.get("pushed_at"), "archive_lag_seconds": None,
+                                "start": mine[0]["time"] if mine else None, "end": state.get("pushed_at"),
+                                "gap": None}
+        if state.get("pushed_at"):
+            info["archive_lag_seconds"] = round((now - datetime.fromisoformat(state["pushed_at"])).total_seconds(), 1)
+        if mine:
+            first = mine[0]["binlog"]["file"]
+            stem, _, num = first.rpartition(".")
+            numbers = sorted(int(n.rpartition(".")[2]) for n in stored if n.rpartition(".")[0] == stem)
+            newest = numbers[-1] if numbers else int(num)
+            missing = next((i for i in range(int(num), newest + 1) if i not in numbers), None)
+            if missing is not None:
+                name = f"{stem}.{missing:0{len(num)}d}"
+                info["gap"] = {"missing_segment": name, "breaks_base_backups": [m["id"] for m in mine],
+                               "message": f"binary log {name} of server {sid} is missing from the archive: "
+                                          "snapshots before it cannot be rolled forward past it"}
+        out.append(info)
+    return out
+
+
+def figures(config: Any) -> dict[str, Any]:
+    """What the metrics export: the archive lag, the last push and the window start (Unix times)."""
+    from crmops.repository import open_repository
+    from crmops.storage import open_store
+
+    store = open_store(config.repository.url, config.repository)
+    if not any(True for prefix in ("walstate/", "binlogstate/") for _ in store.list(prefix)):
+        return {}  # no archive: no key derivation, no manifests read at the end of every job
+    wins = [w for w in all_windows(open_repository(config)) if w.get("newest_archived_at")]
+    if not wins:
+        return {}
+    w = max(wins, key=lambda x: x["newest_archived_at"])
+    out: dict[str, Any] = {"archive_lag_seconds": w["archive_lag_seconds"],
+                           "archive_last_push_timestamp": datetime.fromisoformat(w["newest_archived_at"]).timestamp()}
+    if w.get("start"):
+        out["pitr_window_start_timestamp"] = datetime.fromisoformat(w["start"]).timestamp()
+    return out

@@ -1,0 +1,249 @@
+"""MariaDB: the logical backup records its binlog position; `binlog setup` checks the server's settings.
+
+A MariaDB of the test's own with binary logging on (the shared server runs without it and
+must keep its settings), started as the mysql OS user and stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+import yaml
+
+from tests.conftest import BED_ENV
+from tests.pitr.conftest import result_of
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def binlog_server() -> Iterator[str]:
+    if not shutil.which("mariadbd") and not Path("/usr/sbin/mariadbd").exists():
+        pytest.skip("mariadbd is not installed")
+    base = Path(tempfile.mkdtemp(prefix="crmops-mdb-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    data = base / "data"
+    data.mkdir()
+    shutil.chown(data, "mysql", "mysql")
+    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql",
+                    "--auth-root-authentication-method=normal"], check=True, capture_output=True)
+    port = _port()
+    proc = subprocess.Popen(["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={data}/sock",
+                             f"--port={port}", "--bind-address=127.0.0.1", "--user=mysql",
+                             f"--log-bin={data}/mariadb-bin", "--binlog-format=ROW", "--server-id=7",
+                             f"--pid-file={data}/pid"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pymysql.connect(host="127.0.0.1", port=port, user="root").close()
+                break
+            except pymysql.err.OperationalError:
+                assert time.monotonic() < deadline and proc.poll() is None, "mariadbd did not start"
+                time.sleep(0.3)
+        with pymysql.connect(host="127.0.0.1", port=port, user="root", autocommit=True) as conn:
+            conn.cursor().execute("CREATE DATABASE crm")
+        yield f"mysql://root@127.0.0.1:{port}/crm"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _crmops(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    config = tmp_path / "crmops.yaml"
+    config.write_text(yaml.safe_dump({"database": {"url": url}, "repository": {"url": f"file://{tmp_path / 'repo'}"},
+                                      "state_dir": str(tmp_path / "state")}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["CRMOPS_PASSPHRASE"] = "binlog test"
+    return subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "--json", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_logical_backup_records_the_binlog_position_it_is_consistent_with(binlog_server: str,
+                                                                            tmp_path: Path) -> None:
+    from crmops.config import load_config
+    from crmops.repository import open_repository
+
+    with pymysql.connect(host="127.0.0.1", port=int(binlog_server.split(":")[2].split("/")[0]), user="root",
+                         database="crm", autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE contacts (id int PRIMARY KEY, name varchar(40))")
+        cur.execute("INSERT INTO contacts VALUES (1, 'a'), (2, 'b')")
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+        cur.execute("SELECT @@gtid_binlog_pos")
+        gtid = cur.fetchone()[0]
+    assert _crmops(tmp_path, binlog_server, "repo", "init").returncode == 0
+    r = _crmops(tmp_path, binlog_server, "backup")
+    assert r.returncode == 0, r.stderr
+    os.environ["CRMOPS_PASSPHRASE"] = "binlog test"
+    try:
+        manifest = open_repository(load_config(tmp_path / "crmops.yaml")).manifest("latest")
+    finally:
+        del os.environ["CRMOPS_PASSPHRASE"]
+    assert manifest["binlog"] == {"file": file, "position": pos, "gtid": gtid, "server_id": "7"}
+
+    ready = _crmops(tmp_path, binlog_server, "binlog", "setup")
+    assert ready.returncode == 0, ready.stderr
+    assert json.loads(ready.stdout)["ready"] is True
+
+    # retention: binary logs older than every kept snapshot's position go, the rest stay
+    assert _crmops(tmp_path, binlog_server, "binlog", "push").returncode == 0
+    with pymysql.connect(host="127.0.0.1", port=_port_of(binlog_server), user="root", database="crm",
+                         autocommit=True) as conn:
+        conn.cursor().execute("FLUSH BINARY LOGS")
+        conn.cursor().execute("INSERT INTO contacts VALUES (3, 'c')")
+    second = _crmops(tmp_path, binlog_server, "backup")
+    assert second.returncode == 0, second.stderr
+    assert _crmops(tmp_path, binlog_server, "binlog", "push").returncode == 0
+    archived = sorted(p.name for p in (tmp_path / "repo" / "binlog" / "7").iterdir())
+    dry = json.loads(_crmops(tmp_path, binlog_server, "forget", "--keep-last", "1", "--keep-daily", "0",
+                             "--keep-weekly", "0", "--keep-monthly", "0", "--keep-yearly", "0", "--dry-run").stdout)
+    assert dry["pitr"]["binlog_files_deleted"] >= 1
+    done = _crmops(tmp_path, binlog_server, "forget", "--keep-last", "1", "--keep-daily", "0", "--keep-weekly", "0",
+                   "--keep-monthly", "0", "--keep-yearly", "0")
+    assert done.returncode == 0, done.stderr
+    left = sorted(p.name for p in (tmp_path / "repo" / "binlog" / "7").iterdir())
+    assert file in archived and file not in left and left == archived[-len(left):] and left
+
+
+def test_binlog_setup_names_what_the_server_lacks(tmp_path: Path) -> None:
+    url = BED_ENV.get("CRMOPS_TEST_MYSQL_URL")
+    if not url:
+        pytest.skip("MariaDB test server is not available")
+    r = _crmops(tmp_path, url, "binlog", "setup")
+    doc = result_of(r.stdout)
+    if doc.get("ready"):
+        pytest.skip("the shared server logs binlogs already")
+    assert r.returncode == 3 and "log_bin" in r.stderr and "Traceback" not in r.stderr
+    assert {c["setting"]: c["ok"] for c in doc["checks"]}["log_bin"] is False
+
+
+def _port_of(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster(
+        binlog_server: str, tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    from datetime import UTC, datetime
+
+    port = _port_of(binlog_server)
+
+    def connect():  # type: ignore[no-untyped-def]
+        return pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True)
+
+    with connect() as conn:
+        conn.cursor().execute("CREATE TABLE markers (id int AUTO_INCREMENT PRIMARY KEY, at datetime NOT NULL)")
+        conn.cursor().execute("CREATE TABLE other (id int PRIMARY KEY)")
+        conn.cursor().execute("INSERT INTO other VALUES (1), (2), (3)")
+    stop = threading.Event()
+
+    def write() -> None:
+        with connect() as conn:
+            cur = conn.cursor()
+            while not stop.is_set():
+                cur.execute("INSERT INTO markers (at) VALUES (UTC_TIMESTAMP())")
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        time.sleep(1.5)
+        assert _crmops(tmp_path, binlog_server, "repo", "init").returncode == 0
+        r = _crmops(tmp_path, binlog_server, "backup")
+        assert r.returncode == 0, r.stderr
+        time.sleep(2)
+        cutoff = datetime.now(UTC).replace(microsecond=0)  # T-1s, on a second boundary (binlog time is whole seconds)
+        time.sleep(2)
+    finally:
+        stop.set()
+        writer.join()
+    with connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT id FROM markers WHERE at < %s ORDER BY id", (cutoff.replace(tzinfo=None),))
+        expected = [str(r[0]) for r in cur.fetchall()]
+        cur.execute("SELECT count(*) FROM markers WHERE at >= %s", (cutoff.replace(tzinfo=None),))
+        later = cur.fetchone()[0]
+        cur.execute("DELETE FROM markers")  # the disaster, one second after the target
+        cur.execute("INSERT INTO other VALUES (4)")  # work after it, which must stay
+        cur.execute("CHECKSUM TABLE other")
+        other_before = cur.fetchone()[1]
+    assert len(expected) > 100 and later > 10
+    pushed = _crmops(tmp_path, binlog_server, "binlog", "push")
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["stored"]
+
+    r = _crmops(tmp_path, binlog_server, "restore", "--at", cutoff.isoformat(sep=" "),
+                "--sandbox", "--keep")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    name = result["sandbox"]
+    try:
+        code, out = docker_client.containers.get(name).exec_run(
+            ["sh", "-c", 'mariadb -uroot -p"$MARIADB_ROOT_PASSWORD" crm -N -e "SELECT id FROM markers ORDER BY id"'])
+        assert code == 0, out
+        assert out.decode().split() == expected
+    finally:
+        from crmops.sandbox.docker import remove_by_name
+
+        remove_by_name(docker_client, name)
+
+    status = result_of(_crmops(tmp_path, binlog_server, "status").stdout)
+    (w,) = [x for x in status["pitr"] if x.get("kind") == "binlog"]
+    assert w["system_id"] == "7" and w["gap"] is None and w["archive_lag_seconds"] < 120
+    verdict = next(v for v in status["verdicts"] if v["name"] == "binlog archive")
+    assert verdict["level"] == "green", verdict
+
+    # table-level: the mass-deleted table comes back as at T-1s, the other keeps its current rows
+    args = ("restore", "--at", cutoff.isoformat(sep=" "), "--tables", "markers", "--to", binlog_server)
+    busy = _crmops(tmp_path, binlog_server, *args)
+    assert busy.returncode == 60 and "--force" in busy.stderr
+    forced = _crmops(tmp_path, binlog_server, *args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["tables_replaced"] == ["markers"]
+    with connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT id FROM markers ORDER BY id")
+        assert [str(r[0]) for r in cur.fetchall()] == expected
+        cur.execute("CHECKSUM TABLE other")
+        assert cur.fetchone()[1] == other_before
+        cur.execute("SELECT id FROM other ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == [1, 2, 3, 4]
+
+    # verify --at on MariaDB: the same roll-forward, with the configured assertion checked in the sandbox
+    config = tmp_path / "crmops.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["verify"] = {"assertions": [{"name": "markers", "sql": "SELECT count(*) FROM markers",
+                                     "expect": len(expected)}]}
+    config.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["CRMOPS_PASSPHRASE"] = "binlog test"
+    verified = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "--json", "verify", "--at",
+                               cutoff.isoformat(sep=" ")], capture_output=True, text=True, env=env, timeout=300)
+    assert verified.returncode == 0, verified.stderr
+    assert all(c["ok"] for c in json.loads(verified.stdout)["checks"])
+
+    refused = _crmops(tmp_path, binlog_server, "restore", "--at", "2020-01-01 00:00:00+00", "--sandbox")
+    assert refused.returncode == 82 and "recoverable window is" in refused.stderr
