@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from crmops.engines.tools import ToolProcess
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 if TYPE_CHECKING:
@@ -65,8 +64,8 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
         with open(archive, "wb") as f:
             for piece in chunks:
                 f.write(piece)
-        listing = ToolProcess([pg_restore, "--list", "--verbose", str(archive)], env=engine._env(),
-                              secrets=engine._secrets(), label="pg_restore --list")
+        listing = pg_restore.process(["--list", "--verbose", str(archive)], env=engine._env(),
+                                     secrets=engine._secrets(), label="pg_restore --list", mounts=[tmp])
         try:
             toc = b"".join(listing.pieces()).decode("utf-8", "replace")
         finally:
@@ -102,11 +101,11 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                     ids = {int(line.split(";", 1)[0]) for line in chosen.splitlines() if line[:1].isdigit()}
                     keep += [i for i in ids if entries[i][0] in _OWN_KINDS]
         (Path(tmp) / "selected.list").write_text("".join(lines[i] + "\n" for i in entries if i in set(keep)))
-        argv = [pg_restore, "--file=-", f"--use-list={Path(tmp) / 'selected.list'}"]
+        argv = ["--file=-", f"--use-list={Path(tmp) / 'selected.list'}"]
         if prefix or not engine.restore_owners:
             argv += ["--no-owner", "--no-acl"]
-        script = ToolProcess([*argv, str(archive)], env=engine._env(), secrets=engine._secrets(),
-                             label="pg_restore")
+        script = pg_restore.process([*argv, str(archive)], env=engine._env(), secrets=engine._secrets(),
+                                    label="pg_restore", mounts=[tmp])
         try:
             conn = engine.connect(autocommit=False)
             try:

@@ -103,8 +103,9 @@ def _replay(tool: str, target: Any, files: list[str], position: int, when: datet
     options = target._option_file()
     try:
         assert reader.stdout is not None
-        loader = subprocess.run([target._tool("client"), f"--defaults-extra-file={options}", "--binary-mode",
-                                 database], stdin=reader.stdout, capture_output=True, text=True)
+        loader = subprocess.run(target._tool("client").argv([f"--defaults-extra-file={options}", "--binary-mode",
+                                                             database], stdin=True, mounts=[options]),
+                                stdin=reader.stdout, capture_output=True, text=True)
         reader.stdout.close()
         err = reader.stderr.read().decode("utf-8", "replace") if reader.stderr else ""
         if reader.wait() != 0:
@@ -153,7 +154,6 @@ def _move_tables(config: Config, sandbox: Any, to_url: str, tables: list[str], p
     """mariadb-dump of those tables from the sandbox into the target: each is dropped and recreated
     there, with its rows as at the target time; no other table is touched."""
     from crmops.engines.mysql import MysqlEngine
-    from crmops.engines.tools import feed
 
     found = {r[0] for r in sandbox._query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")}
@@ -169,14 +169,15 @@ def _move_tables(config: Config, sandbox: Any, to_url: str, tables: list[str], p
     src_opts = sandbox._option_file()
     dst_opts = dst._option_file()
     try:
-        dump = subprocess.Popen([sandbox._tool("dump"), f"--defaults-extra-file={src_opts}", "--single-transaction",
-                                 "--quick", "--triggers", "--hex-blob", "--skip-dump-date",
-                                 "--default-character-set=utf8mb4", sandbox.database_name(), *tables],
+        dump = subprocess.Popen(sandbox._tool("dump").argv([f"--defaults-extra-file={src_opts}", "--single-transaction",
+                                                            "--quick", "--triggers", "--hex-blob", "--skip-dump-date",
+                                                            "--default-character-set=utf8mb4",
+                                                            sandbox.database_name(), *tables], mounts=[src_opts]),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert dump.stdout is not None
-        feed([dst._tool("client"), f"--defaults-extra-file={dst_opts}", "--default-character-set=utf8mb4",
-              "--binary-mode", dst.database_name()], iter(lambda: dump.stdout.read(1 << 20), b""), env={},
-             secrets=dst._secrets(), label="mariadb")
+        dst._tool("client").feed([f"--defaults-extra-file={dst_opts}", "--default-character-set=utf8mb4",
+                                  "--binary-mode", dst.database_name()], iter(lambda: dump.stdout.read(1 << 20), b""),
+                                 env={}, secrets=dst._secrets(), label="mariadb", mounts=[dst_opts])
         if dump.wait() != 0:
             err = dump.stderr.read().decode("utf-8", "replace") if dump.stderr else ""
             raise DatabaseError(f"mariadb-dump failed: {(err.strip().splitlines() or ['no output'])[-1]}")

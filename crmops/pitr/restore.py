@@ -346,7 +346,6 @@ def _check_tables_target(to_url: str, tables: list[str], force: bool) -> None:
 def _move_tables(config: Config, source_url: str, to_url: str, tables: list[str], force: bool) -> dict[str, Any]:
     """Absent tables come back whole (pg_dump -t | pg_restore); present ones get their rows replaced by COPY."""
     from crmops.engines.postgres import PostgresEngine
-    from crmops.engines.tools import ToolProcess
 
     src, dst = PostgresEngine(source_url), PostgresEngine(to_url)
     with src.connect() as conn:
@@ -363,10 +362,10 @@ def _move_tables(config: Config, source_url: str, to_url: str, tables: list[str]
         safety = backup(config, tags=["pre-restore"], url=to_url).snapshot_id
         _replace_rows(src, dst, present)
     if absent:
-        argv = [src._tool("pg_dump"), "--format=custom", "--compress=0", "--no-password"]
+        argv = ["--format=custom", "--compress=0", "--no-password"]
         for t in absent:
             argv += ["-t", t]
-        dump = ToolProcess(argv, env=src._env(), secrets=src._secrets(), label="pg_dump")
+        dump = src._tool("pg_dump").process(argv, env=src._env(), secrets=src._secrets(), label="pg_dump")
         try:
             dst.restore(dump.pieces(), format="pg-custom", tables=absent)
         finally:

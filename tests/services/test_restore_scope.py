@@ -102,7 +102,7 @@ def pg_digest(url: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     eng = PostgresEngine(url)
     pg_dump = eng._tool("pg_dump")
     leave_out = [f"--exclude-table={t}" for t in skip if "restored_" in t]  # copies made by --as
-    out = subprocess.run([pg_dump, "--schema-only", "--no-password", *leave_out], env={**os.environ, **eng._env()},
+    out = subprocess.run(pg_dump.argv(["--schema-only", "--no-password", *leave_out]), env={**os.environ, **eng._env()},
                          capture_output=True, check=True).stdout.decode()
     # \restrict carries a random key per run (PostgreSQL 15.14 and later)
     schema = "\n".join(line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
@@ -268,8 +268,9 @@ def my_snapshot(mysql_admin_url: str, tmp_path_factory: pytest.TempPathFactory) 
     eng = MysqlEngine(src)
     options = eng._option_file()
     try:
-        dump = subprocess.run([eng._tool("dump"), f"--defaults-extra-file={options}", "--routines", "--triggers",
-                               "--events", "--hex-blob", eng.database_name()], capture_output=True, check=True).stdout
+        dump = subprocess.run(eng._tool("dump").argv([f"--defaults-extra-file={options}", "--routines", "--triggers",
+                                                      "--events", "--hex-blob", eng.database_name()], mounts=[options]),
+                              capture_output=True, check=True).stdout
     finally:
         os.unlink(options)
 
@@ -278,8 +279,9 @@ def my_snapshot(mysql_admin_url: str, tmp_path_factory: pytest.TempPathFactory) 
         target = MysqlEngine(url)
         opts = target._option_file()
         try:
-            subprocess.run([target._tool("client"), f"--defaults-extra-file={opts}", "--binary-mode",
-                            target.database_name()], input=dump, check=True, capture_output=True)
+            subprocess.run(target._tool("client").argv([f"--defaults-extra-file={opts}", "--binary-mode",
+                                                        target.database_name()], stdin=True, mounts=[opts]),
+                           input=dump, check=True, capture_output=True)
         finally:
             os.unlink(opts)
         return url
@@ -321,8 +323,9 @@ def my_digest(url: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     eng = MysqlEngine(url)
     options = eng._option_file()
     try:
-        out = subprocess.run([eng._tool("dump"), f"--defaults-extra-file={options}", "--no-data", "--routines",
-                              "--events", "--triggers", "--skip-dump-date", eng.database_name()],
+        out = subprocess.run(eng._tool("dump").argv([f"--defaults-extra-file={options}", "--no-data", "--routines",
+                                                     "--events", "--triggers", "--skip-dump-date", eng.database_name()],
+                                                    mounts=[options]),
                              capture_output=True, check=True).stdout.decode()
     finally:
         os.unlink(options)
@@ -458,7 +461,7 @@ def test_pg_whole_database_force_names_what_it_replaced_and_how_to_get_back(pg_s
     config, snap = pg_snapshot["config"], pg_snapshot["snap"]
     dst = _pg_live_target(pg_snapshot)
     before = pg_digest(dst)
-    real = PostgresEngine(dst)._tool("pg_restore")
+    real = PostgresEngine(dst)._tool("pg_restore").path
     tools = tmp_path / "tools"
     tools.mkdir()
     (tools / "pg_dump").symlink_to(Path(real).with_name("pg_dump"))
