@@ -127,6 +127,9 @@ def test_signal_removes_the_sandbox(sig: int, docker_client) -> None:  # type: i
     assert not _exists(docker_client, name)
 
 
+# an unnamed cleanup removes every sandbox whose owner is gone, and --keep sandboxes outlive their owner:
+# the tests doing either share one xdist worker (docs/TESTING.md), so none removes another's sandbox
+@pytest.mark.xdist_group("sandbox-cleanup")
 def test_sigkill_leaves_a_leftover_that_cleanup_removes(docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     proc, name = _start_holder("mysql", "10.11.6-MariaDB")
     # while its owner runs, cleanup leaves it alone
