@@ -114,7 +114,7 @@ def _start_holder(engine: str = "postgresql", version: str = "15.4") -> tuple[su
 
 
 def _exists(client, name: str) -> bool:  # type: ignore[no-untyped-def]
-    return bool(client.containers.list(all=True, filters={"name": name})) or bool(
+    return bool(client.containers.list(all=True, filters={"name": name}, ignore_removed=True)) or bool(
         client.networks.list(names=[name]))
 
 
@@ -156,3 +156,33 @@ def test_cleanup_by_name_removes_a_sandbox_still_in_use(docker_client) -> None: 
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_listing_survives_sandboxes_removed_meanwhile(docker_client, no_leftovers) -> None:  # type: ignore[no-untyped-def]
+    """Another verify finishing while an administrator lists or cleans up must not break the listing."""
+    import threading
+    import uuid
+
+    labels = {"crmops.sandbox": "1", "crmops.pid": str(os.getpid()), "crmops.host": socket.gethostname(),
+              "crmops.created": "2000-01-01T00:00:00+00:00"}
+    stop = threading.Event()
+    churned: list[str] = []
+
+    def churn() -> None:  # sandboxes of a live owner come and go, as in a busy drill
+        while not stop.is_set():
+            c = docker_client.containers.create("postgres:15", name=f"crmops-sandbox-churn-{uuid.uuid4().hex[:8]}",
+                                                labels=labels)
+            churned.append(c.name)
+            c.remove(force=True)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for _ in range(40):
+            list_sandboxes(docker_client)
+            _removed, skipped = cleanup(docker_client)  # a live owner's sandboxes are skipped, never an error
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert len(churned) > 10, "the containers did not come and go often enough to race the listing"
+    assert not [e for e in list_sandboxes(docker_client) if e.name.startswith("crmops-sandbox-churn-")]

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.docker]
 
 def _labelled(client, **labels: str) -> list[str]:  # type: ignore[no-untyped-def]
     want = ["crmops.sandbox=1", *(f"{k}={v}" for k, v in labels.items())]
-    return [c.name for c in client.containers.list(all=True, filters={"label": want})]
+    return [c.name for c in client.containers.list(all=True, filters={"label": want}, ignore_removed=True)]
 
 
 # an unnamed `sandbox cleanup` removes every sandbox whose owner is gone, a --keep one included: the tests
