@@ -282,6 +282,20 @@ def remove_by_name(client: Any, name: str) -> None:
         client.containers.get(name).remove(force=True, v=True)
     except NotFound:
         pass
+    except APIError as e:
+        # two cleanups at once (or a cleanup and the owner's own exit): the other one is removing it already;
+        # wait for it to be gone so that its network can go too
+        if e.status_code != 409 or "already in progress" not in str(e):
+            raise
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                client.containers.get(name)
+            except NotFound:
+                break
+            time.sleep(0.2)
     try:
         client.networks.get(name).remove()
     except NotFound:

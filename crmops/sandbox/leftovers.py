@@ -57,7 +57,8 @@ def list_sandboxes(client: Any = None) -> list[SandboxEntry]:
     client = client or docker_client()
     out: list[SandboxEntry] = []
     names = set()
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+    # ignore_removed: a sandbox that another run removes between the listing and its inspection is gone, not an error
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, ignore_removed=True):
         image = (c.attrs.get("Config") or {}).get("Image", "")
         out.append(_entry(c.name, "container", c.status, image, c.labels))
         names.add(c.name)

@@ -10,7 +10,7 @@ import pytest
 
 def own_leftovers(client) -> list[str]:  # type: ignore[no-untyped-def]
     mine = {"label": ["crmops.sandbox=1", f"crmops.pid={os.getpid()}"]}
-    return [c.name for c in client.containers.list(all=True, filters=mine)] + [
+    return [c.name for c in client.containers.list(all=True, filters=mine, ignore_removed=True)] + [
         n.name for n in client.networks.list(filters=mine)]
 
 

@@ -505,4 +505,4 @@ def test_a_swap_killed_half_way_is_taken_back(docker_client: Any) -> None:
         wait_http(app)
         assert app.image() == "crmops-demo-app:1.0" and app.version() == "1.0"
         names = [c.name for c in docker_client.containers.list(all=True, filters={"name": app.name})]
-        assert names == [app.name] and half.id not in [c.id for c in docker_client.containers.list(all=True)]
+        assert names == [app.name] and not docker_client.containers.list(all=True, filters={"id": half.id})
