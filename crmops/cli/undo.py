@@ -158,13 +158,6 @@ def undo_cmd(app: AppContext, table: str, where: str, snapshot: str, follow_fks:
                           to_url=to_url, attachments_to=attachments_to)
     result = undo(app.config, request, ref=snapshot, on_step=lambda s: app.say(f"· {s}"))
     out = result.to_dict()
-    if result.refused and app.json:
-        # one JSON document whatever the outcome: the plan carries the error fields itself
-        from crmops.errors import UndoConflict
-
-        out.update(error=UndoConflict.kind, message=result.refused, exit_code=UndoConflict.exit_code)
-        app.emit(out)
-        click.echo(f"crmops: error: {result.refused} (nothing was written)", err=True)
-        raise click.exceptions.Exit(UndoConflict.exit_code)
+    # a refusal is an error like any other: with --json, main() wraps the plan in the error envelope
     app.emit(out, lambda console: render(console, out))
     result.raise_if_refused()

@@ -218,13 +218,17 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
                              "VALUES (1, 'A', 'B', :e, '2026-01-01')"), {"e": email})
     refused = run(config, "--json", "undo", "--table", "accounts", "--where", where, "--apply", "--from", snap[:8])
     assert refused.returncode == 70 and "is taken by live row" in refused.stderr
-    doc = json.loads(refused.stdout)  # exactly one document: the plan, with the error in it
-    assert doc["error"] == "undo-conflict" and doc["plan"]["conflicts"][0]["kind"] == "unique"
+    envelope = json.loads(refused.stdout)  # exactly one document: the error envelope, the plan inside
+    assert envelope["error"] == "undo-conflict" and envelope["exit_code"] == 70
+    assert "is taken by live row" in envelope["message"]
+    doc = envelope["result"]
+    assert doc["plan"]["conflicts"][0]["kind"] == "unique"
     assert doc["plan"]["summary"]["insert"] == sum(map(len, gone.values())) and not doc["applied"]
     assert doc["plan"]["source"]["snapshot_id"] == snap
     runs = [json.loads(line) for line in (tmp_path / "state" / "runs.jsonl").read_text().splitlines()]
     undo_runs = [r for r in runs if r["command"] == "undo"]
     assert undo_runs[-1]["exit_code"] == 70 and undo_runs[0]["figures"]["snapshot_id"] == snap
+    assert "is taken by live row" in undo_runs[-1]["error"]  # the run history says why, not "exit code 70"
 
 
 NO_FK_SCHEMA = """
