@@ -39,15 +39,15 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None,
                          force=force, progress=advance, prefix=prefix, source=source)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
+        from crmops.dburl import display
+
         if result.safety_snapshot:
             console.print(f"the target's previous content is in snapshot {result.safety_snapshot} (pre-restore)")
         if result.replaced:
-            console.print(f"replaced {', '.join(result.replaced)} in {result.target}")
+            console.print(f"replaced {', '.join(result.replaced)} in {display(result.target)}")
         if result.created and (prefix or result.replaced):
-            console.print(f"created {', '.join(result.created)} in {result.target}")
+            console.print(f"created {', '.join(result.created)} in {display(result.target)}")
         what = f"tables {', '.join(result.tables)}" if result.tables else "the database"
-        from crmops.dburl import display
-
         console.print(f"restored {what} from snapshot {result.snapshot_id} into {display(result.target)} "
                       f"in {result.seconds} s"
                       + (f", {result.files} attachment files and folders" if result.files else ""))

@@ -39,6 +39,7 @@ def _v(value: Any, width: int = 40) -> str:
 
 def render(console: Any, out: dict[str, Any]) -> None:
     """The plan as a compact per-table summary, then the details a reviewer needs."""
+    from crmops.dburl import display
     from crmops.services.undo_plan import encode_key
 
     plan = out["plan"]
@@ -53,7 +54,7 @@ def render(console: Any, out: dict[str, Any]) -> None:
     when = str(src.get("snapshot_time") or "")[:16].replace("T", " ")
     what = f"snapshot {str(src.get('snapshot_id'))[:10]} of {when} UTC" if src.get("snapshot_id") else src.get("label")
     say(f"undo from {what}")
-    say(f"  into {plan['target']}", wrap=False)
+    say(f"  into {display(plan['target'])}", wrap=False)
     say(f"  rows: {plan['table']} WHERE {plan['where']}"
         + ("; foreign keys followed" if plan["follow_fks"] else "; foreign keys NOT followed"))
     say()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crmops.config import Config
-from crmops.dburl import engine_kind, safe
+from crmops.dburl import display, engine_kind, safe
 from crmops.engines import open_engine
 from crmops.engines.files import FileEntry, finish_dirs, restore_entry
 from crmops.errors import (
@@ -120,7 +120,7 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if wanted != engine_kind(to_url):
-        raise ConfigError(f"snapshot {manifest['id']} holds a {wanted} dump; {safe(to_url)} is not {wanted}")
+        raise ConfigError(f"snapshot {manifest['id']} holds a {wanted} dump; {display(to_url)} is not {wanted}")
     if prefix is not None and not tables:
         raise ConfigError("--as needs --tables", hint="name the tables to restore beside the live ones")
     chosen = resolve_tables(manifest, wanted, tables) if tables else None
@@ -131,15 +131,16 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if prefix is not None and chosen:
         taken = target.existing_tables([_prefixed(t, prefix) for t in chosen])
         if taken:
-            raise TargetNotEmpty(f"{', '.join(taken)} already exists in {safe(to_url)}; nothing was changed",
+            raise TargetNotEmpty(f"{', '.join(taken)} already exist{'s' * (len(taken) == 1)} in {display(to_url)}; "
+                                 f"nothing was changed",
                                  hint="choose another --as prefix, or drop the earlier copy")
     elif not force and not empty:
         if chosen:
-            raise TargetNotEmpty(f"{safe(to_url)} is not empty",
+            raise TargetNotEmpty(f"{display(to_url)} is not empty",
                                  hint=f"add --force to replace only {', '.join(chosen)} there, after a "
                                       f"pre-restore snapshot of the target; or --as restored_ to restore "
                                       f"{'them' if len(chosen) > 1 else 'it'} beside the live tables")
-        raise TargetNotEmpty(f"{safe(to_url)} is not empty",
+        raise TargetNotEmpty(f"{display(to_url)} is not empty",
                              hint="restore into an empty database, or add --force (a pre-restore snapshot "
                                   "of the target is taken first)")
     # every chunk's tag is checked before the target changes at all (a forced target's old
@@ -169,7 +170,7 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         except (CrmopsError, KeyboardInterrupt) as e:
             if not safety:
                 raise
-            back = f"get its previous content back with: crmops restore {safety} --to {safe(to_url)} --force"
+            back = f"get its previous content back with: crmops restore {safety} --to {display(to_url)} --force"
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted("restore stopped half-way; the target was emptied first", hint=back) from None
             raise type(e)(f"{e.message}; the target was emptied first", hint=back) from None

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmops.config import Config
-from crmops.dburl import engine_kind, safe
+from crmops.dburl import display, engine_kind, safe
 from crmops.engines.connect import connect_engine
 from crmops.errors import ConfigError, CrmopsError, UndoConflict
 from crmops.journal import Journal, actor
@@ -112,11 +112,11 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
             if source is None:  # a wrong target is told before minutes of sandbox restore
                 wanted = ENGINE_OF_FORMAT.get(repo.manifest(ref)["streams"]["database"]["format"])
                 if wanted != engine_kind(to_url):
-                    raise ConfigError(f"snapshot {ref} holds a {wanted} database; {safe(to_url)} is not {wanted}")
+                    raise ConfigError(f"snapshot {ref} holds a {wanted} database; {display(to_url)} is not {wanted}")
             past_source = source or (lambda: from_snapshot(config, ref, repo, mark))
             with past_source() as past:
                 if engine_kind(to_url) != past.engine:
-                    raise ConfigError(f"the past state is a {past.engine} database; {safe(to_url)} is not")
+                    raise ConfigError(f"the past state is a {past.engine} database; {display(to_url)} is not")
                 plan = _plan(config, request, past, live, to_url, root)
                 mark(f"plan made: {plan.count('insert')} to re-insert, {plan.count('changed')} changed, "
                      f"{plan.count('identical')} identical, conflicts: {len(plan.conflicts)}")

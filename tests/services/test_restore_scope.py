@@ -222,6 +222,22 @@ def test_pg_as_restores_beside_the_live_table(pg_snapshot: dict[str, Any]) -> No
     assert open_engine(dst).fingerprint().tables["accounts"] == want
 
 
+def test_pg_messages_show_the_url_as_written(pg_snapshot: dict[str, Any]) -> None:
+    """People read postgresql://, as they wrote it, never the driver crmops picked (postgresql+psycopg://)."""
+    config, snap = pg_snapshot["config"], pg_snapshot["snap"]
+    dst = _pg_live_target(pg_snapshot)
+    said = [run(config, "restore", snap, "--to", dst, "--tables", "contacts", check=False, json_output=False),
+            run(config, "restore", snap, "--to", dst, "--tables", "accounts", "--as", "copy_", json_output=False),
+            run(config, "restore", snap, "--to", dst, "--tables", "accounts", "--as", "copy_", check=False,
+                json_output=False),
+            run(config, "restore", snap, "--to", dst, "--tables", "contacts", "--force", json_output=False)]
+    assert [r.returncode for r in said] == [60, 0, 60, 0]
+    assert "copy_accounts already exists in postgresql://" in said[2].stderr
+    assert "replaced public.contacts in postgresql://" in said[3].stdout
+    for r in said:
+        assert "+psycopg" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("leftover", [
     "CREATE FUNCTION half_restored() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     "CREATE TYPE deal_stage AS ENUM ('open', 'won')",
@@ -474,6 +490,7 @@ def test_pg_whole_database_force_names_what_it_replaced_and_how_to_get_back(pg_s
     assert line.startswith("crmops: error: ") and "the target was emptied first" in line
     safety = line.split("crmops restore ", 1)[1].split()[0]
     assert f"crmops restore {safety} --to " in line and line.endswith("--force)")
+    assert "+psycopg" not in line  # the command to run is written as people write it
     assert pg_digest(dst) != before  # really half-way
     human = run(config, "restore", safety, "--to", dst, "--force", json_output=False).stdout
     assert "replaced the whole database" in human and "(pre-restore)" in human
