@@ -257,3 +257,7 @@ def test_postgresql_source_is_host_port_and_database(pg_url_factory, tmp_path: P
     assert m["source_id"] == want and (u.password or "\0") not in json.dumps(m)
     # the same server, another database: another source; --source takes a URL with credentials too
     assert [s["id"] for s in ok(run(cfgs[0], "--json", "snapshots", "--source", second, env=env))] == [two]
+    # at 80 columns every cell is whole: the engine wraps rather than a source or schema ending in "…"
+    text = run(cfgs[0], "snapshots", "--all", env={"COLUMNS": "80"}).stdout
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
+    assert u.database in text.splitlines()[1], text
