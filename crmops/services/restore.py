@@ -151,13 +151,28 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if force and not empty and prefix is None:
         from crmops.services.backup import backup
 
-        safety = backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
+        try:
+            safety = backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
+        except KeyboardInterrupt:
+            raise Interrupted("restore stopped while taking the pre-restore snapshot; the target was not "
+                              "changed") from None
         mark("safety snapshot of the target")
     replaced: list[str] = []
     created: list[str] = []
     if chosen and (prefix is not None or not empty):
-        done = target.restore_tables(repo.read_stream(manifest), format=stream["format"], tables=chosen,
-                                     prefix=prefix)
+        try:
+            done = target.restore_tables(repo.read_stream(manifest), format=stream["format"], tables=chosen,
+                                         prefix=prefix)
+        except KeyboardInterrupt:
+            if not safety:
+                raise
+            # the rows are replaced in one transaction: a stop leaves all of them or none, but which
+            # depends on whether it came before the commit, so the way back is named either way
+            raise Interrupted(f"restore stopped; {', '.join(chosen)} hold either the snapshot's rows or "
+                              "their own (they are replaced in one transaction)",
+                              hint=f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
+                                   f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force"
+                              ) from None
         replaced, created = done["replaced"], done["created"]
         mark("tables restored")
     else:

@@ -497,6 +497,38 @@ def test_pg_whole_database_force_names_what_it_replaced_and_how_to_get_back(pg_s
     assert pg_digest(dst) == before
 
 
+def test_pg_tables_force_stopped_by_ctrl_c_names_the_way_back(pg_snapshot: dict[str, Any], tmp_path: Path) -> None:
+    """Ctrl-C while the tables are loaded: exit 130, the target as it was, and the pre-restore snapshot named."""
+    config, snap = pg_snapshot["config"], pg_snapshot["snap"]
+    dst = _pg_live_target(pg_snapshot)
+    before = pg_digest(dst)
+    real = PostgresEngine(dst)._tool("pg_restore")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    dump = tools / "pg_dump"  # first, a Ctrl-C while the pre-restore snapshot is taken: nothing changed yet
+    dump.write_text(f'#!/bin/sh\nkill -INT $PPID; sleep 2; exec {Path(real).with_name("pg_dump")} "$@"\n')
+    dump.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env.update(TEST_PASSPHRASE=PASSPHRASE, CRMOPS_TOOLS_PATH=str(tools))
+    argv = [sys.executable, "-m", "crmops", "--config", str(config), "restore", snap, "--to", dst, "--tables",
+            "contacts", "--force"]
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 130 and "while taking the pre-restore snapshot; the target was not changed" in r.stderr
+    assert pg_digest(dst) == before
+    dump.unlink()
+    dump.symlink_to(Path(real).with_name("pg_dump"))
+    stop = tools / "pg_restore"  # the real pg_restore; when it writes the tables' rows, crmops gets a Ctrl-C
+    stop.write_text(f'#!/bin/sh\ncase "$*" in *--use-list=*) kill -INT $PPID; sleep 2;; esac\nexec {real} "$@"\n')
+    stop.chmod(0o755)
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 130, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("crmops: error: restore stopped; public.contacts hold"), line
+    safety = line.split("crmops restore ", 1)[1].split()[0]
+    assert safety in _snapshot_ids(config) and line.endswith("--tables public.contacts --force)"), line
+    assert pg_digest(dst) == before  # rolled back: the stop came before the commit
+
+
 def test_pg_table_missing_from_the_target_is_created(pg_snapshot: dict[str, Any]) -> None:
     config, snap = pg_snapshot["config"], pg_snapshot["snap"]
     dst = _pg_live_target(pg_snapshot)
