@@ -236,6 +236,10 @@ def test_pg_messages_show_the_url_as_written(pg_snapshot: dict[str, Any]) -> Non
     assert "replaced public.contacts in postgresql://" in said[3].stdout
     for r in said:
         assert "+psycopg" not in r.stdout + r.stderr, r.stdout + r.stderr
+    # a --to naming a database that does not exist: the hint speaks of the option, not only of the config
+    gone = make_url(dst).set(database="no_such_db_here").render_as_string(hide_password=False)
+    r = run(config, "restore", snap, "--to", gone, check=False, json_output=False)
+    assert r.returncode == 12 and "--to" in r.stderr.splitlines()[-1] and "create it" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("leftover", [
