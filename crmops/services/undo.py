@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, safe
 from crmops.engines.connect import connect_engine
-from crmops.errors import ConfigError, CrmopsError, UndoConflict
+from crmops.errors import ConfigError, CrmopsError, Interrupted, UndoConflict
 from crmops.journal import Journal, actor
 from crmops.repository import Repository, open_repository
 from crmops.services import undo_apply, undo_plan, undo_select
@@ -203,8 +203,11 @@ def _apply(config: Config, request: UndoRequest, result: UndoResult, live: sa.En
         return
     from crmops.services.backup import backup
 
-    result.pre_undo_snapshot = backup(config, tags=["pre-undo"], url=None if on_configured else to_url,
-                                      repo=repo).snapshot_id
+    try:
+        result.pre_undo_snapshot = backup(config, tags=["pre-undo"], url=None if on_configured else to_url,
+                                          repo=repo).snapshot_id
+    except KeyboardInterrupt:
+        raise Interrupted("undo stopped while taking the pre-undo snapshot; nothing was written") from None
     mark(f"pre-undo snapshot {result.pre_undo_snapshot[:10]} of the whole target")
     journal.append("undo-start", **who, pre_undo_snapshot=result.pre_undo_snapshot, rows=_rows_named(plan))
     try:
@@ -216,6 +219,14 @@ def _apply(config: Config, request: UndoRequest, result: UndoResult, live: sa.En
     except CrmopsError as e:
         journal.append("undo-failed", **who, pre_undo_snapshot=result.pre_undo_snapshot, error=e.line())
         raise
+    except KeyboardInterrupt:
+        # the rows go in one transaction: all of them or none, depending on whether the stop came
+        # before the commit; a dry run now shows which (re-inserted rows then count as identical)
+        line = "undo stopped; its rows are written in one transaction, so all of them or none are in"
+        journal.append("undo-stopped", **who, pre_undo_snapshot=result.pre_undo_snapshot, error=line)
+        raise Interrupted(line, hint=f"the same command without --apply shows which; attachment files may be "
+                                     f"partly restored; the database before is snapshot "
+                                     f"{result.pre_undo_snapshot} (pre-undo)") from None
     result.written = written
     result.applied = True
     journal.append("undo-end", **who, pre_undo_snapshot=result.pre_undo_snapshot, inserted=written.inserted,

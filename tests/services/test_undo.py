@@ -343,3 +343,51 @@ def test_postgres_sequence_is_raised_past_restored_ids_never_lowered(pg_url: str
             assert conn.execute(sa.text("INSERT INTO notes DEFAULT VALUES RETURNING id")).scalar_one() == 4
     finally:
         engine.dispose()
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+def test_postgres_ctrl_c_during_apply_names_the_way_back(pg_url: str, tmp_path: Path,
+                                                         docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A Ctrl-C while the rows are written: exit 130, nothing written, the pre-undo snapshot named, journalled."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.services.verify_helpers import PASSPHRASE
+
+    config, cfg, _ = h.demo_with_snapshot(tmp_path, pg_url)
+    engine = connect_engine(pg_url)
+    with engine.begin() as conn:
+        account = h.account_with_attachments(conn)
+        h.delete(conn, h.closure(conn, account))
+        # the write of activities takes a while, so the Ctrl-C surely comes inside the transaction
+        conn.execute(sa.text("CREATE FUNCTION slow_activity() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(20); "
+                             "RETURN NULL; END $$ LANGUAGE plpgsql"))
+        conn.execute(sa.text("CREATE TRIGGER slow_activity BEFORE INSERT ON activities FOR EACH STATEMENT "
+                             "EXECUTE FUNCTION slow_activity()"))
+    engine.dispose()
+    before = h.native_digest(pg_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["TEST_PASSPHRASE"] = PASSPHRASE
+    proc = subprocess.Popen([sys.executable, "-m", "crmops", "--config", str(config), "undo", "--table", "accounts",
+                             "--where", f"id = {account}", "--apply"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = journal_path(cfg)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if journal.exists() and '"undo-start"' in journal.read_text():
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)  # inside the transaction, in the slow trigger
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("crmops: error: undo stopped; its rows are written in one transaction"), line
+    assert "(pre-undo)" in line and "without --apply shows which" in line
+    events = [json.loads(x) for x in journal.read_text().splitlines()]
+    assert events[-1]["event"] == "undo-stopped" and events[-1]["pre_undo_snapshot"] in line
+    assert h.native_digest(pg_url) == before  # rolled back
