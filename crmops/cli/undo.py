@@ -13,6 +13,10 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 ATTACHMENT_STATUS = {"restore": "to restore", "present": "already there", "differs": "other content there (kept)",
                      "not-in-snapshot": "not in the snapshot", "no-folder": "no attachments.path"}
 
+#: what --apply did with each file, in the plan's words (the JSON keeps the short status)
+WRITTEN_STATUS = {**ATTACHMENT_STATUS, "differs (left as it is)": ATTACHMENT_STATUS["differs"]}
+del WRITTEN_STATUS["restore"]
+
 #: how many keys a human listing shows per table before "(+N more)"
 SHOWN_KEYS = 8
 
@@ -121,7 +125,7 @@ def render(console: Any, out: dict[str, Any]) -> None:
     for c in w.get("counters") or []:
         say(f"counter {c['name']}: {c['before']} -> {c['after']} ({c['action']})")
     for a in w.get("attachments") or []:
-        say(f"attachment {a['path']}: {a['status']}")
+        say(f"attachment {a['path']}: {WRITTEN_STATUS.get(a['status'], a['status'])}")
     if out.get("journal"):
         say(f"recorded in {out['journal']}")
 

@@ -191,6 +191,7 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
         account = h.account_with_attachments(conn)
         gone = h.closure(conn, account)
         email = conn.execute(sa.text("SELECT email FROM contacts WHERE id = :c"), {"c": gone["contacts"][0]}).scalar()
+        paths = sorted(r["storage_path"] for r in h.rows_of(conn, "attachments", gone["attachments"]))
         h.delete(conn, gone)
     engine.dispose()
     where = f"id IN ({account})"
@@ -229,6 +230,17 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
     undo_runs = [r for r in runs if r["command"] == "undo"]
     assert undo_runs[-1]["exit_code"] == 70 and undo_runs[0]["figures"]["snapshot_id"] == snap
     assert "is taken by live row" in undo_runs[-1]["error"]  # the run history says why, not "exit code 70"
+
+    # the colleague's contact gets another address; one file's name now holds another upload
+    with connect_engine(url).begin() as conn:
+        conn.execute(sa.text("UPDATE contacts SET email = 'moved@example.org' WHERE email = :e AND id NOT IN :g"
+                             ).bindparams(sa.bindparam("g", expanding=True)), {"e": email, "g": gone["contacts"]})
+    (tmp_path / "files" / paths[0]).write_bytes(b"a colleague's new upload")
+    applied = run(config, "undo", "--table", "accounts", "--where", where, "--apply", env={"COLUMNS": "80"})
+    assert applied.returncode == 0, applied.stderr
+    # what it did with each file, in the plan's words
+    assert f"attachment {paths[0]}: other content there (kept)" in applied.stdout, applied.stdout
+    assert all(f"attachment {p}: already there" in applied.stdout for p in paths[1:]), applied.stdout
 
 
 NO_FK_SCHEMA = """
