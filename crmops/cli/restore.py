@@ -31,7 +31,9 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str, tables: str | None,
     """
     from crmops.services.restore import restore
 
-    chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
+    chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables is not None else None
+    if chosen == []:  # e.g. --tables "$TABLES" with the variable unset: never the whole database instead
+        raise click.UsageError("--tables is empty: name the tables, e.g. --tables contacts,accounts")
     if prefix is not None and not chosen:
         raise click.UsageError("--as needs --tables (the tables to restore beside the live ones)")
     with app.progress("restore") as advance:

@@ -158,6 +158,8 @@ def undo_cmd(app: AppContext, table: str, where: str, snapshot: str, follow_fks:
     """
     from crmops.services.undo import UndoRequest, undo
 
+    if not table.strip():
+        raise click.UsageError("--table is empty: name the table whose rows come back, e.g. --table accounts")
     app.begin_job("undo")
     request = UndoRequest(table=table, where=where, follow_fks=follow_fks, changed=changed, apply=apply,
                           to_url=to_url, attachments_to=attachments_to)

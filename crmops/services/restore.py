@@ -123,6 +123,8 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         raise ConfigError(f"snapshot {manifest['id']} holds a {wanted} dump; {display(to_url)} is not {wanted}")
     if prefix is not None and not tables:
         raise ConfigError("--as needs --tables", hint="name the tables to restore beside the live ones")
+    if tables is not None and not tables:
+        raise ConfigError("--tables is empty", hint="name the tables, e.g. --tables contacts,accounts")
     chosen = resolve_tables(manifest, wanted, tables) if tables else None
     if prefix is not None and chosen:
         _check_prefix(prefix, wanted, chosen)

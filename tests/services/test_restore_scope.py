@@ -469,6 +469,13 @@ def test_sqlite_tables_force_replaces_only_contacts(tmp_path: Path) -> None:
     r = run(config, "restore", snap, "--to", dst, "--tables", "contacts", "--force", check=False)
     assert r.returncode == 15 and "my_notes" in r.stderr
     assert _sqlite_digest(dst_path) == before
+    # an empty --tables (a variable that was not set) is refused, never taken for the whole database
+    snapshots = _snapshot_ids(config)
+    for empty in ("", " , "):
+        r = run(config, "restore", snap, "--to", dst, "--tables", empty, "--force", check=False)
+        assert r.returncode == 2 and "--tables is empty" in r.stderr, r.stderr
+        assert json.loads(r.stdout)["error"] == "usage"
+    assert _sqlite_digest(dst_path) == before and _snapshot_ids(config) == snapshots
 
 
 

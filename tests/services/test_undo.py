@@ -211,6 +211,8 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
     bad = run(config, "undo", "--table", "accounts", "--where", "id IN (42")
     assert bad.returncode == 72 and bad.stderr.startswith("crmops: error: --where does not work on table accounts")
     assert "Traceback" not in bad.stderr
+    empty = run(config, "undo", "--table", " ", "--where", where)
+    assert empty.returncode == 2 and "--table is empty" in empty.stderr
     none = run(config, "undo", "--table", "accounts", "--where", "id = -5")
     assert none.returncode == 71 and "no row of accounts" in none.stderr
 
