@@ -118,6 +118,7 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
                 if engine_kind(to_url) != past.engine:
                     raise ConfigError(f"the past state is a {past.engine} database; {display(to_url)} is not")
                 plan = _plan(config, request, past, live, to_url, root)
+                _warn_other_source(plan, past, to_url)
                 mark(f"plan made: {plan.count('insert')} to re-insert, {plan.count('changed')} changed, "
                      f"{plan.count('identical')} identical, conflicts: {len(plan.conflicts)}")
             result = UndoResult(plan=plan, timeline=timeline)
@@ -131,6 +132,20 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
         live.dispose()
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _warn_other_source(plan: UndoPlan, past: PastState, to_url: str) -> None:
+    """Rows from another database's snapshot (a mistyped --from, or the wrong --to) are told first.
+
+    Not refused: a database moved to another host keeps its rows but changes its source."""
+    from crmops.repository.source import source_of_manifest, source_of_url
+
+    if past.manifest is None:
+        return
+    theirs, ours = source_of_manifest(past.manifest), source_of_url(to_url)
+    if theirs != ours:
+        plan.warnings.insert(0, f"snapshot {str(past.snapshot_id)[:10]} is of {theirs}, not of the database being "
+                                f"changed ({ours}): its rows come from another database; check --from and --to")
 
 
 def _connect(url: str) -> sa.Engine:

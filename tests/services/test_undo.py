@@ -245,6 +245,24 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
     assert all(f"attachment {p}: already there" in applied.stdout for p in paths[1:]), applied.stdout
 
 
+def test_rows_from_another_databases_snapshot_are_told(tmp_path: Path) -> None:
+    """undo --to a database the snapshot is not of (or a --from of another CRM): the plan says so first."""
+    import shutil
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    config, _, snap = h.demo_with_snapshot(tmp_path, url)
+    shutil.copy(tmp_path / "crm.db", tmp_path / "other.db")
+    own = json.loads(run(config, "--json", "undo", "--table", "contacts", "--where", "id < 3",
+                         "--no-follow-fks").stdout)
+    assert not any("another database" in w for w in own["plan"]["warnings"]), own["plan"]["warnings"]
+    other = run(config, "--json", "undo", "--table", "contacts", "--where", "id < 3", "--no-follow-fks", "--to",
+                f"sqlite:///{tmp_path / 'other.db'}")
+    assert other.returncode == 0, other.stderr
+    first = json.loads(other.stdout)["plan"]["warnings"][0]
+    assert first.startswith(f"snapshot {snap[:10]} is of sqlite://{tmp_path / 'crm.db'}, not of the database "
+                            f"being changed (sqlite://{tmp_path / 'other.db'})"), first
+
+
 NO_FK_SCHEMA = """
 CREATE TABLE crm_customer (customer_id INTEGER PRIMARY KEY, name TEXT NOT NULL);
 CREATE TABLE crm_contacts (contacts_id INTEGER PRIMARY KEY, customer_id INTEGER, email TEXT UNIQUE);
