@@ -185,6 +185,10 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
                 mark("target emptied")
             target.restore(repo.read_stream(manifest), format=stream["format"], tables=chosen)
         except (CrmopsError, KeyboardInterrupt) as e:
+            if not safety and isinstance(e, KeyboardInterrupt) and wanted != "sqlite":
+                # SQLite's file is renamed into place whole; the servers' targets keep what was loaded
+                raise Interrupted("restore stopped half-way; the target may hold part of the snapshot",
+                                  hint="restore into a fresh database, or again with --force") from None
             if not safety:
                 raise
             back = f"get its previous content back with: crmops restore {safety} --to {display(to_url)} --force"

@@ -540,6 +540,36 @@ def test_pg_tables_force_stopped_by_ctrl_c_names_the_way_back(pg_snapshot: dict[
     assert pg_digest(dst) == before  # rolled back: the stop came before the commit
 
 
+def test_pg_whole_restore_into_an_empty_target_stopped_says_what_is_left(pg_snapshot: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    """Ctrl-C while loading an empty target: exit 130 and a line saying it now holds part of the snapshot."""
+    config, snap = pg_snapshot["config"], pg_snapshot["snap"]
+    name = f"scope_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_snapshot["admin"], autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    try:
+        dst = _pg_with_db(pg_snapshot["admin"], name)
+        real = PostgresEngine(dst)._tool("pg_restore")
+        tools = tmp_path / "tools"
+        tools.mkdir()
+        stop = tools / "pg_restore"  # the real pg_restore loads a part, then crmops gets a Ctrl-C
+        stop.write_text(f'#!/bin/sh\n[ "$1" = "--version" ] && exec {real} --version\n'
+                        f'head -c 200000 | {real} "$@"\nkill -INT $PPID\nsleep 5\n')
+        stop.chmod(0o755)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+        env.update(TEST_PASSPHRASE=PASSPHRASE, CRMOPS_TOOLS_PATH=str(tools))
+        r = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "restore", snap, "--to", dst],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 130, r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        assert line == ("crmops: error: restore stopped half-way; the target may hold part of the snapshot "
+                        "(restore into a fresh database, or again with --force)"), line
+        assert not PostgresEngine(dst).is_empty()  # what it says: a part is there
+    finally:
+        with psycopg.connect(pg_snapshot["admin"], autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def test_pg_table_missing_from_the_target_is_created(pg_snapshot: dict[str, Any]) -> None:
     config, snap = pg_snapshot["config"], pg_snapshot["snap"]
     dst = _pg_live_target(pg_snapshot)
