@@ -43,7 +43,9 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
     """
     from crmops.services.restore import restore
 
-    chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
+    chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables is not None else None
+    if chosen == []:  # e.g. --tables "$TABLES" with the variable unset: never the whole database instead
+        raise click.UsageError("--tables is empty: name the tables, e.g. --tables contacts,accounts")
     if at or at_lsn or at_name or before_xid or sandbox or to_datadir:
         from crmops.cli.pitr import parse_target, restore_at_cmd
 
@@ -63,15 +65,15 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
                          force=force, progress=advance, prefix=prefix, source=source)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
+        from crmops.dburl import display
+
         if result.safety_snapshot:
             console.print(f"the target's previous content is in snapshot {result.safety_snapshot} (pre-restore)")
         if result.replaced:
-            console.print(f"replaced {', '.join(result.replaced)} in {result.target}")
+            console.print(f"replaced {', '.join(result.replaced)} in {display(result.target)}")
         if result.created and (prefix or result.replaced):
-            console.print(f"created {', '.join(result.created)} in {result.target}")
+            console.print(f"created {', '.join(result.created)} in {display(result.target)}")
         what = f"tables {', '.join(result.tables)}" if result.tables else "the database"
-        from crmops.dburl import display
-
         console.print(f"restored {what} from snapshot {result.snapshot_id} into {display(result.target)} "
                       f"in {result.seconds} s"
                       + (f", {result.files} attachment files and folders" if result.files else ""))

@@ -63,9 +63,13 @@ def snapshots_cmd(app: AppContext, source: str | None, all_sources: bool, strict
         if not many:
             label = " (configured)" if wanted == mine else ""
             console.print(f"source {escape(wanted or (sources[0] if sources else mine))}{label}", highlight=False)
-        t = Table(Column("id", no_wrap=True), Column("time (UTC)", no_wrap=True), *(["source"] if many else []),
-                  Column("tags", no_wrap=True), Column("engine", no_wrap=True), "schema",
-                  Column("size", justify="right", no_wrap=True),
+        # at 80 columns with a source column the engine wraps ("postgresql" over "15.18") and
+        # tags fold; ids, sources and schema revisions are never cut short with "…"
+        t = Table(Column("id", no_wrap=True), Column("time (UTC)", no_wrap=True),
+                  *([Column("source", no_wrap=True)] if many else []),
+                  Column("tags", no_wrap=not many, overflow="fold" if many else "ellipsis"),
+                  Column("engine", no_wrap=not many),
+                  Column("schema", no_wrap=True), Column("size", justify="right", no_wrap=True),
                   box=None, pad_edge=False)
         for s in snaps:
             t.add_row(s.id[:10], s.time[:16].replace("T", " "),

@@ -13,6 +13,10 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 ATTACHMENT_STATUS = {"restore": "to restore", "present": "already there", "differs": "other content there (kept)",
                      "not-in-snapshot": "not in the snapshot", "no-folder": "no attachments.path"}
 
+#: what --apply did with each file, in the plan's words (the JSON keeps the short status)
+WRITTEN_STATUS = {**ATTACHMENT_STATUS, "differs (left as it is)": ATTACHMENT_STATUS["differs"]}
+del WRITTEN_STATUS["restore"]
+
 #: how many keys a human listing shows per table before "(+N more)"
 SHOWN_KEYS = 8
 
@@ -39,6 +43,7 @@ def _v(value: Any, width: int = 40) -> str:
 
 def render(console: Any, out: dict[str, Any]) -> None:
     """The plan as a compact per-table summary, then the details a reviewer needs."""
+    from crmops.dburl import display
     from crmops.services.undo_plan import encode_key
 
     plan = out["plan"]
@@ -53,7 +58,7 @@ def render(console: Any, out: dict[str, Any]) -> None:
     when = str(src.get("snapshot_time") or "")[:16].replace("T", " ")
     what = f"snapshot {str(src.get('snapshot_id'))[:10]} of {when} UTC" if src.get("snapshot_id") else src.get("label")
     say(f"undo from {what}")
-    say(f"  into {plan['target']}", wrap=False)
+    say(f"  into {display(plan['target'])}", wrap=False)
     say(f"  rows: {plan['table']} WHERE {plan['where']}"
         + ("; foreign keys followed" if plan["follow_fks"] else "; foreign keys NOT followed"))
     say()
@@ -120,7 +125,7 @@ def render(console: Any, out: dict[str, Any]) -> None:
     for c in w.get("counters") or []:
         say(f"counter {c['name']}: {c['before']} -> {c['after']} ({c['action']})")
     for a in w.get("attachments") or []:
-        say(f"attachment {a['path']}: {a['status']}")
+        say(f"attachment {a['path']}: {WRITTEN_STATUS.get(a['status'], a['status'])}")
     if out.get("journal"):
         say(f"recorded in {out['journal']}")
 
@@ -153,18 +158,13 @@ def undo_cmd(app: AppContext, table: str, where: str, snapshot: str, follow_fks:
     """
     from crmops.services.undo import UndoRequest, undo
 
+    if not table.strip():
+        raise click.UsageError("--table is empty: name the table whose rows come back, e.g. --table accounts")
     app.begin_job("undo")
     request = UndoRequest(table=table, where=where, follow_fks=follow_fks, changed=changed, apply=apply,
                           to_url=to_url, attachments_to=attachments_to)
     result = undo(app.config, request, ref=snapshot, on_step=lambda s: app.say(f"· {s}"))
     out = result.to_dict()
-    if result.refused and app.json:
-        # one JSON document whatever the outcome: the plan carries the error fields itself
-        from crmops.errors import UndoConflict
-
-        out.update(error=UndoConflict.kind, message=result.refused, exit_code=UndoConflict.exit_code)
-        app.emit(out)
-        click.echo(f"crmops: error: {result.refused} (nothing was written)", err=True)
-        raise click.exceptions.Exit(UndoConflict.exit_code)
+    # a refusal is an error like any other: with --json, main() wraps the plan in the error envelope
     app.emit(out, lambda console: render(console, out))
     result.raise_if_refused()

@@ -25,6 +25,9 @@ _MYSQL_CODES = {1045: DatabaseAuthFailed, 1044: DatabaseAuthFailed, 1049: Databa
                 2003: DatabaseUnreachable, 2002: DatabaseUnreachable, 2005: DatabaseUnreachable,
                 2013: DatabaseUnreachable}
 
+#: where a database URL comes from, for the hints
+_WHERE = "database.url or the --to/--url option"
+
 
 def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
     """Map a driver error to the crmops error a user can act on (never echoing the password)."""
@@ -46,9 +49,10 @@ def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
         else:
             cls = DatabaseError
     hint = {
-        DatabaseAuthFailed: "check the user and password in database.url",
-        DatabaseNotFound: "check the database name in database.url",
-        DatabaseUnreachable: "check that the server runs and that host and port in database.url are right",
+        # the URL may be the configured one or an option's (restore --to, demo create --url)
+        DatabaseAuthFailed: f"check the user and password in {_WHERE}",
+        DatabaseNotFound: f"create it, or check the database name in {_WHERE}",
+        DatabaseUnreachable: f"check that the server runs and that host and port in {_WHERE} are right",
     }.get(cls)
     first_line = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     message = {

@@ -164,6 +164,7 @@ def finish(config: Config, run: JobRun, *, exit_code: int, error: str | None, re
         "started_at": _iso(run.started), "finished_at": _iso(finished),
         "duration_s": round(finished - run.started, 2), "host": socket.gethostname(), "version": __version__,
         "figures": json.loads(config.redact(json.dumps(figures, default=str))),
+        "source": _source(config),
     }
     problems: list[str] = []
     try:
@@ -227,3 +228,13 @@ def notify(config: Config, record: dict[str, Any]) -> list[str]:
                   duration_s=record["duration_s"], exit_code=record["exit_code"], error=record["error"],
                   figures=record["figures"], version=record["version"])
     return send_all(event, channels, redact=config.redact)
+
+
+def _source(config: Config) -> str | None:
+    """Whose run this was: configurations of two CRMs may share a state_dir (the starter's /var/lib/crmops)."""
+    from crmops.repository.source import source_of_url
+
+    try:
+        return source_of_url(config.database.url)
+    except (CrmopsError, ValueError):
+        return None

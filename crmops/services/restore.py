@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crmops.config import Config
-from crmops.dburl import engine_kind, safe
+from crmops.dburl import display, engine_kind, safe
 from crmops.engines import open_engine
 from crmops.engines.files import FileEntry, finish_dirs, restore_entry
 from crmops.errors import (
@@ -120,9 +120,11 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if wanted != engine_kind(to_url):
-        raise ConfigError(f"snapshot {manifest['id']} holds a {wanted} dump; {safe(to_url)} is not {wanted}")
+        raise ConfigError(f"snapshot {manifest['id']} holds a {wanted} dump; {display(to_url)} is not {wanted}")
     if prefix is not None and not tables:
         raise ConfigError("--as needs --tables", hint="name the tables to restore beside the live ones")
+    if tables is not None and not tables:
+        raise ConfigError("--tables is empty", hint="name the tables, e.g. --tables contacts,accounts")
     chosen = resolve_tables(manifest, wanted, tables) if tables else None
     if prefix is not None and chosen:
         _check_prefix(prefix, wanted, chosen)
@@ -131,15 +133,16 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if prefix is not None and chosen:
         taken = target.existing_tables([_prefixed(t, prefix) for t in chosen])
         if taken:
-            raise TargetNotEmpty(f"{', '.join(taken)} already exists in {safe(to_url)}; nothing was changed",
+            raise TargetNotEmpty(f"{', '.join(taken)} already exist{'s' * (len(taken) == 1)} in {display(to_url)}; "
+                                 f"nothing was changed",
                                  hint="choose another --as prefix, or drop the earlier copy")
     elif not force and not empty:
         if chosen:
-            raise TargetNotEmpty(f"{safe(to_url)} is not empty",
+            raise TargetNotEmpty(f"{display(to_url)} is not empty",
                                  hint=f"add --force to replace only {', '.join(chosen)} there, after a "
                                       f"pre-restore snapshot of the target; or --as restored_ to restore "
                                       f"{'them' if len(chosen) > 1 else 'it'} beside the live tables")
-        raise TargetNotEmpty(f"{safe(to_url)} is not empty",
+        raise TargetNotEmpty(f"{display(to_url)} is not empty",
                              hint="restore into an empty database, or add --force (a pre-restore snapshot "
                                   "of the target is taken first)")
     # every chunk's tag is checked before the target changes at all (a forced target's old
@@ -150,13 +153,28 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if force and not empty and prefix is None:
         from crmops.services.backup import backup
 
-        safety = backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
+        try:
+            safety = backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
+        except KeyboardInterrupt:
+            raise Interrupted("restore stopped while taking the pre-restore snapshot; the target was not "
+                              "changed") from None
         mark("safety snapshot of the target")
     replaced: list[str] = []
     created: list[str] = []
     if chosen and (prefix is not None or not empty):
-        done = target.restore_tables(repo.read_stream(manifest), format=stream["format"], tables=chosen,
-                                     prefix=prefix)
+        try:
+            done = target.restore_tables(repo.read_stream(manifest), format=stream["format"], tables=chosen,
+                                         prefix=prefix)
+        except KeyboardInterrupt:
+            if not safety:
+                raise
+            # the rows are replaced in one transaction: a stop leaves all of them or none, but which
+            # depends on whether it came before the commit, so the way back is named either way
+            raise Interrupted(f"restore stopped; {', '.join(chosen)} hold either the snapshot's rows or "
+                              "their own (they are replaced in one transaction)",
+                              hint=f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
+                                   f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force"
+                              ) from None
         replaced, created = done["replaced"], done["created"]
         mark("tables restored")
     else:
@@ -167,9 +185,13 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
                 mark("target emptied")
             target.restore(repo.read_stream(manifest), format=stream["format"], tables=chosen)
         except (CrmopsError, KeyboardInterrupt) as e:
+            if not safety and isinstance(e, KeyboardInterrupt) and wanted != "sqlite":
+                # SQLite's file is renamed into place whole; the servers' targets keep what was loaded
+                raise Interrupted("restore stopped half-way; the target may hold part of the snapshot",
+                                  hint="restore into a fresh database, or again with --force") from None
             if not safety:
                 raise
-            back = f"get its previous content back with: crmops restore {safety} --to {safe(to_url)} --force"
+            back = f"get its previous content back with: crmops restore {safety} --to {display(to_url)} --force"
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted("restore stopped half-way; the target was emptied first", hint=back) from None
             raise type(e)(f"{e.message}; the target was emptied first", hint=back) from None

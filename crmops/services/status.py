@@ -185,7 +185,15 @@ def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) ->
 
 
 def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: datetime) -> list[Verdict]:
+    from crmops.services.sources import configured_source
+
     s = config.status
+    # another CRM's runs in a shared state_dir are not this database's jobs (old records have no source)
+    try:
+        mine = ov.source or configured_source(config)
+        runs = [r for r in runs if r.get("source") in (None, mine)]
+    except CrmopsError:
+        pass  # a URL that names no source: every run counts
     out = [_backup_verdict(ov, runs, now, s.backup_max_age_hours)]
     out.append(_verify_verdict(ov, now, s.verify_max_age_days))
     if ov.repository_error:

@@ -20,9 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmops.config import Config
-from crmops.dburl import engine_kind, safe
+from crmops.dburl import display, engine_kind, safe
 from crmops.engines.connect import connect_engine
-from crmops.errors import ConfigError, CrmopsError, UndoConflict
+from crmops.errors import ConfigError, CrmopsError, Interrupted, UndoConflict
 from crmops.journal import Journal, actor
 from crmops.repository import Repository, open_repository
 from crmops.services import undo_apply, undo_plan, undo_select
@@ -112,12 +112,13 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
             if source is None:  # a wrong target is told before minutes of sandbox restore
                 wanted = ENGINE_OF_FORMAT.get(repo.manifest(ref)["streams"]["database"]["format"])
                 if wanted != engine_kind(to_url):
-                    raise ConfigError(f"snapshot {ref} holds a {wanted} database; {safe(to_url)} is not {wanted}")
+                    raise ConfigError(f"snapshot {ref} holds a {wanted} database; {display(to_url)} is not {wanted}")
             past_source = source or (lambda: from_snapshot(config, ref, repo, mark))
             with past_source() as past:
                 if engine_kind(to_url) != past.engine:
-                    raise ConfigError(f"the past state is a {past.engine} database; {safe(to_url)} is not")
+                    raise ConfigError(f"the past state is a {past.engine} database; {display(to_url)} is not")
                 plan = _plan(config, request, past, live, to_url, root)
+                _warn_other_source(plan, past, to_url)
                 mark(f"plan made: {plan.count('insert')} to re-insert, {plan.count('changed')} changed, "
                      f"{plan.count('identical')} identical, conflicts: {len(plan.conflicts)}")
             result = UndoResult(plan=plan, timeline=timeline)
@@ -131,6 +132,20 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
         live.dispose()
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _warn_other_source(plan: UndoPlan, past: PastState, to_url: str) -> None:
+    """Rows from another database's snapshot (a mistyped --from, or the wrong --to) are told first.
+
+    Not refused: a database moved to another host keeps its rows but changes its source."""
+    from crmops.repository.source import source_of_manifest, source_of_url
+
+    if past.manifest is None:
+        return
+    theirs, ours = source_of_manifest(past.manifest), source_of_url(to_url)
+    if theirs != ours:
+        plan.warnings.insert(0, f"snapshot {str(past.snapshot_id)[:10]} is of {theirs}, not of the database being "
+                                f"changed ({ours}): its rows come from another database; check --from and --to")
 
 
 def _connect(url: str) -> sa.Engine:
@@ -203,8 +218,11 @@ def _apply(config: Config, request: UndoRequest, result: UndoResult, live: sa.En
         return
     from crmops.services.backup import backup
 
-    result.pre_undo_snapshot = backup(config, tags=["pre-undo"], url=None if on_configured else to_url,
-                                      repo=repo).snapshot_id
+    try:
+        result.pre_undo_snapshot = backup(config, tags=["pre-undo"], url=None if on_configured else to_url,
+                                          repo=repo).snapshot_id
+    except KeyboardInterrupt:
+        raise Interrupted("undo stopped while taking the pre-undo snapshot; nothing was written") from None
     mark(f"pre-undo snapshot {result.pre_undo_snapshot[:10]} of the whole target")
     journal.append("undo-start", **who, pre_undo_snapshot=result.pre_undo_snapshot, rows=_rows_named(plan))
     try:
@@ -216,6 +234,14 @@ def _apply(config: Config, request: UndoRequest, result: UndoResult, live: sa.En
     except CrmopsError as e:
         journal.append("undo-failed", **who, pre_undo_snapshot=result.pre_undo_snapshot, error=e.line())
         raise
+    except KeyboardInterrupt:
+        # the rows go in one transaction: all of them or none, depending on whether the stop came
+        # before the commit; a dry run now shows which (re-inserted rows then count as identical)
+        line = "undo stopped; its rows are written in one transaction, so all of them or none are in"
+        journal.append("undo-stopped", **who, pre_undo_snapshot=result.pre_undo_snapshot, error=line)
+        raise Interrupted(line, hint=f"the same command without --apply shows which; attachment files may be "
+                                     f"partly restored; the database before is snapshot "
+                                     f"{result.pre_undo_snapshot} (pre-undo)") from None
     result.written = written
     result.applied = True
     journal.append("undo-end", **who, pre_undo_snapshot=result.pre_undo_snapshot, inserted=written.inserted,

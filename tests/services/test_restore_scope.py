@@ -222,6 +222,26 @@ def test_pg_as_restores_beside_the_live_table(pg_snapshot: dict[str, Any]) -> No
     assert open_engine(dst).fingerprint().tables["accounts"] == want
 
 
+def test_pg_messages_show_the_url_as_written(pg_snapshot: dict[str, Any]) -> None:
+    """People read postgresql://, as they wrote it, never the driver crmops picked (postgresql+psycopg://)."""
+    config, snap = pg_snapshot["config"], pg_snapshot["snap"]
+    dst = _pg_live_target(pg_snapshot)
+    said = [run(config, "restore", snap, "--to", dst, "--tables", "contacts", check=False, json_output=False),
+            run(config, "restore", snap, "--to", dst, "--tables", "accounts", "--as", "copy_", json_output=False),
+            run(config, "restore", snap, "--to", dst, "--tables", "accounts", "--as", "copy_", check=False,
+                json_output=False),
+            run(config, "restore", snap, "--to", dst, "--tables", "contacts", "--force", json_output=False)]
+    assert [r.returncode for r in said] == [60, 0, 60, 0]
+    assert "copy_accounts already exists in postgresql://" in said[2].stderr
+    assert "replaced public.contacts in postgresql://" in said[3].stdout
+    for r in said:
+        assert "+psycopg" not in r.stdout + r.stderr, r.stdout + r.stderr
+    # a --to naming a database that does not exist: the hint speaks of the option, not only of the config
+    gone = make_url(dst).set(database="no_such_db_here").render_as_string(hide_password=False)
+    r = run(config, "restore", snap, "--to", gone, check=False, json_output=False)
+    assert r.returncode == 12 and "--to" in r.stderr.splitlines()[-1] and "create it" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("leftover", [
     "CREATE FUNCTION half_restored() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     "CREATE TYPE deal_stage AS ENUM ('open', 'won')",
@@ -452,6 +472,13 @@ def test_sqlite_tables_force_replaces_only_contacts(tmp_path: Path) -> None:
     r = run(config, "restore", snap, "--to", dst, "--tables", "contacts", "--force", check=False)
     assert r.returncode == 15 and "my_notes" in r.stderr
     assert _sqlite_digest(dst_path) == before
+    # an empty --tables (a variable that was not set) is refused, never taken for the whole database
+    snapshots = _snapshot_ids(config)
+    for empty in ("", " , "):
+        r = run(config, "restore", snap, "--to", dst, "--tables", empty, "--force", check=False)
+        assert r.returncode == 2 and "--tables is empty" in r.stderr, r.stderr
+        assert json.loads(r.stdout)["error"] == "usage"
+    assert _sqlite_digest(dst_path) == before and _snapshot_ids(config) == snapshots
 
 
 
@@ -477,10 +504,73 @@ def test_pg_whole_database_force_names_what_it_replaced_and_how_to_get_back(pg_s
     assert line.startswith("crmops: error: ") and "the target was emptied first" in line
     safety = line.split("crmops restore ", 1)[1].split()[0]
     assert f"crmops restore {safety} --to " in line and line.endswith("--force)")
+    assert "+psycopg" not in line  # the command to run is written as people write it
     assert pg_digest(dst) != before  # really half-way
     human = run(config, "restore", safety, "--to", dst, "--force", json_output=False).stdout
     assert "replaced the whole database" in human and "(pre-restore)" in human
     assert pg_digest(dst) == before
+
+
+def test_pg_tables_force_stopped_by_ctrl_c_names_the_way_back(pg_snapshot: dict[str, Any], tmp_path: Path) -> None:
+    """Ctrl-C while the tables are loaded: exit 130, the target as it was, and the pre-restore snapshot named."""
+    config, snap = pg_snapshot["config"], pg_snapshot["snap"]
+    dst = _pg_live_target(pg_snapshot)
+    before = pg_digest(dst)
+    real = PostgresEngine(dst)._tool("pg_restore")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    dump = tools / "pg_dump"  # first, a Ctrl-C while the pre-restore snapshot is taken: nothing changed yet
+    dump.write_text(f'#!/bin/sh\nkill -INT $PPID; sleep 2; exec {Path(real).with_name("pg_dump")} "$@"\n')
+    dump.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env.update(TEST_PASSPHRASE=PASSPHRASE, CRMOPS_TOOLS_PATH=str(tools))
+    argv = [sys.executable, "-m", "crmops", "--config", str(config), "restore", snap, "--to", dst, "--tables",
+            "contacts", "--force"]
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 130 and "while taking the pre-restore snapshot; the target was not changed" in r.stderr
+    assert pg_digest(dst) == before
+    dump.unlink()
+    dump.symlink_to(Path(real).with_name("pg_dump"))
+    stop = tools / "pg_restore"  # the real pg_restore; when it writes the tables' rows, crmops gets a Ctrl-C
+    stop.write_text(f'#!/bin/sh\ncase "$*" in *--use-list=*) kill -INT $PPID; sleep 2;; esac\nexec {real} "$@"\n')
+    stop.chmod(0o755)
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 130, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("crmops: error: restore stopped; public.contacts hold"), line
+    safety = line.split("crmops restore ", 1)[1].split()[0]
+    assert safety in _snapshot_ids(config) and line.endswith("--tables public.contacts --force)"), line
+    assert pg_digest(dst) == before  # rolled back: the stop came before the commit
+
+
+def test_pg_whole_restore_into_an_empty_target_stopped_says_what_is_left(pg_snapshot: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    """Ctrl-C while loading an empty target: exit 130 and a line saying it now holds part of the snapshot."""
+    config, snap = pg_snapshot["config"], pg_snapshot["snap"]
+    name = f"scope_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_snapshot["admin"], autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    try:
+        dst = _pg_with_db(pg_snapshot["admin"], name)
+        real = PostgresEngine(dst)._tool("pg_restore")
+        tools = tmp_path / "tools"
+        tools.mkdir()
+        stop = tools / "pg_restore"  # the real pg_restore loads a part, then crmops gets a Ctrl-C
+        stop.write_text(f'#!/bin/sh\n[ "$1" = "--version" ] && exec {real} --version\n'
+                        f'head -c 200000 | {real} "$@"\nkill -INT $PPID\nsleep 5\n')
+        stop.chmod(0o755)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+        env.update(TEST_PASSPHRASE=PASSPHRASE, CRMOPS_TOOLS_PATH=str(tools))
+        r = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "restore", snap, "--to", dst],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 130, r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        assert line == ("crmops: error: restore stopped half-way; the target may hold part of the snapshot "
+                        "(restore into a fresh database, or again with --force)"), line
+        assert not PostgresEngine(dst).is_empty()  # what it says: a part is there
+    finally:
+        with psycopg.connect(pg_snapshot["admin"], autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_pg_table_missing_from_the_target_is_created(pg_snapshot: dict[str, Any]) -> None:

@@ -141,6 +141,27 @@ def test_verify_and_status_judge_the_configured_source(copy: dict[str, Any]) -> 
     assert ok(run(copy["cb"], "--json", "verify", env=NO_DOCKER))["snapshot_id"] == ids["b2"]
 
 
+def test_status_jobs_are_the_configured_sources_when_crms_share_a_state_dir(copy: dict[str, Any],
+                                                                             tmp_path: Path) -> None:
+    """Two CRMs configured from the starter share /var/lib/crmops: one's failed backup is not the other's."""
+    from crmops.services.status import gather
+
+    shared = yaml.safe_load(copy["ca"].read_text())["state_dir"]
+    broken = yaml.safe_load(copy["cb"].read_text())
+    broken["database"]["url"] = f"sqlite:///{tmp_path / 'gone.db'}"  # the second CRM's backup fails
+    broken["state_dir"] = shared
+    cb = tmp_path / "b-shared.yaml"
+    cb.write_text(yaml.safe_dump(broken))
+    assert run(copy["ca"], "backup").returncode == 0
+    assert run(cb, "backup").returncode == 12
+    runs = [json.loads(line) for line in (Path(shared) / "runs.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in runs[-2:]] == [f"sqlite://{copy['a']}", f"sqlite://{tmp_path / 'gone.db'}"]
+    jobs = next(v for v in gather(load(copy["ca"])).verdicts if v.name == "jobs")
+    assert jobs.level == "green" and "failed" not in jobs.summary, jobs
+    jobs_b = next(v for v in gather(load(cb)).verdicts if v.name == "jobs")
+    assert jobs_b.level == "red" and "gone.db" in jobs_b.summary, jobs_b
+
+
 def test_upgrade_preflight_and_rehearsal_pick_the_configured_source(copy: dict[str, Any]) -> None:
     from crmops.services.sources import configured_source
     from crmops.services.upgrade_rehearsal import pick_snapshot
@@ -261,3 +282,7 @@ def test_postgresql_source_is_host_port_and_database(pg_url_factory, tmp_path: P
     assert m["source_id"] == want and (u.password or "\0") not in json.dumps(m)
     # the same server, another database: another source; --source takes a URL with credentials too
     assert [s["id"] for s in ok(run(cfgs[0], "--json", "snapshots", "--source", second, env=env))] == [two]
+    # at 80 columns every cell is whole: the engine wraps rather than a source or schema ending in "…"
+    text = run(cfgs[0], "snapshots", "--all", env={"COLUMNS": "80"}).stdout
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
+    assert u.database in text.splitlines()[1], text

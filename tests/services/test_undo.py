@@ -191,6 +191,7 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
         account = h.account_with_attachments(conn)
         gone = h.closure(conn, account)
         email = conn.execute(sa.text("SELECT email FROM contacts WHERE id = :c"), {"c": gone["contacts"][0]}).scalar()
+        paths = sorted(r["storage_path"] for r in h.rows_of(conn, "attachments", gone["attachments"]))
         h.delete(conn, gone)
     engine.dispose()
     where = f"id IN ({account})"
@@ -210,6 +211,8 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
     bad = run(config, "undo", "--table", "accounts", "--where", "id IN (42")
     assert bad.returncode == 72 and bad.stderr.startswith("crmops: error: --where does not work on table accounts")
     assert "Traceback" not in bad.stderr
+    empty = run(config, "undo", "--table", " ", "--where", where)
+    assert empty.returncode == 2 and "--table is empty" in empty.stderr
     none = run(config, "undo", "--table", "accounts", "--where", "id = -5")
     assert none.returncode == 71 and "no row of accounts" in none.stderr
 
@@ -218,13 +221,46 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
                              "VALUES (1, 'A', 'B', :e, '2026-01-01')"), {"e": email})
     refused = run(config, "--json", "undo", "--table", "accounts", "--where", where, "--apply", "--from", snap[:8])
     assert refused.returncode == 70 and "is taken by live row" in refused.stderr
-    doc = json.loads(refused.stdout)  # exactly one document: the plan, with the error in it
-    assert doc["error"] == "undo-conflict" and doc["plan"]["conflicts"][0]["kind"] == "unique"
+    envelope = json.loads(refused.stdout)  # exactly one document: the error envelope, the plan inside
+    assert envelope["error"] == "undo-conflict" and envelope["exit_code"] == 70
+    assert "is taken by live row" in envelope["message"]
+    doc = envelope["result"]
+    assert doc["plan"]["conflicts"][0]["kind"] == "unique"
     assert doc["plan"]["summary"]["insert"] == sum(map(len, gone.values())) and not doc["applied"]
     assert doc["plan"]["source"]["snapshot_id"] == snap
     runs = [json.loads(line) for line in (tmp_path / "state" / "runs.jsonl").read_text().splitlines()]
     undo_runs = [r for r in runs if r["command"] == "undo"]
     assert undo_runs[-1]["exit_code"] == 70 and undo_runs[0]["figures"]["snapshot_id"] == snap
+    assert "is taken by live row" in undo_runs[-1]["error"]  # the run history says why, not "exit code 70"
+
+    # the colleague's contact gets another address; one file's name now holds another upload
+    with connect_engine(url).begin() as conn:
+        conn.execute(sa.text("UPDATE contacts SET email = 'moved@example.org' WHERE email = :e AND id NOT IN :g"
+                             ).bindparams(sa.bindparam("g", expanding=True)), {"e": email, "g": gone["contacts"]})
+    (tmp_path / "files" / paths[0]).write_bytes(b"a colleague's new upload")
+    applied = run(config, "undo", "--table", "accounts", "--where", where, "--apply", env={"COLUMNS": "80"})
+    assert applied.returncode == 0, applied.stderr
+    # what it did with each file, in the plan's words
+    assert f"attachment {paths[0]}: other content there (kept)" in applied.stdout, applied.stdout
+    assert all(f"attachment {p}: already there" in applied.stdout for p in paths[1:]), applied.stdout
+
+
+def test_rows_from_another_databases_snapshot_are_told(tmp_path: Path) -> None:
+    """undo --to a database the snapshot is not of (or a --from of another CRM): the plan says so first."""
+    import shutil
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    config, _, snap = h.demo_with_snapshot(tmp_path, url)
+    shutil.copy(tmp_path / "crm.db", tmp_path / "other.db")
+    own = json.loads(run(config, "--json", "undo", "--table", "contacts", "--where", "id < 3",
+                         "--no-follow-fks").stdout)
+    assert not any("another database" in w for w in own["plan"]["warnings"]), own["plan"]["warnings"]
+    other = run(config, "--json", "undo", "--table", "contacts", "--where", "id < 3", "--no-follow-fks", "--to",
+                f"sqlite:///{tmp_path / 'other.db'}")
+    assert other.returncode == 0, other.stderr
+    first = json.loads(other.stdout)["plan"]["warnings"][0]
+    assert first.startswith(f"snapshot {snap[:10]} is of sqlite://{tmp_path / 'crm.db'}, not of the database "
+                            f"being changed (sqlite://{tmp_path / 'other.db'})"), first
 
 
 NO_FK_SCHEMA = """
@@ -339,3 +375,51 @@ def test_postgres_sequence_is_raised_past_restored_ids_never_lowered(pg_url: str
             assert conn.execute(sa.text("INSERT INTO notes DEFAULT VALUES RETURNING id")).scalar_one() == 4
     finally:
         engine.dispose()
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+def test_postgres_ctrl_c_during_apply_names_the_way_back(pg_url: str, tmp_path: Path,
+                                                         docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A Ctrl-C while the rows are written: exit 130, nothing written, the pre-undo snapshot named, journalled."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.services.verify_helpers import PASSPHRASE
+
+    config, cfg, _ = h.demo_with_snapshot(tmp_path, pg_url)
+    engine = connect_engine(pg_url)
+    with engine.begin() as conn:
+        account = h.account_with_attachments(conn)
+        h.delete(conn, h.closure(conn, account))
+        # the write of activities takes a while, so the Ctrl-C surely comes inside the transaction
+        conn.execute(sa.text("CREATE FUNCTION slow_activity() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(20); "
+                             "RETURN NULL; END $$ LANGUAGE plpgsql"))
+        conn.execute(sa.text("CREATE TRIGGER slow_activity BEFORE INSERT ON activities FOR EACH STATEMENT "
+                             "EXECUTE FUNCTION slow_activity()"))
+    engine.dispose()
+    before = h.native_digest(pg_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["TEST_PASSPHRASE"] = PASSPHRASE
+    proc = subprocess.Popen([sys.executable, "-m", "crmops", "--config", str(config), "undo", "--table", "accounts",
+                             "--where", f"id = {account}", "--apply"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = journal_path(cfg)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if journal.exists() and '"undo-start"' in journal.read_text():
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)  # inside the transaction, in the slow trigger
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("crmops: error: undo stopped; its rows are written in one transaction"), line
+    assert "(pre-undo)" in line and "without --apply shows which" in line
+    events = [json.loads(x) for x in journal.read_text().splitlines()]
+    assert events[-1]["event"] == "undo-stopped" and events[-1]["pre_undo_snapshot"] in line
+    assert h.native_digest(pg_url) == before  # rolled back
