@@ -64,13 +64,16 @@ demo: venv
 
 # Speed and memory against pg_dump, pg_restore, the usual openssl script and restic,
 # verify against a bare pg_restore into the same kind of container, and the upgrade
-# dry run's migration estimate against the real migration (on medium, the size its
-# target names, unless UPGRADE_BENCH_SIZE says otherwise), in one run;
+# dry run's forecast against the real run and the engine upgrade's copy estimate against
+# the real copy (on medium, the size their targets name, unless UPGRADE_BENCH_SIZE says
+# otherwise), and the WAL archive's cost and physical against logical restore, in one run;
 # prints a table and writes bench/results.json (needs the test bed).
 bench: testbed
 	$(BIN)/python bench/run.py --size $(BENCH_SIZE)
 	$(BIN)/python bench/verify_bench.py --size $(BENCH_SIZE)
 	$(BIN)/python bench/upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 5
+	$(BIN)/python bench/engine_upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 3
+	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(BENCH_SIZE)
 
 clean-demo:
 	rm -rf demo
