@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from crmops.democrm.load import create
@@ -174,3 +177,31 @@ def test_restore_and_verify_quarantine_what_they_find_damaged(tmp_path: Path) ->
     assert r.returncode != 0 and sorted(p.name for p in marker.iterdir()) == [shared[0]], r.stderr
     assert open_repository(_cfg(config)).quarantine_markers()[shared[0]]["reason"].endswith(
         "fails authentication (damaged or tampered with)")
+
+
+def _human(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A command as an administrator reads it: no --json, on an 80-column terminal."""
+    from tests.services.test_backup_restore import PASSPHRASE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env.update(TEST_PASSPHRASE=PASSPHRASE, COLUMNS="80")
+    return subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_status_at_80_columns_names_each_damaged_chunk_in_full_and_backup_says_it_healed(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    victims = shared[:2]
+    for cid in victims:
+        _flip(tmp_path, cid)
+    assert run(config, "check", "--read-data", check=False).returncode == 26
+    status = _human(config, "status")
+    assert status.returncode == 61, status.stderr
+    lines = status.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in status.stdout, status.stdout
+    folded = "".join(line.strip() for line in lines)  # a long id folds onto the next line, whole
+    assert all(cid in folded for cid in victims), status.stdout
+    healed = _human(config, "backup")
+    assert healed.returncode == 0, healed.stderr
+    assert f"healed {len(victims)} quarantined chunks" in healed.stdout, healed.stdout
+    assert max(len(line) for line in healed.stdout.splitlines()) <= 80
