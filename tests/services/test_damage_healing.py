@@ -205,3 +205,27 @@ def test_status_at_80_columns_names_each_damaged_chunk_in_full_and_backup_says_i
     assert healed.returncode == 0, healed.stderr
     assert f"healed {len(victims)} quarantined chunks" in healed.stdout, healed.stdout
     assert max(len(line) for line in healed.stdout.splitlines()) <= 80
+
+
+def test_repair_at_80_columns_for_a_snapshot_whose_data_is_gone(tmp_path: Path) -> None:
+    import sqlite3
+
+    src = tmp_path / "crm.db"
+    create(f"sqlite:///{src}", size="small")
+    config = write_config(tmp_path, f"sqlite:///{src}")
+    run(config, "repo", "init")
+    old = json.loads(run(config, "backup").stdout)["snapshot_id"]
+    with sqlite3.connect(src) as db:  # the data only the old snapshot holds is gone from the database
+        db.execute("UPDATE activities SET subject = subject || ' (edited)'")
+    new = json.loads(run(config, "backup").stdout)["snapshot_id"]
+    repo = open_repository(_cfg(config))
+    lost = sorted(set(manifest_chunks(repo.manifest(old))) - set(manifest_chunks(repo.manifest(new))))
+    _flip(tmp_path, lost[0])
+    assert run(config, "check", "--read-data", check=False).returncode == 26
+    for args in (("repair", "--dry-run"), ("repair",)):
+        r = _human(config, *args)
+        assert r.returncode == 26 and r.stderr.count("\n") == 1, r.stderr
+        assert max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout
+        assert f"snapshot {old} (" in r.stdout and "UTC)" in r.stdout, r.stdout
+    assert "only if the database still holds its data" in _human(config, "repair", "--dry-run").stdout
+    assert "--forget-damaged" in r.stdout
