@@ -229,3 +229,13 @@ def test_repair_at_80_columns_for_a_snapshot_whose_data_is_gone(tmp_path: Path) 
         assert f"snapshot {old} (" in r.stdout and "UTC)" in r.stdout, r.stdout
     assert "only if the database still holds its data" in _human(config, "repair", "--dry-run").stdout
     assert "--forget-damaged" in r.stdout
+
+
+def test_check_names_damage_within_80_columns(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    _flip(tmp_path, shared[0])
+    r = _human(config, "check", "--read-data")
+    assert r.returncode == 26 and r.stderr.count("crmops: error:") == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, r.stdout
+    assert chunk_key(shared[0]) in "".join(lines) and first in r.stdout and second in r.stdout
