@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -77,3 +82,27 @@ def test_the_narration_wraps_under_its_step(monkeypatch: Any, capsys: Any) -> No
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) > 1 and max(len(x) for x in lines) <= 80
     assert lines[0].startswith("  ok   preflight-5") and all(x.startswith("       ") for x in lines[1:])
+
+
+def test_check_lists_every_mistake_with_its_line(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parents[1] / "playbooks" / "democrm-1-to-2.yaml"
+    text = shipped.read_text()
+    assert text.count("expect_body:") >= 3
+    pb = tmp_path / "typo.yaml"
+    pb.write_text(text.replace("expect_body:", "expect_bdy:"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["COLUMNS"] = "80"
+
+    def crmops(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "crmops", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=120)
+
+    r = crmops("upgrade", pb.name, "--check")  # as typed in the playbook's folder
+    assert r.returncode == 52 and r.stderr.count("\n") == 1 and "(+2 more)" in r.stderr, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("typo.yaml line ")]
+    assert len(lines) == 3 and all(" line " in line and "expect_bdy" in line for line in lines), r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    doc = json.loads(crmops("--json", "upgrade", str(pb), "--check").stdout)
+    assert doc["exit_code"] == 52 and len(doc["result"]["mistakes"]) == 3, doc
+    dry = crmops("--json", "upgrade", str(pb), "--dry-run")  # refused before anything is contacted
+    assert dry.returncode == 52 and len(json.loads(dry.stdout)["result"]["mistakes"]) == 3, dry.stderr

@@ -120,6 +120,18 @@ def _dry_human(report: dict[str, Any]) -> Any:
     return human
 
 
+def _check_human(out: dict[str, Any]) -> Any:
+    """A valid playbook in one line; an invalid one as every mistake, each with its file and line."""
+    def human(console: Any) -> None:
+        if "mistakes" in out:
+            for m in out["mistakes"]:
+                _print_wrapped(console, m)
+            return
+        console.print(f"{out['source']}: valid ({out['from_version']} -> {out['to_version']}, "
+                      f"{len(out['stages'])} stages)", markup=False)
+    return human
+
+
 def _run_human(report: dict[str, Any]) -> Any:
     def human(console: Any) -> None:
         for c in report.get("post_checks") or []:
@@ -201,9 +213,7 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
         raise click.UsageError("--report-dir goes with --dry-run (a real run's record is its journal)")
     paths: list[str | Path] = list(playbooks)
     if check_only:
-        out = svc.check(paths)
-        app.emit(out, lambda c: c.print(f"{out['source']}: valid ({out['from_version']} -> {out['to_version']}, "
-                                        f"{len(out['stages'])} stages)"))
+        _reporting(app, lambda: svc.check(paths), _check_human)
         return
     if dry_run:
         from crmops.services.upgrade_rehearsal import dry_run as rehearse
@@ -225,7 +235,7 @@ def _reporting(app: AppContext, work: Any, human: Any) -> None:
             report = work()
     except CrmopsError as e:
         report = getattr(e, "report", None)
-        if report is not None:
-            app.emit(report, human(report))
+        if report is not None:  # an invalid playbook's report is its list of mistakes, whatever the mode
+            app.emit(report, (_check_human if "mistakes" in report else human)(report))
         raise
     app.emit(report, human(report))
