@@ -52,6 +52,8 @@ def repair_cmd(app: AppContext, dry_run: bool, forget_damaged: bool, no_backup: 
                 what = f"needs {len(s.chunks)} damaged chunk(s): {', '.join(c[:12] for c in s.chunks)}"
             if s.id in report.forgotten:
                 verdict = "[red]forgotten[/red]"
+            elif dry_run and s.problem:  # no backup writes an old snapshot's manifest again
+                verdict = "[red]damaged, no backup can heal a lost manifest[/red]"
             elif dry_run and s.healable_by_backup:
                 verdict = "[yellow]damaged, a backup should heal it[/yellow]"
             elif dry_run:

@@ -239,3 +239,16 @@ def test_check_names_damage_within_80_columns(tmp_path: Path) -> None:
     lines = r.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, r.stdout
     assert chunk_key(shared[0]) in "".join(lines) and first in r.stdout and second in r.stdout
+
+
+def test_repair_dry_run_does_not_promise_a_backup_heals_a_lost_manifest(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    manifest = tmp_path / "repo" / "snapshots" / first
+    raw = bytearray(manifest.read_bytes())
+    raw[60] ^= 0x01
+    manifest.write_bytes(bytes(raw))
+    r = _human(config, "repair", "--dry-run")
+    assert r.returncode == 26, r.stderr
+    said = " ".join(r.stdout.split())
+    assert f"snapshot {first}" in said and "no backup can heal a lost manifest" in said, r.stdout
+    assert "only if the database still holds" not in said
