@@ -39,6 +39,8 @@ def backup_cmd(app: AppContext, tags: tuple[str, ...], physical: bool) -> None:
                       f"({result.chunks_new}/{result.chunks} chunks new, {ratio}),\n  "
                       f"{_plural(result.attachment_files, 'attachment file')}"
                       + (f" in {_plural(result.files - result.attachment_files, 'folder')}"
-                         if result.files > result.attachment_files else ""))
+                         if result.files > result.attachment_files else "")
+                      + (f"\n  healed {_plural(result.chunks_healed, 'quarantined chunk')}: stored again and "
+                         "read back" if result.chunks_healed else ""))
 
     app.emit(result.to_dict(), human)

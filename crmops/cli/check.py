@@ -38,24 +38,27 @@ def check_cmd(app: AppContext, read_data: bool, subset: float | str | None) -> N
     report = check(app.config, read_data=read_data, subset_percent=subset)  # type: ignore[arg-type]
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        console.print(f"{report.snapshots} snapshots, {report.chunks_referenced} chunks referenced, "
+        def say(text: str) -> None:  # wrapped to the terminal: object keys and snapshot lists are long
+            console.print(text, soft_wrap=False)
+
+        say(f"{report.snapshots} snapshots, {report.chunks_referenced} chunks referenced, "
                       f"{report.chunks_read} read and authenticated; coverage {report.coverage_percent}%")
         for d in report.damaged:
-            console.print(f"[red]DAMAGED[/red] {d.object}: {d.problem}; affects snapshots {', '.join(d.snapshots)}")
+            say(f"[red]DAMAGED[/red] {d.object}: {d.problem}; affects snapshots {', '.join(d.snapshots)}")
         if report.newest_needs:
-            console.print(f"[red]the newest snapshot of the configured database needs {len(report.newest_needs)} "
+            say(f"[red]the newest snapshot of the configured database needs {len(report.newest_needs)} "
                           "quarantined chunk(s)[/red]: it cannot be restored until a backup stores them again")
         if report.damaged:
-            console.print("damaged chunks are quarantined: the next backup stores again what the database still "
+            say("damaged chunks are quarantined: the next backup stores again what the database still "
                           "holds; `crmops repair --dry-run` says which snapshots can be healed")
         for cid in report.released:
-            console.print(f"[green]HEALED[/green] chunk {cid} reads whole again: released from quarantine")
+            say(f"[green]HEALED[/green] chunk {cid} reads whole again: released from quarantine")
         for lock in report.locks:
             state = f"[yellow]stale[/yellow] ({lock['stale']})" if lock["stale"] else "held"
-            console.print(f"lock {lock['id']}: {lock['purpose']} on {lock['host']} (pid {lock['pid']}), {state}; "
+            say(f"lock {lock['id']}: {lock['purpose']} on {lock['host']} (pid {lock['pid']}), {state}; "
                           "`crmops unlock` removes stale locks")
         for t in report.temporary_objects:
-            console.print(f"temporary object {t['name']} ({t['size']} bytes, since {t['created']}): "
+            say(f"temporary object {t['name']} ({t['size']} bytes, since {t['created']}): "
                           "left by an interrupted write; `crmops prune` removes those older than a day")
 
     from crmops.pitr.window import all_windows

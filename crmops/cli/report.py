@@ -20,7 +20,8 @@ def _overview(app: AppContext):  # type: ignore[no-untyped-def]
 def _print_verdicts(console, ov) -> None:  # type: ignore[no-untyped-def]
     from rich.markup import escape
 
-    t = table(show_header=False, box=None, padding=(0, 1, 0, 0))  # long summaries wrap under themselves
+    # long summaries wrap under themselves, and a long chunk id folds whole instead of ending in "…"
+    t = table("", "", "", show_header=False, box=None, padding=(0, 1, 0, 0))
     for v in ov.verdicts:
         c = _COLOUR[v.level]
         t.add_row(f"[{c}]{v.level.upper():5}[/{c}]", f"{v.name:12}", escape(v.summary))

@@ -84,7 +84,7 @@ def snapshots_cmd(app: AppContext, source: str | None, all_sources: bool, strict
         else:
             console.print("no snapshots of this source")
         for d in listing.damaged:
-            console.print(f"[red]damaged[/red] {d.id}: {escape(d.problem)}", highlight=False)
+            console.print(f"[red]damaged[/red] {d.id}: {escape(d.problem)}", highlight=False, soft_wrap=False)
         if many:
             for s in sources:
                 console.print(f"{escape(short_source(s, sources))} = {escape(s)}"

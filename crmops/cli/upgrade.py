@@ -13,10 +13,37 @@ from crmops.cli.context import AppContext, pass_app
 from crmops.errors import CrmopsError
 
 
+def _print_wrapped(console: Any, text: str, indent: str = "", hang: str = "  ") -> None:
+    """A long line wrapped to the terminal under a hanging indent, so 80 columns read cleanly."""
+    import textwrap
+
+    width = max(40, console.width)
+    for line in text.splitlines() or [""]:
+        console.print(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + hang,
+                                    break_on_hyphens=False) or indent, markup=False)
+
+
+def _wrapping_say(app: AppContext) -> Any:
+    """The run's narration wrapped to the terminal, each step's detail hanging under its name."""
+    import shutil
+    import textwrap
+
+    def say(message: str) -> None:
+        width = max(40, shutil.get_terminal_size().columns)
+        lines = []
+        for line in message.splitlines() or [""]:
+            indent = " " * (len(line) - len(line.lstrip(" ")))
+            lines.append(textwrap.fill(line.strip(" "), width, initial_indent=indent,
+                                       subsequent_indent=indent + "     ", break_on_hyphens=False) or line)
+        app.say("\n".join(lines))
+    return say
+
+
 def _plan_lines(console: Any, report: dict[str, Any]) -> None:
-    """One line per step: stage, step, type, how it was handled, seconds, outcome or templated values."""
+    """Each stage, then one line per step: step, type, seconds, how it was handled; then its outcome or values."""
     console.print("plan:")
     expected = False
+    rows = []
     for p in report["plan"]:  # two lines a step, so 80 columns hold it: what and how long, then the detail
         secs = f"{p['seconds']:7.2f}s" + (" " if p.get("measured") else "*")
         expected = expected or not p.get("measured")
@@ -24,9 +51,18 @@ def _plan_lines(console: Any, report: dict[str, Any]) -> None:
         step = p["step"] + (" (rollback)" if p["phase"] == "rollback" and "rollback" not in p["mode"] else "")
         detail = status if status.startswith("FAILED") else (
             p.get("summary") or (f"{p['reason']}" if p.get("reason") else _params_line(p["params"])))
-        console.print(f"  {p['stage'] or 'smoke':<9} {step:<20} {p['type']:<10} {secs} {p['mode']}", markup=False)
+        rows.append((p["stage"] or "smoke", step, p["type"], secs, p["mode"], detail))
+    # the stage heads its steps, and columns are as wide as their longest value, so that
+    # "maintenance-rollback-1  engine_upgrade" keeps its row in line and inside 80 columns
+    w = [max((len(r[i]) for r in rows), default=0) for i in range(1, 3)]
+    shown = None
+    for stage, step, kind, secs, mode, detail in rows:
+        if stage != shown:
+            console.print(f"  {stage}", markup=False)
+            shown = stage
+        _print_wrapped(console, f"{step:<{w[0]}} {kind:<{w[1]}} {secs} {mode}", "    ", "    ")
         if detail:
-            console.print(f"      {detail}", markup=False)
+            _print_wrapped(console, detail, "        ")
     if expected:
         console.print("  * expected time: not rehearsed, so not measured", markup=False)
 
@@ -37,48 +73,62 @@ def _params_line(params: dict[str, Any]) -> str:
 
 
 def _dry_human(report: dict[str, Any]) -> Any:
+    from rich.markup import escape
+
     def human(console: Any) -> None:
         _plan_lines(console, report)
         r = report.get("restore") or {}
-        console.print(f"snapshot {report['snapshot']['id'][:10]} restored in {r.get('seconds', 0):.1f}s: "
-                      f"{r.get('detail', '')}")
+        _print_wrapped(console, f"snapshot {report['snapshot']['id'][:10]} restored in {r.get('seconds', 0):.1f}s: "
+                                f"{r.get('detail', '')}")
         for p in report["plan"]:
             for lock in p.get("locks") or []:
                 console.print(f"  {p['step']} locks {lock['table']} {lock['strongest']} ~{lock['held_s']}s"
                               + (f", waited {lock['waited_s']}s" if lock["waited_s"] else ""))
         if report.get("row_changes"):
             console.print("row changes: " + ", ".join(f"{t} {d:+d}" for t, d in report["row_changes"].items()))
-        console.print(f"migrations: {report.get('migrate_seconds', 0):.2f}s measured (median of the timed runs); "
-                      f"{report.get('window', {}).get('detail', '')}")
+        _print_wrapped(console, f"migrations: {report.get('migrate_seconds', 0):.2f}s measured (median of the timed "
+                                f"runs); {report.get('window', {}).get('detail', '')}")
         for w in report["warnings"]:
-            console.print(f"[yellow]warning[/yellow] {w}")
+            console.print(f"[yellow]warning[/yellow] {escape(w)}", soft_wrap=False)
         for b in report["blockers"]:
-            console.print(f"[red]blocker[/red] {b}")
+            console.print(f"[red]blocker[/red] {escape(b)}", soft_wrap=False)
         stack = report.get("stack") or {}
         if stack.get("started"):
-            console.print(f"copy of the app: {stack['app']} from {stack['source']} on private network "
-                          f"{stack['network']}, answering for {', '.join(stack['answers_for'])}"
-                          + (f"; database settings pointed at the sandbox: {', '.join(stack['env_rewritten'])}"
-                             if stack.get("env_rewritten") else ""), markup=False)
+            _print_wrapped(console, f"copy of the app: {stack['app']} from {stack['source']} on private network "
+                                    f"{stack['network']}, answering for {', '.join(stack['answers_for'])}"
+                                    + (f"; database settings pointed at the sandbox: "
+                                       f"{', '.join(stack['env_rewritten'])}" if stack.get("env_rewritten") else ""))
         elif stack:
-            console.print(f"no copy of the app: {stack.get('reason')}", markup=False)
+            _print_wrapped(console, f"no copy of the app: {stack.get('reason')}")
         rb = report.get("rollback") or {}
         if rb:
-            console.print(f"forward run {report.get('forward_seconds') or 0:.1f}s; rollback ({rb['why']}) "
-                          f"{rb['seconds']:.1f}s: {'ok' if rb['ok'] else 'FAILED'}; database "
-                          f"{rb['database']['detail']}" + (f"; app {rb['app']['detail']}" if rb.get("app") else ""),
-                          markup=False)
+            _print_wrapped(console, f"forward run {report.get('forward_seconds') or 0:.1f}s; rollback ({rb['why']}) "
+                                    f"{rb['seconds']:.1f}s: {'ok' if rb['ok'] else 'FAILED'}; database "
+                                    f"{rb['database']['detail']}"
+                                    + (f"; app {rb['app']['detail']}" if rb.get("app") else ""))
         counts = report.get("counts") or {}
         if counts:
-            console.print(f"rehearsed {counts['rehearsed']} of {counts['steps']} steps, "
-                          f"{counts['production_read_only']} checked against production read-only, "
-                          f"{counts['not_rehearsed']} not rehearsed; downtime forecast "
-                          f"{report.get('estimated_downtime_s', 0):.1f}s")
+            _print_wrapped(console, f"rehearsed {counts['rehearsed']} of {counts['steps']} steps, "
+                                    f"{counts['production_read_only']} checked against production read-only, "
+                                    f"{counts['not_rehearsed']} not rehearsed; downtime forecast "
+                                    f"{report.get('estimated_downtime_s', 0):.1f}s")
         console.print("not rehearsed for real:")
         for f in report["fidelity"]:
-            console.print(f"  - {f['step'] or f['type']}: {f['reason']}", markup=False)
+            _print_wrapped(console, f"- {f['step'] or f['type']}: {f['reason']}", "  ")
         if report.get("reports"):
-            console.print(f"report: {report['reports']['html']} (and .json)", markup=False)
+            _print_wrapped(console, f"report: {report['reports']['html']} (and .json)")
+    return human
+
+
+def _check_human(out: dict[str, Any]) -> Any:
+    """A valid playbook in one line; an invalid one as every mistake, each with its file and line."""
+    def human(console: Any) -> None:
+        if "mistakes" in out:
+            for m in out["mistakes"]:
+                _print_wrapped(console, m)
+            return
+        console.print(f"{out['source']}: valid ({out['from_version']} -> {out['to_version']}, "
+                      f"{len(out['stages'])} stages)", markup=False)
     return human
 
 
@@ -146,15 +196,16 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
         runs = svc.history(app.config, limit=limit)
         app.emit(runs, _history_human(runs))
         return
+    say = _wrapping_say(app)
     if resume or rollback:
         if playbooks:
             raise click.UsageError("--resume and --rollback take the playbook from the run's journal; "
                                    "name no PLAYBOOK (use --run RUN_ID to choose a run)")
         if resume:
-            _reporting(app, lambda: svc.resume(app.config, run_id=run_id, yes=yes, confirm=_asker(), say=app.say),
+            _reporting(app, lambda: svc.resume(app.config, run_id=run_id, yes=yes, confirm=_asker(), say=say),
                        _run_human)
         else:
-            _reporting(app, lambda: svc.rollback(app.config, run_id=run_id, say=app.say), _run_human)
+            _reporting(app, lambda: svc.rollback(app.config, run_id=run_id, say=say), _run_human)
         return
     if not playbooks:
         raise click.UsageError("name a PLAYBOOK, or use --resume, --rollback or `upgrade history`")
@@ -162,17 +213,15 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
         raise click.UsageError("--report-dir goes with --dry-run (a real run's record is its journal)")
     paths: list[str | Path] = list(playbooks)
     if check_only:
-        out = svc.check(paths)
-        app.emit(out, lambda c: c.print(f"{out['source']}: valid ({out['from_version']} -> {out['to_version']}, "
-                                        f"{len(out['stages'])} stages)"))
+        _reporting(app, lambda: svc.check(paths), _check_human)
         return
     if dry_run:
         from crmops.services.upgrade_rehearsal import dry_run as rehearse
 
-        _reporting(app, lambda: rehearse(app.config, paths, say=app.say, report_dir=report_dir), _dry_human)
+        _reporting(app, lambda: rehearse(app.config, paths, say=say, report_dir=report_dir), _dry_human)
         return
     _reporting(app, lambda: svc.upgrade(app.config, paths, yes=yes, ignore_window=ignore_window, confirm=_asker(),
-                                        say=app.say), _run_human)
+                                        say=say), _run_human)
 
 
 def _reporting(app: AppContext, work: Any, human: Any) -> None:
@@ -186,7 +235,7 @@ def _reporting(app: AppContext, work: Any, human: Any) -> None:
             report = work()
     except CrmopsError as e:
         report = getattr(e, "report", None)
-        if report is not None:
-            app.emit(report, human(report))
+        if report is not None:  # an invalid playbook's report is its list of mistakes, whatever the mode
+            app.emit(report, (_check_human if "mistakes" in report else human)(report))
         raise
     app.emit(report, human(report))

@@ -40,6 +40,11 @@ log = logging.getLogger("crmops.tools")
 #: the sandbox images' defaults (verify.images): the tools come from the same images
 IMAGES = {"postgresql": "postgres:{major}", "mariadb": "mariadb:{version}", "mysql": "mysql:{version}"}
 BUILD_HINT = "build it with scripts/images/build.sh {image}"
+#: Killing the docker client (PR_SET_PDEATHSIG when crmops dies) leaves its container running:
+#: a dump in a container would go on to the end, holding a snapshot open on the server. So a
+#: dumping tool runs under a shell that ends it when the container's stdin closes, which the
+#: daemon does as soon as the client that attached it (`-i`, crmops's own pipe) is gone.
+WATCHDOG = 'exec 3<&0; "$0" "$@" & p=$!; (cat >/dev/null; kill -TERM "$p" 2>/dev/null) <&3 & wait "$p"'
 _announced: set[tuple[str, str]] = set()
 _versions: dict[tuple[str, str], str] = {}
 
@@ -58,7 +63,7 @@ class Tool:
     env_names: Sequence[str] = field(default_factory=tuple)
 
     def argv(self, args: Sequence[str], *, stdin: bool = False, mounts: Iterable[str] = (),
-             container_name: str | None = None) -> list[str]:
+             container_name: str | None = None, watchdog: bool = False) -> list[str]:
         if self.where == "host":
             assert self.path is not None
             return [self.path, *args]
@@ -68,13 +73,15 @@ class Tool:
                "--security-opt", "no-new-privileges", "--label", f"org.crmops.tool={self.name}"]
         if container_name:
             cmd += ["--name", container_name]
-        if stdin:
+        if stdin or watchdog:
             cmd.append("-i")
         for name in self.env_names:
             cmd += ["-e", name]  # the value comes from docker's own environment, never argv
         for path in mounts:
             cmd += ["-v", f"{path}:{path}:ro"]
         assert self.image is not None
+        if watchdog:
+            return [*cmd, "--entrypoint", "sh", self.image, "-c", WATCHDOG, self.name, *args]
         return [*cmd, "--entrypoint", self.name, self.image, *args]
 
     def process(self, args: Sequence[str], *, env: dict[str, str], secrets: Iterable[str] = (),
@@ -82,9 +89,12 @@ class Tool:
         """Start the tool with its stdout read in pieces (see ToolProcess)."""
         self._announce()
         name = self._container_name()
-        proc = _ContainerProcess if self.where == "container" else ToolProcess
-        p = proc(self.argv(args, mounts=mounts, container_name=name), env=env, secrets=secrets,
-                 label=label or self.name)
+        if self.where == "container":
+            p: ToolProcess = _ContainerProcess(self.argv(args, mounts=mounts, container_name=name, watchdog=True),
+                                               env=env, stdin=subprocess.PIPE, secrets=secrets,
+                                               label=label or self.name)
+        else:
+            p = ToolProcess(self.argv(args, mounts=mounts), env=env, secrets=secrets, label=label or self.name)
         p.container_name = name  # type: ignore[attr-defined]
         return p
 
@@ -128,6 +138,11 @@ class _ContainerProcess(ToolProcess):
         super().kill()
         if running:
             _remove(self.container_name)
+
+    def close(self) -> None:
+        super().close()
+        if self.proc.stdin:  # the watchdog's pipe: held open, never written, until the tool is done
+            self.proc.stdin.close()
 
 
 def _remove(name: str | None) -> None:

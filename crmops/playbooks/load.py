@@ -107,7 +107,15 @@ def _check_step_types(data: dict[str, Any], lines: LineMap) -> None:
 
 
 def _explain(err: ValidationError, lines: LineMap) -> PlaybookInvalid:
-    first = err.errors()[0]
+    """The first mistake as the error's one line; every mistake, each with its line, in its report."""
+    every = [_mistake(e, lines) for e in err.errors()]
+    more = f" (+{len(every) - 1} more)" if len(every) > 1 else ""
+    out = PlaybookInvalid(every[0].message + more, hint=every[0].hint)
+    out.report = {"ok": False, "mistakes": [m.message for m in every]}  # type: ignore[attr-defined]
+    return out
+
+
+def _mistake(first: Any, lines: LineMap) -> PlaybookInvalid:
     loc: list[str | int] = []
     for i, part in enumerate(first["loc"]):
         # a tagged union puts the step type into the path after the list index: drop it
@@ -123,8 +131,7 @@ def _explain(err: ValidationError, lines: LineMap) -> PlaybookInvalid:
         msg = "required key is missing"
     elif "input" in first and not isinstance(first["input"], dict | list):
         msg = f"{msg}, got {first['input']!r}"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return lines.error(tuple(loc), msg + more)
+    return lines.error(tuple(loc), msg)
 
 
 def _assign_ids(playbook: Playbook) -> None:

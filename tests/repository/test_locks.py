@@ -145,3 +145,23 @@ def test_the_holder_refreshes_its_lock_while_it_runs(repo: Repository, monkeypat
         (later,) = repo.locks()
         assert later["refreshed"] > first["refreshed"]
     assert repo.locks() == []
+
+
+def test_unlock_text_never_advises_removing_a_live_local_lock(tmp_path: Path) -> None:
+    src = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(src, size="small")
+    config = write_config(tmp_path, src)
+    run(config, "repo", "init")
+    repo = Repository.open(LocalStore(tmp_path / "repo"), Credential(passphrase=PASSPHRASE))
+    _plant(repo, "livehere0001")  # this test's own process: alive, on this host
+    _plant(repo, "elsewhere001", host="db-host-2", pid=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env.update(TEST_PASSPHRASE=PASSPHRASE, COLUMNS="80")
+    r = subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), "unlock"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout
+    here, there = r.stdout.split("kept lock ")[1:]
+    here, there = (here, there) if here.startswith("livehere") else (there, here)
+    assert "--remove-all" not in here and "still runs on this host" in here, r.stdout
+    assert "--remove-all" in there and "no crmops runs on that host" in " ".join(there.split()), r.stdout

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from crmops.democrm.load import create
@@ -174,3 +177,78 @@ def test_restore_and_verify_quarantine_what_they_find_damaged(tmp_path: Path) ->
     assert r.returncode != 0 and sorted(p.name for p in marker.iterdir()) == [shared[0]], r.stderr
     assert open_repository(_cfg(config)).quarantine_markers()[shared[0]]["reason"].endswith(
         "fails authentication (damaged or tampered with)")
+
+
+def _human(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A command as an administrator reads it: no --json, on an 80-column terminal."""
+    from tests.services.test_backup_restore import PASSPHRASE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env.update(TEST_PASSPHRASE=PASSPHRASE, COLUMNS="80")
+    return subprocess.run([sys.executable, "-m", "crmops", "--config", str(config), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_status_at_80_columns_names_each_damaged_chunk_in_full_and_backup_says_it_healed(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    victims = shared[:2]
+    for cid in victims:
+        _flip(tmp_path, cid)
+    assert run(config, "check", "--read-data", check=False).returncode == 26
+    status = _human(config, "status")
+    assert status.returncode == 61, status.stderr
+    lines = status.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in status.stdout, status.stdout
+    folded = "".join(line.strip() for line in lines)  # a long id folds onto the next line, whole
+    assert all(cid in folded for cid in victims), status.stdout
+    healed = _human(config, "backup")
+    assert healed.returncode == 0, healed.stderr
+    assert f"healed {len(victims)} quarantined chunks" in healed.stdout, healed.stdout
+    assert max(len(line) for line in healed.stdout.splitlines()) <= 80
+
+
+def test_repair_at_80_columns_for_a_snapshot_whose_data_is_gone(tmp_path: Path) -> None:
+    import sqlite3
+
+    src = tmp_path / "crm.db"
+    create(f"sqlite:///{src}", size="small")
+    config = write_config(tmp_path, f"sqlite:///{src}")
+    run(config, "repo", "init")
+    old = json.loads(run(config, "backup").stdout)["snapshot_id"]
+    with sqlite3.connect(src) as db:  # the data only the old snapshot holds is gone from the database
+        db.execute("UPDATE activities SET subject = subject || ' (edited)'")
+    new = json.loads(run(config, "backup").stdout)["snapshot_id"]
+    repo = open_repository(_cfg(config))
+    lost = sorted(set(manifest_chunks(repo.manifest(old))) - set(manifest_chunks(repo.manifest(new))))
+    _flip(tmp_path, lost[0])
+    assert run(config, "check", "--read-data", check=False).returncode == 26
+    for args in (("repair", "--dry-run"), ("repair",)):
+        r = _human(config, *args)
+        assert r.returncode == 26 and r.stderr.count("\n") == 1, r.stderr
+        assert max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout
+        assert f"snapshot {old} (" in r.stdout and "UTC)" in r.stdout, r.stdout
+    assert "only if the database still holds its data" in _human(config, "repair", "--dry-run").stdout
+    assert "--forget-damaged" in r.stdout
+
+
+def test_check_names_damage_within_80_columns(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    _flip(tmp_path, shared[0])
+    r = _human(config, "check", "--read-data")
+    assert r.returncode == 26 and r.stderr.count("crmops: error:") == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, r.stdout
+    assert chunk_key(shared[0]) in "".join(lines) and first in r.stdout and second in r.stdout
+
+
+def test_repair_dry_run_does_not_promise_a_backup_heals_a_lost_manifest(tmp_path: Path) -> None:
+    config, first, second, shared = _two_snapshots(tmp_path)
+    manifest = tmp_path / "repo" / "snapshots" / first
+    raw = bytearray(manifest.read_bytes())
+    raw[60] ^= 0x01
+    manifest.write_bytes(bytes(raw))
+    r = _human(config, "repair", "--dry-run")
+    assert r.returncode == 26, r.stderr
+    said = " ".join(r.stdout.split())
+    assert f"snapshot {first}" in said and "no backup can heal a lost manifest" in said, r.stdout
+    assert "only if the database still holds" not in said
