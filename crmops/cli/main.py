@@ -126,10 +126,25 @@ _APP: AppContext | None = None
 _STOPPED_BY: str | None = None
 
 
+_STOPPED_SIGNAL: int = signal.SIGINT
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    global _STOPPED_BY
+    global _STOPPED_BY, _STOPPED_SIGNAL
     _STOPPED_BY = signal.Signals(signum).name  # the record and notification say why the job ended
+    _STOPPED_SIGNAL = signum
     raise KeyboardInterrupt
+
+
+def _redeliver_swallowed_stop(args: Any) -> None:
+    """A stop that lands in a garbage-collector callback is swallowed there ("Exception ignored"):
+    deliver the signal again a moment later, so a SIGTERM or Ctrl-C is never lost."""
+    if isinstance(args.exc_value, KeyboardInterrupt):
+        import threading
+
+        threading.Timer(0.05, os.kill, (os.getpid(), _STOPPED_SIGNAL)).start()
+        return
+    sys.__unraisablehook__(args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     {"ok": false, "error", "message", "exit_code", "result"} with the result (or null) inside.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    sys.unraisablehook = _redeliver_swallowed_stop
     args = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in args or bool(os.environ.get("CRMOPS_DEBUG"))
     global _JSON_ASKED

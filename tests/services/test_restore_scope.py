@@ -516,7 +516,7 @@ def test_pg_tables_force_stopped_by_ctrl_c_names_the_way_back(pg_snapshot: dict[
     config, snap = pg_snapshot["config"], pg_snapshot["snap"]
     dst = _pg_live_target(pg_snapshot)
     before = pg_digest(dst)
-    real = PostgresEngine(dst)._tool("pg_restore")
+    real = PostgresEngine(dst)._tool("pg_restore").path
     tools = tmp_path / "tools"
     tools.mkdir()
     dump = tools / "pg_dump"  # first, a Ctrl-C while the pre-restore snapshot is taken: nothing changed yet
@@ -552,7 +552,7 @@ def test_pg_whole_restore_into_an_empty_target_stopped_says_what_is_left(pg_snap
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
     try:
         dst = _pg_with_db(pg_snapshot["admin"], name)
-        real = PostgresEngine(dst)._tool("pg_restore")
+        real = PostgresEngine(dst)._tool("pg_restore").path
         tools = tmp_path / "tools"
         tools.mkdir()
         stop = tools / "pg_restore"  # the real pg_restore loads a part, then crmops gets a Ctrl-C
