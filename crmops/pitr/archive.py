@@ -11,16 +11,15 @@ or the whole segment, and PostgreSQL simply retries it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from crmops.errors import ConfigError, WalConflict, WalMissing
+from crmops.storage.local import write_atomic
 
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 FILE_RE = re.compile(r"^([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
@@ -147,7 +146,7 @@ class WalArchive:
     def fetch(self, name: str, dest: Path) -> int:
         """Write the file to dest atomically (restore_command must never see half a segment)."""
         data = self.read(name)
-        write_atomic(dest, data)
+        write_atomic(dest, data, prefix=".crmops-")
         return len(data)
 
     # -- listing --------------------------------------------------------------------
@@ -162,20 +161,6 @@ class WalArchive:
 
     def segments(self) -> list[str]:
         return [f.name for f in self.files() if SEGMENT_RE.match(f.name)]
-
-
-def write_atomic(dest: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".crmops-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def first_gap(segments: list[str], start_segno: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> int | None:
