@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import pymysql
 
+from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 if TYPE_CHECKING:
@@ -40,16 +41,6 @@ def _q(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
-    buffer = b""
-    for piece in pieces:
-        buffer += piece
-        *lines, buffer = buffer.split(b"\n")
-        yield from lines
-    if buffer:
-        yield buffer
-
-
 def _scan(chunks: Iterable[bytes], tables: list[str], spool: Any) -> tuple[list[bytes], dict[str, bytes]]:
     """One pass over the dump: its session header, each chosen table's CREATE TABLE; INSERTs go to spool."""
     creates: dict[str, bytes] = {}
@@ -57,7 +48,7 @@ def _scan(chunks: Iterable[bytes], tables: list[str], spool: Any) -> tuple[list[
     inserts = {b"INSERT INTO " + _q(t).encode() + b" VALUES": t for t in tables}
     starts = {b"CREATE TABLE " + _q(t).encode() + b" (": t for t in tables}
     in_header = True
-    lines = _lines(chunks)
+    lines = dump_lines(chunks)
     for line in lines:
         if line.startswith(b"-- Table structure for table "):
             in_header = False

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 if TYPE_CHECKING:
@@ -187,16 +188,6 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
-    buffer = b""
-    for piece in pieces:
-        buffer += piece
-        *lines, buffer = buffer.split(b"\n")
-        yield from lines
-    if buffer:
-        yield buffer
-
-
 def _run_script(conn: psycopg.Connection, pieces: Iterable[bytes], rename: dict[str, str]) -> None:
     """Run a pg_restore SQL script: statements as batches, COPY blocks through COPY FROM STDIN."""
     statements: list[bytes] = []
@@ -209,7 +200,7 @@ def _run_script(conn: psycopg.Connection, pieces: Iterable[bytes], rename: dict[
         if text:
             cur.execute(text)
 
-    lines = _lines(pieces)
+    lines = dump_lines(pieces)
     for line in lines:
         if line.startswith(b"\\"):
             continue  # psql meta-commands (\restrict) mean nothing here

@@ -279,3 +279,14 @@ class Background:
         if self._error is not None:
             raise self._error
         return self._result
+
+
+def dump_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """A streamed SQL dump's lines, without holding more than one line and one piece."""
+    buffer = b""
+    for piece in pieces:
+        buffer += piece
+        *lines, buffer = buffer.split(b"\n")
+        yield from lines
+    if buffer:
+        yield buffer
