@@ -103,6 +103,15 @@ class Dump(Protocol):
         ...
 
 
+def tables_outcome(tables: list[str], live: set[str] | list[str], beside: list[str] | None = None
+                   ) -> dict[str, list[str]]:
+    """What a partial restore did: with beside (the --as names) it only created those; else it replaced
+    the tables the target had and created the others."""
+    if beside is not None:
+        return {"replaced": [], "created": beside}
+    return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
+
+
 def check_method(engine: str, method: str | None, known: tuple[str, ...] = ("",)) -> str:
     """The method to compute a fingerprint with; a snapshot from a newer crmops is refused clearly."""
     if method is None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
+from crmops.engines.base import tables_outcome
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -128,9 +129,7 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
             conn.close()
     finally:
         os.unlink(spool_name)
-    if prefix:
-        return {"replaced": [], "created": [dest[t] for t in tables]}
-    return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
+    return tables_outcome(tables, live, [dest[t] for t in tables] if prefix else None)
 
 
 def _same_columns(cur: Any, creates: dict[str, bytes]) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from crmops.engines.base import tables_outcome
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -121,9 +122,7 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                 conn.close()
         finally:
             script.close()
-    if prefix:
-        return {"replaced": [], "created": [beside(t, prefix) for t in tables]}
-    return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
+    return tables_outcome(tables, live, [beside(t, prefix) for t in tables] if prefix else None)
 
 
 def _quoted(engine: PostgresEngine, names: set[str]) -> dict[str, str]:

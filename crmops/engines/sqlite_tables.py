@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from crmops.engines.base import tables_outcome
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 _CREATE = re.compile(r'^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:"(?:[^"]|"")+"|`[^`]+`|\[[^\]]+\]|\w+)\s*',
@@ -70,9 +71,7 @@ def restore_tables(path: Path, chunks: Iterable[bytes], tables: list[str],
             conn.close()
     finally:
         os.unlink(name)
-    if prefix:
-        return {"replaced": [], "created": [dest[t] for t in tables]}
-    return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
+    return tables_outcome(tables, live, [dest[t] for t in tables] if prefix else None)
 
 
 def _load(conn: sqlite3.Connection, tables: list[str], dest: dict[str, str], live: set[str],
