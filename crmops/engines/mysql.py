@@ -165,9 +165,12 @@ class MysqlEngine:
                 binlog = position(cur)  # under the lock: exactly the dump's point in the binlog
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 before = _connection_ids(cur)
+                # with binary logging on, the dump states its own snapshot's position: checked below
+                states = [source_data_option(tool.version)] if binlog else []
                 proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", "--quick",
                                      "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
-                                     "--default-character-set=utf8mb4", "--no-tablespaces", self.database_name()],
+                                     "--default-character-set=utf8mb4", "--no-tablespaces", *states,
+                                     self.database_name()],
                                     env={}, secrets=self._secrets(), label=tool.name, mounts=[options])
                 _await_dump_snapshot(cur, before | {mine}, proc)
             finally:
@@ -181,6 +184,8 @@ class MysqlEngine:
 
             dump = StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds, tool=tool.to_dict())
             dump.binlog = binlog  # type: ignore[attr-defined]
+            if binlog:
+                dump.chunks = lambda: at_position(proc.pieces(), binlog, tool.name)  # type: ignore[method-assign]
             yield dump
         finally:
             if proc is not None:
@@ -207,10 +212,17 @@ def _connection_ids(cur: Any) -> set[int]:
 
 
 def _await_dump_snapshot(cur: Any, known: set[int], proc: ToolProcess) -> None:
-    """Wait until mysqldump's own consistent-snapshot transaction is open (writers are held meanwhile)."""
+    """Wait until mysqldump's own consistent-snapshot transaction is open (writers are held meanwhile).
+
+    The dump's connection is told apart only as a new one of our user with a transaction; a
+    CRM connection of that user opening a read transaction in the same moment could be taken
+    for it, so with binary logging on the dump's own stated position is checked as well.
+    """
     deadline = time.monotonic() + LOCK_WAIT_LIMIT
     while time.monotonic() < deadline:
-        cur.execute("SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX")
+        cur.execute("SELECT t.trx_mysql_thread_id FROM information_schema.INNODB_TRX t "
+                    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+                    "WHERE p.USER = SUBSTRING_INDEX(USER(), '@', 1)")
         if {int(r[0]) for r in cur.fetchall()} - known:
             return
         if proc.proc.poll() is not None:
@@ -220,6 +232,44 @@ def _await_dump_snapshot(cur: Any, known: set[int], proc: ToolProcess) -> None:
         time.sleep(0.12)
     raise DatabaseError("mysqldump did not open its snapshot within "
                         f"{LOCK_WAIT_LIMIT:.0f} s; writers were released and the dump abandoned")
+
+
+def source_data_option(tool_version: str) -> str:
+    """mariadb-dump and MySQL's mysqldump before 8.0.26 call it --master-data; MySQL 8.4 knows only --source-data."""
+    if "mariadb" in tool_version.lower():
+        return "--master-data=2"
+    found = re.search(r"Distrib (\d+)\.(\d+)\.(\d+)", tool_version) or re.search(r"Ver (\d+)\.(\d+)\.(\d+)",
+                                                                                tool_version)
+    release = tuple(int(n) for n in found.groups()) if found else (0, 0, 0)
+    return "--source-data=2" if release >= (8, 0, 26) else "--master-data=2"
+
+
+_STATED = re.compile(rb"CHANGE (?:MASTER|REPLICATION SOURCE) TO (?:MASTER|SOURCE)_LOG_FILE='([^']+)', "
+                     rb"(?:MASTER|SOURCE)_LOG_POS=(\d+)")
+HEAD_BYTES = 1 << 20  # the stated position comes right after the dump's header
+
+
+def at_position(pieces: Iterator[bytes], expected: dict[str, Any], tool: str) -> Iterator[bytes]:
+    """Pass the dump through, then fail unless its snapshot is at the binlog position recorded under the lock.
+
+    A dump a transaction slipped in before would not match the fingerprint, and point-in-time
+    recovery would apply that transaction twice; failing at the end keeps it out of the repository.
+    """
+    head = b""
+    stated: tuple[str, int] | None = None
+    for piece in pieces:
+        if stated is None and len(head) < HEAD_BYTES:
+            head += piece[: HEAD_BYTES - len(head)]
+            m = _STATED.search(head)
+            if m:
+                stated = (m.group(1).decode(), int(m.group(2)))
+        yield piece
+    want = (expected["file"], expected["position"])
+    if stated != want:
+        got = f"{stated[0]}:{stated[1]}" if stated else "no position"
+        raise DatabaseError(f"{tool}'s snapshot is not at the binlog position taken under the lock "
+                            f"({got}, expected {want[0]}:{want[1]}): a transaction slipped in between, "
+                            "so nothing was stored", hint="run the backup again")
 
 
 def _auto_increments(cur: Any) -> dict[str, int]:

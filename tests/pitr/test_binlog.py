@@ -247,3 +247,51 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
 
     refused = _crmops(tmp_path, binlog_server, "restore", "--at", "2020-01-01 00:00:00+00", "--sandbox")
     assert refused.returncode == 82 and "recoverable window is" in refused.stderr
+
+
+def test_a_dump_whose_snapshot_missed_the_lock_is_refused_not_stored(binlog_server: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers are held only until the dump's snapshot is seen open. Were another connection taken for
+    the dump's, writers would be let go early and the dump would hold rows the fingerprint and binlog
+    position do not: the dump's own stated position must catch that, and nothing may be stored."""
+    import threading
+
+    from crmops.config import Config
+    from crmops.engines import mysql
+    from crmops.errors import DatabaseError
+    from crmops.services.backup import backup
+
+    port = _port_of(binlog_server)
+    with pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True) as conn:
+        conn.cursor().execute("CREATE TABLE ticks (id int AUTO_INCREMENT PRIMARY KEY, at double)")
+    config = Config.model_validate({"database": {"url": binlog_server},
+                                    "repository": {"url": f"file://{tmp_path / 'repo'}"},
+                                    "state_dir": str(tmp_path / "state")})
+    monkeypatch.setenv("CRMOPS_PASSPHRASE", "binlog test")
+    assert _crmops(tmp_path, binlog_server, "repo", "init").returncode == 0
+    stop = threading.Event()
+
+    def write() -> None:  # held by the backup's lock, then commits the moment it is let go
+        with pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True) as c:
+            while not stop.is_set():
+                c.cursor().execute("INSERT INTO ticks (at) VALUES (%s)", (time.time(),))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        time.sleep(0.3)
+        good = backup(config)  # the real wait: writers held until the dump's snapshot is open
+        assert good.snapshot_id
+        monkeypatch.setattr(mysql, "_await_dump_snapshot", lambda cur, known, proc: time.sleep(0))
+        with pytest.raises(DatabaseError, match="slipped in"):
+            backup(config)
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    assert [s["id"] for s in _snapshots(tmp_path, binlog_server)] == [good.snapshot_id]
+
+
+def _snapshots(tmp_path: Path, url: str) -> list[dict]:  # type: ignore[type-arg]
+    r = _crmops(tmp_path, url, "snapshots")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
