@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,7 @@ import yaml
 
 from tests.conftest import BED_ENV
 from tests.pitr.conftest import result_of
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def binlog_server() -> Iterator[str]:
     shutil.chown(data, "mysql", "mysql")
     subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql",
                     "--auth-root-authentication-method=normal"], check=True, capture_output=True)
-    port = _port()
+    port = free_port()
     proc = subprocess.Popen(["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={data}/sock",
                              f"--port={port}", "--bind-address=127.0.0.1", "--user=mysql",
                              f"--log-bin={data}/mariadb-bin", "--binlog-format=ROW", "--server-id=7",
