@@ -168,7 +168,7 @@ class WalArchive:
         return "stored"
 
     def _note_latest(self, name: str, partial: bool = False) -> None:
-        doc: dict[str, Any] = {"segment": name, "pushed_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        doc: dict[str, Any] = {"segment": name, "pushed_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
         if partial:
             doc["partial"] = True
         key = state_key(self.system_id)

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.pitr.conftest import Cluster
 
 ROLE_PASSWORD = "stream secret 93"
@@ -137,3 +139,72 @@ def test_stream_survives_a_killed_pg_receivewal_and_coexists_with_archive_comman
     assert current in archived and current + ".partial" not in archived
     again = cluster.crmops("wal", "push", str(cluster.data / "pg_wal" / done), "--system-id", sysid)
     assert json.loads(again.stdout)["outcome"] == "already"
+
+
+@pytest.mark.usefixtures("docker_client")
+def test_partial_segments_bring_the_rpo_to_seconds_with_archive_timeout_an_hour(cluster: Cluster,
+                                                                              docker_client) -> None:
+    from tests.pitr.test_restore_at import Writer, _remove, _sandbox_rows
+
+    sysid = cluster.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
+    cluster.sql("ALTER SYSTEM SET track_commit_timestamp = on")
+    cluster.stop()
+    cluster.start()
+    url = _replication_role(cluster)
+    cluster.sql("CREATE TABLE markers (id bigserial PRIMARY KEY, note text)")
+    cluster.crmops_json("backup", "--physical")
+    cluster.sql("ALTER SYSTEM SET archive_timeout = 3600")  # archive_command ships nothing more on its own
+    cluster.sql("SELECT pg_reload_conf()")
+    archived_before = cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+    interval = 1
+    stream = Stream(cluster, url, interval=interval)
+    writer = Writer(cluster.url)
+    try:
+        active = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'crmops_test' AND active"
+        _wait_for(lambda: cluster.sql(active)[0][0] == 1, 30, f"the slot is not in use: {stream.stderr()}")
+        writer.start()
+        time.sleep(6)
+        killed_at = cluster.sql("SELECT clock_timestamp()")[0][0]
+        stream.proc.kill()  # no last push on the way out: only the periodic ones count
+        stream.proc.wait()
+        time.sleep(1)
+    finally:
+        writer.stop.set()
+        writer.join()
+        if stream.proc.poll() is None:
+            stream.stop()
+    current = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+    # nothing reached the archive through archive_command: the markers' segment is there only as a partial
+    assert cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0] == archived_before < current
+    files = _archived(cluster, sysid)
+    assert current + ".partial" in files and current not in files
+    ids = "SELECT id FROM markers WHERE pg_xact_commit_timestamp(xmin) <= %s ORDER BY id"
+    from datetime import timedelta
+
+    # what committed up to the interval (and a margin for a loaded machine) before the stop
+    expected = [str(r[0]) for r in cluster.sql(ids, killed_at - timedelta(seconds=interval + 2))]
+    total = cluster.sql("SELECT count(*) FROM markers")[0][0]
+    assert len(expected) > 100, (len(expected), total)
+
+    # restore_command asks for the segment by name: the partial stands in for it as the last one
+    out = cluster.base / "fetched"
+    fetched = cluster.crmops_json("wal", "fetch", current, str(out), "--system-id", sysid)
+    assert fetched["bytes"] == 16 * 1024 * 1024
+
+    end = cluster.crmops_json("wal", "status")["end"]
+    r = cluster.crmops("restore", "--at", end, "--sandbox", "--keep")
+    result = json.loads(r.stdout)
+    name = result["sandbox"]
+    try:
+        got = _sandbox_rows(docker_client, name, "SELECT id FROM markers ORDER BY id")
+        assert got[:len(expected)] == expected  # every one of them, in order
+        assert len(got) < total  # what was written after the last push is not there: nothing else delivered
+        newest = cluster.sql("SELECT pg_xact_commit_timestamp(xmin) FROM markers WHERE id = %s", int(got[-1]))[0][0]
+        lost = (killed_at - newest).total_seconds()
+        print(f"restored {len(got)} of {total} markers; the newest committed {lost:.2f} s before the stop")
+        assert lost < interval + 3
+    finally:
+        _remove(docker_client, name)
+        import shutil
+
+        shutil.rmtree(result["sandbox_info"]["folder"], ignore_errors=True)
