@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from crmops.errors import ConfigError, DatabaseError, LockBusy
+from crmops.errors import ConfigError, DatabaseError, LockBusy, StorageUnreachable
 from crmops.pitr.archive import SEGMENT_RE, WalArchive, segment_system_id
 
 SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
@@ -38,6 +38,8 @@ TOOL_FIX = ("install the PostgreSQL {major} client (apt-get install postgresql-c
 BACKOFF_MAX = 60.0
 #: a pg_receivewal that ran this long before it exited resets the backoff
 STEADY_S = 60.0
+#: how often a push is tried again while the store does not answer
+STORE_RETRY_S = 5.0
 
 
 def validate_slot(slot: str) -> None:
@@ -176,7 +178,8 @@ class Streamer:
         for name in names:
             path = self.spool / name
             if SEGMENT_RE.match(name):
-                self._check_owner(name, path.read_bytes()[:64])
+                with open(path, "rb") as f:
+                    self._check_owner(name, f.read(64))
             outcome = self.archive.push(path)  # durable before it returns
             if outcome in ("stored", "already"):
                 self.counts[outcome] += 1
@@ -213,6 +216,7 @@ class Streamer:
         restart_at = 0.0
         child_started = 0.0
         next_partial = time.monotonic() + self.interval
+        store_down: Exception | None = None
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -228,10 +232,17 @@ class Streamer:
                     self.warn(f"pg_receivewal exited (code {code}: {last}); restarting it in {backoff:g} s")
                     restart_at = now + backoff
                     backoff = min(backoff * 2, BACKOFF_MAX)
-                self.push_finished()
-                if time.monotonic() >= next_partial:
-                    self.push_partial()
-                    next_partial = time.monotonic() + self.interval
+                try:
+                    self.push_finished()
+                    if time.monotonic() >= next_partial:
+                        self.push_partial()
+                        next_partial = time.monotonic() + self.interval
+                    store_down = None
+                except StorageUnreachable as e:  # the files wait in the spool; the slot keeps the rest
+                    if store_down is None:
+                        self.warn(f"{e.line()}; retrying every {STORE_RETRY_S:g} s")
+                    store_down = e
+                    self.stop.wait(STORE_RETRY_S)
                 self.stop.wait(poll)
         finally:
             self._stop_child()

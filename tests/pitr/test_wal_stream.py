@@ -107,6 +107,19 @@ def test_stream_survives_a_killed_pg_receivewal_and_coexists_with_archive_comman
         second = stream.receiver(other_than=first)
         assert second != first
         _wait_for(lambda: names[-1] in _archived(cluster, sysid), 60, f"{names[-1]} not streamed: {stream.stderr()}")
+
+        # the store refuses writes for a while: the segment waits in the spool, one warning, then it goes
+        folder = cluster.repo / "wal" / sysid / "00000001"
+        mode = folder.stat().st_mode & 0o777
+        folder.chmod(0o555)
+        try:
+            cluster.sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
+            names.append(cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+            _wait_for(lambda: "retrying every" in stream.stderr(), 30, f"no warning: {stream.stderr()}")
+            assert (stream.spool / names[-1]).exists() and names[-1] not in _archived(cluster, sysid)
+        finally:
+            folder.chmod(mode)
+        _wait_for(lambda: names[-1] in _archived(cluster, sysid), 30, f"{names[-1]} not pushed: {stream.stderr()}")
         cluster.sql("INSERT INTO t VALUES (-1, 'in the partial segment')")
         current = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
         _wait_for(lambda: current + ".partial" in _archived(cluster, sysid), 30, "no partial pushed")
@@ -117,7 +130,8 @@ def test_stream_survives_a_killed_pg_receivewal_and_coexists_with_archive_comman
     assert result["ok"] and result["restarts"] == 1 and result["system_id"] == sysid
     assert result["stored"] >= len(names) and result["partial_pushes"] >= 1
     warnings = [ln for ln in stream.stderr().splitlines() if "warning" in ln]
-    assert len(warnings) == 1 and "pg_receivewal exited" in warnings[0], stream.stderr()
+    assert len(warnings) == 2 and "pg_receivewal exited" in warnings[0], stream.stderr()
+    assert "cannot write" in warnings[1] and "retrying every 5 s" in warnings[1]
     assert not list(stream.spool.glob("*.partial.tmp"))
     # every segment from the first streamed on is archived: nothing was lost while pg_receivewal was down
     segments = [n for n in _archived(cluster, sysid) if len(n) == 24]
