@@ -222,3 +222,49 @@ def test_partial_segments_bring_the_rpo_to_seconds_with_archive_timeout_an_hour(
         import shutil
 
         shutil.rmtree(result["sandbox_info"]["folder"], ignore_errors=True)
+
+
+def test_partial_rules_extend_supersede_and_serve_only_the_last(cluster: Cluster) -> None:
+    sysid = cluster.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
+    seg = 16 * 1024 * 1024
+    name = "000000010000000500000010"
+    work = cluster.base / "partials"
+    work.mkdir()
+
+    def push(fname: str, content: bytes) -> subprocess.CompletedProcess:
+        path = work / fname
+        path.write_bytes(content.ljust(seg, b"\0"))
+        return cluster.crmops("wal", "push", str(path), "--system-id", sysid, check=False)
+
+    def outcome(r: subprocess.CompletedProcess) -> str:
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["outcome"]
+
+    assert outcome(push(name + ".partial", b"A" * 1000)) == "stored"
+    assert outcome(push(name + ".partial", b"A" * 3000)) == "stored"  # it grew
+    assert outcome(push(name + ".partial", b"A" * 2000)) == "already"  # an older copy of the same WAL
+    clash = push(name + ".partial", b"B" * 4000)
+    assert clash.returncode == 80 and "does not extend" in clash.stderr
+
+    fetched = cluster.base / "fetched"
+    # the partial stands in for its segment while it is the last one
+    cluster.crmops("wal", "fetch", name, str(fetched), "--system-id", sysid)
+    assert fetched.read_bytes().rstrip(b"\0") == b"A" * 3000
+    # a newer full segment of its timeline: the partial is no longer the end, and is not served
+    newer = "000000010000000500000011"
+    assert outcome(push(newer, b"C" * 100)) == "stored"
+    missing = cluster.crmops("wal", "fetch", name, str(fetched), "--system-id", sysid, check=False)
+    assert missing.returncode == 81
+    # the full segment supersedes the partial: stored, the partial deleted, a late partial not stored
+    assert outcome(push(name, b"A" * 5000)) == "stored"
+    files = _archived(cluster, sysid)
+    assert name in files and name + ".partial" not in files
+    assert outcome(push(name + ".partial", b"A" * 5000)) == "superseded"
+    assert name + ".partial" not in _archived(cluster, sysid)
+    # a partial of an older timeline is never served once a later timeline's history exists
+    old = "000000010000000500000012"
+    assert outcome(push(old + ".partial", b"D" * 100)) == "stored"
+    cluster.crmops("wal", "fetch", old, str(fetched), "--system-id", sysid)
+    (work / "00000002.history").write_text("1\t5/12000000\tno recovery target specified\n")
+    cluster.crmops("wal", "push", str(work / "00000002.history"), "--system-id", sysid)
+    assert cluster.crmops("wal", "fetch", old, str(fetched), "--system-id", sysid, check=False).returncode == 81
