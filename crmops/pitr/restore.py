@@ -26,7 +26,15 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import engine_kind, safe
 from crmops.errors import ConfigError, DatabaseError, OutsideWindow, RecoveryFailed, TargetNotEmpty
-from crmops.pitr.archive import FILE_RE, SEGMENT_RE, WalArchive, parse_lsn, parse_segment, segno_of
+from crmops.pitr.archive import (
+    FILE_RE,
+    SEGMENT_RE,
+    WalArchive,
+    last_partials,
+    parse_lsn,
+    parse_segment,
+    segno_of,
+)
 from crmops.pitr.basebackup import STREAM
 from crmops.pitr.window import physical_manifests, window
 
@@ -168,15 +176,18 @@ def prefetch_wal(archive: WalArchive, base: dict[str, Any], folder: Path, last: 
     start_tli, start_segno = parse_segment(base["physical"]["start_segment"], seg_size)
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
-    for f in archive.files():
-        if SEGMENT_RE.match(f.name):
-            tli, segno = parse_segment(f.name, seg_size)
+    files = archive.files()
+    partials = last_partials(files, seg_size)  # a streamed partial stands in for the very last segment
+    for f in files:
+        name = f.name[:-len(".partial")] if f.name in partials else f.name
+        if SEGMENT_RE.match(name):
+            tli, segno = parse_segment(name, seg_size)
             if segno < start_segno or tli < start_tli or (last is not None and segno > last):
                 continue
         elif not f.name.endswith(".history"):
             continue
-        (folder / f.name).write_bytes(archive.read(f.name))
-        os.chmod(folder / f.name, 0o644)
+        (folder / name).write_bytes(archive.read(f.name))
+        os.chmod(folder / name, 0o644)
         n += 1
     os.chmod(folder, 0o755)
     return n

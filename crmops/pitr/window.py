@@ -41,6 +41,7 @@ def window(repo: Any, system_id: str | None = None, now: datetime | None = None)
     out: dict[str, Any] = {"configured": True, "system_id": system_id, "segments": len(segments),
                            "base_backups": len(bases), "newest_segment": latest["segment"] if latest else None,
                            "newest_archived_at": latest["pushed_at"] if latest else None,
+                           "newest_is_partial": bool(latest and latest.get("partial")),
                            "archive_lag_seconds": None, "start": None, "end": None, "gap": None,
                            "segment_size": seg_size}
     if latest:
@@ -73,7 +74,8 @@ def describe(repo: Any, system_id: str | None = None) -> dict[str, Any]:
         lines.append(f"cluster {info['system_id']}: {info['segments']} segments archived, "
                      f"{info['base_backups']} base backups")
         if info["newest_segment"]:
-            lines.append(f"newest segment {info['newest_segment']} archived {info['newest_archived_at']} "
+            part = " (its streamed part)" if info.get("newest_is_partial") else ""
+            lines.append(f"newest segment {info['newest_segment']}{part} archived {info['newest_archived_at']} "
                          f"({info['archive_lag_seconds']:.0f} s ago)")
         if info["start"]:
             lines.append(f"recoverable window: {info['start']} .. {info['end']}")

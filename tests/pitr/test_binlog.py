@@ -289,3 +289,31 @@ def _snapshots(tmp_path: Path, url: str) -> list[dict]:  # type: ignore[type-arg
     r = _crmops(tmp_path, url, "snapshots")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def test_follow_archives_as_the_log_grows_and_stops_cleanly_on_sigterm(binlog_server: str, tmp_path: Path) -> None:
+    """What `schedule install --binlog-follow` runs: a round every --interval, exit 0 on SIGTERM."""
+    assert _crmops(tmp_path, binlog_server, "repo", "init").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["CRMOPS_PASSPHRASE"] = "binlog test"
+    follow = subprocess.Popen([sys.executable, "-m", "crmops", "--config", str(tmp_path / "crmops.yaml"), "--json",
+                               "binlog", "follow", "--interval", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        with pymysql.connect(host="127.0.0.1", port=_port_of(binlog_server), user="root", database="crm",
+                             autocommit=True) as conn:
+            conn.cursor().execute("CREATE TABLE notes (id int PRIMARY KEY)")
+            conn.cursor().execute("INSERT INTO notes VALUES (1), (2), (3)")
+            active = conn.cursor()
+            active.execute("SHOW MASTER STATUS")
+            file = active.fetchone()[0]
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "repo" / "binlog" / "7" / file).exists():
+            assert time.monotonic() < deadline and follow.poll() is None, follow.stderr.read() if follow.stderr else ""
+            time.sleep(0.3)
+    finally:
+        follow.send_signal(signal.SIGTERM)
+        out, err = follow.communicate(timeout=60)
+    assert follow.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["rounds"] >= 1 and doc["stored"] >= 1
