@@ -125,12 +125,21 @@ class WalArchive:
         return "stored"
 
     def _note_latest(self, name: str) -> None:
-        doc = {"segment": name, "pushed_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        """The newest segment and the push times of the last day (the status page charts the lag from them)."""
+        from crmops.pitr.pushlog import record
+
+        now = datetime.now(UTC)
+        try:
+            before = self.latest() or {}
+        except Exception:  # a damaged state must not stop archiving: the next push writes a whole one
+            before = {}
+        doc = {"segment": name, "pushed_at": now.isoformat(timespec="seconds"),
+               "pushes": record(before.get("pushes"), now)}
         key = state_key(self.system_id)
         self.store.put(key, self.sealer.seal(json.dumps(doc).encode(), f"walstate:{self.system_id}"))
 
     def latest(self) -> dict[str, Any] | None:
-        """{segment, pushed_at} of the newest push, or None before the first."""
+        """{segment, pushed_at, pushes} of the newest push, or None before the first."""
         key = state_key(self.system_id)
         if not self.store.exists(key):
             return None
