@@ -15,6 +15,7 @@ import pymysql
 import yaml
 
 from crmops.pitr.pushlog import RESOLUTION, record, sawtooth
+from tests.conftest import BED_ENV
 from tests.pitr.conftest import PASSPHRASE, Cluster, result_of
 from tests.pitr.test_binlog import _port_of, binlog_server  # noqa: F401  (the fixture)
 
@@ -268,6 +269,14 @@ def test_mariadb_binlog_writes_not_pushed_are_red_idle_is_green(binlog_server: s
     r = _run(env_cluster, gone, "status")
     (w,) = [x for x in result_of(r.stdout)["pitr"] if x.get("kind") == "binlog"]
     assert w["lag_source"] == "last push" and "server not reachable" in w["lag_note"], w
+
+    # the shared test server (another server id, binary logging off) is not this archive's server: not judged by it
+    shared = BED_ENV.get("CRMOPS_TEST_MYSQL_URL")
+    if shared:
+        doc["database"]["url"] = shared
+        gone.write_text(yaml.safe_dump(doc))
+        (w,) = [x for x in result_of(_run(env_cluster, gone, "status").stdout)["pitr"] if x.get("kind") == "binlog"]
+        assert w["lag_source"] == "last push" and "not this one" in w["lag_note"], w
 
 
 def test_push_record_keeps_every_pause_and_stays_small() -> None:
