@@ -115,11 +115,14 @@ def setup_cmd(app: AppContext, url: str | None, env_file: Path, archive_timeout:
 @click.option("--system-id", help="Which cluster (default: the newest physical backup's).")
 @pass_app
 def status_cmd(app: AppContext, system_id: str | None) -> None:
-    """The recoverable window, the archive lag and any gap in the archive."""
+    """The recoverable window, the archive lag (asked of database.url when it is this cluster) and any gap."""
     from crmops.pitr.window import describe
     from crmops.repository import open_repository
 
-    info = describe(open_repository(app.config), system_id)
+    info = describe(open_repository(app.config), system_id, app.config.database.url)
+    if "lag_note" in info:
+        info["lag_note"] = app.config.redact(info["lag_note"])
+        info["lines"] = [app.config.redact(line) for line in info["lines"]]
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         for line in info["lines"]:

@@ -168,14 +168,23 @@ class WalArchive:
         return "stored"
 
     def _note_latest(self, name: str, partial: bool = False) -> None:
-        doc: dict[str, Any] = {"segment": name, "pushed_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+        """The newest segment and the push times of the last day (the status page charts the lag from them)."""
+        from crmops.pitr.pushlog import record
+
+        now = datetime.now(UTC)
+        try:
+            before = self.latest() or {}
+        except Exception:  # a damaged state must not stop archiving: the next push writes a whole one
+            before = {}
+        doc: dict[str, Any] = {"segment": name, "pushed_at": now.isoformat(timespec="milliseconds"),
+                               "pushes": record(before.get("pushes"), now)}
         if partial:
             doc["partial"] = True
         key = state_key(self.system_id)
         self.store.put(key, self.sealer.seal(json.dumps(doc).encode(), f"walstate:{self.system_id}"))
 
     def latest(self) -> dict[str, Any] | None:
-        """{segment, pushed_at} of the newest push, or None before the first."""
+        """{segment, pushed_at, pushes} of the newest push, or None before the first."""
         key = state_key(self.system_id)
         if not self.store.exists(key):
             return None
