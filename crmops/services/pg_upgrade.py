@@ -356,22 +356,24 @@ def undo(layout: Layout, source_url: str, config: Config, *, say: Any = lambda s
     """Back to the old server as it was; refuses (UpgradeFailed) where link mode makes that unsafe."""
     done: list[str] = []
     new_is_ours = layout.exists(f"{layout.new_datadir}/{OWNER_MARK}")
+    renamed = f"{layout.old_datadir}/global/pg_control.old"
+    linked = layout.exists(renamed)
+    # decided before anything is stopped: a refusal leaves the new server serving the data
+    if linked and not new_is_ours:
+        raise UpgradeFailed(f"{renamed} exists but {layout.new_datadir} is not the cluster crmops created: "
+                            "not touching either", hint="check both data directories by hand")
+    if linked and not _new_never_ran(layout):
+        raise UpgradeFailed("the new server has run on the files pg_upgrade --link shares with the old cluster: "
+                            "starting the old server is unsafe; the new server is left as it is",
+                            hint="keep the new server, or restore the pre-upgrade snapshot (crmops restore) into "
+                                 "a PostgreSQL server")
     if new_is_ours and layout.exists(f"{layout.new_datadir}/PG_VERSION") and \
             layout.running(layout.new_datadir, layout.new_bindir):
         layout.command(layout.stop_new or layout.exec_prefix + [
             f"{layout.new_bindir}/pg_ctl", "-D", layout.new_datadir, "-m", "fast", "-w", "stop"],
             "stopping the new server")
         done.append("stopped the new server")
-    renamed = f"{layout.old_datadir}/global/pg_control.old"
-    if layout.exists(renamed):
-        if not new_is_ours:
-            raise UpgradeFailed(f"{renamed} exists but {layout.new_datadir} is not the cluster crmops created: "
-                                "not touching either", hint="check both data directories by hand")
-        if not _new_never_ran(layout):
-            raise UpgradeFailed("the new server has run on the files pg_upgrade --link shares with the old cluster: "
-                                "starting the old server is unsafe",
-                                hint="restore the pre-upgrade snapshot (crmops restore) into a PostgreSQL "
-                                     "server, or keep the new one")
+    if linked:
         layout.here(["mv", renamed, f"{layout.old_datadir}/global/pg_control"], what="restoring pg_control")
         done.append("restored the old global/pg_control")
     if new_is_ours:
@@ -430,9 +432,9 @@ class UpgradeBox:
         return Layout(old_datadir=old_data, new_datadir=new_data, old_bindir=old_bin, new_bindir=new_bin,
                       exec_prefix=ex, mode=mode,
                       stop_old=ex + [f"{old_bin}/pg_ctl", "-D", old_data, "-m", "fast", "-w", "stop"],
-                      start_old=ex + [f"{old_bin}/pg_ctl", "-D", old_data, "-l", "/var/lib/postgresql/old.log",
+                      start_old=ex + [f"{old_bin}/pg_ctl", "-D", old_data, "-l", "/tmp/old.log",
                                       "-o", listen, "-w", "start"],
-                      start_new=ex + [f"{new_bin}/pg_ctl", "-D", new_data, "-l", "/var/lib/postgresql/new.log",
+                      start_new=ex + [f"{new_bin}/pg_ctl", "-D", new_data, "-l", "/tmp/new.log",
                                       "-o", listen, "-w", "start"])
 
     def __enter__(self) -> UpgradeBox:
@@ -452,7 +454,7 @@ class UpgradeBox:
         guard.register(self.name, self.remove)
         labels = {LABEL: "1", "crmops.engine": "postgresql", "crmops.database": self.database}
         old_bin = f"/usr/lib/postgresql/{self.old}/bin"
-        start = (f'"{old_bin}/pg_ctl" -D "$PGDATA" -l /var/lib/postgresql/old.log -o "-c listen_addresses=*" '
+        start = (f'"{old_bin}/pg_ctl" -D "$PGDATA" -l /tmp/old.log -o "-c listen_addresses=*" '
                  "-w start >/dev/null && exec sleep infinity")
         try:
             self._client.networks.create(self.name, driver="bridge", internal=True, labels=labels)

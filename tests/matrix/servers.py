@@ -167,7 +167,7 @@ class UpgradeHost:
         data = f"/var/lib/postgresql/{version}/data"
         argv = [f"/usr/lib/postgresql/{version}/bin/pg_ctl", "-D", data, "-w"]
         if action == "start":
-            argv += ["-l", f"/var/lib/postgresql/{version}.log", "-o", "-c listen_addresses=* -c fsync=off", "start"]
+            argv += ["-l", f"/tmp/{version}.log", "-o", "-c listen_addresses=* -c fsync=off", "start"]
         else:
             argv += ["-m", "fast", "stop"]
         return self.prefix() + argv
@@ -188,7 +188,7 @@ def run_upgrade_host(client: Any) -> Iterator[UpgradeHost]:
     tag = uuid.uuid4().hex[:8]
     name = f"crmops-test-pgupgrade-{tag}"
     password = secrets.token_hex(12)
-    start = ('"$PG_BINDIR/pg_ctl" -D "$PGDATA" -l /var/lib/postgresql/13.log '
+    start = ('"$PG_BINDIR/pg_ctl" -D "$PGDATA" -l /tmp/13.log '
              '-o "-c listen_addresses=* -c fsync=off" -w start >/dev/null && exec sleep infinity')
     container = client.containers.run(
         PG_UPGRADE_IMAGE, ["sh", "-c", start], name=name, detach=True, init=True, labels={LABEL: "1",
