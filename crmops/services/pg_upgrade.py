@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ OWNER_MARK = "crmops_pg_upgrade.owner"
 #: the new cluster's control state right after pg_upgrade: unchanged means the new server never ran
 STATE_MARK = "crmops_pg_upgrade.state"
 _CONTROL_KEYS = ("Database cluster state", "Latest checkpoint location")
+#: held by an upgrade while it runs: an undo (the rollback after a timeout or Ctrl-C, which the
+#: runner starts while the step's thread may still be inside pg_upgrade) waits for it to end
+_BUSY = threading.RLock()
 
 
 @dataclass
@@ -251,6 +255,19 @@ def findings(layout: Layout, output: str) -> list[dict[str, str]]:
 def upgrade(config: Config, source_url: str, target_url: str, target_version: str, layout: Layout, *,
             smoke: list[dict[str, Any]], ctx: StepContext, timeout: float) -> dict[str, Any]:
     """The whole sequence; on any failure after the first change the old server is brought back, then it raises."""
+    with _BUSY:
+        return _upgrade(config, source_url, target_url, target_version, layout, smoke=smoke, ctx=ctx,
+                        timeout=timeout)
+
+
+def _go_on(ctx: StepContext) -> None:
+    """Between phases: a cancelled step (timeout, Ctrl-C) stops here and undoes what it did."""
+    if ctx.cancelled.is_set():
+        raise StepFailed("cancelled")
+
+
+def _upgrade(config: Config, source_url: str, target_url: str, target_version: str, layout: Layout, *,
+             smoke: list[dict[str, Any]], ctx: StepContext, timeout: float) -> dict[str, Any]:
     from crmops.services.engine_upgrade import _analyze, compare_across, run_smoke
 
     say = ctx.say
@@ -264,6 +281,7 @@ def upgrade(config: Config, source_url: str, target_url: str, target_version: st
         problems, check_s = check(layout, timeout)
         if problems:
             raise _Findings(problems)
+        _go_on(ctx)
         t1 = time.monotonic()
         ctx.progress({"pg_upgrade": "stopping old"})
         layout.command(layout.stop_old, "stopping the old server")
@@ -271,6 +289,7 @@ def upgrade(config: Config, source_url: str, target_url: str, target_version: st
         r = layout.pg_upgrade(_mode_flag(layout.mode), timeout)
         if r.returncode != 0:
             raise StepFailed(f"pg_upgrade failed (exit {r.returncode}): {_last_words(r)}")
+        _go_on(ctx)
         for name in layout.copy_config:
             src = f"{layout.old_datadir}/{name}"
             if layout.exists(src):
@@ -354,6 +373,16 @@ def _wait_ready(url: str, config: Config, seconds: float = 120) -> Any:
 
 def undo(layout: Layout, source_url: str, config: Config, *, say: Any = lambda s: None) -> str:
     """Back to the old server as it was; refuses (UpgradeFailed) where link mode makes that unsafe."""
+    if not _BUSY.acquire(blocking=False):
+        say("waiting for the running pg_upgrade step to end before undoing it")
+        _BUSY.acquire()
+    try:
+        return _undo(layout, source_url, config, say)
+    finally:
+        _BUSY.release()
+
+
+def _undo(layout: Layout, source_url: str, config: Config, say: Any) -> str:
     done: list[str] = []
     new_is_ours = layout.exists(f"{layout.new_datadir}/{OWNER_MARK}")
     renamed = f"{layout.old_datadir}/global/pg_control.old"

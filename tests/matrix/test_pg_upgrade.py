@@ -171,6 +171,19 @@ def test_link_mode_undo_before_17_runs_and_refusal_after(docker_client, tmp_path
             assert "starting the new server failed" in failed["error"] and "no such service" in failed["error"]
             _serving_13(host, url, before, "engine (link mode, 17 did not start)")
 
+            # the step times out while it works: it stops at the next phase and undoes itself (the runner waits
+            # up to 30 s for that; a longer pg_upgrade holds the rollback's undo until it ends)
+            def slow(doc: dict[str, Any]) -> None:
+                step = _stage(doc, "engine")["steps"][0]
+                step.update(timeout=3, start_new=["sh", "-c", "sleep 8; exit 7"])
+
+            r = run(config, "--json", "upgrade", str(_playbook(tmp_path, host, db, app.url, mode="link",
+                                                               edit=slow, name="slow")), env=env)
+            assert r.returncode == 50, r.stdout[-2000:]
+            failed = next(s for s in first_json(r.stdout)["steps"] if s["ok"] is False)
+            assert "timed out after 3s" in failed["error"], failed
+            _serving_13(host, url, before, "engine (link mode, timed out)")
+
             # linked, 17 ran, then the switch fails: undoing is refused, 17 keeps serving the data
             r = run(config, "--json", "upgrade", str(_playbook(tmp_path, host, db, app.url, mode="link",
                                                                edit=_fail_switch, name="ran")), env=env)
