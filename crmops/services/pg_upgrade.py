@@ -481,7 +481,14 @@ class UpgradeBox:
                                hint=f"build it with scripts/images/build.sh {self.image} (from a crmops checkout)"
                                ) from None
         guard.register(self.name, self.remove)
-        labels = {LABEL: "1", "crmops.engine": "postgresql", "crmops.database": self.database}
+        import os
+        import socket
+        from datetime import UTC, datetime
+
+        # the verify sandboxes' labels: `crmops sandbox cleanup` tells a live owner from a dead one
+        labels = {LABEL: "1", "crmops.created": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "crmops.pid": str(os.getpid()), "crmops.host": socket.gethostname(),
+                  "crmops.engine": "postgresql", "crmops.database": self.database}
         old_bin = f"/usr/lib/postgresql/{self.old}/bin"
         start = (f'"{old_bin}/pg_ctl" -D "$PGDATA" -l /tmp/old.log -o "-c listen_addresses=*" '
                  "-w start >/dev/null && exec sleep infinity")
