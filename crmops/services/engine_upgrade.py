@@ -1,5 +1,7 @@
 """Database engine upgrades (PostgreSQL 13 -> 17, MariaDB 10.5 -> 11.8) as a playbook step.
 
+Method `pg_upgrade` (PostgreSQL only) lives in crmops.services.pg_upgrade.
+
 Method `logical`: dump from the old server, restore into an empty database on a new
 server of the target version, prove the rows arrived (a cross-version fingerprint
 comparison), run the smoke SQL there. The old server and its data are only read, so
@@ -35,6 +37,10 @@ def executor(config: Config) -> Callable[[Any, dict[str, Any], StepContext], Ste
     """The engine_upgrade step's executor: the real copy, or (dry run) the rehearsal in a target sandbox."""
 
     def run(step: Any, params: dict[str, Any], ctx: StepContext) -> StepResult:
+        if params.get("method") == "pg_upgrade":
+            from crmops.services.pg_upgrade import run_step
+
+            return run_step(config, step, params, ctx, _result)
         if ctx.dry_run:
             report = rehearse(config, ctx.url, str(params["target_version"]), smoke=params.get("smoke_sql") or [],
                               say=ctx.say)
@@ -47,7 +53,8 @@ def executor(config: Config) -> Callable[[Any, dict[str, Any], StepContext], Ste
 
 
 def _result(report: dict[str, Any]) -> StepResult:
-    outputs = {k: report.get(k) for k in ("method", "seconds", "dump_seconds", "restore_seconds", "image",
+    outputs = {k: report.get(k) for k in ("method", "mode", "seconds", "dump_seconds", "restore_seconds", "image",
+                                          "check_seconds", "upgrade_seconds", "load_seconds",
                                           "source_version", "target_version", "tables", "differences",
                                           "incompatibilities", "smoke", "tool") if k in report}
     problems = [f"{i['object']}: {i['error']}" for i in report["incompatibilities"]]
