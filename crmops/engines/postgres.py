@@ -17,7 +17,9 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from crmops.dburl import display, parse
+from crmops.engines import canonical
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
+from crmops.engines.canonical import CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
 from crmops.engines.tools import Background, StreamedDump
@@ -149,9 +151,14 @@ class PostgresEngine:
     # -- fingerprint ---------------------------------------------------------------
 
     def _method(self, method: str | None, major: int) -> str:
-        if method is None and major < 14:
-            return ""  # hash_record_extended came with PostgreSQL 14
-        return check_method(self.name, method, ("", RECORD_HASH))
+        """A stored fingerprint's method, or the fastest this server has: the values' own hashes on 14+
+        (hash_record_extended came with 14), else the canonical text, which costs what any text form does."""
+        if method is None:
+            return RECORD_HASH if major >= 14 else CANONICAL if major >= 13 else ""
+        method = check_method(self.name, method, ("", RECORD_HASH, CANONICAL))
+        if method == CANONICAL and major < 13:
+            raise DatabaseError(f"PostgreSQL {major} cannot compute the canonical fingerprint (13 or newer can)")
+        return method
 
     def fingerprint(self, *, method: str | None = None) -> Fingerprint:
         with self.connect(autocommit=False) as conn:
@@ -325,6 +332,8 @@ _HASHED_AS_IS = (16, 17, 18, 20, 21, 23, 25, 650, 700, 701, 829, 869, 1042, 1043
 
 def _row_hash(conn: psycopg.Connection, qualified: str, method: str) -> str:
     """The SQL expression of a row's 64-bit hash in table alias t."""
+    if method == CANONICAL:
+        return canonical.pg_hash([v for _, v in canonical.pg_columns(conn, qualified)])
     if method != RECORD_HASH:
         return "hashtextextended(t::text, 0)"
     cols = conn.execute("""SELECT quote_ident(a.attname), a.atttypid = ANY(%(as_is)s)
@@ -351,6 +360,8 @@ def _table_checksum(conn: psycopg.Connection, qualified: str, method: str) -> tu
 def _fill_fingerprint(conn: psycopg.Connection, fp: Fingerprint) -> None:
     tables = conn.execute(f"""SELECT quote_ident(schemaname) || '.' || quote_ident(tablename), schemaname, tablename
                               FROM pg_tables WHERE schemaname NOT IN {SYSTEM_SCHEMAS} ORDER BY 2, 3""").fetchall()
+    if fp.method == CANONICAL:
+        canonical.pg_settle(conn)
     for qualified, schema, table in tables:
         rows, checksum = _table_checksum(conn, qualified, fp.method)
         name = table if schema == "public" else f"{schema}.{table}"
