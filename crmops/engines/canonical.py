@@ -7,7 +7,8 @@ extra_float_digits, bytea_output and lc_monetary, MariaDB's time_zone. They are 
 loses trailing zeros (1.50 = 1.5), money is written as its number, xml as its output function writes
 it (what pg_dump stores: without the `<?xml version="1.0"?>` declaration), MariaDB's FLOAT as the
 double it holds (its text form keeps 6 digits, so 16777216 and 16777200 would look alike).
-Each value is quoted before a row is hashed, so no value can pass for a separator.
+Each value is quoted (PostgreSQL) or prefixed with its length (MariaDB) before a row is hashed,
+so no value can pass for a separator.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def my_settle(cur: Any) -> None:
 
 
 def my_columns(cur: Any, table: str) -> list[tuple[str, str]]:
-    """Each column's name and the SQL of its canonical text, quoted (NULL as the word NULL)."""
+    """Each column's name and the SQL of its canonical text, prefixed with its length (NULL as N)."""
     cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = DATABASE() "
                 "AND table_name = %s ORDER BY ordinal_position", (table,))
     out = []
@@ -71,7 +72,9 @@ def my_columns(cur: Any, table: str) -> list[tuple[str, str]]:
         q = "`" + str(col).replace("`", "``") + "`"
         dtype = str(dtype).lower()
         value = f"HEX({q})" if dtype in BINARY_TYPES else f"{q} + 0e0" if dtype == "float" else q
-        out.append((str(col), f"QUOTE(CAST({value} AS CHAR CHARACTER SET utf8mb4))"))
+        text = f"CAST({value} AS CHAR CHARACTER SET utf8mb4)"
+        # its length first (in bytes), so no value passes for a separator; cheaper than QUOTE()
+        out.append((str(col), f"COALESCE(CONCAT(LENGTH({text}), ':', {text}), 'N')"))
     return out
 
 
