@@ -338,13 +338,20 @@ def _row_hash(conn: psycopg.Connection, qualified: str, method: str) -> str:
     if method != RECORD_HASH:
         return "hashtextextended(t::text, 0)"
     cols = conn.execute("""SELECT quote_ident(a.attname), a.atttypid = ANY(%(as_is)s)
-                                  OR (ty.typcategory = 'A' AND ty.typelem = ANY(%(as_is)s))
+                                  OR (ty.typcategory = 'A' AND ty.typelem = ANY(%(as_is)s)),
+                                  CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END = 142
                            FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
                            WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
                            ORDER BY a.attnum""", {"as_is": list(_HASHED_AS_IS), "table": qualified}).fetchall()
     if not cols:
         return "hashtextextended(t::text, 0)"
-    return f"hash_record_extended(ROW({', '.join(c if as_is else f't.{c}::text' for c, as_is in cols)}), 0)"
+    return f"hash_record_extended(ROW({', '.join(_as_hashed(c, as_is, xml) for c, as_is, xml in cols)}), 0)"
+
+
+def _as_hashed(col: str, as_is: bool, xml: bool) -> str:
+    """A column as record-hash hashes it. xml as its output function writes it, as pg_dump does: the
+    cast to text keeps an `<?xml version="1.0"?>` declaration that the dump drops."""
+    return col if as_is else f"xml_out(t.{col})::text" if xml else f"t.{col}::text"
 
 
 def _table_checksum(conn: psycopg.Connection, qualified: str, method: str) -> tuple[int, int]:
