@@ -20,14 +20,17 @@ import pymysql
 from sqlalchemy.engine import URL
 
 from crmops.dburl import display, parse
+from crmops.engines import canonical
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
+from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file
 from crmops.errors import CrmopsError, DatabaseError
 
 FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
-BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit", "geometry"}
+#: how fingerprints can be computed, oldest first; the last is the one new snapshots record
+METHODS = ("", CANONICAL)
 #: how long writers may be held while mysqldump's snapshot opens, at most
 LOCK_WAIT_LIMIT = 30.0
 
@@ -131,13 +134,13 @@ class MysqlEngine:
         return ",".join(r[0] for r in self._query("SELECT version_num FROM alembic_version ORDER BY 1")) or None
 
     def fingerprint(self, *, method: str | None = None) -> Fingerprint:
-        check_method(self.name, method)
+        method = check_method(self.name, method, METHODS)
         conn = self.connect()
         try:
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                fp = Fingerprint(self.name, sequences=_auto_increments(cur))
+                fp = Fingerprint(self.name, sequences=_auto_increments(cur), method=method)
                 _fill_fingerprint(cur, fp)
                 cur.execute("ROLLBACK")
             return fp
@@ -178,7 +181,7 @@ class MysqlEngine:
             lock_seconds = time.monotonic() - locked_at
 
             def compute() -> Fingerprint:
-                fp = Fingerprint(self.name, sequences=sequences)
+                fp = Fingerprint(self.name, sequences=sequences, method=METHODS[-1])
                 _fill_fingerprint(cur, fp)
                 return fp
 
@@ -278,21 +281,31 @@ def _auto_increments(cur: Any) -> dict[str, int]:
     return {str(t): int(v) for t, v in cur.fetchall()}
 
 
+def _text_sum(cur: Any, table: str) -> str:
+    """The first way: each value's text joined with '|' (FLOAT's text keeps only 6 digits)."""
+    cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = DATABASE() "
+                "AND table_name = %s ORDER BY ordinal_position", (table,))
+    parts = []
+    for col, dtype in cur.fetchall():
+        q = f"`{col}`"
+        value = f"HEX({q})" if dtype.lower() in BINARY_TYPES else f"CAST({q} AS CHAR)"
+        parts.append(f"COALESCE({value}, '\\\\N')")
+    row = f"MD5(CONCAT_WS('|', {', '.join(parts)}))"
+    return f"COALESCE(SUM(CAST(CONV(SUBSTRING({row}, 1, 16), 16, 10) AS DECIMAL(65, 0))), 0)"
+
+
 def _fill_fingerprint(cur: Any, fp: Fingerprint) -> None:
     cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
                 "AND table_type = 'BASE TABLE' ORDER BY table_name")
     tables = [str(r[0]) for r in cur.fetchall()]
+    if fp.method == CANONICAL:
+        canonical.my_settle(cur)
     for t in tables:
-        cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = DATABASE() "
-                    "AND table_name = %s ORDER BY ordinal_position", (t,))
-        parts = []
-        for col, dtype in cur.fetchall():
-            q = f"`{col}`"
-            value = f"HEX({q})" if dtype.lower() in BINARY_TYPES else f"CAST({q} AS CHAR)"
-            parts.append(f"COALESCE({value}, '\\\\N')")
-        row = f"MD5(CONCAT_WS('|', {', '.join(parts)}))"
-        cur.execute(f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(SUBSTRING({row}, 1, 16), 16, 10) AS DECIMAL(65, 0))), 0) "
-                    f"FROM `{t}`")
+        if fp.method == CANONICAL:
+            total = canonical.my_sum([v for _, v in canonical.my_columns(cur, t)])
+        else:
+            total = _text_sum(cur, t)
+        cur.execute(f"SELECT COUNT(*), {total} FROM `{t}`")
         rows, checksum = cur.fetchone()
         fp.tables[t] = TableFingerprint(int(rows), format(int(checksum) & (2**128 - 1), "032x"))
     fp.objects["tables"] = len(tables)

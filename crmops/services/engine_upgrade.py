@@ -27,6 +27,7 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import parse, safe
 from crmops.engines import Engine, Fingerprint, open_engine
+from crmops.engines.canonical import CANONICAL, table_sums
 from crmops.errors import ConfigError
 from crmops.playbooks.steps import StepContext, StepResult, expand_env
 
@@ -131,51 +132,37 @@ def _analyze(target: Engine) -> None:
 def compare_across(expected: Fingerprint, source: Engine | None, target: Engine) -> list[dict[str, Any]]:
     """Every table's rows against the old server's fingerprint, computed the same way on the new version.
 
-    The fingerprint of the old server names its method (PostgreSQL 13 hashes each row's
-    text, 14+ each value's own hash); the new server computes the same method, so equal
-    values compare equal wherever their text form did not change. Where a table differs,
-    each column is compared on its own and the columns that really differ are named.
+    The new server computes the snapshot's own method. A canonical fingerprint writes every
+    value in a form no version or server setting changes, so it compares as it is; the older
+    methods hash text forms that settings (time zone, date style, locale) may change, so a
+    table they find different is compared canonically on both servers and reported only if
+    its values really differ. Each reported table names the columns that differ.
     """
     got = target.fingerprint(method=expected.method)
     out: list[dict[str, Any]] = []
     for d in expected.compare(got):
         item = {"kind": d.kind, "name": d.name, "expected": d.expected, "found": d.found, "reason": d.reason}
         if d.kind == "table" and d.reason == "content checksum differs" and source is not None:
-            item["columns"] = differing_columns(source, target, d.name)
+            old, new = table_sums(source, d.name), table_sums(target, d.name)
+            if expected.method != CANONICAL and old == new:
+                continue  # equal values whose text form differs between the servers
+            item["columns"] = _differing(old[2], new[2])
         out.append(item)
     return out
 
 
 def differing_columns(source: Engine, target: Engine, table: str) -> list[str]:
-    a, b = column_checksums(source, table), column_checksums(target, table)
+    """The columns of a table whose values differ between the two servers, compared canonically."""
+    return _differing(column_checksums(source, table), column_checksums(target, table))
+
+
+def _differing(a: dict[str, int], b: dict[str, int]) -> list[str]:
     return sorted(c for c in set(a) | set(b) if a.get(c) != b.get(c))
 
 
-def column_checksums(engine: Engine, table: str) -> dict[str, str]:
-    """Per column: the order-independent sum of each value's text hash."""
-    if engine.name == "postgresql":
-        qualified = table if "." in table else f"public.{table}"
-        with engine.connect() as conn:  # type: ignore[attr-defined]
-            cols = [r[0] for r in conn.execute(
-                "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                "AND NOT attisdropped ORDER BY attnum", (qualified,))]
-            sums = ", ".join(f"COALESCE(sum(('x' || substr(md5(COALESCE({c}::text, '\\N')), 1, 16))::bit(64)"
-                             f"::bigint::numeric), 0)" for c in cols)
-            row = conn.execute(f"SELECT {sums} FROM {qualified}").fetchone()
-        return {c.strip('"'): str(v) for c, v in zip(cols, row, strict=True)}
-    conn = engine.connect()  # type: ignore[attr-defined]
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() "
-                        "AND table_name = %s ORDER BY ordinal_position", (table,))
-            cols = [str(r[0]) for r in cur.fetchall()]
-            sums = ", ".join(f"COALESCE(SUM(CAST(CONV(SUBSTRING(MD5(COALESCE(CAST(`{c}` AS CHAR), '\\\\N')), 1, 16), "
-                             f"16, 10) AS DECIMAL(65, 0))), 0)" for c in cols)
-            cur.execute(f"SELECT {sums} FROM `{table}`")
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    return {c: str(v) for c, v in zip(cols, row, strict=True)}
+def column_checksums(engine: Engine, table: str) -> dict[str, int]:
+    """Per column: the order-independent sum of each value's canonical hash (same on every version)."""
+    return table_sums(engine, table)[2]
 
 
 # -- smoke SQL -------------------------------------------------------------------------
