@@ -216,7 +216,7 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
     assert busy.returncode == 60 and "--force" in busy.stderr
     forced = _crmops(tmp_path, binlog_server, *args, "--force")
     assert forced.returncode == 0, forced.stderr
-    assert json.loads(forced.stdout)["tables_replaced"] == ["markers"]
+    assert json.loads(forced.stdout)["replaced"] == ["markers"]
     with connect() as conn:
         cur = conn.cursor()
         cur.execute("SELECT id FROM markers ORDER BY id")
