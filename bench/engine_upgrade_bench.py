@@ -10,7 +10,8 @@ the downtime forecast; the real run copies into the new server. Both read the sa
 server, so this compares what the forecast promises with what production gets. Each round
 does the estimate, then the real copy into a fresh empty database on a PostgreSQL 17
 server container. The old and new servers are containers from scripts/images (postgres:13,
-postgres:17) with their data on tmpfs, like the matrix tests'.
+postgres:17); the old server keeps its data on tmpfs like the matrix tests', the new one
+(the "real" side) on the container's disk with fsync on, as production has.
 
 The pg_upgrade half: "production" is PostgreSQL 13 in crmops-pg-upgrade:13-17 (the matrix
 tests' upgrade host, data on tmpfs). Per round and mode (link, copy; clone needs reflinks,
@@ -88,7 +89,7 @@ def _summary(key: str, size: int, rows: list[tuple[float, float]]) -> dict[str, 
 
 
 def logical(client: object, size_name: str, rounds: int) -> dict[str, object]:
-    with run_server(client, BY_ID["pg13"]) as old, run_server(client, BY_ID["pg17"]) as new:
+    with run_server(client, BY_ID["pg13"]) as old, run_server(client, BY_ID["pg17"], durable=True) as new:
         url = old.create_database()
         size = _build(url, size_name, "logical")
         cfg = Config.model_validate({"database": {"url": url}, "repository": {"url": "file:///nonexistent"}})

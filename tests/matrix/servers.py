@@ -107,8 +107,13 @@ def _ready(server: Server) -> bool:
 
 
 @contextmanager
-def run_server(client: Any, version: Version, *, network: str | None = None) -> Iterator[Server]:
-    """Start a server of version; removed (with its data) when the block ends."""
+def run_server(client: Any, version: Version, *, network: str | None = None, durable: bool = False
+               ) -> Iterator[Server]:
+    """Start a server of version; removed (with its data) when the block ends.
+
+    Tests keep the data on tmpfs with durability off, for speed; durable=True keeps the image's
+    defaults and the container's disk, as a production server has (the benchmarks' "real" side).
+    """
     from docker.errors import ImageNotFound
 
     try:
@@ -122,13 +127,15 @@ def run_server(client: Any, version: Version, *, network: str | None = None) -> 
     password = secrets.token_hex(12)
     if version.engine == "postgresql":
         env, port, data = {"POSTGRES_PASSWORD": password}, 5432, "/var/lib/postgresql/data"
-        command = ["postgres", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        command = ["postgres"] if durable else ["postgres", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                                                "-c", "full_page_writes=off"]
     else:
         env, port, data = {"MARIADB_ROOT_PASSWORD": password}, 3306, "/var/lib/mysql"
-        command = ["mariadbd", "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=64M"]
+        command = ["mariadbd"] if durable else ["mariadbd", "--innodb-flush-log-at-trx-commit=0",
+                                                "--innodb-buffer-pool-size=64M"]
     container = client.containers.run(
         version.image, command, name=name, detach=True, environment=env, labels={LABEL: "1", f"{LABEL}.run": tag},
-        ports={f"{port}/tcp": ("127.0.0.1", None)}, tmpfs={data: "rw,size=1g"}, network=network)
+        ports={f"{port}/tcp": ("127.0.0.1", None)}, tmpfs={} if durable else {data: "rw,size=1g"}, network=network)
     try:
         container.reload()
         host_port = int(container.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
