@@ -47,6 +47,8 @@ def parse_time(text: str) -> datetime:
 
 def check_target(target: dict[str, str]) -> dict[str, Any]:
     (kind, value), = target.items()
+    if kind == "time" and value.strip().lower() == "latest":
+        return {"kind": "latest", "value": "latest"}  # no target: replay every archived WAL file, then promote
     if kind == "time":
         return {"kind": kind, "value": value, "time": parse_time(value)}
     if kind == "lsn":
@@ -65,7 +67,9 @@ def check_target(target: dict[str, str]) -> dict[str, Any]:
 def recovery_settings(target: dict[str, Any], restore_command: str) -> dict[str, str]:
     out = {"restore_command": restore_command, "recovery_target_action": "promote",
            "recovery_target_timeline": "latest"}
-    if target["kind"] == "time":
+    if target["kind"] == "latest":
+        pass
+    elif target["kind"] == "time":
         out["recovery_target_time"] = target["time"].isoformat(sep=" ")
     elif target["kind"] == "lsn":
         out["recovery_target_lsn"] = target["value"]
@@ -216,6 +220,8 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
     started = time.monotonic()
     target = check_target(target_in)
     if engine_kind(config.database.url) == "mysql":
+        if target["kind"] == "latest":
+            raise ConfigError("--at latest is for PostgreSQL's WAL archive; for MariaDB give a time")
         from crmops.pitr.binlog_restore import check_mariadb_form, restore_at_mariadb
 
         check_mariadb_form(sandbox, tables, to_url, to_datadir, target["kind"])
@@ -320,7 +326,8 @@ def _to_datadir(config: Config, repo: Any, base: dict[str, Any], target: dict[st
         f"base backup {base['id']} extracted into {datadir}, recovery settings written "
         f"(postgresql.auto.conf, recovery.signal)",
         f"next: chown -R postgres:postgres {datadir}, then start PostgreSQL {major} on it "
-        f"(e.g. pg_ctl -D {datadir} start); it replays the archive to {target['value']} and promotes",
+        f"(e.g. pg_ctl -D {datadir} start); it replays the archive to "
+        f"{'its end' if target['kind'] == 'latest' else target['value']} and promotes",
         f"{env_file} must hold CRMOPS_PASSPHRASE for the postgres user; remove the recovery settings from "
         "postgresql.auto.conf once it runs",
     ]

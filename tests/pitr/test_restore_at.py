@@ -201,3 +201,47 @@ def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Clus
             assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 50
     finally:
         as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"], capture_output=True)
+
+
+def test_restore_at_latest_replays_every_archived_commit(cluster: Cluster, docker_client, tmp_path) -> None:
+    """`--at latest` sets no recovery target: even a commit in the last second before the archive's
+    push time comes back (a time target at the archive's end, to the second, may stop before it)."""
+    cluster.sql("CREATE TABLE markers (id bigserial PRIMARY KEY, note text)")
+    cluster.crmops_json("backup", "--physical")
+    for _ in range(20):
+        cluster.sql("INSERT INTO markers (note) VALUES ('marker')")
+    cluster.switch_and_wait()
+    cluster.sql("INSERT INTO markers (note) VALUES ('last')")
+    cluster.switch_and_wait()
+    cluster.stop()  # the server is gone: only the repository is left
+    r = cluster.crmops("restore", "--at", "latest", "--sandbox", "--keep")
+    result = json.loads(r.stdout)
+    try:
+        assert result["target"] == {"kind": "latest", "value": "latest"}
+        assert _sandbox_rows(docker_client, result["sandbox"], "SELECT count(*), max(note) FROM markers") \
+            == ["21|marker"]
+        assert _sandbox_rows(docker_client, result["sandbox"], "SELECT note FROM markers ORDER BY id DESC LIMIT 1") \
+            == ["last"]
+    finally:
+        _remove(docker_client, result["sandbox"])
+        import shutil
+
+        shutil.rmtree(result["sandbox_info"]["folder"], ignore_errors=True)
+    datadir = tmp_path / "recovered"
+    r = json.loads(cluster.crmops("restore", "--at", "LATEST", "--to-datadir", str(datadir)).stdout)
+    auto = (datadir / "postgresql.auto.conf").read_text()
+    assert "restore_command" in auto and "recovery_target_time =" not in auto
+    assert any("replays the archive to its end" in line for line in r["lines"])
+
+
+def test_at_latest_is_refused_for_mariadb_before_anything_starts(tmp_path) -> None:
+    from crmops.config import load_config
+    from crmops.errors import ConfigError
+    from crmops.pitr.restore import recovery_settings, restore_at
+
+    assert "recovery_target_time" not in recovery_settings({"kind": "latest", "value": "latest"}, "cp %f %p")
+    (tmp_path / "c.yaml").write_text(f"database:\n  url: mysql://root@127.0.0.1:1/crm\n"
+                                     f"repository:\n  url: file://{tmp_path}/repo\n")
+    cfg = load_config(tmp_path / "c.yaml", environ={})
+    with pytest.raises(ConfigError, match="--at latest is for PostgreSQL"):
+        restore_at(cfg, {"time": "latest"}, sandbox=True)
