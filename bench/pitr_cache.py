@@ -1,8 +1,7 @@
 """A PostgreSQL 15 data directory holding the demo CRM, built once and copied for each benchmark run.
 
-Building `large` (3.7 GB, millions of rows generated in Python; 22.5 minutes on a busy 2-core
-machine) takes longer than the
-measurements themselves on a 2-core machine, so the loaded cluster is kept, cleanly shut
+Building `large` (3.7 GB, millions of rows generated in Python) took 22.5 minutes on a busy
+2-core machine, longer than all the measurements, so the loaded cluster is kept, cleanly shut
 down, under $CRMOPS_BENCH_CACHE (default /var/tmp/crmops-bench), keyed by size and seed.
 A run copies it into its own folder, so the copy's WAL and archive are the run's alone.
 """
