@@ -41,8 +41,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "crmops_repository_snapshots": ("gauge", "Snapshots in the repository, as last counted."),
     "crmops_repository_size_bytes": ("gauge", "Bytes stored in the repository, as last measured."),
     "crmops_build_info": ("gauge", "crmops version (always 1)."),
-    "crmops_archive_lag_seconds": ("gauge", "Age of the newest archived WAL segment when last measured (RPO)."),
-    "crmops_archive_last_push_timestamp_seconds": ("gauge", "When the newest WAL segment was archived (Unix time)."),
+    "crmops_archive_lag_seconds": ("gauge", "How old the oldest write not yet archived can be, when last measured "
+                                            "(RPO; 0 while the server is idle with everything archived)."),
+    "crmops_archive_last_push_timestamp_seconds": ("gauge", "When the newest WAL segment or binary log was archived "
+                                                            "(Unix time)."),
     "crmops_pitr_window_start_timestamp": ("gauge", "Oldest moment a point-in-time restore can reach (Unix time)."),
 }
 

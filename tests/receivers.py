@@ -7,7 +7,6 @@ make a webhook fail a few times, or refuse a message, and see what crmops does.
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.ports import free_port
 
 
 @dataclass
@@ -91,9 +92,7 @@ def smtp_receiver() -> Iterator[SmtpReceiver]:
             rec.messages.append(message_from_bytes(envelope.original_content or envelope.content))
             return "250 OK"
 
-    with socket.socket() as probe:  # a free port (aiosmtpd checks readiness by connecting to it)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # aiosmtpd checks readiness by connecting to it
     rec = SmtpReceiver("127.0.0.1", port)
     controller = Controller(Handler(), hostname="127.0.0.1", port=port)
     controller.start()

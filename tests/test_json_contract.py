@@ -105,6 +105,18 @@ CASES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...], int]] = {
 }
 
 
+@pytest.mark.parametrize(("args", "code"), [
+    (("wal", "stream", "--url", "sqlite:///crm.db"), 3),  # not PostgreSQL
+    (("wal", "stream", "--url", UNREACHABLE), 10),
+    (("wal", "stream", "--url", "postgresql://127.0.0.1/postgres", "--slot", "Bad-Slot"), 3),
+])
+def test_wal_stream_failures_are_one_document(bed: Path, args: tuple[str, ...], code: int) -> None:
+    """Its success (the summary printed when it is stopped) is in tests/pitr/test_wal_stream.py."""
+    r = run(bed, "--json", *args)
+    doc = one_document(r)
+    assert r.returncode == code and doc["ok"] is False and doc["exit_code"] == code, r.stderr
+
+
 def test_every_command_has_a_case() -> None:
     """A new command in COMMANDS needs a success and a failure here (or the sandbox's Docker test)."""
     assert set(COMMANDS) <= set(CASES), f"add --json cases for {sorted(set(COMMANDS) - set(CASES))}"

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,94 @@ def test_weekly_drill_and_status_page_from_the_units_and_from_cron(tmp_path: Pat
     records = [json.loads(ln) for ln in (tmp_path / "state" / "runs.jsonl").read_text().splitlines()]
     assert [(x["command"], x["result"]) for x in records] == [("backup", "success"), ("drill", "success"),
                                                                ("backup", "success")]
+
+
+def test_streamers_are_services_that_show_and_remove_like_the_jobs(tmp_path: Path) -> None:
+    pg = tmp_path / "pg.yaml"
+    pg.write_text(yaml.safe_dump({"database": {"url": "postgresql://crm@127.0.0.1:5432/crm"}, "state_dir": "state"}))
+    units = tmp_path / "units"
+    env_file = tmp_path / "crmops.env"
+    env_file.write_text("CRMOPS_PASSPHRASE=x\nCRMOPS_STREAM_URL=postgresql://repl:streampw@127.0.0.1/postgres\n")
+    r = crmops("--config", str(pg), "--json", "schedule", "install", "--unit-dir", str(units), "--env-file",
+               str(env_file), "--wal-stream", "--user", "postgres", "--no-systemctl")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["services"] == ["wal-stream"] and out["jobs"]["wal-stream"]["unit"] == "crmops-wal-stream.service"
+    assert "systemctl enable --now crmops-backup.timer crmops-check.timer crmops-wal-stream.service" in out["to_run"]
+    assert out["to_run"][-1] == "systemctl restart crmops-wal-stream.service"
+    service = (units / "crmops-wal-stream.service").read_text()
+    assert service.startswith(MARKER) and not (units / "crmops-wal-stream.timer").exists()
+    for line in ("Type=simple", "Restart=always", "RestartSec=10", "StartLimitIntervalSec=0", "KillMode=mixed",
+                 "User=postgres", f"EnvironmentFile=-{env_file}", "WantedBy=multi-user.target"):
+        assert line in service.splitlines(), line
+    assert "streampw" not in service and "CRMOPS_PASSPHRASE" not in service  # secrets stay in the env file
+    command, env = service_command(units / "crmops-wal-stream.service")
+    assert command[-2:] == ["wal", "stream"] and env["CRMOPS_STREAM_URL"].startswith("postgresql://repl:")
+    if shutil.which("systemd-analyze"):
+        v = subprocess.run(["systemd-analyze", "verify", str(units / "crmops-wal-stream.service")],
+                           capture_output=True, text=True, timeout=60)
+        assert v.returncode == 0 and "crmops-wal-stream" not in v.stderr, v.stderr
+    shown = json.loads(crmops("--json", "schedule", "show", "--unit-dir", str(units)).stdout)["jobs"]
+    stream = next(j for j in shown if j["job"] == "wal-stream")
+    assert stream["kind"] == "systemd" and stream["when"] == "always" and stream["service"] is True
+    assert stream["command"].endswith("wal stream") and stream["next"] is None
+
+    # an install without it stops and removes the service: the schedule is the whole set
+    (units / "multi-user.target.wants").mkdir()
+    (units / "multi-user.target.wants" / "crmops-wal-stream.service").symlink_to(units / "crmops-wal-stream.service")
+    r = crmops("--config", str(pg), "--json", "schedule", "install", "--unit-dir", str(units), "--no-systemctl")
+    out = json.loads(r.stdout)
+    assert out["removed"] == [str(units / "crmops-wal-stream.service")] and out["services"] == []
+    assert "systemctl disable --now crmops-wal-stream.service" in out["to_run"]
+    assert not list((units / "multi-user.target.wants").iterdir())
+
+    # the wrong engine is refused before anything is written
+    r = crmops("--config", str(pg), "--json", "schedule", "install", "--unit-dir", str(tmp_path / "u2"),
+               "--binlog-follow", "--no-systemctl")
+    assert r.returncode == 3 and "--binlog-follow follows MariaDB/MySQL" in r.stderr
+    assert json.loads(r.stdout)["ok"] is False and not (tmp_path / "u2").exists()
+
+
+def test_cron_restarts_a_streamer_every_minute_behind_a_lock(tmp_path: Path) -> None:
+    my = tmp_path / "my.yaml"
+    my.write_text(yaml.safe_dump({"database": {"url": "mysql+pymysql://crm@127.0.0.1:3306/crm"}, "state_dir": "st"}))
+    cron = tmp_path / "cron.d" / "crmops"
+    log = tmp_path / "crmops.log"
+    r = crmops("--config", str(my), "--json", "schedule", "install", "--cron", "--cron-file", str(cron),
+               "--unit-dir", str(tmp_path / "units"), "--binlog-follow", "--log-file", str(log))
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in cron.read_text().splitlines() if ln.endswith("# crmops-job=binlog-follow"))
+    assert line.startswith("* * * * * root { flock -n /run/lock/crmops-binlog-follow.lock ")
+    assert "binlog follow; }" in line and f">>{log} 2>&1" in line
+    r = crmops("--config", str(my), "--json", "schedule", "install", "--cron", "--cron-file", str(cron),
+               "--unit-dir", str(tmp_path / "units"), "--wal-stream")
+    assert r.returncode == 3 and "--wal-stream streams PostgreSQL WAL" in r.stderr
+    shown = json.loads(crmops("--json", "schedule", "show", "--unit-dir", str(tmp_path / "units"), "--cron-file",
+                              str(cron)).stdout)["jobs"]
+    follow = next(j for j in shown if j["job"] == "binlog-follow")
+    assert follow["kind"] == "cron" and follow["when"] == "* * * * *" and follow["service"] is True
+    assert "binlog follow" in follow["command"] and follow["next"] is None
+    # the line itself, as cron's sh runs it (the lock moved into this test's folder): the first start runs,
+    # the next minute's start finds the lock held and leaves at once, and the lock's holders stop on SIGTERM
+    run = line.split(" root ", 1)[1].rsplit(" # ", 1)[0].replace("/run/lock/", f"{tmp_path}/")
+    header = dict(ln.split("=", 1) for ln in cron.read_text().splitlines()[1:6])
+    env = {**os.environ, **header}
+    first = subprocess.Popen(["sh", "-c", run], env=env)
+    try:
+        lock = tmp_path / "crmops-binlog-follow.lock"
+        deadline = time.monotonic() + 30
+        while not (log.exists() and "does not answer" in log.read_text()):  # its first round ran
+            assert time.monotonic() < deadline and first.poll() is None, "the first start did not run"
+            time.sleep(0.2)
+        second = subprocess.run(["sh", "-c", run], env=env, timeout=30)
+        assert second.returncode != 0 and first.poll() is None  # flock -n: one streamer at a time
+        subprocess.run(["fuser", "-k", "-TERM", str(lock)], capture_output=True, timeout=30)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    r = crmops("--json", "schedule", "remove", "--unit-dir", str(tmp_path / "units"), "--cron-file", str(cron))
+    out = json.loads(r.stdout)
+    assert out["removed"] == [str(cron)] and not cron.exists()
+    # cron cannot stop what it started: the one command that does (the processes holding the lock) is named
+    assert out["to_run"] == ["fuser -k -TERM /run/lock/crmops-binlog-follow.lock"]

@@ -71,17 +71,30 @@ def follow_cmd(app: AppContext, url: str | None, interval: int) -> None:
 
     Each round lists the server's binary logs and archives what is new or longer, so a
     server restart or a rotation between rounds loses nothing the server still keeps.
+    SIGTERM or Ctrl-C lets the round under way finish, then exits 0.
     """
-    import time
+    import signal
+    import threading
 
     from crmops.errors import CrmopsError
     from crmops.pitr.binlog import push
 
-    while True:
-        try:
-            result = push(app.config, url)
-            if result["stored"]:
-                app.say(f"stored {', '.join(result['stored'])}")
-        except CrmopsError as e:  # an unreachable server or store: say it, try again next round
-            click.echo(f"crmops: warning: {e.line()}", err=True)
-        time.sleep(interval)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    rounds = stored = 0
+    try:
+        while not stop.is_set():
+            try:
+                result = push(app.config, url)
+                stored += len(result["stored"])
+                if result["stored"]:
+                    app.say(f"stored {', '.join(result['stored'])}")
+            except CrmopsError as e:  # an unreachable server or store: say it, try again next round
+                click.echo(f"crmops: warning: {e.line()}", err=True)
+            rounds += 1
+            stop.wait(interval)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    app.emit({"ok": True, "rounds": rounds, "stored": stored},
+             lambda c: c.print(f"stopped after {rounds} rounds; {stored} binary logs stored", markup=False))

@@ -17,7 +17,8 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
                                "public). Into a non-empty target, replaces just them (needs --force).")
 @click.option("--as", "prefix", metavar="PREFIX",
               help="With --tables: restore them beside the live ones as PREFIX<table> (e.g. --as restored_; "
-                   "PostgreSQL also --as SCHEMA. for SCHEMA.<table>); replaces nothing, needs no --force.")
+                   "PostgreSQL also --as SCHEMA. for SCHEMA.<table>); replaces nothing, needs no --force. "
+                   "Also with --at.")
 @click.option("--attachments-to", type=click.Path(file_okay=False, path_type=Path),
               help="Also restore the attachments into this folder.")
 @click.option("--force", is_flag=True, help="Replace a non-empty target, after a pre-restore snapshot of it.")
@@ -52,11 +53,14 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
 
         if snapshot != "latest":
             raise click.UsageError("--at picks its base backup itself: leave out SNAPSHOT")
-        if attachments_to is not None or prefix is not None or source is not None:
-            raise click.UsageError("--attachments-to, --as and --source belong to snapshot restores; "
+        if attachments_to is not None or source is not None:
+            raise click.UsageError("--attachments-to and --source belong to snapshot restores; "
                                    "they do not combine with --at")
+        if prefix is not None and not chosen:
+            raise click.UsageError("--as needs --tables (the tables to restore beside the live ones)")
         return restore_at_cmd(app, target=parse_target(at, at_lsn, at_name, before_xid), to_url=to_url,
-                              tables=chosen, sandbox=sandbox, keep=keep, to_datadir=to_datadir, force=force)
+                              tables=chosen, sandbox=sandbox, keep=keep, to_datadir=to_datadir, force=force,
+                              prefix=prefix)
     if to_url is None:
         raise click.UsageError("Missing option '--to'.")
     if prefix is not None and not chosen:

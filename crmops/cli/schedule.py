@@ -30,20 +30,28 @@ def _manage(unit_dir: Path, no_systemctl: bool) -> bool:
     return not no_systemctl and sch.systemd_running() and unit_dir.resolve() == sch.DEFAULT_UNIT_DIR
 
 
-def _retire(files: list[Path], unit_dir: Path, manage: bool) -> list[str]:
-    """Stop the timers among files and delete them all (with their timers.target.wants links).
+def _retire(files: list[Path], unit_dir: Path, manage: bool, cron_file: Path | None = None) -> list[str]:
+    """Stop the timers and services among files and delete them all (with the links `enable` made).
 
-    Returns the commands still to run by hand when systemctl was not ours to call.
+    Returns the commands still to run by hand when systemctl was not ours to call, and, for
+    streamers cron started, the command that stops them (cron cannot).
     """
     timers = [p.name for p in files if p.suffix == ".timer"]
-    if manage and timers:
-        sch.systemctl("disable", "--now", *timers)
+    services = [p.name for p in files if p.suffix == ".service" and p.stem[len(sch.PREFIX):] in sch.SERVICES]
+    streamers = sch.cron_services(cron_file) if cron_file is not None and cron_file in files else []
+    if manage and (timers or services):
+        sch.systemctl("disable", "--now", *timers, *services)
     for p in files:
         p.unlink()
-        (unit_dir / "timers.target.wants" / p.name).unlink(missing_ok=True)  # what `disable` removes
-    if manage and timers:
+        for wants in ("timers.target.wants", "multi-user.target.wants"):
+            (unit_dir / wants / p.name).unlink(missing_ok=True)  # what `disable` removes
+    todo = [f"fuser -k -TERM {sch.cron_lock(name)}" for name in streamers]
+    if manage and (timers or services):
         sch.systemctl("daemon-reload")
-    return [f"systemctl stop {' '.join(timers)}", "systemctl daemon-reload"] if timers and not manage else []
+    elif timers or services:
+        todo += [*([f"systemctl stop {' '.join(timers)}"] if timers else []),
+                 *([f"systemctl disable --now {' '.join(services)}"] if services else []), "systemctl daemon-reload"]
+    return todo
 
 
 def _config_file(app: AppContext) -> Path:
@@ -93,44 +101,72 @@ def schedule_group() -> None:
               help="With --cron: where the JSON log lines go (default: <state_dir>/crmops.log).")
 @click.option("--status-page", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Rewrite the status page (report --html FILE) after every run, good or bad.")
+@click.option("--wal-stream", is_flag=True,
+              help="Also run `wal stream` as a service (PostgreSQL): WAL archived within seconds.")
+@click.option("--binlog-follow", is_flag=True,
+              help="Also run `binlog follow` as a service (MariaDB/MySQL): binary logs archived as they grow.")
 @click.option("--cron", "use_cron", is_flag=True, help="A file in /etc/cron.d instead of systemd units.")
 @_with_dirs
 @_no_systemctl
 @pass_app
 def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, check: sch.When | None,
                 prune: sch.When | None, timeout: str, lock_wait: str, env_file: Path, user: str | None,
-                log_file: Path | None, status_page: Path | None, use_cron: bool, unit_dir: Path, cron_file: Path,
-                no_systemctl: bool) -> None:
-    """Write the units (or cron file) that run the jobs; the configuration file is pinned by path."""
+                log_file: Path | None, status_page: Path | None, wal_stream: bool, binlog_follow: bool,
+                use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
+    """Write the units (or cron file) that run the jobs; the configuration file is pinned by path.
+
+    The schedule is the whole set: a job or service left out of this install is removed.
+    """
+    from crmops.dburl import engine_kind
+    from crmops.errors import ConfigError
+
     config = _config_file(app)
+    kind = engine_kind(app.config.database.url)
+    if wal_stream and kind != "postgresql":
+        raise ConfigError("--wal-stream streams PostgreSQL WAL, but database.url is not PostgreSQL",
+                          hint="for MariaDB/MySQL use --binlog-follow")
+    if binlog_follow and kind != "mysql":
+        raise ConfigError("--binlog-follow follows MariaDB/MySQL binary logs, but database.url is not MariaDB/MySQL",
+                          hint="for PostgreSQL use --wal-stream")
+    services = [n for n, on in (("wal-stream", wal_stream), ("binlog-follow", binlog_follow)) if on]
     schedule = {k: v for k, v in (("backup", backup), ("verify", verify), ("check", check), ("prune", prune)) if v}
     common = {"config": config, "env_file": env_file.absolute(), "timeout_s": sch.parse_duration(timeout),
               "lock_wait_s": sch.parse_duration(lock_wait), "user": user, "exe": sch.crmops_executable(),
-              "status_page": status_page.absolute() if status_page else None}
+              "status_page": status_page.absolute() if status_page else None, "services": services}
     if use_cron:
         plan = sch.plan_cron(schedule, cron_file=cron_file, log_file=log_file or app.config.state_dir / "crmops.log",
                              **common)
     else:
         plan = sch.plan_systemd(schedule, unit_dir=unit_dir, **common)
     # a job dropped from the schedule, or a switch between systemd and cron, must not keep running
-    stale = [p for p in sch.generated(unit_dir, cron_file) if str(p) not in plan.files]
     manage = _manage(unit_dir, no_systemctl)
-    todo = _retire(stale, unit_dir, manage)
+    installed = sch.generated(unit_dir, cron_file)
+    stale = [p for p in installed if str(p) not in plan.files]
+    # streamers in a cron file being rewritten without them keep running: say how to stop them
+    dropped = [j for j in sch.cron_services(cron_file) if not use_cron or j not in services]
+    todo = _retire(stale, unit_dir, manage, cron_file)
+    todo += [f"fuser -k -TERM {sch.cron_lock(j)}" for j in dropped if cron_file not in stale]
     sch.write(plan)
-    timers = [] if use_cron else [job["unit"] for job in plan.jobs.values()]
-    if manage and timers:
+    units = [] if use_cron else [job["unit"] for job in plan.jobs.values()]
+    streams = [] if use_cron else [job["unit"] for job in plan.jobs.values() if job.get("service")]
+    if manage and units:
         sch.systemctl("daemon-reload")
-        sch.systemctl("enable", "--now", *timers)
-    elif timers:
+        sch.systemctl("enable", "--now", *units)
+        if streams:
+            sch.systemctl("restart", *streams)  # a running streamer takes the rewritten unit now
+    elif units:
         todo = [*(t for t in todo if t != "systemctl daemon-reload"), "systemctl daemon-reload",
-                f"systemctl enable --now {' '.join(timers)}"]
-    manage = manage and bool(timers)
-    result = {**plan.to_dict(), "removed": [str(p) for p in stale], "enabled": manage, "to_run": todo,
+                f"systemctl enable --now {' '.join(units)}",
+                *([f"systemctl restart {' '.join(streams)}"] if streams else [])]
+    manage = manage and bool(units)
+    timers = units
+    result = {**plan.to_dict(), "services": services, "removed": [str(p) for p in stale], "enabled": manage,
+              "to_run": todo,
               "env_file": str(common["env_file"]), "env_file_exists": env_file.is_file()}
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         for name, job in plan.jobs.items():
-            console.print(f"{name:7} {job['when']:28} {' '.join(job['command'])}")
+            console.print(f"{name:7} {job['when']:28} {' '.join(job['command'])}", markup=False)
         console.print(f"wrote {', '.join(sorted(plan.files))}")
         for p in stale:
             console.print(f"removed {p}")
@@ -173,12 +209,12 @@ def show_cmd(app: AppContext, unit_dir: Path, cron_file: Path) -> None:
 def remove_cmd(app: AppContext, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
     """Stop and delete the units (and cron file) `schedule install` wrote; nothing else is touched."""
     files = sch.generated(unit_dir, cron_file)
-    todo = _retire(files, unit_dir, _manage(unit_dir, no_systemctl))
+    todo = _retire(files, unit_dir, _manage(unit_dir, no_systemctl), cron_file)
     result = {"removed": [str(p) for p in files], "to_run": todo}
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         console.print("removed " + ", ".join(str(p) for p in files) if files else "nothing to remove")
         if todo:
-            console.print("systemd may still hold the timers; run:\n  " + "\n  ".join(todo))
+            console.print("systemd or cron may still run them; run:\n  " + "\n  ".join(todo), markup=False)
 
     app.emit(result, human)

@@ -115,14 +115,79 @@ def setup_cmd(app: AppContext, url: str | None, env_file: Path, archive_timeout:
 @click.option("--system-id", help="Which cluster (default: the newest physical backup's).")
 @pass_app
 def status_cmd(app: AppContext, system_id: str | None) -> None:
-    """The recoverable window, the archive lag and any gap in the archive."""
+    """The recoverable window, the archive lag (asked of database.url when it is this cluster) and any gap."""
     from crmops.pitr.window import describe
     from crmops.repository import open_repository
 
-    info = describe(open_repository(app.config), system_id)
+    info = describe(open_repository(app.config), system_id, app.config.database.url)
+    if "lag_note" in info:
+        info["lag_note"] = app.config.redact(info["lag_note"])
+        info["lines"] = [app.config.redact(line) for line in info["lines"]]
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         for line in info["lines"]:
             console.print(line, markup=False)
 
     app.emit(info, human)
+
+
+@wal_group.command("stream")
+@click.option("--url", type=DATABASE_URL,
+              help="A role with REPLICATION (default: $CRMOPS_STREAM_URL, else database.url).")
+@click.option("--spool", type=click.Path(file_okay=False, path_type=Path),
+              help="Where pg_receivewal writes (default: <state_dir>/wal-spool); one streamer per spool.")
+@click.option("--slot", default="crmops", show_default=True,
+              help="The replication slot (created if missing): the server keeps WAL until it is received.")
+@click.option("--interval", type=click.IntRange(1, 3600), default=10, show_default=True,
+              help="Seconds between pushes of the segment being filled: the bound on data lost (RPO).")
+@pass_app
+def stream_cmd(app: AppContext, url: str | None, spool: Path | None, slot: str, interval: int) -> None:
+    """Stream WAL with pg_receivewal and push it to the archive until stopped (run it as a service).
+
+    Finished segments are pushed like `wal push` (archive_command may run beside it); the
+    segment being filled is pushed as <name>.partial every --interval seconds. SIGTERM or
+    Ctrl-C stops pg_receivewal, pushes what it wrote, and exits 0.
+    """
+    import signal
+
+    from crmops.dburl import engine_kind, parse, safe
+    from crmops.engines.tools import require_tool
+    from crmops.errors import ConfigError
+    from crmops.pitr import stream
+
+    config = app.config  # reads $CRMOPS_ENV_FILE, which may hold CRMOPS_STREAM_URL
+    url = url or os.environ.get("CRMOPS_STREAM_URL") or config.database.url
+    if engine_kind(url) != "postgresql":
+        raise ConfigError(f"{safe(url)} is not PostgreSQL; for MariaDB/MySQL run `crmops binlog follow`")
+    stream.validate_slot(slot)
+    spool = (spool or config.state_dir / "wal-spool").absolute()
+    u = parse(url)
+    system_id, timeline, major = stream.identify(u)
+    tool = require_tool(["pg_receivewal"], (major,), what=f"stream WAL from PostgreSQL {major}",
+                        fix=stream.TOOL_FIX.format(major=major), extra_dirs=[f"/usr/lib/postgresql/{major}/bin"])
+    archive = _archive(app, system_id)
+
+    def warn(line: str) -> None:
+        click.echo(f"crmops: warning: {line}", err=True)
+
+    streamer = stream.Streamer(archive, tool=tool, env=stream.libpq_env(u), spool=spool, slot=slot,
+                               interval=interval, warn=warn, say=app.say)
+    streamer.lock_spool()
+    streamer.create_slot()
+
+    def stop(signum: int, frame: object) -> None:
+        streamer.stop.set()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    app.say(f"streaming cluster {system_id} (timeline {timeline}) from {safe(url)} into {spool}, slot {slot}; "
+            f"the current segment is pushed every {interval} s")
+    try:
+        counts = streamer.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    result = {"ok": True, "system_id": system_id, "slot": slot, "spool": str(spool), "interval": interval,
+              "tool": tool, **counts}
+    app.emit(result, lambda c: c.print(f"stopped: {counts['stored']} segments stored, {counts['already']} "
+                                       f"already archived, {counts['partial_pushes']} partial pushes, "
+                                       f"{counts['restarts']} restarts of pg_receivewal", markup=False))

@@ -20,14 +20,17 @@ import pymysql
 from sqlalchemy.engine import URL
 
 from crmops.dburl import display, parse
+from crmops.engines import canonical
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
+from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file
 from crmops.errors import CrmopsError, DatabaseError
 
 FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
-BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit", "geometry"}
+#: how fingerprints can be computed, oldest first; the last is the one new snapshots record
+METHODS = ("", CANONICAL)
 #: how long writers may be held while mysqldump's snapshot opens, at most
 LOCK_WAIT_LIMIT = 30.0
 
@@ -131,13 +134,13 @@ class MysqlEngine:
         return ",".join(r[0] for r in self._query("SELECT version_num FROM alembic_version ORDER BY 1")) or None
 
     def fingerprint(self, *, method: str | None = None) -> Fingerprint:
-        check_method(self.name, method)
+        method = check_method(self.name, method, METHODS)
         conn = self.connect()
         try:
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                fp = Fingerprint(self.name, sequences=_auto_increments(cur))
+                fp = Fingerprint(self.name, sequences=_auto_increments(cur), method=method)
                 _fill_fingerprint(cur, fp)
                 cur.execute("ROLLBACK")
             return fp
@@ -165,22 +168,31 @@ class MysqlEngine:
                 binlog = position(cur)  # under the lock: exactly the dump's point in the binlog
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 before = _connection_ids(cur)
+                # with binary logging on, the dump states its own snapshot's position: checked below
+                states = [source_data_option(tool.version)] if binlog else []
                 proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", "--quick",
                                      "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
-                                     "--default-character-set=utf8mb4", "--no-tablespaces", self.database_name()],
+                                     "--default-character-set=utf8mb4", "--no-tablespaces", *states,
+                                     self.database_name()],
                                     env={}, secrets=self._secrets(), label=tool.name, mounts=[options])
                 _await_dump_snapshot(cur, before | {mine}, proc)
             finally:
                 cur.execute("UNLOCK TABLES")
             lock_seconds = time.monotonic() - locked_at
 
+            rounded: dict[str, dict[str, int]] = {}
+
             def compute() -> Fingerprint:
-                fp = Fingerprint(self.name, sequences=sequences)
+                fp = Fingerprint(self.name, sequences=sequences, method=METHODS[-1])
                 _fill_fingerprint(cur, fp)
+                rounded.update(rounded_floats(cur))
                 return fp
 
             dump = StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds, tool=tool.to_dict())
             dump.binlog = binlog  # type: ignore[attr-defined]
+            dump.rounded = rounded  # type: ignore[attr-defined]  # filled with the fingerprint
+            if binlog:
+                dump.chunks = lambda: at_position(proc.pieces(), binlog, tool.name)  # type: ignore[method-assign]
             yield dump
         finally:
             if proc is not None:
@@ -207,10 +219,17 @@ def _connection_ids(cur: Any) -> set[int]:
 
 
 def _await_dump_snapshot(cur: Any, known: set[int], proc: ToolProcess) -> None:
-    """Wait until mysqldump's own consistent-snapshot transaction is open (writers are held meanwhile)."""
+    """Wait until mysqldump's own consistent-snapshot transaction is open (writers are held meanwhile).
+
+    The dump's connection is told apart only as a new one of our user with a transaction; a
+    CRM connection of that user opening a read transaction in the same moment could be taken
+    for it, so with binary logging on the dump's own stated position is checked as well.
+    """
     deadline = time.monotonic() + LOCK_WAIT_LIMIT
     while time.monotonic() < deadline:
-        cur.execute("SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX")
+        cur.execute("SELECT t.trx_mysql_thread_id FROM information_schema.INNODB_TRX t "
+                    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+                    "WHERE p.USER = SUBSTRING_INDEX(USER(), '@', 1)")
         if {int(r[0]) for r in cur.fetchall()} - known:
             return
         if proc.proc.poll() is not None:
@@ -222,27 +241,94 @@ def _await_dump_snapshot(cur: Any, known: set[int], proc: ToolProcess) -> None:
                         f"{LOCK_WAIT_LIMIT:.0f} s; writers were released and the dump abandoned")
 
 
+def rounded_floats(cur: Any) -> dict[str, dict[str, int]]:
+    """table -> FLOAT column -> how many values the dump rounds.
+
+    MariaDB writes FLOAT with 6 significant digits, in SELECT and so in mariadb-dump: a value
+    with more (16777216, 0.1234567) comes back changed from every dump. Counted in the dump's
+    snapshot so the backup can say so, and verify can name the cause of the difference.
+    """
+    cur.execute("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = DATABASE() "
+                "AND data_type = 'float' ORDER BY table_name, ordinal_position")
+    out: dict[str, dict[str, int]] = {}
+    for table, column in cur.fetchall():
+        q = f"`{column}`"
+        cur.execute(f"SELECT COUNT(*) FROM `{table}` WHERE {q} IS NOT NULL AND CAST(CAST({q} AS CHAR) AS FLOAT) <> {q}")
+        n = int(cur.fetchone()[0])
+        if n:
+            out.setdefault(str(table), {})[str(column)] = n
+    return out
+
+
+def source_data_option(tool_version: str) -> str:
+    """mariadb-dump and MySQL's mysqldump before 8.0.26 call it --master-data; MySQL 8.4 knows only --source-data."""
+    if "mariadb" in tool_version.lower():
+        return "--master-data=2"
+    found = re.search(r"Distrib (\d+)\.(\d+)\.(\d+)", tool_version) or re.search(r"Ver (\d+)\.(\d+)\.(\d+)",
+                                                                                tool_version)
+    release = tuple(int(n) for n in found.groups()) if found else (0, 0, 0)
+    return "--source-data=2" if release >= (8, 0, 26) else "--master-data=2"
+
+
+_STATED = re.compile(rb"CHANGE (?:MASTER|REPLICATION SOURCE) TO (?:MASTER|SOURCE)_LOG_FILE='([^']+)', "
+                     rb"(?:MASTER|SOURCE)_LOG_POS=(\d+)")
+HEAD_BYTES = 1 << 20  # the stated position comes right after the dump's header
+
+
+def at_position(pieces: Iterator[bytes], expected: dict[str, Any], tool: str) -> Iterator[bytes]:
+    """Pass the dump through, then fail unless its snapshot is at the binlog position recorded under the lock.
+
+    A dump a transaction slipped in before would not match the fingerprint, and point-in-time
+    recovery would apply that transaction twice; failing at the end keeps it out of the repository.
+    """
+    head = b""
+    stated: tuple[str, int] | None = None
+    for piece in pieces:
+        if stated is None and len(head) < HEAD_BYTES:
+            head += piece[: HEAD_BYTES - len(head)]
+            m = _STATED.search(head)
+            if m:
+                stated = (m.group(1).decode(), int(m.group(2)))
+        yield piece
+    want = (expected["file"], expected["position"])
+    if stated != want:
+        got = f"{stated[0]}:{stated[1]}" if stated else "no position"
+        raise DatabaseError(f"{tool}'s snapshot is not at the binlog position taken under the lock "
+                            f"({got}, expected {want[0]}:{want[1]}): a transaction slipped in between, "
+                            "so nothing was stored", hint="run the backup again")
+
+
 def _auto_increments(cur: Any) -> dict[str, int]:
     cur.execute("SELECT table_name, auto_increment FROM information_schema.tables WHERE table_schema = DATABASE() "
                 "AND auto_increment IS NOT NULL ORDER BY table_name")
     return {str(t): int(v) for t, v in cur.fetchall()}
 
 
+def _text_sum(cur: Any, table: str) -> str:
+    """The first way: each value's text joined with '|' (FLOAT's text keeps only 6 digits)."""
+    cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = DATABASE() "
+                "AND table_name = %s ORDER BY ordinal_position", (table,))
+    parts = []
+    for col, dtype in cur.fetchall():
+        q = f"`{col}`"
+        value = f"HEX({q})" if dtype.lower() in BINARY_TYPES else f"CAST({q} AS CHAR)"
+        parts.append(f"COALESCE({value}, '\\\\N')")
+    row = f"MD5(CONCAT_WS('|', {', '.join(parts)}))"
+    return f"COALESCE(SUM(CAST(CONV(SUBSTRING({row}, 1, 16), 16, 10) AS DECIMAL(65, 0))), 0)"
+
+
 def _fill_fingerprint(cur: Any, fp: Fingerprint) -> None:
     cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
                 "AND table_type = 'BASE TABLE' ORDER BY table_name")
     tables = [str(r[0]) for r in cur.fetchall()]
+    if fp.method == CANONICAL:
+        canonical.my_settle(cur)
     for t in tables:
-        cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = DATABASE() "
-                    "AND table_name = %s ORDER BY ordinal_position", (t,))
-        parts = []
-        for col, dtype in cur.fetchall():
-            q = f"`{col}`"
-            value = f"HEX({q})" if dtype.lower() in BINARY_TYPES else f"CAST({q} AS CHAR)"
-            parts.append(f"COALESCE({value}, '\\\\N')")
-        row = f"MD5(CONCAT_WS('|', {', '.join(parts)}))"
-        cur.execute(f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(SUBSTRING({row}, 1, 16), 16, 10) AS DECIMAL(65, 0))), 0) "
-                    f"FROM `{t}`")
+        if fp.method == CANONICAL:
+            total = canonical.my_sum([v for _, v in canonical.my_columns(cur, t)])
+        else:
+            total = _text_sum(cur, t)
+        cur.execute(f"SELECT COUNT(*), {total} FROM `{t}`")
         rows, checksum = cur.fetchone()
         fp.tables[t] = TableFingerprint(int(rows), format(int(checksum) & (2**128 - 1), "032x"))
     fp.objects["tables"] = len(tables)

@@ -29,6 +29,7 @@ from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, T
 if TYPE_CHECKING:
     from crmops.engines.mysql import MysqlEngine
 
+_AUTO_INCREMENT = re.compile(rb"\bAUTO_INCREMENT=(\d+)")
 _FK_LINE = re.compile(rb"^\s*CONSTRAINT `(?:[^`]|``)+` FOREIGN KEY ")
 
 
@@ -118,6 +119,7 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
                 triggers = _drop_triggers(cur, replaced)
                 try:
                     _load(conn, cur, spool_name, replaced, [] if prefix else created, dest)
+                    _advance(cur, {t: creates[t] for t in replaced})
                 finally:
                     _put_back_triggers(engine, cur, triggers)
         except BaseException:
@@ -171,6 +173,25 @@ def _load(conn: Any, cur: Any, spool_name: str, replaced: list[str], created: li
     except BaseException:
         cur.execute("ROLLBACK")
         raise
+
+
+def _advance(cur: Any, creates: dict[str, bytes]) -> None:
+    """Raise a replaced table's AUTO_INCREMENT to the source's when that is higher, never lower it.
+
+    Loading rows with their ids already moves InnoDB's counter past the largest one, and
+    a DELETE never moves it back: the live counter keeps the ids handed out after the
+    source's moment. The source's counter adds the ids it had handed out for rows deleted
+    before then, so no id is handed out twice.
+    """
+    for table, create in creates.items():
+        m = _AUTO_INCREMENT.search(create.rsplit(b"\n", 1)[-1])
+        if not m:
+            continue
+        cur.execute("SELECT auto_increment FROM information_schema.tables WHERE table_schema = DATABASE() "
+                    "AND table_name = %s", (table,))
+        row = cur.fetchone()
+        if row and row[0] is not None and int(m[1]) > int(row[0]):
+            cur.execute(f"ALTER TABLE {_q(table)} AUTO_INCREMENT = {int(m[1])}")
 
 
 def _first_orphan(cur: Any, tables: list[str]) -> ConstraintBroken | None:

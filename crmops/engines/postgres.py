@@ -17,7 +17,9 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from crmops.dburl import display, parse
+from crmops.engines import canonical
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
+from crmops.engines.canonical import CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
 from crmops.engines.tools import Background, StreamedDump
@@ -149,9 +151,14 @@ class PostgresEngine:
     # -- fingerprint ---------------------------------------------------------------
 
     def _method(self, method: str | None, major: int) -> str:
-        if method is None and major < 14:
-            return ""  # hash_record_extended came with PostgreSQL 14
-        return check_method(self.name, method, ("", RECORD_HASH))
+        """A stored fingerprint's method, or the fastest this server has: the values' own hashes on 14+
+        (hash_record_extended came with 14), else the canonical text, which costs what any text form does."""
+        if method is None:
+            return RECORD_HASH if major >= 14 else CANONICAL if major >= 13 else ""
+        method = check_method(self.name, method, ("", RECORD_HASH, CANONICAL))
+        if method == CANONICAL and major < 13:
+            raise DatabaseError(f"PostgreSQL {major} cannot compute the canonical fingerprint (13 or newer can)")
+        return method
 
     def fingerprint(self, *, method: str | None = None) -> Fingerprint:
         with self.connect(autocommit=False) as conn:
@@ -319,22 +326,32 @@ def _sequences(conn: psycopg.Connection) -> dict[str, int]:
 
 #: built-in types whose hash functions depend on the value alone (not on OIDs a restore
 #: renumbers, as enums' do), hashed as they are; all other columns are hashed as their text
+#: (bit and varbit have no extended hash function: hash_record_extended refuses them)
 _HASHED_AS_IS = (16, 17, 18, 20, 21, 23, 25, 650, 700, 701, 829, 869, 1042, 1043, 1082, 1083, 1114, 1184, 1186,
-                 1266, 1560, 1562, 1700, 2950, 3802)
+                 1266, 1700, 2950, 3802)
 
 
 def _row_hash(conn: psycopg.Connection, qualified: str, method: str) -> str:
     """The SQL expression of a row's 64-bit hash in table alias t."""
+    if method == CANONICAL:
+        return canonical.pg_hash([v for _, v in canonical.pg_columns(conn, qualified)])
     if method != RECORD_HASH:
         return "hashtextextended(t::text, 0)"
     cols = conn.execute("""SELECT quote_ident(a.attname), a.atttypid = ANY(%(as_is)s)
-                                  OR (ty.typcategory = 'A' AND ty.typelem = ANY(%(as_is)s))
+                                  OR (ty.typcategory = 'A' AND ty.typelem = ANY(%(as_is)s)),
+                                  CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END = 142
                            FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
                            WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
                            ORDER BY a.attnum""", {"as_is": list(_HASHED_AS_IS), "table": qualified}).fetchall()
     if not cols:
         return "hashtextextended(t::text, 0)"
-    return f"hash_record_extended(ROW({', '.join(c if as_is else f't.{c}::text' for c, as_is in cols)}), 0)"
+    return f"hash_record_extended(ROW({', '.join(_as_hashed(c, as_is, xml) for c, as_is, xml in cols)}), 0)"
+
+
+def _as_hashed(col: str, as_is: bool, xml: bool) -> str:
+    """A column as record-hash hashes it. xml as its output function writes it, as pg_dump does: the
+    cast to text keeps an `<?xml version="1.0"?>` declaration that the dump drops."""
+    return col if as_is else f"xml_out(t.{col})::text" if xml else f"t.{col}::text"
 
 
 def _table_checksum(conn: psycopg.Connection, qualified: str, method: str) -> tuple[int, int]:
@@ -351,6 +368,8 @@ def _table_checksum(conn: psycopg.Connection, qualified: str, method: str) -> tu
 def _fill_fingerprint(conn: psycopg.Connection, fp: Fingerprint) -> None:
     tables = conn.execute(f"""SELECT quote_ident(schemaname) || '.' || quote_ident(tablename), schemaname, tablename
                               FROM pg_tables WHERE schemaname NOT IN {SYSTEM_SCHEMAS} ORDER BY 2, 3""").fetchall()
+    if fp.method == CANONICAL:
+        canonical.pg_settle(conn)
     for qualified, schema, table in tables:
         rows, checksum = _table_checksum(conn, qualified, fp.method)
         name = table if schema == "public" else f"{schema}.{table}"

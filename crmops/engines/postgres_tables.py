@@ -9,6 +9,7 @@ the target is either fully updated or exactly as it was.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 _OWN_KINDS = {"TABLE", "TABLE DATA", "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT",
               "INDEX", "TRIGGER", "COMMENT", "ACL", "FK CONSTRAINT", "CHECK CONSTRAINT"}
 COPY_BATCH = 1 << 20
+#: how pg_restore writes a sequence's value: SELECT pg_catalog.setval('public.deals_id_seq', 1000, true);
+_SETVAL = re.compile(r"^SELECT pg_catalog\.setval\('((?:[^']|'')+)', (-?\d+), (true|false)\);$")
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -78,6 +81,7 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
             if split_name(t) not in in_archive:
                 raise TableNotInSnapshot(f"table {t!r} is not in the snapshot; nothing was changed")
         live = set(existing(engine, tables))
+        owned = {} if prefix else _owned_sequences(engine, [t for t in tables if t in live])
         parts = {p for t in tables for p in (*split_name(t), *(split_name(beside(t, prefix)) if prefix else ()))}
         q = _quoted(engine, parts)
         qualified = {t: ".".join(q[p] for p in split_name(t)) for t in tables}
@@ -98,6 +102,9 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                 schema, table = split_name(t)
                 if t in live:
                     keep += [i for i, e in entries.items() if e == ("TABLE DATA", schema, table)]
+                    # the source's sequence values: read from the script, never set below the live ones
+                    keep += [i for i, e in entries.items()
+                             if e[0] == "SEQUENCE SET" and (e[1], e[2]) in owned.get(t, ())]
                 else:
                     chosen = select_tables(toc, [f"{schema}.{table}"])
                     ids = {int(line.split(";", 1)[0]) for line in chosen.splitlines() if line[:1].isdigit()}
@@ -123,6 +130,23 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
         finally:
             script.close()
     return tables_outcome(tables, live, [beside(t, prefix) for t in tables] if prefix else None)
+
+
+def _owned_sequences(engine: PostgresEngine, tables: list[str]) -> dict[str, set[tuple[str, str]]]:
+    """(schema, name) of the sequences each live table owns (serial and identity columns)."""
+    out: dict[str, set[tuple[str, str]]] = {t: set() for t in tables}
+    with engine.connect() as conn:
+        for t in tables:
+            schema, table = split_name(t)
+            for nsp, name in conn.execute(
+                    """SELECT sn.nspname, s.relname FROM pg_depend d
+                       JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                       JOIN pg_namespace sn ON sn.oid = s.relnamespace
+                       JOIN pg_class r ON r.oid = d.refobjid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+                       WHERE rn.nspname = %s AND r.relname = %s AND d.deptype IN ('a', 'i')""",
+                    (schema, table)).fetchall():
+                out[t].add((nsp, name))
+    return out
 
 
 def _quoted(engine: PostgresEngine, names: set[str]) -> dict[str, str]:
@@ -161,15 +185,12 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
             conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {name}")
         # ONLY: an inheriting child is another table, not named; a partitioned table is refused here
         conn.execute(f"TRUNCATE ONLY {', '.join(regs)}")
+    held: dict[str, int] = {seq: 0 for seq, _, _ in sequences}
     try:
-        _run_script(conn, script, rename)
+        _run_script(conn, script, rename, held)
     except psycopg.Error as e:
         raise DatabaseError(f"restoring the tables failed, nothing was changed: {_first_line(e)}") from None
     conn.execute("SET LOCAL search_path = ''")
-    for seq, table, column in sequences:
-        # never hand out an id again that the live table used after the snapshot
-        conn.execute(f"SELECT pg_catalog.setval('{seq}', m) FROM (SELECT max({column}) AS m FROM {table}) x, {seq} s "
-                     "WHERE x.m > s.last_value")
     for table, name in triggers:
         conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {name}")
     for table, name, definition in keys:
@@ -181,14 +202,39 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
                                    f"{': ' + detail if detail else ''}; nothing was changed",
                                    hint="restore the tables it links as well, or use --as to restore beside "
                                         "the live ones and copy rows back") from None
+    # last, as setval is not undone by a rollback: a refused restore leaves the sequences alone
+    for seq, table, column in sequences:
+        _advance(conn, seq, table, column, held[seq])
+
+
+def _advance(conn: psycopg.Connection, seq: str, table: str, column: str, source: int) -> None:
+    """Move a replaced table's sequence up to the highest id in use anywhere, never down.
+
+    The highest of: what the live sequence already handed out (rows written after the
+    source's moment may be gone now, but their ids live on in mails, links, other systems),
+    the source's own value (ids it handed out for rows deleted before then), and the
+    largest id now in the table. The next insert without an id therefore collides with
+    nothing, and no id is handed out twice.
+    """
+    conn.execute(f"""SELECT pg_catalog.setval('{seq}', x.v) FROM
+                     (SELECT greatest(%(source)s::bigint, (SELECT max({column})::bigint FROM {table})) AS v) x,
+                     {seq} s, pg_catalog.pg_sequence p
+                     WHERE p.seqrelid = '{seq}'::regclass AND p.seqincrement > 0 AND x.v >= p.seqmin
+                     AND x.v > CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END""",
+                 {"source": source})
 
 
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _run_script(conn: psycopg.Connection, pieces: Iterable[bytes], rename: dict[str, str]) -> None:
-    """Run a pg_restore SQL script: statements as batches, COPY blocks through COPY FROM STDIN."""
+def _run_script(conn: psycopg.Connection, pieces: Iterable[bytes], rename: dict[str, str],
+                held: dict[str, int] | None = None) -> None:
+    """Run a pg_restore SQL script: statements as batches, COPY blocks through COPY FROM STDIN.
+
+    The setval of a sequence named in held is not run: the highest value it had handed
+    out is noted there instead, for the caller to weigh against the live one.
+    """
     statements: list[bytes] = []
     block = bytearray()
     cur = conn.cursor()
@@ -220,6 +266,11 @@ def _run_script(conn: psycopg.Connection, pieces: Iterable[bytes], rename: dict[
                     copy.write(bytes(block))
                     block.clear()
             continue
+        if held and line.startswith(b"SELECT pg_catalog.setval("):
+            m = _SETVAL.match(line.decode())
+            if m and m[1].replace("''", "'") in held:
+                held[m[1].replace("''", "'")] = int(m[2]) - (m[3] == "false")
+                continue
         if rename and line.startswith(b"CREATE TABLE "):
             target = line[13:].decode().split(" (", 1)[0]
             if target in rename:

@@ -6,6 +6,14 @@ swapped for another fails authentication. The system identifier keeps two cluste
 archiving into one repository apart. A put is atomic in every store (local: temporary
 name, fsync, rename; S3: one PUT), so a push killed at any point leaves either nothing
 or the whole segment, and PostgreSQL simply retries it.
+
+Partial segments (`crmops wal stream`): the segment pg_receivewal is still filling is
+stored as <name>.partial, replaced as it grows (a new copy must extend the stored one),
+and deleted once the full segment of that name arrives. restore_command asks for the
+name without .partial, so `fetch` serves a partial in its place only as the very last
+segment: no full copy, nothing newer on its timeline, no later timeline (a promoted
+standby's old-timeline partial must not be replayed). Barman's `get-wal --partial` does
+the same; pg_receivewal leaves the renaming to the administrator.
 """
 
 from __future__ import annotations
@@ -103,13 +111,18 @@ class WalArchive:
     # -- push and fetch -----------------------------------------------------------
 
     def push(self, path: Path) -> str:
-        """'stored' or 'already' (same content); WalConflict when the archive holds other bytes."""
+        """'stored' or 'already' (same content); WalConflict when the archive holds other bytes.
+
+        A .partial file goes through push_partial: 'stored', 'already' or 'superseded'.
+        """
         name = path.name
         validate_name(name)
         try:
             data = path.read_bytes()
         except OSError as e:
             raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        if name.endswith(".partial"):
+            return self.push_partial(name[:-len(".partial")], data)
         key = wal_key(self.system_id, name)
         if self.store.exists(key):
             stored = self.sealer.open(self.store.get(key), _aad(self.system_id, name), key)
@@ -122,15 +135,56 @@ class WalArchive:
         self.store.put(key, self.sealer.seal(data, _aad(self.system_id, name)))  # atomic: whole or absent
         if SEGMENT_RE.match(name):
             self._note_latest(name)
+            partial = wal_key(self.system_id, name + ".partial")
+            if self.store.exists(partial):  # the full segment supersedes what was streamed of it
+                self.store.delete(partial)
         return "stored"
 
-    def _note_latest(self, name: str) -> None:
-        doc = {"segment": name, "pushed_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    def push_partial(self, segment: str, data: bytes) -> str:
+        """Store the growing segment as <segment>.partial: 'stored', 'already' or 'superseded'.
+
+        pg_receivewal pads the file with zeros to the segment size, so what counts is the
+        content before the trailing zeros: a new copy must extend the stored one (a shorter
+        copy of the same WAL is 'already'); anything else is WalConflict, as for segments.
+        """
+        if not SEGMENT_RE.match(segment):
+            raise ConfigError(f"{segment!r} is not a WAL segment name")
+        if self.store.exists(wal_key(self.system_id, segment)):
+            return "superseded"
+        name = segment + ".partial"
+        key = wal_key(self.system_id, name)
+        if self.store.exists(key):
+            stored = self.sealer.open(self.store.get(key), _aad(self.system_id, name), key)
+            old, new = stored.rstrip(b"\0"), data.rstrip(b"\0")
+            if new == old or old.startswith(new):
+                return "already"
+            if not new.startswith(old):
+                raise WalConflict(f"{name} is already archived at {key} with content this copy does not extend; "
+                                  "refusing to overwrite",
+                                  hint="two clusters with the same system identifier, or a restored copy still "
+                                       "streaming on the old timeline: stop it and investigate")
+        self.store.put(key, self.sealer.seal(data, _aad(self.system_id, name)))
+        self._note_latest(segment, partial=True)
+        return "stored"
+
+    def _note_latest(self, name: str, partial: bool = False) -> None:
+        """The newest segment and the push times of the last day (the status page charts the lag from them)."""
+        from crmops.pitr.pushlog import record
+
+        now = datetime.now(UTC)
+        try:
+            before = self.latest() or {}
+        except Exception:  # a damaged state must not stop archiving: the next push writes a whole one
+            before = {}
+        doc: dict[str, Any] = {"segment": name, "pushed_at": now.isoformat(timespec="milliseconds"),
+                               "pushes": record(before.get("pushes"), now)}
+        if partial:
+            doc["partial"] = True
         key = state_key(self.system_id)
         self.store.put(key, self.sealer.seal(json.dumps(doc).encode(), f"walstate:{self.system_id}"))
 
     def latest(self) -> dict[str, Any] | None:
-        """{segment, pushed_at} of the newest push, or None before the first."""
+        """{segment, pushed_at, pushes} of the newest push, or None before the first."""
         key = state_key(self.system_id)
         if not self.store.exists(key):
             return None
@@ -143,9 +197,18 @@ class WalArchive:
             raise WalMissing(f"{name} is not in the archive of cluster {self.system_id}")
         return self.sealer.open(self.store.get(key), _aad(self.system_id, name), key)
 
+    def read_for_replay(self, name: str) -> tuple[bytes, bool]:
+        """(content, from a partial): the full file, else a streamed partial that is the last segment."""
+        try:
+            return self.read(name), False
+        except WalMissing:
+            if not SEGMENT_RE.match(name) or name + ".partial" not in last_partials(self.files()):
+                raise
+        return self.read(name + ".partial"), True
+
     def fetch(self, name: str, dest: Path) -> int:
         """Write the file to dest atomically (restore_command must never see half a segment)."""
-        data = self.read(name)
+        data, _partial = self.read_for_replay(name)
         write_atomic(dest, data, prefix=".crmops-")
         return len(data)
 
@@ -161,6 +224,44 @@ class WalArchive:
 
     def segments(self) -> list[str]:
         return [f.name for f in self.files() if SEGMENT_RE.match(f.name)]
+
+
+def last_partials(files: list[ArchivedFile], seg_size: int = DEFAULT_SEGMENT_SIZE) -> set[str]:
+    """The .partial files replay may use in place of their segment: the last one of their timeline.
+
+    A partial is usable when no full copy of it, no newer full segment of its timeline
+    and no history file of a later timeline is archived.
+    """
+    names = {f.name for f in files}
+    newest: dict[int, int] = {}
+    for n in names:
+        if SEGMENT_RE.match(n):
+            tli, segno = parse_segment(n, seg_size)
+            newest[tli] = max(newest.get(tli, -1), segno)
+    histories = [int(n[:8], 16) for n in names if n.endswith(".history")]
+    out = set()
+    for n in names:
+        if not n.endswith(".partial"):
+            continue
+        seg = n[:-len(".partial")]
+        tli, segno = parse_segment(seg, seg_size)
+        if seg not in names and newest.get(tli, -1) < segno and not any(h > tli for h in histories):
+            out.add(n)
+    return out
+
+
+def segment_system_id(data: bytes) -> str | None:
+    """The system identifier in a segment's first page (its long header), or None if unreadable.
+
+    XLogLongPageHeaderData: magic, info, timeline, page address, remaining length, then
+    the system identifier at byte 24, in the server's byte order.
+    """
+    if len(data) < 32:
+        return None
+    info = struct.unpack_from("=H", data, 2)[0]
+    if not info & 0x0002:  # XLP_LONG_HEADER
+        return None
+    return str(struct.unpack_from("=Q", data, 24)[0])
 
 
 def first_gap(segments: list[str], start_segno: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> int | None:

@@ -90,6 +90,10 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
                                   "support the data directory only")
             with engine.connect() as conn:
                 stop_time = conn.execute("SELECT now()").fetchone()[0].astimezone(UTC)
+            from crmops.pitr.tables import table_names
+
+            # the names only (no rows): `restore --at --tables` checks a typo against them before replaying
+            tables = table_names(source)
             seg = facts["wal_segment_size"]
             start_lsn, timeline = parse_lsn(m_start[1]), int(m_tli[1])
             archive = WalArchive(repo, facts["system_id"])
@@ -103,7 +107,7 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
                 "start_time": start_time.isoformat(timespec="microseconds"),
                 "stop_time": stop_time.isoformat(timespec="microseconds"),
                 "server_version_num": facts["server_version_num"], "superuser": facts["superuser"],
-                "backup_label": label, "backup_history": history,
+                "backup_label": label, "backup_history": history, "tables": tables,
                 "fingerprint": None,
                 "fingerprint_note": "none: a base backup has no single consistent point to read rows at; "
                                     "recovery checks consistency (stop LSN) and verify runs its checks",

@@ -64,9 +64,10 @@ def check_settings(rows: dict[str, str]) -> dict[str, Any]:
 #
 # binlog/<server id>/<file name>: each binary log sealed whole (NAME "binlog:<server id>/<file>").
 # Closed files never change; the active one is stored again, longer, at each push, until
-# it closes. binlogstate/<server id> (sealed JSON) holds each file's archived size and the
-# time of the last push: the archive lag, and where the next push resumes (so a restart of
-# the server or of crmops, or a rotation, loses nothing the server still has).
+# it closes. binlogstate/<server id> (sealed JSON) holds each file's archived size, the time
+# of the last push and of each push over the last day (pushlog.py): the archive lag, and where
+# the next push resumes (so a restart of the server or of crmops, or a rotation, loses nothing
+# the server still has).
 
 def _state_key(server_id: str) -> str:
     return f"binlogstate/{server_id}"
@@ -131,7 +132,11 @@ def push(config: Any, url: str | None = None) -> dict[str, Any]:
                 stored.append(name)
         finally:
             os.unlink(options)
-    state["pushed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    from crmops.pitr.pushlog import record
+
+    now = datetime.now(UTC)
+    state["pushed_at"] = now.isoformat(timespec="seconds")
+    state["pushes"] = record(state.get("pushes"), now)
     state["active"] = logs[-1][0] if logs else None
     repo.store.put(_state_key(server_id), repo.sealer.seal(json.dumps(state).encode(), f"binlogstate:{server_id}"))
     return {"ok": True, "server_id": server_id, "stored": stored, "files": len(state["files"]),

@@ -4,7 +4,9 @@ with the archived binary logs from its recorded position up to T, in a sandbox.
 Binlog events carry whole seconds: replay stops at the first event of T's second
 (`mariadb-binlog --stop-datetime`), so the copy holds what was committed before that
 second began. Only the snapshot's database is replayed (`--database`, which for row events
-filters by the table's database). `--tables` and `--to-datadir` are PostgreSQL-only so far.
+filters by the table's database). `--tables a,b --to URL [--as PREFIX]` moves only those
+tables out of the sandbox, through the same steps as plain `restore --tables`
+(crmops.pitr.tables); `--to-datadir` is PostgreSQL-only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from crmops.pitr.binlog import read_file, read_state
 
 def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, tables: list[str] | None = None,
                        to_url: str | None = None, force: bool = False,
-                       inspect: Any = None) -> dict[str, Any]:
+                       inspect: Any = None, prefix: str | None = None) -> dict[str, Any]:
     from crmops.engines import open_engine
     from crmops.engines.tools import require_tool
     from crmops.repository import open_repository
@@ -60,7 +62,13 @@ def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, 
     result: dict[str, Any] = {"ok": True, "engine": "mysql", "target": {"kind": "time", "value": str(when)},
                               "base_snapshot": base["id"], "binlog_start": base["binlog"], "binlog_files": files,
                               "window": {"start": str(start), "end": str(end)}, "lines": []}
-    present = _check_tables_target(to_url, tables, force) if tables and to_url else []
+    move = None
+    if tables and to_url:
+        from crmops.pitr.tables import plan_move
+        from crmops.services.restore import snapshot_tables
+
+        recorded = sorted({t for m in snaps for t in snapshot_tables(m)})
+        move = plan_move(config, to_url, tables, prefix, force, recorded or None, "any snapshot")
     box = DockerSandbox(config.verify, "mysql", base["server_version"], database=base.get("database"))
     with tempfile.TemporaryDirectory(prefix="crmops-binlog-") as tmp:
         for name in files:
@@ -79,10 +87,12 @@ def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, 
                                    f"from {first}:{base['binlog']['position']} up to {when:%Y-%m-%d %H:%M:%S} UTC")
             if inspect is not None:
                 result.update(inspect(box.url))
-            if tables and to_url:
-                result.update(_move_tables(config, target, to_url, tables, present))
-                result["lines"].append(f"tables {', '.join(tables)} as of {when:%Y-%m-%d %H:%M:%S} UTC are now in "
-                                       f"{safe(to_url)}")
+            if move is not None:
+                from crmops.pitr.tables import move_tables
+
+                moved = move_tables(config, move, box.url, f"{when:%Y-%m-%d %H:%M:%S} UTC", say)
+                result["lines"] += moved.pop("table_lines")
+                result.update(moved)
             if keep:
                 box.keep()
                 result["sandbox_info"] = box.connect_info()
@@ -118,7 +128,7 @@ def _replay(tool: str, target: Any, files: list[str], position: int, when: datet
 
 
 def check_mariadb_form(sandbox: bool, tables: list[str] | None, to_url: str | None, to_datadir: Path | None,
-                       kind: str) -> None:
+                       kind: str, prefix: str | None = None) -> None:
     if kind != "time":
         raise ConfigError("MariaDB/MySQL point-in-time restore takes --at TIME only")
     if to_datadir is not None:
@@ -126,63 +136,7 @@ def check_mariadb_form(sandbox: bool, tables: list[str] | None, to_url: str | No
                           "or moves tables into a database (--tables ... --to URL)")
     if not sandbox and not (tables and to_url):
         raise ConfigError("restore --at needs --sandbox, or --tables ... --to URL")
+    if prefix is not None and not tables:
+        raise ConfigError("--as needs --tables", hint="name the tables to restore beside the live ones")
     if to_url is not None and engine_kind(to_url) != "mysql":
         raise ConfigError(f"{safe(to_url)} is not MariaDB/MySQL")
-
-
-def _check_tables_target(to_url: str, tables: list[str], force: bool) -> list[str]:
-    """The named tables that exist in the target; TargetNotEmpty unless --force (checked before any work)."""
-    import re
-
-    from crmops.engines.mysql import MysqlEngine
-    from crmops.errors import TargetNotEmpty
-
-    for t in tables:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", t):
-            raise ConfigError(f"--tables: {t!r} is not a table name")
-    found = {r[0] for r in MysqlEngine(to_url)._query(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")}
-    present = [t for t in tables if t in found]
-    if present and not force:
-        raise TargetNotEmpty(f"{', '.join(present)} still exist(s) in {safe(to_url)}",
-                             hint="add --force to replace them (a pre-restore snapshot of the target is taken "
-                                  "first); tables that no longer exist are simply brought back")
-    return present
-
-
-def _move_tables(config: Config, sandbox: Any, to_url: str, tables: list[str], present: list[str]) -> dict[str, Any]:
-    """mariadb-dump of those tables from the sandbox into the target: each is dropped and recreated
-    there, with its rows as at the target time; no other table is touched."""
-    from crmops.engines.mysql import MysqlEngine
-
-    found = {r[0] for r in sandbox._query(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")}
-    missing = [t for t in tables if t not in found]
-    if missing:
-        raise DatabaseError(f"table(s) {', '.join(missing)} did not exist at the recovery target")
-    safety = None
-    if present:
-        from crmops.services.backup import backup
-
-        safety = backup(config, tags=["pre-restore"], url=to_url).snapshot_id
-    dst = MysqlEngine(to_url)
-    src_opts = sandbox._option_file()
-    dst_opts = dst._option_file()
-    try:
-        dump = subprocess.Popen(sandbox._tool("dump").argv([f"--defaults-extra-file={src_opts}", "--single-transaction",
-                                                            "--quick", "--triggers", "--hex-blob", "--skip-dump-date",
-                                                            "--default-character-set=utf8mb4",
-                                                            sandbox.database_name(), *tables], mounts=[src_opts]),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert dump.stdout is not None
-        dst._tool("client").feed([f"--defaults-extra-file={dst_opts}", "--default-character-set=utf8mb4",
-                                  "--binary-mode", dst.database_name()], iter(lambda: dump.stdout.read(1 << 20), b""),
-                                 env={}, secrets=dst._secrets(), label="mariadb", mounts=[dst_opts])
-        if dump.wait() != 0:
-            err = dump.stderr.read().decode("utf-8", "replace") if dump.stderr else ""
-            raise DatabaseError(f"mariadb-dump failed: {(err.strip().splitlines() or ['no output'])[-1]}")
-    finally:
-        os.unlink(src_opts)
-        os.unlink(dst_opts)
-    return {"tables_recreated": [t for t in tables if t not in present], "tables_replaced": present,
-            "safety_snapshot": safety}

@@ -2,8 +2,8 @@
 
 Three forms share one plan (which base, which window, which WAL):
 - into a recovery sandbox (`--sandbox`, kept with `--keep`): the proof, and the source of
-- table-level recovery (`--tables t1,t2 --to URL`): only those tables move into the target,
-  through the logical path (pg_dump/pg_restore, or COPY for a table that still exists);
+- table-level recovery (`--tables t1,t2 --to URL [--as PREFIX]`): only those tables move into
+  the target, through the same steps as plain `restore --tables` (crmops.pitr.tables);
 - into an empty data directory (`--to-datadir DIR`) for a real recovery, with
   restore_command pointing at this crmops, for PostgreSQL to replay on its next start.
 Everything is validated (target, window, base backup, tables named) before the first change.
@@ -26,8 +26,16 @@ from typing import Any
 
 from crmops.config import Config
 from crmops.dburl import engine_kind, safe
-from crmops.errors import ConfigError, DatabaseError, OutsideWindow, RecoveryFailed, TargetNotEmpty
-from crmops.pitr.archive import FILE_RE, SEGMENT_RE, WalArchive, parse_lsn, parse_segment, segno_of
+from crmops.errors import ConfigError, OutsideWindow, RecoveryFailed, TargetNotEmpty
+from crmops.pitr.archive import (
+    FILE_RE,
+    SEGMENT_RE,
+    WalArchive,
+    last_partials,
+    parse_lsn,
+    parse_segment,
+    segno_of,
+)
 from crmops.pitr.basebackup import STREAM
 from crmops.pitr.window import physical_manifests, window
 
@@ -175,15 +183,18 @@ def prefetch_wal(archive: WalArchive, base: dict[str, Any], folder: Path, last: 
     start_tli, start_segno = parse_segment(base["physical"]["start_segment"], seg_size)
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
-    for f in archive.files():
-        if SEGMENT_RE.match(f.name):
-            tli, segno = parse_segment(f.name, seg_size)
+    files = archive.files()
+    partials = last_partials(files, seg_size)  # a streamed partial stands in for the very last segment
+    for f in files:
+        name = f.name[:-len(".partial")] if f.name in partials else f.name
+        if SEGMENT_RE.match(name):
+            tli, segno = parse_segment(name, seg_size)
             if segno < start_segno or tli < start_tli or (last is not None and segno > last):
                 continue
         elif not f.name.endswith(".history"):
             continue
-        (folder / f.name).write_bytes(archive.read(f.name))
-        os.chmod(folder / f.name, 0o644)
+        (folder / name).write_bytes(archive.read(f.name))
+        os.chmod(folder / name, 0o644)
         n += 1
     os.chmod(folder, 0o755)
     return n
@@ -213,7 +224,7 @@ def drop_targets(datadir: Path) -> None:
 # -- the three forms -----------------------------------------------------------------------
 
 def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None = None,
-               tables: list[str] | None = None, sandbox: bool = False, keep: bool = False,
+               tables: list[str] | None = None, prefix: str | None = None, sandbox: bool = False, keep: bool = False,
                to_datadir: Path | None = None, force: bool = False, system_id: str | None = None,
                progress: Callable[[int], None] | None = None,
                say: Callable[[str], None] = lambda s: None,
@@ -227,9 +238,9 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
             raise ConfigError("--at latest is for PostgreSQL's WAL archive; for MariaDB give a time")
         from crmops.pitr.binlog_restore import check_mariadb_form, restore_at_mariadb
 
-        check_mariadb_form(sandbox, tables, to_url, to_datadir, target["kind"])
+        check_mariadb_form(sandbox, tables, to_url, to_datadir, target["kind"], prefix)
         return restore_at_mariadb(config, target["time"], keep=keep, say=say, tables=tables, to_url=to_url,
-                                  force=force, inspect=inspect)
+                                  force=force, inspect=inspect, prefix=prefix)
     forms = [bool(sandbox), to_datadir is not None, to_url is not None]
     if sum(forms) != 1:
         raise ConfigError("restore --at needs one destination: --sandbox, --to-datadir DIR, or --tables ... --to URL")
@@ -238,6 +249,8 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
                           hint="for the whole cluster use --to-datadir (a real recovery) or --sandbox")
     if tables and to_url is None:
         raise ConfigError("--tables with --at needs --to URL")
+    if prefix is not None and not tables:
+        raise ConfigError("--as needs --tables", hint="name the tables to restore beside the live ones")
     if to_url is not None and engine_kind(to_url) != "postgresql":
         raise ConfigError(f"{safe(to_url)} is not PostgreSQL; a PostgreSQL point-in-time copy moves into PostgreSQL")
     if to_datadir is not None and to_datadir.exists() and any(to_datadir.iterdir()):
@@ -250,8 +263,15 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
                               "base_snapshot": base["id"], "base_stop_time": base["physical"]["stop_time"],
                               "window": {"start": win["start"], "end": win["end"]},
                               "archive_lag_seconds": win.get("archive_lag_seconds"), "lines": []}
+    move = None
     if to_url is not None:
-        _check_tables_target(to_url, tables or [], force)
+        from crmops.pitr.tables import plan_move
+
+        # every base of this cluster that recorded its tables (later ones too: a table made after this base)
+        bases = [m for m in physical_manifests(repo, base["physical"]["system_id"]) if "tables" in m["physical"]]
+        move = plan_move(config, to_url, tables or [], prefix, force,
+                         sorted({t for m in bases for t in m["physical"]["tables"]}) if bases else None,
+                         "any base backup")
     if to_datadir is not None:
         return _to_datadir(config, repo, archive, base, target, to_datadir, result, progress, started)
     work = Path(tempfile.mkdtemp(prefix="crmops-pitr-"))
@@ -286,10 +306,12 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
                                f"{box.started_s} s" + (f" (stopped {box.stopped_at})" if box.stopped_at else ""))
         if inspect is not None:
             result.update(inspect(box.url))
-        if tables:
-            result.update(_move_tables(config, box.url, to_url or "", tables, force))
-            result["lines"].append(f"tables {', '.join(tables)} as of {target['value']} are now in "
-                                   f"{safe(to_url or '')}")
+        if move is not None:
+            from crmops.pitr.tables import move_tables
+
+            moved = move_tables(config, move, box.url, target["value"], say)
+            result["lines"] += moved.pop("table_lines")
+            result.update(moved)
         if keep:
             box.keep()
             info = box.connect_info()
@@ -350,68 +372,6 @@ def _to_datadir(config: Config, repo: Any, archive: WalArchive, base: dict[str, 
         f"once it runs: remove the recovery settings from postgresql.auto.conf, and {spool}",
     ]
     return result
-
-
-# -- table-level ---------------------------------------------------------------------------
-
-def _check_tables_target(to_url: str, tables: list[str], force: bool) -> None:
-    from crmops.engines.postgres import PostgresEngine
-
-    for t in tables:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?", t):
-            raise ConfigError(f"--tables: {t!r} is not a table name (name or schema.name)")
-    with PostgresEngine(to_url).connect() as conn:
-        present = [t for t in tables if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is not None]
-    if present and not force:
-        raise TargetNotEmpty(f"{', '.join(present)} still exist(s) in {safe(to_url)}",
-                             hint="add --force to replace their rows (a pre-restore snapshot of the target is "
-                                  "taken first); tables that no longer exist are simply brought back")
-
-
-def _move_tables(config: Config, source_url: str, to_url: str, tables: list[str], force: bool) -> dict[str, Any]:
-    """Absent tables come back whole (pg_dump -t | pg_restore); present ones get their rows replaced by COPY."""
-    from crmops.engines.postgres import PostgresEngine
-
-    src, dst = PostgresEngine(source_url), PostgresEngine(to_url)
-    with src.connect() as conn:
-        missing = [t for t in tables if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is None]
-    if missing:
-        raise DatabaseError(f"table(s) {', '.join(missing)} did not exist at the recovery target")
-    with dst.connect() as conn:
-        present = [t for t in tables if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is not None]
-    absent = [t for t in tables if t not in present]
-    safety = None
-    if present:
-        from crmops.services.backup import backup
-
-        safety = backup(config, tags=["pre-restore"], url=to_url).snapshot_id
-        _replace_rows(src, dst, present)
-    if absent:
-        argv = ["--format=custom", "--compress=0", "--no-password"]
-        for t in absent:
-            argv += ["-t", t]
-        dump = src._tool("pg_dump").process(argv, env=src._env(), secrets=src._secrets(), label="pg_dump")
-        try:
-            dst.restore(dump.pieces(), format="pg-custom", tables=absent)
-        finally:
-            dump.close()
-    return {"tables_recreated": absent, "tables_rows_replaced": present, "safety_snapshot": safety}
-
-
-def _replace_rows(src: Any, dst: Any, tables: list[str]) -> None:
-    """One transaction on the target: the chosen tables' rows become the recovered ones, nothing else changes."""
-    from psycopg import sql
-
-    with src.connect() as s, dst.connect(autocommit=False) as d:
-        d.execute("SET LOCAL session_replication_role = replica")  # foreign keys hold as they did at the target
-        for t in tables:
-            ident = sql.Identifier(*t.split("."))
-            d.execute(sql.SQL("DELETE FROM {}").format(ident))
-            with s.cursor().copy(sql.SQL("COPY {} TO STDOUT (FORMAT binary)").format(ident)) as out, \
-                    d.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(ident)) as inp:
-                for data in out:
-                    inp.write(data)
-        d.commit()
 
 
 __all__ = ["FILE_RE", "restore_at"]

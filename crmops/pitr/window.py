@@ -41,10 +41,12 @@ def window(repo: Any, system_id: str | None = None, now: datetime | None = None)
     out: dict[str, Any] = {"configured": True, "system_id": system_id, "segments": len(segments),
                            "base_backups": len(bases), "newest_segment": latest["segment"] if latest else None,
                            "newest_archived_at": latest["pushed_at"] if latest else None,
-                           "archive_lag_seconds": None, "start": None, "end": None, "gap": None,
-                           "segment_size": seg_size}
+                           "newest_is_partial": bool(latest and latest.get("partial")),
+                           "archive_lag_seconds": None, "last_push_age_seconds": None, "start": None, "end": None,
+                           "gap": None, "segment_size": seg_size, "pushes": (latest or {}).get("pushes", [])}
     if latest:
-        out["archive_lag_seconds"] = round((now - datetime.fromisoformat(latest["pushed_at"])).total_seconds(), 1)
+        age = round((now - datetime.fromisoformat(latest["pushed_at"])).total_seconds(), 1)
+        out["archive_lag_seconds"] = out["last_push_age_seconds"] = age
     if not bases or not segments:
         return out
     oldest_segno = parse_segment(bases[0]["physical"]["start_segment"], seg_size)[1]
@@ -64,8 +66,25 @@ def window(repo: Any, system_id: str | None = None, now: datetime | None = None)
     return out
 
 
-def describe(repo: Any, system_id: str | None = None) -> dict[str, Any]:
+#: what window() carries for the lag and its chart, left out of what commands print
+INTERNAL = ("pushes", "archived_sizes")
+
+
+def public(w: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in w.items() if k not in INTERNAL}
+
+
+def assessed(w: dict[str, Any], url: str | None, now: datetime | None = None) -> dict[str, Any]:
+    """w with archive_lag_seconds judged by its server when url names it (pitr/lag.py)."""
+    from crmops.pitr.lag import assess
+
+    return assess(w, url, now, w.get("archived_sizes"))
+
+
+def describe(repo: Any, system_id: str | None = None, url: str | None = None) -> dict[str, Any]:
     info = window(repo, system_id)
+    if info["configured"]:
+        info = public(assessed(info, url))
     lines: list[str] = []
     if not info["configured"]:
         lines.append("no WAL archive in this repository yet: `crmops wal setup` shows how to start one")
@@ -73,8 +92,13 @@ def describe(repo: Any, system_id: str | None = None) -> dict[str, Any]:
         lines.append(f"cluster {info['system_id']}: {info['segments']} segments archived, "
                      f"{info['base_backups']} base backups")
         if info["newest_segment"]:
-            lines.append(f"newest segment {info['newest_segment']} archived {info['newest_archived_at']} "
-                         f"({info['archive_lag_seconds']:.0f} s ago)")
+            part = " (its streamed part)" if info.get("newest_is_partial") else ""
+            lines.append(f"newest segment {info['newest_segment']}{part} archived {info['newest_archived_at']} "
+                         f"({info['last_push_age_seconds']:.0f} s ago)")
+            lines.append(f"archive lag {info['archive_lag_seconds']:.0f} s: {info['lag_note']}")
+        if info.get("archive_failing"):
+            lines.append(f"archive_command is failing: {info['archive_failing']['wal']} failed at "
+                         f"{info['archive_failing']['at']}")
         if info["start"]:
             lines.append(f"recoverable window: {info['start']} .. {info['end']}")
         else:
@@ -107,10 +131,12 @@ def binlog_windows(repo: Any, now: datetime | None = None) -> list[dict[str, Any
         info: dict[str, Any] = {"configured": True, "kind": "binlog", "system_id": sid, "segments": len(stored),
                                 "base_backups": len(mine), "newest_segment": state.get("active"),
                                 "newest_archived_at": state.get("pushed_at"), "archive_lag_seconds": None,
+                                "last_push_age_seconds": None,
                                 "start": mine[0]["time"] if mine else None, "end": state.get("pushed_at"),
-                                "gap": None}
+                                "gap": None, "pushes": state.get("pushes", []), "archived_sizes": state["files"]}
         if state.get("pushed_at"):
-            info["archive_lag_seconds"] = round((now - datetime.fromisoformat(state["pushed_at"])).total_seconds(), 1)
+            age = round((now - datetime.fromisoformat(state["pushed_at"])).total_seconds(), 1)
+            info["archive_lag_seconds"] = info["last_push_age_seconds"] = age
         if mine:
             first = mine[0]["binlog"]["file"]
             stem, _, num = first.rpartition(".")
@@ -127,7 +153,8 @@ def binlog_windows(repo: Any, now: datetime | None = None) -> list[dict[str, Any
 
 
 def figures(config: Any) -> dict[str, Any]:
-    """What the metrics export: the archive lag, the last push and the window start (Unix times)."""
+    """What the metrics export: the archive lag (judged by the server when reachable), the last push
+    and the window start (Unix times)."""
     from crmops.repository import open_repository
     from crmops.storage import open_store
 
@@ -137,7 +164,7 @@ def figures(config: Any) -> dict[str, Any]:
     wins = [w for w in all_windows(open_repository(config)) if w.get("newest_archived_at")]
     if not wins:
         return {}
-    w = max(wins, key=lambda x: x["newest_archived_at"])
+    w = assessed(max(wins, key=lambda x: x["newest_archived_at"]), config.database.url)
     out: dict[str, Any] = {"archive_lag_seconds": w["archive_lag_seconds"],
                            "archive_last_push_timestamp": datetime.fromisoformat(w["newest_archived_at"]).timestamp()}
     if w.get("start"):

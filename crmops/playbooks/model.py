@@ -170,23 +170,61 @@ class RestoreStep(Step):
 
 
 class EngineUpgradeStep(Step):
-    """A database server major upgrade (crmops.services.engine_upgrade): the old server is only read."""
+    """A database server major upgrade (crmops.services.engine_upgrade).
+
+    logical: the old server is only read. pg_upgrade: the old server is stopped and upgraded
+    where its data directory is; `action: rollback` (the engine stage's rollback step) brings
+    it back as it was, or refuses where link mode makes that unsafe.
+    """
 
     OUTPUTS = ("seconds", "source_version", "target_version", "tables", "differences", "incompatibilities",
-               "smoke", "tool")
-    REHEARSED = True  # in a sandbox of the target version
+               "smoke", "tool", "mode", "check_seconds", "upgrade_seconds", "undone")
+    REHEARSED = True  # in a sandbox of the target version (logical) or of both versions (pg_upgrade)
     TYPICAL_SECONDS = 120
     type: Literal["engine_upgrade"]
-    method: Literal["logical"] = Field("logical", description="dump, restore into the new server, compare")
+    method: Literal["logical", "pg_upgrade"] = Field("logical", description="logical: dump, restore into the new "
+                                                     "server, compare; pg_upgrade: PostgreSQL's in-place upgrade")
+    action: Literal["upgrade", "rollback"] = Field("upgrade", description="rollback: undo a pg_upgrade")
     target_version: str = Field(description="the new server's release: 17, 11.8")
-    target_url: str = Field(description="an empty database on the new server; ${VAR} for its password")
+    target_url: str | None = Field(None, description="the database on the new server; ${VAR} for its password "
+                                   "(pg_upgrade: default the configured database URL)")
     smoke_sql: list[dict[str, Any]] = Field(default_factory=list, description="[{sql, expect}] on the new copy")
+    mode: Literal["link", "clone", "copy"] = Field("link", description="pg_upgrade's file transfer")
+    old_datadir: str | None = None
+    new_datadir: str | None = Field(None, description="pg_upgrade: absent or empty; crmops runs initdb there")
+    old_bindir: str | None = None
+    new_bindir: str | None = None
+    exec_prefix: list[str] = Field(default_factory=list, description="argv prefix reaching the data directories "
+                                   "as their owner: [sudo, -u, postgres] or [docker, exec, -u, postgres, NAME]")
+    stop_old: list[str] | None = None
+    start_old: list[str] | None = None
+    start_new: list[str] | None = None
+    stop_new: list[str] | None = Field(None, description="default: the new bindir's pg_ctl stop via exec_prefix")
+    copy_config: list[str] = Field(default_factory=lambda: ["pg_hba.conf", "pg_ident.conf"],
+                                   description="files copied from the old data directory into the new one")
+    socket_dir: str = Field("/tmp", description="pg_upgrade's working and socket directory")
+    image: str | None = Field(None, description="pg_upgrade dry run: the image with both versions "
+                              "(default crmops-pg-upgrade:OLD-NEW)")
     timeout: float = Field(7200, gt=0)
 
     @field_validator("target_version", mode="before")
     @classmethod
     def _version_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int | float) else v
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> EngineUpgradeStep:
+        if self.method == "logical":
+            if self.action == "rollback":
+                raise ValueError("method logical has nothing to roll back: the old server is only read")
+            if not self.target_url:
+                raise ValueError("method logical needs target_url")
+            return self
+        missing = [k for k in ("old_datadir", "new_datadir", "old_bindir", "new_bindir", "stop_old", "start_old",
+                               "start_new") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"method pg_upgrade needs {', '.join(missing)}")
+        return self
 
 
 AnyStep = Annotated[

@@ -6,9 +6,10 @@ upload; nothing is staged on disk and memory stays flat whatever the database si
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from crmops.config import Config
@@ -41,6 +42,8 @@ class BackupResult:
     chunks_healed: int = 0
     #: quarantined chunks some snapshot still needs after it: those stay damaged (`crmops repair`)
     chunks_quarantined: int = 0
+    #: MariaDB: table -> FLOAT column -> values with more significant digits than the dump keeps
+    rounded_floats: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +64,11 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             server_version = dump.server_version
             dump_tool = getattr(dump, "tool", None)
             binlog = getattr(dump, "binlog", None)  # MariaDB/MySQL: the binlog position the dump is consistent with
+            rounded = getattr(dump, "rounded", None) or {}  # MariaDB: FLOAT values the dump text rounds
+        for table, columns in rounded.items():
+            logging.getLogger("crmops").warning(
+                "table %s: %s; restores of this snapshot will differ there (store those columns as DOUBLE)",
+                table, rounded_text(columns))
         files = regular = 0
         folder = config.attachments.path if url is None else None
         if folder is not None:
@@ -77,6 +85,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             "schema_revision": revision, "fingerprint": fingerprint.to_dict(),
             "attachments_root": str(folder) if folder else None, "dump_tool": dump_tool,
             **({"binlog": binlog} if binlog else {}),
+            **({"rounded_floats": rounded} if rounded else {}),
         })
     stats = manifest["stats"]
     return BackupResult(snapshot_id=manifest["id"], duration_s=round(time.monotonic() - started, 2),
@@ -85,7 +94,15 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                         chunks=stats["chunks"], chunks_new=stats["chunks_new"], files=files, engine=engine.name,
                         server_version=server_version, schema_revision=revision, tags=list(tags),
                         attachment_files=regular, chunks_healed=stats.get("chunks_healed", 0),
-                        chunks_quarantined=len(_still_damaged(repo)))
+                        chunks_quarantined=len(_still_damaged(repo)), rounded_floats=rounded)
+
+
+def rounded_text(columns: dict[str, int]) -> str:
+    """'FLOAT column probability (2 values) holds more than the 6 significant digits mariadb-dump writes'."""
+    parts = [f"{c} ({n:,} value{'s' if n != 1 else ''})" for c, n in columns.items()]
+    many = len(parts) > 1
+    return (f"FLOAT column{'s' if many else ''} {', '.join(parts)} {'hold' if many else 'holds'} more than "
+            "the 6 significant digits mariadb-dump writes")
 
 
 def _still_damaged(repo: Repository) -> set[str]:

@@ -1,5 +1,7 @@
 """Database engine upgrades (PostgreSQL 13 -> 17, MariaDB 10.5 -> 11.8) as a playbook step.
 
+Method `pg_upgrade` (PostgreSQL only) lives in crmops.services.pg_upgrade.
+
 Method `logical`: dump from the old server, restore into an empty database on a new
 server of the target version, prove the rows arrived (a cross-version fingerprint
 comparison), run the smoke SQL there. The old server and its data are only read, so
@@ -25,6 +27,7 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import parse, safe
 from crmops.engines import Engine, Fingerprint, open_engine
+from crmops.engines.canonical import CANONICAL, table_sums
 from crmops.errors import ConfigError
 from crmops.playbooks.steps import StepContext, StepResult, expand_env
 
@@ -35,6 +38,10 @@ def executor(config: Config) -> Callable[[Any, dict[str, Any], StepContext], Ste
     """The engine_upgrade step's executor: the real copy, or (dry run) the rehearsal in a target sandbox."""
 
     def run(step: Any, params: dict[str, Any], ctx: StepContext) -> StepResult:
+        if params.get("method") == "pg_upgrade":
+            from crmops.services.pg_upgrade import run_step
+
+            return run_step(config, step, params, ctx, _result)
         if ctx.dry_run:
             report = rehearse(config, ctx.url, str(params["target_version"]), smoke=params.get("smoke_sql") or [],
                               say=ctx.say)
@@ -47,7 +54,8 @@ def executor(config: Config) -> Callable[[Any, dict[str, Any], StepContext], Ste
 
 
 def _result(report: dict[str, Any]) -> StepResult:
-    outputs = {k: report.get(k) for k in ("method", "seconds", "dump_seconds", "restore_seconds", "image",
+    outputs = {k: report.get(k) for k in ("method", "mode", "seconds", "dump_seconds", "restore_seconds", "image",
+                                          "check_seconds", "upgrade_seconds", "load_seconds",
                                           "source_version", "target_version", "tables", "differences",
                                           "incompatibilities", "smoke", "tool") if k in report}
     problems = [f"{i['object']}: {i['error']}" for i in report["incompatibilities"]]
@@ -124,51 +132,37 @@ def _analyze(target: Engine) -> None:
 def compare_across(expected: Fingerprint, source: Engine | None, target: Engine) -> list[dict[str, Any]]:
     """Every table's rows against the old server's fingerprint, computed the same way on the new version.
 
-    The fingerprint of the old server names its method (PostgreSQL 13 hashes each row's
-    text, 14+ each value's own hash); the new server computes the same method, so equal
-    values compare equal wherever their text form did not change. Where a table differs,
-    each column is compared on its own and the columns that really differ are named.
+    The new server computes the snapshot's own method. A canonical fingerprint writes every
+    value in a form no version or server setting changes, so it compares as it is; the older
+    methods hash text forms that settings (time zone, date style, locale) may change, so a
+    table they find different is compared canonically on both servers and reported only if
+    its values really differ. Each reported table names the columns that differ.
     """
     got = target.fingerprint(method=expected.method)
     out: list[dict[str, Any]] = []
     for d in expected.compare(got):
         item = {"kind": d.kind, "name": d.name, "expected": d.expected, "found": d.found, "reason": d.reason}
         if d.kind == "table" and d.reason == "content checksum differs" and source is not None:
-            item["columns"] = differing_columns(source, target, d.name)
+            old, new = table_sums(source, d.name), table_sums(target, d.name)
+            if expected.method != CANONICAL and old == new:
+                continue  # equal values whose text form differs between the servers
+            item["columns"] = _differing(old[2], new[2])
         out.append(item)
     return out
 
 
 def differing_columns(source: Engine, target: Engine, table: str) -> list[str]:
-    a, b = column_checksums(source, table), column_checksums(target, table)
+    """The columns of a table whose values differ between the two servers, compared canonically."""
+    return _differing(column_checksums(source, table), column_checksums(target, table))
+
+
+def _differing(a: dict[str, int], b: dict[str, int]) -> list[str]:
     return sorted(c for c in set(a) | set(b) if a.get(c) != b.get(c))
 
 
-def column_checksums(engine: Engine, table: str) -> dict[str, str]:
-    """Per column: the order-independent sum of each value's text hash."""
-    if engine.name == "postgresql":
-        qualified = table if "." in table else f"public.{table}"
-        with engine.connect() as conn:  # type: ignore[attr-defined]
-            cols = [r[0] for r in conn.execute(
-                "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                "AND NOT attisdropped ORDER BY attnum", (qualified,))]
-            sums = ", ".join(f"COALESCE(sum(('x' || substr(md5(COALESCE({c}::text, '\\N')), 1, 16))::bit(64)"
-                             f"::bigint::numeric), 0)" for c in cols)
-            row = conn.execute(f"SELECT {sums} FROM {qualified}").fetchone()
-        return {c.strip('"'): str(v) for c, v in zip(cols, row, strict=True)}
-    conn = engine.connect()  # type: ignore[attr-defined]
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() "
-                        "AND table_name = %s ORDER BY ordinal_position", (table,))
-            cols = [str(r[0]) for r in cur.fetchall()]
-            sums = ", ".join(f"COALESCE(SUM(CAST(CONV(SUBSTRING(MD5(COALESCE(CAST(`{c}` AS CHAR), '\\\\N')), 1, 16), "
-                             f"16, 10) AS DECIMAL(65, 0))), 0)" for c in cols)
-            cur.execute(f"SELECT {sums} FROM `{table}`")
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    return {c: str(v) for c, v in zip(cols, row, strict=True)}
+def column_checksums(engine: Engine, table: str) -> dict[str, int]:
+    """Per column: the order-independent sum of each value's canonical hash (same on every version)."""
+    return table_sums(engine, table)[2]
 
 
 # -- smoke SQL -------------------------------------------------------------------------

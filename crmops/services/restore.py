@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,19 @@ def snapshot_tables(manifest: dict[str, Any]) -> list[str]:
 
 
 def resolve_tables(manifest: dict[str, Any], engine: str, names: list[str]) -> list[str]:
-    """The chosen tables in the engine's own form, each checked against the snapshot, before anything changes.
+    """The chosen tables in the engine's own form, each checked against the snapshot, before anything changes."""
+    return check_names(snapshot_tables(manifest), engine, names, f"snapshot {manifest['id']}")
 
-    PostgreSQL names are schema-qualified ("public.contacts"); a plain name is in public.
-    A name the snapshot lacks is refused with the closest names it does hold.
+
+def check_names(known: list[str], engine: str, names: list[str], where: str,
+                done: str = "nothing was changed") -> list[str]:
+    """The chosen tables in the engine's own form, each checked against the tables known to be there.
+
+    PostgreSQL names are schema-qualified ("public.contacts"); a plain name is in public,
+    and known names are written as fingerprints write them (schema.table outside public).
+    A name not known is refused (exit 16) with the closest names that are; an empty
+    known list checks nothing.
     """
-    known = snapshot_tables(manifest)
     out: list[str] = []
     for raw in names:
         name = raw.replace('"', "") if engine == "postgresql" else raw.strip("`")
@@ -75,8 +82,7 @@ def resolve_tables(manifest: dict[str, Any], engine: str, names: list[str]) -> l
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
             hint = (f"did you mean {' or '.join(close)}?" if close else
                     f"it holds {', '.join(known[:8])}{', …' if len(known) > 8 else ''}")
-            raise TableNotInSnapshot(f"table {raw!r} is not in snapshot {manifest['id']}; nothing was changed",
-                                     hint=hint)
+            raise TableNotInSnapshot(f"table {raw!r} is not in {where}; {done}", hint=hint)
         full = (key if "." in key else f"public.{key}") if engine == "postgresql" else key
         if full not in out:
             out.append(full)
@@ -126,55 +132,19 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if tables is not None and not tables:
         raise ConfigError("--tables is empty", hint="name the tables, e.g. --tables contacts,accounts")
     chosen = resolve_tables(manifest, wanted, tables) if tables else None
-    if prefix is not None and chosen:
-        _check_prefix(prefix, wanted, chosen)
-    target = open_engine(to_url, config.database)
-    empty = target.is_empty()
-    if prefix is not None and chosen:
-        taken = target.existing_tables([_prefixed(t, prefix) for t in chosen])
-        if taken:
-            raise TargetNotEmpty(f"{', '.join(taken)} already exist{'s' * (len(taken) == 1)} in {display(to_url)}; "
-                                 f"nothing was changed",
-                                 hint="choose another --as prefix, or drop the earlier copy")
-    elif not force and not empty:
-        if chosen:
-            raise TargetNotEmpty(f"{display(to_url)} is not empty",
-                                 hint=f"add --force to replace only {', '.join(chosen)} there, after a "
-                                      f"pre-restore snapshot of the target; or --as restored_ to restore "
-                                      f"{'them' if len(chosen) > 1 else 'it'} beside the live tables")
-        raise TargetNotEmpty(f"{display(to_url)} is not empty",
-                             hint="restore into an empty database, or add --force (a pre-restore snapshot "
-                                  "of the target is taken first)")
+    target, empty = check_target(config, to_url, chosen, prefix, force)
     # every chunk's tag is checked before the target changes at all (a forced target's old
     # data included); the restore then opens each chunk fully again as it streams it
     repo.authenticate(manifest, progress)
     mark("every chunk authenticated")
     safety = None
     if force and not empty and prefix is None:
-        from crmops.services.backup import backup
-
-        try:
-            safety = backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
-        except KeyboardInterrupt:
-            raise Interrupted("restore stopped while taking the pre-restore snapshot; the target was not "
-                              "changed") from None
+        safety = safety_snapshot(config, to_url, repo)
         mark("safety snapshot of the target")
     replaced: list[str] = []
     created: list[str] = []
     if chosen and (prefix is not None or not empty):
-        try:
-            done = target.restore_tables(repo.read_stream(manifest), format=stream["format"], tables=chosen,
-                                         prefix=prefix)
-        except KeyboardInterrupt:
-            if not safety:
-                raise
-            # the rows are replaced in one transaction: a stop leaves all of them or none, but which
-            # depends on whether it came before the commit, so the way back is named either way
-            raise Interrupted(f"restore stopped; {', '.join(chosen)} hold either the snapshot's rows or "
-                              "their own (they are replaced in one transaction)",
-                              hint=f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
-                                   f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force"
-                              ) from None
+        done = load_tables(target, repo.read_stream(manifest), stream["format"], chosen, prefix, safety, to_url)
         replaced, created = done["replaced"], done["created"]
         mark("tables restored")
     else:
@@ -204,6 +174,64 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=chosen,
                          seconds=round(time.monotonic() - started, 2), bytes=stream["size"], files=files,
                          safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created)
+
+
+# -- the steps a partial restore shares with `restore --at ... --tables` -----------------
+
+def check_target(config: Config, to_url: str, chosen: list[str] | None, prefix: str | None,
+                 force: bool) -> tuple[Any, bool]:
+    """The target engine and whether it is empty; refuses (exit 60) what would overwrite without --force.
+
+    --as needs no --force: it only adds tables, and refuses names already taken.
+    """
+    wanted = engine_kind(to_url)
+    if prefix is not None and chosen:
+        _check_prefix(prefix, wanted, chosen)
+    target = open_engine(to_url, config.database)
+    empty = target.is_empty()
+    if prefix is not None and chosen:
+        taken = target.existing_tables([_prefixed(t, prefix) for t in chosen])
+        if taken:
+            raise TargetNotEmpty(f"{', '.join(taken)} already exist{'s' * (len(taken) == 1)} in {display(to_url)}; "
+                                 f"nothing was changed",
+                                 hint="choose another --as prefix, or drop the earlier copy")
+    elif not force and not empty:
+        if chosen:
+            raise TargetNotEmpty(f"{display(to_url)} is not empty",
+                                 hint=f"add --force to replace only {', '.join(chosen)} there, after a "
+                                      f"pre-restore snapshot of the target; or --as restored_ to restore "
+                                      f"{'them' if len(chosen) > 1 else 'it'} beside the live tables")
+        raise TargetNotEmpty(f"{display(to_url)} is not empty",
+                             hint="restore into an empty database, or add --force (a pre-restore snapshot "
+                                  "of the target is taken first)")
+    return target, empty
+
+
+def safety_snapshot(config: Config, to_url: str, repo: Repository | None = None) -> str:
+    """A snapshot of the target (tag pre-restore) before a forced restore changes it: the way back."""
+    from crmops.services.backup import backup
+
+    try:
+        return backup(config, tags=["pre-restore"], url=to_url, repo=repo).snapshot_id
+    except KeyboardInterrupt:
+        raise Interrupted("restore stopped while taking the pre-restore snapshot; the target was not "
+                          "changed") from None
+
+
+def load_tables(target: Any, chunks: Iterable[bytes], fmt: str, chosen: list[str], prefix: str | None,
+                safety: str | None, to_url: str) -> dict[str, list[str]]:
+    """The engine's all-or-nothing table restore; a stop names the way back when there is one."""
+    try:
+        return target.restore_tables(chunks, format=fmt, tables=chosen, prefix=prefix)
+    except KeyboardInterrupt:
+        if not safety:
+            raise
+        # the rows are replaced in one transaction: a stop leaves all of them or none, but which
+        # depends on whether it came before the commit, so the way back is named either way
+        raise Interrupted(f"restore stopped; {', '.join(chosen)} hold either the restored rows or "
+                          "their own (they are replaced in one transaction)",
+                          hint=f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
+                               f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force") from None
 
 
 def _prefixed(table: str, prefix: str) -> str:

@@ -6,6 +6,13 @@ TimeoutStartSec, or coreutils `timeout` under cron) after which the job is stopp
 SIGTERM (recorded and notified like any failure), and $CRMOPS_JOB_LOCK_WAIT, so a job that
 finds another still running waits for it instead of overlapping. Secrets come from an
 environment file the administrator writes (mode 0600), never from the units.
+
+The streamers (`wal stream`, `binlog follow`) run for good instead of at a time: a
+systemd service with Restart=always, or under cron a line every minute behind
+`flock -n`, which starts one when none runs (after a reboot or a crash) and is a no-op
+otherwise. Cron cannot supervise, so a dead streamer is restarted within a minute; the
+replication slot (PostgreSQL) or the server's own binary logs keep what it has not yet
+taken meanwhile.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ JOBS: dict[str, tuple[list[str], str]] = {
               "check the repository, reading a share of the data in rotation (check.read_data_days)"),
     "prune": (["forget", "--prune"], "forget snapshots past retention and delete unused data"),
 }
+#: long-running services -> (the crmops arguments, what they are for)
+SERVICES: dict[str, tuple[list[str], str]] = {
+    "wal-stream": (["wal", "stream"], "stream PostgreSQL WAL into the archive (an RPO of seconds)"),
+    "binlog-follow": (["binlog", "follow"], "archive MariaDB/MySQL binary logs as they grow"),
+}
+CRON_LOCK_DIR = Path("/run/lock")
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WHEN = re.compile(r"^(?:(?P<days>[a-z,\-]+)\s+)?(?P<h>\d{1,2}):(?P<m>\d{2})$")
 
@@ -123,7 +136,8 @@ def _sd_quote(word: str) -> str:
 
 
 def plan_systemd(schedule: dict[str, When], *, config: Path, unit_dir: Path, env_file: Path, timeout_s: int,
-                 lock_wait_s: int, user: str | None, exe: str, status_page: Path | None = None) -> Plan:
+                 lock_wait_s: int, user: str | None, exe: str, status_page: Path | None = None,
+                 services: list[str] | tuple[str, ...] = ()) -> Plan:
     files: dict[str, str] = {}
     jobs: dict[str, dict[str, Any]] = {}
     for name, when in schedule.items():
@@ -153,11 +167,31 @@ def plan_systemd(schedule: dict[str, When], *, config: Path, unit_dir: Path, env
         files[str(unit_dir / f"{unit}.service")] = "\n".join(service)
         files[str(unit_dir / f"{unit}.timer")] = "\n".join(timer)
         jobs[name] = {"when": when.on_calendar(), "command": cmd, "unit": f"{unit}.timer"}
+    for name in services:
+        args, purpose = SERVICES[name]
+        cmd = _command(exe, config, args)
+        unit = f"{PREFIX}{name}"
+        files[str(unit_dir / f"{unit}.service")] = "\n".join([
+            MARKER, "[Unit]", f"Description=crmops {name}: {purpose}",
+            "Wants=network-online.target", "After=network-online.target",
+            "StartLimitIntervalSec=0",  # never give up: a server down for an hour is waited out
+            "", "[Service]", "Type=simple",
+            f"Environment={_sd_quote(f'CRMOPS_CONFIG={config}')}",
+            f"EnvironmentFile=-{_sd_quote(str(env_file))}",
+            "ExecStart=" + " ".join(_sd_quote(w) for w in cmd),
+            "Restart=always", "RestartSec=10",
+            # SIGTERM to crmops alone: it stops its own child and pushes what is finished
+            "KillMode=mixed", "TimeoutStopSec=120",
+            *([f"User={user}"] if user else []), "",
+            "[Install]", "WantedBy=multi-user.target", "",
+        ])
+        jobs[name] = {"when": "always", "command": cmd, "unit": f"{unit}.service", "service": True}
     return Plan("systemd", str(config), jobs, files)
 
 
 def plan_cron(schedule: dict[str, When], *, config: Path, cron_file: Path, env_file: Path, timeout_s: int,
-              lock_wait_s: int, user: str | None, exe: str, log_file: Path, status_page: Path | None = None) -> Plan:
+              lock_wait_s: int, user: str | None, exe: str, log_file: Path, status_page: Path | None = None,
+              services: list[str] | tuple[str, ...] = ()) -> Plan:
     # crmops reads the secrets file itself: sourcing it in sh would break values with spaces
     lines = [MARKER, "SHELL=/bin/sh", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              f"CRMOPS_CONFIG={config}", f"CRMOPS_JOB_LOCK_WAIT={lock_wait_s}", f"{_env_file_var()}={env_file}"]
@@ -171,7 +205,26 @@ def plan_cron(schedule: dict[str, When], *, config: Path, cron_file: Path, env_f
                 f">>{shlex.quote(str(log_file))} 2>&1 # crmops-job={name}")
         lines.append(line.replace("%", "\\%"))  # cron turns a bare % into a newline
         jobs[name] = {"when": when.cron(), "command": cmd, "unit": str(cron_file)}
+    for name in services:
+        cmd = _command(exe, config, SERVICES[name][0])
+        run = " ".join(shlex.quote(w) for w in ["flock", "-n", str(cron_lock(name)), *cmd])
+        line = f"* * * * * {user or 'root'} {{ {run}; }} >>{shlex.quote(str(log_file))} 2>&1 # crmops-job={name}"
+        lines.append(line.replace("%", "\\%"))
+        jobs[name] = {"when": "* * * * *", "command": cmd, "unit": str(cron_file), "service": True}
     return Plan("cron", str(config), jobs, {str(cron_file): "\n".join(lines) + "\n"})
+
+
+def cron_services(cron_file: Path) -> list[str]:
+    """The streamers a generated cron file starts (cron cannot stop them: `remove` says how)."""
+    if not cron_file.is_file() or not cron_file.read_text(encoding="utf-8").startswith(MARKER):
+        return []
+    return [m[1] for m in re.finditer(r"# crmops-job=([\w-]+)$", cron_file.read_text(encoding="utf-8"), re.M)
+            if m[1] in SERVICES]
+
+
+def cron_lock(name: str) -> Path:
+    """The lock a cron-started streamer holds while it runs: the next minute's start sees it and stops."""
+    return CRON_LOCK_DIR / f"{PREFIX}{name}.lock"
 
 
 def _env_file_var() -> str:
@@ -228,10 +281,17 @@ def read_installed(unit_dir: Path, cron_file: Path) -> list[dict[str, Any]]:
             out.append({"job": p.stem[len(PREFIX):], "kind": "systemd", "when": when[1] if when else None,
                         "command": cmd[1].replace("%%", "%") if cmd else None, "file": str(p),
                         "next": next_run_text(when[1]) if when else None})
+        elif p.suffix == ".service" and p.stem[len(PREFIX):] in SERVICES:
+            cmd = re.search(r"^ExecStart=(.+)$", text, re.M)
+            out.append({"job": p.stem[len(PREFIX):], "kind": "systemd", "when": "always", "service": True,
+                        "command": cmd[1].replace("%%", "%") if cmd else None, "file": str(p), "next": None})
         elif p == cron_file:
             for line in text.splitlines():
-                m = re.match(r"^(\S+ \S+ \S+ \S+ \S+) \S+ \{ ([^;]+);.* # crmops-job=(\w+)$", line)
-                if m:
+                m = re.match(r"^(\S+ \S+ \S+ \S+ \S+) \S+ \{ ([^;]+);.* # crmops-job=([\w-]+)$", line)
+                if m and m[3] in SERVICES:
+                    out.append({"job": m[3], "kind": "cron", "when": m[1], "service": True,
+                                "command": m[2].replace("\\%", "%"), "file": str(p), "next": None})
+                elif m:
                     out.append({"job": m[3], "kind": "cron", "when": m[1], "command": m[2].replace("\\%", "%"),
                                 "file": str(p), "next": next_run_text(m[1])})
     return out

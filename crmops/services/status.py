@@ -59,13 +59,19 @@ class Overview:
     version: str = __version__
     #: point-in-time recovery: each archiving cluster's window, lag and first gap
     pitr: list[dict[str, Any]] = field(default_factory=list)
+    #: "<kind>:<id>" -> the archive's push times over the last day (Unix seconds): the lag chart
+    lag_history: dict[str, list[int]] = field(default_factory=dict)
+    #: the lag limit the chart marks (status.max_archive_lag_seconds)
+    max_archive_lag_seconds: float = 900.0
 
     @property
     def level(self) -> str:
         return max((v.level for v in self.verdicts), key=_RANK.__getitem__, default=GREEN)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"level": self.level, **asdict(self)}
+        doc = asdict(self)
+        doc.pop("lag_history")  # thousands of numbers, for the page's chart only
+        return {"level": self.level, **doc}
 
 
 def parse_time(text: str) -> datetime:
@@ -150,9 +156,14 @@ def _read_repository(config: Config, ov: Overview) -> None:
                     "past_retention": sum(len(g["forget"]) for g in groups),
                     "groups": len(groups), "policy": config.retention.model_dump()}
     ov.repository_size_bytes = repository_figures(config)["repository_size_bytes"]
-    from crmops.pitr.window import all_windows
+    from crmops.pitr.window import all_windows, assessed, public
 
-    ov.pitr = [{k: v for k, v in w.items() if k != "lines"} for w in all_windows(repo)]
+    for w in all_windows(repo):
+        w = assessed(w, config.database.url)
+        if w.get("lag_note"):
+            w["lag_note"] = config.redact(w["lag_note"])
+        ov.lag_history[f"{w.get('kind', 'wal')}:{w['system_id']}"] = w.get("pushes") or []
+        ov.pitr.append(public(w))
     _read_quarantine(config, repo, listing.manifests, ov)
 
 
@@ -172,7 +183,8 @@ def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) ->
     """Read everything the verdicts and the status page need; never raises for what it finds."""
     now = now or datetime.now(UTC)
     ov = Overview(generated_at=now.isoformat(timespec="seconds"), host=socket.gethostname(),
-                  repository=config.repository.url.split("?")[0])
+                  repository=config.repository.url.split("?")[0],
+                  max_archive_lag_seconds=config.status.max_archive_lag_seconds)
     try:
         _read_repository(config, ov)
     except CrmopsError as e:
@@ -218,23 +230,37 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
 
 
 def _archive_verdict(w: dict[str, Any], max_lag: float) -> Verdict:
-    """Point-in-time recovery: the archive lag is the data a crash would lose; a gap breaks the window."""
+    """Point-in-time recovery: the archive lag is the data a crash would lose; a gap breaks the window.
+
+    The lag is judged by the server when database.url is the archiving server (pitr/lag.py):
+    an idle server with everything archived is green however old its last push; without the
+    server the age of the last push stands, and the summary says so.
+    """
     binlog = w.get("kind") == "binlog"
     name, what = ("binlog archive", "binary log") if binlog else ("wal archive", "WAL segment")
     if w.get("gap"):
         return Verdict(name, RED, w["gap"]["message"])
+    failing = w.get("archive_failing")
+    if failing:
+        return Verdict(name, RED, f"archive_command is failing: {failing['wal']} could not be archived "
+                                  f"(last failure {failing['at'][:19]}); check the server log")
     lag = w.get("archive_lag_seconds")
     if lag is None:
         return Verdict(name, AMBER, f"{w['system_id']}: no {what} archived yet")
+    asked = w.get("lag_source") == "server"
+    measured = "" if asked or not w.get("lag_note") else f" ({w['lag_note']})"
     if lag > max_lag:
         how = "`crmops binlog follow`" if binlog else "archive_command"
-        return Verdict(name, RED, f"the newest {what} was archived {lag:.0f} s ago "
-                                  f"(limit {max_lag:g} s): check {how} and the server log")
+        since = "; the server has written since" if asked else ""
+        return Verdict(name, RED, f"archive lag {lag:.0f} s (limit {max_lag:g} s): the newest {what} was "
+                                  f"archived {w.get('last_push_age_seconds', lag):.0f} s ago{since}; check {how} "
+                                  f"and the server log{measured}")
     if not w.get("start"):
-        return Verdict(name, AMBER, f"{what}s archived {lag:.0f} s ago, but no backup to start from: run "
+        return Verdict(name, AMBER, f"{what}s archived {w.get('last_push_age_seconds', lag):.0f} s ago, but no "
+                                    "backup to start from: run "
                                     + ("`crmops backup`" if binlog else "`crmops backup --physical`"))
-    return Verdict(name, GREEN, f"recoverable from {w['start'][:19]} to {w['end'][:19]} UTC; "
-                                f"archive lag {lag:.0f} s")
+    state = "idle, everything written is archived" if w.get("idle") else f"archive lag {lag:.0f} s"
+    return Verdict(name, GREEN, f"recoverable from {w['start'][:19]} to {w['end'][:19]} UTC; {state}{measured}")
 
 
 def _sources_verdict(ov: Overview) -> Verdict:

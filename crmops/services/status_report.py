@@ -27,6 +27,8 @@ svg.chart text{font:11px system-ui,sans-serif;fill:#57606a}svg.chart .axis{strok
 svg.chart .grid{stroke:#eaeef2;stroke-width:1}svg.chart rect.col{fill:#0969da}
 svg.chart polyline{fill:none;stroke:#0969da;stroke-width:2}svg.chart circle{fill:#0969da}
 svg.chart circle.bad{fill:#cf222e}svg.chart rect.bad{fill:#cf222e}
+svg.chart line.limit{stroke:#cf222e;stroke-width:1;stroke-dasharray:6 4}svg.chart text.limit{fill:#cf222e}
+svg.chart polyline.lag{stroke-width:1.5}
 """
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 220, 64, 12, 14, 28
@@ -96,6 +98,75 @@ def chart(chart_id: str, title: str, points: list[tuple[datetime, float, bool]],
                          f"<title>{t:%Y-%m-%d %H:%M}: {e(fmt(v))}</title></circle>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+def lag_chart(chart_id: str, title: str, points: list[tuple[datetime, float]], limit: float) -> str:
+    """The archive lag over time as a sawtooth, with the limit as a dashed line.
+
+    The scale stops at four times the limit so a night of idleness does not flatten the
+    day; a peak above the scale is drawn at its top as a red dot titled with its value.
+    data-top, data-t0 and data-t1 give the scale (seconds, Unix times) to read points back.
+    """
+    e = escape
+    head = (f'<svg class="chart" id="{chart_id}" viewBox="0 0 {W} {H}" role="img" '
+            f'xmlns="http://www.w3.org/2000/svg" aria-label="{e(title)}"')
+    if len(points) < 2:
+        return head + f'><title>{e(title)}</title><text x="{W / 2}" y="{H / 2}" ' \
+                      'text-anchor="middle">no pushes recorded yet</text></svg>'
+    top = min(max(max(v for _, v in points), limit * 1.2), limit * 4)
+    t0, t1 = points[0][0].timestamp(), points[-1][0].timestamp()
+    span = (t1 - t0) or 1.0
+    inner_w, inner_h = W - LEFT - RIGHT, H - TOP - BOTTOM
+    parts = [head + f' data-top="{top:g}" data-t0="{t0:.0f}" data-t1="{t1:.0f}" data-limit="{limit:g}">'
+             f"<title>{e(title)}</title>"]
+    for frac in (0, 0.5, 1):
+        y = TOP + inner_h * (1 - frac)
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                     f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{e(_secs(top * frac))}</text>')
+    parts.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + inner_h}" y2="{TOP + inner_h}"/>')
+    for t, anchor, x in ((points[0][0], "start", LEFT), (points[-1][0], "end", W - RIGHT)):
+        parts.append(f'<text x="{x}" y="{H - 8}" text-anchor="{anchor}">{t:%Y-%m-%d %H:%M}</text>')
+    ly = TOP + inner_h * (1 - limit / top)
+    parts.append(f'<line class="limit" x1="{LEFT}" x2="{W - RIGHT}" y1="{ly:.1f}" y2="{ly:.1f}"/>'
+                 f'<text class="limit" x="{W - RIGHT - 4}" y="{ly - 4:.1f}" text-anchor="end">limit '
+                 f"{e(_secs(limit))}</text>")
+
+    def xy(t: datetime, v: float) -> tuple[float, float]:
+        return LEFT + inner_w * (t.timestamp() - t0) / span, TOP + inner_h * (1 - min(v, top) / top)
+
+    coords = [xy(t, v) for t, v in points]
+    parts.append('<polyline class="lag" points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + '"/>')
+    for (x, y), (t, v) in zip(coords, points, strict=True):
+        if v > limit:
+            parts.append(f'<circle class="bad" cx="{x:.1f}" cy="{y:.1f}" r="3.5"><title>{t:%Y-%m-%d %H:%M:%S}: '
+                         f"{e(_secs(v))}</title></circle>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _lag_section(ov: Overview, now: datetime) -> list[str]:
+    """One lag chart per archive, over the last 24 hours, from the archive's own push records."""
+    from datetime import timedelta
+
+    from crmops.pitr.pushlog import sawtooth
+
+    parts = ["<h2>Archive lag</h2><p>Age of the newest archived WAL or binary log over the last 24 hours, from "
+             "the archive's push records (pushes under a minute apart merged); dashed: the limit "
+             "(status.max_archive_lag_seconds); red dots: above it. An idle server's line rises too: "
+             "the verdict above asks the server whether anything written is missing.</p>"]
+    for w in ov.pitr:
+        kind = w.get("kind", "wal")
+        points = sawtooth(ov.lag_history.get(f"{kind}:{w['system_id']}", []), now, now - timedelta(hours=24))
+        what = "binlog archive of server" if kind == "binlog" else "WAL archive of cluster"
+        peak = max((v for _, v in points), default=None)
+        over = sum(1 for _, v in points if v > ov.max_archive_lag_seconds)
+        parts.append(f"<p><b>{escape(what)} {escape(w['system_id'])}</b>: lag now "
+                     f"{_secs(w.get('archive_lag_seconds'))}"
+                     + (f", largest in 24 h {_secs(peak)}, {over} peak(s) over the limit" if peak is not None else "")
+                     + "</p>")
+        parts.append(lag_chart(f"chart-lag-{kind}-{w['system_id']}", f"archive lag, {what} {w['system_id']}",
+                               points, ov.max_archive_lag_seconds))
+    return parts
 
 
 def _table(table_id: str, head: list[str], rows: list[list[str]], empty: str) -> str:
@@ -171,6 +242,9 @@ def render_html(ov: Overview) -> str:
                           "–" if v.get("snapshot_age_hours") is None else f"{_sig(v['snapshot_age_hours'])} h",
                           e(v.get("first_failure") or "")] for _, v in reversed(ver[-20:])],
                         "No verification yet: run `crmops drill`."))
+
+    if ov.pitr:
+        parts += _lag_section(ov, parse_time(ov.generated_at))
 
     parts.append("<h2>Latest upgrade runs</h2>")
     parts.append(_table("upgrades", ["started (UTC)", "playbook", "from → to", "kind", "result", "run"],

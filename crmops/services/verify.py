@@ -103,7 +103,9 @@ def fingerprint_digest(fp: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(fp, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def table_results(expected: Fingerprint, found: Fingerprint) -> list[TableResult]:
+def table_results(expected: Fingerprint, found: Fingerprint,
+                  rounded: dict[str, dict[str, int]] | None = None) -> list[TableResult]:
+    """Per table, what differs; rounded (from the manifest) names FLOAT columns the dump itself rounded."""
     out = []
     for name in sorted(set(expected.tables) | set(found.tables)):
         a, b = expected.tables.get(name), found.tables.get(name)
@@ -116,6 +118,10 @@ def table_results(expected: Fingerprint, found: Fingerprint) -> list[TableResult
             reason = "row count differs"
         elif not checksum_ok:
             reason = "content checksum differs"
+            if rounded and name in rounded:
+                from crmops.services.backup import rounded_text
+
+                reason += f": {rounded_text(rounded[name])}"
         else:
             reason = ""
         out.append(TableResult(name, a.rows if a else None, b.rows if b else None, checksum_ok, not reason, reason))
@@ -215,7 +221,7 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
     found = target.fingerprint(method=expected.method)
     result.fingerprint_expected = fingerprint_digest(manifest["fingerprint"])
     result.fingerprint_found = fingerprint_digest(found.to_dict())
-    result.tables = table_results(expected, found)
+    result.tables = table_results(expected, found, manifest.get("rounded_floats"))
     result.differences = [asdict(d) for d in expected.compare(found) if d.kind != "table"]
     mark("fingerprint compared")
     with tempfile.TemporaryDirectory(prefix="crmops-verify-files-") as tmp:

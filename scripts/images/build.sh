@@ -8,6 +8,9 @@
 #   bookworm: postgres:15  mariadb:10.11
 #   trixie:   postgres:17  mariadb:11.8
 #
+# and crmops-pg-upgrade:13-17, PostgreSQL 13 and 17 in one image for pg_upgrade, made by
+# `docker build` from the two local postgres images (pg-upgrade/Dockerfile, no download).
+#
 #   scripts/images/build.sh                  every image whose tag is missing
 #   scripts/images/build.sh postgres:17 ...  only these tags (still only when missing)
 #
@@ -27,6 +30,7 @@ declare -A SUITE=(
   [mariadb:10.5]=bullseye [mariadb:10.11]=bookworm [mariadb:11.8]=trixie
 )
 ENGINE_TAGS=(postgres:13 postgres:15 postgres:17 mariadb:10.5 mariadb:10.11 mariadb:11.8)
+PG_UPGRADE_TAG=crmops-pg-upgrade:13-17
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -112,6 +116,20 @@ build_app() {
   echo "built crmops-demo-app:1.0 and :2.0"
 }
 
+build_pg_upgrade() {  # build_pg_upgrade crmops-pg-upgrade:OLD-NEW, after postgres:OLD and postgres:NEW
+  local tag=$1 pair=${1#*:} t0=$SECONDS old new
+  old=${pair%-*} new=${pair#*-}
+  have "$tag" && return
+  for v in "$old" "$new"; do
+    have "postgres:$v" || { echo "$tag needs postgres:$v (scripts/images/build.sh postgres:$v)" >&2; return 1; }
+  done
+  # the legacy builder: it needs no BuildKit component, and the recipe uses nothing newer
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" --build-arg "OLD=$old" --build-arg "NEW=$new" \
+    -f "$HERE/pg-upgrade/Dockerfile" "$HERE" >"$WORK/$tag.log" 2>&1 \
+    || { echo "building $tag failed (log: $WORK/$tag.log):" >&2; tail -20 "$WORK/$tag.log" >&2; return 1; }
+  echo "built $tag from postgres:$old and postgres:$new in $((SECONDS - t0)) s"
+}
+
 build_one() {
   case "$1" in
     postgres:*) build_postgres "$1" ;;
@@ -121,25 +139,35 @@ build_one() {
 }
 
 targets=("$@")
-if ((${#targets[@]} == 0)); then targets=("${ENGINE_TAGS[@]}" crmops-demo-app); fi
+if ((${#targets[@]} == 0)); then targets=("${ENGINE_TAGS[@]}" crmops-demo-app "$PG_UPGRADE_TAG"); fi
 for t in "${targets[@]}"; do
   case "$t" in
     crmops-demo-app|crmops-demo-app:*) ;;
-    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app" >&2; exit 2; } ;;
+    "$PG_UPGRADE_TAG") ;;
+    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app $PG_UPGRADE_TAG" >&2
+                                    exit 2; } ;;
   esac
 done
 
 # the engine images download in parallel (the network, not the 2 cores, bounds them);
 # the small app image after them
 pids=()
-app=0
+app=0 pgu=0
 for t in "${targets[@]}"; do
   case "$t" in
     crmops-demo-app*) app=1 ;;
+    "$PG_UPGRADE_TAG") pgu=1 ;;
     *) build_one "$t" & pids+=($!) ;;
   esac
 done
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
 if ((app)); then build_app || fail=1; fi
+# made from the two postgres images, so after them (the only one built with `docker build` from local images)
+if ((pgu)); then
+  if ! have "$PG_UPGRADE_TAG"; then
+    for v in postgres:13 postgres:17; do have "$v" || build_postgres "$v" || fail=1; done
+  fi
+  build_pg_upgrade "$PG_UPGRADE_TAG" || fail=1
+fi
 exit $fail

@@ -3,8 +3,9 @@
 # POSTGRES_USER, POSTGRES_DB, POSTGRES_HOST_AUTH_METHOD, POSTGRES_INITDB_ARGS, PGDATA,
 # /docker-entrypoint-initdb.d/*.sql|*.sh, server in the foreground as PID 1.
 set -eu
-# the one server version installed in this image (13, 15, 17 ...)
-BIN=$(echo /usr/lib/postgresql/*/bin)
+# the one server version installed in this image (13, 15, 17 ...); an image holding two
+# (crmops-pg-upgrade) names the one to run in PG_BINDIR
+BIN=${PG_BINDIR:-$(echo /usr/lib/postgresql/*/bin)}
 : "${PGDATA:=/var/lib/postgresql/data}"
 export PGDATA
 

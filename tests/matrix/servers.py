@@ -142,3 +142,73 @@ def run_server(client: Any, version: Version, *, network: str | None = None) -> 
         yield server
     finally:
         container.remove(force=True, v=True)
+
+
+PG_UPGRADE_IMAGE = "crmops-pg-upgrade:13-17"
+
+
+@dataclass
+class UpgradeHost:
+    """A PostgreSQL 13 server in the image that also holds 17, as a database host set up for pg_upgrade."""
+
+    server: Server
+    container: str
+
+    def exec(self, *argv: str, user: str = "postgres") -> Any:
+        import subprocess
+
+        return subprocess.run(["docker", "exec", "-u", user, self.container, *argv], capture_output=True, text=True,
+                              timeout=120)
+
+    def prefix(self) -> list[str]:
+        return ["docker", "exec", "-u", "postgres", self.container]
+
+    def pg_ctl(self, version: str, action: str) -> list[str]:
+        data = f"/var/lib/postgresql/{version}/data"
+        argv = [f"/usr/lib/postgresql/{version}/bin/pg_ctl", "-D", data, "-w"]
+        if action == "start":
+            argv += ["-l", f"/tmp/{version}.log", "-o", "-c listen_addresses=* -c fsync=off", "start"]
+        else:
+            argv += ["-m", "fast", "stop"]
+        return self.prefix() + argv
+
+
+@contextmanager
+def run_upgrade_host(client: Any) -> Iterator[UpgradeHost]:
+    """PostgreSQL 13 running under pg_ctl (not as PID 1, so it can stop while the container stays), both
+    data directories on one tmpfs; the port is published on loopback and stays when 17 takes over."""
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(PG_UPGRADE_IMAGE)
+    except ImageNotFound:
+        from tests.conftest import missing
+
+        missing(f"image {PG_UPGRADE_IMAGE} (build it: scripts/images/build.sh {PG_UPGRADE_IMAGE})")
+    tag = uuid.uuid4().hex[:8]
+    name = f"crmops-test-pgupgrade-{tag}"
+    password = secrets.token_hex(12)
+    start = ('"$PG_BINDIR/pg_ctl" -D "$PGDATA" -l /tmp/13.log '
+             '-o "-c listen_addresses=* -c fsync=off" -w start >/dev/null && exec sleep infinity')
+    container = client.containers.run(
+        PG_UPGRADE_IMAGE, ["sh", "-c", start], name=name, detach=True, init=True, labels={LABEL: "1",
+                                                                                         f"{LABEL}.run": tag},
+        environment={"POSTGRES_PASSWORD": password, "PG_BINDIR": "/usr/lib/postgresql/13/bin",
+                     "PGDATA": "/var/lib/postgresql/13/data"},
+        ports={"5432/tcp": ("127.0.0.1", None)}, tmpfs={"/var/lib/postgresql": "rw,size=2g"})
+    try:
+        container.reload()
+        host_port = int(container.attrs["NetworkSettings"]["Ports"]["5432/tcp"][0]["HostPort"])
+        host = UpgradeHost(Server(BY_ID["pg13"], name, host_port, password), name)
+        deadline = time.monotonic() + 120
+        while not _ready(host.server):
+            container.reload()
+            if container.status != "running" or time.monotonic() > deadline:
+                raise RuntimeError(f"{PG_UPGRADE_IMAGE} did not start: {container.logs(tail=10).decode()}")
+            time.sleep(0.5)
+        r = host.exec("sh", "-c", "mkdir -p /var/lib/postgresql/17 && chown postgres: /var/lib/postgresql "
+                      "/var/lib/postgresql/17", user="root")
+        assert r.returncode == 0, r.stderr
+        yield host
+    finally:
+        container.remove(force=True, v=True)

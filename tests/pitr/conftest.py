@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.ports import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PASSPHRASE = "pitr test passphrase 7"
@@ -39,12 +39,6 @@ def result_of(stdout: str) -> dict:  # type: ignore[type-arg]
     return doc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def as_postgres(argv: list[str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     return subprocess.run(["runuser", "-u", "postgres", "--", *argv], **kw)
 
@@ -56,7 +50,7 @@ class Cluster:
         self.repo = base / "repo"
         self.config = base / "crmops.yaml"
         self.env_file = base / "crmops.env"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
         self.pythonpath = f"{ROOT}:{SITE}"

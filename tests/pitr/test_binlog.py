@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,7 @@ import yaml
 
 from tests.conftest import BED_ENV
 from tests.pitr.conftest import result_of
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def binlog_server() -> Iterator[str]:
     shutil.chown(data, "mysql", "mysql")
     subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql",
                     "--auth-root-authentication-method=normal"], check=True, capture_output=True)
-    port = _port()
+    port = free_port()
     proc = subprocess.Popen(["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={data}/sock",
                              f"--port={port}", "--bind-address=127.0.0.1", "--user=mysql",
                              f"--log-bin={data}/mariadb-bin", "--binlog-format=ROW", "--server-id=7",
@@ -222,7 +216,7 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
     assert busy.returncode == 60 and "--force" in busy.stderr
     forced = _crmops(tmp_path, binlog_server, *args, "--force")
     assert forced.returncode == 0, forced.stderr
-    assert json.loads(forced.stdout)["tables_replaced"] == ["markers"]
+    assert json.loads(forced.stdout)["replaced"] == ["markers"]
     with connect() as conn:
         cur = conn.cursor()
         cur.execute("SELECT id FROM markers ORDER BY id")
@@ -247,3 +241,79 @@ def test_restore_at_rolls_the_snapshot_forward_to_one_second_before_the_disaster
 
     refused = _crmops(tmp_path, binlog_server, "restore", "--at", "2020-01-01 00:00:00+00", "--sandbox")
     assert refused.returncode == 82 and "recoverable window is" in refused.stderr
+
+
+def test_a_dump_whose_snapshot_missed_the_lock_is_refused_not_stored(binlog_server: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers are held only until the dump's snapshot is seen open. Were another connection taken for
+    the dump's, writers would be let go early and the dump would hold rows the fingerprint and binlog
+    position do not: the dump's own stated position must catch that, and nothing may be stored."""
+    import threading
+
+    from crmops.config import Config
+    from crmops.engines import mysql
+    from crmops.errors import DatabaseError
+    from crmops.services.backup import backup
+
+    port = _port_of(binlog_server)
+    with pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True) as conn:
+        conn.cursor().execute("CREATE TABLE ticks (id int AUTO_INCREMENT PRIMARY KEY, at double)")
+    config = Config.model_validate({"database": {"url": binlog_server},
+                                    "repository": {"url": f"file://{tmp_path / 'repo'}"},
+                                    "state_dir": str(tmp_path / "state")})
+    monkeypatch.setenv("CRMOPS_PASSPHRASE", "binlog test")
+    assert _crmops(tmp_path, binlog_server, "repo", "init").returncode == 0
+    stop = threading.Event()
+
+    def write() -> None:  # held by the backup's lock, then commits the moment it is let go
+        with pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True) as c:
+            while not stop.is_set():
+                c.cursor().execute("INSERT INTO ticks (at) VALUES (%s)", (time.time(),))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        time.sleep(0.3)
+        good = backup(config)  # the real wait: writers held until the dump's snapshot is open
+        assert good.snapshot_id
+        monkeypatch.setattr(mysql, "_await_dump_snapshot", lambda cur, known, proc: time.sleep(0))
+        with pytest.raises(DatabaseError, match="slipped in"):
+            backup(config)
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    assert [s["id"] for s in _snapshots(tmp_path, binlog_server)] == [good.snapshot_id]
+
+
+def _snapshots(tmp_path: Path, url: str) -> list[dict]:  # type: ignore[type-arg]
+    r = _crmops(tmp_path, url, "snapshots")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_follow_archives_as_the_log_grows_and_stops_cleanly_on_sigterm(binlog_server: str, tmp_path: Path) -> None:
+    """What `schedule install --binlog-follow` runs: a round every --interval, exit 0 on SIGTERM."""
+    assert _crmops(tmp_path, binlog_server, "repo", "init").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    env["CRMOPS_PASSPHRASE"] = "binlog test"
+    follow = subprocess.Popen([sys.executable, "-m", "crmops", "--config", str(tmp_path / "crmops.yaml"), "--json",
+                               "binlog", "follow", "--interval", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        with pymysql.connect(host="127.0.0.1", port=_port_of(binlog_server), user="root", database="crm",
+                             autocommit=True) as conn:
+            conn.cursor().execute("CREATE TABLE notes (id int PRIMARY KEY)")
+            conn.cursor().execute("INSERT INTO notes VALUES (1), (2), (3)")
+            active = conn.cursor()
+            active.execute("SHOW MASTER STATUS")
+            file = active.fetchone()[0]
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "repo" / "binlog" / "7" / file).exists():
+            assert time.monotonic() < deadline and follow.poll() is None, follow.stderr.read() if follow.stderr else ""
+            time.sleep(0.3)
+    finally:
+        follow.send_signal(signal.SIGTERM)
+        out, err = follow.communicate(timeout=60)
+    assert follow.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["rounds"] >= 1 and doc["stored"] >= 1

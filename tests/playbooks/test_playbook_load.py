@@ -87,3 +87,22 @@ def test_ids_default_and_chain_needs_connected_versions(tmp_path: Path) -> None:
     assert pb.digest.startswith("sha256:")
     with pytest.raises(PlaybookInvalid, match="gap"):
         chain([pb, pb])
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("        start_new: [sudo, -u, postgres, /usr/lib/postgresql/17/bin/pg_ctl, -D, /var/lib/postgresql/17/data,\n"
+     "                    -l, /var/lib/postgresql/17.log, -w, start]\n", "        start_new: []\n",
+     "method pg_upgrade needs start_new"),
+    ("        mode: copy\n", "        mode: hardlink\n", "'link', 'clone' or 'copy'"),
+    ("        method: pg_upgrade\n        action: rollback\n", "        method: logical\n        action: rollback\n",
+     "method logical has nothing to roll back"),
+], ids=["missing-command", "bad-mode", "logical-rollback"])
+def test_pg_upgrade_parameters_are_checked_before_anything_runs(tmp_path: Path, old: str, new: str,
+                                                                 message: str) -> None:
+    text = (ROOT / "playbooks" / "democrm-postgres-13-to-17-pg_upgrade.yaml").read_text()
+    assert old in text
+    path = tmp_path / "pb.yaml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(PlaybookInvalid) as e:
+        load_playbook(path)
+    assert message in e.value.line(), e.value.line()

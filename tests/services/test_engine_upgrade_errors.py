@@ -44,7 +44,31 @@ def test_a_table_that_differs_names_the_columns_that_really_differ(pg_url_factor
             conn.execute("INSERT INTO notes VALUES (1, 'same')")
     with open_engine(new).connect() as conn:  # type: ignore[attr-defined]
         conn.execute("UPDATE contacts SET score = round(score::numeric, 2) WHERE id = 7")
-    for method in ("", "record-hash"):
+    for method in ("", "record-hash", "canonical"):
         expected = open_engine(old).fingerprint(method=method)
         diffs = compare_across(expected, open_engine(old), open_engine(new))
         assert [(d["name"], d.get("columns")) for d in diffs] == [("contacts", ["score"])], (method, diffs)
+
+
+@pytest.mark.postgres
+def test_values_written_differently_by_the_new_servers_settings_are_no_difference(pg_url_factory) -> None:  # type: ignore[no-untyped-def]
+    from crmops.services.engine_upgrade import compare_across
+
+    old, new = pg_url_factory(), pg_url_factory()
+    for url in (old, new):
+        with open_engine(url).connect() as conn:  # type: ignore[attr-defined]
+            conn.execute("CREATE TABLE visits (id int PRIMARY KEY, at timestamptz, price numeric, data bytea)")
+            conn.execute("INSERT INTO visits VALUES (1, '2024-03-31 01:30+00', 1.50, '\\x00ff'), (2, NULL, 2, '')")
+    with open_engine(new).connect() as conn:  # type: ignore[attr-defined]
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f"ALTER DATABASE {database} SET TimeZone = 'Asia/Tokyo'")
+        conn.execute(f"ALTER DATABASE {database} SET bytea_output = 'escape'")
+    expected = open_engine(old).fingerprint(method="")
+    assert [d.name for d in expected.compare(open_engine(new).fingerprint(method=""))] == ["visits"]
+    for method in ("", "record-hash", "canonical"):
+        assert compare_across(open_engine(old).fingerprint(method=method), open_engine(old), open_engine(new)) == []
+    with open_engine(new).connect() as conn:  # type: ignore[attr-defined]
+        conn.execute("UPDATE visits SET price = 1.51 WHERE id = 1")
+    for method in ("", "record-hash", "canonical"):
+        diffs = compare_across(open_engine(old).fingerprint(method=method), open_engine(old), open_engine(new))
+        assert [(d["name"], d.get("columns")) for d in diffs] == [("visits", ["price"])], (method, diffs)

@@ -64,6 +64,41 @@ def test_mariadb_snapshot_verifies_green(mysql_url: str, tmp_path: Path, docker_
     assert out["sandbox_name"] not in _labelled(docker_client)
 
 
+@pytest.mark.mysql
+def test_mariadb_float_the_dump_rounds_is_named_at_backup_and_in_verify(mysql_url: str, tmp_path: Path) -> None:
+    """mariadb-dump writes FLOAT with 6 significant digits: the backup says which values that
+    changes, and verify's red line names that cause instead of a bare checksum difference."""
+    import pymysql
+
+    from crmops.dburl import parse
+    from tests.services.verify_helpers import first_json, write_config
+
+    u = parse(mysql_url)
+    with pymysql.connect(host=u.host, port=u.port, user=u.username, password=u.password, database=u.database,
+                         autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE deals (id int PRIMARY KEY, probability FLOAT, weight FLOAT, amount DOUBLE)")
+        cur.execute("INSERT INTO deals VALUES (1, 0.75, 0.1, 16777216), (2, 16777216, 0.5, 0.1234567), "
+                    "(3, 0.1234567, NULL, 1)")
+        cur.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        cur.execute("INSERT INTO notes VALUES (1, 'call back')")
+    config = write_config(tmp_path, mysql_url, verify={}, attachments=False)
+    ok(run(config, "repo", "init"))
+    r = run(config, "--json", "backup")
+    done = ok(r)
+    assert done["rounded_floats"] == {"deals": {"probability": 2}}  # 0.75 and 0.1 survive 6 digits; NULL is no value
+    human = run(config, "backup")  # --json keeps stderr quiet; a terminal or cron log gets the warning
+    assert human.returncode == 0 and ("crmops: warning: table deals: FLOAT column probability (2 values) holds more "
+                                      "than the 6 significant digits") in human.stderr
+    assert open_repository(load(config)).manifest(done["snapshot_id"])["rounded_floats"] == {
+        "deals": {"probability": 2}}
+    red = run(config, "--json", "verify", done["snapshot_id"])
+    assert red.returncode != 0 and "Traceback" not in red.stderr
+    tables = {t["name"]: t for t in first_json(red.stdout)["tables"]}
+    assert tables["notes"]["ok"] and not tables["deals"]["ok"]
+    assert tables["deals"]["reason"].startswith("content checksum differs: FLOAT column probability (2 values)")
+
+
 @pytest.mark.postgres
 def test_rewritten_table_authenticates_but_is_red_with_the_table_named(pg_url_factory: Callable[[], str],
                                                                        tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]

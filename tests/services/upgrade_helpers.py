@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,17 +16,12 @@ import yaml
 
 from crmops.engines import Fingerprint, open_engine
 from crmops.journal import Journal
+from tests.ports import free_port
 from tests.services.verify_helpers import ok, run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_PLAYBOOK = ROOT / "playbooks" / "democrm-1-to-2.yaml"
 LABEL = "crmops.test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
