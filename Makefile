@@ -12,6 +12,7 @@ BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?= -n $(PYTEST_WORKERS) --dist loadgroup
 UPGRADE_BENCH_SIZE ?= medium
+PITR_BENCH_SIZE ?= large
 BENCH_SIZE ?= medium
 
 .PHONY: venv test testbed testbed-down testbed-status lint demo bench clean-demo
@@ -66,14 +67,15 @@ demo: venv
 # verify against a bare pg_restore into the same kind of container, and the upgrade
 # dry run's forecast against the real run and the engine upgrade's copy estimate against
 # the real copy (on medium, the size their targets name, unless UPGRADE_BENCH_SIZE says
-# otherwise), and the WAL archive's cost and physical against logical restore, in one run;
-# prints a table and writes bench/results.json (needs the test bed).
+# otherwise), and point-in-time recovery's RPO, physical against logical restore and the WAL
+# archive's cost (on large unless PITR_BENCH_SIZE says otherwise: its demo CRM is built once into
+# /var/tmp/crmops-bench), in one run; prints tables and writes bench/results.json (needs the test bed).
 bench: testbed
 	$(BIN)/python bench/run.py --size $(BENCH_SIZE)
 	$(BIN)/python bench/verify_bench.py --size $(BENCH_SIZE)
 	$(BIN)/python bench/upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 5
 	$(BIN)/python bench/engine_upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 3
-	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(BENCH_SIZE)
+	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(PITR_BENCH_SIZE)
 
 clean-demo:
 	rm -rf demo

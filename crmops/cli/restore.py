@@ -24,7 +24,8 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 @click.option("--force", is_flag=True, help="Replace a non-empty target, after a pre-restore snapshot of it.")
 @click.option("--source", metavar="SOURCE", help="latest of this source instead of the configured database's.")
 @click.option("--at", "at", metavar="TIME",
-              help='Point in time (WAL or binlog archive), e.g. "2026-12-01 14:05:00+00".')
+              help='Point in time (WAL or binlog archive), e.g. "2026-12-01 14:05:00+00"; '
+                   'latest: the end of the WAL archive.')
 @click.option("--at-lsn", metavar="LSN", help="Point-in-time recovery up to this WAL position (0/3000060).")
 @click.option("--at-name", metavar="NAME", help="Point-in-time recovery up to a pg_create_restore_point() name.")
 @click.option("--before-xid", metavar="XID", help="Point-in-time recovery up to, not including, this transaction.")

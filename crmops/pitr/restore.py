@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -38,6 +39,8 @@ from crmops.pitr.archive import (
 from crmops.pitr.basebackup import STREAM
 from crmops.pitr.window import physical_manifests, window
 
+#: the folder inside a --to-datadir data directory that holds the WAL fetched at restore time
+WAL_SPOOL = "crmops_wal_spool"
 LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 SANDBOX_HBA = "local all all trust\nhost all all all scram-sha-256\n"
 
@@ -55,6 +58,8 @@ def parse_time(text: str) -> datetime:
 
 def check_target(target: dict[str, str]) -> dict[str, Any]:
     (kind, value), = target.items()
+    if kind == "time" and value.strip().lower() == "latest":
+        return {"kind": "latest", "value": "latest"}  # no target: replay every archived WAL file, then promote
     if kind == "time":
         return {"kind": kind, "value": value, "time": parse_time(value)}
     if kind == "lsn":
@@ -73,7 +78,9 @@ def check_target(target: dict[str, str]) -> dict[str, Any]:
 def recovery_settings(target: dict[str, Any], restore_command: str) -> dict[str, str]:
     out = {"restore_command": restore_command, "recovery_target_action": "promote",
            "recovery_target_timeline": "latest"}
-    if target["kind"] == "time":
+    if target["kind"] == "latest":
+        pass
+    elif target["kind"] == "time":
         out["recovery_target_time"] = target["time"].isoformat(sep=" ")
     elif target["kind"] == "lsn":
         out["recovery_target_lsn"] = target["value"]
@@ -227,6 +234,8 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
     started = time.monotonic()
     target = check_target(target_in)
     if engine_kind(config.database.url) == "mysql":
+        if target["kind"] == "latest":
+            raise ConfigError("--at latest is for PostgreSQL's WAL archive; for MariaDB give a time")
         from crmops.pitr.binlog_restore import check_mariadb_form, restore_at_mariadb
 
         check_mariadb_form(sandbox, tables, to_url, to_datadir, target["kind"], prefix)
@@ -264,7 +273,7 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
                          sorted({t for m in bases for t in m["physical"]["tables"]}) if bases else None,
                          "any base backup")
     if to_datadir is not None:
-        return _to_datadir(config, repo, base, target, to_datadir, result, progress, started)
+        return _to_datadir(config, repo, archive, base, target, to_datadir, result, progress, started)
     work = Path(tempfile.mkdtemp(prefix="crmops-pitr-"))
     box = None
     try:
@@ -320,31 +329,47 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
     return result
 
 
-def _to_datadir(config: Config, repo: Any, base: dict[str, Any], target: dict[str, Any], datadir: Path,
-                result: dict[str, Any], progress: Callable[[int], None] | None, started: float) -> dict[str, Any]:
+def spooled_fetch(spool: Path, fetch: str) -> str:
+    """restore_command: the copy spooled at restore time when there is one, else `crmops wal fetch`
+    (one process per file, start-up and key derivation included: seconds each on a busy machine)."""
+    q = shlex.quote(str(spool))
+    return f"test -f {q}/%f && cp {q}/%f %p || {fetch}"
+
+
+def _to_datadir(config: Config, repo: Any, archive: WalArchive, base: dict[str, Any], target: dict[str, Any],
+                datadir: Path, result: dict[str, Any], progress: Callable[[int], None] | None,
+                started: float) -> dict[str, Any]:
     from crmops.pitr.setup import archive_commands
 
     config_file = Path(config.source) if Path(config.source).is_file() else None
     env_file = Path(os.environ.get("CRMOPS_ENV_FILE", "/etc/crmops/crmops.env"))
     _push, fetch = archive_commands(config_file, env_file)
     fetch = fetch.replace("wal fetch %f %p", f"wal fetch --system-id {base['physical']['system_id']} %f %p")
+    spool = datadir / WAL_SPOOL
+    fetch = spooled_fetch(spool, fetch)
     created = not datadir.exists()
     try:
         extract_base(repo, base, datadir, progress)
+        # the WAL archived so far, fetched now in this one process: replay copies it instead of
+        # starting crmops once per file; what is archived later still comes through `wal fetch`
+        n = prefetch_wal(archive, base, spool, last_needed_segment(repo, base, target))
         write_recovery(datadir, recovery_settings(target, fetch), sandbox=False)
     except BaseException:
         if created:  # half a data directory must never be mistaken for a recovered one
             shutil.rmtree(datadir, ignore_errors=True)
         raise
     major = base["server_version"].split(".")[0]
-    result.update(datadir=str(datadir), restore_command=fetch, seconds=round(time.monotonic() - started, 2))
+    result.update(datadir=str(datadir), restore_command=fetch, wal_files=n,
+                  seconds=round(time.monotonic() - started, 2))
     result["lines"] += [
         f"base backup {base['id']} extracted into {datadir}, recovery settings written "
         f"(postgresql.auto.conf, recovery.signal)",
         f"next: chown -R postgres:postgres {datadir}, then start PostgreSQL {major} on it "
-        f"(e.g. pg_ctl -D {datadir} start); it replays the archive to {target['value']} and promotes",
-        f"{env_file} must hold CRMOPS_PASSPHRASE for the postgres user; remove the recovery settings from "
-        "postgresql.auto.conf once it runs",
+        f"(e.g. pg_ctl -D {datadir} start); it replays the archive to "
+        f"{'its end' if target['kind'] == 'latest' else target['value']} and promotes",
+        f"{n} archived WAL files are spooled in {spool}; WAL archived later is fetched by crmops, and "
+        f"{env_file} must hold CRMOPS_PASSPHRASE for the postgres user",
+        f"once it runs: remove the recovery settings from postgresql.auto.conf, and {spool}",
     ]
     return result
 

@@ -180,10 +180,17 @@ def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Clus
     r = json.loads(cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--to-datadir", str(datadir)).stdout)
     assert (datadir / "recovery.signal").exists() and "wal fetch --system-id" in r["restore_command"]
     assert any("next: chown -R postgres:postgres" in line for line in r["lines"])
+    # the archived WAL is spooled inside the data directory; the newest file is left to `wal fetch`
+    spool = sorted((datadir / "crmops_wal_spool").iterdir())
+    segments = [p for p in spool if len(p.name) == 24]
+    assert r["wal_files"] == len(spool) and len(segments) >= 2
+    segments[-1].unlink()
     # start it as an administrator would; this test's postgres user runs crmops through the system python
     other = _C(cluster.base)
     auto = (datadir / "postgresql.auto.conf").read_text()
-    ours, theirs = r["restore_command"].split(" wal fetch")[0], cluster.wal_command("fetch").split(" wal fetch")[0]
+    ours = r["restore_command"].split(" || ")[-1].split(" wal fetch")[0]
+    theirs = cluster.wal_command("fetch").split(" wal fetch")[0]
+    assert ours in auto and "crmops_wal_spool/%f %p ||" in auto
     auto = auto.replace(ours, theirs)
     auto += f"port = {other.port}\narchive_mode = off\n"
     (datadir / "postgresql.auto.conf").write_text(auto)
@@ -201,5 +208,91 @@ def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Clus
             time.sleep(0.3)
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 50
+        restored = log.read_text()
+        assert f'restored log file "{segments[-1].name}" from archive' in restored  # through crmops
+        assert f'restored log file "{segments[0].name}" from archive' in restored  # from the spool
     finally:
         as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"], capture_output=True)
+
+
+def test_to_datadir_recovers_from_its_spool_without_the_repository(cluster: Cluster, tmp_path) -> None:
+    """Replay copies the WAL spooled at restore time: it needs no `crmops wal fetch` process per file
+    (and not even the repository) for what was archived before the restore."""
+    from tests.pitr.conftest import PG_BIN, as_postgres
+    from tests.pitr.conftest import Cluster as _C
+
+    cluster.sql("CREATE TABLE notes (id int)")
+    cluster.crmops_json("backup", "--physical")
+    cluster.sql("INSERT INTO notes SELECT generate_series(1, 70)")
+    cluster.switch_and_wait()
+    cluster.stop()
+    datadir = cluster.base / "recovered"
+    r = json.loads(cluster.crmops("restore", "--at", "latest", "--to-datadir", str(datadir)).stdout)
+    cluster.repo.rename(tmp_path / "repo-away")  # any `wal fetch` fails now
+    port = _C(cluster.base).port
+    auto = (datadir / "postgresql.auto.conf").read_text()
+    ours = r["restore_command"].split(" || ")[-1].split(" wal fetch")[0]  # the postgres user's crmops, as above
+    auto = auto.replace(ours, cluster.wal_command("fetch").split(" wal fetch")[0])
+    (datadir / "postgresql.auto.conf").write_text(auto + f"port = {port}\narchive_mode = off\n")
+    import subprocess
+
+    subprocess.run(["chown", "-R", "postgres:postgres", str(datadir)], check=True)
+    log = cluster.base / "recovered.log"
+    try:
+        started = as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "90", "start"],
+                              capture_output=True)
+        assert started.returncode == 0, log.read_text()[-2000:]
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        deadline = time.monotonic() + 60
+        while psycopg.connect(url, autocommit=True).execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.3)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 70
+    finally:
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"], capture_output=True)
+        (tmp_path / "repo-away").rename(cluster.repo)
+
+
+def test_restore_at_latest_replays_every_archived_commit(cluster: Cluster, docker_client, tmp_path) -> None:
+    """`--at latest` sets no recovery target: even a commit in the last second before the archive's
+    push time comes back (a time target at the archive's end, to the second, may stop before it)."""
+    cluster.sql("CREATE TABLE markers (id bigserial PRIMARY KEY, note text)")
+    cluster.crmops_json("backup", "--physical")
+    for _ in range(20):
+        cluster.sql("INSERT INTO markers (note) VALUES ('marker')")
+    cluster.switch_and_wait()
+    cluster.sql("INSERT INTO markers (note) VALUES ('last')")
+    cluster.switch_and_wait()
+    cluster.stop()  # the server is gone: only the repository is left
+    r = cluster.crmops("restore", "--at", "latest", "--sandbox", "--keep")
+    result = json.loads(r.stdout)
+    try:
+        assert result["target"] == {"kind": "latest", "value": "latest"}
+        assert _sandbox_rows(docker_client, result["sandbox"], "SELECT count(*), max(note) FROM markers") \
+            == ["21|marker"]
+        assert _sandbox_rows(docker_client, result["sandbox"], "SELECT note FROM markers ORDER BY id DESC LIMIT 1") \
+            == ["last"]
+    finally:
+        _remove(docker_client, result["sandbox"])
+        import shutil
+
+        shutil.rmtree(result["sandbox_info"]["folder"], ignore_errors=True)
+    datadir = tmp_path / "recovered"
+    r = json.loads(cluster.crmops("restore", "--at", "LATEST", "--to-datadir", str(datadir)).stdout)
+    auto = (datadir / "postgresql.auto.conf").read_text()
+    assert "restore_command" in auto and "recovery_target_time =" not in auto
+    assert any("replays the archive to its end" in line for line in r["lines"])
+
+
+def test_at_latest_is_refused_for_mariadb_before_anything_starts(tmp_path) -> None:
+    from crmops.config import load_config
+    from crmops.errors import ConfigError
+    from crmops.pitr.restore import recovery_settings, restore_at
+
+    assert "recovery_target_time" not in recovery_settings({"kind": "latest", "value": "latest"}, "cp %f %p")
+    (tmp_path / "c.yaml").write_text(f"database:\n  url: mysql://root@127.0.0.1:1/crm\n"
+                                     f"repository:\n  url: file://{tmp_path}/repo\n")
+    cfg = load_config(tmp_path / "c.yaml", environ={})
+    with pytest.raises(ConfigError, match="--at latest is for PostgreSQL"):
+        restore_at(cfg, {"time": "latest"}, sandbox=True)
