@@ -52,6 +52,16 @@ ROOT = Path(__file__).resolve().parent.parent
 LOADS: list[tuple[str, list[float]]] = []
 
 
+#: what a CRM's list views, filters and reports index beyond the demo CRM's keys (--index-heavy)
+INDEX_HEAVY = [
+    ("activities", "contact_id, occurred_at"), ("activities", "opportunity_id"), ("activities", "user_id, occurred_at"),
+    ("activities", "kind, occurred_at"), ("activities", "subject"), ("activities", "occurred_at"),
+    ("contacts", "last_name, first_name"), ("contacts", "phone"), ("contacts", "created_at"), ("contacts", "title"),
+    ("opportunities", "contact_id"), ("opportunities", "expected_close"), ("opportunities", "title"),
+    ("opportunities", "updated_at"), ("accounts", "name"), ("accounts", "industry"),
+]
+
+
 def load(phase: str) -> None:
     """The machine is shared: keep the load average beside every figure."""
     LOADS.append((phase, [round(x, 2) for x in os.getloadavg()]))
@@ -250,6 +260,9 @@ def main() -> None:
     ap.add_argument("--update-share", type=float, default=0.05,
                     help="share of activities, contacts and opportunities updated after the base backup")
     ap.add_argument("--sample-pushes", type=int, default=8)
+    ap.add_argument("--index-heavy", action="store_true",
+                    help="add the indexes a CRM's list views and reports need (INDEX_HEAVY) before the base backup: "
+                         "pg_restore must rebuild them, a physical restore copies them")
     ap.add_argument("--unspooled", action="store_true",
                     help="also recover a data directory whose WAL all comes through `wal fetch`, one process per "
                          "file, as before restore spooled it (minutes on `large`)")
@@ -273,6 +286,13 @@ def main() -> None:
         c.start()
         sysid = c.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
         load("demo CRM copied")
+        out["index_heavy"] = args.index_heavy
+        if args.index_heavy:
+            t0 = time.monotonic()
+            for i, (table, columns) in enumerate(INDEX_HEAVY):
+                c.sql(f"CREATE INDEX bench_ix_{i} ON {table} ({columns})")
+            out["index_build_seconds"] = round(time.monotonic() - t0, 1)
+            load("indexes built")
         out["database_mb"] = round(c.sql("SELECT pg_database_size('postgres')")[0][0] / 1e6, 1)
         out["index_mb"] = round(float(c.sql("SELECT sum(pg_indexes_size(oid)) FROM pg_class WHERE relkind = 'r' "
                                       "AND relnamespace = 'public'::regnamespace")[0][0]) / 1e6, 1)
@@ -416,7 +436,8 @@ def print_table(out: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"point-in-time recovery: demo CRM {out['size']} ({out.get('database_mb')} MB, "
+    heavy = ", index-heavy" if out["index_heavy"] else ""
+    t = Table(title=f"point-in-time recovery: demo CRM {out['size']}{heavy} ({out.get('database_mb')} MB, "
                     f"{out.get('index_mb')} MB of it indexes), {out['cores']} cores")
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -466,7 +487,7 @@ def save(out: dict[str, Any]) -> None:
             "pg_restore_vs_physical_datadir", "crmops_restore_vs_physical_sandbox", "archive_stored_per_gb_wal_mb",
             "archive_stored_per_gb_busy_wal_mb",
             "archive_cpu_seconds_per_gb_wal", "bench_seconds"]
-    suffix = "" if out["size"] == "large" else f"_{out['size']}"
+    suffix = ("" if out["size"] == "large" else f"_{out['size']}") + ("_index_heavy" if out["index_heavy"] else "")
     merged.update({f"pitr_{k}{suffix}": out.get(k) for k in keys})
     merged[f"pitr_load_average{suffix}"] = out["load_average"]
     path.write_text(json.dumps(merged, indent=2))
