@@ -55,14 +55,7 @@ class PostgresEngine:
             raise classify(e, self.url) from None
 
     def _env(self) -> dict[str, str]:
-        u = self.url
-        env = {"PGHOST": u.host or "127.0.0.1", "PGPORT": str(u.port or 5432), "PGDATABASE": u.database or "",
-               "PGCONNECT_TIMEOUT": "10"}
-        if u.username:
-            env["PGUSER"] = u.username
-        if u.password:
-            env["PGPASSWORD"] = u.password
-        return env
+        return libpq_env(self.url)
 
     def _secrets(self) -> list[str]:
         return [self.url.password or ""]
@@ -403,3 +396,17 @@ def _fill_fingerprint(conn: psycopg.Connection, fp: Fingerprint) -> None:
     if fp.objects["large_objects"]:
         fp.tables["pg_largeobject"] = TableFingerprint(fp.objects["large_objects"],
                                                        format(int(lo) & (2**128 - 1), "032x"))
+
+
+def libpq_env(url: Any, *, database: bool = True, app: str | None = None) -> dict[str, str]:
+    """The connection for a client tool as PG* variables: nothing of it, the password least, on argv."""
+    env = {"PGHOST": url.host or "127.0.0.1", "PGPORT": str(url.port or 5432), "PGCONNECT_TIMEOUT": "10"}
+    if database:
+        env["PGDATABASE"] = url.database or ""
+    if app:
+        env["PGAPPNAME"] = app
+    if url.username:
+        env["PGUSER"] = url.username
+    if url.password:
+        env["PGPASSWORD"] = url.password
+    return env

@@ -48,14 +48,10 @@ def validate_slot(slot: str) -> None:
 
 
 def libpq_env(url: Any) -> dict[str, str]:
-    """The connection for pg_receivewal as PG* variables: nothing of it, the password least, on argv."""
-    env = {"PGHOST": url.host or "127.0.0.1", "PGPORT": str(url.port or 5432), "PGCONNECT_TIMEOUT": "10",
-           "PGAPPNAME": "crmops-wal-stream"}
-    if url.username:
-        env["PGUSER"] = url.username
-    if url.password:
-        env["PGPASSWORD"] = url.password
-    return env
+    """The connection for pg_receivewal (physical replication: no database)."""
+    from crmops.engines.postgres import libpq_env as env_of
+
+    return env_of(url, database=False, app="crmops-wal-stream")
 
 
 def identify(url: Any) -> tuple[str, int, int]:
