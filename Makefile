@@ -1,15 +1,15 @@
 # crmops: two set-up commands on a fresh machine.
 #   make demo   the nightly job on the embedded default (SQLite demo CRM, local repository)
 #   make test   install everything (Debian packages, services, sandbox images) and run the tests,
-#               in parallel: PYTEST_WORKERS (3) pytest-xdist workers, --dist loadgroup so tests marked
+#               in parallel: PYTEST_WORKERS (4) pytest-xdist workers, --dist loadgroup so tests marked
 #               @pytest.mark.xdist_group("name") share one worker (docs/TESTING.md). Much of the suite waits on
-#               servers, containers and subprocesses, so 3 workers on 2 cores cut the wall time.
+#               servers, containers and subprocesses, so 4 workers on 2 cores cut the wall time.
 #               One test serially: make test PYTEST_ARGS="-n0 -k name"
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 PYTEST_ARGS ?= -n $(PYTEST_WORKERS) --dist loadgroup
 UPGRADE_BENCH_SIZE ?= medium
 PITR_BENCH_SIZE ?= large
