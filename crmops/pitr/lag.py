@@ -22,6 +22,8 @@ CONNECT_TIMEOUT = 3
 #: once the newest segment is this much older than archive_timeout (seconds, and twice
 #: archive_timeout), a segment PostgreSQL has not switched holds no write it counts
 SWITCH_GRACE = 30
+#: an inactive replication slot keeping more WAL than this on the server is named (bytes)
+SLOT_WARN_BYTES = 1 << 30
 
 
 def postgres_facts(url: str) -> dict[str, Any]:
@@ -47,9 +49,15 @@ def postgres_facts(url: str) -> dict[str, Any]:
             system_id = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])  # type: ignore[index]
         except psycopg.Error:  # not granted to this role: the archive's own check (walfile) must do
             system_id = None
+        # a slot whose streamer is gone keeps every WAL file from its position on, until the disk is full
+        slots = conn.execute(
+            "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+            "FROM pg_replication_slots WHERE NOT active AND restart_lsn IS NOT NULL ORDER BY 2 DESC").fetchall()
     return {"in_recovery": False, "lsn": lsn, "walfile": walfile, "segment_size": int(seg_size),
             "archive_timeout": int(timeout), "last_archived_wal": archived, "last_archived_time": archived_at,
-            "last_failed_wal": failed, "last_failed_time": failed_at, "system_id": system_id}
+            "last_failed_wal": failed, "last_failed_time": failed_at, "system_id": system_id,
+            "idle_slots": [{"slot": name, "retained_bytes": int(kept)} for name, kept in slots
+                           if int(kept) > SLOT_WARN_BYTES]}
 
 
 #: binlog events that carry no write: what a rotation or a restart puts at the head of a new file
@@ -113,7 +121,8 @@ def _since(text: str | None, now: datetime) -> float | None:
 def judge_wal(w: dict[str, Any], facts: dict[str, Any], now: datetime) -> dict[str, Any]:
     """The lag of one WAL archive given what its server says (facts from postgres_facts)."""
     push_age = w.get("last_push_age_seconds")
-    out: dict[str, Any] = {"lag_source": "server", "idle": False, "archive_failing": None}
+    out: dict[str, Any] = {"lag_source": "server", "idle": False, "archive_failing": None,
+                           "idle_slots": facts.get("idle_slots", [])}
     if facts.get("in_recovery"):
         return {**out, "lag_source": "last push",
                 "lag_note": "the configured database is a standby: lag is the age of the newest push"}

@@ -255,6 +255,12 @@ def _archive_verdict(w: dict[str, Any], max_lag: float) -> Verdict:
         return Verdict(name, RED, f"archive lag {lag:.0f} s (limit {max_lag:g} s): the newest {what} was "
                                   f"archived {w.get('last_push_age_seconds', lag):.0f} s ago{since}; check {how} "
                                   f"and the server log{measured}")
+    if w.get("idle_slots"):
+        slot = w["idle_slots"][0]
+        return Verdict(name, AMBER, f"replication slot {slot['slot']} is inactive and keeps "
+                                    f"{slot['retained_bytes'] / 2**30:.1f} GiB of WAL on the server, growing until "
+                                    "its disk is full: start its streamer (`crmops wal stream`, `schedule install "
+                                    f"--wal-stream`) or drop it: SELECT pg_drop_replication_slot('{slot['slot']}')")
     if not w.get("start"):
         return Verdict(name, AMBER, f"{what}s archived {w.get('last_push_age_seconds', lag):.0f} s ago, but no "
                                     "backup to start from: run "

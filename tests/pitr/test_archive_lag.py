@@ -294,3 +294,35 @@ def test_push_record_keeps_every_pause_and_stays_small() -> None:
     # older than a day and a bit: dropped at the next push
     later = record(times, pause_end + timedelta(hours=27))
     assert later == [int((pause_end + timedelta(hours=27)).timestamp())]
+
+
+def test_an_abandoned_replication_slot_is_named_before_it_fills_the_disk(cluster: Cluster,
+                                                                         monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`wal stream` keeps a slot so the server holds WAL while the streamer is down; a streamer
+    gone for good leaves the slot keeping every WAL file until the server's disk is full."""
+    from crmops.config import load_config
+    from crmops.pitr import lag
+    from crmops.pitr.window import window
+    from crmops.repository import open_repository
+    from crmops.services.status import _archive_verdict
+
+    monkeypatch.setattr(lag, "SLOT_WARN_BYTES", 1 << 20)  # a megabyte here, a gigabyte in production
+    cluster.sql("CREATE TABLE s (id int, note text)")
+    cluster.crmops_json("backup", "--physical")
+    cluster.sql("SELECT pg_create_physical_replication_slot('crmops', true)")
+    cluster.sql("INSERT INTO s SELECT g, repeat('x', 100) FROM generate_series(1, 50000) g")
+    cluster.switch_and_wait()
+    monkeypatch.setenv("CRMOPS_PASSPHRASE", PASSPHRASE)
+    repo = open_repository(load_config(cluster.config))
+
+    def verdict() -> tuple[dict, object]:  # type: ignore[type-arg]
+        w = lag.assess(window(repo), cluster.url)
+        return w, _archive_verdict(w, 900)
+
+    w, v = verdict()
+    assert [s["slot"] for s in w["idle_slots"]] == ["crmops"] and w["idle_slots"][0]["retained_bytes"] > 1 << 20
+    assert v.level == "amber" and "replication slot crmops is inactive" in v.summary  # type: ignore[attr-defined]
+    assert "pg_drop_replication_slot('crmops')" in v.summary  # type: ignore[attr-defined]
+    cluster.sql("SELECT pg_drop_replication_slot('crmops')")
+    w, v = verdict()
+    assert w["idle_slots"] == [] and v.level == "green", v  # type: ignore[attr-defined]
