@@ -163,9 +163,7 @@ class MysqlEngine:
             cur.execute("FLUSH TABLES WITH READ LOCK")
             try:
                 sequences = _auto_increments(cur)
-                from crmops.pitr.binlog import position
-
-                binlog = position(cur)  # under the lock: exactly the dump's point in the binlog
+                binlog = binlog_position(cur)  # under the lock: exactly the dump's point in the binlog
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 before = _connection_ids(cur)
                 # with binary logging on, the dump states its own snapshot's position: checked below
@@ -239,6 +237,29 @@ def _await_dump_snapshot(cur: Any, known: set[int], proc: ToolProcess) -> None:
         time.sleep(0.12)
     raise DatabaseError("mysqldump did not open its snapshot within "
                         f"{LOCK_WAIT_LIMIT:.0f} s; writers were released and the dump abandoned")
+
+
+def binlog_position(cur: Any) -> dict[str, Any] | None:
+    """{file, position, gtid} of the binlog now, or None when binary logging is off (call under FTWRL)."""
+    cur.execute("SELECT @@log_bin")
+    if not int(cur.fetchone()[0] or 0):
+        return None
+    cur.execute("SHOW MASTER STATUS")
+    row = cur.fetchone()
+    if row is None:
+        return None
+    gtid = None
+    try:
+        cur.execute("SELECT @@gtid_binlog_pos")  # MariaDB
+        gtid = cur.fetchone()[0] or None
+    except Exception:  # MySQL names it @@gtid_executed
+        try:
+            cur.execute("SELECT @@gtid_executed")
+            gtid = cur.fetchone()[0] or None
+        except Exception:
+            gtid = None
+    cur.execute("SELECT @@server_id")
+    return {"file": row[0], "position": int(row[1]), "gtid": gtid, "server_id": str(cur.fetchone()[0])}
 
 
 def rounded_floats(cur: Any) -> dict[str, dict[str, int]]:

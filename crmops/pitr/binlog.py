@@ -1,9 +1,8 @@
-"""MariaDB/MySQL binary log facts: where a logical dump stands in the binlog, and whether the
-server keeps what binlog archiving needs.
+"""MariaDB/MySQL binary log facts: whether the server keeps what binlog archiving needs.
 
-The position is read while the dump holds FLUSH TABLES WITH READ LOCK to open its
-consistent snapshot (engines/mysql.py), so it is exactly the point the dump shows: replaying
-the binlog from there onward (`mariadb-binlog --start-position`) rolls the dump forward.
+Where a logical dump stands in the binlog is read by the engine under the dump's lock
+(engines/mysql.py `binlog_position`): replaying the binlog from there onward
+(`mariadb-binlog --start-position`) rolls the dump forward.
 The archive itself (push, follow) is below; the replay is in binlog_restore.py.
 """
 
@@ -17,29 +16,6 @@ REQUIRED = {
     "log_bin": ("ON", "binary logging on (log_bin = <basename> in my.cnf)"),
     "binlog_format": ("ROW", "row events: replay does not depend on the server's state or time"),
 }
-
-
-def position(cur: Any) -> dict[str, Any] | None:
-    """{file, position, gtid} of the binlog now, or None when binary logging is off (call under FTWRL)."""
-    cur.execute("SELECT @@log_bin")
-    if not int(cur.fetchone()[0] or 0):
-        return None
-    cur.execute("SHOW MASTER STATUS")
-    row = cur.fetchone()
-    if row is None:
-        return None
-    gtid = None
-    try:
-        cur.execute("SELECT @@gtid_binlog_pos")  # MariaDB
-        gtid = cur.fetchone()[0] or None
-    except Exception:  # MySQL names it @@gtid_executed
-        try:
-            cur.execute("SELECT @@gtid_executed")
-            gtid = cur.fetchone()[0] or None
-        except Exception:
-            gtid = None
-    cur.execute("SELECT @@server_id")
-    return {"file": row[0], "position": int(row[1]), "gtid": gtid, "server_id": str(cur.fetchone()[0])}
 
 
 def check_settings(rows: dict[str, str]) -> dict[str, Any]:
