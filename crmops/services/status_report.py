@@ -58,6 +58,20 @@ def _when(text: str | None) -> str:
     return "–" if not text else escape(text[:16].replace("T", " "))
 
 
+def _frame(top: float, fmt: Callable[[float], str], first: datetime, last: datetime) -> list[str]:
+    """A chart's grid lines with their values, its time axis and the first and last times."""
+    inner_h = H - TOP - BOTTOM
+    out = []
+    for frac in (0, 0.5, 1):
+        y = TOP + inner_h * (1 - frac)
+        out.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(top * frac))}</text>')
+    out.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + inner_h}" y2="{TOP + inner_h}"/>')
+    for t, anchor, x in ((first, "start", LEFT), (last, "end", W - RIGHT)):
+        out.append(f'<text x="{x}" y="{H - 8}" text-anchor="{anchor}">{t:%Y-%m-%d %H:%M}</text>')
+    return out
+
+
 def chart(chart_id: str, title: str, points: list[tuple[datetime, float, bool]], kind: str,
           fmt: Callable[[float], str]) -> str:
     """An inline SVG chart of (time, value, ok) points: bars or a line; a not-ok point is drawn red."""
@@ -71,13 +85,7 @@ def chart(chart_id: str, title: str, points: list[tuple[datetime, float, bool]],
     span = (t1 - t0) or 1.0
     inner_w, inner_h = W - LEFT - RIGHT, H - TOP - BOTTOM
     parts = [head]
-    for frac in (0, 0.5, 1):
-        y = TOP + inner_h * (1 - frac)
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                     f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{e(fmt(top * frac))}</text>')
-    parts.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + inner_h}" y2="{TOP + inner_h}"/>')
-    for t, anchor, x in ((points[0][0], "start", LEFT), (points[-1][0], "end", W - RIGHT)):
-        parts.append(f'<text x="{x}" y="{H - 8}" text-anchor="{anchor}">{t:%Y-%m-%d %H:%M}</text>')
+    parts += _frame(top, fmt, points[0][0], points[-1][0])
 
     def xy(t: datetime, v: float) -> tuple[float, float]:
         x = LEFT + (inner_w * (t.timestamp() - t0) / span if len(points) > 1 else inner_w / 2)
@@ -119,13 +127,7 @@ def lag_chart(chart_id: str, title: str, points: list[tuple[datetime, float]], l
     inner_w, inner_h = W - LEFT - RIGHT, H - TOP - BOTTOM
     parts = [head + f' data-top="{top:g}" data-t0="{t0:.0f}" data-t1="{t1:.0f}" data-limit="{limit:g}">'
              f"<title>{e(title)}</title>"]
-    for frac in (0, 0.5, 1):
-        y = TOP + inner_h * (1 - frac)
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                     f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{e(_secs(top * frac))}</text>')
-    parts.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + inner_h}" y2="{TOP + inner_h}"/>')
-    for t, anchor, x in ((points[0][0], "start", LEFT), (points[-1][0], "end", W - RIGHT)):
-        parts.append(f'<text x="{x}" y="{H - 8}" text-anchor="{anchor}">{t:%Y-%m-%d %H:%M}</text>')
+    parts += _frame(top, _secs, points[0][0], points[-1][0])
     ly = TOP + inner_h * (1 - limit / top)
     parts.append(f'<line class="limit" x1="{LEFT}" x2="{W - RIGHT}" y1="{ly:.1f}" y2="{ly:.1f}"/>'
                  f'<text class="limit" x="{W - RIGHT - 4}" y="{ly - 4:.1f}" text-anchor="end">limit '
