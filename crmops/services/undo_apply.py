@@ -78,8 +78,10 @@ def write(engine: sa.Engine, plan: UndoPlan) -> Written:
     except sa.exc.IntegrityError as e:
         raise UndoConflict(f"the live database refused the undo, nothing was written: "
                            f"{str(e.orig).strip().splitlines()[0]}",
-                           hint="live data changed since the plan was made; run the undo again to see the new plan"
-                           ) from None
+                           hint="the plan was checked against the live rows it names; a dry run (without --apply) "
+                                "checks again now. If it shows no conflict, the database holds a rule the plan "
+                                "does not check (a CHECK, a trigger, a key across partitions): restore the table "
+                                "beside it with restore --tables T --as and copy the rows by hand") from None
     except sa.exc.DBAPIError as e:
         raise DatabaseError(f"writing the undo failed, nothing was written: {str(e.orig).strip().splitlines()[0]}"
                             ) from None
