@@ -202,8 +202,10 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
     conn.execute("SET LOCAL search_path = ''")  # constraint definitions come out schema-qualified
     regs = [qualified[t] for t in replaced]
     # a partitioned table with every partition the live one has (the snapshot's may differ)
-    tree = [r for (r,) in conn.execute("""SELECT t.relid::regclass::text FROM unnest(%(t)s::regclass[]) r,
-                                                 pg_partition_tree(r) t""", {"t": regs}).fetchall()] if regs else []
+    # (pg_partition_tree gives nothing for a table outside any partition tree)
+    tree = list(dict.fromkeys([*regs, *(r for (r,) in conn.execute(
+        "SELECT t.relid::regclass::text FROM unnest(%(t)s::regclass[]) r, pg_partition_tree(r) t",
+        {"t": regs}).fetchall())])) if regs and conn.info.server_version >= 120000 else regs
     keys: list[tuple[str, str, str]] = []
     triggers: list[tuple[str, str]] = []
     sequences: list[tuple[str, str, str]] = []
