@@ -1,6 +1,6 @@
 """Database engine upgrades (PostgreSQL 13 -> 17, MariaDB 10.5 -> 11.8) as a playbook step.
 
-Method `pg_upgrade` (PostgreSQL only) lives in crmops.services.pg_upgrade.
+Method `pg_upgrade` (PostgreSQL only) lives in pg_upgrade.py; step.py chooses between them.
 
 Method `logical`: dump from the old server, restore into an empty database on a new
 server of the target version, prove the rows arrived (a cross-version fingerprint
@@ -26,51 +26,11 @@ from typing import Any
 
 from crmops.config import Config
 from crmops.dburl import parse, safe
-from crmops.engines import Engine, Fingerprint, open_engine
-from crmops.engines.canonical import CANONICAL, table_sums
+from crmops.engine_upgrade.compare import analyze, compare_across, run_smoke
+from crmops.engines import Engine, open_engine
 from crmops.errors import ConfigError
-from crmops.playbooks.steps import StepContext, StepResult, expand_env
 
 SAY = Callable[[str], None]
-
-
-def executor(config: Config) -> Callable[[Any, dict[str, Any], StepContext], StepResult]:
-    """The engine_upgrade step's executor: the real copy, or (dry run) the rehearsal in a target sandbox."""
-
-    def run(step: Any, params: dict[str, Any], ctx: StepContext) -> StepResult:
-        if params.get("method") == "pg_upgrade":
-            from crmops.services.pg_upgrade import run_step
-
-            return run_step(config, step, params, ctx, _result)
-        if ctx.dry_run:
-            report = rehearse(config, ctx.url, str(params["target_version"]), smoke=params.get("smoke_sql") or [],
-                              say=ctx.say)
-        else:
-            report = upgrade_logical(config, ctx.url, expand_env(str(params["target_url"])),
-                                     str(params["target_version"]), smoke=params.get("smoke_sql") or [], say=ctx.say)
-        return _result(report)
-
-    return run
-
-
-def _result(report: dict[str, Any]) -> StepResult:
-    outputs = {k: report.get(k) for k in ("method", "mode", "seconds", "dump_seconds", "restore_seconds", "image",
-                                          "check_seconds", "upgrade_seconds", "load_seconds",
-                                          "source_version", "target_version", "tables", "differences",
-                                          "incompatibilities", "smoke", "tool") if k in report}
-    problems = [f"{i['object']}: {i['error']}" for i in report["incompatibilities"]]
-    problems += [_difference_line(d) for d in report["differences"]]
-    problems += [f"smoke SQL {s['sql']!r}: {s['error']}" for s in report["smoke"] if not s["ok"]]
-    summary = (f"{report['source_version']} -> {report['target_version']} ({report['method']}): "
-               f"{report['tables']} tables in {report['seconds']:.1f}s")
-    if problems:
-        return StepResult(False, outputs, summary, f"{len(problems)} problem(s): " + "; ".join(problems[:5]))
-    return StepResult(True, outputs, summary + ", every table's rows match, smoke SQL holds")
-
-
-def _difference_line(d: dict[str, Any]) -> str:
-    cols = f" (columns: {', '.join(d['columns'])})" if d.get("columns") else ""
-    return f"{d['kind']} {d['name']}: {d['reason']}{cols}"
 
 
 # -- the real run --------------------------------------------------------------------
@@ -91,7 +51,7 @@ def upgrade_logical(config: Config, source_url: str, target_url: str, target_ver
         expected = dump.fingerprint
         tool = dump.tool
     seconds = time.monotonic() - t0
-    _analyze(target)
+    analyze(target)
     return {"method": "logical", "source_version": src_version, "target_version": dst_version,
             "seconds": round(seconds, 2), "tables": len(expected.tables), "tool": tool,
             "differences": compare_across(expected, source, target), "incompatibilities": [],
@@ -118,81 +78,6 @@ def _release(version: str) -> tuple[int, ...]:
 def _same_release(version: str, want: str) -> bool:
     w = _release(want)
     return _release(version)[:len(w)] == w
-
-
-def _analyze(target: Engine) -> None:
-    """A logical copy has no planner statistics: gather them, as an operator would before reopening."""
-    if target.name == "postgresql":
-        with target.connect() as conn:  # type: ignore[attr-defined]
-            conn.execute("ANALYZE")
-
-
-# -- the cross-version comparison ---------------------------------------------------
-
-def compare_across(expected: Fingerprint, source: Engine | None, target: Engine) -> list[dict[str, Any]]:
-    """Every table's rows against the old server's fingerprint, computed the same way on the new version.
-
-    The new server computes the snapshot's own method. A canonical fingerprint writes every
-    value in a form no version or server setting changes, so it compares as it is; the older
-    methods hash text forms that settings (time zone, date style, locale) may change, so a
-    table they find different is compared canonically on both servers and reported only if
-    its values really differ. Each reported table names the columns that differ.
-    """
-    got = target.fingerprint(method=expected.method)
-    out: list[dict[str, Any]] = []
-    for d in expected.compare(got):
-        item = {"kind": d.kind, "name": d.name, "expected": d.expected, "found": d.found, "reason": d.reason}
-        if d.kind == "table" and d.reason == "content checksum differs" and source is not None:
-            old, new = table_sums(source, d.name), table_sums(target, d.name)
-            if expected.method != CANONICAL and old == new:
-                continue  # equal values whose text form differs between the servers
-            item["columns"] = _differing(old[2], new[2])
-        out.append(item)
-    return out
-
-
-def differing_columns(source: Engine, target: Engine, table: str) -> list[str]:
-    """The columns of a table whose values differ between the two servers, compared canonically."""
-    return _differing(column_checksums(source, table), column_checksums(target, table))
-
-
-def _differing(a: dict[str, int], b: dict[str, int]) -> list[str]:
-    return sorted(c for c in set(a) | set(b) if a.get(c) != b.get(c))
-
-
-def column_checksums(engine: Engine, table: str) -> dict[str, int]:
-    """Per column: the order-independent sum of each value's canonical hash (same on every version)."""
-    return table_sums(engine, table)[2]
-
-
-# -- smoke SQL -------------------------------------------------------------------------
-
-def run_smoke(url: str, smoke: list[dict[str, Any]], config: Config) -> list[dict[str, Any]]:
-    """The step's smoke SQL and the configured verify assertions, on the upgraded copy."""
-    from crmops.engines.connect import connect_engine
-
-    checks = [{"sql": str(s["sql"]), "expect": s.get("expect")} for s in smoke]
-    checks += [{"sql": a.sql, "expect": a.expect} for a in getattr(config.verify, "assertions", []) or []]
-    out: list[dict[str, Any]] = []
-    engine = connect_engine(url)
-    try:
-        import sqlalchemy as sa
-
-        for c in checks:
-            try:
-                with engine.begin() as conn:
-                    result = conn.execute(sa.text(c["sql"]))
-                    first = result.first() if result.returns_rows else None
-                value = None if first is None else first[0]
-                ok = c["expect"] is None or str(value) == str(c["expect"])
-                out.append({"sql": c["sql"], "ok": ok, "value": None if value is None else str(value),
-                            "error": None if ok else f"got {value!r}, expected {c['expect']!r}"})
-            except sa.exc.DBAPIError as e:
-                first_line = (str(e.orig).strip().splitlines() or [type(e.orig).__name__])[0]
-                out.append({"sql": c["sql"], "ok": False, "value": None, "error": first_line})
-    finally:
-        engine.dispose()
-    return out
 
 
 # -- the dry run -----------------------------------------------------------------------
@@ -222,7 +107,7 @@ def rehearse(config: Config, source_url: str, target_version: str, *, smoke: lis
             dump_s = time.monotonic() - t0
             incompatibilities = restore_past_errors(target, path, fmt)
         seconds = time.monotonic() - t0
-        _analyze(target)
+        analyze(target)
         report = {"method": "logical", "source_version": src_version, "target_version": target.server_version(),
                   "image": box.image, "seconds": round(seconds, 2), "dump_seconds": round(dump_s, 2),
                   "restore_seconds": round(seconds - dump_s, 2), "tables": len(expected.tables), "tool": tool,

@@ -59,7 +59,7 @@ class PruneResult:
 def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bool = False, prune_after: bool = False,
            repo: Repository | None = None) -> ForgetResult:
     """Apply the retention policy per source (see retention.plan_groups); damaged manifests stay."""
-    from crmops.services.verify_record import is_verified_ok
+    from crmops.verify.record import is_verified_ok
 
     repo = repo or open_repository(config)
     from crmops.pitr import retention as pitr_retention

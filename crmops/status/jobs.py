@@ -190,7 +190,7 @@ def write_metrics(config: Config) -> list[str]:
     n = config.notify
     if n.metrics_file is None and not n.pushgateway_url:
         return []
-    from crmops import metrics
+    from crmops.status import metrics
 
     text = metrics.render(history(config))
     problems = []

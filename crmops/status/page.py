@@ -12,8 +12,8 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from crmops.services.drill_report import CSS as DRILL_CSS
-from crmops.services.status import GREEN, Overview, parse_time
+from crmops.status.verdicts import GREEN, Overview, parse_time
+from crmops.verify.report import CSS as DRILL_CSS
 
 CSS = DRILL_CSS + """
 .chip{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;color:#fff;font-weight:600;font-size:.85rem}

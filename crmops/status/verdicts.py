@@ -4,6 +4,8 @@ Everything is read, nothing is changed: the repository's snapshots and the signe
 verification records next to them, the run history (state_dir/runs.jsonl) and the upgrade
 journals (state_dir/upgrades/*.jsonl). A repository that cannot be opened is itself a red
 verdict, not an error, so monitoring still gets a page and an exit code.
+
+Kept whole (about 410 lines): one verdict per concern, read together as one page.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from crmops import __version__
 from crmops.config import Config
 from crmops.errors import CrmopsError, IntegrityError
 from crmops.journal import Journal
-from crmops.services.jobs import history, repository_figures
+from crmops.status.jobs import history, repository_figures
 
 GREEN, AMBER, RED = "green", "amber", "red"
 _RANK = {GREEN: 0, AMBER: 1, RED: 2}
@@ -119,7 +121,7 @@ def _read_repository(config: Config, ov: Overview) -> None:
     from crmops.repository.retention import plan_groups
     from crmops.repository.source import is_safety
     from crmops.services.sources import configured_source
-    from crmops.services.verify_record import KIND
+    from crmops.verify.record import KIND
 
     repo = open_repository(config)
     ov.repository = repo.store.url
@@ -168,7 +170,7 @@ def _read_repository(config: Config, ov: Overview) -> None:
 
 
 def _read_quarantine(config: Config, repo: Any, manifests: list[dict[str, Any]], ov: Overview) -> None:
-    from crmops.repository.repo import manifest_chunks
+    from crmops.repository.paths import manifest_chunks
     from crmops.services.repair import newest_of_source
 
     referenced = {c for m in manifests for c in manifest_chunks(m)}

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 
 from crmops.errors import DatabaseError, IntegrityError, UndoConflict
 from crmops.repository import Repository
-from crmops.services.undo_catalog import Catalog
-from crmops.services.undo_plan import UndoPlan, keyed
-from crmops.services.undo_select import Key, Tables, matching
+from crmops.undo.catalog import Catalog
+from crmops.undo.plan import UndoPlan, keyed
+from crmops.undo.select import Key, Tables, matching
 
 
 @dataclass

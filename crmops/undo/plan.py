@@ -19,9 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmops.config import Config
-from crmops.services.undo_catalog import Catalog, insert_order, unique_keys
-from crmops.services.undo_select import Key, Selection, Tables, batches, matching
-from crmops.services.undo_source import PastState
+from crmops.undo.catalog import Catalog, insert_order, unique_keys
+from crmops.undo.select import Key, Selection, Tables, batches, matching
+from crmops.undo.source import PastState
 
 #: --changed: what to do with a row that changed since the snapshot
 KEEP_LIVE = "keep-live"

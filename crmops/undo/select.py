@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmops.errors import DatabaseError, UndoNothingSelected, UndoSelectionInvalid
-from crmops.services.undo_catalog import Catalog, Relation
+from crmops.undo.catalog import Catalog, Relation
 
 BATCH = 500
 

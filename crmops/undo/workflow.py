@@ -1,6 +1,6 @@
 """Undo a deletion: bring chosen rows, and everything that hangs on them, back into the live CRM.
 
-The past (a snapshot today, a point in time later: crmops.services.undo_source) is
+The past (a snapshot today, a point in time later: crmops.undo.source) is
 restored into a sandbox; the user's --where picks rows there; relations are followed;
 the set is compared with the live database row by row; the plan is shown, and only with
 apply is it written: after a pre-undo snapshot, in one transaction, refused outright on
@@ -25,11 +25,13 @@ from crmops.engines.connect import connect_engine
 from crmops.errors import ConfigError, CrmopsError, Interrupted, UndoConflict
 from crmops.journal import Journal, actor
 from crmops.repository import Repository, open_repository
-from crmops.services import undo_apply, undo_plan, undo_select
 from crmops.services.restore import ENGINE_OF_FORMAT
-from crmops.services.undo_catalog import read_catalog
-from crmops.services.undo_plan import KEEP_LIVE, TAKE_SNAPSHOT, UndoPlan, encode_key
-from crmops.services.undo_source import PastSource, PastState, from_snapshot
+from crmops.undo import apply as undo_apply
+from crmops.undo import plan as undo_plan
+from crmops.undo import select as undo_select
+from crmops.undo.catalog import read_catalog
+from crmops.undo.plan import KEEP_LIVE, TAKE_SNAPSHOT, UndoPlan, encode_key
+from crmops.undo.source import PastSource, PastState, from_snapshot
 
 CHANGED_POLICIES = (KEEP_LIVE, TAKE_SNAPSHOT)
 

@@ -2,7 +2,7 @@
 
 The database is restored from the latest verified snapshot into a sandbox; beside it, on
 the sandbox's private network, the rehearsal stack starts a copy of the application
-(crmops.services.rehearsal_stack). Every step that can act on those copies runs for real
+(crmops.upgrade.stack). Every step that can act on those copies runs for real
 and is timed (migrations, SQL, HTTP checks against the copy, the container swap, the
 maintenance commands inside the copy, backup and restore through a scratch repository);
 preflight checks run against production, read-only; what can only act on production
@@ -11,13 +11,14 @@ and the rollback steps run for real on the copies, which must end with the datab
 to its pre-upgrade fingerprint and the old app answering its checks. Nothing in
 production changes. The result is journalled (event "rehearsal") so the real run can hold
 its downtime forecast against the window and its row changes against what the rehearsal saw.
+
+Kept whole (about 440 lines): it is one walk through the playbook, stage by stage, and
+reads best in that order; timing and the forecast live in measure.py and forecast.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from crmops.config import Config
-from crmops.dburl import engine_kind, parse
 from crmops.engines import Fingerprint, open_engine
 from crmops.errors import CrmopsError, UpgradeRefused
 from crmops.playbooks.actions import describe_error
@@ -36,24 +36,18 @@ from crmops.playbooks.runjournal import RunJournal
 from crmops.playbooks.runner import attempt, step_params, template_context
 from crmops.playbooks.steps import StepContext
 from crmops.playbooks.template import Pending, TemplateError, render
-from crmops.playbooks.window import fits
 from crmops.repository import open_repository
 from crmops.sandbox import open_sandbox
-from crmops.services.rehearsal_stack import NoStack, RehearsalStack, StackFailed, stack_source, start_stack
-from crmops.services.rehearsal_steps import Place, scratch_repository, why_not
-from crmops.services.rehearsal_steps import executors as rehearsal_executors
 from crmops.services.restore import ENGINE_OF_FORMAT
 from crmops.services.sources import configured_source
-from crmops.services.upgrade import load, run_post_checks, secret_scrubber
-from crmops.services.upgrade_steps import executors
-from crmops.services.verify_record import is_verified_ok
-
-#: extra timed runs of each migration on copies of the sandbox database, and up to which size
-EXTRA_REHEARSALS = 2
-COPY_LIMIT_BYTES = 2_000_000_000
-#: PostgreSQL lock modes, weakest first
-LOCK_MODES = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
-              "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
+from crmops.upgrade.forecast import estimate, expected_seconds, fidelity
+from crmops.upgrade.measure import execute
+from crmops.upgrade.rehearsal_steps import Place, scratch_repository, why_not
+from crmops.upgrade.rehearsal_steps import executors as rehearsal_executors
+from crmops.upgrade.stack import NoStack, RehearsalStack, StackFailed, stack_source, start_stack
+from crmops.upgrade.steps import executors
+from crmops.upgrade.workflow import load, run_post_checks, secret_scrubber
+from crmops.verify.record import is_verified_ok
 
 
 def pick_snapshot(repo: Any, source: str | None = None) -> tuple[dict[str, Any], bool]:
@@ -70,57 +64,6 @@ def pick_snapshot(repo: Any, source: str | None = None) -> tuple[dict[str, Any],
         if is_verified_ok(repo, m["id"]):
             return m, True
     return manifests[-1], False
-
-
-class LockSampler(threading.Thread):
-    """Samples pg_locks in the sandbox while a step runs: which tables it locks, how hard, how long."""
-
-    INTERVAL = 0.1
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True, name="lock-sampler")
-        self.url = url
-        self.stop = threading.Event()
-        self.seen: dict[str, dict[str, Any]] = {}
-        self.waits = 0
-        self.error: str | None = None
-
-    def run(self) -> None:
-        try:
-            conn = open_engine(self.url).connect()  # type: ignore[attr-defined]
-        except CrmopsError as e:
-            self.error = e.line()
-            return
-        query = ("SELECT c.relname, l.mode, l.granted FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                 "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE l.pid <> pg_backend_pid() "
-                 "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relkind IN ('r', 'p')")
-        try:
-            while not self.stop.is_set():
-                rows = conn.execute(query).fetchall()
-                waiting: set[str] = set()
-                for table, mode, granted in rows:
-                    entry = self.seen.setdefault(table, {"table": table, "strongest": mode, "samples": 0,
-                                                         "wait_samples": 0})
-                    if LOCK_MODES.index(mode) > LOCK_MODES.index(entry["strongest"]):
-                        entry["strongest"] = mode
-                    if not granted:
-                        waiting.add(table)
-                for table in {r[0] for r in rows}:  # one table may hold several locks: count it once
-                    self.seen[table]["samples"] += 1
-                    if table in waiting:
-                        self.seen[table]["wait_samples"] += 1
-                        self.waits += 1
-                self.stop.wait(self.INTERVAL)
-        finally:
-            conn.close()
-
-    def report(self) -> list[dict[str, Any]]:
-        out = []
-        for e in sorted(self.seen.values(), key=lambda e: -LOCK_MODES.index(e["strongest"])):
-            out.append({"table": e["table"], "strongest": e["strongest"],
-                        "held_s": round(e["samples"] * self.INTERVAL, 2),
-                        "waited_s": round(e["wait_samples"] * self.INTERVAL, 2)})
-        return out
 
 
 def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = lambda s: None,
@@ -148,7 +91,7 @@ def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = la
     except BaseException as e:
         journal.record("end", result="failed", error=describe_error(e))
         raise
-    _estimate(playbook, report, now or datetime.now(UTC))
+    estimate(playbook, report, now or datetime.now(UTC))
     failed = [p for p in report["plan"] if p["mode"] == "rehearsed" and p["ok"] is False]
     rollback = report.get("rollback") or {}
     rollback_failed = rollback.get("ok") is False
@@ -166,7 +109,7 @@ def dry_run(config: Config, paths: list[Any], *, say: Callable[[str], None] = la
     report["result"] = result
     report["error"] = next((r["error"] for r in reversed(list(journal.journal.records())) if r["event"] == "end"),
                            None)
-    from crmops.services.rehearsal_report import write_reports
+    from crmops.upgrade.report import write_reports
 
     report["reports"] = write_reports(report, report_dir or Path(config.state_dir) / "rehearsals")
     if failed or rollback_failed:
@@ -232,7 +175,7 @@ def _rehearse(config: Config, playbook: Playbook, repo: Any, manifest: dict[str,
             if walk.broken is None:
                 _rehearse_post_checks(config, playbook, sandbox.url, report, journal)
             _rehearse_rollback(playbook, walk, place, target, before, report, journal, say)
-    _fidelity(config, playbook, manifest, report, engine)
+    fidelity(config, playbook, manifest, report, engine)
 
 
 def _analyze(target: Any) -> None:
@@ -299,14 +242,14 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
                 entry: dict[str, Any] = {"stage": stage.name, "phase": phase, "step": step.id, "type": step.type,
                                          "params": _shown(params), "ok": None, "error": None}
                 if phase == "rollback":
-                    entry.update(mode="rollback: not reached", seconds=_expected(step, size, restore_s),
+                    entry.update(mode="rollback: not reached", seconds=expected_seconds(step, size, restore_s),
                                  measured=False, rehearsed=False, reason="its stage did not start")
                     walk.rollback_entries[(stage.name, step.id or "")] = entry
                     report["plan"].append(entry)
                     continue
                 why = why_not(step, params, place)
                 if walk.broken is None and why is None:
-                    _execute(step, params, execs, ctx, entry, say, place.sandbox_url)
+                    execute(step, params, execs, ctx, entry, say, place.sandbox_url)
                     if step.type == "engine_upgrade" and entry.get("outputs"):  # its findings: the dry run's report
                         entry["report"] = entry["outputs"]
                         # the copy itself, not the target sandbox's start-up, is what production will wait for
@@ -323,7 +266,7 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
                 else:
                     entry["mode"] = "not reached" if walk.broken else "not rehearsed"
                     entry["reason"] = f"after {walk.broken} failed" if walk.broken else why
-                    entry["seconds"] = _expected(step, size, restore_s)
+                    entry["seconds"] = expected_seconds(step, size, restore_s)
                     entry["measured"] = entry["rehearsed"] = False
                     context["steps"][step.id] = _planned_outputs(step, params, report)
                 report["plan"].append(entry)
@@ -337,14 +280,14 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
                  "ok": None, "error": None}
         why = why_not(step, params, place)
         if walk.broken is None and why is None:
-            _execute(step, params, execs, ctx, entry, say, place.sandbox_url)
+            execute(step, params, execs, ctx, entry, say, place.sandbox_url)
             entry.pop("outputs", None)
             if not entry["ok"]:
                 walk.broken = step.id
         else:
             entry.update(mode="not reached" if walk.broken else "not rehearsed", measured=False, rehearsed=False,
                          reason=f"after {walk.broken} failed" if walk.broken else why,
-                         seconds=_expected(step, size, restore_s))
+                         seconds=expected_seconds(step, size, restore_s))
         report["plan"].append(entry)
     walk.seconds = round(time.monotonic() - t0, 2)
     return walk
@@ -390,7 +333,7 @@ def _rehearse_rollback(playbook: Playbook, walk: Walk, place: Place, target: Any
             if reason is not None:
                 entry.update(mode="rollback: not rehearsed", reason=reason)
                 continue
-            _execute(step, params, execs, ctx, entry, say, place.sandbox_url)
+            execute(step, params, execs, ctx, entry, say, place.sandbox_url)
             entry["mode"] = "rollback: rehearsed"
             entry.pop("reason", None)
             outputs = entry.pop("outputs", None)
@@ -451,73 +394,6 @@ def _old_app_checks(playbook: Playbook, walk: Walk, place: Place, execs: dict[st
     return {"ok": ok, "image": image, "expected_image": stack.image, "checks": checks, "detail": detail}
 
 
-def _execute(step: Step, params: dict[str, Any], execs: dict[str, Any], ctx: StepContext, entry: dict[str, Any],
-             say: Callable[[str], None], sandbox_url: str) -> None:
-    sampler = LockSampler(sandbox_url) if step.type == "migrate" and engine_kind(sandbox_url) == "postgresql" \
-        else None
-    extra = _timed_on_copies(step, params, execs, ctx, say, sandbox_url) if sampler else []
-    if sampler:
-        sampler.start()
-    try:
-        res = attempt(execs[step.type], step, params, ctx.fresh(), say)
-    finally:
-        if sampler:
-            sampler.stop.set()
-            sampler.join(5)
-    timings = [res.seconds, *extra]
-    entry.update(mode="production, read-only" if step.type == "preflight" else "rehearsed", measured=True,
-                 rehearsed=True,
-                 seconds=statistics.median(timings) if res.result.ok else res.seconds, timings=timings,
-                 ok=res.result.ok, error=res.result.error, summary=res.result.summary,
-                 outputs=res.result.outputs)
-    if sampler:
-        entry["locks"] = sampler.report()
-        entry["lock_waits"] = sampler.waits
-    say(f"  {'ok  ' if res.result.ok else 'FAIL'} {step.id} ({step.type}, {entry['mode']}, {res.seconds:.2f}s): "
-        f"{res.result.error or res.result.summary}")
-
-
-def _timed_on_copies(step: Step, params: dict[str, Any], execs: dict[str, Any], ctx: StepContext,
-                     say: Callable[[str], None], sandbox_url: str) -> list[float]:
-    """More timings of a migration, on throwaway copies of the sandbox database (PostgreSQL templates).
-
-    One run of a sub-second migration on a busy host is noise; the plan shows the median.
-    """
-    u = parse(sandbox_url)
-    admin = open_engine(u.set(database="postgres").render_as_string(hide_password=False))
-    times: list[float] = []
-    with admin.connect() as conn:  # type: ignore[attr-defined]
-        size = conn.execute("SELECT pg_database_size(%s)", (u.database,)).fetchone()[0]
-        if size > COPY_LIMIT_BYTES:
-            return times
-        for i in range(EXTRA_REHEARSALS):
-            copy = f"{u.database}_rehearsal_{i}"
-            if not copy_database(conn, u.database or "", copy):
-                break
-            try:
-                url = u.set(database=copy).render_as_string(hide_password=False)
-                res = attempt(execs[step.type], step, params, StepContext(ctx.run_id, url, dry_run=True, yes=True))
-                if not res.result.ok:
-                    break
-                times.append(res.seconds)
-            finally:
-                conn.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
-    return times
-
-
-def copy_database(conn: Any, source: str, copy: str) -> bool:
-    """CREATE DATABASE copy TEMPLATE source on an admin connection; False if source stays in use."""
-    import psycopg
-
-    for _ in range(20):  # autovacuum may be visiting the template for a moment
-        try:
-            conn.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{source}"')
-            return True
-        except psycopg.errors.ObjectInUse:
-            time.sleep(0.25)
-    return False
-
-
 def _planned_outputs(step: Step, params: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     outputs: dict[str, Any] = {o: Pending(f"steps.{step.id}.{o}") for o in step.OUTPUTS}
     if step.type == "docker":
@@ -533,16 +409,6 @@ def _planned_outputs(step: Step, params: dict[str, Any], report: dict[str, Any])
             report["warnings"].append(f"{step.id}: could not inspect Docker ({e.line()})")
         outputs["image"] = params["image"]
     return outputs
-
-
-def _expected(step: Step, size: int, restore_s: float) -> float:
-    if step.expected_seconds is not None:
-        return step.expected_seconds
-    if step.type == "backup":
-        return round(2 + size / 100e6, 1)  # the dump runs at ~100 MB/s here (DESIGN.md)
-    if step.type in ("restore", "verify"):
-        return restore_s + 2
-    return step.TYPICAL_SECONDS
 
 
 def _shown(params: dict[str, Any]) -> dict[str, Any]:
@@ -576,66 +442,3 @@ def _rehearse_post_checks(config: Config, playbook: Playbook, url: str, report: 
                 report["warnings"].append(f"migrate lint: {f.get('message', f) if isinstance(f, dict) else f}")
         except CrmopsError as e:
             report["warnings"].append(f"migrate lint: {e.line()}")
-
-
-def _estimate(playbook: Playbook, report: dict[str, Any], now: datetime) -> None:
-    """Downtime = what runs between maintenance on and off (all of it when the playbook has none)."""
-    run = [p for p in report["plan"] if p["phase"] == "run"]
-    has_maint = any(p["type"] == "maintenance" for p in run)
-    inside = not has_maint
-    downtime = 0.0
-    for p in run:
-        mode = p["params"].get("mode")
-        if p["type"] == "maintenance" and mode == "on":
-            inside = True
-        if inside:
-            downtime += p.get("seconds") or 0.0
-            p["in_downtime"] = True
-        if p["type"] == "maintenance" and mode == "off":
-            inside = False
-    report["estimated_downtime_s"] = round(downtime, 2)
-    report["migrate_seconds"] = round(sum(p["seconds"] for p in run if p["type"] == "migrate"
-                                          and p.get("measured")), 3)
-    report["total_seconds_estimate"] = round(sum(p.get("seconds") or 0 for p in run), 2)
-    w = playbook.window
-    if w is None:
-        report["window"] = {"fits": True, "detail": "the playbook sets no window"}
-        return
-    start, end = w.clock("start"), w.clock("end")
-    s = (start.hour * 60 + start.minute) * 60 if start else 0
-    e = (end.hour * 60 + end.minute) * 60 if end else 86400
-    length = e - s if e > s else e + 86400 - s
-    ok = downtime <= length
-    report["window"] = {"fits": ok, "length_s": length, "now": fits(w, now, downtime)[1],
-                        "detail": f"estimated downtime {downtime:.0f}s {'fits' if ok else 'does NOT fit'} the "
-                                  f"{length / 3600:.1f} h window"}
-    if not ok:
-        report["blockers"].append(report["window"]["detail"])
-
-
-def _fidelity(config: Config, playbook: Playbook, manifest: dict[str, Any], report: dict[str, Any],
-              engine: str) -> None:
-    """Exactly what the rehearsal did not do for real, and why; and how many steps it did."""
-    out = report["fidelity"]
-    for p in report["plan"]:
-        if not p.get("rehearsed"):
-            out.append({"step": p["step"], "type": p["type"], "phase": p["phase"],
-                        "reason": p.get("reason") or "not run"})
-    steps = [p for p in report["plan"]]
-    report["counts"] = {"steps": len(steps), "rehearsed": sum(1 for p in steps if p.get("mode") in (
-        "rehearsed", "rollback: rehearsed")), "production_read_only": sum(
-        1 for p in steps if p.get("mode") == "production, read-only"),
-        "not_rehearsed": sum(1 for p in steps if not p.get("rehearsed"))}
-    taken = datetime.fromisoformat(manifest["time"])
-    taken = taken if taken.tzinfo else taken.replace(tzinfo=UTC)
-    age = (datetime.now(UTC) - taken).total_seconds() / 3600
-    out.append({"step": None, "type": "data", "reason": f"production changes after snapshot {manifest['id'][:10]} "
-                f"({age:.1f} h old) are not in the rehearsal; row counts may differ by those"})
-    out.append({"step": None, "type": "load", "reason": "the sandbox has no CRM users: lock waits behind their "
-                "traffic are not measured, and it runs with fsync off, so I/O-heavy steps may be faster here"})
-    if (report.get("stack") or {}).get("started"):
-        out.append({"step": None, "type": "app", "reason": "the copy of the app runs on a private network: calls it "
-                    "makes to other services (mail, payment, single sign-on) fail there; its volumes are copies; "
-                    "backups and restores go to a scratch repository on this disk, not to the configured one"})
-    if engine != "postgresql":
-        out.append({"step": None, "type": "locks", "reason": f"locks are only sampled on PostgreSQL, not {engine}"})

@@ -1,7 +1,7 @@
 """What each step does in the dry run, and, for a step that is not rehearsed, why.
 
 The dry run acts only on throwaway things: the sandbox database, the rehearsal stack's copy
-of the application (crmops.services.rehearsal_stack) and a scratch repository the backup
+of the application (crmops.upgrade.stack) and a scratch repository the backup
 and restore steps write to and read from. Requests to production's app address go to the
 copy; a docker step swaps the copy's image; a maintenance command runs inside the copy,
 where every file it touches is the copy's own. What can only act on production (a shell
@@ -25,7 +25,7 @@ from crmops.playbooks.model import Step
 from crmops.playbooks.steps import Executor, StepContext, StepResult, expand_env, tail
 from crmops.playbooks.template import Pending
 from crmops.repository import Credential, Repository, write_key_file
-from crmops.services.rehearsal_stack import RehearsalStack
+from crmops.upgrade.stack import RehearsalStack
 
 #: steps that by their nature act on production only
 BY_NATURE = {

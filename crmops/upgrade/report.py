@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from crmops.services.drill_report import CSS, _fmt_s, _mark
+from crmops.verify.report import CSS, _fmt_s, _mark
 
 
 def render_html(r: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
                           f"{res.duration_s:.1f}s)")
 
     def verify_step(step: Step, params: dict[str, Any], ctx: StepContext) -> StepResult:
-        from crmops.services.verify import verify
+        from crmops.verify.workflow import verify
 
         res = verify(config, str(params["snapshot"]))
         outputs = {"snapshot_id": res.snapshot_id, "ok": res.ok}
@@ -71,7 +71,7 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
                           f"snapshot {res.snapshot_id[:10]} restored into {display(ctx.url)} in {res.seconds:.1f}s "
                           f"(the state before it: snapshot {(res.safety_snapshot or '-')[:10]})")
 
-    from crmops.services.engine_upgrade import executor as engine_upgrade
+    from crmops.engine_upgrade.step import executor as engine_upgrade
 
     return {**CORE_EXECUTORS, "docker": run_docker, "preflight": preflight, "backup": backup_step,
             "verify": verify_step, "migrate": migrate_step, "restore": restore_step,
@@ -141,7 +141,7 @@ def _snapshot_fresh(config: Config, params: dict[str, Any], *, url: str, run_id:
     """A recent restore point exists: the newest snapshot (newest verified one with require_verified)."""
     from crmops.repository.source import is_safety
     from crmops.services.sources import configured_source
-    from crmops.services.verify_record import is_verified_ok
+    from crmops.verify.record import is_verified_ok
 
     repo = open_repository(config)
     source = configured_source(config)

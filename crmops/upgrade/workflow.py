@@ -29,7 +29,7 @@ from crmops.playbooks.runner import Runner
 from crmops.playbooks.steps import StepContext
 from crmops.playbooks.template import render
 from crmops.playbooks.window import fits
-from crmops.services.upgrade_steps import executors
+from crmops.upgrade.steps import executors
 
 
 def load(paths: list[str | Path]) -> Playbook:

@@ -17,7 +17,7 @@ from crmops.errors import VerificationFailed
 
 def checks_on(config: Config, url: str, show_data: bool = False) -> list[dict[str, Any]]:
     from crmops.engines.connect import connect_engine
-    from crmops.services.verify_checks import fk_orphans, run_assertion
+    from crmops.verify.checks import fk_orphans, run_assertion
 
     engine = connect_engine(url)
     try:

@@ -27,11 +27,11 @@ from crmops.engines.connect import connect_engine
 from crmops.errors import CrmopsError, DatabaseError, IntegrityError, SandboxUnavailable, VerificationFailed
 from crmops.repository import Repository, open_repository
 from crmops.sandbox import Sandbox, open_sandbox
-from crmops.services import verify_checks as checks
 from crmops.services.restore import ENGINE_OF_FORMAT, restore_files
 from crmops.services.sources import resolve
-from crmops.services.verify_checks import CheckResult
-from crmops.services.verify_record import KIND, sign
+from crmops.verify import checks
+from crmops.verify.checks import CheckResult
+from crmops.verify.record import KIND, sign
 
 
 @dataclass

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from crmops.engine_upgrade.logical import restore_past_errors
 from crmops.engines import open_engine
-from crmops.services.engine_upgrade import restore_past_errors
 
 
 @pytest.mark.mysql
@@ -32,7 +32,7 @@ def test_mariadb_errors_name_their_table_and_the_rest_is_restored(mysql_url: str
 
 @pytest.mark.postgres
 def test_a_table_that_differs_names_the_columns_that_really_differ(pg_url_factory) -> None:  # type: ignore[no-untyped-def]
-    from crmops.services.engine_upgrade import compare_across
+    from crmops.engine_upgrade.compare import compare_across
 
     old, new = pg_url_factory(), pg_url_factory()
     for url in (old, new):
@@ -52,7 +52,7 @@ def test_a_table_that_differs_names_the_columns_that_really_differ(pg_url_factor
 
 @pytest.mark.postgres
 def test_values_written_differently_by_the_new_servers_settings_are_no_difference(pg_url_factory) -> None:  # type: ignore[no-untyped-def]
-    from crmops.services.engine_upgrade import compare_across
+    from crmops.engine_upgrade.compare import compare_across
 
     old, new = pg_url_factory(), pg_url_factory()
     for url in (old, new):

@@ -15,7 +15,7 @@ import yaml
 
 from crmops.config import load_config
 from crmops.democrm.load import create
-from crmops.services.jobs import JobRun
+from crmops.status.jobs import JobRun
 from tests.receivers import http_receiver
 
 

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from crmops import metrics
+from crmops.status import metrics
 from tests.receivers import http_receiver
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (\S+)$')

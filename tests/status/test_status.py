@@ -13,9 +13,9 @@ import pytest
 
 from crmops.config import Assertion
 from crmops.journal import Journal
-from crmops.services.status import gather
-from crmops.services.verify import verify
-from tests.services.verify_helpers import demo_snapshot, load, ok, run
+from crmops.status.verdicts import gather
+from crmops.verify.workflow import verify
+from tests.verify.verify_helpers import demo_snapshot, load, ok, run
 
 NO_FILES = {"checks": {"fk_orphans": True}}  # no attachments in these CRMs
 

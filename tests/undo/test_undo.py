@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from crmops.engines.connect import connect_engine
 from crmops.errors import DatabaseError, UndoConflict
 from crmops.repository import open_repository
-from crmops.services.undo import UndoRequest, journal_path, undo
-from crmops.services.undo_source import from_snapshot
-from tests.services import undo_helpers as h
-from tests.services.verify_helpers import load, run
+from crmops.undo.source import from_snapshot
+from crmops.undo.workflow import UndoRequest, journal_path, undo
+from tests.undo import undo_helpers as h
+from tests.verify.verify_helpers import load, run
 
 
 def scenario(tmp_path: Path, url: str) -> None:
@@ -281,7 +281,7 @@ def test_schema_without_foreign_keys_follows_configured_relations(tmp_path: Path
     db = tmp_path / "wukong.db"
     with sqlite3.connect(db) as c:
         c.executescript(NO_FK_SCHEMA)
-    from tests.services.verify_helpers import ok, write_config
+    from tests.verify.verify_helpers import ok, write_config
 
     config = write_config(tmp_path, f"sqlite:///{db}", attachments=False, verify={"checks": {"fk_orphans": False}})
     ok(run(config, "repo", "init"))
@@ -332,8 +332,8 @@ def test_schema_without_foreign_keys_follows_configured_relations(tmp_path: Path
 
 
 def test_write_order_parents_first_and_probable_parents() -> None:
-    from crmops.services.undo_apply import _parents_first
-    from crmops.services.undo_catalog import Catalog, Relation, insert_order, probable_parent
+    from crmops.undo.apply import _parents_first
+    from crmops.undo.catalog import Catalog, Relation, insert_order, probable_parent
 
     rels = [Relation("contacts", ("account_id",), "accounts", ("id",)),
             Relation("accounts", ("parent_id",), "accounts", ("id",)),
@@ -355,7 +355,7 @@ def test_write_order_parents_first_and_probable_parents() -> None:
 
 @pytest.mark.postgres
 def test_postgres_sequence_is_raised_past_restored_ids_never_lowered(pg_url: str) -> None:
-    from crmops.services.undo_apply import _raise_pg_sequences, counters
+    from crmops.undo.apply import _raise_pg_sequences, counters
 
     engine = connect_engine(pg_url)
     try:
@@ -388,7 +388,7 @@ def test_postgres_ctrl_c_during_apply_names_the_way_back(pg_url: str, tmp_path: 
     import sys
     import time
 
-    from tests.services.verify_helpers import PASSPHRASE
+    from tests.verify.verify_helpers import PASSPHRASE
 
     config, cfg, _ = h.demo_with_snapshot(tmp_path, pg_url)
     engine = connect_engine(pg_url)

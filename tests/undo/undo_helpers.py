@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 from crmops.config import Config
 from crmops.democrm.load import create
 from crmops.engines.connect import connect_engine
-from crmops.services.undo_source import PastState
-from tests.services.verify_helpers import load, ok, run, write_config
+from crmops.undo.source import PastState
+from tests.verify.verify_helpers import load, ok, run, write_config
 
 #: tables the deletion of an account reaches in the demo CRM 2.0, parents first
 TOUCHED = ("accounts", "contacts", "opportunities", "activities", "attachments", "customer_feedback")

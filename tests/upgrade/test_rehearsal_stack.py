@@ -10,7 +10,7 @@ from crmops.config import VerifyConfig
 from crmops.playbooks.model import Playbook
 from crmops.sandbox import open_sandbox
 from crmops.sandbox.leftovers import cleanup, list_sandboxes
-from crmops.services.rehearsal_stack import rewrite_env, start_stack
+from crmops.upgrade.stack import rewrite_env, start_stack
 
 PROD = "postgresql+psycopg://crm:prod-secret@db.internal:5432/crm"
 BOX = "postgresql://postgres:box-secret@172.30.0.2:5432/crm_copy"

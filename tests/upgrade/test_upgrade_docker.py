@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.services.upgrade_helpers import (
+from tests.upgrade.upgrade_helpers import (
     App,
     app_container,
     derived_image,
@@ -32,7 +32,7 @@ from tests.services.upgrade_helpers import (
     same,
     wait_http,
 )
-from tests.services.verify_helpers import PASSPHRASE, first_json, ok, run
+from tests.verify.verify_helpers import PASSPHRASE, first_json, ok, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 

@@ -17,7 +17,7 @@ import yaml
 from crmops.engines import Fingerprint, open_engine
 from crmops.journal import Journal
 from tests.ports import free_port
-from tests.services.verify_helpers import ok, run, write_config
+from tests.verify.verify_helpers import ok, run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_PLAYBOOK = ROOT / "playbooks" / "democrm-1-to-2.yaml"

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from crmops.repository import open_repository
-from crmops.services.verify_record import is_verified_ok, latest_verification
-from tests.services.verify_helpers import ATTACHMENTS_QUERY, demo_snapshot, first_json, load, ok, run
+from crmops.verify.record import is_verified_ok, latest_verification
+from tests.verify.verify_helpers import ATTACHMENTS_QUERY, demo_snapshot, first_json, load, ok, run
 
 NO_DOCKER = {"DOCKER_HOST": "tcp://127.0.0.1:1"}  # proves SQLite never touches Docker
 
@@ -70,7 +70,7 @@ def test_orphans_found_and_samples_masked_unless_asked(sqlite_url: str, tmp_path
     with sqlite3.connect(path) as conn:  # SQLite enforces no keys unless told: a realistic broken reference
         email = conn.execute("SELECT email FROM contacts WHERE account_id = 7 LIMIT 1").fetchone()[0]
         conn.execute("DELETE FROM accounts WHERE id = 7")
-    from tests.services.verify_helpers import write_config
+    from tests.verify.verify_helpers import write_config
 
     config = write_config(tmp_path, sqlite_url)
     ok(run(config, "repo", "init"))
@@ -85,7 +85,7 @@ def test_orphans_found_and_samples_masked_unless_asked(sqlite_url: str, tmp_path
 
 def test_missing_attachment_breaks_the_pairing(sqlite_url: str, tmp_path: Path) -> None:
     from crmops.democrm.load import create
-    from tests.services.verify_helpers import write_config
+    from tests.verify.verify_helpers import write_config
 
     create(sqlite_url, size="small", attachments_dir=tmp_path / "files")
     victim = sorted(p for p in (tmp_path / "files").rglob("*") if p.is_file())[3]

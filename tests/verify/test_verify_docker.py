@@ -13,8 +13,8 @@ import pytest
 
 from crmops.engines import open_engine
 from crmops.repository import open_repository
-from crmops.services.verify_record import is_verified_ok
-from tests.services.verify_helpers import PASSPHRASE, demo_snapshot, load, ok, run
+from crmops.verify.record import is_verified_ok
+from tests.verify.verify_helpers import PASSPHRASE, demo_snapshot, load, ok, run
 
 pytestmark = [pytest.mark.docker]
 
@@ -73,7 +73,7 @@ def test_mariadb_float_the_dump_rounds_is_named_at_backup_and_in_verify(mysql_ur
     import pymysql
 
     from crmops.dburl import parse
-    from tests.services.verify_helpers import first_json, write_config
+    from tests.verify.verify_helpers import first_json, write_config
 
     u = parse(mysql_url)
     with pymysql.connect(host=u.host, port=u.port, user=u.username, password=u.password, database=u.database,
@@ -164,8 +164,8 @@ def test_killing_verify_leaves_nothing_after_cleanup(sig: int, pg_url: str, tmp_
 def test_sandbox_vanishing_mid_restore_does_not_flag_the_snapshot(pg_url: str, tmp_path: Path,
                                                                    docker_client) -> None:  # type: ignore[no-untyped-def]
     from crmops.errors import SandboxUnavailable
-    from crmops.services.verify import verify
-    from crmops.services.verify_record import latest_verification
+    from crmops.verify.record import latest_verification
+    from crmops.verify.workflow import verify
 
     config, snap = demo_snapshot(tmp_path, pg_url, attachments=False)
     cfg = load(config)
