@@ -21,7 +21,7 @@ import sqlalchemy as sa
 import yaml
 
 from crmops.engines.connect import connect_engine
-from crmops.errors import UndoConflict
+from crmops.errors import DatabaseError, UndoConflict
 from crmops.repository import open_repository
 from crmops.undo.source import PastState
 from crmops.undo.workflow import UndoRequest, undo
@@ -205,4 +205,17 @@ def test_pg_a_database_rule_the_plan_does_not_check_is_not_blamed_on_colleagues(
     assert "nothing was written" in str(failed.value) or isinstance(failed.value, UndoConflict)
     hint = getattr(failed.value, "hint", "") or ""
     assert "changed since" not in hint and "dry run" in hint
+    assert native_digest(live_url) == before
+
+    # a trigger that silently drops some of the rows: the undo fails, nothing written, instead of
+    # saying it wrote them all
+    _sql(live_url, "ALTER TABLE customer_tags DROP CONSTRAINT customer_tags_tag_id_check",
+         "CREATE FUNCTION drop_tag_two() RETURNS trigger LANGUAGE plpgsql AS "
+         "$$ BEGIN IF NEW.tag_id = 2 THEN RETURN NULL; END IF; RETURN NEW; END $$",
+         "CREATE TRIGGER drop_tag_two BEFORE INSERT ON customer_tags FOR EACH ROW EXECUTE FUNCTION drop_tag_two()")
+    before = native_digest(live_url)
+    with pytest.raises(DatabaseError) as dropped:
+        undo(cfg, UndoRequest(table="customers", where="id = 3", apply=True), source=past,
+             repo=open_repository(cfg))
+    assert "customer_tags kept" in dropped.value.message and "nothing was written" in dropped.value.message
     assert native_digest(live_url) == before
