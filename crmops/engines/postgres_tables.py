@@ -44,9 +44,9 @@ _OWN_KINDS = {"TABLE", "TABLE DATA", "TABLE ATTACH", "INDEX ATTACH",
               "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT",
               "INDEX", "TRIGGER", "COMMENT", "ACL", "FK CONSTRAINT", "CHECK CONSTRAINT"}
 COPY_BATCH = 1 << 20
-#: how pg_restore writes a sequence's value: SELECT pg_catalog.setval('public.deals_id_seq', 1000, true);
 #: how pg_dump attaches a partition: ALTER TABLE ONLY public.pay ATTACH PARTITION public.pay_2024 FOR VALUES ...
 _ATTACH = re.compile(r"^ALTER TABLE ONLY (\S+) ATTACH PARTITION (\S+) (.*)$", re.S)
+#: how pg_restore writes a sequence's value: SELECT pg_catalog.setval('public.deals_id_seq', 1000, true);
 _SETVAL = re.compile(r"^SELECT pg_catalog\.setval\('((?:[^']|'')+)', (-?\d+), (true|false)\);$")
 
 
@@ -232,7 +232,7 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
                                ORDER BY 1, 2""", {"t": tree}).fetchall()
         triggers = conn.execute("""SELECT t.tgrelid::regclass::text, quote_ident(t.tgname) FROM pg_trigger t
                                    WHERE t.tgrelid = ANY(%(t)s::regclass[]) AND NOT t.tgisinternal
-                                   AND t.tgenabled <> 'D' ORDER BY t.tgparentid <> 0""", {"t": tree}).fetchall()
+                                   AND t.tgenabled <> 'D'""", {"t": tree}).fetchall()
         sequences = conn.execute("""SELECT s.oid::regclass::text, d.refobjid::regclass::text, quote_ident(a.attname)
                                     FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
                                     JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
