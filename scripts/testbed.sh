@@ -206,7 +206,8 @@ cmd_status() {
   s3_up >/dev/null 2>&1 && echo "s3: up" || echo "s3: down"
   docker info >/dev/null 2>&1 && echo "docker: up" || echo "docker: down"
   for t in postgres:13 postgres:15 postgres:17 mariadb:10.5 mariadb:10.11 mariadb:11.8 \
-           crmops-demo-app:1.0 crmops-demo-app:2.0 crmops-pg-upgrade:13-17; do
+           crmops-demo-app:1.0 crmops-demo-app:2.0 crmops-pg-upgrade:13-17 \
+           "crmops:$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$ROOT/crmops/__init__.py")"; do
     docker image inspect "$t" >/dev/null 2>&1 && echo "image $t: present" \
       || echo "image $t: missing (scripts/images/build.sh $t)"
   done
