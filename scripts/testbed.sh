@@ -15,7 +15,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BED="${CRMOPS_TESTBED_DIR:-$ROOT/.testbed}"
 PYTHON="${CRMOPS_TESTBED_PYTHON:-$ROOT/.venv/bin/python}"
 PG_BIN=/usr/lib/postgresql/15/bin
-APT_PACKAGES=(docker.io debootstrap postgresql mariadb-server restic chromium iproute2 procps openssl)
+APT_PACKAGES=(docker.io debootstrap postgresql mariadb-server restic chromium iproute2 procps openssl python3 python3-venv)
 
 mkdir -p "$BED"
 chmod 711 "$BED"  # postgres and mysql users must reach their own folders
