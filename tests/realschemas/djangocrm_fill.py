@@ -14,9 +14,8 @@ import django
 
 
 def fill(n: int) -> None:
-    from django.contrib.auth.models import User
-
     from crm.models import Company, Contact, Deal, Tag
+    from django.contrib.auth.models import User
     owner = User.objects.filter(is_superuser=True).first()
     tags = [Tag.objects.create(name=f"tag {i}") for i in range(5)]
     for i in range(n):

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,6 @@ def exercise(schema: Schema, kind: str, src: str, factory: Callable[[], str], tm
     if verify_sandbox:
         report = step("verify", "verify", snap)
         assert report.get("ok", report.get("passed", True)) is not False, report
-        print(timings)
 
     # whole restore into an empty database: schema and every row as the source
     whole = factory()
@@ -139,15 +138,17 @@ def exercise(schema: Schema, kind: str, src: str, factory: Callable[[], str], tm
     cfg = load(config)
     repo = open_repository(cfg)
     t0 = time.monotonic()
-    plan = undo(cfg, UndoRequest(table=schema.top_table, where=schema.top_where, to_url=live), source=past, repo=repo).to_dict()
+    ask = UndoRequest(table=schema.top_table, where=schema.top_where, to_url=live)
+    plan = undo(cfg, ask, source=past, repo=repo).to_dict()
     timings["undo plan"] = round(time.monotonic() - t0, 1)
     assert plan["plan"]["summary"]["conflicts"] == 0, plan["plan"]["summary"]
     t0 = time.monotonic()
-    done = undo(cfg, UndoRequest(table=schema.top_table, where=schema.top_where, apply=True, to_url=live), source=past, repo=repo)
+    done = undo(cfg, replace(ask, apply=True), source=past, repo=repo)
     timings["undo apply"] = round(time.monotonic() - t0, 1)
-    assert done.applied and done.written is not None
+    assert done.applied and done.written is not None and done.written.rows() > 0
+    assert done.written.rows() == plan["plan"]["summary"]["insert"]
     timings["undo rows"] = float(done.written.rows())
-    # every row as before the deletion, schema included
+    # every row of every table as before the deletion
     now, was = _rows_only(native_digest(live)), _rows_only(source_digest)
     assert {t: (v, was.get(t)) for t, v in now.items() if v != was.get(t)} == {}, (timings, plan["plan"]["tables"])
     assert {t: v for t, v in _rows_only(native_digest(live)).items() if t in untouched} == untouched

@@ -34,7 +34,8 @@ SETUP = {
     "request-tracker": (lambda url: _load_rt(url, "postgresql"), "transactions",
                         "UPDATE transactions SET type = 'Comment'"),
     "tryton": (_tryton, "party_party", "UPDATE party_party SET name = 'overwritten by a bad import'"),
-    "django-crm": (lambda url: (django_manage(url, "-m", "django", "setupdata"), django_manage(url, FILL, "fill", "50")),
+    "django-crm": (lambda url: (django_manage(url, "-m", "django", "setupdata"),
+                                django_manage(url, FILL, "fill", "50")),
                    "crm_contact", "UPDATE crm_contact SET email = ''"),
 }
 ROWS = "SELECT count(*), md5(COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {} t"
