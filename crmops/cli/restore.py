@@ -43,7 +43,7 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
 
     latest is the newest backup of the configured database (see `crmops snapshots`).
     """
-    from crmops.services.restore import restore
+    from crmops.services.restore import left_out_lines, restore
 
     chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables is not None else None
     if chosen == []:  # e.g. --tables "$TABLES" with the variable unset: never the whole database instead
@@ -78,6 +78,8 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
             console.print(f"replaced {', '.join(result.replaced)} in {display(result.target)}")
         if result.created and (prefix or result.replaced):
             console.print(f"created {', '.join(result.created)} in {display(result.target)}")
+        for line in left_out_lines(result.constraints_left_out):
+            console.print(line)
         what = f"tables {', '.join(result.tables)}" if result.tables else "the database"
         console.print(f"restored {what} from snapshot {result.snapshot_id} into {display(result.target)} "
                       f"in {result.seconds} s"

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 
 from crmops.dburl import display, parse
 from crmops.engines import canonical
-from crmops.engines.base import Fingerprint, TableFingerprint, check_method
+from crmops.engines.base import Fingerprint, TableFingerprint, check_method, keys_left_out
 from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
@@ -198,17 +198,21 @@ class MysqlEngine:
             conn.close()
             os.unlink(options)
 
-    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None) -> None:
+    def restore(self, chunks: Iterable[bytes], *, format: str,
+                tables: list[str] | None = None) -> list[dict[str, str]]:
+        """Load the dump (with tables: only those); returns the foreign keys left out (see keys_left_out)."""
         if format != "mysql-sql":
             raise DatabaseError(f"a {format} dump cannot be restored into MySQL/MariaDB")
         options = self._option_file()
+        left: list[dict[str, str]] = []
         try:
-            stream = only_tables(chunks, tables) if tables else chunks
+            stream = only_tables(chunks, tables, left) if tables else chunks
             self._tool("client").feed([f"--defaults-extra-file={options}", "--default-character-set=utf8mb4",
                                        "--binary-mode", self.database_name()], stream, env={},
                                       secrets=self._secrets(), label="mysql", mounts=[options])
         finally:
             os.unlink(options)
+        return left
 
 
 def _connection_ids(cur: Any) -> set[int]:
@@ -368,17 +372,37 @@ def _fill_fingerprint(cur: Any, fp: Fingerprint) -> None:
         fp.objects[kind] = int(cur.fetchone()[0])
 
 
-def only_tables(chunks: Iterable[bytes], tables: list[str]) -> Iterator[bytes]:
-    """Keep the header and the sections of the chosen tables from a mysqldump stream."""
+def only_tables(chunks: Iterable[bytes], tables: list[str], left: list[dict[str, str]] | None = None
+                ) -> Iterator[bytes]:
+    """Keep the header and the sections of the chosen tables from a mysqldump stream.
+
+    Their foreign keys to tables not chosen are taken out (the target is empty: they would
+    point at nothing) and added to left, as keys_left_out describes them.
+    """
+    from crmops.engines.mysql_tables import CREATE_END, foreign_keys, without_keys
+
     wanted = {f"`{t}`".encode() for t in tables}
     seen: set[bytes] = set()
     keep = True
     buffer = b""
+    block: list[bytes] = []
     for piece in chunks:
         buffer += piece
         *lines, buffer = buffer.split(b"\n")
         out = []
         for line in lines:
+            if block or (keep and line.startswith(b"CREATE TABLE `") and line.endswith(b"` (")):
+                block.append(line)
+                if not CREATE_END.match(line):
+                    continue
+                name = block[0][len(b"CREATE TABLE `"):-len(b"` (")].decode().replace("``", "`")
+                keys = foreign_keys({name: b"\n".join(block)}, [name])
+                gone = {k["references"] for k in keys} - set(tables)
+                if left is not None:
+                    left += keys_left_out(keys, tables, set(), None)
+                out.append(without_keys(b"\n".join(block), gone))
+                block = []
+                continue
             if line.startswith(b"-- Table structure for table ") or line.startswith(b"-- Dumping data for table "):
                 keep = line.rsplit(b" ", 1)[-1] in wanted
                 if keep:

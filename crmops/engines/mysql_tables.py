@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
-from crmops.engines.base import tables_outcome
+from crmops.engines.base import keys_left_out, tables_outcome
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 _AUTO_INCREMENT = re.compile(rb"\bAUTO_INCREMENT=(\d+)")
 _FK_LINE = re.compile(rb"^\s*CONSTRAINT `(?:[^`]|``)+` FOREIGN KEY ")
+#: the last line of a CREATE TABLE in a dump: ") ENGINE=InnoDB ...;"
+CREATE_END = re.compile(rb"^\).*;$")
+_FK = re.compile(rb"^\s*CONSTRAINT `((?:[^`]|``)+)` FOREIGN KEY \(.*?\) REFERENCES `((?:[^`]|``)+)` \(")
 
 
 def existing(engine: MysqlEngine, names: list[str]) -> list[str]:
@@ -99,6 +102,9 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
         missing = [t for t in tables if t not in creates]
         if missing:
             raise TableNotInSnapshot(f"the snapshot holds no table {', '.join(missing)}; nothing was changed")
+        keys = foreign_keys(creates, tables)
+        parents = set(existing(engine, sorted({k["references"] for k in keys} - set(tables))))
+        absent = {k["references"] for k in keys} - set(tables) - parents
         conn = engine.connect()
         created: list[str] = []
         try:
@@ -113,8 +119,8 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
                     if prefix:
                         cur.execute(_renamed_create(creates[t], t, dest[t]).decode("utf-8"))
                         created.append(dest[t])
-                    elif t not in live:
-                        cur.execute(creates[t].decode("utf-8"))
+                    elif t not in live:  # no key to a table that is not there (keys_left_out names it)
+                        cur.execute(without_keys(creates[t], absent).decode("utf-8"))
                         created.append(t)
                 triggers = _drop_triggers(cur, replaced)
                 try:
@@ -131,7 +137,30 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
             conn.close()
     finally:
         os.unlink(spool_name)
-    return tables_outcome(tables, live, [dest[t] for t in tables] if prefix else None)
+    done = tables_outcome(tables, live, [dest[t] for t in tables] if prefix else None)
+    done["left_out"] = keys_left_out(keys, tables, parents, prefix)
+    return done
+
+
+def foreign_keys(creates: dict[str, bytes], tables: list[str]) -> list[dict[str, str]]:
+    """{table, constraint, references} of each foreign key in the chosen tables' CREATE TABLE."""
+    out = []
+    for t in tables:
+        for line in creates[t].split(b"\n"):
+            m = _FK.match(line)
+            if m:
+                out.append({"table": t, "constraint": m[1].decode().replace("``", "`"),
+                            "references": m[2].decode().replace("``", "`")})
+    return out
+
+
+def without_keys(create: bytes, parents: set[str]) -> bytes:
+    """A CREATE TABLE without the foreign keys that reference these tables."""
+    lines = create.split(b"\n")
+    body = [ln for ln in lines[1:-1] if not ((m := _FK.match(ln)) and m[2].decode().replace("``", "`") in parents)]
+    if body and body[-1].endswith(b","):
+        body[-1] = body[-1][:-1]
+    return b"\n".join([lines[0], *body, lines[-1]])
 
 
 def _same_columns(cur: Any, creates: dict[str, bytes]) -> None:
@@ -206,6 +235,8 @@ def _first_orphan(cur: Any, tables: list[str]) -> ConstraintBroken | None:
                     WHERE table_schema = DATABASE() AND referenced_table_name IS NOT NULL
                     AND referenced_table_schema = DATABASE()
                     AND (table_name IN ({marks}) OR referenced_table_name IN ({marks}))
+                    AND referenced_table_name IN (SELECT t.table_name FROM information_schema.tables t
+                                                  WHERE t.table_schema = DATABASE())
                     GROUP BY constraint_name, table_name, referenced_table_name
                     ORDER BY table_name, constraint_name""", (*tables, *tables))
     for name, child, parent, cols, refs in cur.fetchall():

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 
 from crmops.dburl import display, parse
 from crmops.engines import canonical
-from crmops.engines.base import Fingerprint, TableFingerprint, check_method
+from crmops.engines.base import Fingerprint, TableFingerprint, check_method, keys_left_out
 from crmops.engines.canonical import CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
@@ -203,7 +203,9 @@ class PostgresEngine:
 
     # -- restore -------------------------------------------------------------------
 
-    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None) -> None:
+    def restore(self, chunks: Iterable[bytes], *, format: str,
+                tables: list[str] | None = None) -> list[dict[str, str]]:
+        """Load the archive (with tables: only those); returns the foreign keys left out (see keys_left_out)."""
         if format != "pg-custom":
             raise DatabaseError(f"a {format} dump cannot be restored into PostgreSQL")
         pg_restore = self._tool("pg_restore")
@@ -212,9 +214,10 @@ class PostgresEngine:
             argv += ["--no-owner", "--no-acl"]
         if self.jobs <= 1 and not tables:
             pg_restore.feed(argv, chunks, env=self._env(), secrets=self._secrets(), label="pg_restore")
-            return
+            return []
         # parallel restore and table selection read the archive more than once, so they
         # need a seekable file: the stream is spooled to a private temporary folder
+        left: list[dict[str, str]] = []
         with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
             path = Path(tmp) / "dump.pgc"
             with open(path, "wb") as f:
@@ -231,8 +234,12 @@ class PostgresEngine:
                     listing.close()
                 (Path(tmp) / "selected.list").write_text(select_tables(toc, tables))
                 argv.append(f"--use-list={Path(tmp) / 'selected.list'}")
+                # the target is empty: a key to a table not chosen has nothing to point at
+                entries, deps, _ = parse_toc(toc)
+                left = keys_left_out(foreign_keys(entries, deps, tables), tables, set(), None)
             pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(), label="pg_restore",
                             mounts=[tmp])
+        return left
 
 
 #: entry kinds in a pg_restore listing made of more than one word (the rest are one word)
@@ -266,6 +273,26 @@ def parse_toc(toc: str) -> tuple[dict[int, tuple[str, str, str]], dict[int, set[
         lines[last] = line
         deps.setdefault(last, set())
     return entries, deps, lines
+
+
+def foreign_keys(entries: dict[int, tuple[str, str, str]], deps: dict[int, set[int]],
+                 tables: list[str]) -> list[dict[str, Any]]:
+    """The archive's foreign keys on the chosen tables: entry id, table, name, referenced table.
+
+    pg_dump makes a foreign key depend on its own table and on the table it references
+    (and that table's key), so the referenced one is the other TABLE among its dependencies.
+    """
+    out = []
+    wanted = {(t.rpartition('.')[0] or 'public', t.rpartition('.')[2]): t for t in tables}
+    for i, (kind, schema, tag) in entries.items():
+        table, _, name = tag.partition(" ")
+        if kind != "FK CONSTRAINT" or (schema, table) not in wanted:
+            continue
+        others = [f"{entries[d][1]}.{entries[d][2]}" for d in deps.get(i, ()) if entries.get(d, ("",))[0] == "TABLE"
+                  and (entries[d][1], entries[d][2]) != (schema, table)]
+        out.append({"entry": i, "table": wanted[(schema, table)], "constraint": name,
+                    "references": others[0] if others else wanted[(schema, table)]})
+    return out
 
 
 def select_tables(toc: str, tables: list[str]) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from crmops.engines.base import tables_outcome
+from crmops.engines.base import keys_left_out, tables_outcome
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -61,7 +61,7 @@ def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
 def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
     """Replace (or, with prefix, add beside) the chosen tables; one transaction, all or nothing."""
-    from crmops.engines.postgres import parse_toc, select_tables
+    from crmops.engines.postgres import foreign_keys, parse_toc, select_tables
 
     pg_restore = engine._tool("pg_restore")
     with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
@@ -75,12 +75,14 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
             toc = b"".join(listing.pieces()).decode("utf-8", "replace")
         finally:
             listing.close()
-        entries, _, lines = parse_toc(toc)
+        entries, deps, lines = parse_toc(toc)
         in_archive = {(schema, tag) for kind, schema, tag in entries.values() if kind == "TABLE"}
         for t in tables:  # the caller checked the fingerprint; an old snapshot may lack one
             if split_name(t) not in in_archive:
                 raise TableNotInSnapshot(f"table {t!r} is not in the snapshot; nothing was changed")
         live = set(existing(engine, tables))
+        keys = foreign_keys(entries, deps, tables)
+        parents = set(existing(engine, sorted({k["references"] for k in keys} - set(tables))))
         owned = {} if prefix else _owned_sequences(engine, [t for t in tables if t in live])
         parts = {p for t in tables for p in (*split_name(t), *(split_name(beside(t, prefix)) if prefix else ()))}
         q = _quoted(engine, parts)
@@ -109,6 +111,10 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                     chosen = select_tables(toc, [f"{schema}.{table}"])
                     ids = {int(line.split(";", 1)[0]) for line in chosen.splitlines() if line[:1].isdigit()}
                     keep += [i for i in ids if entries[i][0] in _OWN_KINDS]
+                    # a key to a table the target has is made (and checked) as well; one to a table
+                    # neither named nor there is left out and named (left_out below)
+                    keep += [k["entry"] for k in keys if k["table"] == t
+                             and (k["references"] in parents or k["references"] in tables)]
         (Path(tmp) / "selected.list").write_text("".join(lines[i] + "\n" for i in entries if i in set(keep)))
         argv = ["--file=-", f"--use-list={Path(tmp) / 'selected.list'}"]
         if prefix or not engine.restore_owners:
@@ -129,7 +135,9 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                 conn.close()
         finally:
             script.close()
-    return tables_outcome(tables, live, [beside(t, prefix) for t in tables] if prefix else None)
+    done = tables_outcome(tables, live, [beside(t, prefix) for t in tables] if prefix else None)
+    done["left_out"] = keys_left_out(keys, tables, parents, prefix)
+    return done
 
 
 def _owned_sequences(engine: PostgresEngine, tables: list[str]) -> dict[str, set[tuple[str, str]]]:
@@ -188,6 +196,11 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
     held: dict[str, int] = {seq: 0 for seq, _, _ in sequences}
     try:
         _run_script(conn, script, rename, held)
+    except psycopg.errors.ForeignKeyViolation as e:  # a key made to a table the target has
+        detail = (e.diag.message_detail or "").rstrip(".")
+        raise ConstraintBroken(f"restoring the tables would break foreign key {e.diag.constraint_name} on "
+                               f"{e.diag.table_name}{': ' + detail if detail else ''}; nothing was changed",
+                               hint="restore the table it references as well") from None
     except psycopg.Error as e:
         raise DatabaseError(f"restoring the tables failed, nothing was changed: {_first_line(e)}") from None
     conn.execute("SET LOCAL search_path = ''")

@@ -22,7 +22,14 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, safe
 from crmops.errors import ConfigError, TableNotInSnapshot
-from crmops.services.restore import check_names, check_target, load_tables, safety_snapshot
+from crmops.services.restore import (
+    check_names,
+    check_target,
+    left_out_lines,
+    load_tables,
+    safety_snapshot,
+    with_hints,
+)
 
 
 @dataclass
@@ -94,9 +101,11 @@ def move_tables(config: Config, move: TableMove, source_url: str, when: str,
         lines.append(f"replaced {', '.join(done['replaced'])} in {display(move.to_url)}")
     if done["created"]:
         lines.append(f"created {', '.join(done['created'])} in {display(move.to_url)}")
+    left = with_hints(done.get("left_out", []), chosen, move.kind)
+    lines += left_out_lines(left)
     lines.append(f"tables {', '.join(chosen)} as of {when} are now in {display(move.to_url)}")
     return {"to": safe(move.to_url), "tables": chosen, "replaced": done["replaced"], "created": done["created"],
-            "safety_snapshot": safety, "table_lines": lines}
+            "safety_snapshot": safety, "constraints_left_out": left, "table_lines": lines}
 
 
 @contextmanager

@@ -50,6 +50,8 @@ class RestoreResult:
     replaced: list[str] = field(default_factory=list)
     #: tables that did not exist in the target before (with --as: the copies beside the live ones)
     created: list[str] = field(default_factory=list)
+    #: foreign keys of the restored tables not made, each with why and how to get it (see keys_left_out)
+    constraints_left_out: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,9 +145,10 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         mark("safety snapshot of the target")
     replaced: list[str] = []
     created: list[str] = []
+    left: list[dict[str, str]] = []
     if chosen and (prefix is not None or not empty):
         done = load_tables(target, repo.read_stream(manifest), stream["format"], chosen, prefix, safety, to_url)
-        replaced, created = done["replaced"], done["created"]
+        replaced, created, left = done["replaced"], done["created"], done.get("left_out", [])
         mark("tables restored")
     else:
         try:
@@ -153,7 +156,7 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
                 replaced = ["the whole database"]
                 _empty(target)
                 mark("target emptied")
-            target.restore(repo.read_stream(manifest), format=stream["format"], tables=chosen)
+            left = target.restore(repo.read_stream(manifest), format=stream["format"], tables=chosen) or []
         except (CrmopsError, KeyboardInterrupt) as e:
             if not safety and isinstance(e, KeyboardInterrupt) and wanted != "sqlite":
                 # SQLite's file is renamed into place whole; the servers' targets keep what was loaded
@@ -173,7 +176,32 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         mark("attachments restored")
     return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=chosen,
                          seconds=round(time.monotonic() - started, 2), bytes=stream["size"], files=files,
-                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created)
+                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created,
+                         constraints_left_out=with_hints(left, chosen or [], wanted))
+
+
+def with_hints(left: list[dict[str, str]], chosen: list[str], engine: str) -> list[dict[str, str]]:
+    """Each foreign key left out with the --tables that brings it (both tables, so the key holds)."""
+    def short(t: str) -> str:
+        return t.removeprefix("public.") if engine == "postgresql" else t
+
+    out = []
+    for k in left:
+        if k["reason"].startswith("copies"):
+            out.append({**k, "hint": "restore without --as to get the tables with their keys"})
+            continue
+        names = sorted({short(t) for t in chosen} | {short(k["references"])})
+        out.append({**k, "hint": f"--tables {','.join(names)}"})
+    return out
+
+
+def left_out_lines(left: list[dict[str, str]]) -> list[str]:
+    """What the operator reads: one line per key left out, with the way to get it."""
+    if left and all(k["reason"].startswith("copies") for k in left):
+        return [f"the copies carry no foreign keys ({len(left)} left out: "
+                f"{', '.join(k['table'] + '.' + k['constraint'] for k in left)})"]
+    return [f"foreign key {k['constraint']} of {k['table']} (to {k['references']}) was not made: {k['reason']}; "
+            f"to get it restore both: {k['hint']}" for k in left if not k["reason"].startswith("copies")]
 
 
 # -- the steps a partial restore shares with `restore --at ... --tables` -----------------
