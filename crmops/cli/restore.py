@@ -22,6 +22,9 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 @click.option("--attachments-to", type=click.Path(file_okay=False, path_type=Path),
               help="Also restore the attachments into this folder.")
 @click.option("--force", is_flag=True, help="Replace a non-empty target, after a pre-restore snapshot of it.")
+@click.option("--no-safety-snapshot", "no_safety", is_flag=True,
+              help="With --force: replace without the pre-restore snapshot (when it cannot be taken and you "
+                   "accept that the target's current content cannot be got back).")
 @click.option("--source", metavar="SOURCE", help="latest of this source instead of the configured database's.")
 @click.option("--at", "at", metavar="TIME",
               help='Point in time (WAL or binlog archive), e.g. "2026-12-01 14:05:00+00"; '
@@ -35,8 +38,8 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
               help="With --at: write an empty folder as a data directory that recovers to the point on start.")
 @pass_app
 def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str | None, prefix: str | None,
-                attachments_to: Path | None, force: bool, source: str | None, at: str | None, at_lsn: str | None,
-                at_name: str | None, before_xid: str | None, sandbox: bool, keep: bool,
+                attachments_to: Path | None, force: bool, no_safety: bool, source: str | None, at: str | None,
+                at_lsn: str | None, at_name: str | None, before_xid: str | None, sandbox: bool, keep: bool,
                 to_datadir: Path | None) -> None:
     """Restore SNAPSHOT (an id, a unique prefix, or latest) into the database at --to,
     or with --at the database as it was at that moment (base backup + WAL, or snapshot + binlogs).
@@ -48,6 +51,8 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
     chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables is not None else None
     if chosen == []:  # e.g. --tables "$TABLES" with the variable unset: never the whole database instead
         raise click.UsageError("--tables is empty: name the tables, e.g. --tables contacts,accounts")
+    if no_safety and not force:
+        raise click.UsageError("--no-safety-snapshot goes with --force (only a forced restore takes one)")
     if at or at_lsn or at_name or before_xid or sandbox or to_datadir:
         from crmops.cli.pitr import parse_target, restore_at_cmd
 
@@ -60,14 +65,14 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
             raise click.UsageError("--as needs --tables (the tables to restore beside the live ones)")
         return restore_at_cmd(app, target=parse_target(at, at_lsn, at_name, before_xid), to_url=to_url,
                               tables=chosen, sandbox=sandbox, keep=keep, to_datadir=to_datadir, force=force,
-                              prefix=prefix)
+                              prefix=prefix, safety=not no_safety)
     if to_url is None:
         raise click.UsageError("Missing option '--to'.")
     if prefix is not None and not chosen:
         raise click.UsageError("--as needs --tables (the tables to restore beside the live ones)")
     with app.progress("restore") as advance:
         result = restore(app.config, snapshot, to_url=to_url, tables=chosen, attachments_to=attachments_to,
-                         force=force, progress=advance, prefix=prefix, source=source)
+                         force=force, progress=advance, prefix=prefix, source=source, safety_first=not no_safety)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         from crmops.dburl import display

@@ -9,6 +9,7 @@ writers go and fingerprints inside its snapshot while the dump streams.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -25,6 +26,7 @@ from crmops.engines.base import Fingerprint, TableFingerprint, check_method, key
 from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.mysql_views import damaged_views, views_sql
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file
 from crmops.errors import CrmopsError, DatabaseError
 
@@ -158,6 +160,8 @@ class MysqlEngine:
             cur = conn.cursor()
             cur.execute("SELECT CONNECTION_ID()")
             mine = cur.fetchone()[0]
+            # views over a dropped table (or of a definer that is gone) stop the tool: written apart
+            damaged = damaged_views(cur, self.database_name())
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             locked_at = time.monotonic()
             cur.execute("FLUSH TABLES WITH READ LOCK")
@@ -171,6 +175,7 @@ class MysqlEngine:
                 proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", "--quick",
                                      "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
                                      "--default-character-set=utf8mb4", "--no-tablespaces", *states,
+                                     *(f"--ignore-table={self.database_name()}.{v.name}" for v in damaged),
                                      self.database_name()],
                                     env={}, secrets=self._secrets(), label=tool.name, mounts=[options])
                 _await_dump_snapshot(cur, before | {mine}, proc)
@@ -189,8 +194,10 @@ class MysqlEngine:
             dump = StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds, tool=tool.to_dict())
             dump.binlog = binlog  # type: ignore[attr-defined]
             dump.rounded = rounded  # type: ignore[attr-defined]  # filled with the fingerprint
-            if binlog:
-                dump.chunks = lambda: at_position(proc.pieces(), binlog, tool.name)  # type: ignore[method-assign]
+            dump.damaged_views = [{"view": v.name, "reason": v.reason, "missing_tables": sorted(v.missing)}
+                                  for v in damaged]  # type: ignore[attr-defined]
+            pieces = (lambda: at_position(proc.pieces(), binlog, tool.name)) if binlog else proc.pieces
+            dump.chunks = lambda: itertools.chain(pieces(), [views_sql(damaged)] if damaged else [])  # type: ignore[method-assign]
             yield dump
         finally:
             if proc is not None:

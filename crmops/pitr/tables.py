@@ -43,6 +43,8 @@ class TableMove:
     force: bool
     target: Any
     empty: bool
+    #: take a pre-restore snapshot before replacing (False: --no-safety-snapshot)
+    safety: bool = True
 
 
 def table_names(url: str) -> list[str]:
@@ -62,7 +64,7 @@ def table_names(url: str) -> list[str]:
 
 
 def plan_move(config: Config, to_url: str, tables: list[str], prefix: str | None, force: bool,
-              recorded: list[str] | None, where: str) -> TableMove:
+              recorded: list[str] | None, where: str, safety: bool = True) -> TableMove:
     """Everything that can be checked before recovering: names, --as, --force; nothing is changed.
 
     recorded: the tables the backups of this database recorded (None when none did: the
@@ -81,7 +83,7 @@ def plan_move(config: Config, to_url: str, tables: list[str], prefix: str | None
                                  "from there") from None
 
     target, empty = check_target(config, to_url, chosen, prefix, force)
-    return TableMove(to_url, kind, chosen, prefix, force, target, empty)
+    return TableMove(to_url, kind, chosen, prefix, force, target, empty, safety)
 
 
 def move_tables(config: Config, move: TableMove, source_url: str, when: str,
@@ -90,8 +92,11 @@ def move_tables(config: Config, move: TableMove, source_url: str, when: str,
     chosen = check_names(table_names(source_url), move.kind, move.chosen, f"the database as of {when}")
     safety = None
     if move.force and not move.empty and move.prefix is None:
-        say(f"taking a pre-restore snapshot of {display(move.to_url)}")
-        safety = safety_snapshot(config, move.to_url)
+        if move.safety:
+            say(f"taking a pre-restore snapshot of {display(move.to_url)}")
+            safety = safety_snapshot(config, move.to_url)
+        else:
+            say(f"no pre-restore snapshot of {display(move.to_url)} (--no-safety-snapshot)")
     with _dump(source_url, chosen) as (chunks, fmt):
         done = load_tables(move.target, chunks, fmt, chosen, move.prefix, safety, move.to_url)
     lines = []

@@ -25,6 +25,7 @@ from crmops.errors import (
     CrmopsError,
     IntegrityError,
     Interrupted,
+    SafetySnapshotFailed,
     TableNotInSnapshot,
     TargetNotEmpty,
 )
@@ -111,11 +112,12 @@ def _check_prefix(prefix: str, engine: str, tables: list[str]) -> None:
 def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None = None,
             attachments_to: Path | None = None, force: bool = False, repo: Repository | None = None,
             progress: Callable[[int], None] | None = None, prefix: str | None = None,
-            source: str | None = None) -> RestoreResult:
+            source: str | None = None, safety_first: bool = True) -> RestoreResult:
     """Restore a snapshot into to_url; with tables, only those, replacing them in place (force) or beside (prefix).
 
     Everything is checked before the first change: the engine, the table names against
     the snapshot, the destination names, the target's emptiness, every chunk's tag.
+    safety_first=False (--no-safety-snapshot) replaces without the pre-restore snapshot.
     """
     started = time.monotonic()
     timeline: list[dict[str, Any]] = []
@@ -140,7 +142,7 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     repo.authenticate(manifest, progress)
     mark("every chunk authenticated")
     safety = None
-    if force and not empty and prefix is None:
+    if force and not empty and prefix is None and safety_first:
         safety = safety_snapshot(config, to_url, repo)
         mark("safety snapshot of the target")
     replaced: list[str] = []
@@ -152,7 +154,7 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         mark("tables restored")
     else:
         try:
-            if safety:
+            if force and not empty:
                 replaced = ["the whole database"]
                 _empty(target)
                 mark("target emptied")
@@ -163,6 +165,9 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
                 raise Interrupted("restore stopped half-way; the target may hold part of the snapshot",
                                   hint="restore into a fresh database, or again with --force") from None
             if not safety:
+                if force and not empty and isinstance(e, CrmopsError):
+                    raise type(e)(f"{e.message}; the target was emptied first and, with --no-safety-snapshot, "
+                                  "there is no pre-restore snapshot of it", hint=e.hint) from None
                 raise
             back = f"get its previous content back with: crmops restore {safety} --to {display(to_url)} --force"
             if isinstance(e, KeyboardInterrupt):
@@ -244,6 +249,11 @@ def safety_snapshot(config: Config, to_url: str, repo: Repository | None = None)
     except KeyboardInterrupt:
         raise Interrupted("restore stopped while taking the pre-restore snapshot; the target was not "
                           "changed") from None
+    except CrmopsError as e:  # the way back cannot be made: stop before the first change
+        raise SafetySnapshotFailed(f"the pre-restore snapshot of {display(to_url)} could not be taken, so nothing "
+                                   f"was changed: {e.message}",
+                                   hint=(f"{e.hint}; " if e.hint else "") + "or, accepting that the target's "
+                                   "current content cannot be got back, add --no-safety-snapshot") from None
 
 
 def load_tables(target: Any, chunks: Iterable[bytes], fmt: str, chosen: list[str], prefix: str | None,
