@@ -164,7 +164,11 @@ class MysqlEngine:
             damaged = damaged_views(cur, self.database_name())
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             locked_at = time.monotonic()
-            cur.execute("FLUSH TABLES WITH READ LOCK")
+            try:
+                cur.execute("FLUSH TABLES WITH READ LOCK")
+            except pymysql.err.OperationalError as e:  # e.g. no RELOAD privilege
+                raise DatabaseError(f"the dump cannot hold writers for the moment it starts: {e.args[-1]}",
+                                    hint="grant the backup user RELOAD (GRANT RELOAD ON *.* TO ...)") from None
             try:
                 sequences = _auto_increments(cur)
                 binlog = binlog_position(cur)  # under the lock: exactly the dump's point in the binlog

@@ -119,7 +119,9 @@ def views_sql(views: list[DamagedView]) -> bytes:
             "", "--", f"-- Final view structure for view {_q(v.name)}",
             f"-- (written by crmops from the catalog: {v.reason.splitlines()[0][:200]})", "--", "",
             f"DROP VIEW IF EXISTS {_q(v.name)};",
-            "SET @saved_cs_client = @@character_set_client, @saved_col_connection = @@collation_connection;",
+            # a stand-in may carry the name a dangling foreign key points at: not checked
+            "SET @saved_cs_client = @@character_set_client, @saved_col_connection = @@collation_connection, "
+            "@saved_fk_checks = @@foreign_key_checks, foreign_key_checks = 0;",
             f"SET character_set_client = {v.charset}, collation_connection = {v.collation};",
         ]
         for table, columns in sorted(v.missing.items()):
@@ -129,6 +131,7 @@ def views_sql(views: list[DamagedView]) -> bytes:
         lines.append(f"CREATE ALGORITHM=UNDEFINED DEFINER={_q(user)}@{_q(host)} SQL SECURITY {v.security} "
                      f"VIEW {_q(v.name)} AS {v.definition}{check};")
         lines += [f"DROP TABLE {_q(table)};" for table in sorted(v.missing)]
-        lines.append("SET character_set_client = @saved_cs_client, collation_connection = @saved_col_connection;")
+        lines.append("SET character_set_client = @saved_cs_client, collation_connection = @saved_col_connection, "
+                     "foreign_key_checks = @saved_fk_checks;")
         parts.append("\n".join(lines) + "\n")
     return "".join(parts).encode("utf-8")
