@@ -205,8 +205,18 @@ def left_out_lines(left: list[dict[str, str]]) -> list[str]:
     if left and all(k["reason"].startswith("copies") for k in left):
         return [f"the copies carry no foreign keys ({len(left)} left out: "
                 f"{', '.join(k['table'] + '.' + k['constraint'] for k in left)})"]
-    return [f"foreign key {k['constraint']} of {k['table']} (to {k['references']}) was not made: {k['reason']}; "
-            f"to get it restore both: {k['hint']}" for k in left if not k["reason"].startswith("copies")]
+    keys = [k for k in left if not k["reason"].startswith("copies")]
+    lines = [f"foreign key {k['constraint']} of {_short(k['table'])} (to {_short(k['references'])}) was not made: "
+             f"{_short(k['reason'])}; to get it restore both: {k['hint']}" for k in keys]
+    if len({k["references"] for k in keys}) > 1:  # one command that brings every key
+        every = sorted({t for k in keys for t in k["hint"].removeprefix("--tables ").split(",")})
+        lines.append(f"to get them all: --tables {','.join(every)}")
+    return lines
+
+
+def _short(name: str) -> str:
+    """A PostgreSQL name in public as the user writes it (public.accounts -> accounts)."""
+    return name.replace("public.", "")
 
 
 # -- the steps a partial restore shares with `restore --at ... --tables` -----------------
