@@ -97,11 +97,20 @@ def test_no_safety_snapshot_stops_before_any_change_and_offers_the_flag(damaged:
         execute(src, [f"CREATE USER '{name}'@'%' IDENTIFIED BY 'limited-pw'",
                       f"GRANT ALL ON `{u.database}`.* TO '{name}'@'%'"])
     limited = u.set(username=name, password="limited-pw").render_as_string(hide_password=False)
+    try:
+        _refused_then_forced(config, snap, src, limited)
+    finally:  # the account is the server's, not the database's: it goes with the test
+        execute(src, [f"REASSIGN OWNED BY {name} TO CURRENT_USER", f"DROP OWNED BY {name}", f"DROP ROLE {name}"]
+                if kind == "pg" else [f"DROP USER '{name}'@'%'"])
+
+
+def _refused_then_forced(config: Path, snap: str, src: str, limited: str) -> None:
     before = native_digest(src, skip=("accounts", *DAMAGED))
     r = run(config, "restore", snap, "--to", limited, "--tables", "contacts", "--force", check=False)
     assert r.returncode == 62, r.stderr
     assert "pre-restore snapshot" in r.stderr and "nothing was changed" in r.stderr
     assert "--no-safety-snapshot" in r.stderr and "Traceback" not in r.stderr
+    assert native_digest(src, skip=("accounts", *DAMAGED)) == before  # nothing was changed, truly
     execute(src, ["DELETE FROM contacts WHERE id > 40"])
     before = native_digest(src, skip=("accounts", "contacts", *DAMAGED))
     out = json.loads(run(config, "restore", snap, "--to", limited, "--tables", "contacts", "--force",
