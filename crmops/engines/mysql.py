@@ -390,7 +390,7 @@ def only_tables(chunks: Iterable[bytes], tables: list[str], left: list[dict[str,
     Their foreign keys to tables not chosen are taken out (the target is empty: they would
     point at nothing) and added to left, as keys_left_out describes them.
     """
-    from crmops.engines.mysql_tables import CREATE_END, foreign_keys, without_keys
+    from crmops.engines.mysql_tables import foreign_keys, without_keys
 
     wanted = {f"`{t}`".encode() for t in tables}
     seen: set[bytes] = set()
@@ -404,7 +404,8 @@ def only_tables(chunks: Iterable[bytes], tables: list[str], left: list[dict[str,
         for line in lines:
             if block or (keep and line.startswith(b"CREATE TABLE `") and line.endswith(b"` (")):
                 block.append(line)
-                if not CREATE_END.match(line):
+                # it ends after the columns' ")" (and its table options, then a PARTITION BY clause) with ";"
+                if not (any(ln.startswith(b")") for ln in block[1:]) and line.endswith(b";")):
                     continue
                 name = block[0][len(b"CREATE TABLE `"):-len(b"` (")].decode().replace("``", "`")
                 keys = foreign_keys({name: b"\n".join(block)}, [name])

@@ -36,8 +36,6 @@ class MysqlEngine(Protocol):
 
 _AUTO_INCREMENT = re.compile(rb"\bAUTO_INCREMENT=(\d+)")
 _FK_LINE = re.compile(rb"^\s*CONSTRAINT `(?:[^`]|``)+` FOREIGN KEY ")
-#: the last line of a CREATE TABLE in a dump: ") ENGINE=InnoDB ...;"
-CREATE_END = re.compile(rb"^\).*;$")
 _FK = re.compile(rb"^\s*CONSTRAINT `((?:[^`]|``)+)` FOREIGN KEY \(.*?\) REFERENCES `((?:[^`]|``)+)` \(")
 
 
@@ -73,9 +71,11 @@ def _scan(chunks: Iterable[bytes], tables: list[str], spool: Any) -> tuple[list[
             spool.write(b"\n")
         elif line.startswith(b"CREATE TABLE ") and line in starts:
             block = [line]
+            closed = False  # after the columns' ")": table options, then a PARTITION BY clause may follow
             for more in lines:
                 block.append(more)
-                if more.startswith(b")") and more.endswith(b";"):
+                closed = closed or more.startswith(b")")
+                if closed and more.endswith(b";"):
                     break
             creates[starts[line]] = b"\n".join(block)
     return header, creates
@@ -85,10 +85,11 @@ def _renamed_create(create: bytes, old: str, new: str) -> bytes:
     """A CREATE TABLE under another name, without foreign keys (their names are database-wide)."""
     lines = create.split(b"\n")
     lines[0] = b"CREATE TABLE " + _q(new).encode() + b" ("
-    body = [ln for ln in lines[1:-1] if not _FK_LINE.match(ln)]
+    close = next(i for i, ln in enumerate(lines) if i and ln.startswith(b")"))
+    body = [ln for ln in lines[1:close] if not _FK_LINE.match(ln)]
     if body and body[-1].endswith(b","):
         body[-1] = body[-1][:-1]
-    return b"\n".join([lines[0], *body, lines[-1]])
+    return b"\n".join([lines[0], *body, *lines[close:]])  # table options and partitions as they were
 
 
 def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str],
@@ -160,12 +161,15 @@ def foreign_keys(creates: dict[str, bytes], tables: list[str]) -> list[dict[str,
 
 
 def without_keys(create: bytes, parents: set[str]) -> bytes:
-    """A CREATE TABLE without the foreign keys that reference these tables."""
+    """A CREATE TABLE without the foreign keys that reference these tables (the rest as it was)."""
     lines = create.split(b"\n")
-    body = [ln for ln in lines[1:-1] if not ((m := _FK.match(ln)) and m[2].decode().replace("``", "`") in parents)]
+    close = next(i for i, ln in enumerate(lines) if i and ln.startswith(b")"))
+    body = [ln for ln in lines[1:close] if not ((m := _FK.match(ln)) and m[2].decode().replace("``", "`") in parents)]
+    if len(body) == close - 1:
+        return create
     if body and body[-1].endswith(b","):
         body[-1] = body[-1][:-1]
-    return b"\n".join([lines[0], *body, lines[-1]])
+    return b"\n".join([lines[0], *body, *lines[close:]])  # table options and partitions as they were
 
 
 def _same_columns(cur: Any, creates: dict[str, bytes]) -> None:
