@@ -1,0 +1,182 @@
+"""Point-in-time recovery as it runs on a real host: the cluster and archive_command run as the
+postgres OS user, crmops from a console script, the folders made by root.
+
+- crmops where postgres cannot run it: `wal setup --apply` names the cause and changes nothing;
+  with such an archive_command set by hand, `wal setup --check` names the server's own error and
+  `backup --physical` stops with one line instead of waiting for ever.
+- a `restore --to-datadir` copy started beside production (as printed) writes nothing into
+  production's archive, even with archiving turned back on, and `restore --at latest` still
+  recovers production's newest row; `wal promote` is the one way a copy's timeline gets in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from tests.pitr.conftest import PG_BIN, Cluster, as_postgres, result_of
+
+
+def _archive_listing(cluster: Cluster) -> set[str]:
+    return {p.name for p in (cluster.repo / "wal").rglob("*") if p.is_file()}
+
+
+def _psql(cluster: Cluster, port: int, sql: str) -> str:
+    r = as_postgres([str(PG_BIN / "psql"), "-h", str(cluster.base), "-p", str(port), "-U", "postgres", "-d",
+                     "postgres", "-XAtqc", sql], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def _stop(datadir: Path) -> None:
+    if (datadir / "postmaster.pid").exists():
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"],
+                    capture_output=True)
+
+
+def _start_as_printed(result: dict) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    line = next(ln for ln in result["lines"] if ln.startswith("start it"))
+    command = line.split("): ", 1)[1]
+    assert "pg_ctl" in command and "wal wait-promoted" in command
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=300)
+
+
+def test_crmops_postgres_cannot_run_is_named_and_the_base_backup_does_not_hang(cluster: Cluster) -> None:
+    private = cluster.base / "private"
+    exe = cluster.console_script(private / "crmops")
+    os.chmod(private, 0o700)  # root's alone, as a venv under /root
+    before = cluster.sql("SHOW archive_command")[0][0]
+
+    r = cluster.crmops("wal", "setup", "--apply", "--env-file", str(cluster.env_file), "--crmops", str(exe),
+                       check=False)
+    assert r.returncode == 85, r.stderr
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert f"postgres (the user PostgreSQL runs archive_command as) cannot run {exe}: cannot enter {private} " \
+           "(drwx------ root:root)" in line and "nothing was changed" in line
+    assert "install crmops where postgres can run it" in line
+    checks = result_of(r.stdout)["checks"]
+    assert [c["what"] for c in checks] == ["crmops"]
+    assert cluster.sql("SHOW archive_command")[0][0] == before  # validated before the first change
+
+    # the issue's host: such an archive_command written by hand, the server failing in its log only
+    bad = before.replace(str(cluster.exe), str(exe))
+    cluster.sql(f"ALTER SYSTEM SET archive_command = '{bad}'")
+    cluster.sql("SELECT pg_reload_conf()")
+    time.sleep(1)
+    r = cluster.crmops("wal", "setup", "--check", "--proof-timeout", "30", check=False)
+    assert r.returncode == 85, r.stderr
+    line = r.stderr.strip()
+    assert "did not archive" in line and "archive_command failed" in line and "pg_stat_archiver:" in line, line
+    assert "run as postgres, it exits 126" in line and "Permission denied" in line, line
+    assert f"archive_command = {bad}" in line
+
+    started = time.monotonic()
+    r = cluster.crmops("backup", "--physical", "--wal-timeout", "8", check=False, timeout=120)
+    took = time.monotonic() - started
+    assert r.returncode == 85, r.stderr
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "the WAL this base backup needs was not archived within 8 s" in line
+    assert "run as postgres, it exits 126" in line and f"archive_command = {bad}" in line, line
+    assert took < 60, took
+    # nothing recorded, and no walsender left waiting on the server
+    assert "physical" not in cluster.crmops("snapshots").stdout
+    deadline = time.monotonic() + 20
+    while cluster.sql("SELECT count(*) FROM pg_stat_progress_basebackup")[0][0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+    cluster.sql(f"ALTER SYSTEM SET archive_command = '{before}'")
+    cluster.sql("SELECT pg_reload_conf()")
+    proven = cluster.crmops_json("wal", "setup", "--check", "--proof-timeout", "120", "--crmops", str(cluster.exe),
+                                 "--env-file", str(cluster.env_file))
+    assert proven["proven"] and proven["checked_as"] == "postgres"
+
+
+def test_a_copy_beside_production_never_writes_into_its_archive(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.sql("CREATE TABLE rows (id serial PRIMARY KEY, note text)")
+    base = cluster.crmops_json("backup", "--physical")
+    status = cluster.crmops_json("wal", "status")
+    assert status["start"] <= status["end"], status  # right after the first base backup too
+    assert base["timeline"] == 1
+    cluster.sql("INSERT INTO rows (note) VALUES ('before the copy')")
+    cluster.switch_and_wait()
+
+    copy = cluster.base / "copy"
+    r = cluster.crmops_json("restore", "--at", "latest", "--to-datadir", str(copy))
+    # the env file and crmops production's archive_command names, not a default
+    assert r["env_file"] == str(cluster.env_file) and str(cluster.exe) in r["restore_command"]
+    assert r["port"] != cluster.port
+    hba = (copy / "pg_hba.conf").read_text()
+    assert "scram-sha-256" in hba and "127.0.0.1/32" in hba and "local" in hba
+    auto = (copy / "postgresql.auto.conf").read_text()
+    assert auto.rindex("archive_mode = 'off'") > auto.rindex("archive_mode = 'on'") \
+        if "archive_mode = 'on'" in auto else "archive_mode = 'off'" in auto
+    assert any("wal promote" in ln and "wal setup --apply" in ln for ln in r["lines"])
+
+    listed = _archive_listing(cluster)
+    try:
+        started = _start_as_printed(r)
+        assert started.returncode == 0, started.stderr + started.stdout
+        assert "promoted" in started.stdout
+        port = r["port"]
+        assert _psql(cluster, port, "SELECT pg_is_in_recovery()") == "f"
+        _psql(cluster, port, "INSERT INTO rows (note) VALUES ('written in the restored copy')")
+        _psql(cluster, port, "SELECT pg_switch_wal()")
+        timeline = int(_psql(cluster, port, "SELECT pg_walfile_name(pg_current_wal_lsn())")[:8], 16)
+        assert timeline >= 2
+
+        # archiving turned back on by hand: production's archive_command (from the base) is refused
+        _psql(cluster, port, "ALTER SYSTEM SET archive_mode = on")
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(copy), "-l", str(copy / "crmops-recovery.log"), "-w",
+                     "restart"], check=True, capture_output=True, timeout=120)
+        _psql(cluster, port, "INSERT INTO rows (note) VALUES ('written in the restored copy, archiving')")
+        _psql(cluster, port, "SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 60
+        while _psql(cluster, port, "SELECT failed_count FROM pg_stat_archiver") == "0":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        log = (copy / "crmops-recovery.log").read_text()
+        assert "which is not production's" in log and "exit code 84" in log, log[-3000:]
+
+        cluster.sql("INSERT INTO rows (note) VALUES ('production newest')")
+        cluster.switch_and_wait()
+        after = _archive_listing(cluster)
+        new = after - listed
+        assert all(n.startswith("00000001") and not n.endswith(".history") for n in new), new
+        assert not any(n.endswith(".history") for n in after)
+
+        # production's line is followed, not the copy's
+        again = cluster.base / "again"
+        r2 = cluster.crmops_json("restore", "--at", "latest", "--to-datadir", str(again))
+        assert "recovery_target_timeline = '1'" in (again / "postgresql.auto.conf").read_text()
+        try:
+            started = _start_as_printed(r2)
+            assert started.returncode == 0, started.stderr + started.stdout
+            notes = _psql(cluster, r2["port"], "SELECT string_agg(note, ',' ORDER BY id) FROM rows")
+            assert notes == "before the copy,production newest"
+        finally:
+            _stop(again)
+
+        # the copy becomes production: `wal promote` lets its timeline in, and then refuses the old line
+        _psql(cluster, port, "ALTER ROLE postgres PASSWORD 'copy-pw'")
+        url = f"postgresql://postgres:copy-pw@127.0.0.1:{port}/postgres"
+        promoted = cluster.crmops_json("wal", "promote", "--url", url)
+        assert promoted["timeline"] == timeline and promoted["tip_before"] == 1
+        assert f"{timeline:08X}.history" in _archive_listing(cluster)
+        cluster.sql("INSERT INTO rows (note) VALUES ('old production after the promotion')")
+        name = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+        deadline = time.monotonic() + 60
+        while cluster.sql("SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver")[0][0] < name:
+            assert time.monotonic() < deadline, cluster.log_tail()
+            time.sleep(0.5)
+        assert name not in _archive_listing(cluster)
+        assert re.search(r"continues timeline 1 past .*former primary", (cluster.base / "server.log").read_text())
+    finally:
+        _stop(copy)
+        shutil.rmtree(tmp_path, ignore_errors=True)
