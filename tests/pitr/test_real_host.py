@@ -181,3 +181,49 @@ def test_a_copy_beside_production_never_writes_into_its_archive(cluster: Cluster
     finally:
         _stop(copy)
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_postgres_streamer_works_in_a_state_folder_root_made_first(cluster: Cluster) -> None:
+    import pwd
+    import shlex
+    import signal
+
+    state = cluster.base / "state"
+    cluster.crmops_json("backup", "--physical")  # root's nightly job runs first and makes state_dir
+    assert state.stat().st_uid == 0 and not (state / "wal-spool").exists()
+    env = {**cluster.env(), "CRMOPS_ENV_FILE": str(cluster.env_file),
+           "CRMOPS_STREAM_URL": f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"}
+    env.pop("CRMOPS_PASSPHRASE")
+    pg = pwd.getpwnam("postgres")
+    denied = subprocess.run([str(cluster.exe), "--config", str(cluster.config), "wal", "stream", "--slot", "crmops_t"],
+                            env=env, cwd=cluster.base, user=pg.pw_uid, group=pg.pw_gid, extra_groups=[],
+                            capture_output=True, text=True, timeout=120)
+    assert denied.returncode == 3, denied.stderr
+    assert f"the spool {state}/wal-spool is not writable by postgres: {state} belongs to root (mode 755)" \
+        in denied.stderr and "Traceback" not in denied.stderr
+
+    units = cluster.base / "units"
+    plan = cluster.crmops_json("schedule", "install", "--wal-stream", "--user", "postgres", "--interval", "2",
+                               "--unit-dir", str(units), "--no-systemctl", "--env-file", str(cluster.env_file))
+    assert plan["folders_made"] == [str(state / "wal-spool")]
+    spool = (state / "wal-spool").stat()
+    assert spool.st_uid == pg.pw_uid and spool.st_mode & 0o777 == 0o700
+    unit = (units / "crmops-wal-stream.service").read_text()
+    assert "User=postgres" in unit
+    argv = shlex.split(re.search(r"^ExecStart=(.+)$", unit, re.M)[1])
+    assert argv[-4:] == ["wal", "stream", "--interval", "2"]
+    argv[0] = str(cluster.exe)  # the console script postgres can run, where the unit names this test's venv
+    proc = subprocess.Popen(argv, env=env, cwd=cluster.base, user=pg.pw_uid, group=pg.pw_gid, extra_groups=[],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        cluster.sql("CREATE TABLE streamed AS SELECT 1 AS x")
+        name = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+        deadline = time.monotonic() + 90
+        while name not in _archive_listing(cluster):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert any(p.name.startswith("0000000") for p in (state / "wal-spool").iterdir())
