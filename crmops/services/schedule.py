@@ -132,14 +132,14 @@ def prepare_folders(state_dir: Path, user: str | None, services: list[str] | tup
 
     made: list[str] = []
     todo: list[str] = []
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or not user or user == "root":  # root's units make what they need themselves
         return {"made": made, "to_run": todo}
-    owner = pwd.getpwnam(user) if user else pwd.getpwuid(0)
+    owner = pwd.getpwnam(user)
     wanted = [(state_dir, 0o755)] + ([(state_dir / "wal-spool", 0o700)] if "wal-stream" in services else [])
     for folder, mode in wanted:
         if folder.exists():
             st = folder.stat()
-            if st.st_uid != owner.pw_uid and owner.pw_uid != 0:
+            if st.st_uid != owner.pw_uid:
                 todo.append(f"chown -R {owner.pw_name} {shlex.quote(str(folder))}  # the units run as "
                             f"{owner.pw_name}; it belongs to uid {st.st_uid}")
             continue

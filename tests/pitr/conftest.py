@@ -46,6 +46,22 @@ def as_postgres(argv: list[str], **kw) -> subprocess.CompletedProcess:  # type: 
     return subprocess.run(["runuser", "-u", "postgres", "--", *argv], **kw)
 
 
+def start_as_printed(result: dict) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    """Run the start command `restore --to-datadir` printed (as root, as an administrator would)."""
+    line = next(ln for ln in result["lines"] if ln.startswith("start it"))
+    command = line.split("): ", 1)[1]
+    assert "pg_ctl" in command and "wal wait-promoted" in command
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=300)
+
+
+def copy_sql(cluster: Cluster, port: int, sql: str) -> str:
+    """psql as the postgres OS user over the socket (a copy's pg_hba.conf: local peer, loopback scram)."""
+    r = as_postgres([str(PG_BIN / "psql"), "-h", str(cluster.base), "-p", str(port), "-U", "postgres", "-d",
+                     "postgres", "-XAtqc", sql], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 class Cluster:
     def __init__(self, base: Path) -> None:
         self.base = base

@@ -18,31 +18,17 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.pitr.conftest import PG_BIN, Cluster, as_postgres, result_of
+from tests.pitr.conftest import PG_BIN, Cluster, as_postgres, copy_sql, result_of, start_as_printed
 
 
 def _archive_listing(cluster: Cluster) -> set[str]:
     return {p.name for p in (cluster.repo / "wal").rglob("*") if p.is_file()}
 
 
-def _psql(cluster: Cluster, port: int, sql: str) -> str:
-    r = as_postgres([str(PG_BIN / "psql"), "-h", str(cluster.base), "-p", str(port), "-U", "postgres", "-d",
-                     "postgres", "-XAtqc", sql], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
-
-
 def _stop(datadir: Path) -> None:
     if (datadir / "postmaster.pid").exists():
         as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"],
                     capture_output=True)
-
-
-def _start_as_printed(result: dict) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-    line = next(ln for ln in result["lines"] if ln.startswith("start it"))
-    command = line.split("): ", 1)[1]
-    assert "pg_ctl" in command and "wal wait-promoted" in command
-    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=300)
 
 
 def test_crmops_postgres_cannot_run_is_named_and_the_base_backup_does_not_hang(cluster: Cluster) -> None:
@@ -121,24 +107,24 @@ def test_a_copy_beside_production_never_writes_into_its_archive(cluster: Cluster
 
     listed = _archive_listing(cluster)
     try:
-        started = _start_as_printed(r)
+        started = start_as_printed(r)
         assert started.returncode == 0, started.stderr + started.stdout
         assert "promoted" in started.stdout
         port = r["port"]
-        assert _psql(cluster, port, "SELECT pg_is_in_recovery()") == "f"
-        _psql(cluster, port, "INSERT INTO rows (note) VALUES ('written in the restored copy')")
-        _psql(cluster, port, "SELECT pg_switch_wal()")
-        timeline = int(_psql(cluster, port, "SELECT pg_walfile_name(pg_current_wal_lsn())")[:8], 16)
+        assert copy_sql(cluster, port, "SELECT pg_is_in_recovery()") == "f"
+        copy_sql(cluster, port, "INSERT INTO rows (note) VALUES ('written in the restored copy')")
+        copy_sql(cluster, port, "SELECT pg_switch_wal()")
+        timeline = int(copy_sql(cluster, port, "SELECT pg_walfile_name(pg_current_wal_lsn())")[:8], 16)
         assert timeline >= 2
 
         # archiving turned back on by hand: production's archive_command (from the base) is refused
-        _psql(cluster, port, "ALTER SYSTEM SET archive_mode = on")
+        copy_sql(cluster, port, "ALTER SYSTEM SET archive_mode = on")
         as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(copy), "-l", str(copy / "crmops-recovery.log"), "-w",
                      "restart"], check=True, capture_output=True, timeout=120)
-        _psql(cluster, port, "INSERT INTO rows (note) VALUES ('written in the restored copy, archiving')")
-        _psql(cluster, port, "SELECT pg_switch_wal()")
+        copy_sql(cluster, port, "INSERT INTO rows (note) VALUES ('written in the restored copy, archiving')")
+        copy_sql(cluster, port, "SELECT pg_switch_wal()")
         deadline = time.monotonic() + 60
-        while _psql(cluster, port, "SELECT failed_count FROM pg_stat_archiver") == "0":
+        while copy_sql(cluster, port, "SELECT failed_count FROM pg_stat_archiver") == "0":
             assert time.monotonic() < deadline
             time.sleep(0.5)
         log = (copy / "crmops-recovery.log").read_text()
@@ -156,15 +142,15 @@ def test_a_copy_beside_production_never_writes_into_its_archive(cluster: Cluster
         r2 = cluster.crmops_json("restore", "--at", "latest", "--to-datadir", str(again))
         assert "recovery_target_timeline = '1'" in (again / "postgresql.auto.conf").read_text()
         try:
-            started = _start_as_printed(r2)
+            started = start_as_printed(r2)
             assert started.returncode == 0, started.stderr + started.stdout
-            notes = _psql(cluster, r2["port"], "SELECT string_agg(note, ',' ORDER BY id) FROM rows")
+            notes = copy_sql(cluster, r2["port"], "SELECT string_agg(note, ',' ORDER BY id) FROM rows")
             assert notes == "before the copy,production newest"
         finally:
             _stop(again)
 
         # the copy becomes production: `wal promote` lets its timeline in, and then refuses the old line
-        _psql(cluster, port, "ALTER ROLE postgres PASSWORD 'copy-pw'")
+        copy_sql(cluster, port, "ALTER ROLE postgres PASSWORD 'copy-pw'")
         url = f"postgresql://postgres:copy-pw@127.0.0.1:{port}/postgres"
         promoted = cluster.crmops_json("wal", "promote", "--url", url)
         assert promoted["timeline"] == timeline and promoted["tip_before"] == 1
