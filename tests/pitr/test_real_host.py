@@ -201,15 +201,20 @@ def test_the_postgres_streamer_works_in_a_state_folder_root_made_first(cluster: 
     argv[0] = str(cluster.exe)  # the console script postgres can run, where the unit names this test's venv
     proc = subprocess.Popen(argv, env=env, cwd=cluster.base, user=pg.pw_uid, group=pg.pw_gid, extra_groups=[],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def spooled() -> list[str]:
+        return [p.name for p in (state / "wal-spool").iterdir() if p.name.startswith("0000000")]
+
     try:
+        deadline = time.monotonic() + 90
+        while not spooled():  # pg_receivewal writes into the spool root made for postgres
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.5)
         cluster.sql("CREATE TABLE streamed AS SELECT 1 AS x")
         name = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-        deadline = time.monotonic() + 90
-        while name not in _archive_listing(cluster):
+        while name not in _archive_listing(cluster) or name in spooled()[-1:]:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
             time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert any(p.name.startswith("0000000") for p in (state / "wal-spool").iterdir())
