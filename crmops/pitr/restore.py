@@ -37,7 +37,8 @@ from crmops.pitr.archive import (
     segno_of,
 )
 from crmops.pitr.basebackup import STREAM
-from crmops.pitr.timeline import target_timeline
+from crmops.pitr.timeline import on_line, read_line, target_timeline
+from crmops.pitr.untar import extract_all
 from crmops.pitr.window import physical_manifests, window
 
 #: the folder inside a --to-datadir data directory that holds the WAL fetched at restore time
@@ -157,7 +158,7 @@ def extract_base(repo: Any, manifest: dict[str, Any], datadir: Path, progress: C
     datadir.mkdir(parents=True, exist_ok=True)
     os.chmod(datadir, 0o700)
     with tarfile.open(fileobj=io.BufferedReader(_Stream(counted()), 1 << 20), mode="r|") as tar:
-        tar.extractall(datadir, filter="data")
+        extract_all(tar, datadir)
     (datadir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
 
 
@@ -184,8 +185,6 @@ def prefetch_wal(archive: WalArchive, base: dict[str, Any], folder: Path, last: 
     seg_size = base["physical"]["wal_segment_size"]
     start_tli, start_segno = parse_segment(base["physical"]["start_segment"], seg_size)
     folder.mkdir(parents=True, exist_ok=True)
-    from crmops.pitr.timeline import on_line, read_line
-
     n = 0
     line = read_line(archive)
     files = [f for f in archive.files() if on_line(line, f.name)]  # another line's WAL is never replayed
