@@ -32,6 +32,8 @@ def _error(name: str, code: int, kind: str, doc: str) -> type[CrmopsError]:
 
 # configuration and usage
 ConfigError = _error("ConfigError", 3, "config", "The configuration file or environment is invalid.")
+FolderNotWritable = _error("FolderNotWritable", 4, "folder-not-writable",
+                           "A local folder cannot be written (read-only, full or not permitted).")
 # databases
 DatabaseUnreachable = _error("DatabaseUnreachable", 10, "db-unreachable", "The database server does not answer.")
 DatabaseAuthFailed = _error("DatabaseAuthFailed", 11, "db-auth", "The database rejected the credentials.")
@@ -87,7 +89,7 @@ EXIT_CODES: dict[int, str] = {
     **{
         cls.exit_code: cls.__doc__ or ""
         for cls in (
-            ConfigError, DatabaseUnreachable, DatabaseAuthFailed, DatabaseNotFound, ToolMissing,
+            ConfigError, FolderNotWritable, DatabaseUnreachable, DatabaseAuthFailed, DatabaseNotFound, ToolMissing,
             DatabaseError, StorageUnreachable, StorageAccessDenied, RepositoryNotFound,
             RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,

@@ -23,11 +23,12 @@ def crmops(config: Path, *args: str, env: dict[str, str] | None = None) -> subpr
                           text=True, env=full, timeout=120)
 
 
-def config(tmp_path: Path, repo_url: str, db_url: str | None = None, **repository: Any) -> Path:
+def config(tmp_path: Path, repo_url: str, db_url: str | None = None, extra: dict[str, Any] | None = None,
+           **repository: Any) -> Path:
     (tmp_path / "crm.db").touch()
     cfg = {"database": {"url": db_url or f"sqlite:///{tmp_path / 'crm.db'}"},
            "repository": {"url": repo_url, **repository}, "encryption": {"passphrase": "${TEST_PASSPHRASE}"},
-           "state_dir": str(tmp_path / "state")}
+           "state_dir": str(tmp_path / "state"), **(extra or {})}
     path = tmp_path / "crmops.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -157,3 +158,81 @@ def test_config_show_and_repo_info_are_for_people(tmp_path: Path) -> None:
     assert shown and not [line for line in shown.splitlines() if line != line.rstrip()]  # no padding to 80
     info = crmops(cfg, "repo", "info").stdout
     assert "{" not in info and "chunking    fastcdc, average 1,024 KiB" in info and "0 snapshots" in info
+
+
+def _pre_restore_snapshots(cfg: Path) -> list[str]:
+    import json
+
+    r = crmops(cfg, "--json", "snapshots", "--all")
+    assert r.returncode == 0, r.stderr
+    return [s["id"] for s in json.loads(r.stdout) if "pre-restore" in s.get("tags", [])]
+
+
+def _read_only_mount(folder: Path) -> list[str] | None:
+    """A command prefix that runs its command with folder mounted read-only in a private mount namespace."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return None
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    script = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+def test_restore_checks_the_attachments_folder_before_the_database(tmp_path: Path, pg_url: str) -> None:
+    """Item 1: a folder that cannot be written is refused before the database is touched; a failure while the
+    files are written, after the database changed, names what changed and the command that undoes it."""
+    from crmops.democrm.load import create
+    from tests.matrix.digest import native_digest
+
+    create(pg_url, size="small", attachments_dir=tmp_path / "files")
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=pg_url,
+                 extra={"attachments": {"path": str(tmp_path / "files")}})
+    assert crmops(cfg, "repo", "init").returncode == 0
+    assert crmops(cfg, "backup").returncode == 0
+    password = psycopg_connect(pg_url).info.password
+    to = pg_url.replace(f":{password}@", ":${TEST_DB_PASSWORD}@")  # never on the command line
+    secret = {"TEST_DB_PASSWORD": password}
+    before = native_digest(pg_url)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "ro").mkdir()
+    bad = {"/proc/x": "is on a pseudo file system", str(tmp_path / "a-file" / "back"): "is a file, not a folder"}
+    for folder, why in bad.items():
+        r = crmops(cfg, "restore", "latest", "--to", to, "--force", "--attachments-to", folder, env=secret)
+        assert r.returncode == 3 and why in one_line_error(r) and "nothing was changed" in r.stderr, r.stderr
+    prefix = _read_only_mount(tmp_path / "ro")
+    if prefix is not None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+        r = subprocess.run([*prefix, sys.executable, "-m", "crmops", "--config", str(cfg), "restore", "latest",
+                            "--to", to, "--force", "--attachments-to", str(tmp_path / "ro" / "back")],
+                           capture_output=True, text=True, env={**full, "TEST_PASSPHRASE": PASSPHRASE, **secret},
+                           timeout=120)
+        assert r.returncode == 3 and "is on a read-only file system" in one_line_error(r), r.stderr
+    assert native_digest(pg_url) == before and _pre_restore_snapshots(cfg) == []
+
+    # the folder is writable, but a file's place is taken by a folder: found only while writing
+    taken = next(p for p in sorted((tmp_path / "files").rglob("*")) if p.is_file()).relative_to(tmp_path / "files")
+    (tmp_path / "back" / taken / "in-the-way").mkdir(parents=True)
+    with psycopg_connect(pg_url) as conn:
+        conn.execute("CREATE TABLE added_after_backup (id int)")
+    changed = native_digest(pg_url)
+    r = crmops(cfg, "restore", "latest", "--to", to, "--force", "--attachments-to", str(tmp_path / "back"),
+               env=secret)
+    assert r.returncode == 4, r.stderr
+    line = one_line_error(r)
+    safety = _pre_restore_snapshots(cfg)
+    assert len(safety) == 1 and "the database in" in line and "was already restored from snapshot" in line
+    undo = re.search(r"undo that with: (crmops restore \S+ --to \S+ --force)", line)
+    assert undo and safety[0] in undo.group(1), line
+    # the password is hidden as *** in the line, as every secret is
+    r = crmops(cfg, *undo.group(1).replace(":***@", ":${TEST_DB_PASSWORD}@").split()[1:], env=secret)
+    assert r.returncode == 0, r.stderr
+    assert native_digest(pg_url) == changed
+
+
+def psycopg_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)

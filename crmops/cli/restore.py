@@ -82,5 +82,8 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
         console.print(f"restored {what} from snapshot {result.snapshot_id} into {display(result.target)} "
                       f"in {result.seconds} s"
                       + (f", {result.files} attachment files and folders" if result.files else ""))
+        if result.files_left:
+            console.print(f"not restored: the snapshot's {result.files_left} attachment "
+                          f"file{'s' * (result.files_left != 1)} (add --attachments-to DIR to restore them)")
 
     app.emit(result.to_dict(), human)

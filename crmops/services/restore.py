@@ -19,10 +19,11 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, safe
 from crmops.engines import open_engine
-from crmops.engines.files import FileEntry, finish_dirs, restore_entry
+from crmops.engines.files import FileEntry, check_writable_folder, finish_dirs, restore_entry
 from crmops.errors import (
     ConfigError,
     CrmopsError,
+    FolderNotWritable,
     IntegrityError,
     Interrupted,
     TableNotInSnapshot,
@@ -50,6 +51,8 @@ class RestoreResult:
     replaced: list[str] = field(default_factory=list)
     #: tables that did not exist in the target before (with --as: the copies beside the live ones)
     created: list[str] = field(default_factory=list)
+    #: the snapshot's attachment files a whole restore without --attachments-to left in the repository
+    files_left: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +135,8 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if tables is not None and not tables:
         raise ConfigError("--tables is empty", hint="name the tables, e.g. --tables contacts,accounts")
     chosen = resolve_tables(manifest, wanted, tables) if tables else None
+    if attachments_to is not None:
+        check_writable_folder(attachments_to, "--attachments-to", needed=attachment_bytes(manifest))
     target, empty = check_target(config, to_url, chosen, prefix, force)
     # every chunk's tag is checked before the target changes at all (a forced target's old
     # data included); the restore then opens each chunk fully again as it streams it
@@ -169,11 +174,37 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         mark("database restored")
     files = 0
     if attachments_to is not None:
-        files = restore_files(repo, manifest, attachments_to)
+        try:
+            files = restore_files(repo, manifest, attachments_to)
+        except (OSError, CrmopsError) as e:
+            raise _files_failed(e, manifest["id"], attachments_to, to_url, chosen, replaced, safety) from None
         mark("attachments restored")
+    left = 0 if attachments_to is not None or chosen else sum(1 for f in manifest.get("files", [])
+                                                              if f.get("kind") == "file")
     return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=chosen,
                          seconds=round(time.monotonic() - started, 2), bytes=stream["size"], files=files,
-                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created)
+                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created,
+                         files_left=left)
+
+
+def attachment_bytes(manifest: dict[str, Any]) -> int:
+    """What the snapshot's attachment files take on disk once restored."""
+    return sum(int(f.get("size") or 0) for f in manifest.get("files", []) if f.get("kind") == "file")
+
+
+def _files_failed(e: OSError | CrmopsError, snapshot: str, folder: Path, to_url: str, chosen: list[str] | None,
+                  replaced: list[str], safety: str | None) -> CrmopsError:
+    """The attachments failed after the database changed: say what changed and the command that undoes it."""
+    why = e.message if isinstance(e, CrmopsError) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    what = f"tables {', '.join(chosen)}" if chosen else "the database"
+    done = (f"{what} in {display(to_url)} {'were' if chosen else 'was'} already restored from snapshot {snapshot}"
+            + (f" (replacing {', '.join(replaced)})" if replaced else ""))
+    scope = f" --tables {','.join(chosen)}" if chosen else ""
+    hint = (f"undo that with: crmops restore {safety} --to {display(to_url)}{scope} --force; or free the folder and "
+            f"run: crmops restore {snapshot} --to {display(to_url)}{scope} --force --attachments-to {folder}"
+            if safety else "the target was empty before; fix the folder and restore the attachments again")
+    cls = type(e) if isinstance(e, CrmopsError) else FolderNotWritable
+    return cls(f"attachments could not be written to {folder}: {why}; {done}", hint=hint)
 
 
 # -- the steps a partial restore shares with `restore --at ... --tables` -----------------
