@@ -236,3 +236,99 @@ def psycopg_connect(url: str) -> Any:
     import psycopg
 
     return psycopg.connect(url, autocommit=True)
+
+
+def test_undo_and_restore_say_which_attachment_files_they_leave_behind(tmp_path: Path) -> None:
+    """Item 2: with undo.attachment_columns unset, --apply says the files are not restored and which key maps
+    them (it printed "0 attachment files restored"); a whole restore without --attachments-to counts the files."""
+
+    from crmops.democrm.load import create
+    from crmops.engines.connect import connect_engine
+    from tests.services import undo_helpers as h
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(url, size="small", version="2.0", attachments_dir=tmp_path / "files")
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=url,
+                 extra={"attachments": {"path": str(tmp_path / "files")}})  # no undo.attachment_columns
+    assert crmops(cfg, "repo", "init").returncode == 0
+    assert crmops(cfg, "backup").returncode == 0
+    engine = connect_engine(url)
+    with engine.begin() as conn:
+        gone = h.closure(conn, h.account_with_attachments(conn))
+        paths = [r["storage_path"] for r in h.rows_of(conn, "attachments", gone["attachments"])]
+        h.delete(conn, gone)
+    engine.dispose()
+    for p in paths:
+        (tmp_path / "files" / p).unlink()
+    r = crmops(cfg, "undo", "--table", "accounts", "--where", f"id = {gone['accounts'][0]}", "--apply")
+    assert r.returncode == 0, r.stderr
+    n = len(paths)
+    said = f"attachments.storage_path ({n} file{'s' * (n != 1)}), but undo.attachment_columns is not set"
+    assert said in " ".join(r.stdout.split()) and said in r.stderr, r.stdout + r.stderr
+    assert "crmops: warning:" in r.stderr and "0 attachment files restored" not in r.stdout
+    assert "attachment files NOT restored" in r.stdout
+    assert not any((tmp_path / "files" / p).exists() for p in paths)  # the warning is true
+
+    files = sum(1 for p in (tmp_path / "files").rglob("*") if p.is_file()) + n
+    out = crmops(cfg, "restore", "latest", "--to", f"sqlite:///{tmp_path / 'copy.db'}")
+    assert out.returncode == 0, out.stderr
+    assert f"not restored: the snapshot's {files} attachment files (add --attachments-to DIR" in out.stdout
+
+
+def test_undo_names_a_mistyped_table_before_any_sandbox_starts(tmp_path: Path, pg_url: str) -> None:
+    """Item 10: `undo --table acounts` restored a 17 s sandbox before "did you mean accounts?". With Docker out of
+    reach the answer must still be the table's, which proves no sandbox was asked for."""
+    from crmops.democrm.load import create
+
+    create(pg_url, size="small", version="1.0")
+    password = psycopg_connect(pg_url).info.password
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}",
+                 db_url=pg_url.replace(f":{password}@", ":${TEST_DB_PASSWORD}@"))
+    env = {"TEST_DB_PASSWORD": password}
+    assert crmops(cfg, "repo", "init", env=env).returncode == 0
+    assert crmops(cfg, "backup", env=env).returncode == 0
+    r = crmops(cfg, "undo", "--table", "acounts", "--where", "id = 1",
+               env={**env, "DOCKER_HOST": "tcp://127.0.0.1:1"})
+    assert r.returncode == 72 and "did you mean accounts?" in one_line_error(r), r.stderr
+    r = crmops(cfg, "undo", "--table", "accounts", "--where", "id = 1", "--apply", "--attachments-to", "/proc/x",
+               env={**env, "DOCKER_HOST": "tcp://127.0.0.1:1"})
+    assert r.returncode == 3 and "--attachments-to /proc/x" in one_line_error(r), r.stderr
+
+
+def test_the_starter_works_with_demo_create_url_and_documents_the_attachment_mapping(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Item 6: `init` then `demo create --url` asked for ${CRM_DB_PASSWORD}, then one more variable per run."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CRM_DB_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = tmp_path / "crmops.yaml"
+    assert crmops(cfg, "init", "--path", str(cfg)).returncode == 0
+    starter = cfg.read_text()
+    assert "attachment_columns" in starter and "NOT their files" in starter and "never creates a database" in starter
+    r = crmops(cfg, "demo", "create", "--url", f"sqlite:///{tmp_path / 'demo.db'}")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "demo.db").stat().st_size > 0 and not Path("/var/lib/crm/uploads").exists()
+    r = crmops(cfg, "snapshots")  # every unset variable in one line, not one per run
+    line = one_line_error(r)
+    assert r.returncode == 3 and all(v in line for v in ("${CRM_DB_PASSWORD}", "${AWS_ACCESS_KEY_ID}",
+                                                         "${AWS_SECRET_ACCESS_KEY}")), line
+
+
+def test_an_empty_configuration_file_is_an_error_not_the_demo(tmp_path: Path) -> None:
+    """Item 7: under cron a truncated crmops.yaml silently backed up the embedded demo."""
+    for text in ("", "\n\n", "# only a comment\n"):
+        cfg = tmp_path / "crmops.yaml"
+        cfg.write_text(text)
+        r = crmops(cfg, "backup")
+        assert r.returncode == 3 and "the file is empty" in one_line_error(r), r.stderr
+        assert not (tmp_path / "demo").exists()
+
+
+def test_environment_variables_are_blamed_not_the_file(tmp_path: Path) -> None:
+    """Item 9: CRMOPS_DATABSE__URL=x was reported as `crmops.yaml: key databse: unknown key`."""
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}")
+    for name, value, said in (("CRMOPS_DATABSE__URL", "x", "key databse: unknown key"),
+                              ("CRMOPS_STATUS__BACKUP_MAX_AGE_HOURS", "abc", "key status.backup_max_age_hours")):
+        r = crmops(cfg, "config", "show", env={name: value})
+        line = one_line_error(r)
+        assert r.returncode == 3 and line.startswith(f"crmops: error: environment variable {name}: {said}"), line
+        assert str(cfg) not in line

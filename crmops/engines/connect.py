@@ -51,7 +51,8 @@ def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
     hint = {
         # the URL may be the configured one or an option's (restore --to, demo create --url)
         DatabaseAuthFailed: f"check the user and password in {_WHERE}",
-        DatabaseNotFound: f"create it, or check the database name in {_WHERE}",
+        DatabaseNotFound: f"crmops does not create databases: create it (PostgreSQL: createdb; MariaDB: "
+                          f"CREATE DATABASE), or check the database name in {_WHERE}",
         DatabaseUnreachable: f"check that the server runs and that host and port in {_WHERE} are right",
     }.get(cls)
     first_line = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
