@@ -244,7 +244,7 @@ def test_undo_and_restore_say_which_attachment_files_they_leave_behind(tmp_path:
 
     from crmops.democrm.load import create
     from crmops.engines.connect import connect_engine
-    from tests.services import undo_helpers as h
+    from tests.undo import undo_helpers as h
 
     url = f"sqlite:///{tmp_path / 'crm.db'}"
     create(url, size="small", version="2.0", attachments_dir=tmp_path / "files")
