@@ -254,6 +254,7 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
                         entry["report"] = entry["outputs"]
                         # the copy itself, not the target sandbox's start-up, is what production will wait for
                         entry["seconds"] = entry["outputs"].get("seconds") or entry["seconds"]
+                        report["warnings"] += [f"{step.id}: {r}" for r in entry["outputs"].get("risks") or []]
                     if entry["ok"]:
                         context["steps"][step.id] = entry.pop("outputs")
                         walk.passed.add(step.id or "")
