@@ -7,6 +7,8 @@ tell failures apart without parsing text. Codes are stable; README.md lists them
 
 from __future__ import annotations
 
+import re
+
 
 class CrmopsError(Exception):
     """Base of every error that ends a command with one clear line."""
@@ -21,8 +23,37 @@ class CrmopsError(Exception):
         self.hint = hint
 
     def line(self) -> str:
-        """The one line shown to the user: what is wrong, then what to do."""
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        """The one line shown to the user: what is wrong, then what to do (never a row's values)."""
+        return without_values(f"{self.message} ({self.hint})" if self.hint else self.message)
+
+
+#: what database servers and their client tools echo of a row or a statement: each kept up to its
+#: table, column, key name or position, the values replaced by …
+_VALUE_PATTERNS = [
+    (re.compile(r"(Duplicate entry )'.*?'( for key)", re.S), r"\1'…'\2"),
+    (re.compile(r"(Incorrect [\w ]+ value: )'.*?'( for column)", re.S), r"\1'…'\2"),
+    (re.compile(r"(Key \([^)]*\)=)\(.*?\)( already exists| is not present| is still referenced| conflicts)"),
+     r"\1(…)\2"),
+    (re.compile(r"(Key \([^)]*\)=)\(.*\)"), r"\1(…)"),
+    (re.compile(r"(Failing row contains )\(.*\)"), r"\1(…)"),
+    (re.compile(r"(COPY [^,\s]+, line \d+(?:, column [^:]+)?): .*"), r"\1"),
+    (re.compile(r"(invalid input (?:syntax|value) for [^:]*: )\".*?\""), r'\1"…"'),
+    (re.compile(r"\b((?:INSERT|REPLACE)\s+(?:IGNORE\s+)?INTO\s+[^\s(]+)[^\n]*", re.I), r"\1 … (values withheld)"),
+    (re.compile(r"\b(UPDATE\s+[^\s]+\s+SET)\b[^\n]*", re.I), r"\1 … (values withheld)"),
+    (re.compile(r"\b(VALUES)\s*\(.*", re.I), r"\1 (…)"),
+    (re.compile(r"^\s*LINE \d+: .*$\n?(^\s*\^\s*$\n?)?", re.M), ""),
+]
+
+
+def without_values(text: str) -> str:
+    """text without the row values a server or client tool echoes (failing rows, keys, statements).
+
+    An error goes to the terminal, the run history, journals and notifications, none of which may
+    hold customer data; the table, column, constraint and line number stay, so the cause is still named.
+    """
+    for pattern, keep in _VALUE_PATTERNS:
+        text = pattern.sub(keep, text)
+    return text
 
 
 def _error(name: str, code: int, kind: str, doc: str) -> type[CrmopsError]:

@@ -332,3 +332,53 @@ def test_environment_variables_are_blamed_not_the_file(tmp_path: Path) -> None:
         line = one_line_error(r)
         assert r.returncode == 3 and line.startswith(f"crmops: error: environment variable {name}: {said}"), line
         assert str(cfg) not in line
+
+
+MARKER = "MARKER-4a7c-customer-address"
+
+
+def test_a_failed_restore_never_shows_row_values(tmp_path: Path, pg_url: str, pg_url_factory: Any) -> None:
+    """Item 4: a failed copy printed the row it was sending into the error line and the journal. A marker value
+    the target refuses (a check constraint, switched on in the target database only) must appear nowhere."""
+    with psycopg_connect(pg_url) as conn:
+        conn.execute("CREATE FUNCTION public.allowed(t text) RETURNS boolean LANGUAGE sql STABLE AS "
+                     "$$ SELECT current_setting('crm.refuse', true) IS DISTINCT FROM 'on' OR t NOT LIKE 'MARKER%' $$")
+        conn.execute("CREATE TABLE addresses (id int PRIMARY KEY, street text CHECK (public.allowed(street)))")
+        conn.execute(f"INSERT INTO addresses VALUES (1, 'Main Street 5'), (2, '{MARKER}')")
+    password = psycopg_connect(pg_url).info.password
+    hide = {"TEST_DB_PASSWORD": password}
+    source = pg_url.replace(f":{password}@", ":${TEST_DB_PASSWORD}@")
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=source)
+    assert crmops(cfg, "repo", "init", env=hide).returncode == 0
+    assert crmops(cfg, "backup", env=hide).returncode == 0
+    outputs = []
+    for json_out in ([], ["--json", "--log-format", "json"]):
+        target = pg_url_factory()  # a fresh one each time: the failed restore leaves what it loaded
+        with psycopg_connect(target) as conn:
+            conn.execute(f"ALTER DATABASE \"{target.rsplit('/', 1)[1]}\" SET crm.refuse = 'on'")
+        to = target.replace(f":{password}@", ":${TEST_DB_PASSWORD}@")
+        r = crmops(cfg, *json_out, "restore", "latest", "--to", to, env=hide)
+        assert r.returncode == 14, r.stderr
+        assert "addresses" in r.stderr and "check constraint" in r.stderr, r.stderr  # the cause is still named
+        outputs += [r.stdout, r.stderr]
+    outputs += [p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    assert not [o for o in outputs if MARKER in o], [o for o in outputs if MARKER in o][0][:2000]
+
+
+def test_what_mariadb_and_its_client_echo_of_a_row_is_withheld() -> None:
+    """The lines the MariaDB client and server print (issue 24 item 4: ERROR 2013 with the statement it sent)."""
+    from crmops.errors import DatabaseError, without_values
+
+    said = {
+        f"ERROR 2013 (HY000) at line 901: Lost connection to server during query INSERT INTO `addresses` "
+        f"VALUES (1,'Main St'),(2,'{MARKER}')": "at line 901: Lost connection to server during query INSERT INTO "
+                                                "`addresses` … (values withheld)",
+        f"ERROR 1062 (23000) at line 12: Duplicate entry '{MARKER}' for key 'uq_street'":
+            "Duplicate entry '…' for key 'uq_street'",
+        f"ERROR 1366 (22007): Incorrect integer value: '{MARKER}' for column `crm`.`a`.`id` at row 3":
+            "Incorrect integer value: '…' for column `crm`.`a`.`id` at row 3",
+        f"UPDATE `addresses` SET street = '{MARKER}' WHERE id = 2": "UPDATE `addresses` SET … (values withheld)",
+    }
+    for line, kept in said.items():
+        assert MARKER not in without_values(line) and kept in without_values(line), without_values(line)
+        assert MARKER not in DatabaseError(f"mariadb failed (exit 1): {line}").line()
