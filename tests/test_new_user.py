@@ -382,3 +382,22 @@ def test_what_mariadb_and_its_client_echo_of_a_row_is_withheld() -> None:
     for line, kept in said.items():
         assert MARKER not in without_values(line) and kept in without_values(line), without_values(line)
         assert MARKER not in DatabaseError(f"mariadb failed (exit 1): {line}").line()
+
+
+def test_upgrade_check_reports_every_mistake_in_one_run(tmp_path: Path) -> None:
+    """Item 10: a step type, an unknown key and an undefined variable took three runs to find."""
+    import json
+
+    shipped = (Path(__file__).resolve().parent.parent / "playbooks" / "democrm-1-to-2.yaml").read_text()
+    text = (shipped.replace("{type: preflight, check: db_reachable}", "{type: prefligth, check: db_reachable}")
+            .replace("restore_factor: 2}", "restore_factr: 2}")
+            .replace('url: "{{ vars.app_url }}/health"', 'url: "{{ vars.app_adress }}/health"'))
+    assert text.count("prefligth") == text.count("restore_factr") == text.count("app_adress") == 1
+    pb = tmp_path / "bad.yaml"
+    pb.write_text(text)
+    r = crmops(tmp_path / "none.yaml", "--json", "upgrade", str(pb), "--check")
+    assert r.returncode == 52 and "(+2 more)" in one_line_error(r), r.stderr
+    mistakes = json.loads(r.stdout)["result"]["mistakes"]
+    assert len(mistakes) == 3, mistakes
+    for word in ("unknown step type 'prefligth'", "restore_factr", "{{ vars.app_adress }}: no such variable"):
+        assert [m for m in mistakes if word in m and "bad.yaml line " in m], (word, mistakes)
