@@ -401,3 +401,53 @@ def test_upgrade_check_reports_every_mistake_in_one_run(tmp_path: Path) -> None:
     assert len(mistakes) == 3, mistakes
     for word in ("unknown step type 'prefligth'", "restore_factr", "{{ vars.app_adress }}: no such variable"):
         assert [m for m in mistakes if word in m and "bad.yaml line " in m], (word, mistakes)
+
+
+def test_ctrl_c_says_the_state_in_one_line(tmp_path: Path, pg_url: str) -> None:
+    """Item 8: a stopped backup said only `crmops: error: stopped`; a stopped `restore --tables --force` said the
+    tables hold "either the restored rows or their own". The stop comes from the dump tool, as a Ctrl-C would."""
+    import json
+
+    from crmops.democrm.load import create
+    from crmops.engines.postgres import PostgresEngine
+    from tests.matrix.digest import native_digest
+
+    create(pg_url, size="small", version="1.0")
+    password = psycopg_connect(pg_url).info.password
+    hide = {"TEST_DB_PASSWORD": password}
+    source = pg_url.replace(f":{password}@", ":${TEST_DB_PASSWORD}@")
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=source)
+    assert crmops(cfg, "repo", "init", env=hide).returncode == 0
+    assert crmops(cfg, "backup", env=hide).returncode == 0
+    snapshots = json.loads(crmops(cfg, "--json", "snapshots", "--all", env=hide).stdout)
+    real = Path(PostgresEngine(pg_url)._tool("pg_dump").path)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "pg_restore").symlink_to(real.with_name("pg_restore"))
+    stop = tools / "pg_dump"
+    stop.write_text(f'#!/bin/sh\n[ "$1" = "--version" ] && exec {real} --version\nkill -INT $PPID; sleep 2\n'
+                    f'exec {real} "$@"\n')
+    stop.chmod(0o755)
+    r = crmops(cfg, "backup", env={**hide, "CRMOPS_TOOLS_PATH": str(tools)})
+    assert r.returncode == 130
+    assert one_line_error(r) == ("crmops: error: backup stopped; nothing was stored: no snapshot was written and the "
+                                 "repository's snapshots are unchanged (the chunks uploaded so far are reused by the "
+                                 "next backup)\n"), r.stderr
+    assert json.loads(crmops(cfg, "--json", "snapshots", "--all", env=hide).stdout) == snapshots
+
+    # restore --tables --force: stopped while pg_restore writes the rows, before the commit
+    stop.unlink()
+    stop.symlink_to(real)
+    (tools / "pg_restore").unlink()
+    (tools / "pg_restore").write_text(f'#!/bin/sh\ncase "$*" in *--use-list=*) kill -INT $PPID; sleep 2;; esac\n'
+                                      f'exec {real.with_name("pg_restore")} "$@"\n')
+    (tools / "pg_restore").chmod(0o755)
+    with psycopg_connect(pg_url) as conn:
+        conn.execute("UPDATE contacts SET notes = 'edited after the backup' WHERE id = 1")
+    before = native_digest(pg_url)
+    r = crmops(cfg, "restore", "latest", "--to", source, "--tables", "contacts", "--force",
+               env={**hide, "CRMOPS_TOOLS_PATH": str(tools)})
+    assert r.returncode == 130
+    assert one_line_error(r).startswith("crmops: error: restore stopped before the commit; public.contacts: left "
+                                        "as they were (rolled back)"), r.stderr
+    assert native_digest(pg_url) == before

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from crmops.errors import ConfigError, DatabaseError
+from crmops.errors import ConfigError, DatabaseError, Interrupted
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,24 @@ def tables_outcome(tables: list[str], live: set[str] | list[str], beside: list[s
     if beside is not None:
         return {"replaced": [], "created": beside}
     return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
+
+
+@dataclass
+class TableCommit:
+    """Whether a one-transaction table restore has committed: what a Ctrl-C leaves is told from it."""
+
+    committed: bool = False
+
+
+def stopped_tables(tables: list[str], done: TableCommit) -> Interrupted:
+    """The one line for a stop during a table restore: each table's state, known from the commit."""
+    if done.committed:
+        e = Interrupted(f"restore stopped after the commit; {', '.join(f'{t}: restored rows' for t in tables)}")
+    else:
+        e = Interrupted(f"restore stopped before the commit; {', '.join(f'{t}: left as they were' for t in tables)}"
+                        " (rolled back)")
+    e.committed = done.committed  # type: ignore[attr-defined]
+    return e
 
 
 def check_method(engine: str, method: str | None, known: tuple[str, ...] = ("",)) -> str:

@@ -254,15 +254,15 @@ def load_tables(target: Any, chunks: Iterable[bytes], fmt: str, chosen: list[str
     """The engine's all-or-nothing table restore; a stop names the way back when there is one."""
     try:
         return target.restore_tables(chunks, format=fmt, tables=chosen, prefix=prefix)
-    except KeyboardInterrupt:
-        if not safety:
-            raise
-        # the rows are replaced in one transaction: a stop leaves all of them or none, but which
-        # depends on whether it came before the commit, so the way back is named either way
-        raise Interrupted(f"restore stopped; {', '.join(chosen)} hold either the restored rows or "
-                          "their own (they are replaced in one transaction)",
-                          hint=f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
-                               f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force") from None
+    except Interrupted as e:
+        # the rows are replaced in one transaction: the engine knows whether the stop came after the commit
+        committed = getattr(e, "committed", None)
+        if committed and safety:
+            e.hint = (f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
+                      f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force")
+        elif committed is False:
+            e.hint = "nothing was changed; run the same restore again to finish it"
+        raise
 
 
 def _prefixed(table: str, prefix: str) -> str:
