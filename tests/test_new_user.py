@@ -451,3 +451,13 @@ def test_ctrl_c_says_the_state_in_one_line(tmp_path: Path, pg_url: str) -> None:
     assert one_line_error(r).startswith("crmops: error: restore stopped before the commit; public.contacts: left "
                                         "as they were (rolled back)"), r.stderr
     assert native_digest(pg_url) == before
+
+
+def test_usage_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
+    """Item 12: usage errors printed Click's three-line block instead of the promised one `crmops: error:` line."""
+    cases = {("restore", "latest"): "Missing option '--to' (see `crmops restore --help`)",
+             ("nosuch",): "No such command 'nosuch' (see `crmops --help`)",
+             ("check", "--read-data-subset", "150%"): "Invalid value for '--read-data-subset'"}
+    for args, said in cases.items():
+        r = crmops(tmp_path / "none.yaml", *args)
+        assert r.returncode == 2 and said in one_line_error(r), (args, r.stderr)
