@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import s3_client
@@ -461,3 +462,54 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
     for args, said in cases.items():
         r = crmops(tmp_path / "none.yaml", *args)
         assert r.returncode == 2 and said in one_line_error(r), (args, r.stderr)
+
+
+def test_smaller_surprises_of_restore_check_and_config_show(tmp_path: Path) -> None:
+    """Item 12: a one-character prefix picked what replaced a database; the configured database got no warning;
+    `--as` read as if the live tables were replaced; `1 snapshots`; `passphrase: null` with CRMOPS_PASSPHRASE set;
+    a read-only repository folder was "endpoint does not answer" (exit 20)."""
+    from crmops.democrm.load import create
+    from crmops.errors import FolderNotWritable
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(url, size="small", version="1.0")
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=url)
+    assert crmops(cfg, "repo", "init").returncode == 0
+    assert crmops(cfg, "backup").returncode == 0
+    snap = json_of(crmops(cfg, "--json", "snapshots"))[0]["id"]
+    assert crmops(cfg, "check").stdout.startswith("1 snapshot, ")
+    before = (tmp_path / "crm.db").read_bytes()
+    r = crmops(cfg, "restore", snap[:1], "--to", url, "--force")
+    assert r.returncode == 3 and f"at least 6 characters of its id (it matched {snap[:10]})" in one_line_error(r)
+    assert (tmp_path / "crm.db").read_bytes() == before and len(json_of(crmops(cfg, "--json", "snapshots"))) == 1
+    r = crmops(cfg, "restore", snap[:8], "--to", url, "--tables", "contacts", "--force")
+    assert r.returncode == 0 and "crmops: warning: --to is the configured database (database.url): its tables " \
+                                 "contacts are replaced" in r.stderr, r.stderr
+    beside = crmops(cfg, "restore", snap[:8], "--to", url, "--tables", "contacts", "--as", "old_")
+    assert beside.returncode == 0, beside.stderr
+    said = " ".join(beside.stdout.split())
+    assert "beside the live tables, as old_contacts" in said and "the live tables were not changed" in said, said
+    shown = crmops(cfg, "config", "show", env={"CRMOPS_PASSPHRASE": "from the environment"}).stdout
+    assert "passphrase: null" not in shown
+    (tmp_path / "other").mkdir()
+    nofile = config(tmp_path / "other", f"file://{tmp_path / 'other' / 'repo'}")
+    plain = yaml.safe_load(nofile.read_text())
+    del plain["encryption"]
+    nofile.write_text(yaml.safe_dump(plain))
+    shown = crmops(nofile, "config", "show", env={"CRMOPS_PASSPHRASE": "from the environment"}).stdout
+    assert "(from $CRMOPS_PASSPHRASE)" in shown and "from the environment" not in shown, shown
+
+    prefix = _read_only_mount(tmp_path / "repo")
+    if prefix is None:
+        pytest.skip("no private mount namespace here for a read-only repository")
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CRMOPS_")}
+    r = subprocess.run([*prefix, sys.executable, "-m", "crmops", "--config", str(cfg), "backup"], capture_output=True,
+                       text=True, env={**full, "TEST_PASSPHRASE": PASSPHRASE}, timeout=120)
+    assert r.returncode == FolderNotWritable.exit_code == 4 and "Read-only file system" in one_line_error(r), r.stderr
+
+
+def json_of(r: subprocess.CompletedProcess[str]) -> Any:
+    import json
+
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)

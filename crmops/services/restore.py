@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +34,8 @@ from crmops.repository import Repository, open_repository
 from crmops.services.sources import resolve
 
 ENGINE_OF_FORMAT = {"pg-custom": "postgresql", "mysql-sql": "mysql", "sqlite-db": "sqlite"}
+#: --force replaces a database: the snapshot must be named by at least this much of its id (or latest)
+FORCE_PREFIX = 6
 #: --as: a prefix for the restored copies' names
 PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -126,6 +129,15 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
 
     repo = repo or open_repository(config)
     manifest = resolve(config, repo, ref, source=source)
+    if force and ref != "latest" and len(ref) < FORCE_PREFIX:  # a typo must not pick what replaces a database
+        raise ConfigError(f"snapshot {ref!r}: with --force, name it by at least {FORCE_PREFIX} characters of its id "
+                          f"(it matched {manifest['id'][:10]}); nothing was changed",
+                          hint=f"crmops restore {manifest['id'][:10]} ...")
+    if force and safe(to_url) == safe(config.database.url):
+        logging.getLogger("crmops.restore").warning(
+            "--to is the configured database (database.url): %s replaced by snapshot %s "
+            "(a pre-restore snapshot is taken first)",
+            f"its tables {', '.join(tables)} are" if tables else "its live content is", manifest["id"][:10])
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if wanted != engine_kind(to_url):
