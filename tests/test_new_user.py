@@ -222,7 +222,8 @@ def test_restore_checks_the_attachments_folder_before_the_database(tmp_path: Pat
     r = crmops(cfg, "restore", "latest", "--to", to, "--force", "--attachments-to", str(tmp_path / "back"),
                env=secret)
     assert r.returncode == 4, r.stderr
-    line = one_line_error(r)
+    warning, line = r.stderr.strip().splitlines()  # restoring onto the configured database is warned about
+    assert warning.startswith("crmops: warning: --to is the configured database") and line.startswith("crmops: error:")
     safety = _pre_restore_snapshots(cfg)
     assert len(safety) == 1 and "the database in" in line and "was already restored from snapshot" in line
     undo = re.search(r"undo that with: (crmops restore \S+ --to \S+ --force)", line)
@@ -231,6 +232,11 @@ def test_restore_checks_the_attachments_folder_before_the_database(tmp_path: Pat
     r = crmops(cfg, *undo.group(1).replace(":***@", ":${TEST_DB_PASSWORD}@").split()[1:], env=secret)
     assert r.returncode == 0, r.stderr
     assert native_digest(pg_url) == changed
+    # item 11: at 80 columns the tag and the engine's version stay whole ("pre-restor|e", "postgresql|15.18")
+    listed = crmops(cfg, "snapshots", "--all", env=secret).stdout
+    rows = [line for line in listed.splitlines() if "pre-restore" in line]
+    assert rows and re.search(r"postgresql \d+\.\d+", rows[0]), listed
+    assert max(len(line) for line in listed.splitlines()) <= 80, listed
 
 
 def psycopg_connect(url: str) -> Any:
@@ -513,3 +519,29 @@ def json_of(r: subprocess.CompletedProcess[str]) -> Any:
 
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def test_tables_keep_identifiers_whole_and_group_repeated_reasons() -> None:
+    """Item 11: `sandbox list` split container names over two lines; `upgrade --dry-run` repeated one reason 16
+    times."""
+    from rich.console import Console
+
+    from crmops.cli.context import table
+    from crmops.cli.upgrade import _plan_lines
+
+    t = table("name", "kind", "status", "image", "created (UTC)", "owner", whole=("name",))
+    name = "crmops-sandbox-6a7c767173"
+    t.add_row(name, "verify", "running", "crmops-pg-upgrade:13-17", "2026-12-07 16:20:01",
+              "pid 123456 on host-a (gone)")
+    console = Console(width=80, record=True)
+    console.print(t)
+    text = console.export_text()
+    assert name in text and max(len(line) for line in text.splitlines()) <= 80, text
+
+    why = "touches production by nature (shell commands run on the host): not rehearsed in the sandbox stack"
+    plan = [{"stage": "switch", "phase": "steps", "step": f"s{i}", "type": "shell", "seconds": 1.0, "measured": False,
+             "ok": None, "error": None, "mode": "not rehearsed", "reason": why, "params": {}} for i in range(16)]
+    console = Console(width=80, record=True)
+    _plan_lines(console, {"plan": plan})
+    text = " ".join(console.export_text().split())
+    assert text.count("touches production by nature") == 1 and text.count("(reason a)") == 16, text

@@ -133,11 +133,6 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         raise ConfigError(f"snapshot {ref!r}: with --force, name it by at least {FORCE_PREFIX} characters of its id "
                           f"(it matched {manifest['id'][:10]}); nothing was changed",
                           hint=f"crmops restore {manifest['id'][:10]} ...")
-    if force and safe(to_url) == safe(config.database.url):
-        logging.getLogger("crmops.restore").warning(
-            "--to is the configured database (database.url): %s replaced by snapshot %s "
-            "(a pre-restore snapshot is taken first)",
-            f"its tables {', '.join(tables)} are" if tables else "its live content is", manifest["id"][:10])
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if wanted != engine_kind(to_url):
@@ -154,6 +149,11 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     # data included); the restore then opens each chunk fully again as it streams it
     repo.authenticate(manifest, progress)
     mark("every chunk authenticated")
+    if force and not empty and prefix is None and safe(to_url) == safe(config.database.url):
+        logging.getLogger("crmops.restore").warning(  # every input is checked: this is what happens next
+            "--to is the configured database (database.url): %s replaced by snapshot %s "
+            "(a pre-restore snapshot is taken first)",
+            f"its tables {', '.join(chosen)} are" if chosen else "its live content is", manifest["id"][:10])
     safety = None
     if force and not empty and prefix is None:
         safety = safety_snapshot(config, to_url, repo)
