@@ -45,7 +45,8 @@ def _plan_lines(console: Any, report: dict[str, Any]) -> None:
     expected = False
     rows = []
     for p in report["plan"]:  # two lines a step, so 80 columns hold it: what and how long, then the detail
-        secs = f"{p['seconds']:7.2f}s" + (" " if p.get("measured") else "*")
+        secs = " unknown " if p.get("basis") == "unknown" else \
+            f"{p['seconds']:7.2f}s" + (" " if p.get("measured") else "*")
         expected = expected or not p.get("measured")
         status = "" if p["ok"] is None else ("ok" if p["ok"] else f"FAILED: {p['error']}")
         step = p["step"] + (" (rollback)" if p["phase"] == "rollback" and "rollback" not in p["mode"] else "")
@@ -71,7 +72,8 @@ def _plan_lines(console: Any, report: dict[str, Any]) -> None:
     for text, key in shared.items():
         _print_wrapped(console, f"{key}: {text}", "  ", "    ")
     if expected:
-        console.print("  * expected time: not rehearsed, so not measured", markup=False)
+        console.print("  * expected time: not rehearsed; from the playbook, earlier real runs or the database's "
+                      "size (unknown: none of these, counted as 0 s)", markup=False)
 
 
 def _params_line(params: dict[str, Any]) -> str:
