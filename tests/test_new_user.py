@@ -497,6 +497,9 @@ def test_smaller_surprises_of_restore_check_and_config_show(tmp_path: Path) -> N
     assert "beside the live tables, as old_contacts" in said and "the live tables were not changed" in said, said
     shown = crmops(cfg, "config", "show", env={"CRMOPS_PASSPHRASE": "from the environment"}).stdout
     assert "passphrase: null" not in shown
+    page = crmops(cfg, "report", "--html", str(tmp_path / "status.html"))  # one line, not the whole status
+    assert page.returncode == 0 and page.stdout.count("\n") == 1, page.stdout
+    assert page.stdout.startswith(f"status page written to {tmp_path / 'status.html'}: overall "), page.stdout
     (tmp_path / "other").mkdir()
     nofile = config(tmp_path / "other", f"file://{tmp_path / 'other' / 'repo'}")
     plain = yaml.safe_load(nofile.read_text())
