@@ -7,7 +7,7 @@ restored copy can be compared with what was dumped, table by table.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -129,6 +129,15 @@ def stopped_tables(tables: list[str], done: TableCommit) -> Interrupted:
                         " (rolled back)")
     e.committed = done.committed  # type: ignore[attr-defined]
     return e
+
+
+def told_on_stop(tables: list[str], run: Callable[[TableCommit], dict[str, list[str]]]) -> dict[str, list[str]]:
+    """run(done) with a stop (Ctrl-C, SIGTERM) turned into the line that says each table's state."""
+    done = TableCommit()
+    try:
+        return run(done)
+    except KeyboardInterrupt:
+        raise stopped_tables(tables, done) from None
 
 
 def check_method(engine: str, method: str | None, known: tuple[str, ...] = ("",)) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pymysql
 
-from crmops.engines.base import TableCommit, stopped_tables, tables_outcome
+from crmops.engines.base import TableCommit, tables_outcome, told_on_stop
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -90,11 +90,7 @@ def _renamed_create(create: bytes, old: str, new: str) -> bytes:
 
 def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
-    done = TableCommit()
-    try:
-        return _restore_tables(engine, chunks, tables, prefix, done)
-    except KeyboardInterrupt:
-        raise stopped_tables(tables, done) from None
+    return told_on_stop(tables, lambda done: _restore_tables(engine, chunks, tables, prefix, done))
 
 
 def _restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str], prefix: str | None,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
-from crmops.engines.base import TableCommit, stopped_tables, tables_outcome
+from crmops.engines.base import TableCommit, tables_outcome, told_on_stop
 from crmops.engines.postgres_toc import parse_toc, select_tables
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
@@ -76,11 +76,7 @@ def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
 def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
     """Replace (or, with prefix, add beside) the chosen tables; one transaction, all or nothing."""
-    done = TableCommit()
-    try:
-        return _restore_tables(engine, chunks, tables, prefix, done)
-    except KeyboardInterrupt:
-        raise stopped_tables(tables, done) from None
+    return told_on_stop(tables, lambda done: _restore_tables(engine, chunks, tables, prefix, done))
 
 
 def _restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str], prefix: str | None,

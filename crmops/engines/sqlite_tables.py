@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from crmops.engines.base import TableCommit, stopped_tables, tables_outcome
+from crmops.engines.base import TableCommit, tables_outcome, told_on_stop
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 _CREATE = re.compile(r'^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:"(?:[^"]|"")+"|`[^`]+`|\[[^\]]+\]|\w+)\s*',
@@ -39,11 +39,7 @@ def existing(path: Path, names: list[str]) -> list[str]:
 
 def restore_tables(path: Path, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
-    done = TableCommit()
-    try:
-        return _restore_tables(path, chunks, tables, prefix, done)
-    except KeyboardInterrupt:
-        raise stopped_tables(tables, done) from None
+    return told_on_stop(tables, lambda done: _restore_tables(path, chunks, tables, prefix, done))
 
 
 def _restore_tables(path: Path, chunks: Iterable[bytes], tables: list[str], prefix: str | None,
