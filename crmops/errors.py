@@ -29,13 +29,16 @@ class CrmopsError(Exception):
 
 #: what database servers and their client tools echo of a row or a statement: each kept up to its
 #: table, column, key name or position, the values replaced by …
+#: where a DETAIL's value list ends: a full stop, the end of the line, the " / " joining a tool's lines,
+#: "; " before crmops's own words, or " (" before a hint
+_DETAIL_END = r"(?=\.?(?:\s+/\s|\s*$|;\s|\s+\())"
 _VALUE_PATTERNS = [
     (re.compile(r"(Duplicate entry )'.*?'( for key)", re.S), r"\1'…'\2"),
     (re.compile(r"(Incorrect [\w ]+ value: )'.*?'( for column)", re.S), r"\1'…'\2"),
     (re.compile(r"(Key \([^)]*\)=)\(.*?\)( already exists| is not present| is still referenced| conflicts)"),
      r"\1(…)\2"),
-    (re.compile(r"(Key \([^)]*\)=)\(.*\)"), r"\1(…)"),
-    (re.compile(r"(Failing row contains )\(.*\)"), r"\1(…)"),
+    (re.compile(r"(Key \([^)]*\)=)\((?!…\)).*?\)" + _DETAIL_END, re.M), r"\1(…)"),
+    (re.compile(r"(Failing row contains )\(.*?\)" + _DETAIL_END, re.M), r"\1(…)"),
     (re.compile(r"(COPY [^,\s]+, line \d+(?:, column [^:]+)?): .*"), r"\1"),
     (re.compile(r"(invalid input (?:syntax|value) for [^:]*: )\".*?\""), r'\1"…"'),
     (re.compile(r"\b((?:INSERT|REPLACE)\s+(?:IGNORE\s+)?INTO\s+[^\s(]+)[^\n]*", re.I), r"\1 … (values withheld)"),
