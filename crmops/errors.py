@@ -141,5 +141,9 @@ OutsideWindow = _error("OutsideWindow", 82, "outside-window",
                        "The recovery target lies outside the recoverable window.")
 RecoveryFailed = _error("RecoveryFailed", 83, "recovery-failed",
                         "Replaying the archive did not reach the recovery target.")
+WalRefused = _error("WalRefused", 84, "wal-refused",
+                    "A WAL file of a timeline that is not production's was refused (a restored copy?).")
+ArchiveNotWorking = _error("ArchiveNotWorking", 85, "archive-not-working",
+                           "The server's archive_command does not bring WAL into the archive.")
 EXIT_CODES.update({cls.exit_code: cls.__doc__ or "" for cls in (WalConflict, WalMissing, OutsideWindow,
-                                                                  RecoveryFailed)})
+                                                                  RecoveryFailed, WalRefused, ArchiveNotWorking)})

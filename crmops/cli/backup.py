@@ -19,8 +19,11 @@ def _mb(n: int) -> str:
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
 @click.option("--physical", is_flag=True,
               help="PostgreSQL base backup (pg_basebackup) for point-in-time recovery with the WAL archive.")
+@click.option("--wal-timeout", type=click.IntRange(1, 86400), default=120, show_default=True, metavar="SECONDS",
+              help="With --physical: give up (exit 85) when the WAL the base backup needs is not archived "
+                   "within this many seconds.")
 @pass_app
-def backup_cmd(app: AppContext, tags: tuple[str, ...], physical: bool) -> None:
+def backup_cmd(app: AppContext, tags: tuple[str, ...], physical: bool, wal_timeout: int) -> None:
     """Snapshot the CRM's database and attachments into the repository."""
     from crmops.services.backup import backup
 
@@ -28,7 +31,7 @@ def backup_cmd(app: AppContext, tags: tuple[str, ...], physical: bool) -> None:
     if physical:
         from crmops.cli.pitr import physical_backup_cmd
 
-        return physical_backup_cmd(app, tags)
+        return physical_backup_cmd(app, tags, wal_timeout)
     try:
         with app.progress("backup") as advance:
             result = backup(app.config, tags=tags, progress=advance)

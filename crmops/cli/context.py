@@ -85,10 +85,11 @@ class AppContext:
             click.echo(message)
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-        """Yields advance(n_bytes); draws a rich bar only when someone is watching."""
+    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        """Yields advance(n_bytes, *, total=None, description=None); draws a rich bar only when someone
+        is watching (a total or a new description may come later, e.g. a phase of the work)."""
         if not self.interactive:
-            yield lambda n: None
+            yield lambda n, **kw: None
             return
         from rich.console import Console
         from rich.progress import (
@@ -100,12 +101,17 @@ class AppContext:
             TransferSpeedColumn,
         )
 
-        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
-        if total:
-            columns.append(TimeRemainingColumn())
+        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn()]  # "-:--:--" until a total is known
         with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda n: bar.advance(task, n)
+
+            def advance(n: int, *, total: int | None = None, description: str | None = None) -> None:
+                if total is not None or description is not None:
+                    bar.update(task, total=total, description=description)
+                bar.advance(task, n)
+
+            yield advance
 
 
 class _TrimmedLines:

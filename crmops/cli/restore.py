@@ -33,11 +33,13 @@ from crmops.cli.context import DATABASE_URL, AppContext, pass_app
 @click.option("--keep", is_flag=True, help="With --sandbox: leave the container running for inspection.")
 @click.option("--to-datadir", type=click.Path(file_okay=False, path_type=Path),
               help="With --at: write an empty folder as a data directory that recovers to the point on start.")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="With --to-datadir: the port the copy listens on (default: the first free one from 5433).")
 @pass_app
 def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str | None, prefix: str | None,
                 attachments_to: Path | None, force: bool, source: str | None, at: str | None, at_lsn: str | None,
                 at_name: str | None, before_xid: str | None, sandbox: bool, keep: bool,
-                to_datadir: Path | None) -> None:
+                to_datadir: Path | None, port: int | None) -> None:
     """Restore SNAPSHOT (an id, a unique prefix, or latest) into the database at --to,
     or with --at the database as it was at that moment (base backup + WAL, or snapshot + binlogs).
 
@@ -48,6 +50,8 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
     chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables is not None else None
     if chosen == []:  # e.g. --tables "$TABLES" with the variable unset: never the whole database instead
         raise click.UsageError("--tables is empty: name the tables, e.g. --tables contacts,accounts")
+    if port is not None and to_datadir is None:
+        raise click.UsageError("--port is for --to-datadir (the port the restored copy listens on)")
     if at or at_lsn or at_name or before_xid or sandbox or to_datadir:
         from crmops.cli.pitr import parse_target, restore_at_cmd
 
@@ -60,7 +64,7 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
             raise click.UsageError("--as needs --tables (the tables to restore beside the live ones)")
         return restore_at_cmd(app, target=parse_target(at, at_lsn, at_name, before_xid), to_url=to_url,
                               tables=chosen, sandbox=sandbox, keep=keep, to_datadir=to_datadir, force=force,
-                              prefix=prefix)
+                              prefix=prefix, port=port)
     if to_url is None:
         raise click.UsageError("Missing option '--to'.")
     if prefix is not None and not chosen:

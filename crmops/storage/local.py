@@ -42,11 +42,27 @@ class LocalStore:
             raise IntegrityError(f"invalid object name {key!r}")
         return self.root / key
 
+    def _adopt(self, paths: list[Path]) -> None:
+        """Root writing into a repository folder another user owns (postgres, whose archive_command
+        pushes WAL there) gives what it creates to that user: otherwise its next push fails."""
+        if os.geteuid() != 0:
+            return
+        st = os.stat(self.root)
+        if st.st_uid != 0:
+            for p in paths:
+                os.chown(p, st.st_uid, st.st_gid)
+
     def put(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> None:
         path = self._path(key)
         try:
+            missing = []
+            folder = path.parent
+            while not folder.exists() and folder != self.root and self.root in folder.parents:
+                missing.append(folder)
+                folder = folder.parent
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, data)
+            self._adopt([*reversed(missing), path])
             dir_fd = os.open(path.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
