@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from crmops.cli.context import DATABASE_URL, AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app, repository_option
 
 
 def _system_id(given: str | None, path: Path | None = None) -> str:
@@ -59,6 +59,7 @@ def push_cmd(app: AppContext, path: Path, system_id: str | None) -> None:
 
 
 @wal_group.command("fetch")
+@repository_option
 @click.argument("name")
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--system-id", help="The cluster's system identifier (default: read from ./global/pg_control).")
@@ -112,6 +113,7 @@ def setup_cmd(app: AppContext, url: str | None, env_file: Path, archive_timeout:
 
 
 @wal_group.command("status")
+@repository_option
 @click.option("--system-id", help="Which cluster (default: the newest physical backup's).")
 @pass_app
 def status_cmd(app: AppContext, system_id: str | None) -> None:

@@ -345,6 +345,8 @@ def _to_datadir(config: Config, repo: Any, archive: WalArchive, base: dict[str, 
     env_file = Path(os.environ.get("CRMOPS_ENV_FILE", "/etc/crmops/crmops.env"))
     _push, fetch = archive_commands(config_file, env_file)
     fetch = fetch.replace("wal fetch %f %p", f"wal fetch --system-id {base['physical']['system_id']} %f %p")
+    if config.reading_copy:  # restored from a copy: WAL archived later comes from that copy too
+        fetch = fetch.replace("wal fetch ", f"wal fetch --repository {config.reading_copy} ")
     spool = datadir / WAL_SPOOL
     fetch = spooled_fetch(spool, fetch)
     created = not datadir.exists()
