@@ -38,7 +38,7 @@ def test_a_copy_killed_half_way_resumes_complete_without_duplicates(tmp_path: Pa
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     arrived = _keys(s3_endpoint, s3_bucket, "copy/data/")
-    assert 30 <= len(arrived), "the copy was not under way when killed"
+    assert len(arrived) >= 30, "the copy was not under way when killed"
     assert not _keys(s3_endpoint, s3_bucket, "copy/snapshots/")  # killed before its manifest: no snapshot yet
     r = doc(run(config, "copy"))["copies"][0]
     assert r["ok"] and r["copied"] == [snap] and r["chunks_present"] >= len(arrived)
