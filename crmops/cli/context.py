@@ -69,6 +69,8 @@ class AppContext:
         from crmops.services.jobs import JobRun
 
         config = self.config
+        if self.repository_name:  # a run against a copy is that copy's record, not the repository's
+            command = f"{command}@{self.repository_name}"
         self.job = JobRun(command)
         self.job.acquire(config)
 

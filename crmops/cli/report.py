@@ -12,9 +12,10 @@ _COLOUR = {"green": "green", "amber": "yellow", "red": "red"}
 
 
 def _overview(app: AppContext):  # type: ignore[no-untyped-def]
+    from crmops.copy.lag import judged
     from crmops.services.status import gather
 
-    return gather(app.config)
+    return gather(app.config, copies=judged)
 
 
 def _print_verdicts(console, ov) -> None:  # type: ignore[no-untyped-def]

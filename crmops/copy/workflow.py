@@ -112,6 +112,14 @@ def run(config: Config, to: list[str], refs: list[str], all_: bool,
     source = open_repository(config)
     listing = source.listing()
     copies = [copy_one(config, source, listing, n, refs, all_, progress) for n in names]
+    from crmops.copy.lag import states
+    from crmops.services.jobs import history
+
+    after = {s["name"]: s for s in states(config, runs=history(config))}
+    for c in copies:  # how far each copy lags now: the run record keeps it for the metrics
+        s = after[c["name"]]
+        c["state"] = {"newest_snapshot_time": s["newest_snapshot_time"], "lag_seconds": s["lag_seconds"],
+                      "archive_lag_seconds": s["archive_lag_seconds"]}
     result = {"ok": all(c["ok"] for c in copies), "copies": copies,
               "damaged_manifests": [d.id for d in listing.damaged]}
     return result

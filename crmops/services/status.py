@@ -9,6 +9,7 @@ verdict, not an error, so monitoring still gets a page and an exit code.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +64,8 @@ class Overview:
     lag_history: dict[str, list[int]] = field(default_factory=dict)
     #: the lag limit the chart marks (status.max_archive_lag_seconds)
     max_archive_lag_seconds: float = 900.0
+    #: each configured copy: newest snapshot, lag, archive lag, last drill from it (crmops.copy.lag)
+    copies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def level(self) -> str:
@@ -179,8 +182,13 @@ def _read_quarantine(config: Config, repo: Any, manifests: list[dict[str, Any]],
         ov.quarantine_needed = sorted(set(manifest_chunks(newest)) & set(ov.quarantined))
 
 
-def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) -> Overview:
-    """Read everything the verdicts and the status page need; never raises for what it finds."""
+def gather(config: Config, now: datetime | None = None, runs_shown: int = 30,
+           copies: Callable[[Config, datetime, list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> Overview:
+    """Read everything the verdicts and the status page need; never raises for what it finds.
+
+    copies: reads the copies' states (crmops.copy.lag.states, passed in by the command line,
+    which sits above both); each state is judged by its "level" and "summary".
+    """
     now = now or datetime.now(UTC)
     ov = Overview(generated_at=now.isoformat(timespec="seconds"), host=socket.gethostname(),
                   repository=config.repository.url.split("?")[0],
@@ -190,6 +198,8 @@ def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) ->
     except CrmopsError as e:
         ov.repository_error = config.redact(e.line())
     runs = history(config)
+    if copies is not None and config.copies:
+        ov.copies = copies(config, now, runs)
     ov.runs = runs[-runs_shown:]
     ov.upgrades = read_upgrades(config.state_dir / "upgrades")
     ov.verdicts = verdicts(config, ov, runs, now)
@@ -226,6 +236,7 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_upgrades_verdict(ov))
     out.append(_alerting_verdict(config))
     out += [_archive_verdict(w, s.max_archive_lag_seconds) for w in ov.pitr]
+    out += [Verdict(f"copy {c['name']}", c["level"], c["summary"]) for c in ov.copies]
     return out
 
 
