@@ -33,7 +33,7 @@ class AppContext:
     #: `--repository NAME`: the configured copy read in place of the repository
     repository_name: str | None = None
     _config: Config | None = field(default=None, repr=False)
-    #: the unattended job this command runs (crmops.services.jobs), recorded when it ends
+    #: the unattended job this command runs (crmops.status.jobs), recorded when it ends
     job: Any = field(default=None, repr=False)
     #: the last result emitted, whose key figures go into the run history and notifications
     result: Any = field(default=None, repr=False)
@@ -66,7 +66,7 @@ class AppContext:
 
     def begin_job(self, command: str) -> None:
         """Mark this command as a job run: takes the job lock; main() records the run when it ends."""
-        from crmops.services.jobs import JobRun
+        from crmops.status.jobs import JobRun
 
         config = self.config
         if self.repository_name:  # a run against a copy is that copy's record, not the repository's

@@ -17,7 +17,7 @@ from crmops.errors import CrmopsError
 from crmops.pitr.archive import WalArchive
 from crmops.pitr.binlog import read_state
 from crmops.repository import Repository, credential, open_repository
-from crmops.repository.repo import Listing
+from crmops.repository.listing import Listing
 from crmops.repository.source import is_safety
 
 

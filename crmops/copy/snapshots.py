@@ -19,7 +19,7 @@ from typing import Any
 
 from crmops.errors import IntegrityError
 from crmops.repository import Repository
-from crmops.repository.repo import chunk_key, manifest_chunks
+from crmops.repository.paths import chunk_key, manifest_chunks
 from crmops.storage import Store
 
 log = logging.getLogger("crmops.copy")

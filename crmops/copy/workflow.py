@@ -25,7 +25,7 @@ from crmops.copy.target import open_copy_store, prepare
 from crmops.errors import ConfigError, CrmopsError, IntegrityError
 from crmops.pitr.retention import plan_physical
 from crmops.repository import Repository, open_repository
-from crmops.repository.repo import Listing
+from crmops.repository.listing import Listing
 from crmops.repository.retention import plan_groups
 
 log = logging.getLogger("crmops.copy")
@@ -113,9 +113,8 @@ def run(config: Config, to: list[str], refs: list[str], all_: bool,
     listing = source.listing()
     copies = [copy_one(config, source, listing, n, refs, all_, progress) for n in names]
     from crmops.copy.lag import states
-    from crmops.services.jobs import history
 
-    after = {s["name"]: s for s in states(config, runs=history(config))}
+    after = {s["name"]: s for s in states(config)}
     for c in copies:  # how far each copy lags now: the run record keeps it for the metrics
         s = after[c["name"]]
         c["state"] = {"newest_snapshot_time": s["newest_snapshot_time"], "lag_seconds": s["lag_seconds"],

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from crmops.repository.repo import chunk_key, manifest_chunks
+from crmops.repository.paths import chunk_key, manifest_chunks
 from tests.copy.helpers import PASSPHRASE, crm, doc, run, tree_digest, write_config
 
 
