@@ -17,11 +17,12 @@ import os
 import re
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -84,18 +85,21 @@ class S3Config(_Section):
     max_attempts: int = Field(8, ge=1, le=50)
 
 
+def _repository_url(v: str) -> str:
+    if not (v.startswith("file://") or v.startswith("s3://")):
+        raise ValueError("file:///path or s3://bucket/prefix")
+    return v
+
+
+#: where a repository (or a copy of one) lives
+RepositoryUrl = Annotated[str, AfterValidator(_repository_url)]
+
+
 class RepositoryConfig(_Section):
-    url: str = "file://demo/repo"
+    url: RepositoryUrl = "file://demo/repo"
     s3: S3Config = Field(default_factory=S3Config)
     compression_level: int = Field(1, ge=1, le=19, description="zstd level; 1 keeps pace with the database")
     chunk_avg_kib: int = Field(1024, ge=64, le=16384)
-
-    @field_validator("url")
-    @classmethod
-    def _known_scheme(cls, v: str) -> str:
-        if not (v.startswith("file://") or v.startswith("s3://")):
-            raise ValueError("file:///path or s3://bucket/prefix")
-        return v
 
 
 class EncryptionConfig(_Section):
@@ -127,19 +131,12 @@ class CopyConfig(_Section):
     """
 
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="what --to/--repository call it")
-    url: str = Field(..., description="file:///path or s3://bucket/prefix")
+    url: RepositoryUrl = Field(..., description="file:///path or s3://bucket/prefix")
     s3: S3Config = Field(default_factory=S3Config)
     #: None: the repository's retention
     retention: RetentionConfig | None = None
     #: shared: the same master key; sealed chunks are copied byte for byte (only "shared" is built)
     key: Literal["shared"] = "shared"
-
-    @field_validator("url")
-    @classmethod
-    def _known_scheme(cls, v: str) -> str:
-        if not (v.startswith("file://") or v.startswith("s3://")):
-            raise ValueError("file:///path or s3://bucket/prefix")
-        return v
 
 
 class Assertion(_Section):
