@@ -57,15 +57,18 @@ def _last_proof(runs: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
             "finished": datetime.fromtimestamp(r["finished"], UTC).isoformat(timespec="seconds")}
 
 
-def states(config: Config, now: datetime | None = None,
-           runs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One state per configured copy; a copy that cannot be read is a state with its error, never a raise."""
+def states(config: Config, now: datetime | None = None, runs: list[dict[str, Any]] | None = None, *,
+           primary: Repository | None = None, copies: dict[str, Repository] | None = None) -> list[dict[str, Any]]:
+    """One state per configured copy; a copy that cannot be read is a state with its error, never a raise.
+
+    primary and copies: repositories already open (after `copy`), so no key is derived twice.
+    """
     now = now or datetime.now(UTC)
     primary_newest: dict[str, Any] | None = None
     primary_archive: dict[str, str] = {}
     primary_error = None
     try:
-        primary = open_repository(config)
+        primary = primary or open_repository(config)
         primary_newest = newest_snapshot(primary.listing())
         primary_archive = archive_ends(primary)
     except CrmopsError as e:
@@ -77,7 +80,8 @@ def states(config: Config, now: datetime | None = None,
                                  "archive_lag_seconds": None, "repository_error": primary_error,
                                  "last_proof": _last_proof(runs or [], c.name)}
         try:
-            repo = Repository.open(open_copy_store(config, c.name), credential(config))
+            repo = (copies or {}).get(c.name) or Repository.open(open_copy_store(config, c.name),
+                                                                 credential(config))
             newest = newest_snapshot(repo.listing())
             ends = archive_ends(repo)
         except CrmopsError as e:

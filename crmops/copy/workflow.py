@@ -12,6 +12,7 @@ during the copy then simply fails to copy (named), nothing else.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -70,7 +71,8 @@ def copy_one(config: Config, source: Repository, listing: Listing, name: str, re
     store = open_copy_store(config, name)
     chosen = select(listing, refs, all_, copy, config)
     prepared = prepare(source, store, name)
-    dest = Repository.open(store, source_credential(config))
+    # the same config and key slots, so the same master key: no second key derivation
+    dest = Repository(store, json.loads(store.get("config")), source.key, source.slot_id)
     threads = _threads(config, name)
     with ExitStack() as stack:
         stack.enter_context(dest.lock(exclusive=False, purpose="copy"))
@@ -85,15 +87,10 @@ def copy_one(config: Config, source: Repository, listing: Listing, name: str, re
         snaps = copy_snapshots(source, store, chosen, threads, progress)
         archive = copy_archive(source, store, threads, progress)
     ok = not snaps.failed and not archive["damaged"]
-    return {"name": name, "url": store.url, "ok": ok, **prepared, "snapshots_selected": len(chosen),
-            **snaps.to_dict(), "archive": archive, "repository_locked": source_locked,
+    return {"name": name, "url": store.url, "ok": ok, "_repository": dest, **prepared,
+            "snapshots_selected": len(chosen), **snaps.to_dict(),
+            "archive": archive, "repository_locked": source_locked,
             "seconds": round(time.monotonic() - started, 2)}
-
-
-def source_credential(config: Config) -> Any:
-    from crmops.repository import credential
-
-    return credential(config)
 
 
 def run(config: Config, to: list[str], refs: list[str], all_: bool,
@@ -114,7 +111,8 @@ def run(config: Config, to: list[str], refs: list[str], all_: bool,
     copies = [copy_one(config, source, listing, n, refs, all_, progress) for n in names]
     from crmops.copy.lag import states
 
-    after = {s["name"]: s for s in states(config)}
+    opened = {c["name"]: c.pop("_repository") for c in copies}
+    after = {s["name"]: s for s in states(config, primary=source, copies=opened)}
     for c in copies:  # how far each copy lags now: the run record keeps it for the metrics
         s = after[c["name"]]
         c["state"] = {"newest_snapshot_time": s["newest_snapshot_time"], "lag_seconds": s["lag_seconds"],
