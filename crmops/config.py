@@ -17,11 +17,12 @@ import os
 import re
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -84,18 +85,21 @@ class S3Config(_Section):
     max_attempts: int = Field(8, ge=1, le=50)
 
 
+def _repository_url(v: str) -> str:
+    if not (v.startswith("file://") or v.startswith("s3://")):
+        raise ValueError("file:///path or s3://bucket/prefix")
+    return v
+
+
+#: where a repository (or a copy of one) lives
+RepositoryUrl = Annotated[str, AfterValidator(_repository_url)]
+
+
 class RepositoryConfig(_Section):
-    url: str = "file://demo/repo"
+    url: RepositoryUrl = "file://demo/repo"
     s3: S3Config = Field(default_factory=S3Config)
     compression_level: int = Field(1, ge=1, le=19, description="zstd level; 1 keeps pace with the database")
     chunk_avg_kib: int = Field(1024, ge=64, le=16384)
-
-    @field_validator("url")
-    @classmethod
-    def _known_scheme(cls, v: str) -> str:
-        if not (v.startswith("file://") or v.startswith("s3://")):
-            raise ValueError("file:///path or s3://bucket/prefix")
-        return v
 
 
 class EncryptionConfig(_Section):
@@ -117,6 +121,22 @@ class RetentionConfig(_Section):
     keep_yearly: int = Field(3, ge=0)
     #: point-in-time recovery: keep base backups (and their WAL) reaching this many days back
     pitr_days: int = Field(7, ge=0)
+
+
+class CopyConfig(_Section):
+    """A second copy of the repository in another place (another bucket, provider or disk).
+
+    The copy is a repository of the same format: every reading command opens it with
+    `--repository NAME`. Its credentials and retention are its own.
+    """
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="what --to/--repository call it")
+    url: RepositoryUrl = Field(..., description="file:///path or s3://bucket/prefix")
+    s3: S3Config = Field(default_factory=S3Config)
+    #: None: the repository's retention
+    retention: RetentionConfig | None = None
+    #: shared: the same master key; sealed chunks are copied byte for byte (only "shared" is built)
+    key: Literal["shared"] = "shared"
 
 
 class Assertion(_Section):
@@ -201,6 +221,8 @@ class StatusConfig(_Section):
     repository_quota_bytes: int | None = Field(None, gt=0)
     headroom_percent: float = Field(90, gt=0, le=100, description="amber when usage reaches this share of the quota")
     max_archive_lag_seconds: float = Field(900, gt=0, description="red when the newest archived WAL is older")
+    max_copy_lag_hours: float = Field(26, gt=0, description="red when a copy's newest snapshot or archive "
+                                                            "lags the repository's by more")
 
 
 class UndoRelation(_Section):
@@ -257,10 +279,50 @@ class Config(_Section):
     status: StatusConfig = Field(default_factory=StatusConfig)
     undo: UndoConfig = Field(default_factory=UndoConfig)
     check: CheckConfig = Field(default_factory=CheckConfig)
+    copies: list[CopyConfig] = Field(default_factory=list)
     state_dir: Path = Field(Path("demo/state"), description="journals, locks and run history (outside the database)")
 
     #: where the configuration came from ("embedded default" when no file)
     source: str = Field("embedded default", exclude=True)
+    #: the copy this configuration reads in place of the repository (`--repository NAME`), or None
+    reading_copy: str | None = Field(None, exclude=True)
+
+    @field_validator("copies")
+    @classmethod
+    def _unique_copy_names(cls, v: list[CopyConfig]) -> list[CopyConfig]:
+        names = [c.name for c in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"copy names must differ; {', '.join(twice)} is used twice")
+        return v
+
+    def copy_named(self, name: str) -> CopyConfig:
+        """The configured copy of that name; ConfigError naming the known ones otherwise."""
+        for c in self.copies:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in self.copies) or "none configured"
+        raise ConfigError(f"no copy named {name!r} (copies: {known})",
+                          hint="copies are listed under `copies:` in the configuration")
+
+    def copy_repository(self, name: str) -> RepositoryConfig:
+        """The copy seen as a repository: its place and credentials, the repository's format settings."""
+        c = self.copy_named(name)
+        return RepositoryConfig(url=c.url, s3=c.s3, compression_level=self.repository.compression_level,
+                                chunk_avg_kib=self.repository.chunk_avg_kib)
+
+    def for_copy(self, name: str) -> Config:
+        """This configuration reading the copy NAME in place of the repository, with the copy's retention.
+
+        Every command that opens "the repository" then works on the copy alone: the primary
+        may be gone.
+        """
+        c = self.copy_named(name)
+        other = self.model_copy(deep=True)
+        other.repository = self.copy_repository(name)
+        other.retention = (c.retention or self.retention).model_copy()
+        other.reading_copy = name
+        return other
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration knows, for scrubbing outgoing text (notifications, logs, reports)."""
@@ -387,11 +449,19 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[tuple[
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or "__" not in name:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
-        node = data
+        node: Any = data
         for part in path[:-1]:
+            if isinstance(node, list):  # copies: CRMOPS_COPIES__OFFSITE__S3__SECRET_ACCESS_KEY names one by name
+                named = [item for item in node if isinstance(item, dict) and str(item.get("name")) == part]
+                if not named:
+                    raise ConfigError(f"{name}: no entry named {part!r} to set {'.'.join(path)} in")
+                node = named[0]
+                continue
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            if not isinstance(node, dict | list):
                 raise ConfigError(f"{name}: {'.'.join(path)} cannot be set; its parent is not a section")
+        if isinstance(node, list):
+            raise ConfigError(f"{name}: {'.'.join(path)} cannot be set; name an entry and its key")
         try:
             node[path[-1]] = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
@@ -419,6 +489,10 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         rest = cfg.repository.url[len("file://"):]
         if not rest.startswith("/"):
             cfg.repository.url = "file://" + str(base / rest)
+    for copy in cfg.copies:
+        rest = copy.url[len("file://"):]
+        if copy.url.startswith("file://") and not rest.startswith("/"):
+            copy.url = "file://" + str(base / rest)
 
 
 def _format_validation(err: ValidationError, file: str, from_env: dict[tuple[str, ...], str] | None = None) -> str:

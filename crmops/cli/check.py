@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, repository_option
 from crmops.errors import IntegrityError
 
 
@@ -23,6 +23,7 @@ def _percent(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 
 
 @click.command("check")
+@repository_option
 @click.option("--read-data", is_flag=True, help="Read and authenticate every chunk.")
 @click.option("--read-data-subset", "subset", callback=_percent, metavar="N%",
               help="Read N% of the chunks, those read longest ago first, so runs cover everything in turn; "

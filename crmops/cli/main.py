@@ -46,11 +46,12 @@ COMMANDS: dict[str, str] = {
     "undo": "crmops.cli.undo:undo_cmd",
     "repair": "crmops.cli.repair:repair_cmd",
     "unlock": "crmops.cli.unlock:unlock_cmd",
+    "copy": "crmops.cli.copy:copy_cmd",
 }
 
 HELP_GROUPS = {
     "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "undo", "repair", "unlock", "wal",
-                "binlog"],
+                "binlog", "copy"],
     "Prove": ["verify", "drill", "sandbox"],
     "Change": ["migrate", "upgrade"],
     "Operate": ["schedule", "status", "report", "repo", "key", "db"],

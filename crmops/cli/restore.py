@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from crmops.cli.context import DATABASE_URL, AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app, repository_option
 
 
 @click.command("restore")
+@repository_option
 @click.argument("snapshot", default="latest")
 @click.option("--to", "to_url", type=DATABASE_URL,
               help="Target database URL (empty, unless --force); write its password as ${VAR}.")

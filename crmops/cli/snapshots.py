@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, repository_option
 
 
 def short_source(source: str, others: list[str]) -> str:
@@ -28,6 +28,7 @@ def _engine(s: Any) -> str:
 
 
 @click.command("snapshots")
+@repository_option
 @click.option("--source", metavar="SOURCE",
               help="Only this source's snapshots (a source as listed, a part of one, or a database URL).")
 @click.option("--all", "all_sources", is_flag=True, help="Every source's snapshots, not only the configured one's.")
