@@ -400,7 +400,9 @@ EMBEDDED_DEFAULT: dict[str, dict[str, Any]] = {
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(value: Any, where: str, file: str, environ: dict[str, str]) -> Any:
+def _interpolate(value: Any, where: str, file: str, environ: dict[str, str],
+                 missing: list[tuple[str, str]] | None = None) -> Any:
+    """${VAR} filled in; unset ones are collected in missing (then left as written), or raised at once."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -408,13 +410,25 @@ def _interpolate(value: Any, where: str, file: str, environ: dict[str, str]) -> 
                 return environ[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{file}: key {where}: environment variable ${{{name}}} is not set")
+            if missing is None:
+                raise ConfigError(f"{file}: key {where}: environment variable ${{{name}}} is not set")
+            missing.append((where, name))
+            return m.group(0)
         return _ENV_REF.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), file, environ) for k, v in value.items()}
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), file, environ, missing)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{where}[{i}]", file, environ) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{where}[{i}]", file, environ, missing) for i, v in enumerate(value)]
     return value
+
+
+def _missing_error(file: str, missing: list[tuple[str, str]]) -> ConfigError:
+    """Every unset variable in one line, so a new set-up is not fixed one run at a time."""
+    (where, name), rest = missing[0], missing[1:]
+    more = "; also " + ", ".join(f"${{{n}}} ({w})" for w, n in rest) if rest else ""
+    return ConfigError(f"{file}: key {where}: environment variable ${{{name}}} is not set{more}",
+                       hint="export them, or put them in the file named by $CRMOPS_ENV_FILE")
 
 
 def yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
@@ -428,8 +442,9 @@ def expand_env(value: str, where: str, environ: dict[str, str] | None = None) ->
     return _interpolate(value, where, "command line", dict(os.environ if environ is None else environ))
 
 
-def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
-    """Apply CRMOPS_SECTION__KEY=value (YAML-parsed, so numbers and lists work)."""
+def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[tuple[str, ...], str]:
+    """Apply CRMOPS_SECTION__KEY=value (YAML-parsed, so numbers and lists work); returns key path -> variable."""
+    applied: dict[tuple[str, ...], str] = {}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or "__" not in name:
             continue
@@ -451,6 +466,8 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
             node[path[-1]] = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
             node[path[-1]] = raw
+        applied[tuple(path)] = name
+    return applied
 
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
@@ -478,15 +495,21 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
             copy.url = "file://" + str(base / rest)
 
 
-def _format_validation(err: ValidationError, file: str) -> str:
+def _format_validation(err: ValidationError, file: str, from_env: dict[tuple[str, ...], str] | None = None) -> str:
+    """The first mistake, blamed on where it was written: the file, or the CRMOPS_* variable that set it."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = tuple(str(p) for p in first["loc"])
+    key = ".".join(loc) or "(top level)"
+    variable = next((v for path, v in (from_env or {}).items() if path[:len(loc)] == loc and loc), None)
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; `crmops init` writes a commented example)"
+        msg = ("unknown key (check the variable's name: CRMOPS_SECTION__KEY, e.g. CRMOPS_DATABASE__URL)"
+               if variable else "unknown key (check the spelling; `crmops init` writes a commented example)")
     elif "input" in first and not isinstance(first["input"], dict | list) and "secret" not in key:
         msg = f"{msg}, got {first['input']!r}"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if variable:
+        return f"environment variable {variable}: key {key}: {msg}{more}"
     return f"{file}: key {key}: {msg}{more}"
 
 
@@ -563,16 +586,21 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             raise ConfigError(f"{file}:{where}: {problem}") from None
         except OSError as e:
             raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
-        if loaded is None:
-            loaded = {}
+        if not loaded:  # under cron a truncated file must fail, never back up the demo instead
+            raise ConfigError(f"{file}: the file is empty (no settings in it); nothing was done",
+                              hint="an empty file is never the demo configuration: restore the file, or write "
+                                   "a commented one with `crmops init`")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
-        data = _interpolate(loaded, "", label, environ)
-    _env_overrides(data, environ)
+        missing: list[tuple[str, str]] = []
+        data = _interpolate(loaded, "", label, environ, missing)
+        if missing:
+            raise _missing_error(label, missing)
+    from_env = _env_overrides(data, environ)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, label)) from None
+        raise ConfigError(_format_validation(e, label, from_env)) from None
     cfg.source = label
     _resolve_paths(cfg, (file.parent if file else Path.cwd()).resolve())
     return cfg

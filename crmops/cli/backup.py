@@ -40,8 +40,17 @@ def backup_cmd(app: AppContext, tags: tuple[str, ...], physical: bool, wal_timeo
         if then_copy:
             _copy_after(app)
         return None
-    with app.progress("backup") as advance:
-        result = backup(app.config, tags=tags, progress=advance)
+    try:
+        with app.progress("backup") as advance:
+            result = backup(app.config, tags=tags, progress=advance)
+    except KeyboardInterrupt:  # the manifest is written last: before it, nothing is a snapshot
+        from crmops.cli import main
+        from crmops.errors import Interrupted
+
+        why = f"stopped by {main._STOPPED_BY}" if main._STOPPED_BY else "stopped"
+        raise Interrupted(f"backup {why}; nothing was stored: no snapshot was written and the repository's "
+                          "snapshots are unchanged", hint="the chunks uploaded so far are reused by the next "
+                                                          "backup") from None
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         ratio = f"dedup ratio {result.dedup_ratio}" if result.dedup_ratio else "nothing new to store"

@@ -155,14 +155,20 @@ def repository_option(f: Any) -> Any:
                                                   "the repository.")(f)
 
 
-def table(*headers: str, **options: Any) -> Any:
-    """A rich Table whose cells wrap (folding long words) instead of ending in "…" at 80 columns."""
+def table(*headers: str, whole: tuple[str, ...] = (), **options: Any) -> Any:
+    """A rich Table whose cells wrap (folding long words) instead of ending in "…" at 80 columns.
+
+    Columns named in whole never wrap: identifiers people copy (container names, ids) stay on one line.
+    """
     from rich import box
     from rich.table import Table
 
     t = Table(**{"box": box.SIMPLE_HEAD, "show_edge": False, "padding": (0, 1, 0, 0), **options})
     for header in headers:
-        t.add_column(header, overflow="fold")
+        if header in whole:
+            t.add_column(header, no_wrap=True)
+        else:
+            t.add_column(header, overflow="fold")
     return t
 
 

@@ -81,11 +81,19 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
             console.print(f"the target's previous content is in snapshot {result.safety_snapshot} (pre-restore)")
         if result.replaced:
             console.print(f"replaced {', '.join(result.replaced)} in {display(result.target)}")
-        if result.created and (prefix or result.replaced):
+        if prefix:  # copies beside the live tables: say so, not as if the live ones were replaced
+            console.print(f"restored {', '.join(result.tables or [])} from snapshot {result.snapshot_id} beside the "
+                          f"live tables, as {', '.join(result.created)} in {display(result.target)} in "
+                          f"{result.seconds} s; the live tables were not changed")
+            return
+        if result.created and result.replaced:
             console.print(f"created {', '.join(result.created)} in {display(result.target)}")
         what = f"tables {', '.join(result.tables)}" if result.tables else "the database"
         console.print(f"restored {what} from snapshot {result.snapshot_id} into {display(result.target)} "
                       f"in {result.seconds} s"
                       + (f", {result.files} attachment files and folders" if result.files else ""))
+        if result.files_left:
+            console.print(f"not restored: the snapshot's {result.files_left} attachment "
+                          f"file{'s' * (result.files_left != 1)} (add --attachments-to DIR to restore them)")
 
     app.emit(result.to_dict(), human)
