@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from crmops.cli.context import DATABASE_URL, AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app, repository_option
 
 
 @click.command("restore")
+@repository_option
 @click.argument("snapshot", default="latest")
 @click.option("--to", "to_url", type=DATABASE_URL,
               help="Target database URL (empty, unless --force); write its password as ${VAR}.")
@@ -85,7 +86,12 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
             console.print(f"the target's previous content is in snapshot {result.safety_snapshot} (pre-restore)")
         if result.replaced:
             console.print(f"replaced {', '.join(result.replaced)} in {display(result.target)}")
-        if result.created and (prefix or result.replaced):
+        if prefix:  # copies beside the live tables: say so, not as if the live ones were replaced
+            console.print(f"restored {', '.join(result.tables or [])} from snapshot {result.snapshot_id} beside the "
+                          f"live tables, as {', '.join(result.created)} in {display(result.target)} in "
+                          f"{result.seconds} s; the live tables were not changed")
+            return
+        if result.created and result.replaced:
             console.print(f"created {', '.join(result.created)} in {display(result.target)}")
         for line in left_out_lines(result.constraints_left_out):
             console.print(line)
@@ -93,5 +99,8 @@ def restore_cmd(app: AppContext, snapshot: str, to_url: str | None, tables: str 
         console.print(f"restored {what} from snapshot {result.snapshot_id} into {display(result.target)} "
                       f"in {result.seconds} s"
                       + (f", {result.files} attachment files and folders" if result.files else ""))
+        if result.files_left:
+            console.print(f"not restored: the snapshot's {result.files_left} attachment "
+                          f"file{'s' * (result.files_left != 1)} (add --attachments-to DIR to restore them)")
 
     app.emit(result.to_dict(), human)

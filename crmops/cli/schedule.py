@@ -90,6 +90,9 @@ def schedule_group() -> None:
               help="When to check the repository, reading a rotating share of the data (check.read_data_days); "
                    '"off" to leave it out.')
 @click.option("--prune", callback=_when, metavar="WHEN", help='When to forget and prune, e.g. "sun 05:00".')
+@click.option("--copy", "copy", callback=_when, metavar="WHEN",
+              help='When to copy to the configured copies, e.g. "03:00" (after the backup); on a pull host '
+                   'with --backup off --check off.')
 @click.option("--timeout", "timeout", default="4h", show_default=True, metavar="DURATION",
               help="Stop a run after this long (it is recorded and notified as failed).")
 @click.option("--lock-wait", default="1h", show_default=True, metavar="DURATION",
@@ -112,8 +115,9 @@ def schedule_group() -> None:
 @_with_dirs
 @_no_systemctl
 @pass_app
-def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, check: sch.When | None,
-                prune: sch.When | None, timeout: str, lock_wait: str, env_file: Path, user: str | None,
+def install_cmd(app: AppContext, backup: sch.When | None, verify: sch.When | None, check: sch.When | None,
+                prune: sch.When | None, copy: sch.When | None, timeout: str, lock_wait: str,
+                env_file: Path, user: str | None,
                 log_file: Path | None, status_page: Path | None, wal_stream: bool, binlog_follow: bool,
                 interval: int | None, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
     """Write the units (or cron file) that run the jobs; the configuration file is pinned by path.
@@ -141,7 +145,11 @@ def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, chec
             pwd.getpwnam(user)
         except KeyError:
             raise ConfigError(f"--user {user}: no such user on this host") from None
-    schedule = {k: v for k, v in (("backup", backup), ("verify", verify), ("check", check), ("prune", prune)) if v}
+    if copy and not app.config.copies:
+        raise ConfigError("--copy schedules `crmops copy`, but no copies are configured",
+                          hint="add a `copies:` list to the configuration first")
+    schedule = {k: v for k, v in (("backup", backup), ("verify", verify), ("check", check), ("prune", prune),
+                                  ("copy", copy)) if v}
     common = {"config": config, "env_file": env_file.absolute(), "timeout_s": sch.parse_duration(timeout),
               "lock_wait_s": sch.parse_duration(lock_wait), "user": user, "exe": sch.crmops_executable(),
               "status_page": status_page.absolute() if status_page else None, "services": services,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from crmops.cli.context import DATABASE_URL, AppContext, pass_app
+from crmops.cli.context import DATABASE_URL, AppContext, pass_app, repository_option
 
 
 def _system_id(given: str | None, path: Path | None = None) -> str:
@@ -60,6 +60,7 @@ def push_cmd(app: AppContext, path: Path, system_id: str | None) -> None:
 
 
 @wal_group.command("fetch")
+@repository_option
 @click.argument("name")
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--system-id", help="The cluster's system identifier (default: read from ./global/pg_control).")
@@ -213,6 +214,7 @@ def wait_promoted_cmd(app: AppContext, datadir: Path, timeout: int, log: Path | 
 
 
 @wal_group.command("status")
+@repository_option
 @click.option("--system-id", help="Which cluster (default: the newest physical backup's).")
 @pass_app
 def status_cmd(app: AppContext, system_id: str | None) -> None:

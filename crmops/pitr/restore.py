@@ -355,6 +355,8 @@ def _to_datadir(config: Config, repo: Any, archive: WalArchive, base: dict[str, 
     try:
         extract_base(repo, base, datadir, progress)
         fetch, env_file, source = dd.restore_command(base, datadir, config_file)
+        if config.reading_copy:  # restored from a copy: WAL archived later comes from that copy too
+            fetch = fetch.replace("wal fetch ", f"wal fetch --repository {config.reading_copy} ")
         fetch = spooled_fetch(spool, fetch)
         # the WAL archived so far, fetched now in this one process: replay copies it instead of
         # starting crmops once per file; what is archived later still comes through `wal fetch`

@@ -42,6 +42,7 @@ JOBS: dict[str, tuple[list[str], str]] = {
     "check": (["check", "--read-data-subset", "auto"],
               "check the repository, reading a share of the data in rotation (check.read_data_days)"),
     "prune": (["forget", "--prune"], "forget snapshots past retention and delete unused data"),
+    "copy": (["copy"], "copy new snapshots and the WAL/binlog archive to the copies in other places"),
 }
 #: long-running services -> (the crmops arguments, what they are for)
 SERVICES: dict[str, tuple[list[str], str]] = {

@@ -6,13 +6,14 @@ or a power cut never leaves a half-written object under its real name.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crmops.errors import IntegrityError, StorageUnreachable
+from crmops.errors import FolderNotWritable, IntegrityError, StorageUnreachable
 from crmops.storage.base import Temporary
 
 
@@ -68,6 +69,8 @@ class LocalStore:
             finally:
                 os.close(dir_fd)
         except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                raise FolderNotWritable(f"{self.url}: cannot write {key}: {e.strerror}") from None
             raise StorageUnreachable(f"{self.url}: cannot write {key}: {e.strerror}") from None
 
     def get(self, key: str) -> bytes:
