@@ -39,7 +39,7 @@ MASK = "********"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import URL
 
-from crmops.dburl import display, parse
+from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.canonical import CANONICAL
@@ -33,7 +32,7 @@ FIX = ("install the PostgreSQL {major} client (apt-get install postgresql-client
        "or name its bin folder in CRMOPS_TOOLS_PATH")
 
 
-def _conninfo(u: URL) -> dict[str, Any]:
+def _conninfo(u: DbUrl) -> dict[str, Any]:
     return {"host": u.host or "127.0.0.1", "port": u.port or 5432, "user": u.username,
             "password": u.password, "dbname": u.database, "connect_timeout": 10}
 
@@ -41,7 +40,7 @@ def _conninfo(u: URL) -> dict[str, Any]:
 class PostgresEngine:
     name = "postgresql"
 
-    def __init__(self, url: str | URL, *, jobs: int = 1, restore_owners: bool = True) -> None:
+    def __init__(self, url: str | DbUrl, *, jobs: int = 1, restore_owners: bool = True) -> None:
         self.url = parse(url)
         self.jobs = jobs
         self.restore_owners = restore_owners
