@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
 from crmops.dburl import DbUrl, parse
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.tools import PIECE

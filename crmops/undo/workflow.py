@@ -115,7 +115,7 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
                 wanted = ENGINE_OF_FORMAT.get(repo.manifest(ref)["streams"]["database"]["format"])
                 if wanted != engine_kind(to_url):
                     raise ConfigError(f"snapshot {ref} holds a {wanted} database; {display(to_url)} is not {wanted}")
-            past_source = source or (lambda: from_snapshot(config, ref, repo, mark))
+            past_source = source or (lambda: from_snapshot(config, ref, repo, mark, request.table))
             with past_source() as past:
                 if engine_kind(to_url) != past.engine:
                     raise ConfigError(f"the past state is a {past.engine} database; {display(to_url)} is not")
