@@ -7,6 +7,7 @@ alembic) is only paid by the commands that use it, and `crmops --help` stays fas
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import signal
 import sys

@@ -70,9 +70,11 @@ def _scan(chunks: Iterable[bytes], tables: list[str], spool: Any) -> tuple[list[
             spool.write(b"\n")
         elif line.startswith(b"CREATE TABLE ") and line in starts:
             block = [line]
+            closed = False  # after the columns' ")": table options, then a PARTITION BY clause may follow
             for more in lines:
                 block.append(more)
-                if more.startswith(b")") and more.endswith(b";"):
+                closed = closed or more.startswith(b")")
+                if closed and more.endswith(b";"):
                     break
             creates[starts[line]] = b"\n".join(block)
     return header, creates
@@ -82,10 +84,11 @@ def _renamed_create(create: bytes, old: str, new: str) -> bytes:
     """A CREATE TABLE under another name, without foreign keys (their names are database-wide)."""
     lines = create.split(b"\n")
     lines[0] = b"CREATE TABLE " + _q(new).encode() + b" ("
-    body = [ln for ln in lines[1:-1] if not _FK_LINE.match(ln)]
+    close = next(i for i, ln in enumerate(lines) if i and ln.startswith(b")"))
+    body = [ln for ln in lines[1:close] if not _FK_LINE.match(ln)]
     if body and body[-1].endswith(b","):
         body[-1] = body[-1][:-1]
-    return b"\n".join([lines[0], *body, lines[-1]])
+    return b"\n".join([lines[0], *body, *lines[close:]])  # table options and partitions as they were
 
 
 def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str],

@@ -35,6 +35,26 @@ from crmops.storage.base import Store
 FORMAT_VERSION = 1
 
 
+def _read_config(store: Store, raw: bytes | None = None) -> dict[str, Any]:
+    """The plain `config` object (raw: its bytes, already read), its format checked first: a newer
+    format is refused before anything else."""
+    try:
+        config = json.loads(store.get("config") if raw is None else raw)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("id"), str):
+        raise IntegrityError(f"{store.url}/config is not a crmops repository configuration",
+                             hint="restore it from a copy of the repository; see docs/FORMAT.md")
+    fmt = config.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise IntegrityError(f"{store.url}/config names no repository format this crmops knows ({fmt!r})",
+                             hint="restore it from a copy of the repository; see docs/FORMAT.md")
+    if fmt > FORMAT_VERSION:
+        raise RepositoryTooNew(f"{store.url} uses repository format {fmt}; this crmops {__version__} reads "
+                               f"formats up to {FORMAT_VERSION}", hint="upgrade crmops")
+    return config
+
+
 class Repository(Locks, ChunkHealth, Manifests):
     """A repository opened with a key: keys, chunks, snapshots; locks, quarantine and listing via its mixins."""
 
@@ -82,10 +102,7 @@ class Repository(Locks, ChunkHealth, Manifests):
         except IntegrityError:
             raise RepositoryNotFound(f"no crmops repository at {store.url}",
                                      hint="create one with `crmops repo init`") from None
-        config = json.loads(raw)
-        if config.get("format", 0) > FORMAT_VERSION:
-            raise RepositoryTooNew(f"{store.url} uses repository format {config['format']}; this crmops "
-                                   f"{__version__} reads format {FORMAT_VERSION}", hint="upgrade crmops")
+        config = _read_config(store, raw)
         if cred.passphrase is None and cred.key_file is None:
             raise ConfigError("no passphrase or key file given",
                               hint="set CRMOPS_PASSPHRASE or encryption.passphrase, or encryption.key_file")

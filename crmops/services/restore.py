@@ -63,7 +63,9 @@ class RestoreResult:
 
 def snapshot_tables(manifest: dict[str, Any]) -> list[str]:
     """The tables a snapshot holds, as its fingerprint names them (PostgreSQL: schema.table outside public)."""
-    return sorted(t for t in manifest.get("fingerprint", {}).get("tables", {}) if t != "pg_largeobject")
+    fingerprint = manifest.get("fingerprint", {})
+    return sorted({*(t for t in fingerprint.get("tables", {}) if t != "pg_largeobject"),
+                   *fingerprint.get("partitions", {})})
 
 
 def resolve_tables(manifest: dict[str, Any], engine: str, names: list[str]) -> list[str]:

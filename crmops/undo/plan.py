@@ -22,6 +22,7 @@ from crmops.config import Config
 from crmops.undo.catalog import Catalog, insert_order, unique_keys
 from crmops.undo.select import Key, Selection, Tables, batches, matching
 from crmops.undo.source import PastState
+from crmops.undo.wholerow import WholeRows, classify
 
 #: --changed: what to do with a row that changed since the snapshot
 KEEP_LIVE = "keep-live"
@@ -115,28 +116,68 @@ def build(config: Config, past: PastState, live: sa.Connection, catalog: Catalog
           attachments_root: Path | None, manifest: dict[str, Any] | None) -> UndoPlan:
     """The plan for writing sel into the live database behind live."""
     plan = UndoPlan(source=past.describe(), target=target, table=table, where=where, follow_fks=follow,
-                    changed_policy=changed_policy, raw=sel.rows, primary_keys=catalog.primary_keys,
-                    catalog=catalog)
+                    changed_policy=changed_policy, raw=sel.rows,
+                    primary_keys={t: catalog.identity(t) for t in catalog.tables}, catalog=catalog)
     live_tables = Tables(live)
     live_inspector = sa.inspect(live)
     order = insert_order(list(sel.rows), catalog.relations)
     for name in order:
         tp = TablePlan(name, sorted(sel.reasons.get(name, ())))
         plan.tables.append(tp)
-        _compare_table(plan, tp, live, live_inspector, live_tables, catalog.primary_keys[name], sel.rows[name],
-                       changed_policy)
+        if name in catalog.whole_row:
+            _compare_whole_rows(plan, tp, classify(live, live_inspector, live_tables, name, catalog.columns[name],
+                                                   sel.rows[name]), catalog.identity(name), sel.rows[name])
+        else:
+            _compare_table(plan, tp, live, live_inspector, live_tables, catalog.primary_keys[name],
+                           sel.rows[name], changed_policy)
     for child, key, text in sel.missing_parents:
-        plan.conflicts.append(Conflict(child, keyed(catalog.primary_keys[child], key), "missing-parent",
+        plan.conflicts.append(Conflict(child, keyed(catalog.identity(child), key), "missing-parent",
                                        text + " (follow foreign keys, i.e. drop --no-follow-fks, or restore it too)"))
         _table(plan, child).conflicts += 1
-    for skipped in sel.skipped:
-        plan.warnings.append(f"table {skipped} has no primary key: its related rows are not brought back")
+    for tp in plan.tables:  # once per table without a primary key that the undo really touches
+        counts = f"{tp.insert} to re-insert, {tp.changed} changed, {tp.identical} identical"
+        if tp.table in catalog.whole_row and tp.insert:
+            plan.warnings.append(f"table {tp.table} has no primary key: its rows are matched whole, duplicates "
+                                 f"counted ({tp.insert} to re-insert, {tp.identical} identical to live)")
+        elif tp.table in catalog.unique_key and tp.insert + tp.changed:
+            plan.warnings.append(f"table {tp.table} has no primary key: its rows are matched by unique index "
+                                 f"{catalog.unique_key[tp.table]} ({', '.join(catalog.primary_keys[tp.table])}): "
+                                 f"{counts}")
     for child, column, parent in catalog.unlinked:
         if child in sel.rows or parent in sel.rows:
             plan.warnings.append(f"{child}.{column} looks like a reference to {parent} but no foreign key or "
                                  f"undo.relations entry says so: its rows are not followed")
     _attachments(config, plan, attachments_root, manifest)
     return plan
+
+
+def _compare_whole_rows(plan: UndoPlan, tp: TablePlan, found: WholeRows, identity: tuple[str, ...],
+                        rows: dict[Key, dict[str, Any]]) -> None:
+    """The plan's entries for a table without any key (crmops.undo.wholerow)."""
+    if found.problem:
+        for key in rows:
+            plan.conflicts.append(Conflict(tp.table, keyed(identity, key), "schema", found.problem))
+        tp.conflicts += len(rows)
+        return
+    inserts = set(found.insert)
+    for key in sorted(rows, key=natural):  # the copy number ("#") last, as every other value
+        entry: dict[str, Any] = {"table": tp.table, "key": keyed(identity, key)}
+        plan.rows.append(entry)
+        if key not in inserts:
+            entry["action"] = "identical"
+            tp.identical += 1
+            continue
+        entry["action"] = "insert"
+        entry["values"] = {c: shown(v) for c, v in rows[key].items()}
+        tp.insert += 1
+        plan.writes.append((tp.table, "insert", key, list(rows[key])))
+        if found.required:
+            plan.conflicts.append(Conflict(tp.table, entry["key"], "schema", f"{tp.table}: live column(s) "
+                                           f"{', '.join(found.required)} need a value the snapshot does not have"))
+            tp.conflicts += 1
+        for taken in found.taken.get(key, []):
+            plan.conflicts.append(Conflict(tp.table, entry["key"], "unique", f"{taken} is taken by a live row"))
+            tp.conflicts += 1
 
 
 def _table(plan: UndoPlan, name: str) -> TablePlan:

@@ -85,7 +85,7 @@ def test_the_narration_wraps_under_its_step(monkeypatch: Any, capsys: Any) -> No
 
 
 def test_check_lists_every_mistake_with_its_line(tmp_path: Path) -> None:
-    shipped = Path(__file__).resolve().parents[1] / "playbooks" / "democrm-1-to-2.yaml"
+    shipped = Path(__file__).resolve().parents[2] / "playbooks" / "democrm-1-to-2.yaml"
     text = shipped.read_text()
     assert text.count("expect_body:") >= 3
     pb = tmp_path / "typo.yaml"
