@@ -7,12 +7,12 @@ restored copy can be compared with what was dumped, table by table.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from crmops.errors import ConfigError, DatabaseError
+from crmops.errors import ConfigError, DatabaseError, Interrupted
 
 #: a dump up to this size is staged whole in a private file before a restore (every chunk
 #: authenticated on the way) and PostgreSQL restores it with `pg_restore -j`; a larger one is
@@ -124,6 +124,33 @@ def tables_outcome(tables: list[str], live: set[str] | list[str], beside: list[s
     if beside is not None:
         return {"replaced": [], "created": beside}
     return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
+
+
+@dataclass
+class TableCommit:
+    """Whether a one-transaction table restore has committed: what a Ctrl-C leaves is told from it."""
+
+    committed: bool = False
+
+
+def stopped_tables(tables: list[str], done: TableCommit) -> Interrupted:
+    """The one line for a stop during a table restore: each table's state, known from the commit."""
+    if done.committed:
+        e = Interrupted(f"restore stopped after the commit; {', '.join(f'{t}: restored rows' for t in tables)}")
+    else:
+        e = Interrupted(f"restore stopped before the commit; {', '.join(f'{t}: left as they were' for t in tables)}"
+                        " (rolled back)")
+    e.committed = done.committed  # type: ignore[attr-defined]
+    return e
+
+
+def told_on_stop(tables: list[str], run: Callable[[TableCommit], dict[str, list[str]]]) -> dict[str, list[str]]:
+    """run(done) with a stop (Ctrl-C, SIGTERM) turned into the line that says each table's state."""
+    done = TableCommit()
+    try:
+        return run(done)
+    except KeyboardInterrupt:
+        raise stopped_tables(tables, done) from None
 
 
 def check_method(engine: str, method: str | None, known: tuple[str, ...] = ("",)) -> str:

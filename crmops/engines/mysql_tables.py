@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pymysql
 
-from crmops.engines.base import tables_outcome
+from crmops.engines.base import TableCommit, tables_outcome, told_on_stop
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -93,6 +93,11 @@ def _renamed_create(create: bytes, old: str, new: str) -> bytes:
 
 def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
+    return told_on_stop(tables, lambda done: _restore_tables(engine, chunks, tables, prefix, done))
+
+
+def _restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str], prefix: str | None,
+                    done: TableCommit) -> dict[str, list[str]]:
     live = set(existing(engine, tables))
     dest = {t: (prefix + t if prefix else t) for t in tables}
     if prefix:
@@ -127,12 +132,13 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
                 triggers = _drop_triggers(cur, replaced)
                 try:
                     _load(conn, cur, spool_name, replaced, [] if prefix else created, dest)
+                    done.committed = True
                     _advance(cur, {t: creates[t] for t in replaced})
                 finally:
                     _put_back_triggers(engine, cur, triggers)
         except BaseException:
             with conn.cursor() as cur:
-                for t in created:
+                for t in created if not done.committed else []:  # once committed they hold the restored rows
                     cur.execute(f"DROP TABLE IF EXISTS {_q(t)}")
             raise
         finally:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
-from crmops.engines.base import tables_outcome
+from crmops.engines.base import TableCommit, tables_outcome, told_on_stop
 from crmops.engines.postgres_toc import parse_toc, select_tables
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
@@ -102,6 +102,11 @@ def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
 def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
     """Replace (or, with prefix, add beside) the chosen tables; one transaction, all or nothing."""
+    return told_on_stop(tables, lambda done: _restore_tables(engine, chunks, tables, prefix, done))
+
+
+def _restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str], prefix: str | None,
+                    done: TableCommit) -> dict[str, list[str]]:
     pg_restore = engine._tool("pg_restore")
     with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
         archive = Path(tmp) / "dump.pgc"
@@ -176,6 +181,7 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                 _apply(conn, script.pieces(), [t for t in tables if t in live and not prefix and t not in routed],
                        qualified, rename)
                 conn.commit()
+                done.committed = True
             except BaseException:
                 conn.rollback()
                 raise
