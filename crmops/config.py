@@ -21,7 +21,11 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
-from pydantic import (
+
+# crmops uses no pydantic plugins; looking for them scans every installed package's entry
+# points on the first model built, a cost every command paid at start-up
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+from pydantic import (  # noqa: E402
     AfterValidator,
     BaseModel,
     ConfigDict,
@@ -42,7 +46,7 @@ MASK = "********"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -57,7 +61,8 @@ class DatabaseConfig(_Section):
     restore_owners: bool = True
     #: 1 streams the restore from the repository into pg_restore: no temporary copy, and on a
     #: 2-core server 12% faster than -j 2 (45.6 s against 51.7 s for the 3.2 GB large demo CRM)
-    jobs: int = Field(1, ge=1, le=64, description="parallel restore jobs (pg_restore -j)")
+    jobs: int | None = Field(None, ge=1, le=64, description="parallel restore jobs (pg_restore -j); unset: "
+                             "one per core (up to 4) for a dump up to 1 GiB, else 1")
 
     @field_validator("url")
     @classmethod

@@ -200,13 +200,9 @@ def _option_name(param: click.Parameter | None) -> str:
 
 
 def _has_password(url: str) -> bool:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from crmops.dburl import has_password
 
-    try:
-        return make_url(url).password is not None
-    except (ArgumentError, ValueError):
-        return False
+    return has_password(url)
 
 
 DATABASE_URL = DatabaseUrl()

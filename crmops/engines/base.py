@@ -14,6 +14,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from crmops.errors import ConfigError, DatabaseError, Interrupted
 
+#: a dump up to this size is staged whole in a private file before a restore (every chunk
+#: authenticated on the way) and PostgreSQL restores it with `pg_restore -j`; a larger one is
+#: authenticated in a pass first, then streamed into one pg_restore. On 2 cores -j 2 from a
+#: file beat one streamed pg_restore on a 125 MB CRM and lost on 3.7 GB (spooling cost 11.7 s
+#: there, and page-cache pressure slowed pg_restore): docs/BENCHMARKS.md
+STAGE_LIMIT = 1 << 30
+
 
 @dataclass(frozen=True)
 class TableFingerprint:

@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pymysql
-from sqlalchemy.engine import URL
 
-from crmops.dburl import display, parse
+from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method, keys_left_out
 from crmops.engines.canonical import BINARY_TYPES, CANONICAL
@@ -40,7 +39,7 @@ LOCK_WAIT_LIMIT = 30.0
 class MysqlEngine:
     name = "mysql"
 
-    def __init__(self, url: str | URL, **_: Any) -> None:
+    def __init__(self, url: str | DbUrl, **_: Any) -> None:
         self.url = parse(url)
 
     def connect(self, database: bool = True) -> pymysql.Connection:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import psycopg
 
 from crmops.engines.base import TableCommit, keys_left_out, tables_outcome, told_on_stop
-from crmops.engines.postgres_toc import foreign_keys, parse_toc, select_tables
+from crmops.engines.postgres_toc import parse_toc, select_tables, table_keys
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -128,7 +128,7 @@ def _restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: lis
         root = {p: t for t in tables for p in descendants(t, attached) if p not in tables}
         tables = [*tables, *(p for p in dict.fromkeys(root))]
         live = set(existing(engine, tables))
-        keys = foreign_keys(entries, deps, tables)
+        keys = table_keys(entries, deps, tables)
         parents = set(existing(engine, sorted({k["references"] for k in keys} - set(tables))))
         owned = {} if prefix else _owned_sequences(engine, [t for t in tables if t in live])
         parts = {p for t in tables for p in (*split_name(t), *(split_name(beside(t, prefix)) if prefix else ()))}

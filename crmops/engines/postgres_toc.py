@@ -43,7 +43,7 @@ def parse_toc(toc: str) -> tuple[dict[int, tuple[str, str, str]], dict[int, set[
     return entries, deps, lines
 
 
-def foreign_keys(entries: dict[int, tuple[str, str, str]], deps: dict[int, set[int]],
+def table_keys(entries: dict[int, tuple[str, str, str]], deps: dict[int, set[int]],
                  tables: list[str]) -> list[dict[str, Any]]:
     """The archive's foreign keys on the chosen tables: entry id, table, name, referenced table.
 
@@ -99,3 +99,76 @@ def select_tables(toc: str, tables: list[str]) -> str:
                 changed = True
     keep = selected | needed | {i for i, e in entries.items() if e[0] in _SETTINGS}
     return "".join(lines[i] + "\n" for i in entries if i in keep)
+
+
+def foreign_keys(toc: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(every table as schema.table, the pairs of tables each foreign key joins) from a listing.
+
+    A foreign key's entry depends on its own table and on the referenced key (a constraint or
+    an index) of the other: both tables are found through those dependencies, never by
+    splitting names, which may hold spaces.
+    """
+    entries, deps, _ = parse_toc(toc)
+
+    def tables_of(i: int, depth: int = 2) -> set[str]:
+        kind, schema, tag = entries[i]
+        if kind == "TABLE":
+            return {f"{schema}.{tag}"}
+        if depth == 0:
+            return set()
+        return {t for d in deps.get(i, ()) if d in entries for t in tables_of(d, depth - 1)}
+
+    tables = sorted(f"{schema}.{tag}" for kind, schema, tag in entries.values() if kind == "TABLE")
+    pairs = []
+    for i, (kind, _, _) in entries.items():
+        if kind == "FK CONSTRAINT":
+            ends = sorted(tables_of(i))
+            pairs += [(ends[0], other) for other in ends[1:]]
+    return tables, pairs
+
+
+def _identifiers(text: str) -> list[str]:
+    """`public."My table"` -> ["public", "My table"]: a dotted name as pg_dump quotes it."""
+    parts, current, quoted, i = [], "", False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == '"':
+            if quoted and text[i + 1:i + 2] == '"':
+                current += '"'
+                i += 1
+            else:
+                quoted = not quoted
+        elif ch == "." and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    return [*parts, current]
+
+
+def table_columns(ddl: str) -> dict[str, list[str]]:
+    """schema.table -> its column names, from the CREATE TABLE statements pg_restore prints."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in ddl.splitlines():
+        for head in ("CREATE TABLE ", "CREATE UNLOGGED TABLE "):
+            if line.startswith(head) and line.endswith(" ("):
+                name = ".".join(_identifiers(line[len(head):-2]))
+                current = out.setdefault(name, [])
+                break
+        else:
+            if current is None:
+                continue
+            if line.startswith(")"):
+                current = None
+            elif line.startswith("    ") and not line.startswith("    CONSTRAINT "):
+                body = line.strip()
+                if body.startswith('"'):
+                    end = body.index('"', 1)
+                    while body[end + 1:end + 2] == '"':
+                        end = body.index('"', end + 2)
+                    current.append(body[1:end].replace('""', '"'))
+                else:
+                    current.append(body.split(" ", 1)[0])
+    return out

@@ -7,6 +7,7 @@ never its argv, because `ps` shows every user the command line of every process.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -78,6 +79,7 @@ def find_tool(names: Iterable[str], *, extra_dirs: Iterable[str] = ()) -> str | 
     return None
 
 
+@functools.lru_cache(maxsize=32)  # one `--version` run per tool and command: choosing and checking both ask
 def tool_version(path: str) -> tuple[tuple[int, int], str] | None:
     """(major, minor) of the server release a client tool belongs to, and its --version text.
 

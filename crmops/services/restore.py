@@ -1,8 +1,11 @@
 """Bring a snapshot back: authenticate everything first, then write; never over live data.
 
 Every chunk the restore needs is fetched and authenticated before the target is
-touched, so a damaged repository can never leave a half-restored database. A
-non-empty target is refused unless forced, and forcing first snapshots the target.
+touched, so a damaged repository can never leave a half-restored database. A dump up
+to STAGE_LIMIT is staged whole in a private file as its chunks are fetched, opened and
+authenticated (one pass, where a separate authentication pass read every chunk twice);
+a larger one is authenticated in a pass first, then streamed. A non-empty target is
+refused unless forced, and forcing first snapshots the target.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import difflib
 import hashlib
 import logging
 import re
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, safe
 from crmops.engines import open_engine
+from crmops.engines.base import STAGE_LIMIT
 from crmops.engines.files import FileEntry, check_writable_folder, finish_dirs, restore_entry
 from crmops.errors import (
     ConfigError,
@@ -151,10 +157,26 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if attachments_to is not None:
         check_writable_folder(attachments_to, "--attachments-to", needed=attachment_bytes(manifest))
     target, empty = check_target(config, to_url, chosen, prefix, force)
-    # every chunk's tag is checked before the target changes at all (a forced target's old
-    # data included); the restore then opens each chunk fully again as it streams it
-    repo.authenticate(manifest, progress)
-    mark("every chunk authenticated")
+    whole = not (chosen and (prefix is not None or not empty))
+    with ExitStack() as stack:
+        # every chunk is authenticated before the target changes at all (a forced target's
+        # old data included): staged whole, or checked in a pass and then streamed
+        staged = stack.enter_context(stage(repo, manifest, progress)) if whole and (
+            stream["size"] <= STAGE_LIMIT) else None
+        if staged is None:
+            repo.authenticate(manifest, progress)
+        mark("every chunk authenticated" + (" (dump staged)" if staged else ""))
+        return _write(config, repo, manifest, target, empty, staged, to_url, chosen, prefix, force,
+                      attachments_to, mark, started, timeline, safety_first=safety_first)
+
+
+def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: Any, empty: bool,
+           staged: Path | None, to_url: str, chosen: list[str] | None, prefix: str | None, force: bool,
+           attachments_to: Path | None, mark: Callable[[str], None], started: float,
+           timeline: list[dict[str, Any]], safety_first: bool = True) -> RestoreResult:
+    """Everything authenticated: the safety snapshot, then the database, then the files."""
+    stream = manifest["streams"]["database"]
+    wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if force and not empty and prefix is None and safe(to_url) == safe(config.database.url):
         logging.getLogger("crmops.restore").warning(  # every input is checked: this is what happens next
             "--to is the configured database (database.url): %s replaced by snapshot %s "
@@ -177,7 +199,11 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
                 replaced = ["the whole database"]
                 _empty(target)
                 mark("target emptied")
-            keys_out = target.restore(repo.read_stream(manifest), format=stream["format"], tables=chosen) or []
+            if staged is not None and wanted == "postgresql":
+                keys_out = target.restore((), format=stream["format"], tables=chosen, staged=staged) or []
+            else:
+                chunks = read_staged(staged) if staged is not None else repo.read_stream(manifest)
+                keys_out = target.restore(chunks, format=stream["format"], tables=chosen) or []
         except (CrmopsError, KeyboardInterrupt) as e:
             if not safety and isinstance(e, KeyboardInterrupt) and wanted != "sqlite":
                 # SQLite's file is renamed into place whole; the servers' targets keep what was loaded
@@ -261,6 +287,30 @@ def _files_failed(e: OSError | CrmopsError, snapshot: str, folder: Path, to_url:
             if safety else "the target was empty before; fix the folder and restore the attachments again")
     cls = type(e) if isinstance(e, CrmopsError) else FolderNotWritable
     return cls(f"attachments could not be written to {folder}: {why}; {done}", hint=hint)
+
+
+@contextmanager
+def stage(repo: Repository, manifest: dict[str, Any], progress: Callable[[int], None] | None = None, *,
+          files: bool = True) -> Iterator[Path]:
+    """The database stream whole in a private temporary file, every chunk opened and authenticated
+    on the way (a bad one raises IntegrityError, quarantined), and with files the attachments' chunks
+    checked too; removed on exit. Nothing outside the temporary folder is touched."""
+    if files and manifest.get("files"):
+        repo.authenticate({**manifest, "streams": {}}, progress)
+    with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
+        path = Path(tmp) / "dump"
+        with open(path, "wb") as f:
+            for piece in repo.read_stream(manifest):
+                f.write(piece)
+                if progress:
+                    progress(len(piece))
+        yield path
+
+
+def read_staged(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while piece := f.read(size):
+            yield piece
 
 
 # -- the steps a partial restore shares with `restore --at ... --tables` -----------------

@@ -122,7 +122,7 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
                 _check_table(request.table, snapshot_tables(manifest))
             if request.apply and root is not None:
                 check_writable_folder(root, "--attachments-to" if request.attachments_to else "attachments.path")
-            past_source = source or (lambda: from_snapshot(config, ref, repo, mark))
+            past_source = source or (lambda: from_snapshot(config, ref, repo, mark, request.table))
             with past_source() as past:
                 if engine_kind(to_url) != past.engine:
                     raise ConfigError(f"the past state is a {past.engine} database; {display(to_url)} is not")
