@@ -237,6 +237,17 @@ class UndoRelation(_Section):
     column: str
     #: "parent_table.column"
     references: str
+    #: a polymorphic link (activities.target_id names a customer, a contact or a deal): the
+    #: relation holds only for rows whose type_column equals type_value
+    type_column: str | None = None
+    type_value: str | None = None
+
+    @model_validator(mode="after")
+    def _type_both_or_neither(self) -> UndoRelation:
+        if (self.type_column is None) != (self.type_value is None):
+            raise ValueError("type_column and type_value go together, e.g. type_column: target_type, "
+                             "type_value: customer")
+        return self
 
     @field_validator("references")
     @classmethod

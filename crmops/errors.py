@@ -106,6 +106,8 @@ UpgradeRefused = _error("UpgradeRefused", 51, "upgrade-refused", "The upgrade re
 PlaybookInvalid = _error("PlaybookInvalid", 52, "playbook-invalid", "The playbook file is invalid.")
 # safety refusals and operations
 TargetNotEmpty = _error("TargetNotEmpty", 60, "target-not-empty", "Refused to overwrite a non-empty target.")
+SafetySnapshotFailed = _error("SafetySnapshotFailed", 62, "safety-snapshot-failed",
+                              "The safety snapshot before a change could not be taken; nothing was changed.")
 StatusRed = _error("StatusRed", 61, "status-red", "A monitoring verdict is red.")
 # undo
 UndoConflict = _error("UndoConflict", 70, "undo-conflict",
@@ -128,7 +130,7 @@ EXIT_CODES: dict[int, str] = {
             RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
             MigrationRefused, LintFailed, SchemaDrift, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
-            TargetNotEmpty, StatusRed, Interrupted, ConstraintBroken, TableNotInSnapshot,
+            TargetNotEmpty, SafetySnapshotFailed, StatusRed, Interrupted, ConstraintBroken, TableNotInSnapshot,
             UndoConflict, UndoNothingSelected, UndoSelectionInvalid,
         )
     },

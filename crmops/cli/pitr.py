@@ -29,13 +29,13 @@ def physical_backup_cmd(app: AppContext, tags: tuple[str, ...], wal_timeout: int
 
 def restore_at_cmd(app: AppContext, *, target: dict[str, str], to_url: str | None, tables: list[str] | None,
                    sandbox: bool, keep: bool, to_datadir: Path | None, force: bool, prefix: str | None = None,
-                   port: int | None = None) -> None:
+                   port: int | None = None, safety: bool = True) -> None:
     from crmops.pitr.restore import restore_at
 
     with app.progress("restore") as advance:
         result = restore_at(app.config, target, to_url=to_url, tables=tables, sandbox=sandbox, keep=keep,
                             to_datadir=to_datadir, force=force, progress=advance, say=app.say,
-                            prefix=prefix, port=port)
+                            prefix=prefix, port=port, safety=safety)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         for line in result.get("lines", []):

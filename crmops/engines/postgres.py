@@ -18,11 +18,11 @@ import psycopg
 
 from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
-from crmops.engines.base import STAGE_LIMIT, Fingerprint, TableFingerprint, check_method
+from crmops.engines.base import STAGE_LIMIT, Fingerprint, TableFingerprint, check_method, keys_left_out
 from crmops.engines.canonical import CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
-from crmops.engines.postgres_toc import select_tables
+from crmops.engines.postgres_toc import parse_toc, select_tables, table_keys
 from crmops.engines.tools import Background, StreamedDump
 from crmops.errors import CrmopsError, DatabaseError
 
@@ -214,8 +214,10 @@ class PostgresEngine:
     # -- restore -------------------------------------------------------------------
 
     def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None,
-                staged: Path | None = None) -> None:
-        """staged: the dump already whole in a private file (chunks then unused), restored with -j."""
+                staged: Path | None = None) -> list[dict[str, str]]:
+        """staged: the dump already whole in a private file (chunks then unused), restored with -j.
+
+        With tables, only those; returns the foreign keys left out (see keys_left_out)."""
         if format != "pg-custom":
             raise DatabaseError(f"a {format} dump cannot be restored into PostgreSQL")
         pg_restore = self._tool("pg_restore")
@@ -225,9 +227,10 @@ class PostgresEngine:
         jobs = self.jobs or (restore_jobs(staged.stat().st_size) if staged is not None else 1)
         if jobs <= 1 and not tables and staged is None:
             pg_restore.feed(argv, chunks, env=self._env(), secrets=self._secrets(), label="pg_restore")
-            return
+            return []
         # parallel restore and table selection read the archive more than once, so they
         # need a seekable file: the stream is spooled to a private temporary folder
+        left: list[dict[str, str]] = []
         with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
             path = Path(tmp) / "dump.pgc"
             if staged is not None:
@@ -243,8 +246,12 @@ class PostgresEngine:
                 toc = self._archive_text(pg_restore, ["--list", "--verbose"], path)
                 (Path(tmp) / "selected.list").write_text(select_tables(toc, tables))
                 argv.append(f"--use-list={Path(tmp) / 'selected.list'}")
+                # the target is empty: a key to a table not chosen has nothing to point at
+                entries, deps, _ = parse_toc(toc)
+                left = keys_left_out(table_keys(entries, deps, tables), tables, set(), None)
             pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(), label="pg_restore",
                             mounts=[tmp])
+        return left
 
     def _archive_text(self, pg_restore: Tool, args: list[str], path: Path) -> str:
         """What pg_restore prints about an archive file (its listing, or its schema as SQL)."""

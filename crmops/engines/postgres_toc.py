@@ -6,6 +6,8 @@ Shared by the whole-database restore (postgres.py) and the table-level paths
 
 from __future__ import annotations
 
+from typing import Any
+
 from crmops.errors import DatabaseError
 
 #: entry kinds in a pg_restore listing made of more than one word (the rest are one word)
@@ -39,6 +41,26 @@ def parse_toc(toc: str) -> tuple[dict[int, tuple[str, str, str]], dict[int, set[
         lines[last] = line
         deps.setdefault(last, set())
     return entries, deps, lines
+
+
+def table_keys(entries: dict[int, tuple[str, str, str]], deps: dict[int, set[int]],
+                 tables: list[str]) -> list[dict[str, Any]]:
+    """The archive's foreign keys on the chosen tables: entry id, table, name, referenced table.
+
+    pg_dump makes a foreign key depend on its own table and on the table it references
+    (and that table's key), so the referenced one is the other TABLE among its dependencies.
+    """
+    out = []
+    wanted = {(t.rpartition('.')[0] or 'public', t.rpartition('.')[2]): t for t in tables}
+    for i, (kind, schema, tag) in entries.items():
+        table, _, name = tag.partition(" ")
+        if kind != "FK CONSTRAINT" or (schema, table) not in wanted:
+            continue
+        others = [f"{entries[d][1]}.{entries[d][2]}" for d in deps.get(i, ()) if entries.get(d, ("",))[0] == "TABLE"
+                  and (entries[d][1], entries[d][2]) != (schema, table)]
+        out.append({"entry": i, "table": wanted[(schema, table)], "constraint": name,
+                    "references": others[0] if others else wanted[(schema, table)]})
+    return out
 
 
 def select_tables(toc: str, tables: list[str]) -> str:

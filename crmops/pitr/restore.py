@@ -230,7 +230,7 @@ def drop_targets(datadir: Path) -> None:
 def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None = None,
                tables: list[str] | None = None, prefix: str | None = None, sandbox: bool = False, keep: bool = False,
                to_datadir: Path | None = None, force: bool = False, system_id: str | None = None,
-               port: int | None = None,
+               port: int | None = None, safety: bool = True,
                progress: Callable[[int], None] | None = None,
                say: Callable[[str], None] = lambda s: None,
                inspect: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
 
         check_mariadb_form(sandbox, tables, to_url, to_datadir, target["kind"], prefix)
         return restore_at_mariadb(config, target["time"], keep=keep, say=say, tables=tables, to_url=to_url,
-                                  force=force, inspect=inspect, prefix=prefix)
+                                  force=force, inspect=inspect, prefix=prefix, safety=safety)
     forms = [bool(sandbox), to_datadir is not None, to_url is not None]
     if sum(forms) != 1:
         raise ConfigError("restore --at needs one destination: --sandbox, --to-datadir DIR, or --tables ... --to URL")
@@ -276,7 +276,7 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
         bases = [m for m in physical_manifests(repo, base["physical"]["system_id"]) if "tables" in m["physical"]]
         move = plan_move(config, to_url, tables or [], prefix, force,
                          sorted({t for m in bases for t in m["physical"]["tables"]}) if bases else None,
-                         "any base backup")
+                         "any base backup", safety=safety)
     if to_datadir is not None:
         return _to_datadir(config, repo, archive, base, target, to_datadir, result, progress, started, port)
     work = Path(tempfile.mkdtemp(prefix="crmops-pitr-"))

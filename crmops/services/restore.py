@@ -33,6 +33,7 @@ from crmops.errors import (
     FolderNotWritable,
     IntegrityError,
     Interrupted,
+    SafetySnapshotFailed,
     TableNotInSnapshot,
     TargetNotEmpty,
 )
@@ -60,6 +61,8 @@ class RestoreResult:
     replaced: list[str] = field(default_factory=list)
     #: tables that did not exist in the target before (with --as: the copies beside the live ones)
     created: list[str] = field(default_factory=list)
+    #: foreign keys of the restored tables not made, each with why and how to get it (see keys_left_out)
+    constraints_left_out: list[dict[str, str]] = field(default_factory=list)
     #: the snapshot's attachment files a whole restore without --attachments-to left in the repository
     files_left: int = 0
 
@@ -123,11 +126,12 @@ def _check_prefix(prefix: str, engine: str, tables: list[str]) -> None:
 def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None = None,
             attachments_to: Path | None = None, force: bool = False, repo: Repository | None = None,
             progress: Callable[[int], None] | None = None, prefix: str | None = None,
-            source: str | None = None) -> RestoreResult:
+            source: str | None = None, safety_first: bool = True) -> RestoreResult:
     """Restore a snapshot into to_url; with tables, only those, replacing them in place (force) or beside (prefix).
 
     Everything is checked before the first change: the engine, the table names against
     the snapshot, the destination names, the target's emptiness, every chunk's tag.
+    safety_first=False (--no-safety-snapshot) replaces without the pre-restore snapshot.
     """
     started = time.monotonic()
     timeline: list[dict[str, Any]] = []
@@ -163,13 +167,13 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
             repo.authenticate(manifest, progress)
         mark("every chunk authenticated" + (" (dump staged)" if staged else ""))
         return _write(config, repo, manifest, target, empty, staged, to_url, chosen, prefix, force,
-                      attachments_to, mark, started, timeline)
+                      attachments_to, mark, started, timeline, safety_first=safety_first)
 
 
 def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: Any, empty: bool,
            staged: Path | None, to_url: str, chosen: list[str] | None, prefix: str | None, force: bool,
            attachments_to: Path | None, mark: Callable[[str], None], started: float,
-           timeline: list[dict[str, Any]]) -> RestoreResult:
+           timeline: list[dict[str, Any]], safety_first: bool = True) -> RestoreResult:
     """Everything authenticated: the safety snapshot, then the database, then the files."""
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
@@ -179,32 +183,36 @@ def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: A
             "(a pre-restore snapshot is taken first)",
             f"its tables {', '.join(chosen)} are" if chosen else "its live content is", manifest["id"][:10])
     safety = None
-    if force and not empty and prefix is None:
+    if force and not empty and prefix is None and safety_first:
         safety = safety_snapshot(config, to_url, repo)
         mark("safety snapshot of the target")
     replaced: list[str] = []
     created: list[str] = []
+    keys_out: list[dict[str, str]] = []
     if chosen and (prefix is not None or not empty):
         done = load_tables(target, repo.read_stream(manifest), stream["format"], chosen, prefix, safety, to_url)
-        replaced, created = done["replaced"], done["created"]
+        replaced, created, keys_out = done["replaced"], done["created"], done.get("left_out", [])
         mark("tables restored")
     else:
         try:
-            if safety:
+            if force and not empty:
                 replaced = ["the whole database"]
                 _empty(target)
                 mark("target emptied")
             if staged is not None and wanted == "postgresql":
-                target.restore((), format=stream["format"], tables=chosen, staged=staged)
+                keys_out = target.restore((), format=stream["format"], tables=chosen, staged=staged) or []
             else:
                 chunks = read_staged(staged) if staged is not None else repo.read_stream(manifest)
-                target.restore(chunks, format=stream["format"], tables=chosen)
+                keys_out = target.restore(chunks, format=stream["format"], tables=chosen) or []
         except (CrmopsError, KeyboardInterrupt) as e:
             if not safety and isinstance(e, KeyboardInterrupt) and wanted != "sqlite":
                 # SQLite's file is renamed into place whole; the servers' targets keep what was loaded
                 raise Interrupted("restore stopped half-way; the target may hold part of the snapshot",
                                   hint="restore into a fresh database, or again with --force") from None
             if not safety:
+                if force and not empty and isinstance(e, CrmopsError):
+                    raise type(e)(f"{e.message}; the target was emptied first and, with --no-safety-snapshot, "
+                                  "there is no pre-restore snapshot of it", hint=e.hint) from None
                 raise
             back = f"get its previous content back with: crmops restore {safety} --to {display(to_url)} --force"
             if isinstance(e, KeyboardInterrupt):
@@ -224,7 +232,41 @@ def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: A
     return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=chosen,
                          seconds=round(time.monotonic() - started, 2), bytes=stream["size"], files=files,
                          safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created,
-                         files_left=left)
+                         files_left=left, constraints_left_out=with_hints(keys_out, chosen or [], wanted))
+
+
+def with_hints(left: list[dict[str, str]], chosen: list[str], engine: str) -> list[dict[str, str]]:
+    """Each foreign key left out with the --tables that brings it (both tables, so the key holds)."""
+    def short(t: str) -> str:
+        return t.removeprefix("public.") if engine == "postgresql" else t
+
+    out = []
+    for k in left:
+        if k["reason"].startswith("copies"):
+            out.append({**k, "hint": "restore without --as to get the tables with their keys"})
+            continue
+        names = sorted({short(t) for t in chosen} | {short(k["references"])})
+        out.append({**k, "hint": f"--tables {','.join(names)}"})
+    return out
+
+
+def left_out_lines(left: list[dict[str, str]]) -> list[str]:
+    """What the operator reads: one line per key left out, with the way to get it."""
+    if left and all(k["reason"].startswith("copies") for k in left):
+        return [f"the copies carry no foreign keys ({len(left)} left out: "
+                f"{', '.join(k['table'] + '.' + k['constraint'] for k in left)})"]
+    keys = [k for k in left if not k["reason"].startswith("copies")]
+    lines = [f"foreign key {k['constraint']} of {_short(k['table'])} (to {_short(k['references'])}) was not made: "
+             f"{_short(k['reason'])}; to get it restore both: {k['hint']}" for k in keys]
+    if len({k["references"] for k in keys}) > 1:  # one command that brings every key
+        every = sorted({t for k in keys for t in k["hint"].removeprefix("--tables ").split(",")})
+        lines.append(f"to get them all: --tables {','.join(every)}")
+    return lines
+
+
+def _short(name: str) -> str:
+    """A PostgreSQL name in public as the user writes it (public.accounts -> accounts)."""
+    return name.replace("public.", "")
 
 
 def attachment_bytes(manifest: dict[str, Any]) -> int:
@@ -311,6 +353,11 @@ def safety_snapshot(config: Config, to_url: str, repo: Repository | None = None)
     except KeyboardInterrupt:
         raise Interrupted("restore stopped while taking the pre-restore snapshot; the target was not "
                           "changed") from None
+    except CrmopsError as e:  # the way back cannot be made: stop before the first change
+        raise SafetySnapshotFailed(f"the pre-restore snapshot of {display(to_url)} could not be taken, so nothing "
+                                   f"was changed: {e.message}",
+                                   hint=(f"{e.hint}; " if e.hint else "") + "or, accepting that the target's "
+                                   "current content cannot be got back, add --no-safety-snapshot") from None
 
 
 def load_tables(target: Any, chunks: Iterable[bytes], fmt: str, chosen: list[str], prefix: str | None,

@@ -147,8 +147,10 @@ def build(config: Config, past: PastState, live: sa.Connection, catalog: Catalog
                                  f"{catalog.unique_key[tp.table]} ({', '.join(catalog.primary_keys[tp.table])}): "
                                  f"{counts}")
     for child, column, parent in catalog.unlinked:
-        if child in sel.rows or parent in sel.rows:
-            plan.warnings.append(f"{child}.{column} looks like a reference to {parent} but no foreign key or "
+        hints = catalog.hints.get((child, column)) or [(parent, "")]
+        if child in sel.rows or any(h in sel.rows for h, _ in hints):
+            ranked = "; or to ".join(f"{h} ({why})" if why else h for h, why in hints[:3])
+            plan.warnings.append(f"{child}.{column} looks like a reference to {ranked}, but no foreign key or "
                                  f"undo.relations entry says so: its rows are not followed")
     _attachments(config, plan, attachments_root, manifest)
     return plan
