@@ -14,7 +14,8 @@ PYTEST_WORKERS ?= 4
 PYTEST_ARGS ?= -n $(PYTEST_WORKERS) --dist loadgroup
 UPGRADE_BENCH_SIZE ?= medium
 PITR_BENCH_SIZE ?= large
-BENCH_SIZE ?= medium
+# sizes measured side by side by `make bench` (large only when asked: BENCH_SIZES="small medium large")
+BENCH_SIZES ?= $(if $(BENCH_SIZE),$(BENCH_SIZE),small medium)
 
 .PHONY: venv test testbed testbed-down testbed-status lint demo bench clean-demo
 
@@ -72,12 +73,16 @@ demo: venv
 # otherwise), and point-in-time recovery's RPO, physical against logical restore and the WAL
 # archive's cost (on large unless PITR_BENCH_SIZE says otherwise: its demo CRM is built once into
 # /var/tmp/crmops-bench), in one run; prints tables and writes bench/results.json (needs the test bed).
+# Each of BENCH_SIZES in turn; the everyday commands run at every size, the wide undo once.
 bench: testbed
-	$(BIN)/python bench/run.py --size $(BENCH_SIZE)
-	$(BIN)/python bench/verify_bench.py --size $(BENCH_SIZE)
+	@set -e; undo=700; for s in $(BENCH_SIZES); do \
+	  $(BIN)/python bench/run.py --size $$s --undo-tables $$undo; undo=0; \
+	  $(BIN)/python bench/verify_bench.py --size $$s; \
+	done
 	$(BIN)/python bench/upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 5
 	$(BIN)/python bench/engine_upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 3
 	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(PITR_BENCH_SIZE)
+	PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size $(BENCH_SIZE)
 
 clean-demo:
 	rm -rf demo

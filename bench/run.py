@@ -1,12 +1,17 @@
 """Benchmarks, side by side in one run, against what administrators would otherwise use.
 
-    make bench                      # BENCH_SIZE=medium by default; BENCH_SIZE=large for ~2 GB
-    .venv/bin/python bench/run.py --size large
+    make bench                      # BENCH_SIZES="small medium" by default; add large when asked
+    .venv/bin/python bench/run.py --size small
+    .venv/bin/python bench/run.py --size large --no-everyday
 
 Needs the test bed (scripts/testbed.sh up). Builds a demo CRM of the chosen size in a
 dedicated PostgreSQL database once (re-used by later runs), then times each contender
 as a separate process and reads its peak RSS from the kernel (wait4). Prints a table
-and writes bench/results.json. These are measurements, never pass/fail tests.
+and writes bench/results.json. Beside PostgreSQL's tools it runs MariaDB's (mysqldump,
+mysql; bench/mariadb_bench.py) and the everyday commands (`snapshots`, `status`,
+`check` on local and S3, `undo --dry-run` on a wide schema; bench/everyday.py), and
+records the load average, since the machine may be shared. These are measurements,
+never pass/fail tests.
 """
 
 from __future__ import annotations
@@ -124,7 +129,13 @@ def touch_one_percent(url: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "medium"), choices=["small", "medium", "large"])
+    ap.add_argument("--no-everyday", dest="everyday", action="store_false",
+                    help="skip snapshots/status/check and the wide undo (they do not depend on the size)")
+    ap.add_argument("--no-mariadb", dest="mariadb", action="store_false", help="skip the MariaDB comparison")
+    ap.add_argument("--undo-tables", type=int, default=700, help="tables in the undo --dry-run schema (0: skip)")
     args = ap.parse_args()
+    from everyday import commands, load_average, undo_dry_run
+
     env = bed_env()
     url, built = ensure_database(env["CRMOPS_TEST_PG_URL"], args.size)
     penv = pg_env(url)
@@ -132,7 +143,8 @@ def main() -> None:
                "AWS_SECRET_ACCESS_KEY": "testing"}
     rows: list[tuple[str, float, float | None, str]] = []
     results: dict[str, float | int | str | None] = {"size": args.size, "cores": os.cpu_count(),
-                                                    "demo_rows_per_second": built.get("rows_per_second")}
+                                                    "demo_rows_per_second": built.get("rows_per_second"),
+                                                    "load_at_start": load_average()}
     import psycopg
 
     with psycopg.connect(url) as conn:
@@ -195,7 +207,9 @@ def main() -> None:
         rest, rrss = timed(crmops(local, "restore", "latest", "--to", "${BENCH_TARGET_URL}"),
                            env={**run_env, "BENCH_TARGET_URL": target})
         rows.append(("crmops restore (check every tag, then stream into pg_restore)", rest, rrss, ""))
-        results.update(restore_vs_pg_restore=round(rest / bare, 2), peak_rss_mb_restore=round(rrss))
+        results.update(restore_vs_pg_restore=round(rest / bare, 2), peak_rss_mb_restore=round(rrss),
+                       backup_s=round(full, 2), pg_dump_floor_s=round(floor, 2), restore_s=round(rest, 2),
+                       pg_restore_j2_s=round(bare, 2))
 
         s3 = env.get("CRMOPS_TEST_S3_ENDPOINT")
         if s3:
@@ -216,6 +230,16 @@ def main() -> None:
                                env={**penv, **run_env}, shell=True)
                 rows.append(("restic backup --stdin, S3 (moto on loopback)", rst, None, ""))
                 results["backup_s3_vs_restic"] = round(s3t / rst, 2)
+        if args.mariadb and env.get("CRMOPS_TEST_MYSQL_URL"):
+            from mariadb_bench import compare
+
+            compare(args.size, env["CRMOPS_TEST_MYSQL_URL"], work, run_env, rows, results)
+        if args.everyday:
+            configs = {"local": local, **({"s3": s3cfg} if s3 else {})}
+            commands(crmops, configs, run_env, rows, results)
+            if args.undo_tables:
+                undo_dry_run(crmops, work, env["CRMOPS_TEST_PG_URL"], args.undo_tables, run_env, rows, results)
+        results["load_at_end"] = load_average()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _print(rows, results)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,48 @@ def test_help_and_version_import_nothing_heavy(args: list[str]) -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1]) == []
+
+
+#: what the backup and restore path, and the everyday listing commands, must not import
+NOT_ON_THE_PATH = ("sqlalchemy", "alembic", "docker", "boto3", "botocore")
+
+
+RUN_AND_PROBE = """
+import json, sys
+from crmops.cli.main import main
+try:
+    main({args!r})
+    code = 0
+except SystemExit as e:
+    code = e.code
+heavy = {heavy!r}
+print(json.dumps([code, sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy)]))
+"""
+
+
+def _probe(args: list[str], cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", RUN_AND_PROBE.format(args=["--quiet", *args], heavy=NOT_ON_THE_PATH)],
+                       capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    code, modules = json.loads(r.stdout.splitlines()[-1])
+    assert code in ok, (args, r.stderr)
+    return modules
+
+
+def test_backup_restore_and_listing_on_postgresql_import_no_sqlalchemy(tmp_path: Path,
+                                                                      pg_url_factory) -> None:  # type: ignore[no-untyped-def]
+    """SQLAlchemy (0.16 CPU-s of imports) was there only to parse the database URL."""
+    import os
+
+    source, target = pg_url_factory(), pg_url_factory()
+    import psycopg
+
+    with psycopg.connect(source.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("CREATE TABLE contacts (id int PRIMARY KEY, name text); INSERT INTO contacts VALUES (1, 'a')")
+    (tmp_path / "crmops.yaml").write_text(
+        f"database:\n  url: ${{SOURCE_URL}}\nrepository:\n  url: file://{tmp_path}/repo\n"
+        f"encryption:\n  passphrase: ${{PASSPHRASE}}\nstate_dir: {tmp_path}/state\n")
+    env = {**os.environ, "SOURCE_URL": source, "TARGET_URL": target, "PASSPHRASE": "startup probe"}
+    assert _probe(["repo", "init"], tmp_path, env) == []
+    for args in (["backup"], ["snapshots"], ["restore", "latest", "--to", "${TARGET_URL}"]):
+        assert _probe(args, tmp_path, env) == [], args
+    assert _probe(["status"], tmp_path, env, ok=(0, 61)) == []  # red: never verified

@@ -22,5 +22,5 @@ def alembic_config(url: str) -> AlembicConfig:
     """An Alembic config for the shipped migrations; the URL is kept off every log line."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", SCRIPT_LOCATION)
-    cfg.attributes["url"] = parse(url)
+    cfg.attributes["url"] = parse(url).to_sqlalchemy()
     return cfg

@@ -12,7 +12,7 @@ __all__ = ["Difference", "Dump", "Engine", "Fingerprint", "TableFingerprint", "o
 def open_engine(url: str, cfg: DatabaseConfig | None = None) -> Engine:
     """The engine for a database URL; options (parallel jobs, owners) from the config."""
     kind = engine_kind(url)
-    jobs = cfg.jobs if cfg else 1
+    jobs = cfg.jobs if cfg else None
     owners = cfg.restore_owners if cfg else True
     if kind == "postgresql":
         from crmops.engines.postgres import PostgresEngine

@@ -7,12 +7,19 @@ restored copy can be compared with what was dumped, table by table.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from crmops.errors import ConfigError, DatabaseError
+from crmops.errors import ConfigError, DatabaseError, Interrupted
+
+#: a dump up to this size is staged whole in a private file before a restore (every chunk
+#: authenticated on the way) and PostgreSQL restores it with `pg_restore -j`; a larger one is
+#: authenticated in a pass first, then streamed into one pg_restore. On 2 cores -j 2 from a
+#: file beat one streamed pg_restore on a 125 MB CRM and lost on 3.7 GB (spooling cost 11.7 s
+#: there, and page-cache pressure slowed pg_restore): docs/BENCHMARKS.md
+STAGE_LIMIT = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,54 @@ def tables_outcome(tables: list[str], live: set[str] | list[str], beside: list[s
     if beside is not None:
         return {"replaced": [], "created": beside}
     return {"replaced": [t for t in tables if t in live], "created": [t for t in tables if t not in live]}
+
+
+def keys_left_out(keys: list[dict[str, Any]], tables: list[str], parents: set[str],
+                  prefix: str | None) -> list[dict[str, str]]:
+    """The snapshot's foreign keys the restored tables do not get, each with why (both engines alike).
+
+    keys: {table, constraint, references} of the chosen tables in the snapshot; parents:
+    the referenced tables the target has. A key to a table neither named nor there would
+    point at nothing, so it is not made; --as copies carry none at all.
+    """
+    out = []
+    for k in keys:
+        if prefix:
+            why = "copies restored with --as carry no foreign keys"
+        elif k["references"] in tables or k["references"] in parents:
+            continue
+        else:
+            why = f"{k['references']} is not in the target"
+        out.append({"table": k["table"], "constraint": k["constraint"], "references": k["references"],
+                    "reason": why})
+    return out
+
+
+@dataclass
+class TableCommit:
+    """Whether a one-transaction table restore has committed: what a Ctrl-C leaves is told from it."""
+
+    committed: bool = False
+
+
+def stopped_tables(tables: list[str], done: TableCommit) -> Interrupted:
+    """The one line for a stop during a table restore: each table's state, known from the commit."""
+    if done.committed:
+        e = Interrupted(f"restore stopped after the commit; {', '.join(f'{t}: restored rows' for t in tables)}")
+    else:
+        e = Interrupted(f"restore stopped before the commit; {', '.join(f'{t}: left as they were' for t in tables)}"
+                        " (rolled back)")
+    e.committed = done.committed  # type: ignore[attr-defined]
+    return e
+
+
+def told_on_stop(tables: list[str], run: Callable[[TableCommit], dict[str, list[str]]]) -> dict[str, list[str]]:
+    """run(done) with a stop (Ctrl-C, SIGTERM) turned into the line that says each table's state."""
+    done = TableCommit()
+    try:
+        return run(done)
+    except KeyboardInterrupt:
+        raise stopped_tables(tables, done) from None
 
 
 def check_method(engine: str, method: str | None, known: tuple[str, ...] = ("",)) -> str:

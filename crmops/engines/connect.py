@@ -7,10 +7,7 @@ need different fixes, so they get different errors (and exit codes).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError
+from typing import TYPE_CHECKING, Any
 
 from crmops.dburl import display, parse
 from crmops.errors import (
@@ -19,7 +16,11 @@ from crmops.errors import (
     DatabaseError,
     DatabaseNotFound,
     DatabaseUnreachable,
+    without_values,
 )
+
+if TYPE_CHECKING:  # SQLAlchemy is imported where an engine is made: the dump/restore path needs none
+    import sqlalchemy as sa
 
 _MYSQL_CODES = {1045: DatabaseAuthFailed, 1044: DatabaseAuthFailed, 1049: DatabaseNotFound,
                 2003: DatabaseUnreachable, 2002: DatabaseUnreachable, 2005: DatabaseUnreachable,
@@ -29,7 +30,7 @@ _MYSQL_CODES = {1045: DatabaseAuthFailed, 1044: DatabaseAuthFailed, 1049: Databa
 _WHERE = "database.url or the --to/--url option"
 
 
-def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
+def classify(exc: BaseException, url: Any) -> CrmopsError:
     """Map a driver error to the crmops error a user can act on (never echoing the password)."""
     where = display(url)
     orig = getattr(exc, "orig", exc)
@@ -51,10 +52,11 @@ def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
     hint = {
         # the URL may be the configured one or an option's (restore --to, demo create --url)
         DatabaseAuthFailed: f"check the user and password in {_WHERE}",
-        DatabaseNotFound: f"create it, or check the database name in {_WHERE}",
+        DatabaseNotFound: f"crmops does not create databases: create it (PostgreSQL: createdb; MariaDB: "
+                          f"CREATE DATABASE), or check the database name in {_WHERE}",
         DatabaseUnreachable: f"check that the server runs and that host and port in {_WHERE} are right",
     }.get(cls)
-    first_line = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    first_line = without_values(str(orig).strip().splitlines()[0]) if str(orig).strip() else type(orig).__name__
     message = {
         DatabaseAuthFailed: f"{where}: the database rejected the credentials",
         DatabaseNotFound: f"{where}: the database does not exist",
@@ -63,21 +65,24 @@ def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
     return cls(message, hint=hint)
 
 
-def connect_engine(url: str | sa.URL, *, must_exist: bool = True,
+def connect_engine(url: Any, *, must_exist: bool = True,
                    connect_args: dict[str, Any] | None = None) -> sa.Engine:
     """An engine that has proven it can connect; SQLite files must exist unless told otherwise.
 
     connect_args go to the driver (e.g. session settings such as a lock timeout).
     """
+    import sqlalchemy as sa
+    from sqlalchemy.exc import DBAPIError
+
     u = parse(url)
     if u.get_backend_name() == "sqlite":
         path = u.database
         if must_exist and path and path != ":memory:" and not Path(path).exists():
             raise DatabaseNotFound(f"{path}: SQLite database file not found")
-        engine = sa.create_engine(u, connect_args=dict(connect_args or {}))
+        engine = sa.create_engine(u.to_sqlalchemy(), connect_args=dict(connect_args or {}))
     else:
         args = {"connect_timeout": 10, **(connect_args or {})}
-        engine = sa.create_engine(u, connect_args=args, pool_pre_ping=True)
+        engine = sa.create_engine(u.to_sqlalchemy(), connect_args=args, pool_pre_ping=True)
     try:
         with engine.connect():
             pass

@@ -9,6 +9,7 @@ writers go and fingerprints inside its snapshot while the dump streams.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -17,14 +18,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pymysql
-from sqlalchemy.engine import URL
 
-from crmops.dburl import display, parse
+from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
-from crmops.engines.base import Fingerprint, TableFingerprint, check_method
+from crmops.engines.base import Fingerprint, TableFingerprint, check_method, keys_left_out
 from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.mysql_views import damaged_views, views_sql
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file
 from crmops.errors import CrmopsError, DatabaseError
 
@@ -38,7 +39,7 @@ LOCK_WAIT_LIMIT = 30.0
 class MysqlEngine:
     name = "mysql"
 
-    def __init__(self, url: str | URL, **_: Any) -> None:
+    def __init__(self, url: str | DbUrl, **_: Any) -> None:
         self.url = parse(url)
 
     def connect(self, database: bool = True) -> pymysql.Connection:
@@ -158,9 +159,15 @@ class MysqlEngine:
             cur = conn.cursor()
             cur.execute("SELECT CONNECTION_ID()")
             mine = cur.fetchone()[0]
+            # views over a dropped table (or of a definer that is gone) stop the tool: written apart
+            damaged = damaged_views(cur, self.database_name())
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             locked_at = time.monotonic()
-            cur.execute("FLUSH TABLES WITH READ LOCK")
+            try:
+                cur.execute("FLUSH TABLES WITH READ LOCK")
+            except pymysql.err.OperationalError as e:  # e.g. no RELOAD privilege
+                raise DatabaseError(f"the dump cannot hold writers for the moment it starts: {e.args[-1]}",
+                                    hint="grant the backup user RELOAD (GRANT RELOAD ON *.* TO ...)") from None
             try:
                 sequences = _auto_increments(cur)
                 binlog = binlog_position(cur)  # under the lock: exactly the dump's point in the binlog
@@ -171,6 +178,7 @@ class MysqlEngine:
                 proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", "--quick",
                                      "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
                                      "--default-character-set=utf8mb4", "--no-tablespaces", *states,
+                                     *(f"--ignore-table={self.database_name()}.{v.name}" for v in damaged),
                                      self.database_name()],
                                     env={}, secrets=self._secrets(), label=tool.name, mounts=[options])
                 _await_dump_snapshot(cur, before | {mine}, proc)
@@ -189,8 +197,10 @@ class MysqlEngine:
             dump = StreamedDump("mysql-sql", proc, Background(compute), version, lock_seconds, tool=tool.to_dict())
             dump.binlog = binlog  # type: ignore[attr-defined]
             dump.rounded = rounded  # type: ignore[attr-defined]  # filled with the fingerprint
-            if binlog:
-                dump.chunks = lambda: at_position(proc.pieces(), binlog, tool.name)  # type: ignore[method-assign]
+            dump.damaged_views = [{"view": v.name, "reason": v.reason, "missing_tables": sorted(v.missing)}
+                                  for v in damaged]  # type: ignore[attr-defined]
+            pieces = (lambda: at_position(proc.pieces(), binlog, tool.name)) if binlog else proc.pieces
+            dump.chunks = lambda: itertools.chain(pieces(), [views_sql(damaged)] if damaged else [])  # type: ignore[method-assign]
             yield dump
         finally:
             if proc is not None:
@@ -198,17 +208,21 @@ class MysqlEngine:
             conn.close()
             os.unlink(options)
 
-    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None) -> None:
+    def restore(self, chunks: Iterable[bytes], *, format: str,
+                tables: list[str] | None = None) -> list[dict[str, str]]:
+        """Load the dump (with tables: only those); returns the foreign keys left out (see keys_left_out)."""
         if format != "mysql-sql":
             raise DatabaseError(f"a {format} dump cannot be restored into MySQL/MariaDB")
         options = self._option_file()
+        left: list[dict[str, str]] = []
         try:
-            stream = only_tables(chunks, tables) if tables else chunks
+            stream = only_tables(chunks, tables, left) if tables else chunks
             self._tool("client").feed([f"--defaults-extra-file={options}", "--default-character-set=utf8mb4",
                                        "--binary-mode", self.database_name()], stream, env={},
                                       secrets=self._secrets(), label="mysql", mounts=[options])
         finally:
             os.unlink(options)
+        return left
 
 
 def _connection_ids(cur: Any) -> set[int]:
@@ -368,17 +382,38 @@ def _fill_fingerprint(cur: Any, fp: Fingerprint) -> None:
         fp.objects[kind] = int(cur.fetchone()[0])
 
 
-def only_tables(chunks: Iterable[bytes], tables: list[str]) -> Iterator[bytes]:
-    """Keep the header and the sections of the chosen tables from a mysqldump stream."""
+def only_tables(chunks: Iterable[bytes], tables: list[str], left: list[dict[str, str]] | None = None
+                ) -> Iterator[bytes]:
+    """Keep the header and the sections of the chosen tables from a mysqldump stream.
+
+    Their foreign keys to tables not chosen are taken out (the target is empty: they would
+    point at nothing) and added to left, as keys_left_out describes them.
+    """
+    from crmops.engines.mysql_tables import foreign_keys, without_keys
+
     wanted = {f"`{t}`".encode() for t in tables}
     seen: set[bytes] = set()
     keep = True
     buffer = b""
+    block: list[bytes] = []
     for piece in chunks:
         buffer += piece
         *lines, buffer = buffer.split(b"\n")
         out = []
         for line in lines:
+            if block or (keep and line.startswith(b"CREATE TABLE `") and line.endswith(b"` (")):
+                block.append(line)
+                # it ends after the columns' ")" (and its table options, then a PARTITION BY clause) with ";"
+                if not (any(ln.startswith(b")") for ln in block[1:]) and line.endswith(b";")):
+                    continue
+                name = block[0][len(b"CREATE TABLE `"):-len(b"` (")].decode().replace("``", "`")
+                keys = foreign_keys({name: b"\n".join(block)}, [name])
+                gone = {k["references"] for k in keys} - set(tables)
+                if left is not None:
+                    left += keys_left_out(keys, tables, set(), None)
+                out.append(without_keys(b"\n".join(block), gone))
+                block = []
+                continue
             if line.startswith(b"-- Table structure for table ") or line.startswith(b"-- Dumping data for table "):
                 keep = line.rsplit(b" ", 1)[-1] in wanted
                 if keep:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pymysql
 
-from crmops.engines.base import tables_outcome
+from crmops.engines.base import TableCommit, keys_left_out, tables_outcome, told_on_stop
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -36,6 +36,7 @@ class MysqlEngine(Protocol):
 
 _AUTO_INCREMENT = re.compile(rb"\bAUTO_INCREMENT=(\d+)")
 _FK_LINE = re.compile(rb"^\s*CONSTRAINT `(?:[^`]|``)+` FOREIGN KEY ")
+_FK = re.compile(rb"^\s*CONSTRAINT `((?:[^`]|``)+)` FOREIGN KEY \(.*?\) REFERENCES `((?:[^`]|``)+)` \(")
 
 
 def existing(engine: MysqlEngine, names: list[str]) -> list[str]:
@@ -93,6 +94,11 @@ def _renamed_create(create: bytes, old: str, new: str) -> bytes:
 
 def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
+    return told_on_stop(tables, lambda done: _restore_tables(engine, chunks, tables, prefix, done))
+
+
+def _restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str], prefix: str | None,
+                    done: TableCommit) -> dict[str, list[str]]:
     live = set(existing(engine, tables))
     dest = {t: (prefix + t if prefix else t) for t in tables}
     if prefix:
@@ -107,6 +113,9 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
         missing = [t for t in tables if t not in creates]
         if missing:
             raise TableNotInSnapshot(f"the snapshot holds no table {', '.join(missing)}; nothing was changed")
+        keys = foreign_keys(creates, tables)
+        parents = set(existing(engine, sorted({k["references"] for k in keys} - set(tables))))
+        absent = {k["references"] for k in keys} - set(tables) - parents
         conn = engine.connect()
         created: list[str] = []
         try:
@@ -121,25 +130,52 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
                     if prefix:
                         cur.execute(_renamed_create(creates[t], t, dest[t]).decode("utf-8"))
                         created.append(dest[t])
-                    elif t not in live:
-                        cur.execute(creates[t].decode("utf-8"))
+                    elif t not in live:  # no key to a table that is not there (keys_left_out names it)
+                        cur.execute(without_keys(creates[t], absent).decode("utf-8"))
                         created.append(t)
                 triggers = _drop_triggers(cur, replaced)
                 try:
                     _load(conn, cur, spool_name, replaced, [] if prefix else created, dest)
+                    done.committed = True
                     _advance(cur, {t: creates[t] for t in replaced})
                 finally:
                     _put_back_triggers(engine, cur, triggers)
         except BaseException:
             with conn.cursor() as cur:
-                for t in created:
+                for t in created if not done.committed else []:  # once committed they hold the restored rows
                     cur.execute(f"DROP TABLE IF EXISTS {_q(t)}")
             raise
         finally:
             conn.close()
     finally:
         os.unlink(spool_name)
-    return tables_outcome(tables, live, [dest[t] for t in tables] if prefix else None)
+    outcome = tables_outcome(tables, live, [dest[t] for t in tables] if prefix else None)
+    outcome["left_out"] = keys_left_out(keys, tables, parents, prefix)
+    return outcome
+
+
+def foreign_keys(creates: dict[str, bytes], tables: list[str]) -> list[dict[str, str]]:
+    """{table, constraint, references} of each foreign key in the chosen tables' CREATE TABLE."""
+    out = []
+    for t in tables:
+        for line in creates[t].split(b"\n"):
+            m = _FK.match(line)
+            if m:
+                out.append({"table": t, "constraint": m[1].decode().replace("``", "`"),
+                            "references": m[2].decode().replace("``", "`")})
+    return out
+
+
+def without_keys(create: bytes, parents: set[str]) -> bytes:
+    """A CREATE TABLE without the foreign keys that reference these tables (the rest as it was)."""
+    lines = create.split(b"\n")
+    close = next(i for i, ln in enumerate(lines) if i and ln.startswith(b")"))
+    body = [ln for ln in lines[1:close] if not ((m := _FK.match(ln)) and m[2].decode().replace("``", "`") in parents)]
+    if len(body) == close - 1:
+        return create
+    if body and body[-1].endswith(b","):
+        body[-1] = body[-1][:-1]
+    return b"\n".join([lines[0], *body, *lines[close:]])  # table options and partitions as they were
 
 
 def _same_columns(cur: Any, creates: dict[str, bytes]) -> None:
@@ -214,6 +250,8 @@ def _first_orphan(cur: Any, tables: list[str]) -> ConstraintBroken | None:
                     WHERE table_schema = DATABASE() AND referenced_table_name IS NOT NULL
                     AND referenced_table_schema = DATABASE()
                     AND (table_name IN ({marks}) OR referenced_table_name IN ({marks}))
+                    AND referenced_table_name IN (SELECT t.table_name FROM information_schema.tables t
+                                                  WHERE t.table_schema = DATABASE())
                     GROUP BY constraint_name, table_name, referenced_table_name
                     ORDER BY table_name, constraint_name""", (*tables, *tables))
     for name, child, parent, cols, refs in cur.fetchall():

@@ -7,6 +7,7 @@ so both describe one point in time even while the CRM keeps writing.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -14,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import URL
 
-from crmops.dburl import display, parse
+from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
-from crmops.engines.base import Fingerprint, TableFingerprint, check_method
+from crmops.engines.base import STAGE_LIMIT, Fingerprint, TableFingerprint, check_method, keys_left_out
 from crmops.engines.canonical import CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
-from crmops.engines.postgres_toc import select_tables
+from crmops.engines.postgres_toc import parse_toc, select_tables, table_keys
 from crmops.engines.tools import Background, StreamedDump
 from crmops.errors import CrmopsError, DatabaseError
 
@@ -34,15 +34,24 @@ FIX = ("install the PostgreSQL {major} client (apt-get install postgresql-client
        "or name its bin folder in CRMOPS_TOOLS_PATH")
 
 
-def _conninfo(u: URL) -> dict[str, Any]:
+def _conninfo(u: DbUrl) -> dict[str, Any]:
     return {"host": u.host or "127.0.0.1", "port": u.port or 5432, "user": u.username,
             "password": u.password, "dbname": u.database, "connect_timeout": 10}
+
+
+def restore_jobs(size: int | None, cores: int | None = None) -> int:
+    """pg_restore jobs for a dump of size bytes: one per core up to 4 when it is staged, else 1."""
+    cores = cores or len(os.sched_getaffinity(0))
+    if size is None or size > STAGE_LIMIT or cores < 2:
+        return 1
+    return min(cores, 4)
 
 
 class PostgresEngine:
     name = "postgresql"
 
-    def __init__(self, url: str | URL, *, jobs: int = 1, restore_owners: bool = True) -> None:
+    def __init__(self, url: str | DbUrl, *, jobs: int | None = None, restore_owners: bool = True) -> None:
+        #: jobs None: chosen from the dump's size and the cores (restore_jobs)
         self.url = parse(url)
         self.jobs = jobs
         self.restore_owners = restore_owners
@@ -204,36 +213,61 @@ class PostgresEngine:
 
     # -- restore -------------------------------------------------------------------
 
-    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None) -> None:
+    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None,
+                staged: Path | None = None) -> list[dict[str, str]]:
+        """staged: the dump already whole in a private file (chunks then unused), restored with -j.
+
+        With tables, only those; returns the foreign keys left out (see keys_left_out)."""
         if format != "pg-custom":
             raise DatabaseError(f"a {format} dump cannot be restored into PostgreSQL")
         pg_restore = self._tool("pg_restore")
         argv = ["--no-password", f"--dbname={self.url.database}", "--exit-on-error"]
         if not self.restore_owners:
             argv += ["--no-owner", "--no-acl"]
-        if self.jobs <= 1 and not tables:
+        jobs = self.jobs or (restore_jobs(staged.stat().st_size) if staged is not None else 1)
+        if jobs <= 1 and not tables and staged is None:
             pg_restore.feed(argv, chunks, env=self._env(), secrets=self._secrets(), label="pg_restore")
-            return
+            return []
         # parallel restore and table selection read the archive more than once, so they
         # need a seekable file: the stream is spooled to a private temporary folder
+        left: list[dict[str, str]] = []
         with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
             path = Path(tmp) / "dump.pgc"
-            with open(path, "wb") as f:
-                for piece in chunks:
-                    f.write(piece)
-            if self.jobs > 1:
-                argv.append(f"--jobs={self.jobs}")
+            if staged is not None:
+                path = staged
+                tmp = str(staged.parent)
+            else:
+                with open(path, "wb") as f:
+                    for piece in chunks:
+                        f.write(piece)
+            if jobs > 1:
+                argv.append(f"--jobs={jobs}")
             if tables:
-                listing = pg_restore.process(["--list", "--verbose", str(path)], env=self._env(),
-                                             secrets=self._secrets(), label="pg_restore --list", mounts=[tmp])
-                try:
-                    toc = b"".join(listing.pieces()).decode("utf-8", "replace")
-                finally:
-                    listing.close()
+                toc = self._archive_text(pg_restore, ["--list", "--verbose"], path)
                 (Path(tmp) / "selected.list").write_text(select_tables(toc, tables))
                 argv.append(f"--use-list={Path(tmp) / 'selected.list'}")
+                # the target is empty: a key to a table not chosen has nothing to point at
+                entries, deps, _ = parse_toc(toc)
+                left = keys_left_out(table_keys(entries, deps, tables), tables, set(), None)
             pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(), label="pg_restore",
                             mounts=[tmp])
+        return left
+
+    def _archive_text(self, pg_restore: Tool, args: list[str], path: Path) -> str:
+        """What pg_restore prints about an archive file (its listing, or its schema as SQL)."""
+        out = pg_restore.process([*args, str(path)], env=self._env(), secrets=self._secrets(),
+                                 label=f"pg_restore {args[0]}", mounts=[str(path.parent)])
+        try:
+            return b"".join(out.pieces()).decode("utf-8", "replace")
+        finally:
+            out.close()
+
+    def describe_archive(self, staged: Path) -> tuple[str, str]:
+        """(`pg_restore --list --verbose`, the tables' CREATE statements) of a staged dump: what an
+        undo needs to know which tables its sandbox must hold, before restoring any."""
+        pg_restore = self._tool("pg_restore")
+        return (self._archive_text(pg_restore, ["--list", "--verbose"], staged),
+                self._archive_text(pg_restore, ["--schema-only", "--section=pre-data", "--file=-"], staged))
 
 
 def _literal(text: str) -> str:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
-from crmops.engines.base import tables_outcome
-from crmops.engines.postgres_toc import parse_toc, select_tables
+from crmops.engines.base import TableCommit, keys_left_out, tables_outcome, told_on_stop
+from crmops.engines.postgres_toc import parse_toc, select_tables, table_keys
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -102,6 +102,11 @@ def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
 def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
     """Replace (or, with prefix, add beside) the chosen tables; one transaction, all or nothing."""
+    return told_on_stop(tables, lambda done: _restore_tables(engine, chunks, tables, prefix, done))
+
+
+def _restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str], prefix: str | None,
+                    done: TableCommit) -> dict[str, list[str]]:
     pg_restore = engine._tool("pg_restore")
     with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
         archive = Path(tmp) / "dump.pgc"
@@ -123,6 +128,8 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
         root = {p: t for t in tables for p in descendants(t, attached) if p not in tables}
         tables = [*tables, *(p for p in dict.fromkeys(root))]
         live = set(existing(engine, tables))
+        keys = table_keys(entries, deps, tables)
+        parents = set(existing(engine, sorted({k["references"] for k in keys} - set(tables))))
         owned = {} if prefix else _owned_sequences(engine, [t for t in tables if t in live])
         parts = {p for t in tables for p in (*split_name(t), *(split_name(beside(t, prefix)) if prefix else ()))}
         q = _quoted(engine, parts)
@@ -162,6 +169,10 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                 chosen = select_tables(toc, new)
                 ids = {int(line.split(";", 1)[0]) for line in chosen.splitlines() if line[:1].isdigit()}
                 keep += [i for i in ids if entries[i][0] in _OWN_KINDS]
+                # a key to a table the target has (or one replaced) is made and checked as well; one to a
+                # table neither named nor there is left out and named (keys_left_out below)
+                keep += [k["entry"] for k in keys if k["table"] in new
+                         and (k["references"] in parents or k["references"] in tables)]
         (Path(tmp) / "selected.list").write_text("".join(lines[i] + "\n" for i in entries if i in set(keep)))
         argv = ["--file=-", f"--use-list={Path(tmp) / 'selected.list'}"]
         if prefix or not engine.restore_owners:
@@ -176,6 +187,7 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                 _apply(conn, script.pieces(), [t for t in tables if t in live and not prefix and t not in routed],
                        qualified, rename)
                 conn.commit()
+                done.committed = True
             except BaseException:
                 conn.rollback()
                 raise
@@ -183,7 +195,9 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                 conn.close()
         finally:
             script.close()
-    return tables_outcome(tables, live | routed, [beside(t, prefix) for t in tables] if prefix else None)
+    outcome = tables_outcome(tables, live | routed, [beside(t, prefix) for t in tables] if prefix else None)
+    outcome["left_out"] = keys_left_out(keys, tables, parents, prefix)
+    return outcome
 
 
 def _owned_sequences(engine: PostgresEngine, tables: list[str]) -> dict[str, set[tuple[str, str]]]:
@@ -254,6 +268,11 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
     held: dict[str, int] = {seq: 0 for seq, _, _ in sequences}
     try:
         _run_script(conn, script, rename, held)
+    except psycopg.errors.ForeignKeyViolation as e:  # a key made to a table the target has
+        detail = (e.diag.message_detail or "").rstrip(".")
+        raise ConstraintBroken(f"restoring the tables would break foreign key {e.diag.constraint_name} on "
+                               f"{e.diag.table_name}{': ' + detail if detail else ''}; nothing was changed",
+                               hint="restore the table it references as well") from None
     except psycopg.Error as e:
         raise DatabaseError(f"restoring the tables failed, nothing was changed: {_first_line(e)}") from None
     conn.execute("SET LOCAL search_path = ''")

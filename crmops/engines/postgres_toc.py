@@ -6,6 +6,8 @@ Shared by the whole-database restore (postgres.py) and the table-level paths
 
 from __future__ import annotations
 
+from typing import Any
+
 from crmops.errors import DatabaseError
 
 #: entry kinds in a pg_restore listing made of more than one word (the rest are one word)
@@ -39,6 +41,26 @@ def parse_toc(toc: str) -> tuple[dict[int, tuple[str, str, str]], dict[int, set[
         lines[last] = line
         deps.setdefault(last, set())
     return entries, deps, lines
+
+
+def table_keys(entries: dict[int, tuple[str, str, str]], deps: dict[int, set[int]],
+                 tables: list[str]) -> list[dict[str, Any]]:
+    """The archive's foreign keys on the chosen tables: entry id, table, name, referenced table.
+
+    pg_dump makes a foreign key depend on its own table and on the table it references
+    (and that table's key), so the referenced one is the other TABLE among its dependencies.
+    """
+    out = []
+    wanted = {(t.rpartition('.')[0] or 'public', t.rpartition('.')[2]): t for t in tables}
+    for i, (kind, schema, tag) in entries.items():
+        table, _, name = tag.partition(" ")
+        if kind != "FK CONSTRAINT" or (schema, table) not in wanted:
+            continue
+        others = [f"{entries[d][1]}.{entries[d][2]}" for d in deps.get(i, ()) if entries.get(d, ("",))[0] == "TABLE"
+                  and (entries[d][1], entries[d][2]) != (schema, table)]
+        out.append({"entry": i, "table": wanted[(schema, table)], "constraint": name,
+                    "references": others[0] if others else wanted[(schema, table)]})
+    return out
 
 
 def select_tables(toc: str, tables: list[str]) -> str:
@@ -77,3 +99,76 @@ def select_tables(toc: str, tables: list[str]) -> str:
                 changed = True
     keep = selected | needed | {i for i, e in entries.items() if e[0] in _SETTINGS}
     return "".join(lines[i] + "\n" for i in entries if i in keep)
+
+
+def foreign_keys(toc: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(every table as schema.table, the pairs of tables each foreign key joins) from a listing.
+
+    A foreign key's entry depends on its own table and on the referenced key (a constraint or
+    an index) of the other: both tables are found through those dependencies, never by
+    splitting names, which may hold spaces.
+    """
+    entries, deps, _ = parse_toc(toc)
+
+    def tables_of(i: int, depth: int = 2) -> set[str]:
+        kind, schema, tag = entries[i]
+        if kind == "TABLE":
+            return {f"{schema}.{tag}"}
+        if depth == 0:
+            return set()
+        return {t for d in deps.get(i, ()) if d in entries for t in tables_of(d, depth - 1)}
+
+    tables = sorted(f"{schema}.{tag}" for kind, schema, tag in entries.values() if kind == "TABLE")
+    pairs = []
+    for i, (kind, _, _) in entries.items():
+        if kind == "FK CONSTRAINT":
+            ends = sorted(tables_of(i))
+            pairs += [(ends[0], other) for other in ends[1:]]
+    return tables, pairs
+
+
+def _identifiers(text: str) -> list[str]:
+    """`public."My table"` -> ["public", "My table"]: a dotted name as pg_dump quotes it."""
+    parts, current, quoted, i = [], "", False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == '"':
+            if quoted and text[i + 1:i + 2] == '"':
+                current += '"'
+                i += 1
+            else:
+                quoted = not quoted
+        elif ch == "." and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    return [*parts, current]
+
+
+def table_columns(ddl: str) -> dict[str, list[str]]:
+    """schema.table -> its column names, from the CREATE TABLE statements pg_restore prints."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in ddl.splitlines():
+        for head in ("CREATE TABLE ", "CREATE UNLOGGED TABLE "):
+            if line.startswith(head) and line.endswith(" ("):
+                name = ".".join(_identifiers(line[len(head):-2]))
+                current = out.setdefault(name, [])
+                break
+        else:
+            if current is None:
+                continue
+            if line.startswith(")"):
+                current = None
+            elif line.startswith("    ") and not line.startswith("    CONSTRAINT "):
+                body = line.strip()
+                if body.startswith('"'):
+                    end = body.index('"', 1)
+                    while body[end + 1:end + 2] == '"':
+                        end = body.index('"', end + 2)
+                    current.append(body[1:end].replace('""', '"'))
+                else:
+                    current.append(body.split(" ", 1)[0])
+    return out

@@ -17,9 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import URL
-
-from crmops.dburl import parse
+from crmops.dburl import DbUrl, parse
 from crmops.engines.base import Fingerprint, TableFingerprint, check_method
 from crmops.engines.tools import PIECE
 from crmops.errors import DatabaseError, DatabaseNotFound
@@ -44,7 +42,7 @@ class SqliteDump:
 class SqliteEngine:
     name = "sqlite"
 
-    def __init__(self, url: str | URL, **_: Any) -> None:
+    def __init__(self, url: str | DbUrl, **_: Any) -> None:
         self.url = parse(url)
         self.path = Path(self.url.database or "")
 

@@ -78,7 +78,7 @@ class Scripts:
         u = parse(url)
         # env.py files written for `alembic` read sqlalchemy.url; '%' must be escaped for configparser
         cfg.set_main_option("sqlalchemy.url", u.render_as_string(hide_password=False).replace("%", "%%"))
-        cfg.attributes["url"] = u
+        cfg.attributes["url"] = u.to_sqlalchemy()  # env.py files written for Alembic expect its URL
         if connection is not None:
             cfg.attributes["connection"] = connection
         return cfg

@@ -27,7 +27,7 @@ from crmops.pitr.binlog import read_file, read_state
 
 def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, tables: list[str] | None = None,
                        to_url: str | None = None, force: bool = False,
-                       inspect: Any = None, prefix: str | None = None) -> dict[str, Any]:
+                       inspect: Any = None, prefix: str | None = None, safety: bool = True) -> dict[str, Any]:
     from crmops.engines import open_engine
     from crmops.engines.tools import require_tool
     from crmops.repository import open_repository
@@ -68,7 +68,7 @@ def restore_at_mariadb(config: Config, when: datetime, *, keep: bool, say: Any, 
         from crmops.services.restore import snapshot_tables
 
         recorded = sorted({t for m in snaps for t in snapshot_tables(m)})
-        move = plan_move(config, to_url, tables, prefix, force, recorded or None, "any snapshot")
+        move = plan_move(config, to_url, tables, prefix, force, recorded or None, "any snapshot", safety=safety)
     box = DockerSandbox(config.verify, "mysql", base["server_version"], database=base.get("database"))
     with tempfile.TemporaryDirectory(prefix="crmops-binlog-") as tmp:
         for name in files:

@@ -22,7 +22,14 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, safe
 from crmops.errors import ConfigError, TableNotInSnapshot
-from crmops.services.restore import check_names, check_target, load_tables, safety_snapshot
+from crmops.services.restore import (
+    check_names,
+    check_target,
+    left_out_lines,
+    load_tables,
+    safety_snapshot,
+    with_hints,
+)
 
 
 @dataclass
@@ -36,6 +43,8 @@ class TableMove:
     force: bool
     target: Any
     empty: bool
+    #: take a pre-restore snapshot before replacing (False: --no-safety-snapshot)
+    safety: bool = True
 
 
 def table_names(url: str) -> list[str]:
@@ -55,7 +64,7 @@ def table_names(url: str) -> list[str]:
 
 
 def plan_move(config: Config, to_url: str, tables: list[str], prefix: str | None, force: bool,
-              recorded: list[str] | None, where: str) -> TableMove:
+              recorded: list[str] | None, where: str, safety: bool = True) -> TableMove:
     """Everything that can be checked before recovering: names, --as, --force; nothing is changed.
 
     recorded: the tables the backups of this database recorded (None when none did: the
@@ -74,7 +83,7 @@ def plan_move(config: Config, to_url: str, tables: list[str], prefix: str | None
                                  "from there") from None
 
     target, empty = check_target(config, to_url, chosen, prefix, force)
-    return TableMove(to_url, kind, chosen, prefix, force, target, empty)
+    return TableMove(to_url, kind, chosen, prefix, force, target, empty, safety)
 
 
 def move_tables(config: Config, move: TableMove, source_url: str, when: str,
@@ -83,8 +92,11 @@ def move_tables(config: Config, move: TableMove, source_url: str, when: str,
     chosen = check_names(table_names(source_url), move.kind, move.chosen, f"the database as of {when}")
     safety = None
     if move.force and not move.empty and move.prefix is None:
-        say(f"taking a pre-restore snapshot of {display(move.to_url)}")
-        safety = safety_snapshot(config, move.to_url)
+        if move.safety:
+            say(f"taking a pre-restore snapshot of {display(move.to_url)}")
+            safety = safety_snapshot(config, move.to_url)
+        else:
+            say(f"no pre-restore snapshot of {display(move.to_url)} (--no-safety-snapshot)")
     with _dump(source_url, chosen) as (chunks, fmt):
         done = load_tables(move.target, chunks, fmt, chosen, move.prefix, safety, move.to_url)
     lines = []
@@ -94,9 +106,11 @@ def move_tables(config: Config, move: TableMove, source_url: str, when: str,
         lines.append(f"replaced {', '.join(done['replaced'])} in {display(move.to_url)}")
     if done["created"]:
         lines.append(f"created {', '.join(done['created'])} in {display(move.to_url)}")
+    left = with_hints(done.get("left_out", []), chosen, move.kind)
+    lines += left_out_lines(left)
     lines.append(f"tables {', '.join(chosen)} as of {when} are now in {display(move.to_url)}")
     return {"to": safe(move.to_url), "tables": chosen, "replaced": done["replaced"], "created": done["created"],
-            "safety_snapshot": safety, "table_lines": lines}
+            "safety_snapshot": safety, "constraints_left_out": left, "table_lines": lines}
 
 
 def with_partitions(src: Any, tables: list[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from crmops.config import Config
+from crmops.repository.cache import ObjectCache
 from crmops.repository.keys import Credential, write_key_file
 from crmops.repository.listing import SnapshotInfo
 from crmops.repository.repo import Repository
@@ -22,4 +23,8 @@ def credential(config: Config) -> Credential:
 
 
 def open_repository(config: Config) -> Repository:
-    return Repository.open(open_store(config.repository.url, config.repository), credential(config))
+    """The configured repository; a remote one keeps copies of its manifests and records under
+    state_dir/cache (crmops.repository.cache), so listing it costs one round trip, not one each."""
+    store = open_store(config.repository.url, config.repository)
+    cache = ObjectCache(config.state_dir / "cache") if not config.repository.url.startswith("file:") else None
+    return Repository.open(store, credential(config), cache)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crmops.errors import IntegrityError, SnapshotNotFound
+from crmops.repository.cache import ObjectCache
 from crmops.repository.objects import Sealer
 from crmops.repository.source import is_safety, safety_tag, source_of_manifest
 from crmops.storage.base import Store
@@ -97,7 +98,7 @@ class Listing:
         raise SnapshotNotFound("the repository has no snapshots yet", hint="run `crmops backup`")
 
 
-def in_order(fn: Callable[[str], Any], ids: list[str], threads: int = 4) -> Iterator[Any]:
+def in_order(fn: Callable[[Any], Any], ids: list[Any], threads: int = 4) -> Iterator[Any]:
     """fn of each id, in order, computed ahead in a few threads (storage waits overlap)."""
     with ThreadPoolExecutor(threads) as pool:
         ahead: deque[Future[Any]] = deque()
@@ -119,9 +120,16 @@ class Manifests:
 
     store: Store
     sealer: Sealer
+    cache: ObjectCache
+    #: how many objects are fetched at once (S3 waits on round trips, a disk hardly)
+    concurrency: int
+
+    def snapshot_sizes(self) -> dict[str, int]:
+        """snapshot id -> stored size of its manifest, from one listing."""
+        return {key.rsplit("/", 1)[1]: size for key, size in self.store.list("snapshots/")}
 
     def snapshot_ids(self) -> list[str]:
-        return sorted(key.rsplit("/", 1)[1] for key, _ in self.store.list("snapshots/"))
+        return sorted(self.snapshot_sizes())
 
     def manifest(self, ref: str = "latest", *, source: str | None = None) -> dict[str, Any]:
         """ref by id or unique prefix, or `latest`: the newest readable backup of source (None: any source)."""
@@ -134,19 +142,33 @@ class Manifests:
                                    hint="`crmops snapshots` lists them")
         return self._load_manifest(matches[0])
 
-    def _load_manifest(self, snapshot_id: str) -> dict[str, Any]:
+    def _load_manifest(self, snapshot_id: str, size: int | None = None) -> dict[str, Any]:
+        """The manifest, authenticated; size (from a listing) lets a remote repository's local copy serve it."""
         key = f"snapshots/{snapshot_id}"
-        return json.loads(self.sealer.open(self.store.get(key), f"manifest:{snapshot_id}", f"manifest {key}"))
+        return self.cache.read(self.store, key, size, lambda data: json.loads(
+            self.sealer.open(data, f"manifest:{snapshot_id}", f"manifest {key}")))
 
     def manifests(self) -> list[dict[str, Any]]:
         """Every manifest, oldest first; IntegrityError if one is damaged (listing() tolerates that)."""
         return sorted((self._load_manifest(i) for i in self.snapshot_ids()), key=lambda m: m["time"])
 
+    def keep_listing(self) -> Listing:
+        """For a command that only reads (status): this listing serves every later listing() call, so
+        the command lists and reads the manifests once, however many of its parts ask."""
+        self._kept: Listing | None = None
+        self._kept = self.listing()
+        return self._kept
+
     def listing(self) -> Listing:
         """Every readable manifest (oldest first) and every damaged one, so one bad object hides nothing."""
+        kept = getattr(self, "_kept", None)
+        if kept is not None:
+            return kept
+        sizes = self.snapshot_sizes()
+
         def load(sid: str) -> dict[str, Any] | DamagedManifest:
             try:
-                m = self._load_manifest(sid)
+                m = self._load_manifest(sid, sizes[sid])
                 if not isinstance(m, dict) or m.get("id") != sid or "time" not in m:
                     raise IntegrityError(f"manifest snapshots/{sid} does not describe snapshot {sid}")
             except IntegrityError as e:
@@ -157,8 +179,9 @@ class Manifests:
 
         readable: list[dict[str, Any]] = []
         damaged: list[DamagedManifest] = []
-        ids = self.snapshot_ids()
-        for m in in_order(load, ids):  # fetched a few at a time: S3 round trips add up
+        ids = sorted(sizes)
+        self.cache.prune("snapshots/", {f"snapshots/{i}" for i in ids})
+        for m in in_order(load, ids, self.concurrency):  # fetched a few at a time: S3 round trips add up
             (damaged if isinstance(m, DamagedManifest) else readable).append(m)
         readable.sort(key=lambda m: m["time"])
         return Listing(readable, damaged)

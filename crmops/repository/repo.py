@@ -22,6 +22,7 @@ from crmops.errors import (
     RepositoryTooNew,
     WrongKey,
 )
+from crmops.repository.cache import ObjectCache
 from crmops.repository.keys import Credential, MasterKey, unwrap, wrap
 from crmops.repository.listing import Manifests, in_order
 from crmops.repository.locks import Locks
@@ -34,10 +35,11 @@ from crmops.storage.base import Store
 FORMAT_VERSION = 1
 
 
-def _read_config(store: Store) -> dict[str, Any]:
-    """The plain `config` object, its format checked first: a newer format is refused before anything else."""
+def _read_config(store: Store, raw: bytes | None = None) -> dict[str, Any]:
+    """The plain `config` object (raw: its bytes, already read), its format checked first: a newer
+    format is refused before anything else."""
     try:
-        config = json.loads(store.get("config"))
+        config = json.loads(store.get("config") if raw is None else raw)
     except ValueError:
         config = None
     if not isinstance(config, dict) or not isinstance(config.get("id"), str):
@@ -64,6 +66,10 @@ class Repository(Locks, ChunkHealth, Manifests):
         self.slot_id = slot_id
         self.sealer = Sealer(key, config.get("compression_level", 1))
         self._quarantined_here: set[str] = set()
+        #: copies of a remote repository's manifests and records (crmops.repository.cache); none by default
+        self.cache = ObjectCache()
+        #: objects fetched or stored at once: S3 requests of small objects wait on round trips
+        self.concurrency: int = getattr(store, "concurrency", 4)
 
     # -- creating and opening -----------------------------------------------------------
 
@@ -84,23 +90,38 @@ class Repository(Locks, ChunkHealth, Manifests):
         return cls(store, config, master, slot_id)
 
     @classmethod
-    def open(cls, store: Store, cred: Credential) -> Repository:
-        if not store.exists("config"):
-            raise RepositoryNotFound(f"no crmops repository at {store.url}", hint="create one with `crmops repo init`")
-        config = _read_config(store)
+    def open(cls, store: Store, cred: Credential, cache: ObjectCache | None = None) -> Repository:
+        """The repository, opened by the first key slot cred unwraps.
+
+        cache (a remote repository's local copies) serves the key slots as well, each still
+        named by the listing of keys/ at its listed size: a removed slot never opens it again.
+        """
+        cache = cache or ObjectCache()
+        try:  # one GET, where a HEAD first cost S3 a round trip more
+            raw = store.get("config")
+        except IntegrityError:
+            raise RepositoryNotFound(f"no crmops repository at {store.url}",
+                                     hint="create one with `crmops repo init`") from None
+        config = _read_config(store, raw)
         if cred.passphrase is None and cred.key_file is None:
             raise ConfigError("no passphrase or key file given",
                               hint="set CRMOPS_PASSPHRASE or encryption.passphrase, or encryption.key_file")
         if cred.key_file is not None:
             cred.key_file_secret()  # a missing key file is its own error, not a wrong key
-        for key, _size in store.list("keys/"):
-            slot = json.loads(store.get(key))
+        listed = list(store.list("keys/"))
+        folder = cache.folder / config["id"] if cache.folder else None
+        cache = ObjectCache(folder)
+        cache.prune("keys/", {k for k, _ in listed})
+        for key, size in listed:
+            slot = cache.read(store, key, size, json.loads)
             if (slot["kind"] == "keyfile") != (cred.kind == "keyfile"):
                 continue
             try:
-                return cls(store, config, unwrap(slot, cred, repo_id=config["id"]), slot["id"])
+                repo = cls(store, config, unwrap(slot, cred, repo_id=config["id"]), slot["id"])
             except WrongKey:
                 continue
+            repo.cache = cache
+            return repo
         what = "key file" if cred.kind == "keyfile" else "passphrase"
         raise WrongKey(f"the {what} does not open the repository at {store.url}",
                        hint="check CRMOPS_PASSPHRASE / encryption settings; `crmops key list` shows the slots")
@@ -132,9 +153,9 @@ class Repository(Locks, ChunkHealth, Manifests):
     # -- writing ------------------------------------------------------------------------
 
     @contextmanager
-    def writer(self, *, tags: Iterable[str] = (), threads: int = 4) -> Iterator[SnapshotWriter]:
+    def writer(self, *, tags: Iterable[str] = (), threads: int | None = None) -> Iterator[SnapshotWriter]:
         with self.lock(exclusive=False, purpose="backup") as refresh:
-            w = SnapshotWriter(self, list(tags), threads, refresh)
+            w = SnapshotWriter(self, list(tags), threads or self.concurrency, refresh)
             try:
                 yield w
             finally:
@@ -155,9 +176,9 @@ class Repository(Locks, ChunkHealth, Manifests):
             self.quarantine(chunk_id, e.message)
             raise
 
-    def read_chunks(self, ids: list[str], threads: int = 4) -> Iterator[bytes]:
+    def read_chunks(self, ids: list[str], threads: int | None = None) -> Iterator[bytes]:
         """The chunks' plaintext in order, fetched ahead in parallel, each authenticated."""
-        return in_order(self.read_chunk, ids, threads)
+        return in_order(self.read_chunk, ids, threads or self.concurrency)
 
     def read_stream(self, manifest: dict[str, Any], name: str = "database") -> Iterator[bytes]:
         return self.read_chunks(manifest["streams"][name]["chunks"])
@@ -180,7 +201,7 @@ class Repository(Locks, ChunkHealth, Manifests):
                 raise
 
         total = 0
-        for n in in_order(check, list(dict.fromkeys(ids))):
+        for n in in_order(check, list(dict.fromkeys(ids)), self.concurrency):
             total += n
             if progress:
                 progress(n)
@@ -196,8 +217,26 @@ class Repository(Locks, ChunkHealth, Manifests):
         self.store.put(key, self.sealer.seal(json.dumps({"kind": kind, **data}).encode(), f"record:{key}"))
         return record_id
 
+    def _record(self, key: str, size: int | None) -> dict[str, Any]:
+        return self.cache.read(self.store, key, size, lambda data: json.loads(self.sealer.open(
+            data, f"record:{key}", key)))
+
     def records(self, snapshot_id: str) -> list[dict[str, Any]]:
-        out = []
-        for key, _ in sorted(self.store.list(f"records/{snapshot_id}/")):
-            out.append(json.loads(self.sealer.open(self.store.get(key), f"record:{key}", key)))
+        return [self._record(key, size) for key, size in sorted(self.store.list(f"records/{snapshot_id}/"))]
+
+    def all_records(self) -> dict[str, list[dict[str, Any] | IntegrityError]]:
+        """snapshot id -> its records in order, from one listing of records/ (not one per snapshot);
+        a record that fails to open stands as its IntegrityError."""
+        listed = sorted(self.store.list("records/"))
+        self.cache.prune("records/", {k for k, _ in listed})
+
+        def load(item: tuple[str, int]) -> dict[str, Any] | IntegrityError:
+            try:
+                return self._record(*item)
+            except IntegrityError as e:
+                return e
+
+        out: dict[str, list[dict[str, Any] | IntegrityError]] = {}
+        for (key, _), rec in zip(listed, in_order(load, listed, self.concurrency), strict=True):
+            out.setdefault(key.split("/")[1], []).append(rec)
         return out

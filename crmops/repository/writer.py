@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crmops import __version__
-from crmops.repository.chunker import Chunker
 from crmops.repository.paths import chunk_key, now
 
 if TYPE_CHECKING:
@@ -55,6 +54,8 @@ class SnapshotWriter:
         #: chunk id -> stored size of every chunk this snapshot uses, so `check` catches truncation from a listing
         self.sizes: dict[str, int] = {}
         self.healed: list[str] = []
+        from crmops.repository.chunker import Chunker  # pyfastcdc: only a backup cuts chunks
+
         self.chunker = Chunker(repo.config["chunker"]["avg"])
         self.pool = ThreadPoolExecutor(threads)
         self.inflight: deque[Future[None]] = deque()

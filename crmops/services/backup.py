@@ -44,6 +44,9 @@ class BackupResult:
     chunks_quarantined: int = 0
     #: MariaDB: table -> FLOAT column -> values with more significant digits than the dump keeps
     rounded_floats: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: MariaDB: views the server cannot open (a table they read is gone, their definer is gone),
+    #: written from the catalog as they are
+    damaged_views: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +68,12 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             dump_tool = getattr(dump, "tool", None)
             binlog = getattr(dump, "binlog", None)  # MariaDB/MySQL: the binlog position the dump is consistent with
             rounded = getattr(dump, "rounded", None) or {}  # MariaDB: FLOAT values the dump text rounds
+            damaged = getattr(dump, "damaged_views", None) or []
+        for view in damaged:
+            logging.getLogger("crmops").warning(
+                "view %s cannot be opened (%s): stored as it is, from the catalog%s", view["view"],
+                view["reason"].splitlines()[0],
+                f"; it reads {', '.join(view['missing_tables'])}, which is gone" if view["missing_tables"] else "")
         for table, columns in rounded.items():
             logging.getLogger("crmops").warning(
                 "table %s: %s; restores of this snapshot will differ there (store those columns as DOUBLE)",
@@ -86,6 +95,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             "attachments_root": str(folder) if folder else None, "dump_tool": dump_tool,
             **({"binlog": binlog} if binlog else {}),
             **({"rounded_floats": rounded} if rounded else {}),
+            **({"damaged_views": damaged} if damaged else {}),
         })
     stats = manifest["stats"]
     return BackupResult(snapshot_id=manifest["id"], duration_s=round(time.monotonic() - started, 2),
@@ -94,7 +104,8 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                         chunks=stats["chunks"], chunks_new=stats["chunks_new"], files=files, engine=engine.name,
                         server_version=server_version, schema_revision=revision, tags=list(tags),
                         attachment_files=regular, chunks_healed=stats.get("chunks_healed", 0),
-                        chunks_quarantined=len(_still_damaged(repo)), rounded_floats=rounded)
+                        chunks_quarantined=len(_still_damaged(repo)), rounded_floats=rounded,
+                        damaged_views=damaged)
 
 
 def rounded_text(columns: dict[str, int]) -> str:

@@ -1,17 +1,23 @@
 """Bring a snapshot back: authenticate everything first, then write; never over live data.
 
 Every chunk the restore needs is fetched and authenticated before the target is
-touched, so a damaged repository can never leave a half-restored database. A
-non-empty target is refused unless forced, and forcing first snapshots the target.
+touched, so a damaged repository can never leave a half-restored database. A dump up
+to STAGE_LIMIT is staged whole in a private file as its chunks are fetched, opened and
+authenticated (one pass, where a separate authentication pass read every chunk twice);
+a larger one is authenticated in a pass first, then streamed. A non-empty target is
+refused unless forced, and forcing first snapshots the target.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import re
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +25,15 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, safe
 from crmops.engines import open_engine
-from crmops.engines.files import FileEntry, finish_dirs, restore_entry
+from crmops.engines.base import STAGE_LIMIT
+from crmops.engines.files import FileEntry, check_writable_folder, finish_dirs, restore_entry
 from crmops.errors import (
     ConfigError,
     CrmopsError,
+    FolderNotWritable,
     IntegrityError,
     Interrupted,
+    SafetySnapshotFailed,
     TableNotInSnapshot,
     TargetNotEmpty,
 )
@@ -32,6 +41,8 @@ from crmops.repository import Repository, open_repository
 from crmops.services.sources import resolve
 
 ENGINE_OF_FORMAT = {"pg-custom": "postgresql", "mysql-sql": "mysql", "sqlite-db": "sqlite"}
+#: --force replaces a database: the snapshot must be named by at least this much of its id (or latest)
+FORCE_PREFIX = 6
 #: --as: a prefix for the restored copies' names
 PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -50,6 +61,10 @@ class RestoreResult:
     replaced: list[str] = field(default_factory=list)
     #: tables that did not exist in the target before (with --as: the copies beside the live ones)
     created: list[str] = field(default_factory=list)
+    #: foreign keys of the restored tables not made, each with why and how to get it (see keys_left_out)
+    constraints_left_out: list[dict[str, str]] = field(default_factory=list)
+    #: the snapshot's attachment files a whole restore without --attachments-to left in the repository
+    files_left: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,11 +126,12 @@ def _check_prefix(prefix: str, engine: str, tables: list[str]) -> None:
 def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None = None,
             attachments_to: Path | None = None, force: bool = False, repo: Repository | None = None,
             progress: Callable[[int], None] | None = None, prefix: str | None = None,
-            source: str | None = None) -> RestoreResult:
+            source: str | None = None, safety_first: bool = True) -> RestoreResult:
     """Restore a snapshot into to_url; with tables, only those, replacing them in place (force) or beside (prefix).
 
     Everything is checked before the first change: the engine, the table names against
     the snapshot, the destination names, the target's emptiness, every chunk's tag.
+    safety_first=False (--no-safety-snapshot) replaces without the pre-restore snapshot.
     """
     started = time.monotonic()
     timeline: list[dict[str, Any]] = []
@@ -125,6 +141,10 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
 
     repo = repo or open_repository(config)
     manifest = resolve(config, repo, ref, source=source)
+    if force and ref != "latest" and len(ref) < FORCE_PREFIX:  # a typo must not pick what replaces a database
+        raise ConfigError(f"snapshot {ref!r}: with --force, name it by at least {FORCE_PREFIX} characters of its id "
+                          f"(it matched {manifest['id'][:10]}); nothing was changed",
+                          hint=f"crmops restore {manifest['id'][:10]} ...")
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if wanted != engine_kind(to_url):
@@ -134,34 +154,65 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if tables is not None and not tables:
         raise ConfigError("--tables is empty", hint="name the tables, e.g. --tables contacts,accounts")
     chosen = resolve_tables(manifest, wanted, tables) if tables else None
+    if attachments_to is not None:
+        check_writable_folder(attachments_to, "--attachments-to", needed=attachment_bytes(manifest))
     target, empty = check_target(config, to_url, chosen, prefix, force)
-    # every chunk's tag is checked before the target changes at all (a forced target's old
-    # data included); the restore then opens each chunk fully again as it streams it
-    repo.authenticate(manifest, progress)
-    mark("every chunk authenticated")
+    whole = not (chosen and (prefix is not None or not empty))
+    with ExitStack() as stack:
+        # every chunk is authenticated before the target changes at all (a forced target's
+        # old data included): staged whole, or checked in a pass and then streamed
+        staged = stack.enter_context(stage(repo, manifest, progress)) if whole and (
+            stream["size"] <= STAGE_LIMIT) else None
+        if staged is None:
+            repo.authenticate(manifest, progress)
+        mark("every chunk authenticated" + (" (dump staged)" if staged else ""))
+        return _write(config, repo, manifest, target, empty, staged, to_url, chosen, prefix, force,
+                      attachments_to, mark, started, timeline, safety_first=safety_first)
+
+
+def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: Any, empty: bool,
+           staged: Path | None, to_url: str, chosen: list[str] | None, prefix: str | None, force: bool,
+           attachments_to: Path | None, mark: Callable[[str], None], started: float,
+           timeline: list[dict[str, Any]], safety_first: bool = True) -> RestoreResult:
+    """Everything authenticated: the safety snapshot, then the database, then the files."""
+    stream = manifest["streams"]["database"]
+    wanted = ENGINE_OF_FORMAT.get(stream["format"])
+    if force and not empty and prefix is None and safe(to_url) == safe(config.database.url):
+        logging.getLogger("crmops.restore").warning(  # every input is checked: this is what happens next
+            "--to is the configured database (database.url): %s replaced by snapshot %s "
+            "(a pre-restore snapshot is taken first)",
+            f"its tables {', '.join(chosen)} are" if chosen else "its live content is", manifest["id"][:10])
     safety = None
-    if force and not empty and prefix is None:
+    if force and not empty and prefix is None and safety_first:
         safety = safety_snapshot(config, to_url, repo)
         mark("safety snapshot of the target")
     replaced: list[str] = []
     created: list[str] = []
+    keys_out: list[dict[str, str]] = []
     if chosen and (prefix is not None or not empty):
         done = load_tables(target, repo.read_stream(manifest), stream["format"], chosen, prefix, safety, to_url)
-        replaced, created = done["replaced"], done["created"]
+        replaced, created, keys_out = done["replaced"], done["created"], done.get("left_out", [])
         mark("tables restored")
     else:
         try:
-            if safety:
+            if force and not empty:
                 replaced = ["the whole database"]
                 _empty(target)
                 mark("target emptied")
-            target.restore(repo.read_stream(manifest), format=stream["format"], tables=chosen)
+            if staged is not None and wanted == "postgresql":
+                keys_out = target.restore((), format=stream["format"], tables=chosen, staged=staged) or []
+            else:
+                chunks = read_staged(staged) if staged is not None else repo.read_stream(manifest)
+                keys_out = target.restore(chunks, format=stream["format"], tables=chosen) or []
         except (CrmopsError, KeyboardInterrupt) as e:
             if not safety and isinstance(e, KeyboardInterrupt) and wanted != "sqlite":
                 # SQLite's file is renamed into place whole; the servers' targets keep what was loaded
                 raise Interrupted("restore stopped half-way; the target may hold part of the snapshot",
                                   hint="restore into a fresh database, or again with --force") from None
             if not safety:
+                if force and not empty and isinstance(e, CrmopsError):
+                    raise type(e)(f"{e.message}; the target was emptied first and, with --no-safety-snapshot, "
+                                  "there is no pre-restore snapshot of it", hint=e.hint) from None
                 raise
             back = f"get its previous content back with: crmops restore {safety} --to {display(to_url)} --force"
             if isinstance(e, KeyboardInterrupt):
@@ -171,11 +222,95 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         mark("database restored")
     files = 0
     if attachments_to is not None:
-        files = restore_files(repo, manifest, attachments_to)
+        try:
+            files = restore_files(repo, manifest, attachments_to)
+        except (OSError, CrmopsError) as e:
+            raise _files_failed(e, manifest["id"], attachments_to, to_url, chosen, replaced, safety) from None
         mark("attachments restored")
+    left = 0 if attachments_to is not None or chosen else sum(1 for f in manifest.get("files", [])
+                                                              if f.get("kind") == "file")
     return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=chosen,
                          seconds=round(time.monotonic() - started, 2), bytes=stream["size"], files=files,
-                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created)
+                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created,
+                         files_left=left, constraints_left_out=with_hints(keys_out, chosen or [], wanted))
+
+
+def with_hints(left: list[dict[str, str]], chosen: list[str], engine: str) -> list[dict[str, str]]:
+    """Each foreign key left out with the --tables that brings it (both tables, so the key holds)."""
+    def short(t: str) -> str:
+        return t.removeprefix("public.") if engine == "postgresql" else t
+
+    out = []
+    for k in left:
+        if k["reason"].startswith("copies"):
+            out.append({**k, "hint": "restore without --as to get the tables with their keys"})
+            continue
+        names = sorted({short(t) for t in chosen} | {short(k["references"])})
+        out.append({**k, "hint": f"--tables {','.join(names)}"})
+    return out
+
+
+def left_out_lines(left: list[dict[str, str]]) -> list[str]:
+    """What the operator reads: one line per key left out, with the way to get it."""
+    if left and all(k["reason"].startswith("copies") for k in left):
+        return [f"the copies carry no foreign keys ({len(left)} left out: "
+                f"{', '.join(k['table'] + '.' + k['constraint'] for k in left)})"]
+    keys = [k for k in left if not k["reason"].startswith("copies")]
+    lines = [f"foreign key {k['constraint']} of {_short(k['table'])} (to {_short(k['references'])}) was not made: "
+             f"{_short(k['reason'])}; to get it restore both: {k['hint']}" for k in keys]
+    if len({k["references"] for k in keys}) > 1:  # one command that brings every key
+        every = sorted({t for k in keys for t in k["hint"].removeprefix("--tables ").split(",")})
+        lines.append(f"to get them all: --tables {','.join(every)}")
+    return lines
+
+
+def _short(name: str) -> str:
+    """A PostgreSQL name in public as the user writes it (public.accounts -> accounts)."""
+    return name.replace("public.", "")
+
+
+def attachment_bytes(manifest: dict[str, Any]) -> int:
+    """What the snapshot's attachment files take on disk once restored."""
+    return sum(int(f.get("size") or 0) for f in manifest.get("files", []) if f.get("kind") == "file")
+
+
+def _files_failed(e: OSError | CrmopsError, snapshot: str, folder: Path, to_url: str, chosen: list[str] | None,
+                  replaced: list[str], safety: str | None) -> CrmopsError:
+    """The attachments failed after the database changed: say what changed and the command that undoes it."""
+    why = e.message if isinstance(e, CrmopsError) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    what = f"tables {', '.join(chosen)}" if chosen else "the database"
+    done = (f"{what} in {display(to_url)} {'were' if chosen else 'was'} already restored from snapshot {snapshot}"
+            + (f" (replacing {', '.join(replaced)})" if replaced else ""))
+    scope = f" --tables {','.join(chosen)}" if chosen else ""
+    hint = (f"undo that with: crmops restore {safety} --to {display(to_url)}{scope} --force; or free the folder and "
+            f"run: crmops restore {snapshot} --to {display(to_url)}{scope} --force --attachments-to {folder}"
+            if safety else "the target was empty before; fix the folder and restore the attachments again")
+    cls = type(e) if isinstance(e, CrmopsError) else FolderNotWritable
+    return cls(f"attachments could not be written to {folder}: {why}; {done}", hint=hint)
+
+
+@contextmanager
+def stage(repo: Repository, manifest: dict[str, Any], progress: Callable[[int], None] | None = None, *,
+          files: bool = True) -> Iterator[Path]:
+    """The database stream whole in a private temporary file, every chunk opened and authenticated
+    on the way (a bad one raises IntegrityError, quarantined), and with files the attachments' chunks
+    checked too; removed on exit. Nothing outside the temporary folder is touched."""
+    if files and manifest.get("files"):
+        repo.authenticate({**manifest, "streams": {}}, progress)
+    with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
+        path = Path(tmp) / "dump"
+        with open(path, "wb") as f:
+            for piece in repo.read_stream(manifest):
+                f.write(piece)
+                if progress:
+                    progress(len(piece))
+        yield path
+
+
+def read_staged(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while piece := f.read(size):
+            yield piece
 
 
 # -- the steps a partial restore shares with `restore --at ... --tables` -----------------
@@ -218,6 +353,11 @@ def safety_snapshot(config: Config, to_url: str, repo: Repository | None = None)
     except KeyboardInterrupt:
         raise Interrupted("restore stopped while taking the pre-restore snapshot; the target was not "
                           "changed") from None
+    except CrmopsError as e:  # the way back cannot be made: stop before the first change
+        raise SafetySnapshotFailed(f"the pre-restore snapshot of {display(to_url)} could not be taken, so nothing "
+                                   f"was changed: {e.message}",
+                                   hint=(f"{e.hint}; " if e.hint else "") + "or, accepting that the target's "
+                                   "current content cannot be got back, add --no-safety-snapshot") from None
 
 
 def load_tables(target: Any, chunks: Iterable[bytes], fmt: str, chosen: list[str], prefix: str | None,
@@ -225,15 +365,15 @@ def load_tables(target: Any, chunks: Iterable[bytes], fmt: str, chosen: list[str
     """The engine's all-or-nothing table restore; a stop names the way back when there is one."""
     try:
         return target.restore_tables(chunks, format=fmt, tables=chosen, prefix=prefix)
-    except KeyboardInterrupt:
-        if not safety:
-            raise
-        # the rows are replaced in one transaction: a stop leaves all of them or none, but which
-        # depends on whether it came before the commit, so the way back is named either way
-        raise Interrupted(f"restore stopped; {', '.join(chosen)} hold either the restored rows or "
-                          "their own (they are replaced in one transaction)",
-                          hint=f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
-                               f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force") from None
+    except Interrupted as e:
+        # the rows are replaced in one transaction: the engine knows whether the stop came after the commit
+        committed = getattr(e, "committed", None)
+        if committed and safety:
+            e.hint = (f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
+                      f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force")
+        elif committed is False:
+            e.hint = "nothing was changed; run the same restore again to finish it"
+        raise
 
 
 def _prefixed(table: str, prefix: str) -> str:

@@ -65,6 +65,8 @@ class Overview:
     lag_history: dict[str, list[int]] = field(default_factory=dict)
     #: the lag limit the chart marks (status.max_archive_lag_seconds)
     max_archive_lag_seconds: float = 900.0
+    #: each configured copy: newest snapshot, lag, archive lag, last drill from it (crmops.copy.lag)
+    copies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def level(self) -> str:
@@ -126,9 +128,10 @@ def _read_repository(config: Config, ov: Overview) -> None:
     repo = open_repository(config)
     ov.repository = repo.store.url
     ov.source = configured_source(config)
-    listing = repo.listing()
+    listing = repo.keep_listing()  # the PITR windows below ask for it again
     ov.damaged = [{"id": d.id, "problem": d.problem} for d in listing.damaged]
     passed: dict[str, bool] = {}
+    every_record = repo.all_records()  # one listing of records/, not one per snapshot
     for m in listing.manifests:
         info = SnapshotInfo.from_manifest(m)
         if info.source != ov.source:
@@ -138,9 +141,8 @@ def _read_repository(config: Config, ov: Overview) -> None:
                                  "schema_revision": info.schema_revision, "size": info.size,
                                  "bytes_new": info.bytes_new, "seconds": m.get("stats", {}).get("seconds"),
                                  "source": info.source, "safety": is_safety(m)})
-        try:
-            records = repo.records(m["id"])
-        except IntegrityError:
+        records = every_record.get(m["id"], [])
+        if any(isinstance(r, IntegrityError) for r in records):
             continue  # a damaged record proves nothing
         for rec in records:
             if rec.get("kind") != KIND or "record" not in rec:
@@ -157,7 +159,7 @@ def _read_repository(config: Config, ov: Overview) -> None:
     ov.retention = {"kept": sum(len(g["keep"]) for g in groups),
                     "past_retention": sum(len(g["forget"]) for g in groups),
                     "groups": len(groups), "policy": config.retention.model_dump()}
-    ov.repository_size_bytes = repository_figures(config)["repository_size_bytes"]
+    ov.repository_size_bytes = repository_figures(config, repo.store)["repository_size_bytes"]
     from crmops.pitr.window import all_windows, assessed, public
 
     for w in all_windows(repo):
@@ -192,6 +194,10 @@ def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) ->
     except CrmopsError as e:
         ov.repository_error = config.redact(e.line())
     runs = history(config)
+    if config.copies:
+        from crmops.copy.lag import judged
+
+        ov.copies = judged(config, now, runs)
     ov.runs = runs[-runs_shown:]
     ov.upgrades = read_upgrades(config.state_dir / "upgrades")
     ov.verdicts = verdicts(config, ov, runs, now)
@@ -228,6 +234,7 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_upgrades_verdict(ov))
     out.append(_alerting_verdict(config))
     out += [_archive_verdict(w, s.max_archive_lag_seconds) for w in ov.pitr]
+    out += [Verdict(f"copy {c['name']}", c["level"], c["summary"]) for c in ov.copies]
     return out
 
 

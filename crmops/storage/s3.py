@@ -77,6 +77,8 @@ class S3Store:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{self.bucket}/{self.prefix}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
         self.cfg = cfg
+        #: requests in flight at once: chunks and manifests are small objects, each a round trip
+        self.concurrency = cfg.max_concurrency
         session = boto3.session.Session(
             aws_access_key_id=cfg.access_key_id.get_secret_value() if cfg.access_key_id else None,
             aws_secret_access_key=cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None,

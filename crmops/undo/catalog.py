@@ -42,9 +42,17 @@ class Relation:
     ref_columns: tuple[str, ...]
     #: "catalog" or "configuration"
     origin: str = "catalog"
+    #: polymorphic: only child rows whose type_column holds type_value reference parent
+    type_column: str | None = None
+    type_value: str | None = None
 
     def describe(self) -> str:
-        return f"{self.child}({', '.join(self.columns)}) -> {self.parent}({', '.join(self.ref_columns)})"
+        when = f" where {self.type_column} = {self.type_value!r}" if self.type_column else ""
+        return f"{self.child}({', '.join(self.columns)}) -> {self.parent}({', '.join(self.ref_columns)}){when}"
+
+    def holds_for(self, row: dict[str, Any]) -> bool:
+        """Whether this child row takes part (always, unless the relation is polymorphic)."""
+        return self.type_column is None or str(row.get(self.type_column)) == self.type_value
 
 
 @dataclass
@@ -63,6 +71,8 @@ class Catalog:
     unique_key: dict[str, str] = field(default_factory=dict)
     #: tables with no key at all: a row is its whole tuple, duplicates counted
     whole_row: set[str] = field(default_factory=set)
+    #: (table, column) -> the tables it may reference, most likely first, each with the evidence
+    hints: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
     def identity(self, table: str) -> tuple[str, ...]:
         """The names a row's key is shown under: its key columns, or every column and "#" (which copy)."""
@@ -101,10 +111,15 @@ def read_catalog(engine: sa.Engine, configured: list[UndoRelation]) -> Catalog:
     relations: list[Relation] = []
     unique_key: dict[str, str] = {}
     whole_row: set[str] = set()
+    # one catalog query per kind for all tables (PostgreSQL, MySQL), where asking table by table
+    # cost three round trips each: most of an undo's time on a schema of hundreds of tables
+    multi_columns = {t: cols for (_, t), cols in inspector.get_multi_columns().items()}
+    multi_pks = {t: pk for (_, t), pk in inspector.get_multi_pk_constraint().items()}
+    multi_fks = {t: fks for (_, t), fks in inspector.get_multi_foreign_keys().items()}
     for table in tables:
-        cols = inspector.get_columns(table)
+        cols = multi_columns.get(table) or inspector.get_columns(table)
         columns[table] = [c["name"] for c in cols]
-        pks[table] = tuple(inspector.get_pk_constraint(table).get("constrained_columns") or ())
+        pks[table] = tuple((multi_pks.get(table) or {}).get("constrained_columns") or ())
         if not pks[table]:
             not_null = {c["name"] for c in cols if not c.get("nullable", True)}
             usable = [(n, k) for n, k in unique_keys(engine, table, ()) if set(k) <= not_null]
@@ -113,7 +128,7 @@ def read_catalog(engine: sa.Engine, configured: list[UndoRelation]) -> Catalog:
                 unique_key[table] = name
             else:
                 whole_row.add(table)
-        for fk in inspector.get_foreign_keys(table):
+        for fk in multi_fks.get(table, []):
             if fk.get("referred_table") and fk.get("constrained_columns"):
                 relations.append(Relation(table, tuple(fk["constrained_columns"]),
                                           partitions.get(fk["referred_table"], fk["referred_table"]),
@@ -121,12 +136,23 @@ def read_catalog(engine: sa.Engine, configured: list[UndoRelation]) -> Catalog:
     known = {(r.child, r.columns) for r in relations}
     for rel in configured:
         parent, ref_column = rel.references.split(".")
-        if (partitions.get(rel.table, rel.table), (rel.column,)) in known:
+        if (partitions.get(rel.table, rel.table), (rel.column,)) in known and rel.type_column is None:
             continue
         relations.append(Relation(partitions.get(rel.table, rel.table), (rel.column,),
-                                  partitions.get(parent, parent), (ref_column,), "configuration"))
-    return Catalog(tables, pks, columns, relations, _unlinked(tables, columns, pks, relations), partitions,
-                   unique_key, whole_row)
+                                  partitions.get(parent, parent), (ref_column,), "configuration",
+                                  rel.type_column, rel.type_value))
+    catalog = Catalog(tables, pks, columns, relations, _unlinked(tables, columns, pks, relations),
+                      partitions=partitions, unique_key=unique_key, whole_row=whole_row)
+    with engine.connect() as conn:
+        for table, column, _ in catalog.unlinked:
+            ranked = candidates(table, column, tables, columns, pks)
+            try:
+                catalog.hints[(table, column)] = rank_by_values(conn, table, column, ranked, pks)
+            except sa.exc.DBAPIError:  # a type the comparison does not fit: the names alone
+                conn.rollback()
+                catalog.hints[(table, column)] = [(t, why) for t, _, why in ranked]
+    catalog.unlinked = [(t, c, catalog.hints[(t, c)][0][0]) for t, c, _ in catalog.unlinked]
+    return catalog
 
 
 def partition_roots(engine: sa.Engine) -> dict[str, str]:
@@ -158,23 +184,70 @@ def _unlinked(tables: list[str], columns: dict[str, list[str]], pks: dict[str, t
         for column in columns[table]:
             if not column.lower().endswith("_id") or (table, column) in covered or pks.get(table) == (column,):
                 continue
-            parent = probable_parent(column[:-3], tables)
-            if parent is not None:
-                out.append((table, column, parent))
+            ranked = candidates(table, column, tables, columns, pks)
+            if ranked:
+                out.append((table, column, ranked[0][0]))
     return out
+
+
+def same_table(child: str, parent: str, columns: dict[str, list[str]]) -> bool:
+    """A partition (or a dated copy) of parent: named after it, with exactly its columns."""
+    return child != parent and child.startswith(parent + "_") and columns.get(child) == columns.get(parent)
+
+
+def candidates(table: str, column: str, tables: list[str], columns: dict[str, list[str]],
+               pks: dict[str, tuple[str, ...]]) -> list[tuple[str, int, str]]:
+    """(parent, score, evidence by name) for a <base>_id column, most likely first.
+
+    Never the column's own table (deal_product.product_id is not a reference to
+    deal_product) nor a table it is a partition of. A parent whose key is named like the
+    column scores highest, then the base word as the whole name, then as its last part.
+    """
+    base = column[:-3].lower()
+    forms = {base, base + "s", base + "es", base[:-1] + "ies" if base.endswith("y") else base}
+    out = []
+    for t in tables:
+        if t == table or same_table(table, t, columns):
+            continue
+        name, key = t.lower(), pks.get(t) or ()
+        if key == (column,) and name not in forms and not any(name.endswith("_" + f) for f in forms):
+            out.append((t, 3, f"its key {t}.{column} has the same name"))
+        elif name in forms:
+            out.append((t, 4 if key == (column,) else 2, f"the table is named {t}"))
+        elif any(name.endswith("_" + f) for f in forms):
+            out.append((t, 3 if key == (column,) else 1, f"the table's name ends in {base}"))
+    return sorted(out, key=lambda c: (-c[1], len(c[0]), c[0]))
 
 
 def probable_parent(base: str, tables: list[str]) -> str | None:
     """customer -> customer, customers, crm_customer ...: the table a <base>_id column probably means."""
-    base = base.lower()
     if not base:
         return None
-    forms = {base, base + "s", base + "es", base[:-1] + "ies" if base.endswith("y") else base}
-    for t in tables:
-        name = t.lower()
-        if name in forms or any(name.endswith("_" + f) for f in forms):
-            return t
-    return None
+    ranked = candidates("", base + "_id", tables, {}, {})
+    return ranked[0][0] if ranked else None
+
+
+def rank_by_values(conn: Any, table: str, column: str, ranked: list[tuple[str, int, str]],
+                   pks: dict[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """(parent, evidence) with how many of the column's values each parent's key holds, best first."""
+    scored = []
+    for parent, score, why in ranked:
+        key = pks.get(parent) or ()
+        found = total = 0
+        if len(key) == 1:
+            meta = sa.MetaData()
+            child_t = sa.Table(table, meta, sa.Column(column))
+            parent_t = sa.Table(parent, meta, sa.Column(key[0]))
+            sample = sa.select(child_t.c[column]).where(child_t.c[column].isnot(None)).distinct().limit(200)
+            values = [r[0] for r in conn.execute(sample)]
+            total = len(values)
+            if values:
+                found = conn.execute(sa.select(sa.func.count()).select_from(parent_t)
+                                     .where(parent_t.c[key[0]].in_(values))).scalar_one()
+        share = found / total if total else 0.0
+        evidence = why + (f"; {found} of {total} values are keys of {parent}" if total else "")
+        scored.append((-(share >= 0.9), -score, -share, parent, evidence))
+    return [(parent, evidence) for *_, parent, evidence in sorted(scored)]
 
 
 def unique_keys(engine_or_conn: Any, table: str, pk: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:

@@ -76,6 +76,8 @@ class UndoPlan:
     conflicts: list[Conflict] = field(default_factory=list)
     #: attachment files of restored rows: {table, key, path, status}
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    #: table.column whose values name the snapshot's files while undo.attachment_columns is unset
+    unmapped_attachments: list[str] = field(default_factory=list)
     relations: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: rows as read from the past, by table and key, for writing (not part of the document)
@@ -97,7 +99,8 @@ class UndoPlan:
                         "attachments_to_restore": sum(1 for a in self.attachments if a["status"] == "restore")},
             "tables": [asdict(t) for t in self.tables],
             "rows": self.rows, "conflicts": [asdict(c) for c in self.conflicts],
-            "attachments": self.attachments, "relations": self.relations, "warnings": self.warnings,
+            "attachments": self.attachments, "unmapped_attachments": self.unmapped_attachments,
+            "relations": self.relations, "warnings": self.warnings,
         }
 
 
@@ -144,8 +147,10 @@ def build(config: Config, past: PastState, live: sa.Connection, catalog: Catalog
                                  f"{catalog.unique_key[tp.table]} ({', '.join(catalog.primary_keys[tp.table])}): "
                                  f"{counts}")
     for child, column, parent in catalog.unlinked:
-        if child in sel.rows or parent in sel.rows:
-            plan.warnings.append(f"{child}.{column} looks like a reference to {parent} but no foreign key or "
+        hints = catalog.hints.get((child, column)) or [(parent, "")]
+        if child in sel.rows or any(h in sel.rows for h, _ in hints):
+            ranked = "; or to ".join(f"{h} ({why})" if why else h for h, why in hints[:3])
+            plan.warnings.append(f"{child}.{column} looks like a reference to {ranked}, but no foreign key or "
                                  f"undo.relations entry says so: its rows are not followed")
     _attachments(config, plan, attachments_root, manifest)
     return plan
@@ -294,10 +299,18 @@ def _relative(value: str, root: str | None) -> str:
 
 def _attachments(config: Config, plan: UndoPlan, root: Path | None, manifest: dict[str, Any] | None) -> None:
     columns = attachment_columns(config)
-    if not columns:
-        return
     files = {f["path"]: f for f in (manifest or {}).get("files", []) if f.get("kind") == "file"}
     stored_root = (manifest or {}).get("attachments_root")
+    if not columns:
+        unmapped = _columns_naming_files(plan, files, stored_root)
+        if unmapped:
+            named = ", ".join(f"{t}.{c} ({n} file{'s' * (n != 1)})" for (t, c), n in unmapped.items())
+            plan.unmapped_attachments = [f"{t}.{c}" for t, c in unmapped]
+            plan.warnings.append(f"rows to write name attachment files in {named}, but undo.attachment_columns is "
+                                 f"not set: the files are NOT restored and the rows will point at files that may "
+                                 f"be missing; set undo.attachment_columns: [{', '.join(plan.unmapped_attachments)}] "
+                                 f"in crmops.yaml")
+        return
     for table, key, cols in ((w[0], w[2], w[3]) for w in plan.writes):
         for t, column in columns:
             if t != table or column not in cols:
@@ -326,6 +339,19 @@ def _attachments(config: Config, plan: UndoPlan, root: Path | None, manifest: di
             plan.attachments.append(entry)
     if root is None and any(a["status"] == "no-folder" for a in plan.attachments):
         plan.warnings.append("attachments.path is not set: attachment files are not restored")
+
+
+def _columns_naming_files(plan: UndoPlan, files: dict[str, Any], stored_root: str | None) -> dict[tuple[str, str], int]:
+    """Columns of the rows to write whose values are paths of the snapshot's files: attachments nobody mapped."""
+    found: dict[tuple[str, str], int] = {}
+    if not files:
+        return found
+    for table, _action, key, cols in plan.writes:
+        for column in cols:
+            value = plan.raw[table][key].get(column)
+            if isinstance(value, str) and value and _relative(value, stored_root) in files:
+                found[(table, column)] = found.get((table, column), 0) + 1
+    return found
 
 
 def _sha256(path: Path) -> str:

@@ -125,11 +125,15 @@ def _values(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> set[Key
 
 
 def _fetch(conn: sa.Connection, tables: Tables, table: str, columns: tuple[str, ...],
-           values: Iterable[Key]) -> Iterator[dict[str, Any]]:
+           values: Iterable[Key], rel: Relation | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of table whose columns hold one of values (and, for a polymorphic rel, its type value)."""
     t = tables[table]
     for batch in batches(sorted(values, key=repr)):
+        stmt = sa.select(t).where(matching(t, columns, batch))
+        if rel is not None and rel.type_column:
+            stmt = stmt.where(t.c[rel.type_column] == rel.type_value)
         try:
-            yield from (dict(r) for r in conn.execute(sa.select(t).where(matching(t, columns, batch))).mappings())
+            yield from (dict(r) for r in conn.execute(stmt).mappings())
         except sa.exc.DBAPIError as e:
             raise DatabaseError(f"reading {table} in the past database failed: {str(e.orig).splitlines()[0]}"
                                 ) from None
@@ -145,7 +149,7 @@ def _follow_down(conn: sa.Connection, catalog: Catalog, tables: Tables, sel: Sel
                 values = _values(parent_rows, rel.ref_columns)
                 if not values:
                     continue
-                rows = list(_fetch(conn, tables, rel.child, rel.columns, values))
+                rows = list(_fetch(conn, tables, rel.child, rel.columns, values, rel))
                 for key, row in zip(catalog.keys(rel.child, rows), rows, strict=True):
                     if sel.add(rel.child, key, row, f"references {parent}"):
                         nxt.setdefault(rel.child, set()).add(key)
@@ -160,7 +164,7 @@ def _follow_up(conn: sa.Connection, catalog: Catalog, tables: Tables, sel: Selec
         for child, keys in pending.items():
             child_rows = {k: sel.rows[child][k] for k in keys}
             for rel in catalog.parents_of(child):
-                wanted = _values(child_rows.values(), rel.columns)
+                wanted = _values([r for r in child_rows.values() if rel.holds_for(r)], rel.columns)
                 have = _values(sel.rows.get(rel.parent, {}).values(), rel.ref_columns)
                 wanted -= have
                 if not wanted:
@@ -172,7 +176,7 @@ def _follow_up(conn: sa.Connection, catalog: Catalog, tables: Tables, sel: Selec
                 if not follow:
                     for k, row in child_rows.items():
                         v = tuple(row[c] for c in rel.columns)
-                        if v in missing:
+                        if v in missing and rel.holds_for(row):
                             sel.missing_parents.append((child, k, f"needs {rel.parent} "
                                                         f"{_pairs(rel.ref_columns, v)}, missing from live"))
                     continue

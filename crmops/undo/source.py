@@ -16,10 +16,12 @@ from typing import Any
 
 from crmops.config import Config
 from crmops.engines import open_engine
+from crmops.engines.base import STAGE_LIMIT
 from crmops.errors import CrmopsError, SandboxUnavailable
 from crmops.repository import Repository
 from crmops.sandbox import open_sandbox
-from crmops.services.restore import ENGINE_OF_FORMAT
+from crmops.services.restore import ENGINE_OF_FORMAT, stage
+from crmops.undo.closure import sandbox_tables
 
 
 @dataclass
@@ -52,9 +54,11 @@ PastSource = Callable[[], AbstractContextManager[PastState]]
 
 
 @contextmanager
-def from_snapshot(config: Config, ref: str, repo: Repository,
-                  on_step: Callable[[str], None] | None = None) -> Iterator[PastState]:
-    """Restore snapshot ref (an id, a prefix or latest) into a throwaway sandbox, removed on exit."""
+def from_snapshot(config: Config, ref: str, repo: Repository, on_step: Callable[[str], None] | None = None,
+                  table: str | None = None) -> Iterator[PastState]:
+    """Restore snapshot ref (an id, a prefix or latest) into a throwaway sandbox, removed on exit.
+
+    table: the undo's table; a PostgreSQL sandbox then holds only what it can reach (undo.closure)."""
     import time
 
     say = on_step or (lambda s: None)
@@ -71,7 +75,16 @@ def from_snapshot(config: Config, ref: str, repo: Repository,
         target = open_engine(sandbox.url, config.database.model_copy(update={"restore_owners": False}))
         t0 = time.monotonic()
         try:
-            target.restore(repo.read_stream(manifest), format=stream["format"])
+            if stream["format"] == "pg-custom" and stream["size"] <= STAGE_LIMIT:
+                with stage(repo, manifest, files=False) as staged:  # then pg_restore -j (restore_jobs)
+                    tables = sandbox_tables(*target.describe_archive(staged), table,
+                                            config.undo.relations) if table else None
+                    if tables is not None:
+                        say(f"the sandbox holds the {len(tables)} table{'s' * (len(tables) != 1)} "
+                            f"{table} can reach")
+                    target.restore((), format=stream["format"], staged=staged, tables=tables)
+            else:
+                target.restore(repo.read_stream(manifest), format=stream["format"])
         except CrmopsError:
             if not sandbox.alive():
                 raise SandboxUnavailable(f"sandbox {sandbox.name} stopped or vanished during the restore",

@@ -23,11 +23,12 @@ from typing import Any
 from crmops import __version__
 from crmops.config import Config
 from crmops.engines import Fingerprint, open_engine
+from crmops.engines.base import STAGE_LIMIT
 from crmops.engines.connect import connect_engine
 from crmops.errors import CrmopsError, DatabaseError, IntegrityError, SandboxUnavailable, VerificationFailed
 from crmops.repository import Repository, open_repository
 from crmops.sandbox import Sandbox, open_sandbox
-from crmops.services.restore import ENGINE_OF_FORMAT, restore_files
+from crmops.services.restore import ENGINE_OF_FORMAT, restore_files, stage
 from crmops.services.sources import resolve
 from crmops.verify import checks
 from crmops.verify.checks import CheckResult
@@ -201,7 +202,12 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
 
     t0 = time.monotonic()
     try:
-        target.restore(pieces(), format=stream["format"])
+        if stream["format"] == "pg-custom" and stream["size"] <= STAGE_LIMIT:
+            # staged whole, then pg_restore -j (restore_jobs): a small dump restores faster so
+            with stage(repo, manifest, lambda n: refresh(), files=False) as staged:
+                target.restore((), format=stream["format"], staged=staged)
+        else:
+            target.restore(pieces(), format=stream["format"])
     except CrmopsError as e:
         if not sandbox.alive():  # not the snapshot's fault: do not flag it
             raise SandboxUnavailable(f"sandbox {sandbox.name} stopped or vanished during the restore",

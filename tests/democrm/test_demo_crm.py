@@ -20,7 +20,7 @@ ENGINES = ["sqlite_url", "pg_url", "mysql_url"]
 
 
 def _engine(url: str) -> sa.Engine:
-    return sa.create_engine(parse(url))
+    return sa.create_engine(parse(url).to_sqlalchemy())
 
 
 def _schema(url: str) -> dict[str, object]:

@@ -52,7 +52,7 @@ def test_demo_crm_round_trip(pair: tuple[str, str]) -> None:
     assert dumped.objects["views"] == 1 and dumped.objects["triggers"] == 1
     assert open_engine(dst).schema_revision() == "d2_0003"
     # the content really came back, byte for byte where it matters
-    eng = sa.create_engine(parse(dst))
+    eng = sa.create_engine(parse(dst).to_sqlalchemy())
     with eng.connect() as conn:
         body = conn.execute(sa.text("SELECT body FROM activities WHERE body LIKE '%🚀%' ORDER BY id LIMIT 1")).scalar()
         thumb = conn.execute(sa.text("SELECT thumbnail FROM attachments WHERE thumbnail IS NOT NULL "
@@ -64,7 +64,7 @@ def test_demo_crm_round_trip(pair: tuple[str, str]) -> None:
 def test_fingerprint_sees_a_changed_row(sqlite_url: str) -> None:
     create(sqlite_url, size="small")
     before = open_engine(sqlite_url).fingerprint()
-    eng = sa.create_engine(parse(sqlite_url))
+    eng = sa.create_engine(parse(sqlite_url).to_sqlalchemy())
     with eng.begin() as conn:
         conn.execute(sa.text("UPDATE contacts SET phone = NULL WHERE id = 17"))
     eng.dispose()
@@ -74,7 +74,7 @@ def test_fingerprint_sees_a_changed_row(sqlite_url: str) -> None:
 
 def _writer(url: str, stop, count) -> None:  # type: ignore[no-untyped-def]
     """Another CRM session: inserts and updates as fast as it can until told to stop."""
-    eng = sa.create_engine(parse(url))
+    eng = sa.create_engine(parse(url).to_sqlalchemy())
     i = 0
     while not stop.is_set():
         with eng.begin() as conn:

@@ -9,12 +9,14 @@ import subprocess
 from crmops.engines import open_engine
 
 
-def native_digest(url: str) -> dict[str, str]:
+def native_digest(url: str, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """skip: tables (or views) left out, schema and rows: those a restore was asked to change."""
     engine = open_engine(url)
     if engine.name == "postgresql":
         tool = engine._tool("pg_dump")  # type: ignore[attr-defined]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PG")}, **engine._env()}  # type: ignore[attr-defined]
-        schema = subprocess.run(tool.argv(["--schema-only", "--no-password"]), env=env, capture_output=True,
+        leave_out = [f"--exclude-table={t}" for t in skip]
+        schema = subprocess.run(tool.argv(["--schema-only", "--no-password", *leave_out]), env=env, capture_output=True,
                                 text=True, check=True, timeout=300).stdout
         # \restrict / \unrestrict carry a random key per dump (pg_dump's guard against injected meta-commands)
         out = {"schema": "\n".join(line for line in schema.splitlines()
@@ -24,6 +26,8 @@ def native_digest(url: str) -> dict[str, str]:
                                                  "FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
                                                  "'information_schema') ORDER BY 1")]
             for t in tables:
+                if t in skip or t.removeprefix("public.") in skip:
+                    continue
                 out[t] = conn.execute(f"SELECT count(*) || ':' || COALESCE(md5(string_agg(x::text, ',' "
                                       f"ORDER BY x::text)), '') FROM {t} x").fetchone()[0]
         return out
@@ -31,7 +35,9 @@ def native_digest(url: str) -> dict[str, str]:
     options = engine._option_file()  # type: ignore[attr-defined]
     try:
         schema = subprocess.run(tool.argv([f"--defaults-extra-file={options}", "--no-data", "--skip-dump-date",
-                                           "--routines", "--events", engine.database_name()], mounts=[options]),
+                                           "--routines", "--events", engine.database_name(),
+                                           *(f"--ignore-table={engine.database_name()}.{t}" for t in skip)],
+                                          mounts=[options]),
                                 capture_output=True, text=True, check=True, timeout=300).stdout
     finally:
         os.unlink(options)
@@ -42,6 +48,8 @@ def native_digest(url: str) -> dict[str, str]:
             cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
                         "AND table_type = 'BASE TABLE' ORDER BY 1")
             for (t,) in cur.fetchall():
+                if t in skip:
+                    continue
                 cur.execute(f"CHECKSUM TABLE `{t}` EXTENDED")
                 out[str(t)] = str(cur.fetchone()[1])
     finally:

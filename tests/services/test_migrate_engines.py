@@ -51,7 +51,7 @@ def init_repo(config: Config) -> None:
 
 
 def sql(url: str, *statements: str, **params: object) -> list[tuple]:
-    engine = sa.create_engine(parse(url))
+    engine = sa.create_engine(parse(url).to_sqlalchemy())
     try:
         with engine.begin() as conn:
             rows: list[tuple] = []
@@ -235,7 +235,7 @@ def test_blocked_migration_fails_within_the_lock_timeout(kind: str, request: pyt
     create(url, size="small")
     config = config_for(tmp_path, url, lock_timeout_seconds=1)
     service.up(config, to="d2_0002", safety_backup=False)
-    holder_engine = sa.create_engine(parse(url))
+    holder_engine = sa.create_engine(parse(url).to_sqlalchemy())
     holder = holder_engine.connect()
     if kind == "sqlite":
         holder.exec_driver_sql("BEGIN IMMEDIATE")  # a writer in the middle of its transaction
@@ -244,7 +244,7 @@ def test_blocked_migration_fails_within_the_lock_timeout(kind: str, request: pyt
 
     def crm_reader() -> None:  # another CRM session, arriving while the migration waits
         time.sleep(0.3)
-        engine = sa.create_engine(parse(url))
+        engine = sa.create_engine(parse(url).to_sqlalchemy())
         with engine.connect() as conn:
             started = time.monotonic()
             conn.execute(sa.text("SELECT COUNT(*) FROM contacts")).scalar()

@@ -29,7 +29,7 @@ def test_restore_only_chosen_tables(kind: str, request: pytest.FixtureRequest, t
     run(config, "repo", "init")
     snap = json.loads(run(config, "backup").stdout)["snapshot_id"]
     run(config, "restore", snap, "--to", scratch, "--tables", "roles,users")
-    eng = sa.create_engine(parse(scratch))
+    eng = sa.create_engine(parse(scratch).to_sqlalchemy())
     tables = set(sa.inspect(eng).get_table_names())
     with eng.connect() as conn:
         users = conn.execute(sa.text("SELECT COUNT(*) FROM users")).scalar_one()
