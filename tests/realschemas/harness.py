@@ -48,6 +48,8 @@ class Schema:
     untouched: tuple[str, ...] = ()
     #: what goes wrong in the core table (default: all its rows deleted)
     damage: list[str] = field(default_factory=list)
+    #: rows the undo plan may find identical in live (None: not checked)
+    identical: int | None = None
 
 
 def sql(url: str, *statements: str) -> None:
@@ -142,6 +144,8 @@ def exercise(schema: Schema, kind: str, src: str, factory: Callable[[], str], tm
     plan = undo(cfg, ask, source=past, repo=repo).to_dict()
     timings["undo plan"] = round(time.monotonic() - t0, 1)
     assert plan["plan"]["summary"]["conflicts"] == 0, plan["plan"]["summary"]
+    if schema.identical is not None:
+        assert sum(t["identical"] for t in plan["plan"]["tables"]) == schema.identical, plan["plan"]["tables"]
     t0 = time.monotonic()
     done = undo(cfg, replace(ask, apply=True), source=past, repo=repo)
     timings["undo apply"] = round(time.monotonic() - t0, 1)

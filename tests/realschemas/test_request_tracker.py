@@ -82,11 +82,15 @@ def _schema(kind: str) -> Schema:
                 f"DELETE FROM {cf} WHERE ObjectType = 'RT::Ticket' AND ObjectId IN {gone}",
                 f"DELETE FROM {ln} WHERE LocalBase IN {gone}",
                 f"DELETE FROM {t} WHERE id IN {gone}"],
-        relations=[{"table": tx, "column": col("ObjectId"), "references": f"{t}.id"},
+        # polymorphic: ObjectId is a ticket's id only where ObjectType says so (users have transactions too)
+        relations=[{"table": tx, "column": col("ObjectId"), "type_column": col("ObjectType"),
+                    "type_value": "RT::Ticket", "references": f"{t}.id"},
                    {"table": at, "column": col("TransactionId"), "references": f"{tx}.id"},
-                   {"table": cf, "column": col("ObjectId"), "references": f"{t}.id"},
+                   {"table": cf, "column": col("ObjectId"), "type_column": col("ObjectType"),
+                    "type_value": "RT::Ticket", "references": f"{t}.id"},
                    {"table": ln, "column": col("LocalBase"), "references": f"{t}.id"}],
         untouched=(_t(kind, "Queues"), _t(kind, "Users")),
+        identical=0,  # the users' transactions with ObjectId 7 and 8 are not selected
     )
 
 
