@@ -25,6 +25,7 @@ from crmops.dburl import display, engine_kind, parse, safe
 from crmops.errors import ConfigError, CrmopsError, Interrupted, MigrationFailed, MigrationRefused
 from crmops.journal import actor
 from crmops.migrations import prechecks, source
+from crmops.migrations.foreign import foreign_state
 from crmops.migrations.history import MigrationJournal
 from crmops.migrations.lint import RULES, Finding, failing, lint_script
 from crmops.migrations.runner import EnvIgnoresConnection, Session, StepFailed, StepRefused, StepResult
@@ -77,6 +78,7 @@ def status(config: Config, *, url: str | None = None) -> dict[str, Any]:
     scripts = scripts_for(config)
     with _session(config, target) as session:
         current = session.current()
+        foreign = foreign_state(session.connection) if current is None else None
     heads = scripts.heads()
     errors: list[str] = []
     if len(heads) > 1:
@@ -87,12 +89,13 @@ def status(config: Config, *, url: str | None = None) -> dict[str, Any]:
     pending: list[dict[str, str]] = []
     if current is not None and not scripts.knows(current):
         errors.append(f"the database is at revision {current}, which {scripts.location} does not hold")
-    elif len(heads) == 1:
+    elif len(heads) == 1 and foreign is None:
         pending = [{"revision": s.revision, "message": s.message} for s in scripts.steps(current, heads[0])]
     modified = _modified(config, scripts, safe(target), current)
     return {"database": display(target), "engine": engine_kind(target), "script_location": scripts.location,
             "current": current, "current_message": scripts.message(current) if current and scripts.knows(current)
             else None, "heads": heads, "pending": pending, "modified": modified, "errors": errors,
+            "foreign": foreign,
             "up_to_date": not pending and not errors and current is not None and current in heads}
 
 
@@ -136,6 +139,7 @@ def plan(config: Config, *, to: str = "head", url: str | None = None, sql: bool 
     scripts = scripts_for(config)
     with _session(config, target_url) as session:
         current = session.current()
+        _refuse_foreign(session, current, target_url)
     target = scripts.resolve(to)
     steps = scripts.steps(current, target)
     checks = prechecks.plan(steps)
@@ -150,6 +154,15 @@ def plan(config: Config, *, to: str = "head", url: str | None = None, sql: bool 
             "direction": steps[0].direction if steps else None, "revisions": rows,
             "prechecks_up_front": len(checks.upfront),
             "transaction": _policy(engine_kind(target_url), _needs_autocommit(steps))}
+
+
+def _refuse_foreign(session: Session, current: str | None, url: str) -> None:
+    """A database another tool migrates gets no Alembic revisions: it would end up with two schemas' worth."""
+    foreign = foreign_state(session.connection) if current is None else None
+    if foreign is not None:
+        raise MigrationRefused(f"{safe(url)}: {foreign['note']}",
+                               hint="crmops migrate runs the configured Alembic scripts only; an upgrade playbook's "
+                                    "app_command step runs the application's own migration command")
 
 
 def _offline_sql(scripts: Scripts, url: str, step: Step) -> tuple[str | None, str | None]:
@@ -216,6 +229,7 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
     journal = journal_for(config)
     with journal.lock(), _session(config, target_url) as session:
         current = session.current()
+        _refuse_foreign(session, current, target_url)
         target = scripts.resolve(to)
         steps = scripts.steps(current, target)
         direction = steps[0].direction if steps else "none"
@@ -488,6 +502,10 @@ def drift(config: Config, *, url: str | None = None) -> list[SchemaDifference]:
     scripts = scripts_for(config)
     with _session(config, target_url) as session:
         current = session.current()
+        foreign = foreign_state(session.connection) if current is None else None
+    if foreign is not None:
+        raise MigrationRefused(f"{safe(target_url)}: {foreign['note']}",
+                               hint="drift compares with Alembic revisions only")
     if current is None:
         raise MigrationRefused(f"{safe(target_url)} is not managed by Alembic (no alembic_version)",
                                hint="adopt it first with `crmops migrate baseline --rev REV`")
