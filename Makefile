@@ -1,6 +1,7 @@
 # crmops: two set-up commands on a fresh machine.
 #   make demo   the nightly job on the embedded default (SQLite demo CRM, local repository)
-#   make test   install everything (Debian packages, services, sandbox images) and run the tests,
+#   make test   install everything (Debian packages, services, sandbox images), smoke-test the wheel as
+#               installed for production (scripts/wheel_smoke.sh, README "Installing for production"), and run the tests,
 #               in parallel: PYTEST_WORKERS (4) pytest-xdist workers, --dist loadgroup so tests marked
 #               @pytest.mark.xdist_group("name") share one worker (docs/TESTING.md). Much of the suite waits on
 #               servers, containers and subprocesses, so 4 workers on 2 cores cut the wall time.
@@ -36,6 +37,7 @@ testbed-status:
 
 test: testbed
 	$(BIN)/ruff check crmops tests bench
+	bash scripts/wheel_smoke.sh
 	$(BIN)/pytest -p no:cacheprovider --timeout=900 --durations=10 $(PYTEST_ARGS)
 
 lint: venv

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from crmops.config import Config  # noqa: E402
-from crmops.services.engine_upgrade import rehearse, upgrade_logical  # noqa: E402
+from crmops.engine_upgrade.logical import rehearse, upgrade_logical  # noqa: E402
 from tests.matrix.servers import BY_ID, UpgradeHost, run_server, run_upgrade_host  # noqa: E402
 
 TOLERANCE = 0.25
@@ -106,7 +106,7 @@ def logical(client: object, size_name: str, rounds: int) -> dict[str, object]:
 
 
 def _layout(host: UpgradeHost, mode: str) -> object:
-    from crmops.services.pg_upgrade import Layout
+    from crmops.engine_upgrade.pg_upgrade import Layout
 
     return Layout(old_datadir="/var/lib/postgresql/13/data", new_datadir="/var/lib/postgresql/17/data",
                   old_bindir="/usr/lib/postgresql/13/bin", new_bindir="/usr/lib/postgresql/17/bin",
@@ -120,8 +120,9 @@ def _sh(host: UpgradeHost, script: str) -> None:
 
 
 def pg_upgrade(client: object, size_name: str, rounds: int) -> dict[str, object]:
+    from crmops.engine_upgrade import box
+    from crmops.engine_upgrade import pg_upgrade as pgu
     from crmops.playbooks.steps import StepContext
-    from crmops.services import pg_upgrade as pgu
 
     out: dict[str, object] = {}
     with run_upgrade_host(client) as host:
@@ -135,7 +136,7 @@ def pg_upgrade(client: object, size_name: str, rounds: int) -> dict[str, object]
         for mode in ("link", "copy"):
             rows = []
             for i in range(rounds):
-                est = pgu.rehearse(cfg, url, "17", {"mode": mode}, smoke=[], ctx=ctx, timeout=3600)
+                est = box.rehearse(cfg, url, "17", {"mode": mode}, smoke=[], ctx=ctx, timeout=3600)
                 real = pgu.upgrade(cfg, url, url, "17", _layout(host, mode), smoke=[], ctx=ctx,  # type: ignore[arg-type]
                                    timeout=3600)
                 assert not est["differences"] and not real["differences"] and not est["incompatibilities"]

@@ -243,7 +243,7 @@ def fresh_db(admin_url: str, name: str, template: str | None = None) -> str:
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from crmops.services.upgrade_rehearsal import copy_database
+    from crmops.upgrade.measure import copy_database
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -39,7 +39,7 @@ from run import PASS, ROOT, bed_env, crmops, fresh_db, write_config  # noqa: E40
 
 sys.path.insert(0, str(ROOT))
 from crmops.playbooks.dockerswap import swap_image  # noqa: E402
-from tests.services.upgrade_helpers import App, app_container, playbook_for, wait_http  # noqa: E402
+from tests.upgrade.upgrade_helpers import App, app_container, playbook_for, wait_http  # noqa: E402
 
 #: the issue's bound on |estimate / real - 1|
 TOLERANCE = 0.25

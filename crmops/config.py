@@ -6,6 +6,8 @@ under ./demo), so `crmops` works on a fresh machine without servers.
 
 Secrets never need to sit in the file: any string may say ${VAR} and is filled from
 the environment, and CRMOPS_SECTION__KEY variables override single keys.
+
+Kept whole (about 500 lines): one model, section by section, that the whole tool reads.
 """
 
 from __future__ import annotations

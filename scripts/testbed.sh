@@ -15,7 +15,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BED="${CRMOPS_TESTBED_DIR:-$ROOT/.testbed}"
 PYTHON="${CRMOPS_TESTBED_PYTHON:-$ROOT/.venv/bin/python}"
 PG_BIN=/usr/lib/postgresql/15/bin
-APT_PACKAGES=(docker.io debootstrap postgresql mariadb-server restic chromium iproute2 procps openssl)
+APT_PACKAGES=(docker.io debootstrap postgresql mariadb-server restic chromium iproute2 procps openssl python3 python3-venv)
 
 mkdir -p "$BED"
 chmod 711 "$BED"  # postgres and mysql users must reach their own folders
@@ -206,7 +206,8 @@ cmd_status() {
   s3_up >/dev/null 2>&1 && echo "s3: up" || echo "s3: down"
   docker info >/dev/null 2>&1 && echo "docker: up" || echo "docker: down"
   for t in postgres:13 postgres:15 postgres:17 mariadb:10.5 mariadb:10.11 mariadb:11.8 \
-           crmops-demo-app:1.0 crmops-demo-app:2.0 crmops-pg-upgrade:13-17; do
+           crmops-demo-app:1.0 crmops-demo-app:2.0 crmops-pg-upgrade:13-17 \
+           "crmops:$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$ROOT/crmops/__init__.py")"; do
     docker image inspect "$t" >/dev/null 2>&1 && echo "image $t: present" \
       || echo "image $t: missing (scripts/images/build.sh $t)"
   done

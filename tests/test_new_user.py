@@ -115,7 +115,7 @@ def test_schedule_show_says_when_each_job_next_runs(tmp_path: Path) -> None:
 
 
 def test_one_rehearsal_is_singular() -> None:
-    from crmops.services.status import Overview, _upgrades_verdict
+    from crmops.status.verdicts import Overview, _upgrades_verdict
 
     def summary(n: int) -> str:
         ov = Overview(generated_at="", host="", repository="", upgrades=[{"dry_run": True}] * n)

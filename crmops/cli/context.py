@@ -31,7 +31,7 @@ class AppContext:
     debug: bool = False
     log_format: str = "human"
     _config: Config | None = field(default=None, repr=False)
-    #: the unattended job this command runs (crmops.services.jobs), recorded when it ends
+    #: the unattended job this command runs (crmops.status.jobs), recorded when it ends
     job: Any = field(default=None, repr=False)
     #: the last result emitted, whose key figures go into the run history and notifications
     result: Any = field(default=None, repr=False)
@@ -63,7 +63,7 @@ class AppContext:
 
     def begin_job(self, command: str) -> None:
         """Mark this command as a job run: takes the job lock; main() records the run when it ends."""
-        from crmops.services.jobs import JobRun
+        from crmops.status.jobs import JobRun
 
         config = self.config
         self.job = JobRun(command)

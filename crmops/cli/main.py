@@ -7,6 +7,7 @@ alembic) is only paid by the commands that use it, and `crmops --help` stays fas
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import signal
 import sys
@@ -241,7 +242,7 @@ def _finish_job(code: int, line: str | None) -> None:
         return
     job, _APP.job = _APP.job, None
     try:
-        from crmops.services.jobs import finish
+        from crmops.status.jobs import finish
 
         finish(_APP.config, job, exit_code=code, error=line, result=_APP.result, log_failure=_APP.log_format == "json")
     except Exception as e:  # reporting must not turn a good run into a failed one

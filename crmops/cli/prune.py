@@ -23,7 +23,7 @@ def _keep_options(f):  # type: ignore[no-untyped-def]
 @pass_app
 def forget_cmd(app: AppContext, and_prune: bool, dry_run: bool, **keeps: int | None) -> None:
     """Forget snapshots the retention policy does not keep, per source; never a source's newest verified one."""
-    from crmops.services.prune import forget
+    from crmops.prune.workflow import forget
 
     if not dry_run:
         app.begin_job("forget")
@@ -87,7 +87,7 @@ def prune_cmd(app: AppContext, dry_run: bool) -> None:
     """Delete chunks no snapshot references (under the exclusive lock)."""
     from dataclasses import asdict
 
-    from crmops.services.prune import prune
+    from crmops.prune.workflow import prune
 
     if not dry_run:
         app.begin_job("prune")

@@ -12,7 +12,7 @@ _COLOUR = {"green": "green", "amber": "yellow", "red": "red"}
 
 
 def _overview(app: AppContext):  # type: ignore[no-untyped-def]
-    from crmops.services.status import gather
+    from crmops.status.verdicts import gather
 
     return gather(app.config)
 
@@ -56,7 +56,7 @@ def report_cmd(app: AppContext, html_path: Path) -> None:
 
     Exits 0 whatever the verdicts (the page shows them); use `crmops status` to alert.
     """
-    from crmops.services.status_report import render_html
+    from crmops.status.page import render_html
 
     ov = _overview(app)
     try:

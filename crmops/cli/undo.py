@@ -23,7 +23,7 @@ SHOWN_KEYS = 8
 
 def _keys(keys: list[dict[str, Any]]) -> str:
     """id 12, 57, 203 (+9 more); composite keys in full: (a=1, b=2), ..."""
-    from crmops.services.undo_plan import encode_key
+    from crmops.undo.plan import encode_key
 
     more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
     first = keys[:SHOWN_KEYS]
@@ -44,7 +44,7 @@ def _v(value: Any, width: int = 40) -> str:
 def render(console: Any, out: dict[str, Any]) -> None:
     """The plan as a compact per-table summary, then the details a reviewer needs."""
     from crmops.dburl import display
-    from crmops.services.undo_plan import encode_key
+    from crmops.undo.plan import encode_key
 
     plan = out["plan"]
     src = plan["source"]
@@ -156,7 +156,7 @@ def undo_cmd(app: AppContext, table: str, where: str, snapshot: str, follow_fks:
     plan shows per table what would be re-inserted, what changed since, and any conflict.
     With --apply: a pre-undo snapshot, then one transaction; refused (exit 70) on conflicts.
     """
-    from crmops.services.undo import UndoRequest, undo
+    from crmops.undo.workflow import UndoRequest, undo
 
     if not table.strip():
         raise click.UsageError("--table is empty: name the table whose rows come back, e.g. --table accounts")

@@ -186,7 +186,7 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
 
     `upgrade PLAYBOOK [--dry-run|--check]`, `upgrade --resume|--rollback`, `upgrade history`.
     Several PLAYBOOKs chain through intermediate versions (a checkpoint at each hop)."""
-    from crmops.services import upgrade as svc
+    from crmops.upgrade import workflow as svc
 
     modes = [m for m, on in (("--dry-run", dry_run), ("--check", check_only), ("--resume", resume),
                              ("--rollback", rollback)) if on]
@@ -216,7 +216,7 @@ def upgrade_cmd(app: AppContext, playbooks: tuple[str, ...], dry_run: bool, chec
         _reporting(app, lambda: svc.check(paths), _check_human)
         return
     if dry_run:
-        from crmops.services.upgrade_rehearsal import dry_run as rehearse
+        from crmops.upgrade.rehearsal import dry_run as rehearse
 
         _reporting(app, lambda: rehearse(app.config, paths, say=say, report_dir=report_dir), _dry_human)
         return

@@ -39,7 +39,7 @@ def _render(console, r) -> None:  # type: ignore[no-untyped-def]
 
 def _run(app: AppContext, snapshot: str, keep: bool, show_data: bool, record: Path | None,
          report_dir: Path | None, source: str | None = None) -> None:
-    from crmops.services.verify import verify
+    from crmops.verify.workflow import verify
 
     app.begin_job("drill" if report_dir is not None else "verify")
     r = verify(app.config, snapshot, keep=keep, show_data=show_data, on_step=lambda s: app.say(f"· {s}"),
@@ -49,7 +49,7 @@ def _run(app: AppContext, snapshot: str, keep: bool, show_data: bool, record: Pa
         record.write_text(json.dumps(r.record, indent=2, ensure_ascii=False), encoding="utf-8")
         out["record_file"] = str(record)
     if report_dir is not None:
-        from crmops.services.drill_report import write_reports
+        from crmops.verify.report import write_reports
 
         out["reports"] = write_reports(r, report_dir)
 
@@ -76,7 +76,7 @@ _at_opt = click.option("--at", metavar="TIME", help="PostgreSQL point in time: r
 
 
 def _run_at(app: AppContext, at: str, keep: bool, show_data: bool, report_dir: Path | None) -> None:
-    from crmops.pitr.verify import raise_if_failed, verify_at
+    from crmops.verify.pitr import raise_if_failed, verify_at
 
     app.begin_job("drill" if report_dir is not None else "verify")
     out = verify_at(app.config, {"time": at}, keep=keep, show_data=show_data, say=lambda s: app.say(f"· {s}"))
@@ -144,7 +144,7 @@ def drill_cmd(app: AppContext, snapshot: str, keep: bool, report_dir: Path | Non
 
 def _check_record(app: AppContext, path: Path, public_key: Path | None) -> None:
     from crmops.errors import IntegrityError, VerificationFailed
-    from crmops.services import verify_record
+    from crmops.verify import record as verify_record
 
     try:
         signed = json.loads(path.read_text(encoding="utf-8"))

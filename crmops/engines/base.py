@@ -6,12 +6,13 @@ restored copy can be compared with what was dumped, table by table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from crmops.errors import DatabaseError
+from crmops.errors import ConfigError, DatabaseError
 
 
 @dataclass(frozen=True)
@@ -169,3 +170,14 @@ class Engine(Protocol):
     def schema_revision(self) -> str | None:
         """The Alembic revision(s) recorded in alembic_version, comma-joined, or None."""
         ...
+
+def version_parts(flavor: str, server_version: str) -> dict[str, str]:
+    """{major} and {version} for image templates: postgres:15, mariadb:10.11, mysql:8.0."""
+    nums = re.findall(r"\d+", server_version.split("-")[0])
+    if not nums:
+        raise ConfigError(f"cannot read a version from the snapshot's server version {server_version!r}")
+    major = nums[0]
+    minor = nums[1] if len(nums) > 1 else "0"
+    if flavor == "postgresql" and int(major) >= 10:
+        return {"major": major, "version": major}  # PostgreSQL 10+: the major alone is the release line
+    return {"major": major, "version": f"{major}.{minor}"}

@@ -152,7 +152,7 @@ def _remove(name: str | None) -> None:
 
 
 def image_for_server(flavor: str, server_version: str) -> str:
-    from crmops.sandbox.base import version_parts
+    from crmops.engines.base import version_parts
 
     return IMAGES[flavor].format(**version_parts(flavor, server_version))
 

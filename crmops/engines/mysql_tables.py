@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pymysql
 
@@ -26,8 +26,13 @@ from crmops.engines.base import tables_outcome
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
-if TYPE_CHECKING:
-    from crmops.engines.mysql import MysqlEngine
+
+class MysqlEngine(Protocol):
+    """What the table-level code needs of the MySQL engine (which calls it, so it cannot import it)."""
+
+    def connect(self, database: bool = True) -> pymysql.Connection: ...
+
+    def _query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]: ...
 
 _AUTO_INCREMENT = re.compile(rb"\bAUTO_INCREMENT=(\d+)")
 _FK_LINE = re.compile(rb"^\s*CONSTRAINT `(?:[^`]|``)+` FOREIGN KEY ")

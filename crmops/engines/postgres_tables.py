@@ -13,16 +13,31 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
 from crmops.engines.base import tables_outcome
+from crmops.engines.postgres_toc import parse_toc, select_tables
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 if TYPE_CHECKING:
-    from crmops.engines.postgres import PostgresEngine
+    from crmops.engines.container_tools import Tool
+
+
+class PostgresEngine(Protocol):
+    """What the table-level code needs of the PostgreSQL engine (which calls it, so it cannot import it)."""
+
+    restore_owners: bool
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection: ...
+
+    def _env(self) -> dict[str, str]: ...
+
+    def _secrets(self) -> list[str]: ...
+
+    def _tool(self, name: str, version: str | None = None) -> Tool: ...
 
 #: entries a table that is new to the target brings with it (views, functions and types are not created)
 _OWN_KINDS = {"TABLE", "TABLE DATA", "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT",
@@ -61,8 +76,6 @@ def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
 def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
     """Replace (or, with prefix, add beside) the chosen tables; one transaction, all or nothing."""
-    from crmops.engines.postgres import parse_toc, select_tables
-
     pg_restore = engine._tool("pg_restore")
     with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
         archive = Path(tmp) / "dump.pgc"

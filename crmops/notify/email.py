@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from crmops.config import EmailConfig
-from crmops.notify import DeliveryFailed, Event
+from crmops.notify.base import DeliveryFailed, Event
 
 
 def message(cfg: EmailConfig, event: Event) -> EmailMessage:

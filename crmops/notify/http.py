@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from crmops import __version__
-from crmops.notify import DeliveryFailed
+from crmops.notify.base import DeliveryFailed
 
 
 class _Transient(DeliveryFailed):

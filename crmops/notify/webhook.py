@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from crmops.config import WebhookConfig
-from crmops.notify import DeliveryFailed, Event
+from crmops.notify.base import DeliveryFailed, Event
 from crmops.notify.http import host_of, request
 
 

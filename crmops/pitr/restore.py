@@ -37,6 +37,7 @@ from crmops.pitr.archive import (
     segno_of,
 )
 from crmops.pitr.basebackup import STREAM
+from crmops.pitr.untar import extract_all
 from crmops.pitr.window import physical_manifests, window
 
 #: the folder inside a --to-datadir data directory that holds the WAL fetched at restore time
@@ -155,7 +156,7 @@ def extract_base(repo: Any, manifest: dict[str, Any], datadir: Path, progress: C
     datadir.mkdir(parents=True, exist_ok=True)
     os.chmod(datadir, 0o700)
     with tarfile.open(fileobj=io.BufferedReader(_Stream(counted()), 1 << 20), mode="r|") as tar:
-        tar.extractall(datadir, filter="data")
+        extract_all(tar, datadir)
     (datadir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
 
 

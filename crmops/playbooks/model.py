@@ -189,7 +189,7 @@ class RestoreStep(Step):
 
 
 class EngineUpgradeStep(Step):
-    """A database server major upgrade (crmops.services.engine_upgrade).
+    """A database server major upgrade (crmops.engine_upgrade.logical).
 
     logical: the old server is only read. pg_upgrade: the old server is stopped and upgraded
     where its data directory is; `action: rollback` (the engine stage's rollback step) brings

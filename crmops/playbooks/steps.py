@@ -2,7 +2,7 @@
 
 Executors are plain callables chosen by step type. The core ones (shell, http, sql,
 docker, pause, maintenance) live in this package; the ones that need crmops services
-(backup, verify, migrate, restore, preflight) are built by crmops.services.upgrade and
+(backup, verify, migrate, restore, preflight) are built by crmops.upgrade.workflow and
 passed in, so this package never imports the service layer.
 """
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from crmops.config import Config
 from crmops.repository.keys import Credential, write_key_file
-from crmops.repository.repo import Repository, SnapshotInfo, SnapshotWriter, WriteStats
+from crmops.repository.listing import SnapshotInfo
+from crmops.repository.repo import Repository
+from crmops.repository.writer import SnapshotWriter, WriteStats
 from crmops.storage import open_store
 
 __all__ = ["Credential", "Repository", "SnapshotInfo", "SnapshotWriter", "WriteStats", "credential",

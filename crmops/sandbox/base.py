@@ -6,9 +6,9 @@ the sandbox disappears afterwards whatever happens (success, failure, Ctrl-C, SI
 
 from __future__ import annotations
 
-import re
 from typing import Any, Protocol, runtime_checkable
 
+from crmops.engines.base import version_parts
 from crmops.errors import ConfigError
 
 
@@ -61,16 +61,6 @@ def flavor_of(engine: str, server_version: str) -> str:
     return engine
 
 
-def version_parts(flavor: str, server_version: str) -> dict[str, str]:
-    """{major} and {version} for image templates: postgres:15, mariadb:10.11, mysql:8.0."""
-    nums = re.findall(r"\d+", server_version.split("-")[0])
-    if not nums:
-        raise ConfigError(f"cannot read a version from the snapshot's server version {server_version!r}")
-    major = nums[0]
-    minor = nums[1] if len(nums) > 1 else "0"
-    if flavor == "postgresql" and int(major) >= 10:
-        return {"major": major, "version": major}  # PostgreSQL 10+: the major alone is the release line
-    return {"major": major, "version": f"{major}.{minor}"}
 
 
 def image_for(images: dict[str, str], engine: str, server_version: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from crmops.config import MASK, VerifyConfig
 from crmops.errors import ConfigError, CrmopsError, ImageMissing, SandboxUnavailable
-from crmops.sandbox import guard
+from crmops.sandbox import guard, selfnet
 from crmops.sandbox.base import build_hint, flavor_of, image_for
 
 LABEL = "crmops.sandbox"
@@ -191,6 +191,7 @@ class DockerSandbox:
             self._container.start()
             self._container.reload()
             self._ip = self._container.attrs["NetworkSettings"]["Networks"][self.name]["IPAddress"]
+            selfnet.join(client, self.name)  # crmops in a container reaches the sandbox through its network
         except APIError as e:
             self.remove()
             text = self._scrub(str(e.explanation or e))
@@ -297,7 +298,9 @@ def remove_by_name(client: Any, name: str) -> None:
                 break
             time.sleep(0.2)
     try:
-        client.networks.get(name).remove()
+        net = client.networks.get(name)
+        selfnet.detach_all(net)
+        net.remove()
     except NotFound:
         pass
     volumes = client.volumes.list(filters={"label": f"{STACK_LABEL}={name}"})

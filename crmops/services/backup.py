@@ -17,7 +17,7 @@ from crmops.dburl import safe
 from crmops.engines import open_engine
 from crmops.engines.files import read_pieces, walk
 from crmops.repository import Repository, open_repository
-from crmops.repository.repo import manifest_chunks
+from crmops.repository.paths import manifest_chunks
 from crmops.repository.source import source_of_url
 
 

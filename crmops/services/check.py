@@ -21,7 +21,8 @@ from typing import Any
 from crmops.config import Config
 from crmops.errors import IntegrityError
 from crmops.repository import open_repository
-from crmops.repository.repo import Repository, chunk_key, manifest_chunks
+from crmops.repository.paths import chunk_key, manifest_chunks
+from crmops.repository.repo import Repository
 
 COVERAGE = "state/check-coverage"
 

@@ -15,24 +15,33 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, parse, safe
 from crmops.errors import ConfigError, CrmopsError, Interrupted, MigrationFailed, MigrationRefused
-from crmops.journal import actor
 from crmops.migrations import prechecks, source
 from crmops.migrations.foreign import foreign_state
 from crmops.migrations.history import MigrationJournal
-from crmops.migrations.lint import RULES, Finding, failing, lint_script
 from crmops.migrations.runner import EnvIgnoresConnection, Session, StepFailed, StepRefused, StepResult
-from crmops.migrations.schema import SchemaDifference, ScratchUnavailable, build, compare, scratch_database
 from crmops.migrations.scripts import Scripts, Step
+from crmops.services.migrate_schema import (
+    baseline,
+    drift,
+    history,
+    journal_for,
+    lint,
+    lint_failures,
+    scripts_for,
+    session_for,
+)
 
 log = logging.getLogger("crmops.migrate")
+
+__all__ = ["MigrateResult", "baseline", "down", "drift", "history", "journal_for", "lint", "lint_failures",
+           "migrate", "plan", "resolve", "scripts_for", "status", "up", "validate"]
 
 
 @dataclass
@@ -57,26 +66,11 @@ class MigrateResult:
                 "transaction": self.transaction}
 
 
-def scripts_for(config: Config) -> Scripts:
-    """The configured Alembic script folder (the demo CRM's by default)."""
-    return Scripts(config.migrations.script_location)
-
-
-def journal_for(config: Config) -> MigrationJournal:
-    return MigrationJournal(config.state_dir)
-
-
-def _session(config: Config, url: str | None) -> Session:
-    return Session(url or config.database.url, lock_timeout=config.migrations.lock_timeout_seconds)
-
-
-# --- status, plan, validate ------------------------------------------------------------
-
 def status(config: Config, *, url: str | None = None) -> dict[str, Any]:
     """Where the database stands: current revision, heads, pending revisions, edited scripts, problems."""
     target = url or config.database.url
     scripts = scripts_for(config)
-    with _session(config, target) as session:
+    with session_for(config, target) as session:
         current = session.current()
         foreign = foreign_state(session.connection) if current is None else None
     heads = scripts.heads()
@@ -117,7 +111,7 @@ def validate(config: Config, *, url: str | None = None, accept: bool = False) ->
     """Applied scripts must be unchanged; accept=True records their current checksums as intended edits."""
     target = url or config.database.url
     scripts = scripts_for(config)
-    with _session(config, target) as session:
+    with session_for(config, target) as session:
         current = session.current()
     modified = _modified(config, scripts, safe(target), current)
     if modified and accept:
@@ -137,7 +131,7 @@ def plan(config: Config, *, to: str = "head", url: str | None = None, sql: bool 
     """The revisions a migration to `to` would run, in order; with sql, each one's SQL (Alembic offline mode)."""
     target_url = url or config.database.url
     scripts = scripts_for(config)
-    with _session(config, target_url) as session:
+    with session_for(config, target_url) as session:
         current = session.current()
         _refuse_foreign(session, current, target_url)
     target = scripts.resolve(to)
@@ -227,7 +221,7 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
     database = safe(target_url)
     scripts = scripts_for(config)
     journal = journal_for(config)
-    with journal.lock(), _session(config, target_url) as session:
+    with journal.lock(), session_for(config, target_url) as session:
         current = session.current()
         _refuse_foreign(session, current, target_url)
         target = scripts.resolve(to)
@@ -343,7 +337,7 @@ def down(config: Config, *, to: str, **kwargs: Any) -> MigrateResult:
     """Migrate down to `to` (a revision, or base); refuses a target above the current revision."""
     target_url = kwargs.get("url") or config.database.url
     scripts = scripts_for(config)
-    with _session(config, target_url) as session:
+    with session_for(config, target_url) as session:
         current = session.current()
     steps = scripts.steps(current, scripts.resolve(to))
     if steps and steps[0].direction != "down":
@@ -426,134 +420,3 @@ def _failed(e: StepFailed, session: Session, result: MigrateResult, url: str) ->
                      "completed": [d.step.revision for d in e.done], "safety_snapshot": snapshot,
                      "lock_timeout": e.lock_timeout}
     return error
-
-
-# --- lint ----------------------------------------------------------------------------------
-
-def lint(config: Config, *, url: str | None = None, to: str | None = None, all_revisions: bool = False,
-         engine: str | None = None) -> list[Finding]:
-    """Findings for the pending revisions (up to `to`, default head), or every revision with all_revisions.
-
-    The database is only asked for its current revision; with all_revisions it is not touched,
-    and engine ("postgresql", "mysql", "sqlite") may be given instead of reading it from the URL.
-    """
-    target_url = url or config.database.url
-    scripts = scripts_for(config)
-    severities = _lint_severities(config)
-    kind = engine or engine_kind(target_url)
-    if all_revisions:
-        revisions = scripts.all_revisions()
-    else:
-        with _session(config, target_url) as session:
-            current = session.current()
-        steps = scripts.steps(current, scripts.resolve(to or "head"))
-        revisions = [s.revision for s in steps if s.direction == "up"]
-    findings: list[Finding] = []
-    for rev in revisions:
-        findings += lint_script(rev, scripts.script(rev).path, engine=kind, severities=severities)
-    return findings
-
-
-def lint_failures(config: Config, findings: list[Finding]) -> list[Finding]:
-    """The findings that fail the lint (errors; warnings too with migrations.lint_fail_on: warning)."""
-    return failing(findings, config.migrations.lint_fail_on)
-
-
-def _lint_severities(config: Config) -> dict[str, str]:
-    unknown = sorted(set(config.migrations.lint) - set(RULES))
-    if unknown:
-        raise ConfigError(f"{config.source}: key migrations.lint: unknown rule {unknown[0]!r}",
-                          hint=f"known rules: {', '.join(RULES)}")
-    return dict(config.migrations.lint)
-
-
-# --- drift and baseline --------------------------------------------------------------------
-
-@contextmanager
-def _expected(config: Config, url: str, revision: str | None) -> Iterator[str]:
-    """A database holding exactly the schema `revision` expects: scratch on the server, else a sandbox."""
-    scripts = scripts_for(config)
-    with ExitStack() as stack:
-        try:
-            scratch = stack.enter_context(scratch_database(url))
-        except ScratchUnavailable as e:
-            from crmops.engines import open_engine
-            from crmops.sandbox import open_sandbox
-
-            log.info("no scratch database on the server (%s); building the expected schema in a sandbox", e)
-            live = open_engine(url, config.database)
-            box = stack.enter_context(open_sandbox(config.verify, live.name, live.server_version()))
-            scratch = box.url
-        try:
-            build(scripts, scratch, revision)
-        except EnvIgnoresConnection:
-            raise ConfigError(f"{scripts.location}/env.py does not use the connection crmops passes in "
-                              "config.attributes['connection']",
-                              hint="make env.py use that connection (docs/MIGRATIONS.md shows how)") from None
-        except StepFailed as e:
-            raise MigrationFailed(f"building the schema of revision {revision} in a scratch database failed at "
-                                  f"{e.step.revision}: {e.error}") from None
-        yield scratch
-
-
-def drift(config: Config, *, url: str | None = None) -> list[SchemaDifference]:
-    """How the live schema differs from what its current revision's migrations create (e.g. hand edits)."""
-    target_url = url or config.database.url
-    scripts = scripts_for(config)
-    with _session(config, target_url) as session:
-        current = session.current()
-        foreign = foreign_state(session.connection) if current is None else None
-    if foreign is not None:
-        raise MigrationRefused(f"{safe(target_url)}: {foreign['note']}",
-                               hint="drift compares with Alembic revisions only")
-    if current is None:
-        raise MigrationRefused(f"{safe(target_url)} is not managed by Alembic (no alembic_version)",
-                               hint="adopt it first with `crmops migrate baseline --rev REV`")
-    scripts.script(current)
-    with _expected(config, target_url, current) as expected:
-        return compare(target_url, expected)
-
-
-def baseline(config: Config, *, rev: str, url: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Adopt a database never managed by Alembic: stamp `rev` if its schema is what rev expects, else refuse."""
-    from alembic import command as alembic_command
-
-    target_url = url or config.database.url
-    database = safe(target_url)
-    scripts = scripts_for(config)
-    revision = scripts.resolve(rev)
-    journal = journal_for(config)
-    with journal.lock(), _session(config, target_url) as session:
-        current = session.current()
-        if current is not None:
-            raise MigrationRefused(f"{database} is already managed by Alembic (at {current})",
-                                   hint="baseline is only for databases that never were; see `crmops migrate status`")
-        with _expected(config, target_url, revision) as expected:
-            differences = compare(target_url, expected)
-        if differences and not force:
-            shown = "; ".join(str(d) for d in differences[:8]) + (
-                f" (+{len(differences) - 8} more)" if len(differences) > 8 else "")
-            error = MigrationRefused(f"{database} does not match revision {revision}: {shown}",
-                                     hint="pick the revision the database really is at, or fix the differences "
-                                          "(`--json` lists them all)")
-            error.differences = [d.to_dict() for d in differences]  # type: ignore[attr-defined]
-            raise error
-        cfg = scripts.alembic_config(target_url, connection=session.connection)
-        with session.connection.begin():
-            alembic_command.stamp(cfg, revision or "base")
-        sums = {r: scripts.checksum(r) for r in scripts.ancestors(revision)}
-        journal.append("baseline", actor=actor(), database=database, engine=session.kind, to=revision,
-                       checksums=sums, forced=bool(differences), differences=[str(d) for d in differences])
-    return {"database": database, "revision": revision, "stamped": True,
-            "differences": [d.to_dict() for d in differences]}
-
-
-# --- history ---------------------------------------------------------------------------------
-
-def history(config: Config, *, url: str | None = None, all_databases: bool = False) -> dict[str, Any]:
-    """Every recorded run (newest last) for the database, after checking the journal's hash chain."""
-    journal = journal_for(config)
-    database = None if all_databases else safe(url or config.database.url)
-    runs = journal.runs(database)
-    return {"journal": str(journal.journal.path), "records": journal.journal.verify() if journal.journal.exists()
-            else 0, "chain": "intact", "runs": runs}

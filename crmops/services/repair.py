@@ -17,7 +17,7 @@ from typing import Any
 from crmops.config import Config
 from crmops.errors import CrmopsError
 from crmops.repository import Repository, open_repository
-from crmops.repository.repo import manifest_chunks
+from crmops.repository.paths import manifest_chunks
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 from crmops.config import Config
 from crmops.errors import ConfigError
 from crmops.repository import Repository
-from crmops.repository.repo import Listing
+from crmops.repository.listing import Listing
 from crmops.repository.source import match_source, source_of_manifest, source_of_url
 
 

@@ -15,6 +15,10 @@
 #   scripts/images/build.sh                  every image whose tag is missing
 #   scripts/images/build.sh postgres:17 ...  only these tags (still only when missing)
 #
+# and crmops:VERSION, crmops itself (VERSION from crmops/__init__.py) for Compose stacks: the
+# wheel and its dependencies on crmops-runtime:bookworm (python3 + PostgreSQL 15 and MariaDB
+# client tools, debootstrap'ed), by `docker build` from crmops/Dockerfile, no registry.
+#
 # A tag that already exists is left alone (never removed or retagged), so this takes
 # seconds once the images are there. Engine images build in parallel, each from its own
 # folder and log under $CRMOPS_IMAGE_WORKDIR; the package's version is checked against
@@ -32,6 +36,9 @@ declare -A SUITE=(
 )
 ENGINE_TAGS=(postgres:13 postgres:15 postgres:17 mariadb:10.5 mariadb:10.11 mariadb:11.8)
 PG_UPGRADE_TAG=crmops-pg-upgrade:13-17
+ROOT="$(cd "$HERE/../.." && pwd)"
+CRMOPS_VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$ROOT/crmops/__init__.py")
+CRMOPS_TAG="crmops:$CRMOPS_VERSION"
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -175,6 +182,41 @@ build_pg_upgrade() {  # build_pg_upgrade crmops-pg-upgrade:OLD-NEW, after postgr
   echo "built $tag from postgres:$old and postgres:$new in $((SECONDS - t0)) s"
 }
 
+build_crmops() {  # crmops:VERSION from the checkout's wheel, on crmops-runtime:bookworm
+  local t0=$SECONDS ctx dir
+  have "$CRMOPS_TAG" && return
+  if ! have crmops-runtime:bookworm; then
+    dir=$(rootfs crmops-runtime bookworm "python3,python3-venv,postgresql-client-15,mariadb-client,ca-certificates")
+    tar -C "$dir" -c . | docker import -c 'CMD ["/bin/sh"]' -c "ENV LANG=C.UTF-8" \
+      -c "LABEL org.crmops.built-by=scripts/images/build.sh" - crmops-runtime:bookworm >/dev/null
+    rm -rf "$dir"
+  fi
+  ctx="$WORK/crmops-context"
+  rm -rf "$ctx" && mkdir -p "$ctx/wheels"
+  # the wheelhouse: crmops and every dependency, built by Debian 12's python3 like the image's; the
+  # dependencies' wheels are kept in $WORK/crmops-wheelhouse, so a rebuild reads no index
+  local pip="$WORK/crmops-pip/bin/pip" wh="$WORK/crmops-wheelhouse" log="$WORK/$CRMOPS_TAG.log"
+  if ! "$WORK/crmops-pip/bin/python" -c 'import setuptools, wheel' 2>/dev/null; then
+    rm -rf "$WORK/crmops-pip"; /usr/bin/python3 -m venv "$WORK/crmops-pip"
+    "$pip" install -q "setuptools>=68" wheel >"$log" 2>&1 || { tail -20 "$log" >&2; return 1; }
+  fi
+  mkdir -p "$wh"
+  { "$pip" wheel -q --no-deps --no-build-isolation --wheel-dir "$ctx/wheels" "$ROOT" >"$log" 2>&1 \
+    && { "$pip" wheel -q --no-index --find-links "$wh" --wheel-dir "$ctx/wheels" "$ctx"/wheels/crmops-*.whl \
+           >>"$log" 2>&1 \
+         || { "$pip" wheel -q --find-links "$wh" --wheel-dir "$wh" "$ctx"/wheels/crmops-*.whl >>"$log" 2>&1 \
+              && rm -f "$wh"/crmops-*.whl && cp "$wh"/*.whl "$ctx/wheels/"; }; }; } \
+    || { echo "building the wheels for $CRMOPS_TAG failed (log: $log):" >&2; tail -20 "$log" >&2; return 1; }
+  cp "$HERE/crmops/Dockerfile" "$ctx/Dockerfile"
+  install -m 755 "$HERE/crmops/entrypoint.sh" "$ctx/entrypoint.sh"
+  DOCKER_BUILDKIT=0 docker build -q -t "$CRMOPS_TAG" --build-arg "VERSION=$CRMOPS_VERSION" "$ctx" \
+    >>"$WORK/$CRMOPS_TAG.log" 2>&1 \
+    || { echo "building $CRMOPS_TAG failed (log: $WORK/$CRMOPS_TAG.log):" >&2; tail -20 "$WORK/$CRMOPS_TAG.log" >&2
+         return 1; }
+  rm -rf "$ctx"
+  echo "built $CRMOPS_TAG in $((SECONDS - t0)) s"
+}
+
 build_one() {
   case "$1" in
     postgres:*) build_postgres "$1" ;;
@@ -185,12 +227,12 @@ build_one() {
 }
 
 targets=("$@")
-if ((${#targets[@]} == 0)); then targets=("${ENGINE_TAGS[@]}" crmops-demo-app crmops-djangocrm "$PG_UPGRADE_TAG"); fi
+if ((${#targets[@]} == 0)); then targets=("${ENGINE_TAGS[@]}" crmops-demo-app crmops-djangocrm "$PG_UPGRADE_TAG" crmops); fi
 for t in "${targets[@]}"; do
   case "$t" in
     crmops-demo-app|crmops-demo-app:*|crmops-djangocrm|crmops-djangocrm:*) ;;
-    "$PG_UPGRADE_TAG") ;;
-    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app crmops-djangocrm $PG_UPGRADE_TAG" >&2
+    "$PG_UPGRADE_TAG"|crmops|"$CRMOPS_TAG") ;;
+    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app crmops-djangocrm $PG_UPGRADE_TAG $CRMOPS_TAG" >&2
                                     exit 2; } ;;
   esac
 done
@@ -198,12 +240,13 @@ done
 # the engine images download in parallel (the network, not the 2 cores, bounds them);
 # the small app image after them
 pids=()
-app=0 pgu=0 dcrm=0
+app=0 pgu=0 dcrm=0 self=0
 for t in "${targets[@]}"; do
   case "$t" in
     crmops-demo-app*) app=1 ;;
     crmops-djangocrm*) dcrm=1 ;;
     "$PG_UPGRADE_TAG") pgu=1 ;;
+    crmops|"$CRMOPS_TAG") self=1 ;;
     *) build_one "$t" & pids+=($!) ;;
   esac
 done
@@ -218,4 +261,5 @@ if ((pgu)); then
   fi
   build_pg_upgrade "$PG_UPGRADE_TAG" || fail=1
 fi
+if ((self)); then build_crmops || fail=1; fi
 exit $fail

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crmops.cli.main import main
-from tests.services.verify_helpers import PASSPHRASE
+from tests.verify.verify_helpers import PASSPHRASE
 
 
 @dataclass

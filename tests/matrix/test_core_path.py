@@ -14,7 +14,7 @@ from crmops.engines import open_engine
 from crmops.repository import open_repository
 from tests.matrix.cli import cli
 from tests.matrix.servers import Server, params, run_server
-from tests.services.verify_helpers import ATTACHMENTS_QUERY, load, ok, write_config
+from tests.verify.verify_helpers import ATTACHMENTS_QUERY, load, ok, write_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.matrix, pytest.mark.slow]
 

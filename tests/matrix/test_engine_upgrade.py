@@ -18,8 +18,8 @@ import yaml
 from crmops.engines import open_engine
 from tests.matrix.digest import native_digest
 from tests.matrix.servers import BY_ID, Server, run_server
-from tests.services.upgrade_helpers import ROOT, app_container, prepared
-from tests.services.verify_helpers import first_json, run
+from tests.upgrade.upgrade_helpers import ROOT, app_container, prepared
+from tests.verify.verify_helpers import first_json, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.matrix, pytest.mark.slow]
 
@@ -139,7 +139,7 @@ def test_dry_run_names_what_the_target_version_rejects(docker_client, tmp_path: 
     import psycopg
 
     from crmops.config import Config
-    from crmops.services.engine_upgrade import rehearse
+    from crmops.engine_upgrade.logical import rehearse
 
     with run_server(docker_client, BY_ID["pg13"]) as old:
         url = old.create_database()

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from crmops.engine_upgrade.compare import compare_across, differing_columns
 from crmops.engines import TableFingerprint, open_engine
-from crmops.services.engine_upgrade import compare_across, differing_columns
 from tests.matrix.servers import BY_ID, Server, params, run_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.matrix, pytest.mark.slow]

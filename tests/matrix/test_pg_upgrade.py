@@ -19,8 +19,8 @@ import yaml
 from crmops.engines import open_engine
 from tests.matrix.digest import native_digest
 from tests.matrix.servers import BY_ID, UpgradeHost, run_server, run_upgrade_host
-from tests.services.upgrade_helpers import ROOT, app_container, prepared
-from tests.services.verify_helpers import first_json, run
+from tests.upgrade.upgrade_helpers import ROOT, app_container, prepared
+from tests.verify.verify_helpers import first_json, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.matrix, pytest.mark.slow]
 
@@ -201,8 +201,8 @@ def test_dry_run_reports_what_pg_upgrade_check_rejects(docker_client, tmp_path: 
     import psycopg
 
     from crmops.config import Config
+    from crmops.engine_upgrade.box import rehearse
     from crmops.playbooks.steps import StepContext
-    from crmops.services.pg_upgrade import rehearse
 
     with run_server(docker_client, BY_ID["pg13"]) as old:
         url = old.create_database()

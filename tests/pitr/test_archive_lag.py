@@ -53,7 +53,7 @@ class Charts(HTMLParser):
 
 def chart_values(svg: dict) -> list[tuple[float, float]]:  # type: ignore[type-arg]
     """(Unix time, seconds) read back from the drawn polyline through the chart's scale."""
-    from crmops.services.status_report import BOTTOM, LEFT, RIGHT, TOP, H, W
+    from crmops.status.page import BOTTOM, LEFT, RIGHT, TOP, H, W
 
     a = svg["attrs"]
     top, t0, t1 = float(a["data-top"]), float(a["data-t0"]), float(a["data-t1"])
@@ -304,7 +304,7 @@ def test_an_abandoned_replication_slot_is_named_before_it_fills_the_disk(cluster
     from crmops.pitr import lag
     from crmops.pitr.window import window
     from crmops.repository import open_repository
-    from crmops.services.status import _archive_verdict
+    from crmops.status.verdicts import _archive_verdict
 
     monkeypatch.setattr(lag, "SLOT_WARN_BYTES", 1 << 20)  # a megabyte here, a gigabyte in production
     cluster.sql("CREATE TABLE s (id int, note text)")

@@ -20,7 +20,7 @@ import yaml
 
 from crmops.democrm.load import create
 from crmops.journal import Journal
-from tests.services.verify_helpers import first_json
+from tests.verify.verify_helpers import first_json
 
 LOG = "events.log"
 

@@ -21,8 +21,8 @@ import pytest
 from crmops.engines import open_engine
 from tests.matrix.digest import native_digest
 from tests.realcrm.djangocrm import IMAGE, NEW, OLD, config_for, crm_container, playbook_for
-from tests.services.upgrade_helpers import fingerprint, last_journal
-from tests.services.verify_helpers import ok, run
+from tests.upgrade.upgrade_helpers import fingerprint, last_journal
+from tests.verify.verify_helpers import ok, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

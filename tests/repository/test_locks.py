@@ -18,7 +18,7 @@ import pytest
 from crmops.democrm.load import create
 from crmops.errors import LockBusy
 from crmops.repository import Credential, Repository
-from crmops.repository.repo import LOCK_STALE, holder, lock_stale
+from crmops.repository.locks import LOCK_STALE, holder, lock_stale
 from crmops.storage.local import LocalStore
 from tests.services.test_backup_restore import PASSPHRASE, run, write_config
 
@@ -140,7 +140,7 @@ def test_twenty_kill_9_at_random_points_leave_nothing_that_blocks(tmp_path: Path
 
 
 def test_the_holder_refreshes_its_lock_while_it_runs(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
-    import crmops.repository.repo as repo_module
+    import crmops.repository.locks as repo_module
 
     monkeypatch.setattr(repo_module, "LOCK_REFRESH", 0.1)
     with repo.lock(exclusive=False, purpose="backup"):

@@ -10,10 +10,10 @@ import pytest
 
 from crmops.config import Config, RetentionConfig
 from crmops.errors import LockBusy
+from crmops.prune.workflow import forget, prune
 from crmops.repository import Credential, Repository
 from crmops.repository.retention import plan
 from crmops.services.check import check
-from crmops.services.prune import forget, prune
 from crmops.storage.local import LocalStore
 from tests.repository.test_repository import data_of, pieces, snapshot
 

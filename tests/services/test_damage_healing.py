@@ -11,9 +11,9 @@ from pathlib import Path
 from crmops.democrm.load import create
 from crmops.engines import Fingerprint, open_engine
 from crmops.repository import open_repository
-from crmops.repository.repo import chunk_key, manifest_chunks
+from crmops.repository.paths import chunk_key, manifest_chunks
 from tests.services.test_backup_restore import _cfg, run, write_config
-from tests.services.verify_helpers import first_json
+from tests.verify.verify_helpers import first_json
 
 
 def first_doc(text: str) -> dict:

@@ -22,8 +22,8 @@ from crmops.repository import open_repository
 from crmops.repository.source import source_of_manifest, source_of_url
 from crmops.services.backup import backup
 from crmops.services.restore import restore
-from crmops.services.verify import verify
-from tests.services.verify_helpers import load, ok, run
+from crmops.verify.workflow import verify
+from tests.verify.verify_helpers import load, ok, run
 
 NO_FILES = {"checks": {"fk_orphans": True}}
 NO_DOCKER = {"DOCKER_HOST": "tcp://127.0.0.1:1"}
@@ -117,7 +117,7 @@ def test_latest_and_listing_are_the_configured_sources(copy: dict[str, Any], tmp
 
 def test_verify_and_status_judge_the_configured_source(copy: dict[str, Any]) -> None:
     from crmops.config import Assertion
-    from crmops.services.status import gather
+    from crmops.status.verdicts import gather
 
     ids = copy["ids"]
     # the scratch database's snapshot fails a check; that is no verdict on a's backups
@@ -144,7 +144,7 @@ def test_verify_and_status_judge_the_configured_source(copy: dict[str, Any]) -> 
 def test_status_jobs_are_the_configured_sources_when_crms_share_a_state_dir(copy: dict[str, Any],
                                                                              tmp_path: Path) -> None:
     """Two CRMs configured from the starter share /var/lib/crmops: one's failed backup is not the other's."""
-    from crmops.services.status import gather
+    from crmops.status.verdicts import gather
 
     shared = yaml.safe_load(copy["ca"].read_text())["state_dir"]
     broken = yaml.safe_load(copy["cb"].read_text())
@@ -164,8 +164,8 @@ def test_status_jobs_are_the_configured_sources_when_crms_share_a_state_dir(copy
 
 def test_upgrade_preflight_and_rehearsal_pick_the_configured_source(copy: dict[str, Any]) -> None:
     from crmops.services.sources import configured_source
-    from crmops.services.upgrade_rehearsal import pick_snapshot
-    from crmops.services.upgrade_steps import run_preflight
+    from crmops.upgrade.rehearsal import pick_snapshot
+    from crmops.upgrade.steps import run_preflight
 
     ids, cfg = copy["ids"], load(copy["ca"])
     url = cfg.database.url
@@ -216,7 +216,7 @@ def flip(path: Path, at: int = 40) -> None:
 
 
 def test_one_damaged_manifest_hides_nothing(copy: dict[str, Any], tmp_path: Path) -> None:
-    from crmops.services.status import gather
+    from crmops.status.verdicts import gather
 
     ids, ca = copy["ids"], copy["ca"]
     flip(copy["repo"] / "snapshots" / ids["a1"])  # an old backup of a: a bit flip

@@ -12,7 +12,7 @@ from crmops.config import load_config
 from crmops.democrm.load import create
 from crmops.engines import Fingerprint, open_engine
 from crmops.repository import Credential, Repository, open_repository
-from crmops.repository.repo import chunk_key, manifest_chunks
+from crmops.repository.paths import chunk_key, manifest_chunks
 from crmops.storage.local import LocalStore
 from tests.conftest import s3_client
 from tests.faultproxy import FaultProxy
@@ -67,8 +67,8 @@ def test_incomplete_multipart_upload_is_reported_and_aborted(s3_endpoint: str, s
     up = s3_client(s3_endpoint).create_multipart_upload(Bucket=s3_bucket, Key="crm/prod/data/ab/abandoned")
     (t,) = store.temporaries()
     assert t.name == f"data/ab/abandoned?uploadId={up['UploadId']}"
+    from crmops.prune.workflow import prune
     from crmops.services.check import temporary_objects
-    from crmops.services.prune import prune
 
     assert [x["name"] for x in temporary_objects(repo)] == [t.name]
     # moto dates every upload 2010-11-10, so it is older than a day (the age rule is tested on disk below)
@@ -87,7 +87,7 @@ def test_prune_removes_local_temp_files_older_than_a_day(tmp_path: Path) -> None
     new.write_bytes(b"y")
     two_days_ago = time.time() - timedelta(days=2).total_seconds()
     os.utime(old, (two_days_ago, two_days_ago))
-    from crmops.services.prune import prune
+    from crmops.prune.workflow import prune
 
     assert sorted(t.name for t in store.temporaries()) == ["data/ab/.tmp-new", "data/ab/.tmp-old"]
     assert prune(None, dry_run=True, repo=repo).temporary_removed == ["data/ab/.tmp-old"]  # type: ignore[arg-type]

@@ -1,0 +1,207 @@
+"""Choose the rows to bring back: the named ones and everything that hangs on them.
+
+The user's --where runs only in the past database (a sandbox), never on the live one.
+From the chosen rows undo walks the relations down (rows that reference them, as far
+as they go: contacts of the account, deals, activities of those ...) and up (rows they
+reference that the live database no longer has), so the set can be written without
+breaking a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from crmops.errors import DatabaseError, UndoNothingSelected, UndoSelectionInvalid
+from crmops.undo.catalog import Catalog, Relation
+
+BATCH = 500
+
+Key = tuple[Any, ...]
+
+
+class Tables:
+    """Reflected tables of one database, loaded on first use."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.meta = sa.MetaData()
+
+    def __getitem__(self, name: str) -> sa.Table:
+        if name not in self.meta.tables:
+            sa.Table(name, self.meta, autoload_with=self.conn, resolve_fks=False)
+        return self.meta.tables[name]
+
+
+def batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def matching(table: sa.Table, columns: tuple[str, ...], values: list[Key]) -> sa.ColumnElement[bool]:
+    """columns IN values, with bound parameters (a row value comparison for several columns)."""
+    if len(columns) == 1:
+        return table.c[columns[0]].in_([v[0] for v in values])
+    return sa.tuple_(*(table.c[c] for c in columns)).in_(values)
+
+
+@dataclass
+class Selection:
+    """Rows by table and primary key, with why each table is in the set."""
+
+    rows: dict[str, dict[Key, dict[str, Any]]] = field(default_factory=dict)
+    reasons: dict[str, set[str]] = field(default_factory=dict)
+    #: relations to parents the live database lacks, not followed (--no-follow-fks): (table, key, text)
+    missing_parents: list[tuple[str, Key, str]] = field(default_factory=list)
+    #: tables met on the way that have no primary key (their rows cannot be compared, so are left out)
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, table: str, key: Key, row: dict[str, Any], reason: str) -> bool:
+        rows = self.rows.setdefault(table, {})
+        if key in rows:
+            return False
+        rows[key] = row
+        self.reasons.setdefault(table, set()).add(reason)
+        return True
+
+    def count(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+
+def select(conn: sa.Connection, catalog: Catalog, table: str, where: str, *, follow: bool,
+           live_present: Callable[[str, tuple[str, ...], list[Key]], set[Key]]) -> Selection:
+    """The rows of table matching where in the past database, and (follow) all that hangs on them.
+
+    live_present(table, columns, values) says which values the live database has.
+    """
+    if table not in catalog.tables:
+        import difflib
+
+        near = difflib.get_close_matches(table, catalog.tables, n=1, cutoff=0.6)
+        listed = ", ".join(catalog.tables[:8]) + (" ..." if len(catalog.tables) > 8 else "")
+        raise UndoSelectionInvalid(f"--table {table}: no such table in the snapshot",
+                                   hint=f"did you mean {near[0]}?" if near else f"it has: {listed}")
+    pk = catalog.primary_keys.get(table) or ()
+    if not pk:
+        raise UndoSelectionInvalid(f"--table {table} has no primary key: undo cannot tell its rows apart",
+                                   hint="restore the table beside the live one and copy rows by hand")
+    tables = Tables(conn)
+    t = tables[table]
+    # the condition is the user's text: its colons are not bind parameters (x::text, '10:30')
+    stmt = sa.select(t).where(sa.text("(" + where.replace(":", "\\:") + ")"))
+    try:
+        found = conn.execute(stmt).mappings().all()
+    except sa.exc.DBAPIError as e:
+        conn.rollback()
+        first = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+        raise UndoSelectionInvalid(f"--where does not work on table {table}: {first}",
+                                   hint="write an SQL condition on its columns, e.g. \"id IN (42, 57)\"") from None
+    if not found:
+        raise UndoNothingSelected(f"no row of {table} in the snapshot matches --where {where}",
+                                  hint="check the condition, or choose an older snapshot with --from")
+    sel = Selection()
+    frontier: dict[str, set[Key]] = {table: set()}
+    for row in found:
+        key = tuple(row[c] for c in pk)
+        if sel.add(table, key, dict(row), "selected"):
+            frontier[table].add(key)
+    if follow:
+        _follow_down(conn, catalog, tables, sel, frontier)
+    _follow_up(conn, catalog, tables, sel, follow, live_present)
+    return sel
+
+
+def _values(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> set[Key]:
+    out = set()
+    for row in rows:
+        v = tuple(row[c] for c in columns)
+        if all(x is not None for x in v):
+            out.add(v)
+    return out
+
+
+def _fetch(conn: sa.Connection, tables: Tables, table: str, columns: tuple[str, ...],
+           values: Iterable[Key]) -> Iterator[dict[str, Any]]:
+    t = tables[table]
+    for batch in batches(sorted(values, key=repr)):
+        try:
+            yield from (dict(r) for r in conn.execute(sa.select(t).where(matching(t, columns, batch))).mappings())
+        except sa.exc.DBAPIError as e:
+            raise DatabaseError(f"reading {table} in the past database failed: {str(e.orig).splitlines()[0]}"
+                                ) from None
+
+
+def _follow_down(conn: sa.Connection, catalog: Catalog, tables: Tables, sel: Selection,
+                 frontier: dict[str, set[Key]]) -> None:
+    while frontier:
+        nxt: dict[str, set[Key]] = {}
+        for parent, keys in frontier.items():
+            parent_rows = [sel.rows[parent][k] for k in keys]
+            for rel in catalog.children_of(parent):
+                child_pk = catalog.primary_keys.get(rel.child) or ()
+                if not child_pk:
+                    if rel.child not in sel.skipped:
+                        sel.skipped.append(rel.child)
+                    continue
+                values = _values(parent_rows, rel.ref_columns)
+                if not values:
+                    continue
+                for row in _fetch(conn, tables, rel.child, rel.columns, values):
+                    key = tuple(row[c] for c in child_pk)
+                    if sel.add(rel.child, key, row, f"references {parent}"):
+                        nxt.setdefault(rel.child, set()).add(key)
+        frontier = nxt
+
+
+def _follow_up(conn: sa.Connection, catalog: Catalog, tables: Tables, sel: Selection, follow: bool,
+               live_present: Callable[[str, tuple[str, ...], list[Key]], set[Key]]) -> None:
+    pending = {t: set(rows) for t, rows in sel.rows.items()}
+    while pending:
+        nxt: dict[str, set[Key]] = {}
+        for child, keys in pending.items():
+            child_rows = {k: sel.rows[child][k] for k in keys}
+            for rel in catalog.parents_of(child):
+                wanted = _values(child_rows.values(), rel.columns)
+                have = _values(sel.rows.get(rel.parent, {}).values(), rel.ref_columns)
+                wanted -= have
+                if not wanted:
+                    continue
+                present = live_present(rel.parent, rel.ref_columns, sorted(wanted, key=repr))
+                missing = wanted - present
+                if not missing:
+                    continue
+                if not follow:
+                    for k, row in child_rows.items():
+                        v = tuple(row[c] for c in rel.columns)
+                        if v in missing:
+                            sel.missing_parents.append((child, k, f"needs {rel.parent} "
+                                                        f"{_pairs(rel.ref_columns, v)}, missing from live"))
+                    continue
+                parent_pk = catalog.primary_keys.get(rel.parent) or ()
+                if not parent_pk:
+                    if rel.parent not in sel.skipped:
+                        sel.skipped.append(rel.parent)
+                    continue
+                for row in _fetch(conn, tables, rel.parent, rel.ref_columns, missing):
+                    key = tuple(row[c] for c in parent_pk)
+                    if sel.add(rel.parent, key, row, f"referenced by {child}, missing from live"):
+                        nxt.setdefault(rel.parent, set()).add(key)
+        pending = nxt
+
+
+def _pairs(columns: tuple[str, ...], values: Key) -> str:
+    return ", ".join(f"{c}={v!r}" for c, v in zip(columns, values, strict=True))
+
+
+def relation_texts(relations: list[Relation], tables: set[str]) -> list[str]:
+    return [r.describe() + (" (configured)" if r.origin == "configuration" else "")
+            for r in relations if r.child in tables or r.parent in tables]

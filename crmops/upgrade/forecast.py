@@ -1,0 +1,146 @@
+"""The dry run's forecast: downtime from the measured steps, the window, and what was not rehearsed.
+
+Also the lock sampler, whose figures (which tables a migration locks, how hard, how
+long) go into the same report.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from crmops.config import Config
+from crmops.engines import open_engine
+from crmops.errors import CrmopsError
+from crmops.playbooks.model import Playbook, Step
+from crmops.playbooks.window import fits
+
+#: PostgreSQL lock modes, weakest first
+LOCK_MODES = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
+              "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
+
+
+
+class LockSampler(threading.Thread):
+    """Samples pg_locks in the sandbox while a step runs: which tables it locks, how hard, how long."""
+
+    INTERVAL = 0.1
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True, name="lock-sampler")
+        self.url = url
+        self.stop = threading.Event()
+        self.seen: dict[str, dict[str, Any]] = {}
+        self.waits = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            conn = open_engine(self.url).connect()  # type: ignore[attr-defined]
+        except CrmopsError as e:
+            self.error = e.line()
+            return
+        query = ("SELECT c.relname, l.mode, l.granted FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                 "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE l.pid <> pg_backend_pid() "
+                 "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relkind IN ('r', 'p')")
+        try:
+            while not self.stop.is_set():
+                rows = conn.execute(query).fetchall()
+                waiting: set[str] = set()
+                for table, mode, granted in rows:
+                    entry = self.seen.setdefault(table, {"table": table, "strongest": mode, "samples": 0,
+                                                         "wait_samples": 0})
+                    if LOCK_MODES.index(mode) > LOCK_MODES.index(entry["strongest"]):
+                        entry["strongest"] = mode
+                    if not granted:
+                        waiting.add(table)
+                for table in {r[0] for r in rows}:  # one table may hold several locks: count it once
+                    self.seen[table]["samples"] += 1
+                    if table in waiting:
+                        self.seen[table]["wait_samples"] += 1
+                        self.waits += 1
+                self.stop.wait(self.INTERVAL)
+        finally:
+            conn.close()
+
+    def report(self) -> list[dict[str, Any]]:
+        out = []
+        for e in sorted(self.seen.values(), key=lambda e: -LOCK_MODES.index(e["strongest"])):
+            out.append({"table": e["table"], "strongest": e["strongest"],
+                        "held_s": round(e["samples"] * self.INTERVAL, 2),
+                        "waited_s": round(e["wait_samples"] * self.INTERVAL, 2)})
+        return out
+
+
+def expected_seconds(step: Step, size: int, restore_s: float) -> float:
+    if step.expected_seconds is not None:
+        return step.expected_seconds
+    if step.type == "backup":
+        return round(2 + size / 100e6, 1)  # the dump runs at ~100 MB/s here (DESIGN.md)
+    if step.type in ("restore", "verify"):
+        return restore_s + 2
+    return step.TYPICAL_SECONDS
+
+
+def estimate(playbook: Playbook, report: dict[str, Any], now: datetime) -> None:
+    """Downtime = what runs between maintenance on and off (all of it when the playbook has none)."""
+    run = [p for p in report["plan"] if p["phase"] == "run"]
+    has_maint = any(p["type"] == "maintenance" for p in run)
+    inside = not has_maint
+    downtime = 0.0
+    for p in run:
+        mode = p["params"].get("mode")
+        if p["type"] == "maintenance" and mode == "on":
+            inside = True
+        if inside:
+            downtime += p.get("seconds") or 0.0
+            p["in_downtime"] = True
+        if p["type"] == "maintenance" and mode == "off":
+            inside = False
+    report["estimated_downtime_s"] = round(downtime, 2)
+    report["migrate_seconds"] = round(sum(p["seconds"] for p in run if p["type"] == "migrate"
+                                          and p.get("measured")), 3)
+    report["total_seconds_estimate"] = round(sum(p.get("seconds") or 0 for p in run), 2)
+    w = playbook.window
+    if w is None:
+        report["window"] = {"fits": True, "detail": "the playbook sets no window"}
+        return
+    start, end = w.clock("start"), w.clock("end")
+    s = (start.hour * 60 + start.minute) * 60 if start else 0
+    e = (end.hour * 60 + end.minute) * 60 if end else 86400
+    length = e - s if e > s else e + 86400 - s
+    ok = downtime <= length
+    report["window"] = {"fits": ok, "length_s": length, "now": fits(w, now, downtime)[1],
+                        "detail": f"estimated downtime {downtime:.0f}s {'fits' if ok else 'does NOT fit'} the "
+                                  f"{length / 3600:.1f} h window"}
+    if not ok:
+        report["blockers"].append(report["window"]["detail"])
+
+
+def fidelity(config: Config, playbook: Playbook, manifest: dict[str, Any], report: dict[str, Any],
+              engine: str) -> None:
+    """Exactly what the rehearsal did not do for real, and why; and how many steps it did."""
+    out = report["fidelity"]
+    for p in report["plan"]:
+        if not p.get("rehearsed"):
+            out.append({"step": p["step"], "type": p["type"], "phase": p["phase"],
+                        "reason": p.get("reason") or "not run"})
+    steps = [p for p in report["plan"]]
+    report["counts"] = {"steps": len(steps), "rehearsed": sum(1 for p in steps if p.get("mode") in (
+        "rehearsed", "rollback: rehearsed")), "production_read_only": sum(
+        1 for p in steps if p.get("mode") == "production, read-only"),
+        "not_rehearsed": sum(1 for p in steps if not p.get("rehearsed"))}
+    taken = datetime.fromisoformat(manifest["time"])
+    taken = taken if taken.tzinfo else taken.replace(tzinfo=UTC)
+    age = (datetime.now(UTC) - taken).total_seconds() / 3600
+    out.append({"step": None, "type": "data", "reason": f"production changes after snapshot {manifest['id'][:10]} "
+                f"({age:.1f} h old) are not in the rehearsal; row counts may differ by those"})
+    out.append({"step": None, "type": "load", "reason": "the sandbox has no CRM users: lock waits behind their "
+                "traffic are not measured, and it runs with fsync off, so I/O-heavy steps may be faster here"})
+    if (report.get("stack") or {}).get("started"):
+        out.append({"step": None, "type": "app", "reason": "the copy of the app runs on a private network: calls it "
+                    "makes to other services (mail, payment, single sign-on) fail there; its volumes are copies; "
+                    "backups and restores go to a scratch repository on this disk, not to the configured one"})
+    if engine != "postgresql":
+        out.append({"step": None, "type": "locks", "reason": f"locks are only sampled on PostgreSQL, not {engine}"})
