@@ -24,12 +24,15 @@ from tests.realcrm.djangocrm import IMAGE, NEW, OLD, config_for, crm_container, 
 from tests.upgrade.upgrade_helpers import fingerprint, last_journal
 from tests.verify.verify_helpers import ok, run
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# a real CRM's first migrate, a fixture of 300 companies, two backups and verifies, a failed and a
+# successful upgrade and a dry run: 10-20 minutes on two shared cores, past make test's 900 s default
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2700)]
 
 #: a leftover of a hand-made hotfix: 3.1.0's crm.0016 creates this table, so its migration fails
 PLANTED = "crm_continentalregion"
-#: tables 3.1.0's migrations leave alone (they change crm_deal, crm_product, crm_country ... and Django's own)
-UNTOUCHED = {"crm_company", "crm_contact", "tasks_task", "common_thefile", "auth_user"}
+#: tables 3.1.0's migrations leave alone (they change crm_deal, crm_product, crm_country ... and Django's own;
+#: auth_user too, through the page checks: signing in writes last_login)
+UNTOUCHED = {"crm_company", "crm_contact", "tasks_task", "common_thefile"}
 
 
 def _sql(url: str, statement: str) -> None:
@@ -108,6 +111,13 @@ def test_django_crm_upgrade_rolled_back_then_done(engine: str, request: pytest.F
         assert real["result"] == "success", real
         assert crm.image() == IMAGE.format(NEW) and crm.version() == NEW
         steps = _steps(last_journal(tmp_path))
+        real_s = {s: steps[s].get("seconds") for s in steps}
+        figures = {"engine": engine, "forecast": forecast, "real": real_s, "downtime_forecast":
+                   dry["estimated_downtime_s"], "real_total": real.get("seconds")}
+        print(f"\n{engine} forecast vs real (s): {json.dumps(figures)}")
+        if os.environ.get("CRMOPS_TEST_MEASURE_FILE"):  # for docs/BENCHMARKS-style notes
+            with open(os.environ["CRMOPS_TEST_MEASURE_FILE"], "a") as f:
+                f.write(json.dumps(figures) + "\n")
         # the CRM's own migration state, journalled: 2.4.0 knows crm up to 0011, 3.1.0 applied up to 0016
         assert "[X] 0011_" in steps["migrations_before"]["outputs"]["stdout"]
         assert "0016_" not in steps["migrations_before"]["outputs"]["stdout"]
@@ -120,10 +130,3 @@ def test_django_crm_upgrade_rolled_back_then_done(engine: str, request: pytest.F
         untouched = {_bare(k): v for k, v in fp_before.tables.items() if _bare(k) in UNTOUCHED}
         assert untouched and all(after.tables[k] == v for k, v in fp_before.tables.items()
                                  if _bare(k) in UNTOUCHED)
-        real_s = {s: steps[s].get("seconds") for s in steps}
-        figures = {"engine": engine, "forecast": forecast, "real": real_s, "downtime_forecast":
-                   dry["estimated_downtime_s"], "real_total": real.get("seconds")}
-        print(f"\n{engine} forecast vs real (s): {json.dumps(figures)}")
-        if os.environ.get("CRMOPS_TEST_MEASURE_FILE"):  # for docs/BENCHMARKS-style notes
-            with open(os.environ["CRMOPS_TEST_MEASURE_FILE"], "a") as f:
-                f.write(json.dumps(figures) + "\n")
