@@ -78,6 +78,7 @@ bench: testbed
 	$(BIN)/python bench/upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 5
 	$(BIN)/python bench/engine_upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 3
 	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(PITR_BENCH_SIZE)
+	PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size $(BENCH_SIZE)
 
 clean-demo:
 	rm -rf demo

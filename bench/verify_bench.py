@@ -36,14 +36,17 @@ def bare_restore(dump: Path, server_version: str) -> tuple[float, float]:
         ready = time.monotonic() - t0
         tool = PostgresEngine(sb.url)._tool("pg_restore")
         env = pg_env(sb.url.replace("postgresql://", "postgresql+psycopg://"))
-        seconds, _ = timed([tool, "--no-owner", "--no-acl", "--exit-on-error", "-j", "2", "-d", env["PGDATABASE"],
-                            str(dump)], env=env)
+        # the tool may run on the host or in a container of the server's version: its argv says how
+        seconds, _ = timed(tool.argv(["--no-owner", "--no-acl", "--exit-on-error", "-j", "2", "-d",
+                                      env["PGDATABASE"], str(dump)], mounts=[str(dump.parent)]), env=env)
     return ready, seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "large"), choices=["small", "medium", "large"])
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json",
+                    help="where the figures are merged in (a smoke run writes elsewhere)")
     args = ap.parse_args()
     env = bed_env()
     url, meta = ensure_database(env["CRMOPS_TEST_PG_URL"], args.size)
@@ -55,7 +58,8 @@ def main() -> None:
         subprocess.run(crmops(config, "backup"), env=run_env, check=True)
         dump = folder / "crm.pgc"
         pg_dump = PostgresEngine(url)._tool("pg_dump")
-        subprocess.run([pg_dump, "-Fc", "-f", str(dump)], env=pg_env(url), check=True)
+        with open(dump, "wb") as out_file:  # to stdout: a container's mounts are read-only
+            subprocess.run(pg_dump.argv(["-Fc"]), env=pg_env(url), check=True, stdout=out_file)
         version = PostgresEngine(url).server_version()
         ready_s, bare_s = bare_restore(dump, version)
         t0 = time.monotonic()
@@ -81,7 +85,7 @@ def main() -> None:
         print(f"  {b['at_s'] - a['at_s']:7.1f} s  {b['step']}")
     for k, v in results.items():
         print(f"{k:26} {v}")
-    path = ROOT / "bench" / "results.json"
+    path = args.results
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(results)
     path.write_text(json.dumps(data, indent=2))

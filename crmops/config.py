@@ -17,11 +17,12 @@ import os
 import re
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -84,18 +85,21 @@ class S3Config(_Section):
     max_attempts: int = Field(8, ge=1, le=50)
 
 
+def _repository_url(v: str) -> str:
+    if not (v.startswith("file://") or v.startswith("s3://")):
+        raise ValueError("file:///path or s3://bucket/prefix")
+    return v
+
+
+#: where a repository (or a copy of one) lives
+RepositoryUrl = Annotated[str, AfterValidator(_repository_url)]
+
+
 class RepositoryConfig(_Section):
-    url: str = "file://demo/repo"
+    url: RepositoryUrl = "file://demo/repo"
     s3: S3Config = Field(default_factory=S3Config)
     compression_level: int = Field(1, ge=1, le=19, description="zstd level; 1 keeps pace with the database")
     chunk_avg_kib: int = Field(1024, ge=64, le=16384)
-
-    @field_validator("url")
-    @classmethod
-    def _known_scheme(cls, v: str) -> str:
-        if not (v.startswith("file://") or v.startswith("s3://")):
-            raise ValueError("file:///path or s3://bucket/prefix")
-        return v
 
 
 class EncryptionConfig(_Section):
@@ -117,6 +121,22 @@ class RetentionConfig(_Section):
     keep_yearly: int = Field(3, ge=0)
     #: point-in-time recovery: keep base backups (and their WAL) reaching this many days back
     pitr_days: int = Field(7, ge=0)
+
+
+class CopyConfig(_Section):
+    """A second copy of the repository in another place (another bucket, provider or disk).
+
+    The copy is a repository of the same format: every reading command opens it with
+    `--repository NAME`. Its credentials and retention are its own.
+    """
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="what --to/--repository call it")
+    url: RepositoryUrl = Field(..., description="file:///path or s3://bucket/prefix")
+    s3: S3Config = Field(default_factory=S3Config)
+    #: None: the repository's retention
+    retention: RetentionConfig | None = None
+    #: shared: the same master key; sealed chunks are copied byte for byte (only "shared" is built)
+    key: Literal["shared"] = "shared"
 
 
 class Assertion(_Section):
@@ -201,6 +221,8 @@ class StatusConfig(_Section):
     repository_quota_bytes: int | None = Field(None, gt=0)
     headroom_percent: float = Field(90, gt=0, le=100, description="amber when usage reaches this share of the quota")
     max_archive_lag_seconds: float = Field(900, gt=0, description="red when the newest archived WAL is older")
+    max_copy_lag_hours: float = Field(26, gt=0, description="red when a copy's newest snapshot or archive "
+                                                            "lags the repository's by more")
 
 
 class UndoRelation(_Section):
@@ -257,10 +279,50 @@ class Config(_Section):
     status: StatusConfig = Field(default_factory=StatusConfig)
     undo: UndoConfig = Field(default_factory=UndoConfig)
     check: CheckConfig = Field(default_factory=CheckConfig)
+    copies: list[CopyConfig] = Field(default_factory=list)
     state_dir: Path = Field(Path("demo/state"), description="journals, locks and run history (outside the database)")
 
     #: where the configuration came from ("embedded default" when no file)
     source: str = Field("embedded default", exclude=True)
+    #: the copy this configuration reads in place of the repository (`--repository NAME`), or None
+    reading_copy: str | None = Field(None, exclude=True)
+
+    @field_validator("copies")
+    @classmethod
+    def _unique_copy_names(cls, v: list[CopyConfig]) -> list[CopyConfig]:
+        names = [c.name for c in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"copy names must differ; {', '.join(twice)} is used twice")
+        return v
+
+    def copy_named(self, name: str) -> CopyConfig:
+        """The configured copy of that name; ConfigError naming the known ones otherwise."""
+        for c in self.copies:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in self.copies) or "none configured"
+        raise ConfigError(f"no copy named {name!r} (copies: {known})",
+                          hint="copies are listed under `copies:` in the configuration")
+
+    def copy_repository(self, name: str) -> RepositoryConfig:
+        """The copy seen as a repository: its place and credentials, the repository's format settings."""
+        c = self.copy_named(name)
+        return RepositoryConfig(url=c.url, s3=c.s3, compression_level=self.repository.compression_level,
+                                chunk_avg_kib=self.repository.chunk_avg_kib)
+
+    def for_copy(self, name: str) -> Config:
+        """This configuration reading the copy NAME in place of the repository, with the copy's retention.
+
+        Every command that opens "the repository" then works on the copy alone: the primary
+        may be gone.
+        """
+        c = self.copy_named(name)
+        other = self.model_copy(deep=True)
+        other.repository = self.copy_repository(name)
+        other.retention = (c.retention or self.retention).model_copy()
+        other.reading_copy = name
+        return other
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration knows, for scrubbing outgoing text (notifications, logs, reports)."""
@@ -338,7 +400,9 @@ EMBEDDED_DEFAULT: dict[str, dict[str, Any]] = {
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(value: Any, where: str, file: str, environ: dict[str, str]) -> Any:
+def _interpolate(value: Any, where: str, file: str, environ: dict[str, str],
+                 missing: list[tuple[str, str]] | None = None) -> Any:
+    """${VAR} filled in; unset ones are collected in missing (then left as written), or raised at once."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -346,13 +410,25 @@ def _interpolate(value: Any, where: str, file: str, environ: dict[str, str]) -> 
                 return environ[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{file}: key {where}: environment variable ${{{name}}} is not set")
+            if missing is None:
+                raise ConfigError(f"{file}: key {where}: environment variable ${{{name}}} is not set")
+            missing.append((where, name))
+            return m.group(0)
         return _ENV_REF.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), file, environ) for k, v in value.items()}
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), file, environ, missing)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{where}[{i}]", file, environ) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{where}[{i}]", file, environ, missing) for i, v in enumerate(value)]
     return value
+
+
+def _missing_error(file: str, missing: list[tuple[str, str]]) -> ConfigError:
+    """Every unset variable in one line, so a new set-up is not fixed one run at a time."""
+    (where, name), rest = missing[0], missing[1:]
+    more = "; also " + ", ".join(f"${{{n}}} ({w})" for w, n in rest) if rest else ""
+    return ConfigError(f"{file}: key {where}: environment variable ${{{name}}} is not set{more}",
+                       hint="export them, or put them in the file named by $CRMOPS_ENV_FILE")
 
 
 def yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
@@ -366,21 +442,32 @@ def expand_env(value: str, where: str, environ: dict[str, str] | None = None) ->
     return _interpolate(value, where, "command line", dict(os.environ if environ is None else environ))
 
 
-def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
-    """Apply CRMOPS_SECTION__KEY=value (YAML-parsed, so numbers and lists work)."""
+def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[tuple[str, ...], str]:
+    """Apply CRMOPS_SECTION__KEY=value (YAML-parsed, so numbers and lists work); returns key path -> variable."""
+    applied: dict[tuple[str, ...], str] = {}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or "__" not in name:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
-        node = data
+        node: Any = data
         for part in path[:-1]:
+            if isinstance(node, list):  # copies: CRMOPS_COPIES__OFFSITE__S3__SECRET_ACCESS_KEY names one by name
+                named = [item for item in node if isinstance(item, dict) and str(item.get("name")) == part]
+                if not named:
+                    raise ConfigError(f"{name}: no entry named {part!r} to set {'.'.join(path)} in")
+                node = named[0]
+                continue
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            if not isinstance(node, dict | list):
                 raise ConfigError(f"{name}: {'.'.join(path)} cannot be set; its parent is not a section")
+        if isinstance(node, list):
+            raise ConfigError(f"{name}: {'.'.join(path)} cannot be set; name an entry and its key")
         try:
             node[path[-1]] = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
             node[path[-1]] = raw
+        applied[tuple(path)] = name
+    return applied
 
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
@@ -402,17 +489,27 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         rest = cfg.repository.url[len("file://"):]
         if not rest.startswith("/"):
             cfg.repository.url = "file://" + str(base / rest)
+    for copy in cfg.copies:
+        rest = copy.url[len("file://"):]
+        if copy.url.startswith("file://") and not rest.startswith("/"):
+            copy.url = "file://" + str(base / rest)
 
 
-def _format_validation(err: ValidationError, file: str) -> str:
+def _format_validation(err: ValidationError, file: str, from_env: dict[tuple[str, ...], str] | None = None) -> str:
+    """The first mistake, blamed on where it was written: the file, or the CRMOPS_* variable that set it."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = tuple(str(p) for p in first["loc"])
+    key = ".".join(loc) or "(top level)"
+    variable = next((v for path, v in (from_env or {}).items() if path[:len(loc)] == loc and loc), None)
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; `crmops init` writes a commented example)"
+        msg = ("unknown key (check the variable's name: CRMOPS_SECTION__KEY, e.g. CRMOPS_DATABASE__URL)"
+               if variable else "unknown key (check the spelling; `crmops init` writes a commented example)")
     elif "input" in first and not isinstance(first["input"], dict | list) and "secret" not in key:
         msg = f"{msg}, got {first['input']!r}"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if variable:
+        return f"environment variable {variable}: key {key}: {msg}{more}"
     return f"{file}: key {key}: {msg}{more}"
 
 
@@ -489,16 +586,21 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             raise ConfigError(f"{file}:{where}: {problem}") from None
         except OSError as e:
             raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
-        if loaded is None:
-            loaded = {}
+        if not loaded:  # under cron a truncated file must fail, never back up the demo instead
+            raise ConfigError(f"{file}: the file is empty (no settings in it); nothing was done",
+                              hint="an empty file is never the demo configuration: restore the file, or write "
+                                   "a commented one with `crmops init`")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
-        data = _interpolate(loaded, "", label, environ)
-    _env_overrides(data, environ)
+        missing: list[tuple[str, str]] = []
+        data = _interpolate(loaded, "", label, environ, missing)
+        if missing:
+            raise _missing_error(label, missing)
+    from_env = _env_overrides(data, environ)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, label)) from None
+        raise ConfigError(_format_validation(e, label, from_env)) from None
     cfg.source = label
     _resolve_paths(cfg, (file.parent if file else Path.cwd()).resolve())
     return cfg

@@ -7,6 +7,8 @@ tell failures apart without parsing text. Codes are stable; README.md lists them
 
 from __future__ import annotations
 
+import re
+
 
 class CrmopsError(Exception):
     """Base of every error that ends a command with one clear line."""
@@ -21,8 +23,40 @@ class CrmopsError(Exception):
         self.hint = hint
 
     def line(self) -> str:
-        """The one line shown to the user: what is wrong, then what to do."""
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        """The one line shown to the user: what is wrong, then what to do (never a row's values)."""
+        return without_values(f"{self.message} ({self.hint})" if self.hint else self.message)
+
+
+#: what database servers and their client tools echo of a row or a statement: each kept up to its
+#: table, column, key name or position, the values replaced by …
+#: where a DETAIL's value list ends: a full stop, the end of the line, the " / " joining a tool's lines,
+#: "; " before crmops's own words, or " (" before a hint
+_DETAIL_END = r"(?=\.?(?:\s+/\s|\s*$|;\s|\s+\())"
+_VALUE_PATTERNS = [
+    (re.compile(r"(Duplicate entry )'.*?'( for key)", re.S), r"\1'…'\2"),
+    (re.compile(r"(Incorrect [\w ]+ value: )'.*?'( for column)", re.S), r"\1'…'\2"),
+    (re.compile(r"(Key \([^)]*\)=)\(.*?\)( already exists| is not present| is still referenced| conflicts)"),
+     r"\1(…)\2"),
+    (re.compile(r"(Key \([^)]*\)=)\((?!…\)).*?\)" + _DETAIL_END, re.M), r"\1(…)"),
+    (re.compile(r"(Failing row contains )\(.*?\)" + _DETAIL_END, re.M), r"\1(…)"),
+    (re.compile(r"(COPY [^,\s]+, line \d+(?:, column [^:]+)?): .*"), r"\1"),
+    (re.compile(r"(invalid input (?:syntax|value) for [^:]*: )\".*?\""), r'\1"…"'),
+    (re.compile(r"\b((?:INSERT|REPLACE)\s+(?:IGNORE\s+)?INTO\s+[^\s(]+)[^\n]*", re.I), r"\1 … (values withheld)"),
+    (re.compile(r"\b(UPDATE\s+[^\s]+\s+SET)\b[^\n]*", re.I), r"\1 … (values withheld)"),
+    (re.compile(r"\b(VALUES)\s*\(.*", re.I), r"\1 (…)"),
+    (re.compile(r"^\s*LINE \d+: .*$\n?(^\s*\^\s*$\n?)?", re.M), ""),
+]
+
+
+def without_values(text: str) -> str:
+    """text without the row values a server or client tool echoes (failing rows, keys, statements).
+
+    An error goes to the terminal, the run history, journals and notifications, none of which may
+    hold customer data; the table, column, constraint and line number stay, so the cause is still named.
+    """
+    for pattern, keep in _VALUE_PATTERNS:
+        text = pattern.sub(keep, text)
+    return text
 
 
 def _error(name: str, code: int, kind: str, doc: str) -> type[CrmopsError]:
@@ -32,6 +66,8 @@ def _error(name: str, code: int, kind: str, doc: str) -> type[CrmopsError]:
 
 # configuration and usage
 ConfigError = _error("ConfigError", 3, "config", "The configuration file or environment is invalid.")
+FolderNotWritable = _error("FolderNotWritable", 4, "folder-not-writable",
+                           "A local folder cannot be written (read-only, full or not permitted).")
 # databases
 DatabaseUnreachable = _error("DatabaseUnreachable", 10, "db-unreachable", "The database server does not answer.")
 DatabaseAuthFailed = _error("DatabaseAuthFailed", 11, "db-auth", "The database rejected the credentials.")
@@ -87,7 +123,7 @@ EXIT_CODES: dict[int, str] = {
     **{
         cls.exit_code: cls.__doc__ or ""
         for cls in (
-            ConfigError, DatabaseUnreachable, DatabaseAuthFailed, DatabaseNotFound, ToolMissing,
+            ConfigError, FolderNotWritable, DatabaseUnreachable, DatabaseAuthFailed, DatabaseNotFound, ToolMissing,
             DatabaseError, StorageUnreachable, StorageAccessDenied, RepositoryNotFound,
             RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
@@ -105,5 +141,9 @@ OutsideWindow = _error("OutsideWindow", 82, "outside-window",
                        "The recovery target lies outside the recoverable window.")
 RecoveryFailed = _error("RecoveryFailed", 83, "recovery-failed",
                         "Replaying the archive did not reach the recovery target.")
+WalRefused = _error("WalRefused", 84, "wal-refused",
+                    "A WAL file of a timeline that is not production's was refused (a restored copy?).")
+ArchiveNotWorking = _error("ArchiveNotWorking", 85, "archive-not-working",
+                           "The server's archive_command does not bring WAL into the archive.")
 EXIT_CODES.update({cls.exit_code: cls.__doc__ or "" for cls in (WalConflict, WalMissing, OutsideWindow,
-                                                                  RecoveryFailed)})
+                                                                  RecoveryFailed, WalRefused, ArchiveNotWorking)})

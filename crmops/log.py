@@ -13,6 +13,8 @@ import sys
 import time
 import uuid
 
+from crmops.errors import without_values
+
 RUN_ID = os.environ.get("CRMOPS_RUN_ID") or uuid.uuid4().hex[:12]
 
 
@@ -29,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "run_id": getattr(record, "run_id", RUN_ID),
-            "msg": record.getMessage(),
+            "msg": without_values(record.getMessage()),
         }
         for key, value in getattr(record, "fields", {}).items():
             data[key] = value
@@ -40,7 +42,7 @@ class JsonFormatter(logging.Formatter):
 
 class _HumanFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"crmops: {record.levelname.lower()}: {record.getMessage()}"
+        return f"crmops: {record.levelname.lower()}: {without_values(record.getMessage())}"
 
 
 def setup_logging(*, debug: bool = False, fmt: str = "human", quiet: bool = False) -> None:

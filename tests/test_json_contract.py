@@ -58,6 +58,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     create(f"sqlite:///{bed / 'crm.db'}", size="small", attachments_dir=bed / "files")
     _config(bed, "crmops.yaml", bed / "repo")
     _config(bed, "norepo.yaml", bed / "missing-repo")
+    _config(bed, "copies.yaml", bed / "repo", copies=[{"name": "usb", "url": f"file://{bed / 'usb'}"}])
     # its own repository: the failed verification it records must not turn the main one's status red
     _config(bed, "failing.yaml", bed / "failing-repo", verify={"assertions": [
         {"name": "no contacts at all", "sql": "SELECT count(*) FROM contacts", "expect": 0}]})
@@ -102,6 +103,7 @@ CASES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...], int]] = {
     "wal": (("wal", "status"), (*NOREPO, "wal", "status"), 22),
     # success needs a MariaDB with binary logging: tests/pitr/test_binlog.py
     "binlog": (None, ("binlog", "setup"), 3),
+    "copy": (("--config", "copies.yaml", "copy"), ("copy",), 3),  # crmops.yaml configures no copies
 }
 
 

@@ -381,7 +381,11 @@ def test_streamers_are_services_that_show_and_remove_like_the_jobs(tmp_path: Pat
 
 def test_cron_restarts_a_streamer_every_minute_behind_a_lock(tmp_path: Path) -> None:
     my = tmp_path / "my.yaml"
-    my.write_text(yaml.safe_dump({"database": {"url": "mysql+pymysql://crm@127.0.0.1:3306/crm"}, "state_dir": "st"}))
+    from tests.ports import free_port
+
+    # a port nothing listens on: a MariaDB of the host's own on 3306 must not answer the streamer
+    url = f"mysql+pymysql://crm@127.0.0.1:{free_port()}/crm"
+    my.write_text(yaml.safe_dump({"database": {"url": url}, "state_dir": "st"}))
     cron = tmp_path / "cron.d" / "crmops"
     log = tmp_path / "crmops.log"
     r = crmops("--config", str(my), "--json", "schedule", "install", "--cron", "--cron-file", str(cron),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, repository_option
 from crmops.errors import IntegrityError
 
 
@@ -23,6 +23,7 @@ def _percent(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 
 
 @click.command("check")
+@repository_option
 @click.option("--read-data", is_flag=True, help="Read and authenticate every chunk.")
 @click.option("--read-data-subset", "subset", callback=_percent, metavar="N%",
               help="Read N% of the chunks, those read longest ago first, so runs cover everything in turn; "
@@ -41,7 +42,9 @@ def check_cmd(app: AppContext, read_data: bool, subset: float | str | None) -> N
         def say(text: str) -> None:  # wrapped to the terminal: object keys and snapshot lists are long
             console.print(text, soft_wrap=False)
 
-        say(f"{report.snapshots} snapshots, {report.chunks_referenced} chunks referenced, "
+        snapshots = f"{report.snapshots} snapshot{'s' * (report.snapshots != 1)}"
+        chunks = f"{report.chunks_referenced} chunk{'s' * (report.chunks_referenced != 1)}"
+        say(f"{snapshots}, {chunks} referenced, "
                       f"{report.chunks_read} read and authenticated; coverage {report.coverage_percent}%")
         for d in report.damaged:
             say(f"[red]DAMAGED[/red] {d.object}: {d.problem}; affects snapshots {', '.join(d.snapshots)}")

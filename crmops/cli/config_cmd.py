@@ -37,8 +37,13 @@ def config_group() -> None:
 @pass_app
 def show_cmd(app: AppContext) -> None:
     """Print the effective configuration, secrets masked."""
+    import os
+
     cfg = app.config
     data = cfg.masked()
+    enc = data.get("encryption") or {}
+    if enc.get("passphrase") is None and not enc.get("key_file") and os.environ.get("CRMOPS_PASSPHRASE"):
+        enc["passphrase"] = "******** (from $CRMOPS_PASSPHRASE)"  # what is used, not "null"
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         import yaml

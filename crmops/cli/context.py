@@ -30,6 +30,8 @@ class AppContext:
     quiet: bool = False
     debug: bool = False
     log_format: str = "human"
+    #: `--repository NAME`: the configured copy read in place of the repository
+    repository_name: str | None = None
     _config: Config | None = field(default=None, repr=False)
     #: the unattended job this command runs (crmops.status.jobs), recorded when it ends
     job: Any = field(default=None, repr=False)
@@ -47,7 +49,8 @@ class AppContext:
 
             keep_large_buffers()  # real work starts here; ctypes is not for --help and --version
             apply_env_file()  # scheduled runs: secrets from $CRMOPS_ENV_FILE
-            self._config = load_config(self.config_path)
+            config = load_config(self.config_path)
+            self._config = config.for_copy(self.repository_name) if self.repository_name else config
         return self._config
 
     @property
@@ -66,6 +69,8 @@ class AppContext:
         from crmops.status.jobs import JobRun
 
         config = self.config
+        if self.repository_name:  # a run against a copy is that copy's record, not the repository's
+            command = f"{command}@{self.repository_name}"
         self.job = JobRun(command)
         self.job.acquire(config)
 
@@ -85,10 +90,11 @@ class AppContext:
             click.echo(message)
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-        """Yields advance(n_bytes); draws a rich bar only when someone is watching."""
+    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        """Yields advance(n_bytes, *, total=None, description=None); draws a rich bar only when someone
+        is watching (a total or a new description may come later, e.g. a phase of the work)."""
         if not self.interactive:
-            yield lambda n: None
+            yield lambda n, **kw: None
             return
         from rich.console import Console
         from rich.progress import (
@@ -100,12 +106,17 @@ class AppContext:
             TransferSpeedColumn,
         )
 
-        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
-        if total:
-            columns.append(TimeRemainingColumn())
+        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn()]  # "-:--:--" until a total is known
         with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda n: bar.advance(task, n)
+
+            def advance(n: int, *, total: int | None = None, description: str | None = None) -> None:
+                if total is not None or description is not None:
+                    bar.update(task, total=total, description=description)
+                bar.advance(task, n)
+
+            yield advance
 
 
 class _TrimmedLines:
@@ -126,14 +137,38 @@ class _TrimmedLines:
 pass_app = click.make_pass_decorator(AppContext)
 
 
-def table(*headers: str, **options: Any) -> Any:
-    """A rich Table whose cells wrap (folding long words) instead of ending in "…" at 80 columns."""
+def _read_copy(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        app = ctx.find_object(AppContext)
+        if app is not None:
+            app.repository_name = value
+
+
+def repository_option(f: Any) -> Any:
+    """`--repository NAME` (or `--from-copy NAME`): read the configured copy NAME instead of the repository.
+
+    Switched where the configuration is loaded, so everything the command opens is the copy,
+    and the copy's retention is the policy: the primary may be gone.
+    """
+    return click.option("--repository", "--from-copy", "repository_name", metavar="NAME", expose_value=False,
+                        callback=_read_copy, help="Read the copy NAME (configured under copies:) instead of "
+                                                  "the repository.")(f)
+
+
+def table(*headers: str, whole: tuple[str, ...] = (), **options: Any) -> Any:
+    """A rich Table whose cells wrap (folding long words) instead of ending in "…" at 80 columns.
+
+    Columns named in whole never wrap: identifiers people copy (container names, ids) stay on one line.
+    """
     from rich import box
     from rich.table import Table
 
     t = Table(**{"box": box.SIMPLE_HEAD, "show_edge": False, "padding": (0, 1, 0, 0), **options})
     for header in headers:
-        t.add_column(header, overflow="fold")
+        if header in whole:
+            t.add_column(header, no_wrap=True)
+        else:
+            t.add_column(header, overflow="fold")
     return t
 
 

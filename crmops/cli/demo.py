@@ -21,17 +21,22 @@ def demo_group() -> None:
 @click.option("--version", "version", type=click.Choice(["1.0", "2.0"]), default="1.0", show_default=True,
               help="Demo CRM release to create.")
 @click.option("--attachments", "attachments", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write the attachment files here (default: attachments.path when configured).")
+              help="Also write the attachment files here (default: attachments.path, unless --url is given).")
 @click.option("--no-attachments", is_flag=True, help="Do not write attachment files.")
 @click.option("--force", is_flag=True, help="Replace an existing demo CRM in that database.")
 @pass_app
 def create_cmd(app: AppContext, url: str | None, size: str, seed: int, version: str, attachments: Path | None,
                no_attachments: bool, force: bool) -> None:
-    """Create the demo CRM and fill it with deterministic data."""
+    """Create the demo CRM and fill it with deterministic data.
+
+    The database must exist (crmops never creates databases: owner, encoding and grants are the
+    administrator's); with --url the configuration file's settings and secrets are not needed.
+    """
     from crmops.democrm.load import create
 
+    # with --url the configuration's database, its secrets and its (production) upload folder are not used
     target = url or app.config.database.url
-    folder = None if no_attachments else (attachments or app.config.attachments.path)
+    folder = None if no_attachments else (attachments or (None if url else app.config.attachments.path))
     if target.startswith("sqlite:///"):
         Path(target[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     with app.progress(f"demo CRM ({size})") as advance:

@@ -46,11 +46,12 @@ COMMANDS: dict[str, str] = {
     "undo": "crmops.cli.undo:undo_cmd",
     "repair": "crmops.cli.repair:repair_cmd",
     "unlock": "crmops.cli.unlock:unlock_cmd",
+    "copy": "crmops.cli.copy:copy_cmd",
 }
 
 HELP_GROUPS = {
     "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "undo", "repair", "unlock", "wal",
-                "binlog"],
+                "binlog", "copy"],
     "Prove": ["verify", "drill", "sandbox"],
     "Change": ["migrate", "upgrade"],
     "Operate": ["schedule", "status", "report", "repo", "key", "db"],
@@ -182,7 +183,13 @@ def main(argv: list[str] | None = None) -> None:
             if message.startswith("Usage:") and ctx is not None:  # a group run without its command: not the help
                 message = f"missing command (see `{ctx.command_path} --help`)"
             _print_json(_envelope(kind, message, e.exit_code))
-        e.show()
+        ctx = getattr(e, "ctx", None)
+        if isinstance(e, click.UsageError) and not e.format_message().startswith("Usage:"):
+            # one line like every other error, not Click's three-line block
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            click.echo(f"crmops: error: {e.format_message().rstrip('.')}{where}", err=True)
+        else:
+            e.show()
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         _finish_job(e.exit_code, None if e.exit_code == 0 else f"exit code {e.exit_code}")

@@ -12,11 +12,11 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def physical_backup_cmd(app: AppContext, tags: tuple[str, ...]) -> None:
+def physical_backup_cmd(app: AppContext, tags: tuple[str, ...], wal_timeout: int) -> None:
     from crmops.pitr.basebackup import physical_backup
 
     with app.progress("base backup") as advance:
-        result = physical_backup(app.config, tags=tags, progress=advance)
+        result = physical_backup(app.config, tags=tags, progress=advance, wal_timeout_s=wal_timeout)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         console.print(f"base backup {result['snapshot_id']} of PostgreSQL {result['server_version']} "
@@ -28,13 +28,14 @@ def physical_backup_cmd(app: AppContext, tags: tuple[str, ...]) -> None:
 
 
 def restore_at_cmd(app: AppContext, *, target: dict[str, str], to_url: str | None, tables: list[str] | None,
-                   sandbox: bool, keep: bool, to_datadir: Path | None, force: bool, prefix: str | None = None) -> None:
+                   sandbox: bool, keep: bool, to_datadir: Path | None, force: bool, prefix: str | None = None,
+                   port: int | None = None) -> None:
     from crmops.pitr.restore import restore_at
 
     with app.progress("restore") as advance:
         result = restore_at(app.config, target, to_url=to_url, tables=tables, sandbox=sandbox, keep=keep,
                             to_datadir=to_datadir, force=force, progress=advance, say=app.say,
-                            prefix=prefix)
+                            prefix=prefix, port=port)
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
         for line in result.get("lines", []):

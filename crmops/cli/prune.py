@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, repository_option
 
 KEEPS = ["last", "hourly", "daily", "weekly", "monthly", "yearly"]
 
@@ -17,6 +17,7 @@ def _keep_options(f):  # type: ignore[no-untyped-def]
 
 
 @click.command("forget")
+@repository_option
 @_keep_options
 @click.option("--prune", "and_prune", is_flag=True, help="Also delete the chunks no snapshot needs any more.")
 @click.option("--dry-run", is_flag=True, help="Show what would go, change nothing.")
@@ -81,6 +82,7 @@ def _say_prune(console, p) -> None:  # type: ignore[no-untyped-def]
 
 
 @click.command("prune")
+@repository_option
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted, delete nothing.")
 @pass_app
 def prune_cmd(app: AppContext, dry_run: bool) -> None:

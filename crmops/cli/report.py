@@ -70,7 +70,10 @@ def report_cmd(app: AppContext, html_path: Path) -> None:
         raise ConfigError(f"{html_path}: cannot write the report ({e.strerror})") from None
 
     def human(console) -> None:  # type: ignore[no-untyped-def]
-        _print_verdicts(console, ov)
-        console.print(f"status page written to {html_path}")
+        # one line, as for any file written; `crmops status` prints the verdicts themselves
+        levels = [v.level for v in ov.verdicts]
+        counts = ", ".join(f"{levels.count(level)} {level}" for level in ("red", "amber") if level in levels)
+        console.print(f"status page written to {html_path}: overall [{_COLOUR[ov.level]}]{ov.level.upper()}"
+                      f"[/{_COLOUR[ov.level]}]" + (f" ({counts})" if counts else ""), highlight=False)
 
     app.emit({"html": str(html_path), **ov.to_dict()}, human)

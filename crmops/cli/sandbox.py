@@ -28,7 +28,7 @@ def list_cmd(app: AppContext) -> None:
         if not entries:
             console.print("no crmops sandboxes")
             return
-        t = table("name", "kind", "status", "image", "created (UTC)", "owner")
+        t = table("name", "kind", "status", "image", "created (UTC)", "owner", whole=("name",))
         for e in entries:
             t.add_row(e.name, e.kind, e.status, e.image, e.created.replace("T", " ")[:19], _owner(e))
         console.print(t)

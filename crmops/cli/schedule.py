@@ -90,6 +90,9 @@ def schedule_group() -> None:
               help="When to check the repository, reading a rotating share of the data (check.read_data_days); "
                    '"off" to leave it out.')
 @click.option("--prune", callback=_when, metavar="WHEN", help='When to forget and prune, e.g. "sun 05:00".')
+@click.option("--copy", "copy", callback=_when, metavar="WHEN",
+              help='When to copy to the configured copies, e.g. "03:00" (after the backup); on a pull host '
+                   'with --backup off --check off.')
 @click.option("--timeout", "timeout", default="4h", show_default=True, metavar="DURATION",
               help="Stop a run after this long (it is recorded and notified as failed).")
 @click.option("--lock-wait", default="1h", show_default=True, metavar="DURATION",
@@ -105,14 +108,18 @@ def schedule_group() -> None:
               help="Also run `wal stream` as a service (PostgreSQL): WAL archived within seconds.")
 @click.option("--binlog-follow", is_flag=True,
               help="Also run `binlog follow` as a service (MariaDB/MySQL): binary logs archived as they grow.")
+@click.option("--interval", type=click.IntRange(1, 3600), metavar="SECONDS",
+              help="With --wal-stream / --binlog-follow: their --interval, the bound on data lost "
+                   "(default: theirs, 10 and 60).")
 @click.option("--cron", "use_cron", is_flag=True, help="A file in /etc/cron.d instead of systemd units.")
 @_with_dirs
 @_no_systemctl
 @pass_app
-def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, check: sch.When | None,
-                prune: sch.When | None, timeout: str, lock_wait: str, env_file: Path, user: str | None,
+def install_cmd(app: AppContext, backup: sch.When | None, verify: sch.When | None, check: sch.When | None,
+                prune: sch.When | None, copy: sch.When | None, timeout: str, lock_wait: str,
+                env_file: Path, user: str | None,
                 log_file: Path | None, status_page: Path | None, wal_stream: bool, binlog_follow: bool,
-                use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
+                interval: int | None, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
     """Write the units (or cron file) that run the jobs; the configuration file is pinned by path.
 
     The schedule is the whole set: a job or service left out of this install is removed.
@@ -129,10 +136,24 @@ def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, chec
         raise ConfigError("--binlog-follow follows MariaDB/MySQL binary logs, but database.url is not MariaDB/MySQL",
                           hint="for PostgreSQL use --wal-stream")
     services = [n for n, on in (("wal-stream", wal_stream), ("binlog-follow", binlog_follow)) if on]
-    schedule = {k: v for k, v in (("backup", backup), ("verify", verify), ("check", check), ("prune", prune)) if v}
+    if interval is not None and not services:
+        raise click.UsageError("--interval is for --wal-stream or --binlog-follow")
+    if user:
+        import pwd
+
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise ConfigError(f"--user {user}: no such user on this host") from None
+    if copy and not app.config.copies:
+        raise ConfigError("--copy schedules `crmops copy`, but no copies are configured",
+                          hint="add a `copies:` list to the configuration first")
+    schedule = {k: v for k, v in (("backup", backup), ("verify", verify), ("check", check), ("prune", prune),
+                                  ("copy", copy)) if v}
     common = {"config": config, "env_file": env_file.absolute(), "timeout_s": sch.parse_duration(timeout),
               "lock_wait_s": sch.parse_duration(lock_wait), "user": user, "exe": sch.crmops_executable(),
-              "status_page": status_page.absolute() if status_page else None, "services": services}
+              "status_page": status_page.absolute() if status_page else None, "services": services,
+              "interval": interval}
     if use_cron:
         plan = sch.plan_cron(schedule, cron_file=cron_file, log_file=log_file or app.config.state_dir / "crmops.log",
                              **common)
@@ -147,6 +168,7 @@ def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, chec
     todo = _retire(stale, unit_dir, manage, cron_file)
     todo += [f"fuser -k -TERM {sch.cron_lock(j)}" for j in dropped if cron_file not in stale]
     sch.write(plan)
+    folders = sch.prepare_folders(app.config.state_dir.absolute(), user, services)
     units = [] if use_cron else [job["unit"] for job in plan.jobs.values()]
     streams = [] if use_cron else [job["unit"] for job in plan.jobs.values() if job.get("service")]
     if manage and units:
@@ -161,6 +183,7 @@ def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, chec
     manage = manage and bool(units)
     timers = units
     result = {**plan.to_dict(), "services": services, "removed": [str(p) for p in stale], "enabled": manage,
+              "folders_made": folders["made"], "folders_to_fix": folders["to_run"],
               "to_run": todo,
               "env_file": str(common["env_file"]), "env_file_exists": env_file.is_file()}
 
@@ -175,6 +198,10 @@ def install_cmd(app: AppContext, backup: sch.When, verify: sch.When | None, chec
             console.print(f"{why}; to activate, run:\n  " + "\n  ".join(todo))
         elif manage:
             console.print(f"enabled {' '.join(timers)}")
+        for made in folders["made"]:
+            console.print(f"made {made} (owner {user or 'root'})", markup=False)
+        for fix in folders["to_run"]:
+            console.print(f"note: run {fix}", markup=False)
         if not env_file.is_file():
             console.print(f"note: {env_file} does not exist; put the secrets the configuration reads there "
                           "(e.g. CRMOPS_PASSPHRASE=...), mode 0600")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from crmops.cli.context import AppContext, pass_app
+from crmops.cli.context import AppContext, pass_app, repository_option
 
 
 def short_source(source: str, others: list[str]) -> str:
@@ -28,6 +28,7 @@ def _engine(s: Any) -> str:
 
 
 @click.command("snapshots")
+@repository_option
 @click.option("--source", metavar="SOURCE",
               help="Only this source's snapshots (a source as listed, a part of one, or a database URL).")
 @click.option("--all", "all_sources", is_flag=True, help="Every source's snapshots, not only the configured one's.")
@@ -63,26 +64,31 @@ def snapshots_cmd(app: AppContext, source: str | None, all_sources: bool, strict
         if not many:
             label = " (configured)" if wanted == mine else ""
             console.print(f"source {escape(wanted or (sources[0] if sources else mine))}{label}", highlight=False)
-        # at 80 columns with a source column the engine wraps ("postgresql" over "15.18") and
-        # tags fold; ids, sources and schema revisions are never cut short with "…"
-        t = Table(Column("id", no_wrap=True), Column("time (UTC)", no_wrap=True),
-                  *([Column("source", no_wrap=True)] if many else []),
-                  Column("tags", no_wrap=not many, overflow="fold" if many else "ellipsis"),
-                  Column("engine", no_wrap=not many),
-                  Column("schema", no_wrap=True), Column("size", justify="right", no_wrap=True),
-                  box=None, pad_edge=False)
+        # several sources: one table per source under its name, rather than a source column that
+        # leaves too little room at 80 columns; identifiers (ids, tags, engine and version) are never
+        # broken: only the tag list wraps, between tags
+        def new_table() -> Any:
+            return Table(Column("id", no_wrap=True), Column("time (UTC)", no_wrap=True),
+                         Column("tags", overflow="fold"), Column("engine", no_wrap=True),
+                         Column("schema", no_wrap=True), Column("size", justify="right", no_wrap=True),
+                         box=None, pad_edge=False)
+
+        groups: dict[str, Any] = {}
         for s in snaps:
-            t.add_row(s.id[:10], s.time[:16].replace("T", " "),
-                      *([escape(short_source(s.source, sources))] if many else []), ",".join(s.tags),
-                      _engine(s), s.schema_revision or "", f"{s.size / 1e6:,.1f} MB")
-        for d in listing.damaged:
-            t.add_row(d.id[:10], "[red]DAMAGED[/red]", *([""] if many else []), "", "", "", "")
-        if snaps or listing.damaged:
+            key = short_source(s.source, sources) if many else ""
+            t = groups.setdefault(key, new_table())
+            t.add_row(s.id[:10], s.time[:16].replace("T", " "), escape(", ".join(s.tags)), _engine(s),
+                      s.schema_revision or "", f"{s.size / 1e6:,.1f} MB")
+        if listing.damaged:
+            t = groups.setdefault("(damaged, source unknown)" if many else "", new_table())
+            for d in listing.damaged:
+                t.add_row(d.id[:10], "[red]DAMAGED[/red]", "", "", "", "")
+        for key, t in groups.items():
+            if many:
+                console.print(f"source {escape(key)}", highlight=False)
             console.print(t)
-        elif not hidden_count:
-            console.print("no snapshots yet: run `crmops backup`")
-        else:
-            console.print("no snapshots of this source")
+        if not groups:
+            console.print("no snapshots of this source" if hidden_count else "no snapshots yet: run `crmops backup`")
         for d in listing.damaged:
             console.print(f"[red]damaged[/red] {d.id}: {escape(d.problem)}", highlight=False, soft_wrap=False)
         if many:

@@ -45,13 +45,19 @@ def _plan_lines(console: Any, report: dict[str, Any]) -> None:
     expected = False
     rows = []
     for p in report["plan"]:  # two lines a step, so 80 columns hold it: what and how long, then the detail
-        secs = f"{p['seconds']:7.2f}s" + (" " if p.get("measured") else "*")
+        secs = " unknown " if p.get("basis") == "unknown" else \
+            f"{p['seconds']:7.2f}s" + (" " if p.get("measured") else "*")
         expected = expected or not p.get("measured")
         status = "" if p["ok"] is None else ("ok" if p["ok"] else f"FAILED: {p['error']}")
         step = p["step"] + (" (rollback)" if p["phase"] == "rollback" and "rollback" not in p["mode"] else "")
         detail = status if status.startswith("FAILED") else (
             p.get("summary") or (f"{p['reason']}" if p.get("reason") else _params_line(p["params"])))
         rows.append((p["stage"] or "smoke", step, p["type"], secs, p["mode"], detail))
+    # a reason many steps share (e.g. "after X failed", "touches production") is written once, below
+    reasons = [p["reason"] for p in report["plan"] if p.get("reason") and not p.get("summary")]
+    shared = {r: f"reason {chr(ord('a') + i)}" for i, r in enumerate(dict.fromkeys(
+        r for r in reasons if reasons.count(r) > 1)) if i < 26}
+    rows = [(*r[:5], f"({shared[r[5]]})" if r[5] in shared else r[5]) for r in rows]
     # the stage heads its steps, and columns are as wide as their longest value, so that
     # "maintenance-rollback-1  engine_upgrade" keeps its row in line and inside 80 columns
     w = [max((len(r[i]) for r in rows), default=0) for i in range(1, 3)]
@@ -63,8 +69,11 @@ def _plan_lines(console: Any, report: dict[str, Any]) -> None:
         _print_wrapped(console, f"{step:<{w[0]}} {kind:<{w[1]}} {secs} {mode}", "    ", "    ")
         if detail:
             _print_wrapped(console, detail, "        ")
+    for text, key in shared.items():
+        _print_wrapped(console, f"{key}: {text}", "  ", "    ")
     if expected:
-        console.print("  * expected time: not rehearsed, so not measured", markup=False)
+        console.print("  * expected time: not rehearsed; from the playbook, earlier real runs or the database's "
+                      "size (unknown: none of these, counted as 0 s)", markup=False)
 
 
 def _params_line(params: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from crmops.cli.context import AppContext, pass_app, table
+from crmops.cli.context import AppContext, pass_app, repository_option, table
 
 
 def _render(console, r) -> None:  # type: ignore[no-untyped-def]
@@ -99,6 +99,7 @@ def _run_at(app: AppContext, at: str, keep: bool, show_data: bool, report_dir: P
 
 
 @click.command("verify")
+@repository_option
 @click.argument("snapshot", default="latest")
 @_show_opt
 @_record_opt
@@ -125,6 +126,7 @@ def verify_cmd(app: AppContext, snapshot: str, show_data: bool, record: Path | N
 
 
 @click.command("drill")
+@repository_option
 @click.argument("snapshot", default="latest")
 @click.option("--keep", is_flag=True, help="Leave the sandbox running and print how to connect and remove it.")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from crmops.config import Config
+from crmops.engine_upgrade.evidence import other_databases, risk_line
 from crmops.engine_upgrade.pg_upgrade import Layout, _major, _run, upgrade
 from crmops.engines import open_engine
 from crmops.errors import ConfigError, CrmopsError
@@ -154,4 +155,8 @@ def rehearse(config: Config, source_url: str, target_version: str, params: dict[
         report = upgrade(config, box.url, box.url, target_version, box.layout(mode), smoke=smoke, ctx=ctx,
                          timeout=timeout)
         report.update(image=image, load_seconds=round(load_s, 2))
-        return report
+    others = other_databases(source, source_url, config)
+    report["risks"] = [risk_line(others, source.database_name())] if others else []
+    for line in report["risks"]:
+        ctx.say(f"warning: {line}")
+    return report

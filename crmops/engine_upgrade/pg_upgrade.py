@@ -290,8 +290,8 @@ def _upgrade(config: Config, source_url: str, target_url: str, target_version: s
         layout.command(layout.stop_old, "stopping the old server")
         ctx.progress({"pg_upgrade": "upgrading"})
         r = layout.pg_upgrade(_mode_flag(layout.mode), timeout)
-        if r.returncode != 0:
-            raise StepFailed(f"pg_upgrade failed (exit {r.returncode}): {_last_words(r)}")
+        if r.returncode != 0:  # its logs are in the new cluster, which the undo below removes: kept first
+            raise StepFailed(_failure(layout, config, ctx.run_id, r))
         _go_on(ctx)
         for name in layout.copy_config:
             src = f"{layout.old_datadir}/{name}"
@@ -347,6 +347,16 @@ def _undo_after(layout: Layout, source_url: str, config: Config, say: Any, error
 
 def _describe(e: BaseException) -> str:
     return e.line() if isinstance(e, CrmopsError) else str(e) or type(e).__name__
+
+
+def _failure(layout: Layout, config: Config, run_id: str, r: subprocess.CompletedProcess[str]) -> str:
+    from crmops.engine_upgrade.evidence import failure_text, keep_logs
+
+    try:
+        kept = keep_logs(layout, config, run_id)
+    except (OSError, StepFailed):
+        kept = None
+    return failure_text(r.stdout + "\n" + r.stderr, _last_words(r), r.returncode, kept, layout)
 
 
 def _last_words(r: subprocess.CompletedProcess[str]) -> str:

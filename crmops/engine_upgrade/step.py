@@ -35,7 +35,7 @@ def _result(report: dict[str, Any]) -> StepResult:
     outputs = {k: report.get(k) for k in ("method", "mode", "seconds", "dump_seconds", "restore_seconds", "image",
                                           "check_seconds", "upgrade_seconds", "load_seconds",
                                           "source_version", "target_version", "tables", "differences",
-                                          "incompatibilities", "smoke", "tool") if k in report}
+                                          "incompatibilities", "smoke", "tool", "risks") if k in report}
     problems = [f"{i['object']}: {i['error']}" for i in report["incompatibilities"]]
     problems += [_difference_line(d) for d in report["differences"]]
     problems += [f"smoke SQL {s['sql']!r}: {s['error']}" for s in report["smoke"] if not s["ok"]]

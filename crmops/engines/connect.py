@@ -19,6 +19,7 @@ from crmops.errors import (
     DatabaseError,
     DatabaseNotFound,
     DatabaseUnreachable,
+    without_values,
 )
 
 _MYSQL_CODES = {1045: DatabaseAuthFailed, 1044: DatabaseAuthFailed, 1049: DatabaseNotFound,
@@ -51,10 +52,11 @@ def classify(exc: BaseException, url: str | sa.URL) -> CrmopsError:
     hint = {
         # the URL may be the configured one or an option's (restore --to, demo create --url)
         DatabaseAuthFailed: f"check the user and password in {_WHERE}",
-        DatabaseNotFound: f"create it, or check the database name in {_WHERE}",
+        DatabaseNotFound: f"crmops does not create databases: create it (PostgreSQL: createdb; MariaDB: "
+                          f"CREATE DATABASE), or check the database name in {_WHERE}",
         DatabaseUnreachable: f"check that the server runs and that host and port in {_WHERE} are right",
     }.get(cls)
-    first_line = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    first_line = without_values(str(orig).strip().splitlines()[0]) if str(orig).strip() else type(orig).__name__
     message = {
         DatabaseAuthFailed: f"{where}: the database rejected the credentials",
         DatabaseNotFound: f"{where}: the database does not exist",

@@ -117,3 +117,41 @@ def finish_dirs(root: Path, entries: Iterable[FileEntry]) -> None:
     for e in entries:
         if e.kind == "dir":
             os.utime(root / e.path, (e.mtime, e.mtime))
+
+
+#: pseudo file systems: nothing a restore writes belongs there
+VIRTUAL = ("/proc", "/sys", "/dev")
+
+
+def check_writable_folder(folder: Path, option: str, *, needed: int = 0) -> None:
+    """Refuse (exit 3) a folder a restore could not write, before anything changes.
+
+    The folder may not exist yet: its nearest existing parent must then be a folder that
+    can be written. A read-only mount, a pseudo file system (/proc, /sys, /dev) or a file in
+    the path is named with the option that gave it; so is too little free space for needed bytes.
+    """
+    full = Path(os.path.abspath(folder))
+    real = Path(os.path.realpath(full))
+    if any(real == Path(v) or Path(v) in real.parents for v in VIRTUAL):
+        raise ConfigError(f"{option} {folder}: {real} is on a pseudo file system; nothing was changed",
+                          hint="choose a folder on a disk")
+    probe = real
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{option} {folder}: {probe} is a file, not a folder; nothing was changed",
+                          hint="choose another folder")
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        free = os.statvfs(probe).f_bavail * os.statvfs(probe).f_frsize
+    except OSError as e:
+        raise ConfigError(f"{option} {folder}: {probe}: {e.strerror}; nothing was changed") from None
+    if read_only:
+        raise ConfigError(f"{option} {folder}: {probe} is on a read-only file system; nothing was changed",
+                          hint="choose a folder on a writable disk")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {folder}: {probe} cannot be written by this user; nothing was changed",
+                          hint="choose a folder this user may write, or fix its permissions")
+    if needed and free < needed:
+        raise ConfigError(f"{option} {folder}: {probe} has {free // 2**20} MiB free, the attachments need "
+                          f"{-(-needed // 2**20)} MiB; nothing was changed", hint="free space or choose another folder")

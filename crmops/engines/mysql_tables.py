@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pymysql
 
-from crmops.engines.base import tables_outcome
+from crmops.engines.base import TableCommit, tables_outcome, told_on_stop
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
@@ -70,9 +70,11 @@ def _scan(chunks: Iterable[bytes], tables: list[str], spool: Any) -> tuple[list[
             spool.write(b"\n")
         elif line.startswith(b"CREATE TABLE ") and line in starts:
             block = [line]
+            closed = False  # after the columns' ")": table options, then a PARTITION BY clause may follow
             for more in lines:
                 block.append(more)
-                if more.startswith(b")") and more.endswith(b";"):
+                closed = closed or more.startswith(b")")
+                if closed and more.endswith(b";"):
                     break
             creates[starts[line]] = b"\n".join(block)
     return header, creates
@@ -82,14 +84,20 @@ def _renamed_create(create: bytes, old: str, new: str) -> bytes:
     """A CREATE TABLE under another name, without foreign keys (their names are database-wide)."""
     lines = create.split(b"\n")
     lines[0] = b"CREATE TABLE " + _q(new).encode() + b" ("
-    body = [ln for ln in lines[1:-1] if not _FK_LINE.match(ln)]
+    close = next(i for i, ln in enumerate(lines) if i and ln.startswith(b")"))
+    body = [ln for ln in lines[1:close] if not _FK_LINE.match(ln)]
     if body and body[-1].endswith(b","):
         body[-1] = body[-1][:-1]
-    return b"\n".join([lines[0], *body, lines[-1]])
+    return b"\n".join([lines[0], *body, *lines[close:]])  # table options and partitions as they were
 
 
 def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
+    return told_on_stop(tables, lambda done: _restore_tables(engine, chunks, tables, prefix, done))
+
+
+def _restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[str], prefix: str | None,
+                    done: TableCommit) -> dict[str, list[str]]:
     live = set(existing(engine, tables))
     dest = {t: (prefix + t if prefix else t) for t in tables}
     if prefix:
@@ -124,12 +132,13 @@ def restore_tables(engine: MysqlEngine, chunks: Iterable[bytes], tables: list[st
                 triggers = _drop_triggers(cur, replaced)
                 try:
                     _load(conn, cur, spool_name, replaced, [] if prefix else created, dest)
+                    done.committed = True
                     _advance(cur, {t: creates[t] for t in replaced})
                 finally:
                     _put_back_triggers(engine, cur, triggers)
         except BaseException:
             with conn.cursor() as cur:
-                for t in created:
+                for t in created if not done.committed else []:  # once committed they hold the restored rows
                     cur.execute(f"DROP TABLE IF EXISTS {_q(t)}")
             raise
         finally:

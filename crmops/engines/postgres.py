@@ -288,14 +288,38 @@ def _table_checksum(conn: psycopg.Connection, qualified: str, method: str) -> tu
     return int(rows), int(checksum)
 
 
+def _partition_roots(conn: psycopg.Connection) -> dict[str, str]:
+    """Each partition (as fingerprints name tables) -> the topmost partitioned table it belongs to."""
+    if conn.info.server_version < 100000:
+        return {}
+    rows = conn.execute(f"""SELECT CASE WHEN cn.nspname = 'public' THEN c.relname ELSE cn.nspname || '.' || c.relname
+                                   END, CASE WHEN pn.nspname = 'public' THEN p.relname
+                                   ELSE pn.nspname || '.' || p.relname END
+                            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                            JOIN pg_namespace cn ON cn.oid = c.relnamespace
+                            JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+                            WHERE c.relispartition AND cn.nspname NOT IN {SYSTEM_SCHEMAS}""").fetchall()
+    parent = {str(c): str(p) for c, p in rows}
+    out = {}
+    for child in parent:
+        top = parent[child]
+        while top in parent:
+            top = parent[top]
+        out[child] = top
+    return out
+
+
 def _fill_fingerprint(conn: psycopg.Connection, fp: Fingerprint) -> None:
     tables = conn.execute(f"""SELECT quote_ident(schemaname) || '.' || quote_ident(tablename), schemaname, tablename
                               FROM pg_tables WHERE schemaname NOT IN {SYSTEM_SCHEMAS} ORDER BY 2, 3""").fetchall()
     if fp.method == CANONICAL:
         canonical.pg_settle(conn)
+    fp.partitions = _partition_roots(conn)
     for qualified, schema, table in tables:
-        rows, checksum = _table_checksum(conn, qualified, fp.method)
         name = table if schema == "public" else f"{schema}.{table}"
+        if name in fp.partitions:
+            continue  # its rows are in its partitioned table's entry: counted once
+        rows, checksum = _table_checksum(conn, qualified, fp.method)
         fp.tables[name] = TableFingerprint(rows, format(checksum & (2**128 - 1), "032x"))
     user_ns = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg_temp%'"
     counts = {

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
-from crmops.engines.base import tables_outcome
+from crmops.engines.base import TableCommit, tables_outcome, told_on_stop
 from crmops.engines.postgres_toc import parse_toc, select_tables
 from crmops.engines.tools import dump_lines
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
@@ -40,9 +40,12 @@ class PostgresEngine(Protocol):
     def _tool(self, name: str, version: str | None = None) -> Tool: ...
 
 #: entries a table that is new to the target brings with it (views, functions and types are not created)
-_OWN_KINDS = {"TABLE", "TABLE DATA", "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT",
+_OWN_KINDS = {"TABLE", "TABLE DATA", "TABLE ATTACH", "INDEX ATTACH",
+              "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT",
               "INDEX", "TRIGGER", "COMMENT", "ACL", "FK CONSTRAINT", "CHECK CONSTRAINT"}
 COPY_BATCH = 1 << 20
+#: how pg_dump attaches a partition: ALTER TABLE ONLY public.pay ATTACH PARTITION public.pay_2024 FOR VALUES ...
+_ATTACH = re.compile(r"^ALTER TABLE ONLY (\S+) ATTACH PARTITION (\S+) (.*)$", re.S)
 #: how pg_restore writes a sequence's value: SELECT pg_catalog.setval('public.deals_id_seq', 1000, true);
 _SETVAL = re.compile(r"^SELECT pg_catalog\.setval\('((?:[^']|'')+)', (-?\d+), (true|false)\);$")
 
@@ -61,6 +64,29 @@ def beside(name: str, prefix: str) -> str:
     return f"{schema}.{prefix}{table}"
 
 
+def partitions_in_toc(entries: dict[int, tuple[str, str, str]], deps: dict[int, set[int]]) -> dict[str, str]:
+    """"schema.partition" -> "schema.parent" for every partition attached in an archive (its TABLE ATTACH)."""
+    tables = {i: f"{schema}.{tag}" for i, (kind, schema, tag) in entries.items() if kind == "TABLE"}
+    out = {}
+    for i, (kind, schema, tag) in entries.items():
+        if kind == "TABLE ATTACH":
+            child = f"{schema}.{tag}"
+            parent = next((tables[d] for d in deps.get(i, ()) if d in tables and tables[d] != child), None)
+            if parent:
+                out[child] = parent
+    return out
+
+
+def descendants(table: str, attached: dict[str, str]) -> list[str]:
+    """The partitions of table, and theirs (sub-partitioning), parents before children."""
+    out: list[str] = []
+    level = [table]
+    while level:
+        level = sorted(c for c, p in attached.items() if p in level)
+        out += level
+    return out
+
+
 def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
     """Which of these tables (or other relations of that name) the database already has."""
     with engine.connect() as conn:
@@ -76,6 +102,11 @@ def existing(engine: PostgresEngine, names: list[str]) -> list[str]:
 def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
     """Replace (or, with prefix, add beside) the chosen tables; one transaction, all or nothing."""
+    return told_on_stop(tables, lambda done: _restore_tables(engine, chunks, tables, prefix, done))
+
+
+def _restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list[str], prefix: str | None,
+                    done: TableCommit) -> dict[str, list[str]]:
     pg_restore = engine._tool("pg_restore")
     with tempfile.TemporaryDirectory(prefix="crmops-restore-") as tmp:
         archive = Path(tmp) / "dump.pgc"
@@ -88,11 +119,14 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
             toc = b"".join(listing.pieces()).decode("utf-8", "replace")
         finally:
             listing.close()
-        entries, _, lines = parse_toc(toc)
+        entries, deps, lines = parse_toc(toc)
         in_archive = {(schema, tag) for kind, schema, tag in entries.values() if kind == "TABLE"}
         for t in tables:  # the caller checked the fingerprint; an old snapshot may lack one
             if split_name(t) not in in_archive:
                 raise TableNotInSnapshot(f"table {t!r} is not in the snapshot; nothing was changed")
+        attached = partitions_in_toc(entries, deps)
+        root = {p: t for t in tables for p in descendants(t, attached) if p not in tables}
+        tables = [*tables, *(p for p in dict.fromkeys(root))]
         live = set(existing(engine, tables))
         owned = {} if prefix else _owned_sequences(engine, [t for t in tables if t in live])
         parts = {p for t in tables for p in (*split_name(t), *(split_name(beside(t, prefix)) if prefix else ()))}
@@ -100,6 +134,7 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
         qualified = {t: ".".join(q[p] for p in split_name(t)) for t in tables}
         rename: dict[str, str] = {}
         keep: list[int] = []
+        routed = set() if prefix else {p for p, t in root.items() if t in live}
         if prefix:
             for t in tables:
                 rename[qualified[t]] = ".".join(q[p] for p in split_name(beside(t, prefix)))
@@ -109,19 +144,29 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                                      hint="choose another --as prefix, or drop the earlier copy")
             wanted = {split_name(t) for t in tables}
             keep = [i for i, (kind, schema, tag) in entries.items()
-                    if kind in ("TABLE", "TABLE DATA") and (schema, tag) in wanted]
+                    if (kind in ("TABLE", "TABLE DATA") and (schema, tag) in wanted)
+                    or (kind == "TABLE ATTACH" and (schema, tag) in wanted
+                        and attached.get(f"{schema}.{tag}", "") in {f"{s}.{n}" for s, n in wanted})]
         else:
+            new: list[str] = []
             for t in tables:
                 schema, table = split_name(t)
-                if t in live:
+                if t in routed:
+                    # a partition of a replaced table: its rows go in through the named table, which
+                    # routes each row to the partition the live table has for it
+                    keep += [i for i, e in entries.items() if e == ("TABLE DATA", schema, table)]
+                    rename[qualified[t]] = qualified[root[t]]
+                elif t in live:
                     keep += [i for i, e in entries.items() if e == ("TABLE DATA", schema, table)]
                     # the source's sequence values: read from the script, never set below the live ones
                     keep += [i for i, e in entries.items()
                              if e[0] == "SEQUENCE SET" and (e[1], e[2]) in owned.get(t, ())]
                 else:
-                    chosen = select_tables(toc, [f"{schema}.{table}"])
-                    ids = {int(line.split(";", 1)[0]) for line in chosen.splitlines() if line[:1].isdigit()}
-                    keep += [i for i in ids if entries[i][0] in _OWN_KINDS]
+                    new.append(f"{schema}.{table}")
+            if new:  # together: what links them (partitions attached, keys between them) comes along
+                chosen = select_tables(toc, new)
+                ids = {int(line.split(";", 1)[0]) for line in chosen.splitlines() if line[:1].isdigit()}
+                keep += [i for i in ids if entries[i][0] in _OWN_KINDS]
         (Path(tmp) / "selected.list").write_text("".join(lines[i] + "\n" for i in entries if i in set(keep)))
         argv = ["--file=-", f"--use-list={Path(tmp) / 'selected.list'}"]
         if prefix or not engine.restore_owners:
@@ -133,8 +178,10 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
             try:
                 if prefix and prefix.endswith("."):
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q[prefix[:-1]]}")
-                _apply(conn, script.pieces(), [t for t in tables if t in live and not prefix], qualified, rename)
+                _apply(conn, script.pieces(), [t for t in tables if t in live and not prefix and t not in routed],
+                       qualified, rename)
                 conn.commit()
+                done.committed = True
             except BaseException:
                 conn.rollback()
                 raise
@@ -142,7 +189,7 @@ def restore_tables(engine: PostgresEngine, chunks: Iterable[bytes], tables: list
                 conn.close()
         finally:
             script.close()
-    return tables_outcome(tables, live, [beside(t, prefix) for t in tables] if prefix else None)
+    return tables_outcome(tables, live | routed, [beside(t, prefix) for t in tables] if prefix else None)
 
 
 def _owned_sequences(engine: PostgresEngine, tables: list[str]) -> dict[str, set[tuple[str, str]]]:
@@ -173,6 +220,11 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
     """Inside the caller's transaction: unhook the replaced tables, load the script, hook them back."""
     conn.execute("SET LOCAL search_path = ''")  # constraint definitions come out schema-qualified
     regs = [qualified[t] for t in replaced]
+    # a partitioned table with every partition the live one has (the snapshot's may differ)
+    # (pg_partition_tree gives nothing for a table outside any partition tree)
+    tree = list(dict.fromkeys([*regs, *(r for (r,) in conn.execute(
+        "SELECT t.relid::regclass::text FROM unnest(%(t)s::regclass[]) r, pg_partition_tree(r) t",
+        {"t": regs}).fetchall())])) if regs and conn.info.server_version >= 120000 else regs
     keys: list[tuple[str, str, str]] = []
     triggers: list[tuple[str, str]] = []
     sequences: list[tuple[str, str, str]] = []
@@ -183,10 +235,10 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
                                JOIN pg_namespace n ON n.oid = r.relnamespace
                                WHERE c.contype = 'f' AND c.conparentid = 0
                                AND (c.conrelid = ANY(%(t)s::regclass[]) OR c.confrelid = ANY(%(t)s::regclass[]))
-                               ORDER BY 1, 2""", {"t": regs}).fetchall()
+                               ORDER BY 1, 2""", {"t": tree}).fetchall()
         triggers = conn.execute("""SELECT t.tgrelid::regclass::text, quote_ident(t.tgname) FROM pg_trigger t
                                    WHERE t.tgrelid = ANY(%(t)s::regclass[]) AND NOT t.tgisinternal
-                                   AND t.tgenabled <> 'D'""", {"t": regs}).fetchall()
+                                   AND t.tgenabled <> 'D'""", {"t": tree}).fetchall()
         sequences = conn.execute("""SELECT s.oid::regclass::text, d.refobjid::regclass::text, quote_ident(a.attname)
                                     FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
                                     JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
@@ -196,8 +248,15 @@ def _apply(conn: psycopg.Connection, script: Iterator[bytes], replaced: list[str
             conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
         for table, name in triggers:
             conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {name}")
-        # ONLY: an inheriting child is another table, not named; a partitioned table is refused here
-        conn.execute(f"TRUNCATE ONLY {', '.join(regs)}")
+        # ONLY: an inheriting child is another table, not named; a partitioned table is emptied with
+        # all its partitions (TRUNCATE ONLY refuses it): its rows are the snapshot's afterwards
+        kinds = dict(conn.execute("SELECT r::text, c.relkind::text FROM unnest(%(t)s::regclass[]) r "
+                                  "JOIN pg_class c ON c.oid = r", {"t": regs}).fetchall())
+        plain = [r for r in regs if kinds.get(r) != "p"]
+        if plain:
+            conn.execute(f"TRUNCATE ONLY {', '.join(plain)}")
+        if len(plain) < len(regs):
+            conn.execute(f"TRUNCATE {', '.join(r for r in regs if kinds.get(r) == 'p')}")
     held: dict[str, int] = {seq: 0 for seq, _, _ in sequences}
     try:
         _run_script(conn, script, rename, held)
@@ -288,5 +347,9 @@ def _run_script(conn: psycopg.Connection, pieces: Iterable[bytes], rename: dict[
             target = line[13:].decode().split(" (", 1)[0]
             if target in rename:
                 line = f"CREATE TABLE {rename[target]}".encode() + line[13 + len(target.encode()):]
+        elif rename and line.startswith(b"ALTER TABLE ONLY ") and b" ATTACH PARTITION " in line:
+            m = _ATTACH.match(line.decode())
+            if m and m[1] in rename and m[2] in rename:
+                line = f"ALTER TABLE ONLY {rename[m[1]]} ATTACH PARTITION {rename[m[2]]} {m[3]}".encode()
         statements.append(line)
     flush()

@@ -9,9 +9,9 @@ from __future__ import annotations
 from crmops.errors import DatabaseError
 
 #: entry kinds in a pg_restore listing made of more than one word (the rest are one word)
-_MULTIWORD = ("TABLE DATA", "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "SEQUENCE SET", "SEQUENCE OWNED BY",
-              "FK CONSTRAINT", "DEFAULT ACL", "SHELL TYPE", "FOREIGN TABLE", "ROW SECURITY", "LARGE OBJECT",
-              "PROCEDURAL LANGUAGE", "CHECK CONSTRAINT", "EVENT TRIGGER")
+_MULTIWORD = ("TABLE DATA", "TABLE ATTACH", "INDEX ATTACH", "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW",
+              "SEQUENCE SET", "SEQUENCE OWNED BY", "FK CONSTRAINT", "DEFAULT ACL", "SHELL TYPE", "FOREIGN TABLE",
+              "ROW SECURITY", "LARGE OBJECT", "PROCEDURAL LANGUAGE", "CHECK CONSTRAINT", "EVENT TRIGGER")
 #: objects a chosen table may need that belong to no table (created alongside, never their rows)
 _PREREQUISITES = {"SCHEMA", "TYPE", "SHELL TYPE", "DOMAIN", "EXTENSION", "FUNCTION", "COLLATION",
                   "PROCEDURAL LANGUAGE"}

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from crmops.engines.base import tables_outcome
+from crmops.engines.base import TableCommit, tables_outcome, told_on_stop
 from crmops.errors import ConstraintBroken, DatabaseError, TableNotInSnapshot, TargetNotEmpty
 
 _CREATE = re.compile(r'^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:"(?:[^"]|"")+"|`[^`]+`|\[[^\]]+\]|\w+)\s*',
@@ -39,6 +39,11 @@ def existing(path: Path, names: list[str]) -> list[str]:
 
 def restore_tables(path: Path, chunks: Iterable[bytes], tables: list[str],
                    prefix: str | None = None) -> dict[str, list[str]]:
+    return told_on_stop(tables, lambda done: _restore_tables(path, chunks, tables, prefix, done))
+
+
+def _restore_tables(path: Path, chunks: Iterable[bytes], tables: list[str], prefix: str | None,
+                    done: TableCommit) -> dict[str, list[str]]:
     dest = {t: (prefix + t if prefix else t) for t in tables}
     live = set(existing(path, tables))
     if prefix:
@@ -60,6 +65,7 @@ def restore_tables(path: Path, chunks: Iterable[bytes], tables: list[str],
                 replaced = _load(conn, tables, dest, live, bool(prefix))
                 _check_keys(conn, replaced)
                 conn.execute("COMMIT")
+                done.committed = True
             except sqlite3.Error as e:
                 conn.execute("ROLLBACK")
                 raise DatabaseError(f"restoring the tables failed, nothing was changed: {e}") from None

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from crmops.errors import DatabaseError, ToolMissing
+from crmops.errors import DatabaseError, ToolMissing, without_values
 
 PIECE = 1 << 20
 PR_SET_PDEATHSIG = 1
@@ -174,7 +174,7 @@ class ToolProcess:
         self._stderr.seek(0)
         text = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
         useful = [t for t in text if t.strip()][-lines:]
-        return _scrub(" / ".join(useful) or "no error output", self.secrets)
+        return without_values(_scrub(" / ".join(useful) or "no error output", self.secrets))
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -224,7 +224,8 @@ def feed(argv: list[str], pieces: Iterable[bytes], *, env: dict[str, str], secre
     stderr.close()
     if code != 0 or broken:
         lines = [t for t in output.splitlines() if t.strip()][-3:]
-        raise DatabaseError(f"{name} failed (exit {code}): {_scrub(' / '.join(lines) or 'no output', secrets)}")
+        said = without_values(_scrub(" / ".join(lines) or "no output", secrets))  # the table and line, not the row
+        raise DatabaseError(f"{name} failed (exit {code}): {said}")
 
 
 def private_file(text: str, suffix: str = "") -> str:

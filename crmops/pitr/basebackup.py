@@ -23,16 +23,15 @@ from typing import Any
 
 from crmops.config import Config
 from crmops.dburl import engine_kind, safe
-from crmops.errors import ConfigError, DatabaseError
+from crmops.errors import ArchiveNotWorking, ConfigError, DatabaseError
 from crmops.pitr.archive import WalArchive, format_lsn, parse_lsn, segment_name, segno_of, wal_key
+from crmops.pitr.basewatch import WAL_TIMEOUT_S, BaseBackupWatch
 from crmops.pitr.tarscan import TarScanner
 
 STREAM = "pgdata"
 FORMAT = "pg_basebackup-tar"
 LABEL_START_RE = re.compile(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", re.M)
 LABEL_TLI_RE = re.compile(r"^START TIMELINE: (\d+)", re.M)
-#: how long to wait for the server to archive the backup history file after pg_basebackup returns
-HISTORY_WAIT_S = 60
 
 
 def server_facts(engine: Any) -> dict[str, Any]:
@@ -42,15 +41,33 @@ def server_facts(engine: Any) -> dict[str, Any]:
             " (SELECT system_identifier::text FROM pg_control_system()),"
             " current_setting('wal_segment_size'), current_setting('archive_mode'),"
             " current_setting('archive_command'), (SELECT rolname FROM pg_roles WHERE oid = 10),"
-            " pg_is_in_recovery(), (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
+            " pg_is_in_recovery(), (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),"
+            " (SELECT sum(pg_database_size(oid))::bigint FROM pg_database),"
+            " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END"
         ).fetchone()
     return {"server_version": row[0].split()[0], "server_version_num": row[1], "system_id": row[2],
             "archive_mode": row[4], "archive_command": row[5], "superuser": row[6], "in_recovery": row[7],
-            "wal_segment_size": int(row[8])}
+            "wal_segment_size": int(row[8]), "size": int(row[9] or 0) or None, "walfile": row[10]}
+
+
+def _on_production_line(repo: Any, facts: dict[str, Any]) -> None:
+    """A base backup of a server the archive refuses (a copy, an unrecorded promotion) could never be replayed."""
+    from crmops.errors import WalRefused
+    from crmops.pitr.timeline import PROMOTE_HINT, read_line, refusal
+
+    if not facts["walfile"]:
+        return
+    line = read_line(WalArchive(repo, facts["system_id"]))
+    why = refusal(line, facts["walfile"]) if line else None
+    if why:
+        raise WalRefused(f"this server's WAL is refused by the archive: {why}", hint=PROMOTE_HINT)
 
 
 def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[..., None] | None = None, wal_timeout_s: float = WAL_TIMEOUT_S
+                    ) -> dict[str, Any]:
+    """One base backup; ArchiveNotWorking (exit 85) when the WAL it needs is not archived within
+    wal_timeout_s, instead of waiting with the server for ever."""
     from crmops.engines.postgres import FIX, PostgresEngine
     from crmops.engines.tools import ToolProcess, require_tool
     from crmops.repository import open_repository
@@ -72,14 +89,30 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
     tool = require_tool(["pg_basebackup"], (major,), what=f"take a base backup of PostgreSQL {major}",
                         fix=FIX.format(major=major), extra_dirs=[f"/usr/lib/postgresql/{major}/bin"])
     repo = open_repository(config)
+    _on_production_line(repo, facts)
     started = time.monotonic()
     start_time = datetime.now(UTC)
     argv = [tool, "-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v", "--no-manifest", "-l", "crmops base backup"]
-    proc = ToolProcess(argv, env=engine._env(), secrets=engine._secrets(), label="pg_basebackup")
+    say = progress or (lambda n, **kw: None)
+    say(0, total=facts["size"], description="base backup")
+    proc: ToolProcess | None = None
+    watch = BaseBackupWatch(source, timeout_s=wal_timeout_s, kill=lambda: proc.kill() if proc else None,
+                            describe=lambda phase: say(0, description=f"base backup: {phase}"))
+    proc = ToolProcess(argv, env={**engine._env(), "PGAPPNAME": watch.app_name}, secrets=engine._secrets(),
+                       label="pg_basebackup")
     scanner = TarScanner(proc.pieces(), {"backup_label", "tablespace_map"})
     try:
         with repo.writer(tags=tags) as writer:
-            writer.add_stream(STREAM, scanner, format=FORMAT, progress=progress)
+            try:
+                with watch:
+                    writer.add_stream(STREAM, scanner, format=FORMAT, progress=progress)
+            except DatabaseError:
+                if watch.gave_up:
+                    raise ArchiveNotWorking(
+                        f"the WAL this base backup needs was not archived within {wal_timeout_s:g} s; "
+                        f"{watch.gave_up}", hint="fix archiving (`crmops wal setup --check` names the cause), "
+                        "then back up again; nothing was recorded") from None
+                raise
             label = scanner.captured.get("backup_label", b"").decode("utf-8", "replace")
             m_start = LABEL_START_RE.search(label)
             m_tli = LABEL_TLI_RE.search(label)
@@ -97,7 +130,7 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
             seg = facts["wal_segment_size"]
             start_lsn, timeline = parse_lsn(m_start[1]), int(m_tli[1])
             archive = WalArchive(repo, facts["system_id"])
-            history = _backup_history(archive, timeline, start_lsn, seg)
+            history = _backup_history(archive, timeline, start_lsn, seg, wal_timeout_s)
             stop_lsn = parse_lsn(history["STOP WAL LOCATION"].split()[0])
             physical = {
                 "system_id": facts["system_id"], "timeline": timeline, "wal_segment_size": seg,
@@ -108,6 +141,8 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
                 "stop_time": stop_time.isoformat(timespec="microseconds"),
                 "server_version_num": facts["server_version_num"], "superuser": facts["superuser"],
                 "backup_label": label, "backup_history": history, "tables": tables,
+                # what production runs: `restore --to-datadir` builds its restore_command from it
+                "archive_command": facts["archive_command"],
                 "fingerprint": None,
                 "fingerprint_note": "none: a base backup has no single consistent point to read rows at; "
                                     "recovery checks consistency (stop LSN) and verify runs its checks",
@@ -135,7 +170,8 @@ def physical_backup(config: Config, *, tags: Iterable[str] = (), url: str | None
             "tags": list(tags)}
 
 
-def _backup_history(archive: WalArchive, timeline: int, start_lsn: int, seg: int) -> dict[str, str]:
+def _backup_history(archive: WalArchive, timeline: int, start_lsn: int, seg: int,
+                    wait_s: float = WAL_TIMEOUT_S) -> dict[str, str]:
     """The server's own record of the backup (START/STOP WAL LOCATION, STOP TIME ...), from the archive.
 
     pg_basebackup -X none does not print the stop LSN; the server writes it into
@@ -144,16 +180,16 @@ def _backup_history(archive: WalArchive, timeline: int, start_lsn: int, seg: int
     from crmops.errors import WalMissing
 
     name = f"{segment_name(timeline, segno_of(start_lsn, seg), seg)}.{start_lsn % seg:08X}.backup"
-    deadline = time.monotonic() + HISTORY_WAIT_S
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             text = archive.read(name).decode("utf-8", "replace")
             break
         except WalMissing:
             if time.monotonic() > deadline:
-                raise DatabaseError(f"the backup history file {name} did not reach the archive within "
-                                    f"{HISTORY_WAIT_S} s", hint="check archive_command (`crmops wal status`, "
-                                    "the server log); the base backup was not recorded") from None
+                raise ArchiveNotWorking(f"the backup history file {name} did not reach the archive within "
+                                        f"{wait_s:g} s", hint="check archive_command (`crmops wal setup --check`, "
+                                        "the server log); the base backup was not recorded") from None
             time.sleep(0.5)
     out = {}
     for line in text.splitlines():

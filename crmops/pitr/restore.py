@@ -37,6 +37,7 @@ from crmops.pitr.archive import (
     segno_of,
 )
 from crmops.pitr.basebackup import STREAM
+from crmops.pitr.timeline import on_line, read_line, target_timeline
 from crmops.pitr.untar import extract_all
 from crmops.pitr.window import physical_manifests, window
 
@@ -76,9 +77,10 @@ def check_target(target: dict[str, str]) -> dict[str, Any]:
     return {"kind": kind, "value": value}
 
 
-def recovery_settings(target: dict[str, Any], restore_command: str) -> dict[str, str]:
+def recovery_settings(target: dict[str, Any], restore_command: str, timeline: str = "latest") -> dict[str, str]:
+    """timeline: production's (crmops.pitr.timeline), never merely the newest history file's."""
     out = {"restore_command": restore_command, "recovery_target_action": "promote",
-           "recovery_target_timeline": "latest"}
+           "recovery_target_timeline": timeline, "archive_mode": "off"}
     if target["kind"] == "latest":
         pass
     elif target["kind"] == "time":
@@ -184,7 +186,8 @@ def prefetch_wal(archive: WalArchive, base: dict[str, Any], folder: Path, last: 
     start_tli, start_segno = parse_segment(base["physical"]["start_segment"], seg_size)
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
-    files = archive.files()
+    line = read_line(archive)
+    files = [f for f in archive.files() if on_line(line, f.name)]  # another line's WAL is never replayed
     partials = last_partials(files, seg_size)  # a streamed partial stands in for the very last segment
     for f in files:
         name = f.name[:-len(".partial")] if f.name in partials else f.name
@@ -227,6 +230,7 @@ def drop_targets(datadir: Path) -> None:
 def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None = None,
                tables: list[str] | None = None, prefix: str | None = None, sandbox: bool = False, keep: bool = False,
                to_datadir: Path | None = None, force: bool = False, system_id: str | None = None,
+               port: int | None = None,
                progress: Callable[[int], None] | None = None,
                say: Callable[[str], None] = lambda s: None,
                inspect: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -274,7 +278,7 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
                          sorted({t for m in bases for t in m["physical"]["tables"]}) if bases else None,
                          "any base backup")
     if to_datadir is not None:
-        return _to_datadir(config, repo, archive, base, target, to_datadir, result, progress, started)
+        return _to_datadir(config, repo, archive, base, target, to_datadir, result, progress, started, port)
     work = Path(tempfile.mkdtemp(prefix="crmops-pitr-"))
     box = None
     try:
@@ -285,7 +289,8 @@ def restore_at(config: Config, target_in: dict[str, str], *, to_url: str | None 
         say(f"replaying {n} archived WAL files to {target['value']} in a sandbox")
         from crmops.pitr.sandbox import WALDIR, RecoverySandbox
 
-        write_recovery(work / "data", recovery_settings(target, f"cp {WALDIR}/%f %p"), sandbox=True)
+        write_recovery(work / "data", recovery_settings(target, f"cp {WALDIR}/%f %p", target_timeline(archive)),
+                       sandbox=True)
         box = RecoverySandbox(config.verify, base["server_version"], datadir=work / "data", waldir=work / "wal",
                               superuser=base["physical"].get("superuser") or "postgres", database=base.get("database"))
         box.allow_retry = target["kind"] == "time"
@@ -339,37 +344,40 @@ def spooled_fetch(spool: Path, fetch: str) -> str:
 
 def _to_datadir(config: Config, repo: Any, archive: WalArchive, base: dict[str, Any], target: dict[str, Any],
                 datadir: Path, result: dict[str, Any], progress: Callable[[int], None] | None,
-                started: float) -> dict[str, Any]:
-    from crmops.pitr.setup import archive_commands
+                started: float, port: int | None) -> dict[str, Any]:
+    from crmops.pitr import datadir as dd
+    from crmops.services.schedule import crmops_executable
 
     config_file = Path(config.source) if Path(config.source).is_file() else None
-    env_file = Path(os.environ.get("CRMOPS_ENV_FILE", "/etc/crmops/crmops.env"))
-    _push, fetch = archive_commands(config_file, env_file)
-    fetch = fetch.replace("wal fetch %f %p", f"wal fetch --system-id {base['physical']['system_id']} %f %p")
+    port = dd.pick_port(port)  # before the first change
     spool = datadir / WAL_SPOOL
-    fetch = spooled_fetch(spool, fetch)
     created = not datadir.exists()
     try:
         extract_base(repo, base, datadir, progress)
+        fetch, env_file, source = dd.restore_command(base, datadir, config_file)
+        if config.reading_copy:  # restored from a copy: WAL archived later comes from that copy too
+            fetch = fetch.replace("wal fetch ", f"wal fetch --repository {config.reading_copy} ")
+        fetch = spooled_fetch(spool, fetch)
         # the WAL archived so far, fetched now in this one process: replay copies it instead of
         # starting crmops once per file; what is archived later still comes through `wal fetch`
         n = prefetch_wal(archive, base, spool, last_needed_segment(repo, base, target))
-        write_recovery(datadir, recovery_settings(target, fetch), sandbox=False)
+        write_recovery(datadir, recovery_settings(target, fetch, target_timeline(archive)), sandbox=False)
+        local = dd.write_local_settings(datadir, port)
     except BaseException:
         if created:  # half a data directory must never be mistaken for a recovered one
             shutil.rmtree(datadir, ignore_errors=True)
         raise
     major = base["server_version"].split(".")[0]
-    result.update(datadir=str(datadir), restore_command=fetch, wal_files=n,
-                  seconds=round(time.monotonic() - started, 2))
+    goal = "its end" if target["kind"] == "latest" else target["value"]
+    result.update(datadir=str(datadir), restore_command=fetch, wal_files=n, port=port, env_file=env_file,
+                  restore_command_from=source, settings=local, seconds=round(time.monotonic() - started, 2))
     result["lines"] += [
         f"base backup {base['id']} extracted into {datadir}, recovery settings written "
-        f"(postgresql.auto.conf, recovery.signal)",
-        f"next: chown -R postgres:postgres {datadir}, then start PostgreSQL {major} on it "
-        f"(e.g. pg_ctl -D {datadir} start); it replays the archive to "
-        f"{'its end' if target['kind'] == 'latest' else target['value']} and promotes",
-        f"{n} archived WAL files are spooled in {spool}; WAL archived later is fetched by crmops, and "
-        f"{env_file} must hold CRMOPS_PASSPHRASE for the postgres user",
+        f"(postgresql.auto.conf, recovery.signal, pg_hba.conf: local only, archive_mode = off)",
+        *dd.instructions(datadir, major=major, port=port, exe=crmops_executable(), config_file=config_file,
+                         target=goal),
+        f"{n} archived WAL files are spooled in {spool}; WAL archived later is fetched by crmops with "
+        f"{env_file or 'no env file'} ({source})",
         f"once it runs: remove the recovery settings from postgresql.auto.conf, and {spool}",
     ]
     return result

@@ -80,6 +80,22 @@ def identify(url: Any) -> tuple[str, int, int]:
     return system_id, timeline, major
 
 
+def spool_denied(spool: Path, e: OSError) -> str:
+    """Which folder stops this user from using the spool, and whose it is."""
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    blocker = Path(e.filename) if e.filename else spool
+    while not blocker.exists() and blocker != blocker.parent:
+        blocker = blocker.parent
+    st = blocker.stat()
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    return f"the spool {spool} is not writable by {me}: {blocker} belongs to {owner} (mode {st.st_mode & 0o777:o})"
+
+
 class Streamer:
     """One pg_receivewal, supervised, and the pushes of what it writes."""
 
@@ -150,8 +166,13 @@ class Streamer:
 
     def lock_spool(self) -> None:
         """One streamer per spool: two would race for the same files."""
-        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-        f = open(self.spool / ".crmops-stream.lock", "a")  # noqa: SIM115 (held for the whole run)
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+            f = open(self.spool / ".crmops-stream.lock", "a")  # noqa: SIM115 (held for the whole run)
+        except PermissionError as e:
+            raise ConfigError(spool_denied(self.spool, e), hint=(
+                "as root: `crmops schedule install --wal-stream --user USER` makes it for USER, "
+                f"or install -d -o USER -m 700 {self.spool}")) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -99,6 +99,27 @@ def move_tables(config: Config, move: TableMove, source_url: str, when: str,
             "safety_snapshot": safety, "table_lines": lines}
 
 
+def with_partitions(src: Any, tables: list[str]) -> list[str]:
+    """The tables and, for a partitioned one, its partitions: `pg_dump -t` of a partitioned table alone
+    dumps its definition but none of its rows (they are in the partitions)."""
+    from crmops.engines.postgres_tables import split_name
+
+    out = list(tables)
+    if src.server_major() < 12:  # pg_partition_tree is 12's
+        return out
+    with src.connect() as conn:
+        for t in tables:
+            schema, table = split_name(t)
+            for (name,) in conn.execute("""SELECT n.nspname || '.' || c.relname FROM pg_partition_tree(
+                                               format('%%I.%%I', %s::text, %s::text)::regclass) p
+                                           JOIN pg_class c ON c.oid = p.relid
+                                           JOIN pg_namespace n ON n.oid = c.relnamespace
+                                           WHERE p.level > 0 ORDER BY p.level, 1""", (schema, table)).fetchall():
+                if name not in out:
+                    out.append(name)
+    return out
+
+
 @contextmanager
 def _dump(url: str, tables: list[str]) -> Iterator[tuple[Iterator[bytes], str]]:
     """Only these tables of the recovered database, in the format its snapshots have."""
@@ -109,7 +130,7 @@ def _dump(url: str, tables: list[str]) -> Iterator[tuple[Iterator[bytes], str]]:
     if engine_kind(url) == "postgresql":
         src = PostgresEngine(url)
         argv = ["--format=custom", "--compress=0", "--no-password"]
-        for t in tables:
+        for t in with_partitions(src, tables):
             argv += ["-t", ".".join('"' + p.replace('"', '""') + '"' for p in split_name(t))]
         proc = src._tool("pg_dump", src.server_version()).process(argv, env=src._env(), secrets=src._secrets(),
                                                                    label="pg_dump")

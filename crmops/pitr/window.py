@@ -61,7 +61,10 @@ def window(repo: Any, system_id: str | None = None, now: datetime | None = None)
                                  f"{', '.join(broken)} cannot be recovered past it"}
     if usable:
         out["start"] = usable[0]["physical"]["stop_time"]
-        out["end"] = latest["pushed_at"] if latest else None
+        # a base backup is recorded only once its last segment is archived, at its stop time: the
+        # archive reaches that far even when the push itself came a moment before (the first base)
+        ends = [t for t in (latest["pushed_at"] if latest else None, usable[-1]["physical"]["stop_time"]) if t]
+        out["end"] = max(ends, key=datetime.fromisoformat)
         out["base_snapshot_ids"] = [m["id"] for m in usable]
     return out
 

@@ -23,22 +23,77 @@ PLAYBOOK_FIELDS = ("name", "from_version", "to_version")
 
 
 def load_playbook(path: str | Path) -> Playbook:
-    """The validated playbook at path; PlaybookInvalid (exit 52) naming file and line otherwise."""
+    """The validated playbook at path; PlaybookInvalid (exit 52) naming file and line otherwise.
+
+    Every mistake is found in one run: a step of an unknown type or with a wrong key is set aside
+    so the rest (names, every {{ reference }}) is still checked, and all are listed in the report.
+    """
     path = Path(path)
     data, lines = load_yaml(path)
     if not isinstance(data, dict):
         raise lines.error((), "expected a mapping (name, from_version, to_version, stages …) at the top level")
-    _check_step_types(data, lines)
-    try:
-        playbook = Playbook.model_validate(data)
-    except ValidationError as e:
-        raise _explain(e, lines) from None
-    _assign_ids(playbook)
-    _check_names(playbook, data, lines)
-    _check_templates(playbook, data, lines)
+    mistakes: list[PlaybookInvalid] = []
+    checked = _check_step_types(data, lines, mistakes)
+    playbook = None
+    for _ in range(2):  # once as written; once more without what pydantic refused, to check the rest
+        try:
+            playbook = Playbook.model_validate(checked)
+            break
+        except ValidationError as e:
+            mistakes += [_mistake(err, lines) for err in e.errors() if not _seen(err, mistakes, lines)]
+            repaired = _without(checked, [tuple(err["loc"]) for err in e.errors()])
+            if repaired is None:
+                break
+            checked = repaired
+    if playbook is not None:
+        _assign_ids(playbook)
+        _check_names(playbook, lines, mistakes)
+        _check_templates(playbook, checked, lines, mistakes)
+    if mistakes:
+        raise _all(mistakes)
+    assert playbook is not None
     playbook.source = str(path)
     playbook.digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     return playbook
+
+
+def _seen(err: Any, mistakes: list[PlaybookInvalid], lines: LineMap) -> bool:
+    return _mistake(err, lines).message in {m.message for m in mistakes}
+
+
+def _all(mistakes: list[PlaybookInvalid]) -> PlaybookInvalid:
+    """The first mistake as the error's one line; every mistake, each with its line, in its report."""
+    more = f" (+{len(mistakes) - 1} more)" if len(mistakes) > 1 else ""
+    out = PlaybookInvalid(mistakes[0].message + more, hint=mistakes[0].hint)
+    out.report = {"ok": False, "mistakes": [m.message for m in mistakes]}  # type: ignore[attr-defined]
+    return out
+
+
+def _without(data: dict[str, Any], locs: list[tuple[Any, ...]]) -> dict[str, Any] | None:
+    """data without the steps (or top-level keys) the locations point into; None where that cannot be done."""
+    import copy
+
+    out = copy.deepcopy(data)
+    drop_steps: set[tuple[Any, ...]] = set()
+    for loc in locs:
+        step = _step_of(loc)
+        if step is not None:
+            drop_steps.add(step)
+        elif len(loc) == 1 and isinstance(loc[0], str) and loc[0] in out and loc[0] not in PLAYBOOK_FIELDS:
+            del out[loc[0]]
+        else:
+            return None
+    for step in sorted(drop_steps, key=lambda s: s[-1], reverse=True):
+        _raw(out, step[:-1]).pop(step[-1])
+    return out
+
+
+def _step_of(loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if len(loc) >= 4 and loc[0] == "stages" and loc[2] in ("steps", "rollback") and isinstance(loc[3], int):
+        return loc[:4]
+    if len(loc) >= 2 and loc[0] == "smoke_tests" and isinstance(loc[1], int):
+        return loc[:2]
+    return None
 
 
 def chain(playbooks: list[Playbook]) -> Playbook:
@@ -91,28 +146,27 @@ def _step_lists(data: dict[str, Any]) -> list[tuple[Loc, list[Any]]]:
     return out
 
 
-def _check_step_types(data: dict[str, Any], lines: LineMap) -> None:
-    """Unknown step types get their own message (pydantic's union error names every type)."""
+def _check_step_types(data: dict[str, Any], lines: LineMap, mistakes: list[PlaybookInvalid]) -> dict[str, Any]:
+    """Unknown step types get their own message (pydantic's union error names every type); the data
+    without those steps is returned, so the rest is still checked."""
+    bad: list[tuple[Any, ...]] = []
     for loc, steps in _step_lists(data):
         for j, step in enumerate(steps):
             if not isinstance(step, dict):
-                raise lines.error((*loc, j), "a step is a mapping with a type: key")
+                mistakes.append(lines.error((*loc, j), "a step is a mapping with a type: key"))
+                bad.append((*loc, j))
+                continue
             kind = step.get("type")
             allowed = SMOKE_TYPES if loc == ("smoke_tests",) else tuple(STEP_TYPES)
             if kind is None:
-                raise lines.error((*loc, j), f"step has no type: (one of {', '.join(allowed)})")
-            if kind not in allowed:
+                mistakes.append(lines.error((*loc, j), f"step has no type: (one of {', '.join(allowed)})"))
+                bad.append((*loc, j))
+            elif kind not in allowed:
                 what = "smoke test type" if loc == ("smoke_tests",) else "step type"
-                raise lines.error((*loc, j, "type"), f"unknown {what} {kind!r} (known: {', '.join(allowed)})")
-
-
-def _explain(err: ValidationError, lines: LineMap) -> PlaybookInvalid:
-    """The first mistake as the error's one line; every mistake, each with its line, in its report."""
-    every = [_mistake(e, lines) for e in err.errors()]
-    more = f" (+{len(every) - 1} more)" if len(every) > 1 else ""
-    out = PlaybookInvalid(every[0].message + more, hint=every[0].hint)
-    out.report = {"ok": False, "mistakes": [m.message for m in every]}  # type: ignore[attr-defined]
-    return out
+                mistakes.append(lines.error((*loc, j, "type"),
+                                            f"unknown {what} {kind!r} (known: {', '.join(allowed)})"))
+                bad.append((*loc, j))
+    return _without(data, bad) or data if bad else data
 
 
 def _mistake(first: Any, lines: LineMap) -> PlaybookInvalid:
@@ -153,34 +207,35 @@ def _locations(playbook: Playbook) -> list[tuple[Loc, Step]]:
     return out
 
 
-def _check_names(playbook: Playbook, data: dict[str, Any], lines: LineMap) -> None:
+def _check_names(playbook: Playbook, lines: LineMap, mistakes: list[PlaybookInvalid]) -> None:
     seen: set[str] = set()
     for i, stage in enumerate(playbook.stages):
         if stage.name in seen:
-            raise lines.error(("stages", i, "name"), f"stage name {stage.name!r} is used twice")
+            mistakes.append(lines.error(("stages", i, "name"), f"stage name {stage.name!r} is used twice"))
         seen.add(stage.name)
     ids: set[str] = set()
     for loc, step in _locations(playbook):
         if step.id in ids:
-            raise lines.error((*loc, "id"), f"step id {step.id!r} is used twice")
+            mistakes.append(lines.error((*loc, "id"), f"step id {step.id!r} is used twice"))
         ids.add(step.id or "")
 
 
-def _check_templates(playbook: Playbook, data: dict[str, Any], lines: LineMap) -> None:
+def _check_templates(playbook: Playbook, data: dict[str, Any], lines: LineMap,
+                     mistakes: list[PlaybookInvalid]) -> None:
     """Every {{ ref }} must name a variable, a run/playbook field, or an output of a step that runs before it."""
     main_before: dict[str, type[Step]] = {}  # steps of earlier stages and earlier in this stage
     for i, stage in enumerate(playbook.stages):
         for j, step in enumerate(stage.steps):
-            _check_refs(playbook, data, lines, ("stages", i, "steps", j), main_before)
+            _check_refs(playbook, data, lines, ("stages", i, "steps", j), main_before, mistakes)
             main_before[step.id or ""] = type(step)
         visible = dict(main_before)  # rollback sees its stage and every earlier one
         for j, step in enumerate(stage.rollback):
-            _check_refs(playbook, data, lines, ("stages", i, "rollback", j), visible)
+            _check_refs(playbook, data, lines, ("stages", i, "rollback", j), visible, mistakes)
             visible[step.id or ""] = type(step)
     for j, _ in enumerate(playbook.smoke_tests):
-        _check_refs(playbook, data, lines, ("smoke_tests", j), main_before)
+        _check_refs(playbook, data, lines, ("smoke_tests", j), main_before, mistakes)
     if playbook.rehearsal is not None and isinstance(data.get("rehearsal"), dict):
-        _check_refs(playbook, data, lines, ("rehearsal",), {})  # vars only: it is read before any step runs
+        _check_refs(playbook, data, lines, ("rehearsal",), {}, mistakes)  # vars only: read before any step runs
 
 
 def _raw(data: Any, loc: Loc) -> Any:
@@ -190,29 +245,35 @@ def _raw(data: Any, loc: Loc) -> Any:
 
 
 def _check_refs(playbook: Playbook, data: dict[str, Any], lines: LineMap, loc: Loc,
-                visible: dict[str, type[Step]]) -> None:
+                visible: dict[str, type[Step]], mistakes: list[PlaybookInvalid]) -> None:
     for where, ref in references(_raw(data, loc)):
-        at = (*loc, *where)
-        root, *rest = ref.split(".")
-        if root not in ROOTS:
-            raise lines.error(at, f"{{{{ {ref} }}}}: unknown name {root!r} (use vars., steps., run. or playbook.)")
-        if root == "vars":
-            if len(rest) != 1 or rest[0] not in playbook.vars:
-                known = ", ".join(sorted(playbook.vars)) or "none defined"
-                raise lines.error(at, f"{{{{ {ref} }}}}: no such variable (vars: {known})")
-        elif root == "run":
-            if len(rest) != 1 or rest[0] not in RUN_FIELDS:
-                raise lines.error(at, f"{{{{ {ref} }}}}: run has {', '.join(RUN_FIELDS)}")
-        elif root == "playbook":
-            if len(rest) != 1 or rest[0] not in PLAYBOOK_FIELDS:
-                raise lines.error(at, f"{{{{ {ref} }}}}: playbook has {', '.join(PLAYBOOK_FIELDS)}")
-        else:
-            if len(rest) != 2:
-                raise lines.error(at, f"{{{{ {ref} }}}}: write steps.<step id>.<output>")
-            step_id, output = rest
-            kind = visible.get(step_id)
-            if kind is None:
-                raise lines.error(at, f"{{{{ {ref} }}}}: no step {step_id!r} runs before this one")
-            if output not in kind.OUTPUTS:
-                raise lines.error(at, f"{{{{ {ref} }}}}: a {kind.model_fields['type'].annotation.__args__[0]} "
-                                      f"step's outputs are {', '.join(kind.OUTPUTS) or 'none'}")
+        problem = _ref_problem(playbook, ref, visible)
+        if problem:
+            mistakes.append(lines.error((*loc, *where), problem))
+
+
+def _ref_problem(playbook: Playbook, ref: str, visible: dict[str, type[Step]]) -> str | None:
+    """What is wrong with one {{ ref }}, or None."""
+    root, *rest = ref.split(".")
+    if root not in ROOTS:
+        return f"{{{{ {ref} }}}}: unknown name {root!r} (use vars., steps., run. or playbook.)"
+    if root == "vars":
+        if len(rest) != 1 or rest[0] not in playbook.vars:
+            known = ", ".join(sorted(playbook.vars)) or "none defined"
+            return f"{{{{ {ref} }}}}: no such variable (vars: {known})"
+        return None
+    if root == "run":
+        return None if len(rest) == 1 and rest[0] in RUN_FIELDS else f"{{{{ {ref} }}}}: run has {', '.join(RUN_FIELDS)}"
+    if root == "playbook":
+        return None if len(rest) == 1 and rest[0] in PLAYBOOK_FIELDS else \
+            f"{{{{ {ref} }}}}: playbook has {', '.join(PLAYBOOK_FIELDS)}"
+    if len(rest) != 2:
+        return f"{{{{ {ref} }}}}: write steps.<step id>.<output>"
+    step_id, output = rest
+    kind = visible.get(step_id)
+    if kind is None:
+        return f"{{{{ {ref} }}}}: no step {step_id!r} runs before this one"
+    if output not in kind.OUTPUTS:
+        return (f"{{{{ {ref} }}}}: a {kind.model_fields['type'].annotation.__args__[0]} "
+                f"step's outputs are {', '.join(kind.OUTPUTS) or 'none'}")
+    return None

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crmops.errors import CrmopsError
+from crmops.errors import CrmopsError, without_values
 from crmops.journal import Journal, actor
 
 RESULTS = ("success", "rolled-back", "failed")
@@ -56,8 +56,8 @@ class RunJournal:
         return self.journal.append(event, **self._clean(fields))
 
     def _clean(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self._scrub(value)
+        if isinstance(value, str):  # secrets, and the row values a failed statement may echo
+            return without_values(self._scrub(value))
         if isinstance(value, dict):
             return {k: self._clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

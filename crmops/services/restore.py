@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -19,10 +20,11 @@ from typing import Any
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, safe
 from crmops.engines import open_engine
-from crmops.engines.files import FileEntry, finish_dirs, restore_entry
+from crmops.engines.files import FileEntry, check_writable_folder, finish_dirs, restore_entry
 from crmops.errors import (
     ConfigError,
     CrmopsError,
+    FolderNotWritable,
     IntegrityError,
     Interrupted,
     TableNotInSnapshot,
@@ -32,6 +34,8 @@ from crmops.repository import Repository, open_repository
 from crmops.services.sources import resolve
 
 ENGINE_OF_FORMAT = {"pg-custom": "postgresql", "mysql-sql": "mysql", "sqlite-db": "sqlite"}
+#: --force replaces a database: the snapshot must be named by at least this much of its id (or latest)
+FORCE_PREFIX = 6
 #: --as: a prefix for the restored copies' names
 PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -50,6 +54,8 @@ class RestoreResult:
     replaced: list[str] = field(default_factory=list)
     #: tables that did not exist in the target before (with --as: the copies beside the live ones)
     created: list[str] = field(default_factory=list)
+    #: the snapshot's attachment files a whole restore without --attachments-to left in the repository
+    files_left: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +63,9 @@ class RestoreResult:
 
 def snapshot_tables(manifest: dict[str, Any]) -> list[str]:
     """The tables a snapshot holds, as its fingerprint names them (PostgreSQL: schema.table outside public)."""
-    return sorted(t for t in manifest.get("fingerprint", {}).get("tables", {}) if t != "pg_largeobject")
+    fingerprint = manifest.get("fingerprint", {})
+    return sorted({*(t for t in fingerprint.get("tables", {}) if t != "pg_largeobject"),
+                   *fingerprint.get("partitions", {})})
 
 
 def resolve_tables(manifest: dict[str, Any], engine: str, names: list[str]) -> list[str]:
@@ -123,6 +131,10 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
 
     repo = repo or open_repository(config)
     manifest = resolve(config, repo, ref, source=source)
+    if force and ref != "latest" and len(ref) < FORCE_PREFIX:  # a typo must not pick what replaces a database
+        raise ConfigError(f"snapshot {ref!r}: with --force, name it by at least {FORCE_PREFIX} characters of its id "
+                          f"(it matched {manifest['id'][:10]}); nothing was changed",
+                          hint=f"crmops restore {manifest['id'][:10]} ...")
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
     if wanted != engine_kind(to_url):
@@ -132,11 +144,18 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     if tables is not None and not tables:
         raise ConfigError("--tables is empty", hint="name the tables, e.g. --tables contacts,accounts")
     chosen = resolve_tables(manifest, wanted, tables) if tables else None
+    if attachments_to is not None:
+        check_writable_folder(attachments_to, "--attachments-to", needed=attachment_bytes(manifest))
     target, empty = check_target(config, to_url, chosen, prefix, force)
     # every chunk's tag is checked before the target changes at all (a forced target's old
     # data included); the restore then opens each chunk fully again as it streams it
     repo.authenticate(manifest, progress)
     mark("every chunk authenticated")
+    if force and not empty and prefix is None and safe(to_url) == safe(config.database.url):
+        logging.getLogger("crmops.restore").warning(  # every input is checked: this is what happens next
+            "--to is the configured database (database.url): %s replaced by snapshot %s "
+            "(a pre-restore snapshot is taken first)",
+            f"its tables {', '.join(chosen)} are" if chosen else "its live content is", manifest["id"][:10])
     safety = None
     if force and not empty and prefix is None:
         safety = safety_snapshot(config, to_url, repo)
@@ -169,11 +188,37 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
         mark("database restored")
     files = 0
     if attachments_to is not None:
-        files = restore_files(repo, manifest, attachments_to)
+        try:
+            files = restore_files(repo, manifest, attachments_to)
+        except (OSError, CrmopsError) as e:
+            raise _files_failed(e, manifest["id"], attachments_to, to_url, chosen, replaced, safety) from None
         mark("attachments restored")
+    left = 0 if attachments_to is not None or chosen else sum(1 for f in manifest.get("files", [])
+                                                              if f.get("kind") == "file")
     return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=chosen,
                          seconds=round(time.monotonic() - started, 2), bytes=stream["size"], files=files,
-                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created)
+                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created,
+                         files_left=left)
+
+
+def attachment_bytes(manifest: dict[str, Any]) -> int:
+    """What the snapshot's attachment files take on disk once restored."""
+    return sum(int(f.get("size") or 0) for f in manifest.get("files", []) if f.get("kind") == "file")
+
+
+def _files_failed(e: OSError | CrmopsError, snapshot: str, folder: Path, to_url: str, chosen: list[str] | None,
+                  replaced: list[str], safety: str | None) -> CrmopsError:
+    """The attachments failed after the database changed: say what changed and the command that undoes it."""
+    why = e.message if isinstance(e, CrmopsError) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    what = f"tables {', '.join(chosen)}" if chosen else "the database"
+    done = (f"{what} in {display(to_url)} {'were' if chosen else 'was'} already restored from snapshot {snapshot}"
+            + (f" (replacing {', '.join(replaced)})" if replaced else ""))
+    scope = f" --tables {','.join(chosen)}" if chosen else ""
+    hint = (f"undo that with: crmops restore {safety} --to {display(to_url)}{scope} --force; or free the folder and "
+            f"run: crmops restore {snapshot} --to {display(to_url)}{scope} --force --attachments-to {folder}"
+            if safety else "the target was empty before; fix the folder and restore the attachments again")
+    cls = type(e) if isinstance(e, CrmopsError) else FolderNotWritable
+    return cls(f"attachments could not be written to {folder}: {why}; {done}", hint=hint)
 
 
 # -- the steps a partial restore shares with `restore --at ... --tables` -----------------
@@ -223,15 +268,15 @@ def load_tables(target: Any, chunks: Iterable[bytes], fmt: str, chosen: list[str
     """The engine's all-or-nothing table restore; a stop names the way back when there is one."""
     try:
         return target.restore_tables(chunks, format=fmt, tables=chosen, prefix=prefix)
-    except KeyboardInterrupt:
-        if not safety:
-            raise
-        # the rows are replaced in one transaction: a stop leaves all of them or none, but which
-        # depends on whether it came before the commit, so the way back is named either way
-        raise Interrupted(f"restore stopped; {', '.join(chosen)} hold either the restored rows or "
-                          "their own (they are replaced in one transaction)",
-                          hint=f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
-                               f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force") from None
+    except Interrupted as e:
+        # the rows are replaced in one transaction: the engine knows whether the stop came after the commit
+        committed = getattr(e, "committed", None)
+        if committed and safety:
+            e.hint = (f"their previous content is in snapshot {safety} (pre-restore): crmops restore "
+                      f"{safety} --to {display(to_url)} --tables {','.join(chosen)} --force")
+        elif committed is False:
+            e.hint = "nothing was changed; run the same restore again to finish it"
+        raise
 
 
 def _prefixed(table: str, prefix: str) -> str:

@@ -42,6 +42,7 @@ JOBS: dict[str, tuple[list[str], str]] = {
     "check": (["check", "--read-data-subset", "auto"],
               "check the repository, reading a share of the data in rotation (check.read_data_days)"),
     "prune": (["forget", "--prune"], "forget snapshots past retention and delete unused data"),
+    "copy": (["copy"], "copy new snapshots and the WAL/binlog archive to the copies in other places"),
 }
 #: long-running services -> (the crmops arguments, what they are for)
 SERVICES: dict[str, tuple[list[str], str]] = {
@@ -120,8 +121,43 @@ class Plan:
         return {**asdict(self), "files": sorted(self.files)}
 
 
+def prepare_folders(state_dir: Path, user: str | None, services: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Create state_dir and the streamer's spool owned by the user the units run as.
+
+    Root's jobs and `schedule install` itself run first; a streamer running as postgres must
+    still find a spool it may write (the default state_dir/wal-spool), so it is made now, 0700,
+    owned by that user. A folder that exists already is not taken over: what to run is returned.
+    """
+    import os
+    import pwd
+
+    made: list[str] = []
+    todo: list[str] = []
+    if os.geteuid() != 0 or not user or user == "root":  # root's units make what they need themselves
+        return {"made": made, "to_run": todo}
+    owner = pwd.getpwnam(user)
+    wanted = [(state_dir, 0o755)] + ([(state_dir / "wal-spool", 0o700)] if "wal-stream" in services else [])
+    for folder, mode in wanted:
+        if folder.exists():
+            st = folder.stat()
+            if st.st_uid != owner.pw_uid:
+                todo.append(f"chown -R {owner.pw_name} {shlex.quote(str(folder))}  # the units run as "
+                            f"{owner.pw_name}; it belongs to uid {st.st_uid}")
+            continue
+        folder.mkdir(parents=True, mode=mode)
+        os.chmod(folder, mode)
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        made.append(str(folder))
+    return {"made": made, "to_run": todo}
+
+
 def _command(exe: str, config: Path, args: list[str]) -> list[str]:
     return [*shlex.split(exe), "--config", str(config), "--quiet", "--log-format", "json", *args]
+
+
+def _service_args(args: list[str], interval: int | None) -> list[str]:
+    """A streamer's arguments with `schedule install --interval` passed on (its RPO)."""
+    return [*args, "--interval", str(interval)] if interval else list(args)
 
 
 def _report(exe: str, config: Path, page: Path) -> list[str]:
@@ -137,7 +173,7 @@ def _sd_quote(word: str) -> str:
 
 def plan_systemd(schedule: dict[str, When], *, config: Path, unit_dir: Path, env_file: Path, timeout_s: int,
                  lock_wait_s: int, user: str | None, exe: str, status_page: Path | None = None,
-                 services: list[str] | tuple[str, ...] = ()) -> Plan:
+                 services: list[str] | tuple[str, ...] = (), interval: int | None = None) -> Plan:
     files: dict[str, str] = {}
     jobs: dict[str, dict[str, Any]] = {}
     for name, when in schedule.items():
@@ -169,7 +205,7 @@ def plan_systemd(schedule: dict[str, When], *, config: Path, unit_dir: Path, env
         jobs[name] = {"when": when.on_calendar(), "command": cmd, "unit": f"{unit}.timer"}
     for name in services:
         args, purpose = SERVICES[name]
-        cmd = _command(exe, config, args)
+        cmd = _command(exe, config, _service_args(args, interval))
         unit = f"{PREFIX}{name}"
         files[str(unit_dir / f"{unit}.service")] = "\n".join([
             MARKER, "[Unit]", f"Description=crmops {name}: {purpose}",
@@ -191,7 +227,7 @@ def plan_systemd(schedule: dict[str, When], *, config: Path, unit_dir: Path, env
 
 def plan_cron(schedule: dict[str, When], *, config: Path, cron_file: Path, env_file: Path, timeout_s: int,
               lock_wait_s: int, user: str | None, exe: str, log_file: Path, status_page: Path | None = None,
-              services: list[str] | tuple[str, ...] = ()) -> Plan:
+              services: list[str] | tuple[str, ...] = (), interval: int | None = None) -> Plan:
     # crmops reads the secrets file itself: sourcing it in sh would break values with spaces
     lines = [MARKER, "SHELL=/bin/sh", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              f"CRMOPS_CONFIG={config}", f"CRMOPS_JOB_LOCK_WAIT={lock_wait_s}", f"{_env_file_var()}={env_file}"]
@@ -206,7 +242,7 @@ def plan_cron(schedule: dict[str, When], *, config: Path, cron_file: Path, env_f
         lines.append(line.replace("%", "\\%"))  # cron turns a bare % into a newline
         jobs[name] = {"when": when.cron(), "command": cmd, "unit": str(cron_file)}
     for name in services:
-        cmd = _command(exe, config, SERVICES[name][0])
+        cmd = _command(exe, config, _service_args(SERVICES[name][0], interval))
         run = " ".join(shlex.quote(w) for w in ["flock", "-n", str(cron_lock(name)), *cmd])
         line = f"* * * * * {user or 'root'} {{ {run}; }} >>{shlex.quote(str(log_file))} 2>&1 # crmops-job={name}"
         lines.append(line.replace("%", "\\%"))

@@ -100,7 +100,12 @@ def figures_of(command: str, result: Any) -> dict[str, Any]:
     """The key figures of a command's result document (None-valued ones dropped)."""
     if not isinstance(result, dict):
         return {}
+    command = command.split("@")[0]  # "drill@offsite": a drill from the copy offsite
     out = {k: result[k] for k in FIGURES.get(command, ()) if result.get(k) is not None}
+    if command == "copy":
+        out = {"copies": [{"name": c["name"], "ok": c.get("ok"), "snapshots_copied": len(c.get("copied") or []),
+                           "bytes_copied": c.get("bytes_copied"), **(c.get("state") or {})}
+                          for c in result.get("copies") or []]}
     if command == "forget":
         out = {"snapshots_forgotten": len(result.get("forget") or []), "snapshots_kept": len(result.get("keep") or {})}
         if result.get("prune"):
@@ -146,7 +151,7 @@ def finish(config: Config, run: JobRun, *, exit_code: int, error: str | None, re
     """
     finished = time.time()
     figures = figures_of(run.command, result)
-    if exit_code == 0:
+    if exit_code == 0 and not config.reading_copy:  # a run against a copy does not measure the repository
         try:
             figures.update(repository_figures(config))
         except (CrmopsError, OSError) as e:

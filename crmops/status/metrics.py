@@ -13,6 +13,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,11 @@ METRICS: dict[str, tuple[str, str]] = {
                                             "(RPO; 0 while the server is idle with everything archived)."),
     "crmops_archive_last_push_timestamp_seconds": ("gauge", "When the newest WAL segment or binary log was archived "
                                                             "(Unix time)."),
+    "crmops_copy_lag_seconds": ("gauge", "How far the copy's newest snapshot lags the repository's, at the last copy."),
+    "crmops_copy_archive_lag_seconds": ("gauge", "How far the copy's WAL/binlog archive lags the repository's, "
+                                                 "at the last copy."),
+    "crmops_copy_newest_snapshot_timestamp_seconds": ("gauge", "Time of the copy's newest snapshot (Unix time)."),
+    "crmops_copy_success": ("gauge", "1 if the last copy run brought this copy everything, else 0."),
     "crmops_pitr_window_start_timestamp": ("gauge", "Oldest moment a point-in-time restore can reach (Unix time)."),
 }
 
@@ -66,6 +72,7 @@ def samples(history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[dict[str,
     last_verify: dict[str, Any] | None = None
     repo_figures: dict[str, Any] = {}
     pitr_figures: dict[str, Any] = {}
+    copy_figures: dict[str, dict[str, Any]] = {}
     for run in history:
         cmd = run.get("command", "?")
         last[cmd] = run
@@ -79,6 +86,8 @@ def samples(history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[dict[str,
             repo_figures = figures
         if "archive_last_push_timestamp" in figures:
             pitr_figures = figures
+        for c in figures.get("copies") or [] if cmd == "copy" else []:
+            copy_figures[c["name"]] = c
     for cmd, run in sorted(last.items()):
         lab = {"command": cmd}
         out["crmops_last_run_timestamp_seconds"].append((lab, run["finished"]))
@@ -112,6 +121,16 @@ def samples(history: Iterable[dict[str, Any]]) -> dict[str, list[tuple[dict[str,
                       ("pitr_window_start_timestamp", "crmops_pitr_window_start_timestamp")):
         if pitr_figures.get(key) is not None:
             out[name].append(({}, pitr_figures[key]))
+    for name, c in sorted(copy_figures.items()):
+        lab = {"copy": name}
+        out["crmops_copy_success"].append((lab, 1 if c.get("ok") else 0))
+        for key, metric in (("lag_seconds", "crmops_copy_lag_seconds"),
+                            ("archive_lag_seconds", "crmops_copy_archive_lag_seconds")):
+            if c.get(key) is not None:
+                out[metric].append((lab, c[key]))
+        if c.get("newest_snapshot_time"):
+            out["crmops_copy_newest_snapshot_timestamp_seconds"].append(
+                (lab, round(datetime.fromisoformat(c["newest_snapshot_time"]).timestamp(), 3)))
     out["crmops_build_info"].append(({"version": __version__}, 1))
     return out
 

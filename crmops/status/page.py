@@ -248,6 +248,18 @@ def render_html(ov: Overview) -> str:
     if ov.pitr:
         parts += _lag_section(ov, parse_time(ov.generated_at))
 
+    if ov.copies:
+        parts.append("<h2>Copies in other places</h2><p>Each copy's newest snapshot, how far it lags the "
+                     "repository, its archive lag and the last restore proven from it</p>")
+        parts.append(_table("copies", ["copy", "state", "newest snapshot (UTC)", "lag", "archive lag",
+                                       "last drill from it"],
+                            [[e(c["name"]), f'<span class="chip {c["level"]}">{c["level"].upper()}</span>',
+                              _when(c["newest_snapshot_time"]) if c.get("newest_snapshot_time") else "none",
+                              "–" if c.get("lag_seconds") is None else f"{_sig(c['lag_seconds'] / 3600)} h",
+                              "–" if c.get("archive_lag_seconds") is None else _secs(c["archive_lag_seconds"]),
+                              e(f"{c['last_proof']['finished'][:19]} {c['last_proof']['result']}"
+                                if c.get("last_proof") else "never")] for c in ov.copies], ""))
+
     parts.append("<h2>Latest upgrade runs</h2>")
     parts.append(_table("upgrades", ["started (UTC)", "playbook", "from → to", "kind", "result", "run"],
                         [[_when(u.get("started_at")), e(str(u.get("playbook") or "")),

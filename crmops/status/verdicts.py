@@ -65,6 +65,8 @@ class Overview:
     lag_history: dict[str, list[int]] = field(default_factory=dict)
     #: the lag limit the chart marks (status.max_archive_lag_seconds)
     max_archive_lag_seconds: float = 900.0
+    #: each configured copy: newest snapshot, lag, archive lag, last drill from it (crmops.copy.lag)
+    copies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def level(self) -> str:
@@ -192,6 +194,10 @@ def gather(config: Config, now: datetime | None = None, runs_shown: int = 30) ->
     except CrmopsError as e:
         ov.repository_error = config.redact(e.line())
     runs = history(config)
+    if config.copies:
+        from crmops.copy.lag import judged
+
+        ov.copies = judged(config, now, runs)
     ov.runs = runs[-runs_shown:]
     ov.upgrades = read_upgrades(config.state_dir / "upgrades")
     ov.verdicts = verdicts(config, ov, runs, now)
@@ -228,6 +234,7 @@ def verdicts(config: Config, ov: Overview, runs: list[dict[str, Any]], now: date
     out.append(_upgrades_verdict(ov))
     out.append(_alerting_verdict(config))
     out += [_archive_verdict(w, s.max_archive_lag_seconds) for w in ov.pitr]
+    out += [Verdict(f"copy {c['name']}", c["level"], c["summary"]) for c in ov.copies]
     return out
 
 

@@ -6,13 +6,14 @@ or a power cut never leaves a half-written object under its real name.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crmops.errors import IntegrityError, StorageUnreachable
+from crmops.errors import FolderNotWritable, IntegrityError, StorageUnreachable
 from crmops.storage.base import Temporary
 
 
@@ -41,17 +42,35 @@ class LocalStore:
             raise IntegrityError(f"invalid object name {key!r}")
         return self.root / key
 
+    def _adopt(self, paths: list[Path]) -> None:
+        """Root writing into a repository folder another user owns (postgres, whose archive_command
+        pushes WAL there) gives what it creates to that user: otherwise its next push fails."""
+        if os.geteuid() != 0:
+            return
+        st = os.stat(self.root)
+        if st.st_uid != 0:
+            for p in paths:
+                os.chown(p, st.st_uid, st.st_gid)
+
     def put(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> None:
         path = self._path(key)
         try:
+            missing = []
+            folder = path.parent
+            while not folder.exists() and folder != self.root and self.root in folder.parents:
+                missing.append(folder)
+                folder = folder.parent
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, data)
+            self._adopt([*reversed(missing), path])
             dir_fd = os.open(path.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
         except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                raise FolderNotWritable(f"{self.url}: cannot write {key}: {e.strerror}") from None
             raise StorageUnreachable(f"{self.url}: cannot write {key}: {e.strerror}") from None
 
     def get(self, key: str) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from crmops.errors import DatabaseError, IntegrityError, UndoConflict
+from crmops.errors import DatabaseError, IntegrityError, UndoConflict, without_values
 from crmops.repository import Repository
 from crmops.undo.catalog import Catalog
 from crmops.undo.plan import UndoPlan, keyed
@@ -65,7 +65,7 @@ def write(engine: sa.Engine, plan: UndoPlan) -> Written:
                 pk = plan.primary_keys[table]
                 items = _parents_first(table, inserts[table], plan.raw[table], plan.catalog)
                 rows = [{c: plan.raw[table][key][c] for c in cols} for key, cols in items]
-                conn.execute(t.insert(), rows)
+                _insert_all(conn, t, rows)
                 out.inserted[table] = [keyed(pk, key) for key, _ in items]
             for table, key, cols in updates:
                 t = live[table]
@@ -77,15 +77,29 @@ def write(engine: sa.Engine, plan: UndoPlan) -> Written:
                 out.counters = _raise_pg_sequences(conn, tables_written, before)
     except sa.exc.IntegrityError as e:
         raise UndoConflict(f"the live database refused the undo, nothing was written: "
-                           f"{str(e.orig).strip().splitlines()[0]}",
-                           hint="live data changed since the plan was made; run the undo again to see the new plan"
-                           ) from None
+                           f"{without_values(str(e.orig).strip().splitlines()[0])}",
+                           hint="the plan was checked against the live rows it names; a dry run (without --apply) "
+                                "checks again now. If it shows no conflict, the database holds a rule the plan "
+                                "does not check (a CHECK, a trigger, a key across partitions): restore the table "
+                                "beside it with restore --tables T --as and copy the rows by hand") from None
     except sa.exc.DBAPIError as e:
-        raise DatabaseError(f"writing the undo failed, nothing was written: {str(e.orig).strip().splitlines()[0]}"
-                            ) from None
+        first = without_values(str(e.orig).strip().splitlines()[0])
+        raise DatabaseError(f"writing the undo failed, nothing was written: {first}") from None
     if engine.dialect.name != "postgresql":
         out.counters = _check_counters(engine, tables_written, before)
     return out
+
+
+def _insert_all(conn: sa.Connection, t: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows, and fail (rolling everything back) if the database kept fewer than it was given:
+    a trigger that returns NULL, or a rule that does nothing, drops a row without an error."""
+    if conn.dialect.name == "postgresql":  # its executemany reports no row count: RETURNING counts them
+        kept = len(conn.execute(t.insert().returning(sa.literal(1)), rows).all())
+    else:
+        kept = conn.execute(t.insert(), rows).rowcount
+    if kept is not None and 0 <= kept < len(rows):
+        raise DatabaseError(f"writing the undo failed, nothing was written: {t.name} kept {kept} of the "
+                            f"{len(rows)} rows inserted (a trigger or rule of the live database drops rows)")
 
 
 def _parents_first(table: str, items: list[tuple[Key, list[str]]], rows: dict[Key, dict[str, Any]],

@@ -8,12 +8,28 @@ relation nobody told it about.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
 from crmops.config import UndoRelation
+
+Key = tuple[Any, ...]
+
+
+def hashable(value: Any) -> Any:
+    """A value as a key can hold it: JSON documents as their canonical text, buffers as bytes."""
+    if isinstance(value, memoryview | bytearray):
+        return bytes(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, default=str)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -34,11 +50,39 @@ class Relation:
 @dataclass
 class Catalog:
     tables: list[str]
+    #: the key each table's rows are told apart by: its primary key, else a unique index on
+    #: NOT NULL columns; empty for a table compared by whole rows (whole_row)
     primary_keys: dict[str, tuple[str, ...]]
     columns: dict[str, list[str]]
     relations: list[Relation]
     #: columns named like <table>_id that no relation covers: (table, column, probable parent)
     unlinked: list[tuple[str, str, str]]
+    #: PostgreSQL partitions -> the partitioned table they belong to (which alone is in tables)
+    partitions: dict[str, str] = field(default_factory=dict)
+    #: tables without a primary key whose rows are told apart by a unique index: its name
+    unique_key: dict[str, str] = field(default_factory=dict)
+    #: tables with no key at all: a row is its whole tuple, duplicates counted
+    whole_row: set[str] = field(default_factory=set)
+
+    def identity(self, table: str) -> tuple[str, ...]:
+        """The names a row's key is shown under: its key columns, or every column and "#" (which copy)."""
+        if table in self.whole_row:
+            return (*self.columns[table], "#")
+        return self.primary_keys.get(table) or ()
+
+    def keys(self, table: str, rows: list[dict[str, Any]]) -> list[Key]:
+        """Each row's key. A whole row's key is its values and which copy of them it is (1, 2 ...):
+        the same rows read twice get the same keys, and duplicates stay apart."""
+        if table not in self.whole_row:
+            pk = self.primary_keys[table]
+            return [tuple(r[c] for c in pk) for r in rows]
+        seen: dict[Key, int] = {}
+        out = []
+        for r in rows:
+            values = tuple(hashable(r[c]) for c in self.columns[table])
+            seen[values] = seen.get(values, 0) + 1
+            out.append((*values, seen[values]))
+        return out
 
     def children_of(self, table: str) -> list[Relation]:
         return [r for r in self.relations if r.parent == table]
@@ -50,24 +94,60 @@ class Catalog:
 def read_catalog(engine: sa.Engine, configured: list[UndoRelation]) -> Catalog:
     """The catalog of the database at engine, with the configured relations added."""
     inspector = sa.inspect(engine)
-    tables = sorted(inspector.get_table_names())
+    partitions = partition_roots(engine)
+    tables = sorted(t for t in inspector.get_table_names() if t not in partitions)
     pks: dict[str, tuple[str, ...]] = {}
     columns: dict[str, list[str]] = {}
     relations: list[Relation] = []
+    unique_key: dict[str, str] = {}
+    whole_row: set[str] = set()
     for table in tables:
-        columns[table] = [c["name"] for c in inspector.get_columns(table)]
+        cols = inspector.get_columns(table)
+        columns[table] = [c["name"] for c in cols]
         pks[table] = tuple(inspector.get_pk_constraint(table).get("constrained_columns") or ())
+        if not pks[table]:
+            not_null = {c["name"] for c in cols if not c.get("nullable", True)}
+            usable = [(n, k) for n, k in unique_keys(engine, table, ()) if set(k) <= not_null]
+            if usable:
+                name, pks[table] = min(usable, key=lambda u: (len(u[1]), u[0]))
+                unique_key[table] = name
+            else:
+                whole_row.add(table)
         for fk in inspector.get_foreign_keys(table):
             if fk.get("referred_table") and fk.get("constrained_columns"):
-                relations.append(Relation(table, tuple(fk["constrained_columns"]), fk["referred_table"],
+                relations.append(Relation(table, tuple(fk["constrained_columns"]),
+                                          partitions.get(fk["referred_table"], fk["referred_table"]),
                                           tuple(fk["referred_columns"])))
     known = {(r.child, r.columns) for r in relations}
     for rel in configured:
         parent, ref_column = rel.references.split(".")
-        if (rel.table, (rel.column,)) in known:
+        if (partitions.get(rel.table, rel.table), (rel.column,)) in known:
             continue
-        relations.append(Relation(rel.table, (rel.column,), parent, (ref_column,), "configuration"))
-    return Catalog(tables, pks, columns, relations, _unlinked(tables, columns, pks, relations))
+        relations.append(Relation(partitions.get(rel.table, rel.table), (rel.column,),
+                                  partitions.get(parent, parent), (ref_column,), "configuration"))
+    return Catalog(tables, pks, columns, relations, _unlinked(tables, columns, pks, relations), partitions,
+                   unique_key, whole_row)
+
+
+def partition_roots(engine: sa.Engine) -> dict[str, str]:
+    """PostgreSQL: each partition of the default schema -> the topmost partitioned table it belongs to.
+
+    A partitioned table is one table to undo: its rows are read and written through it (the
+    server routes each to its partition), never once per partition as well."""
+    if engine.dialect.name != "postgresql":
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("""SELECT c.relname, p.relname FROM pg_inherits i
+                                       JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+                                       WHERE c.relispartition AND c.relnamespace = current_schema()::regnamespace
+                                       AND p.relnamespace = c.relnamespace""")).all()
+    parent = {str(c): str(p) for c, p in rows}
+    out = {}
+    for child, top in parent.items():
+        while top in parent:
+            top = parent[top]
+        out[child] = top
+    return out
 
 
 def _unlinked(tables: list[str], columns: dict[str, list[str]], pks: dict[str, tuple[str, ...]],

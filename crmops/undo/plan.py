@@ -22,6 +22,7 @@ from crmops.config import Config
 from crmops.undo.catalog import Catalog, insert_order, unique_keys
 from crmops.undo.select import Key, Selection, Tables, batches, matching
 from crmops.undo.source import PastState
+from crmops.undo.wholerow import WholeRows, classify
 
 #: --changed: what to do with a row that changed since the snapshot
 KEEP_LIVE = "keep-live"
@@ -75,6 +76,8 @@ class UndoPlan:
     conflicts: list[Conflict] = field(default_factory=list)
     #: attachment files of restored rows: {table, key, path, status}
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    #: table.column whose values name the snapshot's files while undo.attachment_columns is unset
+    unmapped_attachments: list[str] = field(default_factory=list)
     relations: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: rows as read from the past, by table and key, for writing (not part of the document)
@@ -96,7 +99,8 @@ class UndoPlan:
                         "attachments_to_restore": sum(1 for a in self.attachments if a["status"] == "restore")},
             "tables": [asdict(t) for t in self.tables],
             "rows": self.rows, "conflicts": [asdict(c) for c in self.conflicts],
-            "attachments": self.attachments, "relations": self.relations, "warnings": self.warnings,
+            "attachments": self.attachments, "unmapped_attachments": self.unmapped_attachments,
+            "relations": self.relations, "warnings": self.warnings,
         }
 
 
@@ -115,28 +119,68 @@ def build(config: Config, past: PastState, live: sa.Connection, catalog: Catalog
           attachments_root: Path | None, manifest: dict[str, Any] | None) -> UndoPlan:
     """The plan for writing sel into the live database behind live."""
     plan = UndoPlan(source=past.describe(), target=target, table=table, where=where, follow_fks=follow,
-                    changed_policy=changed_policy, raw=sel.rows, primary_keys=catalog.primary_keys,
-                    catalog=catalog)
+                    changed_policy=changed_policy, raw=sel.rows,
+                    primary_keys={t: catalog.identity(t) for t in catalog.tables}, catalog=catalog)
     live_tables = Tables(live)
     live_inspector = sa.inspect(live)
     order = insert_order(list(sel.rows), catalog.relations)
     for name in order:
         tp = TablePlan(name, sorted(sel.reasons.get(name, ())))
         plan.tables.append(tp)
-        _compare_table(plan, tp, live, live_inspector, live_tables, catalog.primary_keys[name], sel.rows[name],
-                       changed_policy)
+        if name in catalog.whole_row:
+            _compare_whole_rows(plan, tp, classify(live, live_inspector, live_tables, name, catalog.columns[name],
+                                                   sel.rows[name]), catalog.identity(name), sel.rows[name])
+        else:
+            _compare_table(plan, tp, live, live_inspector, live_tables, catalog.primary_keys[name],
+                           sel.rows[name], changed_policy)
     for child, key, text in sel.missing_parents:
-        plan.conflicts.append(Conflict(child, keyed(catalog.primary_keys[child], key), "missing-parent",
+        plan.conflicts.append(Conflict(child, keyed(catalog.identity(child), key), "missing-parent",
                                        text + " (follow foreign keys, i.e. drop --no-follow-fks, or restore it too)"))
         _table(plan, child).conflicts += 1
-    for skipped in sel.skipped:
-        plan.warnings.append(f"table {skipped} has no primary key: its related rows are not brought back")
+    for tp in plan.tables:  # once per table without a primary key that the undo really touches
+        counts = f"{tp.insert} to re-insert, {tp.changed} changed, {tp.identical} identical"
+        if tp.table in catalog.whole_row and tp.insert:
+            plan.warnings.append(f"table {tp.table} has no primary key: its rows are matched whole, duplicates "
+                                 f"counted ({tp.insert} to re-insert, {tp.identical} identical to live)")
+        elif tp.table in catalog.unique_key and tp.insert + tp.changed:
+            plan.warnings.append(f"table {tp.table} has no primary key: its rows are matched by unique index "
+                                 f"{catalog.unique_key[tp.table]} ({', '.join(catalog.primary_keys[tp.table])}): "
+                                 f"{counts}")
     for child, column, parent in catalog.unlinked:
         if child in sel.rows or parent in sel.rows:
             plan.warnings.append(f"{child}.{column} looks like a reference to {parent} but no foreign key or "
                                  f"undo.relations entry says so: its rows are not followed")
     _attachments(config, plan, attachments_root, manifest)
     return plan
+
+
+def _compare_whole_rows(plan: UndoPlan, tp: TablePlan, found: WholeRows, identity: tuple[str, ...],
+                        rows: dict[Key, dict[str, Any]]) -> None:
+    """The plan's entries for a table without any key (crmops.undo.wholerow)."""
+    if found.problem:
+        for key in rows:
+            plan.conflicts.append(Conflict(tp.table, keyed(identity, key), "schema", found.problem))
+        tp.conflicts += len(rows)
+        return
+    inserts = set(found.insert)
+    for key in sorted(rows, key=natural):  # the copy number ("#") last, as every other value
+        entry: dict[str, Any] = {"table": tp.table, "key": keyed(identity, key)}
+        plan.rows.append(entry)
+        if key not in inserts:
+            entry["action"] = "identical"
+            tp.identical += 1
+            continue
+        entry["action"] = "insert"
+        entry["values"] = {c: shown(v) for c, v in rows[key].items()}
+        tp.insert += 1
+        plan.writes.append((tp.table, "insert", key, list(rows[key])))
+        if found.required:
+            plan.conflicts.append(Conflict(tp.table, entry["key"], "schema", f"{tp.table}: live column(s) "
+                                           f"{', '.join(found.required)} need a value the snapshot does not have"))
+            tp.conflicts += 1
+        for taken in found.taken.get(key, []):
+            plan.conflicts.append(Conflict(tp.table, entry["key"], "unique", f"{taken} is taken by a live row"))
+            tp.conflicts += 1
 
 
 def _table(plan: UndoPlan, name: str) -> TablePlan:
@@ -253,10 +297,18 @@ def _relative(value: str, root: str | None) -> str:
 
 def _attachments(config: Config, plan: UndoPlan, root: Path | None, manifest: dict[str, Any] | None) -> None:
     columns = attachment_columns(config)
-    if not columns:
-        return
     files = {f["path"]: f for f in (manifest or {}).get("files", []) if f.get("kind") == "file"}
     stored_root = (manifest or {}).get("attachments_root")
+    if not columns:
+        unmapped = _columns_naming_files(plan, files, stored_root)
+        if unmapped:
+            named = ", ".join(f"{t}.{c} ({n} file{'s' * (n != 1)})" for (t, c), n in unmapped.items())
+            plan.unmapped_attachments = [f"{t}.{c}" for t, c in unmapped]
+            plan.warnings.append(f"rows to write name attachment files in {named}, but undo.attachment_columns is "
+                                 f"not set: the files are NOT restored and the rows will point at files that may "
+                                 f"be missing; set undo.attachment_columns: [{', '.join(plan.unmapped_attachments)}] "
+                                 f"in crmops.yaml")
+        return
     for table, key, cols in ((w[0], w[2], w[3]) for w in plan.writes):
         for t, column in columns:
             if t != table or column not in cols:
@@ -285,6 +337,19 @@ def _attachments(config: Config, plan: UndoPlan, root: Path | None, manifest: di
             plan.attachments.append(entry)
     if root is None and any(a["status"] == "no-folder" for a in plan.attachments):
         plan.warnings.append("attachments.path is not set: attachment files are not restored")
+
+
+def _columns_naming_files(plan: UndoPlan, files: dict[str, Any], stored_root: str | None) -> dict[tuple[str, str], int]:
+    """Columns of the rows to write whose values are paths of the snapshot's files: attachments nobody mapped."""
+    found: dict[tuple[str, str], int] = {}
+    if not files:
+        return found
+    for table, _action, key, cols in plan.writes:
+        for column in cols:
+            value = plan.raw[table][key].get(column)
+            if isinstance(value, str) and value and _relative(value, stored_root) in files:
+                found[(table, column)] = found.get((table, column), 0) + 1
+    return found
 
 
 def _sha256(path: Path) -> str:

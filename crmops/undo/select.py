@@ -62,8 +62,6 @@ class Selection:
     reasons: dict[str, set[str]] = field(default_factory=dict)
     #: relations to parents the live database lacks, not followed (--no-follow-fks): (table, key, text)
     missing_parents: list[tuple[str, Key, str]] = field(default_factory=list)
-    #: tables met on the way that have no primary key (their rows cannot be compared, so are left out)
-    skipped: list[str] = field(default_factory=list)
 
     def add(self, table: str, key: Key, row: dict[str, Any], reason: str) -> bool:
         rows = self.rows.setdefault(table, {})
@@ -83,6 +81,7 @@ def select(conn: sa.Connection, catalog: Catalog, table: str, where: str, *, fol
 
     live_present(table, columns, values) says which values the live database has.
     """
+    source, table = table, catalog.partitions.get(table, table)  # a partition's rows are its table's
     if table not in catalog.tables:
         import difflib
 
@@ -90,12 +89,8 @@ def select(conn: sa.Connection, catalog: Catalog, table: str, where: str, *, fol
         listed = ", ".join(catalog.tables[:8]) + (" ..." if len(catalog.tables) > 8 else "")
         raise UndoSelectionInvalid(f"--table {table}: no such table in the snapshot",
                                    hint=f"did you mean {near[0]}?" if near else f"it has: {listed}")
-    pk = catalog.primary_keys.get(table) or ()
-    if not pk:
-        raise UndoSelectionInvalid(f"--table {table} has no primary key: undo cannot tell its rows apart",
-                                   hint="restore the table beside the live one and copy rows by hand")
     tables = Tables(conn)
-    t = tables[table]
+    t = tables[source]
     # the condition is the user's text: its colons are not bind parameters (x::text, '10:30')
     stmt = sa.select(t).where(sa.text("(" + where.replace(":", "\\:") + ")"))
     try:
@@ -103,16 +98,16 @@ def select(conn: sa.Connection, catalog: Catalog, table: str, where: str, *, fol
     except sa.exc.DBAPIError as e:
         conn.rollback()
         first = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
-        raise UndoSelectionInvalid(f"--where does not work on table {table}: {first}",
+        raise UndoSelectionInvalid(f"--where does not work on table {source}: {first}",
                                    hint="write an SQL condition on its columns, e.g. \"id IN (42, 57)\"") from None
     if not found:
-        raise UndoNothingSelected(f"no row of {table} in the snapshot matches --where {where}",
+        raise UndoNothingSelected(f"no row of {source} in the snapshot matches --where {where}",
                                   hint="check the condition, or choose an older snapshot with --from")
     sel = Selection()
     frontier: dict[str, set[Key]] = {table: set()}
-    for row in found:
-        key = tuple(row[c] for c in pk)
-        if sel.add(table, key, dict(row), "selected"):
+    rows = [dict(r) for r in found]
+    for key, row in zip(catalog.keys(table, rows), rows, strict=True):
+        if sel.add(table, key, row, "selected"):
             frontier[table].add(key)
     if follow:
         _follow_down(conn, catalog, tables, sel, frontier)
@@ -147,16 +142,11 @@ def _follow_down(conn: sa.Connection, catalog: Catalog, tables: Tables, sel: Sel
         for parent, keys in frontier.items():
             parent_rows = [sel.rows[parent][k] for k in keys]
             for rel in catalog.children_of(parent):
-                child_pk = catalog.primary_keys.get(rel.child) or ()
-                if not child_pk:
-                    if rel.child not in sel.skipped:
-                        sel.skipped.append(rel.child)
-                    continue
                 values = _values(parent_rows, rel.ref_columns)
                 if not values:
                     continue
-                for row in _fetch(conn, tables, rel.child, rel.columns, values):
-                    key = tuple(row[c] for c in child_pk)
+                rows = list(_fetch(conn, tables, rel.child, rel.columns, values))
+                for key, row in zip(catalog.keys(rel.child, rows), rows, strict=True):
                     if sel.add(rel.child, key, row, f"references {parent}"):
                         nxt.setdefault(rel.child, set()).add(key)
         frontier = nxt
@@ -186,13 +176,8 @@ def _follow_up(conn: sa.Connection, catalog: Catalog, tables: Tables, sel: Selec
                             sel.missing_parents.append((child, k, f"needs {rel.parent} "
                                                         f"{_pairs(rel.ref_columns, v)}, missing from live"))
                     continue
-                parent_pk = catalog.primary_keys.get(rel.parent) or ()
-                if not parent_pk:
-                    if rel.parent not in sel.skipped:
-                        sel.skipped.append(rel.parent)
-                    continue
-                for row in _fetch(conn, tables, rel.parent, rel.ref_columns, missing):
-                    key = tuple(row[c] for c in parent_pk)
+                rows = list(_fetch(conn, tables, rel.parent, rel.ref_columns, missing))
+                for key, row in zip(catalog.keys(rel.parent, rows), rows, strict=True):
                     if sel.add(rel.parent, key, row, f"referenced by {child}, missing from live"):
                         nxt.setdefault(rel.parent, set()).add(key)
         pending = nxt

@@ -11,6 +11,7 @@ any conflict. Colleagues' work since the snapshot is never overwritten unless as
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +23,11 @@ import sqlalchemy as sa
 from crmops.config import Config
 from crmops.dburl import display, engine_kind, safe
 from crmops.engines.connect import connect_engine
-from crmops.errors import ConfigError, CrmopsError, Interrupted, UndoConflict
+from crmops.engines.files import check_writable_folder
+from crmops.errors import ConfigError, CrmopsError, Interrupted, UndoConflict, UndoSelectionInvalid
 from crmops.journal import Journal, actor
 from crmops.repository import Repository, open_repository
-from crmops.services.restore import ENGINE_OF_FORMAT
+from crmops.services.restore import ENGINE_OF_FORMAT, snapshot_tables
 from crmops.undo import apply as undo_apply
 from crmops.undo import plan as undo_plan
 from crmops.undo import select as undo_select
@@ -34,6 +36,7 @@ from crmops.undo.plan import KEEP_LIVE, TAKE_SNAPSHOT, UndoPlan, encode_key
 from crmops.undo.source import PastSource, PastState, from_snapshot
 
 CHANGED_POLICIES = (KEEP_LIVE, TAKE_SNAPSHOT)
+log = logging.getLogger("crmops.undo")
 
 
 @dataclass
@@ -111,16 +114,22 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
     repo = repo or open_repository(config)
     try:
         with repo.lock(exclusive=False, purpose="undo"):
-            if source is None:  # a wrong target is told before minutes of sandbox restore
-                wanted = ENGINE_OF_FORMAT.get(repo.manifest(ref)["streams"]["database"]["format"])
+            if source is None:  # a wrong target or table is told before minutes of sandbox restore
+                manifest = repo.manifest(ref)
+                wanted = ENGINE_OF_FORMAT.get(manifest["streams"]["database"]["format"])
                 if wanted != engine_kind(to_url):
                     raise ConfigError(f"snapshot {ref} holds a {wanted} database; {display(to_url)} is not {wanted}")
+                _check_table(request.table, snapshot_tables(manifest))
+            if request.apply and root is not None:
+                check_writable_folder(root, "--attachments-to" if request.attachments_to else "attachments.path")
             past_source = source or (lambda: from_snapshot(config, ref, repo, mark))
             with past_source() as past:
                 if engine_kind(to_url) != past.engine:
                     raise ConfigError(f"the past state is a {past.engine} database; {display(to_url)} is not")
                 plan = _plan(config, request, past, live, to_url, root)
                 _warn_other_source(plan, past, to_url)
+                if plan.unmapped_attachments:
+                    log.warning("%s", next(w for w in plan.warnings if "undo.attachment_columns" in w))
                 mark(f"plan made: {plan.count('insert')} to re-insert, {plan.count('changed')} changed, "
                      f"{plan.count('identical')} identical, conflicts: {len(plan.conflicts)}")
             result = UndoResult(plan=plan, timeline=timeline)
@@ -134,6 +143,18 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
         live.dispose()
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _check_table(table: str, known: list[str]) -> None:
+    """--table against the snapshot's fingerprint, with the closest names (the sandbox would say the same, later)."""
+    import difflib
+
+    if not known or table in known or f"public.{table}" in known or table.removeprefix("public.") in known:
+        return
+    near = difflib.get_close_matches(table, known, n=1, cutoff=0.6)
+    listed = ", ".join(known[:8]) + (" ..." if len(known) > 8 else "")
+    raise UndoSelectionInvalid(f"--table {table}: no such table in the snapshot; nothing was changed",
+                               hint=f"did you mean {near[0]}?" if near else f"it has: {listed}")
 
 
 def _warn_other_source(plan: UndoPlan, past: PastState, to_url: str) -> None:
@@ -230,7 +251,10 @@ def _apply(config: Config, request: UndoRequest, result: UndoResult, live: sa.En
     try:
         written = undo_apply.write(live, plan)
         mark(f"wrote {written.rows()} rows in one transaction")
-        if root is not None:
+        if plan.unmapped_attachments:
+            mark(f"attachment files NOT restored: undo.attachment_columns is not set "
+                 f"({', '.join(plan.unmapped_attachments)} name them)")
+        elif root is not None:
             undo_apply.restore_attachments(repo, plan, root, written)
             mark(f"{sum(1 for a in written.attachments if a['status'] == 'restored')} attachment files restored")
     except CrmopsError as e:

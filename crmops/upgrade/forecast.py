@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from crmops.config import Config
@@ -73,14 +74,50 @@ class LockSampler(threading.Thread):
         return out
 
 
-def expected_seconds(step: Step, size: int, restore_s: float) -> float:
+#: step types whose unrehearsed duration is modelled from the database (the rest: history, else unknown)
+_MODELLED = ("backup", "restore", "verify")
+
+
+def step_history(state_dir: Path) -> dict[tuple[str, str], list[float]]:
+    """Seconds each step took in earlier real (not dry) runs, by (step id, type), from the run journals."""
+    from crmops.journal import Journal
+    from crmops.playbooks.runjournal import upgrades_dir
+
+    out: dict[tuple[str, str], list[float]] = {}
+    for path in sorted(upgrades_dir(state_dir).glob("*.jsonl")):
+        try:
+            records = list(Journal(path).records())
+        except (CrmopsError, OSError, ValueError):
+            continue  # a damaged journal is listed by `upgrade --list`; it just gives no figures
+        if not records or records[0].get("event") != "start" or records[0].get("dry_run"):
+            continue
+        for r in records:
+            if r.get("event") == "step_end" and r.get("ok") and r.get("phase") == "run" and \
+                    isinstance(r.get("seconds"), int | float):
+                out.setdefault((str(r.get("step")), str(r.get("type"))), []).append(float(r["seconds"]))
+    return out
+
+
+def expected_seconds(step: Step, size: int, restore_s: float,
+                     history: dict[tuple[str, str], list[float]] | None = None) -> dict[str, Any]:
+    """What a step that is not rehearsed will take, and on what that rests ("basis"): the playbook's figure,
+    the median of earlier real runs of the same step, a model of the database's size, or "unknown" (0 s
+    counted, said so) rather than a fixed guess."""
     if step.expected_seconds is not None:
-        return step.expected_seconds
-    if step.type == "backup":
-        return round(2 + size / 100e6, 1)  # the dump runs at ~100 MB/s here (DESIGN.md)
-    if step.type in ("restore", "verify"):
-        return restore_s + 2
-    return step.TYPICAL_SECONDS
+        return {"seconds": step.expected_seconds, "basis": "the playbook's expected_seconds"}
+    past = (history or {}).get((step.id or "", step.type))
+    if past:
+        ordered = sorted(past)
+        median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1]
+                                                                      + ordered[len(ordered) // 2]) / 2
+        return {"seconds": round(median, 3), "basis": f"median of {len(past)} earlier real run{'s' * (len(past) > 1)}"}
+    if step.type == "backup":  # the dump runs at ~100 MB/s here (DESIGN.md)
+        return {"seconds": round(2 + size / 100e6, 1), "basis": "the database's size at ~100 MB/s"}
+    if step.type in _MODELLED:
+        return {"seconds": restore_s + 2, "basis": "the rehearsal's restore time"}
+    if step.TYPICAL_SECONDS == 0:
+        return {"seconds": 0.0, "basis": "takes no time of its own"}
+    return {"seconds": 0.0, "basis": "unknown"}
 
 
 def estimate(playbook: Playbook, report: dict[str, Any], now: datetime) -> None:
@@ -99,6 +136,8 @@ def estimate(playbook: Playbook, report: dict[str, Any], now: datetime) -> None:
         if p["type"] == "maintenance" and mode == "off":
             inside = False
     report["estimated_downtime_s"] = round(downtime, 2)
+    # steps nobody measured: counted as 0 s and named, not padded with a guess
+    report["unknown_steps"] = [p["step"] for p in run if p.get("basis") == "unknown"]
     report["migrate_seconds"] = round(sum(p["seconds"] for p in run if p["type"] == "migrate"
                                           and p.get("measured")), 3)
     report["total_seconds_estimate"] = round(sum(p.get("seconds") or 0 for p in run), 2)
@@ -111,9 +150,11 @@ def estimate(playbook: Playbook, report: dict[str, Any], now: datetime) -> None:
     e = (end.hour * 60 + end.minute) * 60 if end else 86400
     length = e - s if e > s else e + 86400 - s
     ok = downtime <= length
+    n = len(report["unknown_steps"])
+    unknown = f" plus {n} step{'s' * (n != 1)} of unknown duration" if n else ""
     report["window"] = {"fits": ok, "length_s": length, "now": fits(w, now, downtime)[1],
-                        "detail": f"estimated downtime {downtime:.0f}s {'fits' if ok else 'does NOT fit'} the "
-                                  f"{length / 3600:.1f} h window"}
+                        "detail": f"estimated downtime {downtime:.0f}s{unknown} {'fits' if ok else 'does NOT fit'} "
+                                  f"the {length / 3600:.1f} h window"}
     if not ok:
         report["blockers"].append(report["window"]["detail"])
 

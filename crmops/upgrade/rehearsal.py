@@ -40,7 +40,7 @@ from crmops.repository import open_repository
 from crmops.sandbox import open_sandbox
 from crmops.services.restore import ENGINE_OF_FORMAT
 from crmops.services.sources import configured_source
-from crmops.upgrade.forecast import estimate, expected_seconds, fidelity
+from crmops.upgrade.forecast import estimate, expected_seconds, fidelity, step_history
 from crmops.upgrade.measure import execute
 from crmops.upgrade.rehearsal_steps import Place, scratch_repository, why_not
 from crmops.upgrade.rehearsal_steps import executors as rehearsal_executors
@@ -231,6 +231,7 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
     walk = Walk(template_context(playbook, journal.run_id, state.started_at, True, {}))
     context = walk.context
     size = manifest["streams"]["database"]["size"]
+    history = step_history(config.state_dir)  # what each unrehearsed step took in earlier real runs
     spec = playbook.rehearsal
     t0 = time.monotonic()
     for stage in playbook.stages:
@@ -242,7 +243,7 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
                 entry: dict[str, Any] = {"stage": stage.name, "phase": phase, "step": step.id, "type": step.type,
                                          "params": _shown(params), "ok": None, "error": None}
                 if phase == "rollback":
-                    entry.update(mode="rollback: not reached", seconds=expected_seconds(step, size, restore_s),
+                    entry.update(mode="rollback: not reached", **expected_seconds(step, size, restore_s, history),
                                  measured=False, rehearsed=False, reason="its stage did not start")
                     walk.rollback_entries[(stage.name, step.id or "")] = entry
                     report["plan"].append(entry)
@@ -254,6 +255,7 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
                         entry["report"] = entry["outputs"]
                         # the copy itself, not the target sandbox's start-up, is what production will wait for
                         entry["seconds"] = entry["outputs"].get("seconds") or entry["seconds"]
+                        report["warnings"] += [f"{step.id}: {r}" for r in entry["outputs"].get("risks") or []]
                     if entry["ok"]:
                         context["steps"][step.id] = entry.pop("outputs")
                         walk.passed.add(step.id or "")
@@ -266,7 +268,7 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
                 else:
                     entry["mode"] = "not reached" if walk.broken else "not rehearsed"
                     entry["reason"] = f"after {walk.broken} failed" if walk.broken else why
-                    entry["seconds"] = expected_seconds(step, size, restore_s)
+                    entry.update(expected_seconds(step, size, restore_s, history))
                     entry["measured"] = entry["rehearsed"] = False
                     context["steps"][step.id] = _planned_outputs(step, params, report)
                 report["plan"].append(entry)
@@ -287,7 +289,7 @@ def _plan(config: Config, playbook: Playbook, place: Place, journal: RunJournal,
         else:
             entry.update(mode="not reached" if walk.broken else "not rehearsed", measured=False, rehearsed=False,
                          reason=f"after {walk.broken} failed" if walk.broken else why,
-                         seconds=expected_seconds(step, size, restore_s))
+                         **expected_seconds(step, size, restore_s, history))
         report["plan"].append(entry)
     walk.seconds = round(time.monotonic() - t0, 2)
     return walk

@@ -4,7 +4,10 @@ The shared test server must keep its settings, so each test here runs initdb int
 temporary folder as the postgres OS user, on a free loopback port, with archive_command
 calling this checkout's crmops; it is stopped by pg_ctl (its own pid) at the end.
 The system python runs crmops for the postgres user (the venv's interpreter lives under
-/root, which that user cannot enter), with the venv's packages on PYTHONPATH.
+/root, which that user cannot enter): `bin/crmops` in the cluster's folder is the console
+script pip writes for the `crmops` entry point, its interpreter /usr/bin/python3 with this
+checkout and the venv's packages on its path, and archive_command names it as
+`wal setup` writes it. The folders are made by root, as on a real host.
 """
 
 from __future__ import annotations
@@ -43,6 +46,22 @@ def as_postgres(argv: list[str], **kw) -> subprocess.CompletedProcess:  # type: 
     return subprocess.run(["runuser", "-u", "postgres", "--", *argv], **kw)
 
 
+def start_as_printed(result: dict) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    """Run the start command `restore --to-datadir` printed (as root, as an administrator would)."""
+    line = next(ln for ln in result["lines"] if ln.startswith("start it"))
+    command = line.split("): ", 1)[1]
+    assert "pg_ctl" in command and "wal wait-promoted" in command
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=300)
+
+
+def copy_sql(cluster: Cluster, port: int, sql: str) -> str:
+    """psql as the postgres OS user over the socket (a copy's pg_hba.conf: local peer, loopback scram)."""
+    r = as_postgres([str(PG_BIN / "psql"), "-h", str(cluster.base), "-p", str(port), "-U", "postgres", "-d",
+                     "postgres", "-XAtqc", sql], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 class Cluster:
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -54,6 +73,7 @@ class Cluster:
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
         self.pythonpath = f"{ROOT}:{SITE}"
+        self.exe = base / "bin" / "crmops"
 
     # -- crmops, as root (the tests) or as postgres (what archive_command does) ------------
 
@@ -74,8 +94,16 @@ class Cluster:
         return json.loads(self.crmops(*args).stdout)
 
     def wal_command(self, verb: str) -> str:
-        return (f"env CRMOPS_ENV_FILE={self.env_file} PYTHONPATH={self.pythonpath} {self.python} -m crmops "
-                f"--config {self.config} --quiet wal {verb}")
+        """What `wal setup --crmops bin/crmops` writes (archive_command: verb push)."""
+        return f"CRMOPS_ENV_FILE={self.env_file} {self.exe} --config {self.config} --quiet wal {verb}"
+
+    def console_script(self, path: Path) -> Path:
+        """The script pip writes for the entry point crmops = crmops.cli.main:main."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!{self.python}\nimport sys\nsys.path[:0] = [{str(ROOT)!r}, {str(SITE)!r}]\n"
+                        "from crmops.cli.main import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+        path.chmod(0o755)
+        return path
 
     # -- the server -------------------------------------------------------------------
 
@@ -85,6 +113,7 @@ class Cluster:
             "state_dir": str(self.base / "state"),
             "verify": {"ready_timeout_seconds": 60}}))
         self.env_file.write_text(f"CRMOPS_PASSPHRASE={PASSPHRASE}\n")
+        self.console_script(self.exe)
         self.crmops("repo", "init")
         shutil.chown(self.base, "postgres", "postgres")
         subprocess.run(["chown", "-R", "postgres:postgres", str(self.repo), str(self.env_file)], check=True)

@@ -10,7 +10,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from tests.pitr.conftest import Cluster, result_of
+from tests.pitr.conftest import PG_BIN, Cluster, as_postgres, copy_sql, result_of, start_as_printed
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 
@@ -158,9 +158,6 @@ def test_tables_at_a_point_in_time_bring_back_a_dropped_table_only(cluster: Clus
 
 
 def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Cluster) -> None:
-    from tests.pitr.conftest import PG_BIN, as_postgres
-    from tests.pitr.conftest import Cluster as _C
-
     cluster.sql("CREATE TABLE notes (id int)")
     cluster.crmops_json("backup", "--physical")
     cluster.sql("INSERT INTO notes SELECT generate_series(1, 50)")
@@ -179,35 +176,20 @@ def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Clus
     datadir = cluster.base / "recovered"
     r = json.loads(cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--to-datadir", str(datadir)).stdout)
     assert (datadir / "recovery.signal").exists() and "wal fetch --system-id" in r["restore_command"]
-    assert any("next: chown -R postgres:postgres" in line for line in r["lines"])
+    assert any("chown -R postgres:postgres" in line and "wal wait-promoted" in line for line in r["lines"])
     # the archived WAL is spooled inside the data directory; the newest file is left to `wal fetch`
     spool = sorted((datadir / "crmops_wal_spool").iterdir())
     segments = [p for p in spool if len(p.name) == 24]
     assert r["wal_files"] == len(spool) and len(segments) >= 2
     segments[-1].unlink()
-    # start it as an administrator would; this test's postgres user runs crmops through the system python
-    other = _C(cluster.base)
+    # the restore_command runs the crmops production's archive_command names (postgres can run it)
     auto = (datadir / "postgresql.auto.conf").read_text()
-    ours = r["restore_command"].split(" || ")[-1].split(" wal fetch")[0]
-    theirs = cluster.wal_command("fetch").split(" wal fetch")[0]
-    assert ours in auto and "crmops_wal_spool/%f %p ||" in auto
-    auto = auto.replace(ours, theirs)
-    auto += f"port = {other.port}\narchive_mode = off\n"
-    (datadir / "postgresql.auto.conf").write_text(auto)
-    import subprocess
-
-    subprocess.run(["chown", "-R", "postgres:postgres", str(datadir)], check=True)
-    log = cluster.base / "recovered.log"
+    assert cluster.wal_command("fetch").split(" wal fetch")[0] in auto and "crmops_wal_spool/%f %p ||" in auto
+    log = datadir / "crmops-recovery.log"
     try:
-        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "90", "start"],
-                    check=True, capture_output=True)
-        url = f"postgresql://postgres@127.0.0.1:{other.port}/postgres"
-        deadline = time.monotonic() + 60
-        while psycopg.connect(url, autocommit=True).execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.3)
-        with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 50
+        started = start_as_printed(r)
+        assert started.returncode == 0, started.stderr + log.read_text()[-2000:]
+        assert copy_sql(cluster, r["port"], "SELECT count(*) FROM notes") == "50"
         restored = log.read_text()
         assert f'restored log file "{segments[-1].name}" from archive' in restored  # through crmops
         assert f'restored log file "{segments[0].name}" from archive' in restored  # from the spool
@@ -218,9 +200,6 @@ def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Clus
 def test_to_datadir_recovers_from_its_spool_without_the_repository(cluster: Cluster, tmp_path) -> None:
     """Replay copies the WAL spooled at restore time: it needs no `crmops wal fetch` process per file
     (and not even the repository) for what was archived before the restore."""
-    from tests.pitr.conftest import PG_BIN, as_postgres
-    from tests.pitr.conftest import Cluster as _C
-
     cluster.sql("CREATE TABLE notes (id int)")
     cluster.crmops_json("backup", "--physical")
     cluster.sql("INSERT INTO notes SELECT generate_series(1, 70)")
@@ -229,26 +208,11 @@ def test_to_datadir_recovers_from_its_spool_without_the_repository(cluster: Clus
     datadir = cluster.base / "recovered"
     r = json.loads(cluster.crmops("restore", "--at", "latest", "--to-datadir", str(datadir)).stdout)
     cluster.repo.rename(tmp_path / "repo-away")  # any `wal fetch` fails now
-    port = _C(cluster.base).port
-    auto = (datadir / "postgresql.auto.conf").read_text()
-    ours = r["restore_command"].split(" || ")[-1].split(" wal fetch")[0]  # the postgres user's crmops, as above
-    auto = auto.replace(ours, cluster.wal_command("fetch").split(" wal fetch")[0])
-    (datadir / "postgresql.auto.conf").write_text(auto + f"port = {port}\narchive_mode = off\n")
-    import subprocess
-
-    subprocess.run(["chown", "-R", "postgres:postgres", str(datadir)], check=True)
-    log = cluster.base / "recovered.log"
+    log = datadir / "crmops-recovery.log"
     try:
-        started = as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "90", "start"],
-                              capture_output=True)
-        assert started.returncode == 0, log.read_text()[-2000:]
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        deadline = time.monotonic() + 60
-        while psycopg.connect(url, autocommit=True).execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.3)
-        with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 70
+        started = start_as_printed(r)
+        assert started.returncode == 0, started.stderr + log.read_text()[-2000:]
+        assert copy_sql(cluster, r["port"], "SELECT count(*) FROM notes") == "70"
     finally:
         as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"], capture_output=True)
         (tmp_path / "repo-away").rename(cluster.repo)

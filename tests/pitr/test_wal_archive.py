@@ -67,8 +67,13 @@ def test_setup_prints_settings_without_secrets(cluster: Cluster) -> None:
 
     # --apply writes them with ALTER SYSTEM (last: this cluster's own archive_command is replaced)
     cluster.sql("ALTER SYSTEM SET archive_timeout = 5")
-    applied = cluster.crmops_json("wal", "setup", "--apply", "--env-file", str(cluster.env_file))
-    assert applied["applied"] and applied["changed"] == ["archive_command", "archive_timeout"]
+    applied = cluster.crmops_json("wal", "setup", "--apply", "--env-file", str(cluster.env_file),
+                                  "--crmops", str(cluster.exe))
+    # this cluster's archive_command is already what `wal setup --crmops bin/crmops` writes
+    assert applied["applied"] and applied["changed"] == ["archive_timeout"]
     assert applied["needs_restart"] == []  # archive_mode and wal_level were already right
+    # proven: checked as postgres, then a switched segment reached the archive through the new command
+    assert applied["checked_as"] == "postgres" and applied["checks"] == [] and applied["proven"]
+    s = {**s, "archive_command": cluster.wal_command("push") + " %p"}
     assert cluster.sql("SHOW archive_command")[0][0] == s["archive_command"]
     assert cluster.sql("SHOW archive_timeout")[0][0] == "1min"

@@ -18,10 +18,10 @@ def test_kill_9_at_random_points_never_stores_a_partial_segment(cluster: Cluster
     src = cluster.base / "segment"
     cluster.crmops("wal", "fetch", name, str(src), "--system-id", sysid)
     payload = bytearray(src.read_bytes())
-    payload[:64] = os.urandom(64)  # not the archived content: a new segment of a timeline nobody uses
-    fake = cluster.base / "0000000900000000000000AB"
+    payload[:64] = os.urandom(64)  # not the archived content: a segment far ahead on production's timeline
+    fake = cluster.base / "0000000100000009000000AB"
     fake.write_bytes(bytes(payload))
-    key = cluster.repo / "wal" / sysid / "00000009" / fake.name
+    key = cluster.repo / "wal" / sysid / "00000001" / fake.name
     argv = [sys.executable, "-m", "crmops", "--config", str(cluster.config), "wal", "push", str(fake),
             "--system-id", sysid]
     rng = random.Random(1234)

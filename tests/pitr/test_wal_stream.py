@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pitr.conftest import Cluster
+from tests.pitr.conftest import PASSPHRASE, Cluster
 
 ROLE_PASSWORD = "stream secret 93"
 
@@ -64,6 +64,20 @@ class Stream:
         self.proc.send_signal(sig)
         out, _ = self.proc.communicate(timeout=60)
         return self.proc.returncode, out
+
+
+def _promote(cluster: Cluster, system_id: str, timeline: int, history: bytes) -> None:
+    """`wal promote` without a promoted server: the same record, written through the archive's API."""
+    from crmops.config import load_config
+    from crmops.pitr.timeline import GuardedArchive, promote
+    from crmops.repository import open_repository
+
+    os.environ["CRMOPS_PASSPHRASE"] = PASSPHRASE
+    try:
+        archive = GuardedArchive(open_repository(load_config(cluster.config)), system_id)
+        promote(archive, timeline, history, segment_size=16 * 1024 * 1024, server="test")
+    finally:
+        del os.environ["CRMOPS_PASSPHRASE"]
 
 
 def _archived(cluster: Cluster, system_id: str) -> list[str]:
@@ -265,6 +279,9 @@ def test_partial_rules_extend_supersede_and_serve_only_the_last(cluster: Cluster
     old = "000000010000000500000012"
     assert outcome(push(old + ".partial", b"D" * 100)) == "stored"
     cluster.crmops("wal", "fetch", old, str(fetched), "--system-id", sysid)
-    (work / "00000002.history").write_text("1\t5/12000000\tno recovery target specified\n")
-    cluster.crmops("wal", "push", str(work / "00000002.history"), "--system-id", sysid)
+    history = b"1\t5/12000000\tno recovery target specified\n"
+    (work / "00000002.history").write_bytes(history)
+    refused = cluster.crmops("wal", "push", str(work / "00000002.history"), "--system-id", sysid, check=False)
+    assert refused.returncode == 84 and "not production's" in refused.stderr  # a copy's promotion
+    _promote(cluster, sysid, 2, history)  # what `crmops wal promote` records for a real new production
     assert cluster.crmops("wal", "fetch", old, str(fetched), "--system-id", sysid, check=False).returncode == 81

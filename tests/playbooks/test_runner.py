@@ -316,3 +316,24 @@ def test_one_upgrade_at_a_time(bed: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert events(bed) == ["a", "b", "c"]
+
+
+def test_unrehearsed_steps_are_forecast_from_real_runs_not_guessed(bed: Path) -> None:
+    """Issue 24 item 5: a shell step was counted 5 s and maintenance/http 1 s though they took under 0.1 s. Without
+    history a step's time is "unknown" (and said so); after a real run, the dry run uses what the step took."""
+    assert crmops(bed, "repo", "init").returncode == 0 and crmops(bed, "backup").returncode == 0
+    pb = playbook(bed)
+    first = first_json(crmops(bed, "--json", "upgrade", str(pb), "--dry-run").stdout)
+    b1 = next(p for p in first["plan"] if p["step"] == "b1")
+    assert b1["mode"] == "not rehearsed" and b1["basis"] == "unknown" and b1["seconds"] == 0.0, b1
+    assert "b1" in first["unknown_steps"]
+    human = crmops(bed, "upgrade", str(pb), "--dry-run", env={"COLUMNS": "80"}).stdout
+    assert "unknown" in human and "5.00s" not in human, human
+    real = crmops(bed, "--json", "upgrade", str(pb))
+    assert real.returncode == 0, real.stderr
+    took = next(r["seconds"] for recs in (list(j.records()) for j in journals(bed)) if not recs[0]["dry_run"]
+                for r in recs if r["event"] == "step_end" and r["step"] == "b1")
+    again = first_json(crmops(bed, "--json", "upgrade", str(pb), "--dry-run").stdout)
+    b1 = next(p for p in again["plan"] if p["step"] == "b1")
+    assert b1["basis"] == "median of 1 earlier real run" and b1["seconds"] == round(took, 3) < 1, b1
+    assert "b1" not in again["unknown_steps"]
