@@ -7,7 +7,8 @@ under ./demo), so `crmops` works on a fresh machine without servers.
 Secrets never need to sit in the file: any string may say ${VAR} and is filled from
 the environment, and CRMOPS_SECTION__KEY variables override single keys.
 
-Kept whole (about 500 lines): one model, section by section, that the whole tool reads.
+Kept whole (about 620 lines): one model, section by section, that the whole tool reads, and
+how it is read (file, ${VAR}s, CRMOPS_* overrides), which every section shares.
 """
 
 from __future__ import annotations

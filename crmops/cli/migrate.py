@@ -31,6 +31,9 @@ def status_cmd(app: AppContext, url: str | None) -> None:
         console.print(f"database  {s['database']} ({s['engine']})")
         console.print(f"current   {s['current'] or '(not managed by Alembic)'}"
                       + (f"  {s['current_message']}" if s["current_message"] else ""))
+        if s.get("foreign"):
+            console.print(f"[yellow]not Alembic[/yellow] {s['foreign']['note']}")
+            return
         console.print(f"head      {', '.join(s['heads']) or '(no revisions)'}")
         if s["pending"]:
             console.print(f"pending   {len(s['pending'])} revision(s):")

@@ -131,6 +131,25 @@ class DockerStep(Step):
     timeout: float = Field(120, gt=0)
 
 
+class AppCommandStep(Step):
+    """A command inside the application's container (docker exec): the CRM's own upgrade tool.
+
+    Django's `manage.py migrate`, `collectstatic` and `showmigrations`, Tryton's `trytond-admin`:
+    not Alembic, so crmops sees their effect only through what they print and the database.
+    """
+
+    OUTPUTS = ("exit_code", "stdout", "seconds")
+    TYPICAL_SECONDS = 30
+    type: Literal["app_command"]
+    container: str
+    command: str | list[str]
+    env: dict[str, str] = Field(default_factory=dict, description="more environment; ${VAR} from crmops's")
+    user: str | None = None
+    workdir: str | None = None
+    expect_exit: int = 0
+    timeout: float = Field(1800, gt=0)
+
+
 class PauseStep(Step):
     OUTPUTS = ()
     TYPICAL_SECONDS = 0
@@ -229,13 +248,13 @@ class EngineUpgradeStep(Step):
 
 AnyStep = Annotated[
     PreflightStep | BackupStep | VerifyStep | MigrateStep | SqlStep | ShellStep | HttpStep | DockerStep
-    | PauseStep | MaintenanceStep | RestoreStep | EngineUpgradeStep,
+    | AppCommandStep | PauseStep | MaintenanceStep | RestoreStep | EngineUpgradeStep,
     Field(discriminator="type"),
 ]
 STEP_TYPES: dict[str, type[Step]] = {
     cls.model_fields["type"].annotation.__args__[0]: cls  # type: ignore[union-attr]
     for cls in (PreflightStep, BackupStep, VerifyStep, MigrateStep, SqlStep, ShellStep, HttpStep, DockerStep,
-                PauseStep, MaintenanceStep, RestoreStep, EngineUpgradeStep)
+                AppCommandStep, PauseStep, MaintenanceStep, RestoreStep, EngineUpgradeStep)
 }
 SMOKE_TYPES = ("sql", "http")
 

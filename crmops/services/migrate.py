@@ -23,6 +23,7 @@ from crmops.config import Config
 from crmops.dburl import display, engine_kind, parse, safe
 from crmops.errors import ConfigError, CrmopsError, Interrupted, MigrationFailed, MigrationRefused
 from crmops.migrations import prechecks, source
+from crmops.migrations.foreign import foreign_state
 from crmops.migrations.history import MigrationJournal
 from crmops.migrations.runner import EnvIgnoresConnection, Session, StepFailed, StepRefused, StepResult
 from crmops.migrations.scripts import Scripts, Step
@@ -71,6 +72,7 @@ def status(config: Config, *, url: str | None = None) -> dict[str, Any]:
     scripts = scripts_for(config)
     with session_for(config, target) as session:
         current = session.current()
+        foreign = foreign_state(session.connection) if current is None else None
     heads = scripts.heads()
     errors: list[str] = []
     if len(heads) > 1:
@@ -81,12 +83,13 @@ def status(config: Config, *, url: str | None = None) -> dict[str, Any]:
     pending: list[dict[str, str]] = []
     if current is not None and not scripts.knows(current):
         errors.append(f"the database is at revision {current}, which {scripts.location} does not hold")
-    elif len(heads) == 1:
+    elif len(heads) == 1 and foreign is None:
         pending = [{"revision": s.revision, "message": s.message} for s in scripts.steps(current, heads[0])]
     modified = _modified(config, scripts, safe(target), current)
     return {"database": display(target), "engine": engine_kind(target), "script_location": scripts.location,
             "current": current, "current_message": scripts.message(current) if current and scripts.knows(current)
             else None, "heads": heads, "pending": pending, "modified": modified, "errors": errors,
+            "foreign": foreign,
             "up_to_date": not pending and not errors and current is not None and current in heads}
 
 
@@ -130,6 +133,7 @@ def plan(config: Config, *, to: str = "head", url: str | None = None, sql: bool 
     scripts = scripts_for(config)
     with session_for(config, target_url) as session:
         current = session.current()
+        _refuse_foreign(session, current, target_url)
     target = scripts.resolve(to)
     steps = scripts.steps(current, target)
     checks = prechecks.plan(steps)
@@ -144,6 +148,15 @@ def plan(config: Config, *, to: str = "head", url: str | None = None, sql: bool 
             "direction": steps[0].direction if steps else None, "revisions": rows,
             "prechecks_up_front": len(checks.upfront),
             "transaction": _policy(engine_kind(target_url), _needs_autocommit(steps))}
+
+
+def _refuse_foreign(session: Session, current: str | None, url: str) -> None:
+    """A database another tool migrates gets no Alembic revisions: it would end up with two schemas' worth."""
+    foreign = foreign_state(session.connection) if current is None else None
+    if foreign is not None:
+        raise MigrationRefused(f"{safe(url)}: {foreign['note']}",
+                               hint="crmops migrate runs the configured Alembic scripts only; an upgrade playbook's "
+                                    "app_command step runs the application's own migration command")
 
 
 def _offline_sql(scripts: Scripts, url: str, step: Step) -> tuple[str | None, str | None]:
@@ -210,6 +223,7 @@ def migrate(config: Config, *, to: str, url: str | None = None, safety_backup: b
     journal = journal_for(config)
     with journal.lock(), session_for(config, target_url) as session:
         current = session.current()
+        _refuse_foreign(session, current, target_url)
         target = scripts.resolve(to)
         steps = scripts.steps(current, target)
         direction = steps[0].direction if steps else "none"

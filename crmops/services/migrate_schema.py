@@ -15,6 +15,7 @@ from crmops.config import Config
 from crmops.dburl import engine_kind, safe
 from crmops.errors import ConfigError, MigrationFailed, MigrationRefused
 from crmops.journal import actor
+from crmops.migrations.foreign import foreign_state
 from crmops.migrations.history import MigrationJournal
 from crmops.migrations.lint import RULES, Finding, failing, lint_script
 from crmops.migrations.runner import EnvIgnoresConnection, Session, StepFailed
@@ -113,6 +114,10 @@ def drift(config: Config, *, url: str | None = None) -> list[SchemaDifference]:
     scripts = scripts_for(config)
     with session_for(config, target_url) as session:
         current = session.current()
+        foreign = foreign_state(session.connection) if current is None else None
+    if foreign is not None:
+        raise MigrationRefused(f"{safe(target_url)}: {foreign['note']}",
+                               hint="drift compares with Alembic revisions only")
     if current is None:
         raise MigrationRefused(f"{safe(target_url)} is not managed by Alembic (no alembic_version)",
                                hint="adopt it first with `crmops migrate baseline --rev REV`")

@@ -3,7 +3,8 @@
 The dry run acts only on throwaway things: the sandbox database, the rehearsal stack's copy
 of the application (crmops.upgrade.stack) and a scratch repository the backup
 and restore steps write to and read from. Requests to production's app address go to the
-copy; a docker step swaps the copy's image; a maintenance command runs inside the copy,
+copy; a docker step swaps the copy's image; a maintenance command and an app_command (the
+CRM's own migration tool) run inside the copy,
 where every file it touches is the copy's own. What can only act on production (a shell
 command on this host, a person at a pause) stays "not rehearsed", with the reason.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from crmops.config import Config
 from crmops.playbooks.actions import run_http
+from crmops.playbooks.appexec import run_in
 from crmops.playbooks.dockerswap import swap_image
 from crmops.playbooks.model import Step
 from crmops.playbooks.steps import Executor, StepContext, StepResult, expand_env, tail
@@ -89,6 +91,10 @@ def why_not(step: Step, params: dict[str, Any], place: Place) -> str | None:
         if not place.stack.has_shell:
             return "the app's image has no sh to run the maintenance command in"
         return None
+    if kind == "app_command":
+        if place.copied_container is not None and params["container"] != place.copied_container:
+            return f"runs in container {params['container']!r}; the rehearsal copies {place.copied_container!r}"
+        return None
     if kind == "docker":
         if place.copied_container is None:
             return "the rehearsal copy was started from an image, not from a container this step swaps"
@@ -142,6 +148,10 @@ def executors(place: Place, base: dict[str, Executor]) -> dict[str, Executor]:
         return StepResult(True, {"previous_image": previous, "image": params["image"], "container": new_id[:12]},
                           f"the copy: {previous} -> {params['image']}")
 
+    def app_command(step: Step, params: dict[str, Any], ctx: StepContext) -> StepResult:
+        assert stack is not None
+        return run_in(stack.client, stack.name, step, params, ctx, " in the copy")
+
     def backup(step: Step, params: dict[str, Any], ctx: StepContext) -> StepResult:
         from crmops.services.backup import backup as take
 
@@ -159,5 +169,6 @@ def executors(place: Place, base: dict[str, Executor]) -> dict[str, Executor]:
                                  "seconds": res.seconds},
                           f"snapshot {res.snapshot_id[:10]} restored into the sandbox in {res.seconds:.1f}s")
 
-    return {**base, "http": http, "maintenance": maintenance, "docker": docker, "backup": backup,
+    return {**base, "http": http, "maintenance": maintenance, "docker": docker, "app_command": app_command,
+            "backup": backup,
             "restore": restore}

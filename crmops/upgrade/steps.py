@@ -17,6 +17,7 @@ from crmops.dburl import display
 from crmops.engines import open_engine
 from crmops.engines.connect import connect_engine
 from crmops.playbooks.actions import CORE_EXECUTORS
+from crmops.playbooks.appexec import run_app_command
 from crmops.playbooks.dockerswap import run_docker
 from crmops.playbooks.model import Step
 from crmops.playbooks.runjournal import unfinished_runs
@@ -73,7 +74,8 @@ def executors(config: Config, *, production_url: str | None = None) -> dict[str,
 
     from crmops.engine_upgrade.step import executor as engine_upgrade
 
-    return {**CORE_EXECUTORS, "docker": run_docker, "preflight": preflight, "backup": backup_step,
+    return {**CORE_EXECUTORS, "docker": run_docker, "app_command": run_app_command, "preflight": preflight,
+            "backup": backup_step,
             "verify": verify_step, "migrate": migrate_step, "restore": restore_step,
             "engine_upgrade": engine_upgrade(config)}
 

@@ -8,6 +8,7 @@
 #   bookworm: postgres:15  mariadb:10.11
 #   trixie:   postgres:17  mariadb:11.8
 #
+# crmops-djangocrm:2.4.0 and :3.1.0, the real Django CRM (djangocrm/Dockerfile, wheels from PyPI),
 # and crmops-pg-upgrade:13-17, PostgreSQL 13 and 17 in one image for pg_upgrade, made by
 # `docker build` from the two local postgres images (pg-upgrade/Dockerfile, no download).
 #
@@ -123,6 +124,50 @@ build_app() {
   echo "built crmops-demo-app:1.0 and :2.0"
 }
 
+# Django CRM (django-crm-admin on PyPI) at the versions the real-CRM upgrade tests use: Debian
+# trixie's Python 3.13 (Django 6 needs 3.12) and psycopg2, the app's pinned wheels
+# fetched by pip on this host for that Python (so the build itself needs no network).
+DJANGOCRM_VERSIONS=(2.4.0 3.1.0)
+build_djangocrm() {
+  local v ctx t0=$SECONDS meta
+  for v in "${DJANGOCRM_VERSIONS[@]}"; do
+    have "crmops-djangocrm:$v" && continue
+    if ! have crmops-debian-python:trixie; then
+      local dir; dir=$(rootfs python-trixie trixie "python3,python3-pip,python3-psycopg2")
+      tar -C "$dir" -c . | docker import -c 'CMD ["/bin/sh"]' - crmops-debian-python:trixie >/dev/null
+      rm -rf "$dir"
+    fi
+    ctx="$WORK/djangocrm-$v"
+    rm -rf "$ctx" && mkdir -p "$ctx/wheels"
+    cp "$HERE"/djangocrm/{Dockerfile,crmops_settings.py,crmops_urls.py,fixture.py} "$ctx/"
+    python3 -m pip download -q --no-deps -d "$ctx/wheels" "django-crm-admin==$v" >"$WORK/djangocrm-$v.log" 2>&1       || { echo "pip download django-crm-admin==$v failed (log: $WORK/djangocrm-$v.log)" >&2; return 1; }
+    # its pinned requirements, less mysqlclient (a C build; PyMySQL stands in) and setuptools
+    meta=$(python3 - "$ctx"/wheels/django_crm_admin-*.whl <<'PY'
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+for line in meta.splitlines():
+    if line.startswith("Requires-Dist: ") and ";" not in line:
+        req = line.split(" ", 1)[1]
+        if req.split("==")[0].lower() not in ("mysqlclient", "setuptools"):
+            print(req)
+print("gunicorn==23.0.0")
+print("PyMySQL==1.1.1")
+print("Pillow==11.3.0")  # imported by the admin (resize_image), not in its pins
+PY
+)
+    printf '%s\n' "$meta" >"$ctx/requirements.txt"
+    python3 -m pip download -q --only-binary=:all: --python-version 3.13 --implementation cp --abi cp313 --abi abi3 \
+      --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform any -d "$ctx/wheels" -r "$ctx/requirements.txt" >>"$WORK/djangocrm-$v.log" 2>&1 \
+      || { echo "pip download of django-crm-admin $v's requirements failed (log: $WORK/djangocrm-$v.log)" >&2; return 1; }
+    DOCKER_BUILDKIT=0 docker build -q -t "crmops-djangocrm:$v" --build-arg "VERSION=$v" "$ctx" >>"$WORK/djangocrm-$v.log" 2>&1 \
+      || { echo "building crmops-djangocrm:$v failed (log: $WORK/djangocrm-$v.log):" >&2; tail -20 "$WORK/djangocrm-$v.log" >&2; return 1; }
+    rm -rf "$ctx"
+    echo "built crmops-djangocrm:$v in $((SECONDS - t0)) s"
+  done
+}
+
 build_pg_upgrade() {  # build_pg_upgrade crmops-pg-upgrade:OLD-NEW, after postgres:OLD and postgres:NEW
   local tag=$1 pair=${1#*:} t0=$SECONDS old new
   old=${pair%-*} new=${pair#*-}
@@ -177,16 +222,17 @@ build_one() {
     postgres:*) build_postgres "$1" ;;
     mariadb:*) build_mariadb "$1" ;;
     crmops-demo-app|crmops-demo-app:*) build_app ;;
+    crmops-djangocrm|crmops-djangocrm:*) build_djangocrm ;;
   esac
 }
 
 targets=("$@")
-if ((${#targets[@]} == 0)); then targets=("${ENGINE_TAGS[@]}" crmops-demo-app "$PG_UPGRADE_TAG" crmops); fi
+if ((${#targets[@]} == 0)); then targets=("${ENGINE_TAGS[@]}" crmops-demo-app crmops-djangocrm "$PG_UPGRADE_TAG" crmops); fi
 for t in "${targets[@]}"; do
   case "$t" in
-    crmops-demo-app|crmops-demo-app:*) ;;
+    crmops-demo-app|crmops-demo-app:*|crmops-djangocrm|crmops-djangocrm:*) ;;
     "$PG_UPGRADE_TAG"|crmops|"$CRMOPS_TAG") ;;
-    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app $PG_UPGRADE_TAG $CRMOPS_TAG" >&2
+    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app crmops-djangocrm $PG_UPGRADE_TAG $CRMOPS_TAG" >&2
                                     exit 2; } ;;
   esac
 done
@@ -194,10 +240,11 @@ done
 # the engine images download in parallel (the network, not the 2 cores, bounds them);
 # the small app image after them
 pids=()
-app=0 pgu=0 self=0
+app=0 pgu=0 dcrm=0 self=0
 for t in "${targets[@]}"; do
   case "$t" in
     crmops-demo-app*) app=1 ;;
+    crmops-djangocrm*) dcrm=1 ;;
     "$PG_UPGRADE_TAG") pgu=1 ;;
     crmops|"$CRMOPS_TAG") self=1 ;;
     *) build_one "$t" & pids+=($!) ;;
@@ -206,6 +253,7 @@ done
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
 if ((app)); then build_app || fail=1; fi
+if ((dcrm)); then build_djangocrm || fail=1; fi
 # made from the two postgres images, so after them (the only one built with `docker build` from local images)
 if ((pgu)); then
   if ! have "$PG_UPGRADE_TAG"; then
