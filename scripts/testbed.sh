@@ -15,7 +15,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BED="${CRMOPS_TESTBED_DIR:-$ROOT/.testbed}"
 PYTHON="${CRMOPS_TESTBED_PYTHON:-$ROOT/.venv/bin/python}"
 PG_BIN=/usr/lib/postgresql/15/bin
-APT_PACKAGES=(docker.io debootstrap postgresql mariadb-server restic chromium iproute2 procps openssl python3 python3-venv)
+APT_PACKAGES=(docker.io debootstrap postgresql mariadb-server restic chromium iproute2 procps openssl python3 python3-venv
+              libmariadb-dev pkg-config)  # the last two: mysqlclient for Django CRM (tests/realschemas)
 
 mkdir -p "$BED"
 chmod 711 "$BED"  # postgres and mysql users must reach their own folders

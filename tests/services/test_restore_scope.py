@@ -113,7 +113,8 @@ def pg_digest(url: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
             if q not in skip:
                 rows[q] = conn.execute(f"SELECT count(*), md5(COALESCE(string_agg(t::text, E'\\n' "
                                        f"ORDER BY t::text), '')) FROM {q} t").fetchone()
-        for (seq,) in conn.execute("SELECT schemaname || '.' || sequencename FROM pg_sequences ORDER BY 1"):
+        for (seq,) in conn.execute("SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename) "
+                                   "FROM pg_sequences ORDER BY 1"):  # Tryton names some "a-b_id_seq"
             if not any(seq.startswith(s + "_") for s in skip):
                 rows[seq] = conn.execute(f"SELECT last_value, is_called FROM {seq}").fetchone()
     return {"schema": schema, "rows": rows}
