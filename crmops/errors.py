@@ -24,7 +24,9 @@ class CrmopsError(Exception):
 
     def line(self) -> str:
         """The one line shown to the user: what is wrong, then what to do (never a row's values)."""
-        return without_values(f"{self.message} ({self.hint})" if self.hint else self.message)
+        # each part on its own: a statement's values run to the end of the message, never into the hint
+        message = without_values(self.message)
+        return f"{message} ({without_values(self.hint)})" if self.hint else message
 
 
 #: what database servers and their client tools echo of a row or a statement: each kept up to its
@@ -41,8 +43,10 @@ _VALUE_PATTERNS = [
     (re.compile(r"(Failing row contains )\(.*?\)" + _DETAIL_END, re.M), r"\1(…)"),
     (re.compile(r"(COPY [^,\s]+, line \d+(?:, column [^:]+)?): .*"), r"\1"),
     (re.compile(r"(invalid input (?:syntax|value) for [^:]*: )\".*?\""), r'\1"…"'),
-    (re.compile(r"\b((?:INSERT|REPLACE)\s+(?:IGNORE\s+)?INTO\s+[^\s(]+)[^\n]*", re.I), r"\1 … (values withheld)"),
-    (re.compile(r"\b(UPDATE\s+[^\s]+\s+SET)\b[^\n]*", re.I), r"\1 … (values withheld)"),
+    (re.compile(r"\b((?:INSERT|REPLACE)\s+(?:IGNORE\s+)?INTO\s+[^\s(]+)[^\n]*", re.I),
+     r"\1 … (values withheld)"),
+    (re.compile(r"\b(UPDATE\s+[^\s]+\s+SET(?:\s+[`\"\w.]+(?=\s*=))?)[^\n]*", re.I),
+     r"\1 … (values withheld)"),
     (re.compile(r"\b(VALUES)\s*\(.*", re.I), r"\1 (…)"),
     (re.compile(r"^\s*LINE \d+: .*$\n?(^\s*\^\s*$\n?)?", re.M), ""),
 ]

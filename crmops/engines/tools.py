@@ -122,6 +122,19 @@ def require_tool(names: list[str], server: tuple[int, ...] | None, *, what: str,
     return path
 
 
+def last_words(lines: Iterable[str], n: int = 3) -> list[str]:
+    """The lines that say why a tool failed: from its last ERROR line on, else its last n lines.
+
+    A parallel pg_restore ends with "a worker process died unexpectedly" after the server's
+    ERROR, DETAIL and CONTEXT lines; the last n alone would drop the ERROR that names the cause.
+    """
+    useful = [t for t in lines if t.strip()]
+    errors = [i for i, t in enumerate(useful) if "ERROR" in t]
+    if errors:
+        return useful[errors[-1]:errors[-1] + n]
+    return useful[-n:]
+
+
 def _scrub(text: str, secrets: Iterable[str]) -> str:
     for s in secrets:
         if s:
@@ -175,7 +188,7 @@ class ToolProcess:
     def stderr_tail(self, lines: int = 3) -> str:
         self._stderr.seek(0)
         text = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
-        useful = [t for t in text if t.strip()][-lines:]
+        useful = last_words(text, lines)
         return without_values(_scrub(" / ".join(useful) or "no error output", self.secrets))
 
     def kill(self) -> None:
@@ -225,7 +238,7 @@ def feed(argv: list[str], pieces: Iterable[bytes], *, env: dict[str, str], secre
     output = stderr.read().decode("utf-8", "replace")
     stderr.close()
     if code != 0 or broken:
-        lines = [t for t in output.splitlines() if t.strip()][-3:]
+        lines = last_words(output.splitlines())
         said = without_values(_scrub(" / ".join(lines) or "no output", secrets))  # the table and line, not the row
         raise DatabaseError(f"{name} failed (exit {code}): {said}")
 

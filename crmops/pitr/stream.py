@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from crmops.errors import ConfigError, DatabaseError, LockBusy, StorageUnreachable
+from crmops.errors import ConfigError, DatabaseError, FolderNotWritable, LockBusy, StorageUnreachable
 from crmops.pitr.archive import SEGMENT_RE, WalArchive, segment_system_id
 
 SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
@@ -255,7 +255,9 @@ class Streamer:
                         self.push_partial()
                         next_partial = time.monotonic() + self.interval
                     store_down = None
-                except StorageUnreachable as e:  # the files wait in the spool; the slot keeps the rest
+                # a store that does not answer, or a full or read-only local one: the files wait in
+                # the spool, and the slot keeps the rest on the server
+                except (StorageUnreachable, FolderNotWritable) as e:
                     if store_down is None:
                         self.warn(f"{e.line()}; retrying every {STORE_RETRY_S:g} s")
                     store_down = e

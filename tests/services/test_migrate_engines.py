@@ -209,7 +209,8 @@ def test_half_applied_revision_on_mariadb_is_named_and_the_snapshot_restores_it(
     line, details = failed.value.line(), failed.value.details  # type: ignore[attr-defined]
     print(line)
     assert "revision d2_0004 is HALF-APPLIED: 2 of its statements took effect" in line
-    assert "ADD COLUMN email_key" in line and "UPDATE contacts SET email_key" in line and email.strip() in line
+    assert "ADD COLUMN email_key" in line and "UPDATE contacts SET email_key" in line
+    assert email.strip() not in line  # the duplicate is a customer's address: named by its key, never shown
     assert "uq_contacts_email_key" in details["failed_statement"]
     snapshot = details["safety_snapshot"]
     assert f"crmops restore {snapshot} --to <the database URL> --force, or undo those statements by hand" in line
