@@ -391,7 +391,7 @@ def test_what_mariadb_and_its_client_echo_of_a_row_is_withheld() -> None:
             "Duplicate entry '…' for key 'uq_street'",
         f"ERROR 1366 (22007): Incorrect integer value: '{MARKER}' for column `crm`.`a`.`id` at row 3":
             "Incorrect integer value: '…' for column `crm`.`a`.`id` at row 3",
-        f"UPDATE `addresses` SET street = '{MARKER}' WHERE id = 2": "UPDATE `addresses` SET … (values withheld)",
+        f"UPDATE `addresses` SET street = '{MARKER}' WHERE id = 2": "UPDATE `addresses` SET street … (values withheld)",
     }
     for line, kept in said.items():
         assert MARKER not in without_values(line) and kept in without_values(line), without_values(line)

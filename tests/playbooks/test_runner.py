@@ -288,6 +288,9 @@ def test_a_run_killed_while_rolling_back_can_only_finish_the_rollback(bed: Path)
     original = pb.read_bytes()
     proc = spawn(bed, "upgrade", str(pb))
     wait_for_step(bed, "c-rollback-1")
+    deadline = time.monotonic() + 30  # the journal says the step started before its shell runs: wait for it
+    while "undo-c" not in events(bed) and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     r = crmops(bed, "upgrade", "--resume")
