@@ -216,10 +216,11 @@ printf "port = %s\nunix_socket_directories = '%s'\narchive_mode = off\n" "$PORT2
 as_pg "$PG_BIN/pg_ctl" -D "$RESTORED" -l "$LOGS/restored.log" -w -t 60 start >/dev/null \
   || { tail -20 "$LOGS/restored.log" >&2; fail "the restored data directory does not start"; }
 for _ in $(seq 1 150); do
-  [ "$("$PG_BIN/psql" -X -qAt -h 127.0.0.1 -p "$PORT2" -U postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && break
+  [ "$(as_pg "$PG_BIN/psql" -X -qAt -h "$LOGS" -p "$PORT2" -U postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && break
   sleep 0.2
 done
-got=$("$PG_BIN/psql" -X -qAt -h 127.0.0.1 -p "$PORT2" -U postgres -c "SELECT count(*) FROM notes") \
+# the copy's own pg_hba.conf: peer on the local socket, passwords on loopback
+got=$(as_pg "$PG_BIN/psql" -X -qAt -h "$LOGS" -p "$PORT2" -U postgres -c "SELECT count(*) FROM notes") \
   || { tail -20 "$LOGS/restored.log" >&2; fail "the restored copy does not answer"; }
 [ "$got" = 50 ] || fail "restore --at $AT gave $got notes, not 50"
 step "passed"
