@@ -74,6 +74,9 @@ demo: venv
 # archive's cost (on large unless PITR_BENCH_SIZE says otherwise: its demo CRM is built once into
 # /var/tmp/crmops-bench), in one run; prints tables and writes bench/results.json (needs the test bed).
 # Each of BENCH_SIZES in turn; the everyday commands run at every size, the wide undo once.
+# BENCH_REALCRM=1 adds the real Django CRM's upgrade, dry run against real run per step, BENCH_REALCRM_RUNS
+# times per engine (medians; about 5 minutes a run on two shared cores)
+BENCH_REALCRM_RUNS ?= 3
 bench: testbed
 	@set -e; undo=700; for s in $(BENCH_SIZES); do \
 	  $(BIN)/python bench/run.py --size $$s --undo-tables $$undo; undo=0; \
@@ -83,6 +86,7 @@ bench: testbed
 	$(BIN)/python bench/engine_upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 3
 	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(PITR_BENCH_SIZE)
 	PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size $(BENCH_SIZE)
+	@if [ "$(BENCH_REALCRM)" = 1 ]; then PYTHONPATH=. $(BIN)/python -m bench.realcrm_bench --runs $(BENCH_REALCRM_RUNS); fi
 
 clean-demo:
 	rm -rf demo
