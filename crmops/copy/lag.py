@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmops.config import Config
-from crmops.copy.target import open_copy_store
+from crmops.copy.target import open_copy
 from crmops.errors import CrmopsError
 from crmops.pitr.archive import WalArchive
 from crmops.pitr.binlog import read_state
-from crmops.repository import Repository, credential, open_repository
+from crmops.repository import Repository, open_repository
 from crmops.repository.listing import Listing
 from crmops.repository.source import is_safety
 
@@ -80,8 +80,7 @@ def states(config: Config, now: datetime | None = None, runs: list[dict[str, Any
                                  "archive_lag_seconds": None, "repository_error": primary_error,
                                  "last_proof": _last_proof(runs or [], c.name)}
         try:
-            repo = (copies or {}).get(c.name) or Repository.open(open_copy_store(config, c.name),
-                                                                 credential(config))
+            repo = (copies or {}).get(c.name) or open_copy(config, c.name)
             newest = newest_snapshot(repo.listing())
             ends = archive_ends(repo)
         except CrmopsError as e:
