@@ -35,6 +35,7 @@ from crmops.config import S3Config
 from crmops.errors import (
     ConfigError,
     IntegrityError,
+    ObjectLocked,
     RepositoryNotFound,
     StorageAccessDenied,
     StorageUnreachable,
@@ -44,6 +45,9 @@ from crmops.storage.base import Temporary
 log = logging.getLogger("crmops.storage.s3")
 MULTIPART_THRESHOLD = 64 << 20
 LOCKED_PREFIXES = ("data/", "snapshots/", "keys/", "config")
+#: what a restore needs: in an Object Lock bucket deleted whole (every version) or refused; other objects
+#: (locks, quarantine markers, records, id maps) get a delete marker, as in any versioned bucket
+PROTECTED_PREFIXES = (*LOCKED_PREFIXES, "wal/", "binlog/")
 THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
              "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccountProblem", "403"}
@@ -245,4 +249,41 @@ class S3Store:
         self._do("abort_multipart_upload", key, Key=self.prefix + key, UploadId=upload_id)
 
     def delete(self, key: str) -> None:
-        self._do("delete_object", key, Key=self.prefix + key)
+        """Delete key; in an Object Lock bucket, what a snapshot needs is deleted for good (every version)
+        or not at all: ObjectLocked while its retention runs, instead of a delete marker that only hides it."""
+        if not key.startswith(PROTECTED_PREFIXES) or not self.object_lock_enabled():
+            self._do("delete_object", key, Key=self.prefix + key)
+            return
+        until = self.locked_until(key)
+        if until is not None:
+            raise ObjectLocked(f"{self.url}: {key} is under S3 Object Lock until {until:%Y-%m-%d %H:%M} UTC; "
+                               "nothing was deleted",
+                               hint="keep this repository's retention longer than the bucket's Object Lock period")
+        versions = self._do("list_object_versions", Prefix=self.prefix + key)
+        for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+            if v["Key"] == self.prefix + key:  # newest first: an older version never becomes current alone
+                self._do("delete_object", key, Key=v["Key"], VersionId=v["VersionId"])
+
+    _lock_enabled: bool | None = None
+
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock (asked once); unknown (no right to ask) counts as no."""
+        if self._lock_enabled is None:
+            self._lock_enabled = bool(self.cfg.object_lock_days)
+            if not self._lock_enabled:
+                try:
+                    conf = self._retrying()(lambda: self.client.get_object_lock_configuration(Bucket=self.bucket))
+                    self._lock_enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+                except (ClientError, BotoCoreError) as e:
+                    log.debug("no Object Lock configuration readable on %s (%s)", self.bucket, type(e).__name__)
+        return self._lock_enabled
+
+    def locked_until(self, key: str) -> datetime | None:
+        """When the current version of key may be deleted, if that is later than now (retention or legal hold)."""
+        head = self._do("head_object", key, Key=self.prefix + key)
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return datetime.max.replace(tzinfo=UTC)
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=UTC)
+        return until.astimezone(UTC) if until is not None and until > datetime.now(UTC) else None
