@@ -143,8 +143,10 @@ def judge(state: dict[str, Any], max_hours: float) -> tuple[str, str]:
         what = "it lacks an archive" if alag is None else f"its archive lags by {alag / 3600:.1f} h"
         return "red", f"copy {name}: {what} (limit {max_hours:g} h): run `crmops copy`"
     proof = state["last_proof"]
-    proven = (f"; last {proof['command']} from it {proof['finished'][:19]}: {proof['result']}" if proof
-              else "; no drill from it yet (`crmops drill --repository " + name + "`)")
+    proven = (f"; last verified restore from the copy {proof['finished'][:19]} ({proof['command']}): "
+              f"{proof['result']}" if proof
+              else f"; no verified restore from the copy yet (`crmops drill --repository {name}`, or "
+                   f"`crmops schedule install --drill-from-copy {name} WHEN`)")
     archive = f", archive lag {alag:.0f} s" if state["archive"] else ""
     level = "amber" if proof and proof["result"] != "success" else "green"
     return level, (f"copy {name}: newest snapshot {state['newest_snapshot'][:10]} of "

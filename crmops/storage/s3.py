@@ -152,8 +152,11 @@ class S3Store:
             retain_until = datetime.now(UTC) + timedelta(days=self.cfg.object_lock_days)
         extra: dict[str, Any] = {}
         if retain_until is not None:
-            extra = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until,
-                     "ContentMD5": base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()}
+            extra = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until}
+        if extra or self.object_lock_enabled():
+            # S3 refuses a PUT under Object Lock (asked for, or the bucket's default retention) without
+            # Content-MD5 or a checksum; boto3 before 1.36 sends no checksum of its own
+            extra["ContentMD5"] = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         if len(data) >= MULTIPART_THRESHOLD and not extra:
             import io
 
