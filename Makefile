@@ -82,7 +82,8 @@ bench: testbed
 	$(BIN)/python bench/upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 5
 	$(BIN)/python bench/engine_upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 3
 	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(PITR_BENCH_SIZE)
-	PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size $(BENCH_SIZE)
+	PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size medium
+	@case " $(BENCH_SIZES) " in *" large "*) PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size large;; esac
 
 clean-demo:
 	rm -rf demo

@@ -149,7 +149,7 @@ class CopyConfig(_Section):
     #: None: the repository's retention
     retention: RetentionConfig | None = None
     #: shared: the same master key, sealed objects copied byte for byte; own: the copy's own keys
-    #: (its `encryption`), every object authenticated, then re-encrypted (docs/COPIES.md)
+    #: (its `encryption`), every object authenticated, then re-encrypted (docs/FORMAT.md, Copies)
     key: Literal["shared", "own"] = "shared"
     #: with key: own, the copy's passphrase or key file (never the repository's)
     encryption: CopyEncryption | None = None

@@ -153,7 +153,7 @@ class S3Store:
         extra: dict[str, Any] = {}
         if retain_until is not None:
             extra = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until}
-        if extra or self.object_lock_enabled():
+        if extra or (not self._checksummed and self.object_lock_enabled()):
             # S3 refuses a PUT under Object Lock (asked for, or the bucket's default retention) without
             # Content-MD5 or a checksum; boto3 before 1.36 sends no checksum of its own
             extra["ContentMD5"] = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
@@ -268,6 +268,11 @@ class S3Store:
                 self._do("delete_object", key, Key=v["Key"], VersionId=v["VersionId"])
 
     _lock_enabled: bool | None = None
+
+    @property
+    def _checksummed(self) -> bool:
+        """boto3 >= 1.36 puts a CRC32 checksum on every PutObject itself: no lock lookup needed for it."""
+        return getattr(self.client.meta.config, "request_checksum_calculation", None) == "when_supported"
 
     def object_lock_enabled(self) -> bool:
         """Whether the bucket has Object Lock (asked once); unknown (no right to ask) counts as no."""
