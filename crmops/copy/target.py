@@ -57,20 +57,29 @@ def _ensure_bucket(store: Store) -> None:
         store.create_bucket()  # type: ignore[attr-defined]
 
 
+def _existing(source: Repository, store: Store, name: str, *, own: bool) -> bool:
+    """Whether store already holds a copy of source of this kind; ConfigError (nothing written) when it
+    holds another repository, or a copy of the other kind (`key` is fixed once a copy exists)."""
+    try:
+        if not store.exists("config"):
+            return False
+    except RepositoryNotFound:
+        return False
+    other = json.loads(store.get("config"))
+    mine = other.get("copy_of") == source.id if own else other.get("id") == source.id
+    if not mine:
+        kind = "key: shared" if other.get("id") == source.id else "key: own" if other.get("copy_of") == source.id \
+            else None
+        what = f"a copy of this repository with {kind}" if kind else f"another repository (id {other.get('id')})"
+        raise ConfigError(f"copy {name} at {store.url} holds {what}, not the key: {'own' if own else 'shared'} "
+                          f"copy of this repository (id {source.id}) its configuration asks for",
+                          hint="point the copy at an empty place, or set its `key` to what that place holds")
+    return True
+
+
 def prepare_own(source: Repository, store: Store, config: Config, name: str) -> tuple[dict[str, Any], Repository]:
     """Make store a copy with its own keys of source (or check that it is one); the copy, opened."""
-    try:
-        exists = store.exists("config")
-    except RepositoryNotFound:
-        exists = False
-    if exists:
-        other = json.loads(store.get("config"))
-        if other.get("copy_of") != source.id:
-            what = ("a copy sharing the repository's key (key: shared)" if other.get("id") == source.id
-                    else f"another repository (id {other.get('id')})")
-            raise ConfigError(f"copy {name} at {store.url} holds {what}, not a copy of this repository "
-                              f"(id {source.id}) with its own keys",
-                              hint="point a key: own copy at an empty place")
+    if _existing(source, store, name, own=True):
         return {"created": False, "keys_added": [], "keys_removed": []}, open_copy(config, name, store)
     _ensure_bucket(store)
     fmt = source.config
@@ -86,19 +95,8 @@ def prepare(source: Repository, store: Store, name: str) -> dict[str, Any]:
     Returns {"created": bool, "keys_added": [...], "keys_removed": [...]}. A store holding
     another repository is refused before anything is written.
     """
-    try:
-        exists = store.exists("config")
-    except RepositoryNotFound:
-        exists = False
-    if exists:
-        other = json.loads(store.get("config"))
-        if other.get("id") != source.id:
-            what = ("a copy of it with its own keys (key: own)" if other.get("copy_of") == source.id
-                    else f"another repository (id {other.get('id')})")
-            raise ConfigError(f"copy {name} at {store.url} holds {what}, not a copy of this one sharing its "
-                              f"key (id {source.id})",
-                              hint="point the copy at an empty place, or at a copy of this repository")
-    else:
+    exists = _existing(source, store, name, own=False)
+    if not exists:
         _ensure_bucket(store)
     theirs = {key for key, _ in store.list("keys/")}
     mine = {key for key, _ in source.store.list("keys/")}
