@@ -46,8 +46,9 @@ log = logging.getLogger("crmops.storage.s3")
 MULTIPART_THRESHOLD = 64 << 20
 LOCKED_PREFIXES = ("data/", "snapshots/", "keys/", "config")
 #: what a restore needs: in an Object Lock bucket deleted whole (every version) or refused; other objects
-#: (locks, quarantine markers, records, id maps) get a delete marker, as in any versioned bucket
-PROTECTED_PREFIXES = (*LOCKED_PREFIXES, "wal/", "binlog/")
+#: (locks, quarantine markers, records, id maps, a removed key slot, a superseded .partial WAL segment)
+#: get a delete marker, as in any versioned bucket, so `key remove` and `wal push` keep working
+PROTECTED_PREFIXES = ("data/", "snapshots/", "wal/", "binlog/")
 THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
              "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccountProblem", "403"}
@@ -254,7 +255,7 @@ class S3Store:
     def delete(self, key: str) -> None:
         """Delete key; in an Object Lock bucket, what a snapshot needs is deleted for good (every version)
         or not at all: ObjectLocked while its retention runs, instead of a delete marker that only hides it."""
-        if not key.startswith(PROTECTED_PREFIXES) or not self.object_lock_enabled():
+        if not key.startswith(PROTECTED_PREFIXES) or key.endswith(".partial") or not self.object_lock_enabled():
             self._do("delete_object", key, Key=self.prefix + key)
             return
         until = self.locked_until(key)

@@ -117,7 +117,9 @@ def test_uploads_to_a_locked_bucket_carry_a_checksum_and_expired_objects_go_whol
     store.delete("data/cd/cdef")
     versions = _versions(s3_endpoint, bucket)
     assert "copy/data/cd/cdef" not in versions and "copy/data/cd/cdef" not in versions["markers"]
-    # objects that come and go (locks) are only hidden by a marker, as in any versioned bucket
-    store.put("locks/x", b"lock")
-    store.delete("locks/x")
-    assert not list(store.list("locks/"))
+    # objects that come and go (locks, a superseded .partial WAL segment, a removed key slot) are only
+    # hidden by a marker, as in any versioned bucket: `wal push` and `key remove` keep working
+    for key in ("locks/x", "wal/7312/0000000100000000/000000010000000000000003.partial", "keys/old"):
+        store.put(key, b"transient")
+        store.delete(key)
+        assert not list(store.list(key))

@@ -122,3 +122,25 @@ def test_key_own_without_a_key_is_refused_by_the_configuration(tmp_path: Path) -
     config = write_config(tmp_path, [{"name": "vault", "url": f"file://{tmp_path / 'vault'}", "key": "own"}])
     r = run(config, "snapshots", check=False)
     assert r.returncode == 3 and "key: own needs encryption" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_run_killed_before_its_id_map_resumes_without_writing_a_chunk_twice(tmp_path: Path) -> None:
+    config = _setup(tmp_path)
+    snap = doc(run(config, "backup"))["snapshot_id"]
+    first = doc(run(config, "copy"))["copies"][0]
+    # what a kill after the chunks but before the id map and the manifest leaves
+    for p in [*(tmp_path / "vault" / "idmap").iterdir(), tmp_path / "vault" / "snapshots" / snap]:
+        p.unlink()
+    data = {k: v for k, v in tree_digest(tmp_path / "vault").items() if k.startswith("data/")}
+    again = doc(run(config, "copy"))["copies"][0]
+    assert again["copied"] == [snap] and again["chunks_copied"] == 0
+    assert again["chunks_present"] == first["chunks_copied"]
+    assert {k: v for k, v in tree_digest(tmp_path / "vault").items() if k.startswith("data/")} == data
+    assert doc(run(config, "check", "--read-data", "--repository", "vault"))["ok"]
+    # the map is written again, naming every chunk of the snapshot
+    os.environ["TEST_PASSPHRASE"] = PASSPHRASE
+    from crmops.copy.reseal import IdMap
+
+    vault = open_copy(load_config(config), "vault")
+    assert len(list((tmp_path / "vault" / "idmap").iterdir())) == 1
+    assert set(IdMap(vault).pairs.values()) == set(manifest_chunks(vault.manifest(snap)))
