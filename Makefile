@@ -72,7 +72,8 @@ demo: venv
 # the real copy (on medium, the size their targets name, unless UPGRADE_BENCH_SIZE says
 # otherwise), and point-in-time recovery's RPO, physical against logical restore and the WAL
 # archive's cost (on large unless PITR_BENCH_SIZE says otherwise: its demo CRM is built once into
-# /var/tmp/crmops-bench), in one run; prints tables and writes bench/results.json (needs the test bed).
+# /var/tmp/crmops-bench), and `crmops copy` (shared and own keys) beside `restic copy` at medium, and at
+# large too when BENCH_SIZES names it, in one run; prints tables and writes bench/results.json (needs the test bed).
 # Each of BENCH_SIZES in turn; the everyday commands run at every size, the wide undo once.
 bench: testbed
 	@set -e; undo=700; for s in $(BENCH_SIZES); do \
