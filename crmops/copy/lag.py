@@ -75,7 +75,7 @@ def states(config: Config, now: datetime | None = None, runs: list[dict[str, Any
         primary_error = config.redact(e.line())
     out = []
     for c in config.copies:
-        state: dict[str, Any] = {"name": c.name, "url": c.url, "error": None, "newest_snapshot": None,
+        state: dict[str, Any] = {"name": c.name, "url": c.url, "key": c.key, "error": None, "newest_snapshot": None,
                                  "newest_snapshot_time": None, "lag_seconds": None, "archive": {},
                                  "archive_lag_seconds": None, "repository_error": primary_error,
                                  "last_proof": _last_proof(runs or [], c.name)}

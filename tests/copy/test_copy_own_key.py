@@ -75,7 +75,9 @@ def test_own_key_copy_is_sealed_under_its_own_key_and_restorable_alone(tmp_path:
     assert c3["copied"] == [] and c3["chunks_copied"] == 0
     assert tree_digest(tmp_path / "vault") == after
 
-    # the copy's key alone: status, check --read-data, drill and restore with the repository gone
+    state = doc(run(config, "status", check=False))["copies"][0]
+    assert state["key"] == "own" and state["error"] is None and state["newest_snapshot"] == second
+    # the copy's key alone: check --read-data, drill and restore with the repository gone
     shutil.rmtree(tmp_path / "repo")
     listed = json.loads(run(config, "snapshots", "--repository", "vault").stdout)
     assert {s["id"] for s in listed} == {first, second}
