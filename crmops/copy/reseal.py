@@ -84,7 +84,6 @@ class ResealingCopier(ChunkCopier):
         super().__init__(source, dest, threads, progress)
         self.have = set()  # ids differ between the two: presence goes through the map
         self.map = IdMap(dest)
-        self.dest_quarantined = dest.quarantined()
 
     def present(self, cid: str) -> bool:
         if cid in self.have:
@@ -112,6 +111,8 @@ class ResealingCopier(ChunkCopier):
         written = self.dest_sizes.get(mine) != len(sealed) or mine in self.dest_quarantined
         if written:
             self.dest.put(chunk_key(mine), sealed)
+            if mine in self.dest_quarantined:  # found damaged in the copy before: whole again
+                self.dest_repo.release(mine)
         with self.lock:
             self.map.add(cid, mine)
             self.dest_sizes[mine] = len(sealed)

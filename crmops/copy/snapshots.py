@@ -5,7 +5,8 @@ and a run killed half-way is resumed by running it again: what arrived is found 
 listing and re-used. A chunk whose stored size differs from the primary's (a truncated
 object) is written again. A chunk that fails authentication at the source is never
 copied: it is quarantined at the source, as `check` would, named in the result, and the
-snapshots needing it are not copied (their manifests are not written).
+snapshots needing it are not copied (their manifests are not written). A chunk the copy's
+own `check` quarantined is written again from the repository by the next run, then released.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ class ChunkCopier:
         self.source_sizes = source.stored_chunks()
         #: the copy's chunk objects: id -> stored size
         self.dest_sizes = {k.rsplit("/", 1)[1]: size for k, size in self.dest.list("data/")}
-        #: source chunks already whole in the copy: present with the primary's stored size
-        self.have = {cid for cid, size in self.dest_sizes.items() if self.source_sizes.get(cid, size) == size}
+        #: chunks the copy's own check found damaged: written again, then released
+        self.dest_quarantined = dest.quarantined()
+        #: source chunks already whole in the copy: present with the primary's stored size, not quarantined there
+        self.have = {cid for cid, size in self.dest_sizes.items()
+                     if self.source_sizes.get(cid, size) == size and cid not in self.dest_quarantined}
         self.bad: dict[str, str] = {}
 
     def present(self, cid: str) -> bool:
@@ -77,6 +81,8 @@ class ChunkCopier:
             self._damaged(cid, e)
             return
         self.dest.put(key, sealed)
+        if cid in self.dest_quarantined:
+            self.dest_repo.release(cid)
         self._arrived(cid, len(sealed), result)
 
     def _damaged(self, cid: str, e: IntegrityError) -> None:
@@ -133,6 +139,8 @@ def copy_snapshots(copier: ChunkCopier, manifests: list[dict[str, Any]]) -> Snap
         sid = m["id"]
         if sid in present:
             result.already.append(sid)
+            if copier.dest_quarantined:  # the copy's check found chunks damaged: bring them whole again
+                copier.copy(manifest_chunks(m), result)
             continue
         bad = copier.copy(manifest_chunks(m), result)
         if bad:

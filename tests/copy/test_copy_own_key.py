@@ -146,3 +146,29 @@ def test_a_run_killed_before_its_id_map_resumes_without_writing_a_chunk_twice(tm
     vault = open_copy(load_config(config), "vault")
     assert len(list((tmp_path / "vault" / "idmap").iterdir())) == 1
     assert set(IdMap(vault).pairs.values()) == set(manifest_chunks(vault.manifest(snap)))
+
+
+@pytest.mark.parametrize("key", ["own", "shared"])
+def test_a_chunk_damaged_in_the_copy_is_written_again_by_the_next_copy(tmp_path: Path, key: str) -> None:
+    crm(tmp_path)
+    write_key_file(tmp_path / "vault.key")
+    entry = {"name": "vault", "url": f"file://{tmp_path / 'vault'}"}
+    if key == "own":
+        entry.update(key="own", encryption={"key_file": str(tmp_path / "vault.key")})
+    config = write_config(tmp_path, [entry])
+    run(config, "repo", "init")
+    snap = doc(run(config, "backup"))["snapshot_id"]
+    run(config, "copy")
+    os.environ["TEST_PASSPHRASE"] = PASSPHRASE
+    victim = manifest_chunks(open_copy(load_config(config), "vault").manifest(snap))[2]
+    path = tmp_path / "vault" / "data" / victim[:2] / victim
+    raw = bytearray(path.read_bytes())
+    raw[30] ^= 0x01
+    path.write_bytes(bytes(raw))
+    bad = run(config, "check", "--read-data", "--repository", "vault", check=False)
+    assert bad.returncode == 26 and victim in bad.stderr, bad.stderr
+    assert (tmp_path / "vault" / "quarantine" / victim).exists()
+    healed = doc(run(config, "copy", "--all"))["copies"][0]
+    assert healed["ok"]
+    assert doc(run(config, "check", "--read-data", "--repository", "vault"))["ok"]
+    assert not (tmp_path / "vault" / "quarantine" / victim).exists()
