@@ -53,7 +53,7 @@ class AppContext:
             keep_large_buffers()  # real work starts here; ctypes is not for --help and --version
             apply_env_file()  # scheduled runs: secrets from $CRMOPS_ENV_FILE
             config = load_config(self.config_path,
-                                 early=_start_key_derivation if self.key_ahead and not self.repository_name and not __import__("os").environ.get("NOAHEAD") else None)
+                                 early=_start_key_derivation if self.key_ahead and not self.repository_name else None)
             self._config = config.for_copy(self.repository_name) if self.repository_name else config
         return self._config
 
