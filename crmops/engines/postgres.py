@@ -262,10 +262,11 @@ class PostgresEngine:
         finally:
             out.close()
 
-    def describe_archive(self, staged: Path) -> tuple[str, str]:
+    def describe_archive(self, staged: Path, version: str | None = None) -> tuple[str, str]:
         """(`pg_restore --list --verbose`, the tables' CREATE statements) of a staged dump: what an
-        undo needs to know which tables its sandbox must hold, before restoring any."""
-        pg_restore = self._tool("pg_restore")
+        undo needs to know which tables its sandbox must hold, before restoring any. version: the
+        server version whose pg_restore reads it (default: this server's, which asks it)."""
+        pg_restore = self._tool("pg_restore", version)
         return (self._archive_text(pg_restore, ["--list", "--verbose"], staged),
                 self._archive_text(pg_restore, ["--schema-only", "--section=pre-data", "--file=-"], staged))
 
