@@ -39,10 +39,17 @@ def _conninfo(u: DbUrl) -> dict[str, Any]:
             "password": u.password, "dbname": u.database, "connect_timeout": 10}
 
 
+#: a staged dump up to this size is restored by one pg_restore in one transaction: its parallel
+#: workers' start-up and connections cost more than they save (an 1.7 MB dump: 0.56-0.63 s in one
+#: transaction against 1.09-1.25 s with -j 2, side by side at load 12; docs/BENCHMARKS.md)
+ONE_TRANSACTION_LIMIT = 16 << 20
+
+
 def restore_jobs(size: int | None, cores: int | None = None) -> int:
-    """pg_restore jobs for a dump of size bytes: one per core up to 4 when it is staged, else 1."""
+    """pg_restore jobs for a dump of size bytes: one per core up to 4 when it is staged, else 1
+    (a small staged dump: 1, restored in one transaction)."""
     cores = cores or len(os.sched_getaffinity(0))
-    if size is None or size > STAGE_LIMIT or cores < 2:
+    if size is None or size > STAGE_LIMIT or size <= ONE_TRANSACTION_LIMIT or cores < 2:
         return 1
     return min(cores, 4)
 
@@ -242,6 +249,8 @@ class PostgresEngine:
                         f.write(piece)
             if jobs > 1:
                 argv.append(f"--jobs={jobs}")
+            elif staged is not None and self.jobs is None and staged.stat().st_size <= ONE_TRANSACTION_LIMIT:
+                argv.append("--single-transaction")
             if tables:
                 toc = self._archive_text(pg_restore, ["--list", "--verbose"], path)
                 (Path(tmp) / "selected.list").write_text(select_tables(toc, tables))
@@ -249,8 +258,19 @@ class PostgresEngine:
                 # the target is empty: a key to a table not chosen has nothing to point at
                 entries, deps, _ = parse_toc(toc)
                 left = keys_left_out(table_keys(entries, deps, tables), tables, set(), None)
-            pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(), label="pg_restore",
-                            mounts=[tmp])
+            try:
+                pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(),
+                                label="pg_restore", mounts=[tmp])
+            except DatabaseError as e:
+                # one transaction locks every object it creates at once; a schema of thousands of
+                # tables can outgrow the server's lock table. Nothing was committed: restore again
+                # the usual way
+                if "--single-transaction" not in argv or not any(
+                        m in str(e) for m in ("max_locks_per_transaction", "out of shared memory")):
+                    raise
+                argv.remove("--single-transaction")
+                pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(),
+                                label="pg_restore", mounts=[tmp])
         return left
 
     def _archive_text(self, pg_restore: Tool, args: list[str], path: Path) -> str:
