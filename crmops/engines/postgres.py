@@ -81,7 +81,7 @@ class PostgresEngine:
 
     def server_version(self) -> str:
         with self.connect() as conn:
-            return conn.execute("SHOW server_version").fetchone()[0].split()[0]
+            return _version_of(conn)
 
     def server_major(self) -> int:
         return int(self.server_version().split(".")[0])
@@ -151,12 +151,12 @@ class PostgresEngine:
 
         return restore_tables(self, chunks, tables, prefix)
 
+    #: dump() reads the schema revision in its own snapshot (a backup asks no connection more for it)
+    revision_in_dump = True
+
     def schema_revision(self) -> str | None:
         with self.connect() as conn:
-            if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
-                return None
-            revs = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version ORDER BY 1")]
-        return ",".join(revs) or None
+            return _revision(conn)
 
     # -- fingerprint ---------------------------------------------------------------
 
@@ -183,15 +183,18 @@ class PostgresEngine:
 
     @contextmanager
     def dump(self) -> Iterator[StreamedDump]:
-        version = self.server_version()
-        pg_dump = self._tool("pg_dump", version)
-        method = self._method(None, int(version.split(".")[0]))
+        """pg_dump in an exported snapshot; the fingerprint and the schema revision are read in the same
+        snapshot, on the connection that holds it and one more (the server version comes with the first)."""
         conn = self.connect(autocommit=False)
         fp_conn = None
         proc = None
         try:
+            version = _version_of(conn)
+            pg_dump = self._tool("pg_dump", version)
+            method = self._method(None, int(version.split(".")[0]))
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            revision = _revision(conn)
             # sequences are not transactional: read them before pg_dump does, so what it
             # stores is never below what the fingerprint says
             sequences = _sequences(conn)
@@ -207,7 +210,9 @@ class PostgresEngine:
                 _fill_fingerprint(fp_conn, fp)
                 return fp
 
-            yield StreamedDump("pg-custom", proc, Background(compute), version, tool=pg_dump.to_dict())
+            streamed = StreamedDump("pg-custom", proc, Background(compute), version, tool=pg_dump.to_dict())
+            streamed.schema_revision = revision  # type: ignore[attr-defined]
+            yield streamed
         finally:
             if proc is not None:
                 proc.close()
@@ -289,6 +294,26 @@ class PostgresEngine:
         pg_restore = self._tool("pg_restore", version)
         return (self._archive_text(pg_restore, ["--list", "--verbose"], staged),
                 self._archive_text(pg_restore, ["--schema-only", "--section=pre-data", "--file=-"], staged))
+
+
+def _version_of(conn: psycopg.Connection) -> str:
+    """The server's version as `SHOW server_version` gives it, from what the server reported at login
+    (no query: on a connection not in autocommit a query would open the transaction too early)."""
+    reported = conn.info.parameter_status("server_version")
+    if reported:
+        return reported.split()[0]
+    version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+    if not conn.autocommit:
+        conn.rollback()  # the transaction the query opened: the caller sets its own isolation level
+    return version
+
+
+def _revision(conn: psycopg.Connection) -> str | None:
+    """The Alembic revision(s) in alembic_version, comma-joined, or None."""
+    if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+        return None
+    revs = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version ORDER BY 1")]
+    return ",".join(revs) or None
 
 
 def _literal(text: str) -> str:
