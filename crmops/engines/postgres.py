@@ -12,9 +12,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
@@ -25,6 +23,9 @@ from crmops.engines.container_tools import Tool, choose_tool
 from crmops.engines.postgres_toc import parse_toc, select_tables, table_keys
 from crmops.engines.tools import Background, StreamedDump
 from crmops.errors import CrmopsError, DatabaseError
+
+if TYPE_CHECKING:
+    import psycopg
 
 SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
 #: each row hashed by its columns' own hash functions (PostgreSQL 14+): no rendering of rows as
@@ -54,6 +55,20 @@ def restore_jobs(size: int | None, cores: int | None = None) -> int:
     return min(cores, 4)
 
 
+_USER_NS = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'"
+_NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
+#: the objects a restore could collide with, counted (is_empty)
+_OBJECTS = f"""(SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE {_USER_NS} AND c.relkind IN ('r','v','m','S','p','f','c'))
+             + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                WHERE {_USER_NS} AND {_NOT_EXTENSION.format(oid="p.oid")})
+             + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                WHERE {_USER_NS} AND t.typtype IN ('e','d','r','m','b') AND {_NOT_EXTENSION.format(oid="t.oid")})
+             + (SELECT count(*) FROM pg_namespace n WHERE {_USER_NS} AND n.nspname <> 'public')
+             + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
+             + (SELECT count(*) FROM pg_largeobject_metadata)"""
+
+
 class PostgresEngine:
     name = "postgresql"
 
@@ -62,10 +77,14 @@ class PostgresEngine:
         self.url = parse(url)
         self.jobs = jobs
         self.restore_owners = restore_owners
+        #: the server version psql reported while is_empty asked (the restore's pg_restore follows it)
+        self._probed_version: str | None = None
 
     # -- connections -------------------------------------------------------------
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection:
+        import psycopg  # here, not at the top: a restore that only needs psql never imports it
+
         try:
             return psycopg.connect(**_conninfo(self.url), autocommit=autocommit)
         except psycopg.OperationalError as e:
@@ -120,21 +139,16 @@ class PostgresEngine:
         """No object a restore could collide with: relations, routines, types, schemas, extensions, large objects.
 
         A failed restore may leave only a function, a type or a schema behind; that is not empty.
-        """
-        user_ns = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'"
-        not_extension = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
+        Asked through psql when it answers (postgres_probe), which also tells the server version
+        the restore that follows needs."""
+        from crmops.engines.postgres_probe import empty_and_version
+
+        probed = empty_and_version(_OBJECTS, self._env())
+        if probed is not None:
+            empty, self._probed_version = probed
+            return empty
         with self.connect() as conn:
-            n = conn.execute(f"""SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                 WHERE {user_ns} AND c.relkind IN ('r','v','m','S','p','f','c'))
-                                 + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                                    WHERE {user_ns} AND {not_extension.format(oid="p.oid")})
-                                 + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-                                    WHERE {user_ns} AND t.typtype IN ('e','d','r','m','b')
-                                    AND {not_extension.format(oid="t.oid")})
-                                 + (SELECT count(*) FROM pg_namespace n WHERE {user_ns} AND n.nspname <> 'public')
-                                 + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
-                                 + (SELECT count(*) FROM pg_largeobject_metadata)""").fetchone()[0]
-        return n == 0
+            return conn.execute(f"SELECT {_OBJECTS}").fetchone()[0] == 0
 
     def existing_tables(self, tables: list[str]) -> list[str]:
         """Which of these tables ("schema.table") already exist here."""
@@ -232,7 +246,7 @@ class PostgresEngine:
         With tables, only those; returns the foreign keys left out (see keys_left_out)."""
         if format != "pg-custom":
             raise DatabaseError(f"a {format} dump cannot be restored into PostgreSQL")
-        pg_restore = self._tool("pg_restore")
+        pg_restore = self._tool("pg_restore", self._probed_version)
         argv = ["--no-password", f"--dbname={self.url.database}", "--exit-on-error"]
         if not self.restore_owners:
             argv += ["--no-owner", "--no-acl"]
