@@ -89,8 +89,10 @@ def from_snapshot(config: Config, ref: str, repo: Repository, on_step: Callable[
     starter = threading.Thread(target=start, name="crmops-sandbox-start", daemon=True)
     starter.start()
     try:
-        staged_ctx = stage(repo, manifest, files=False) if table and stream["format"] in NARROWED and \
-            stream["size"] <= STAGE_LIMIT else None
+        # staged: a PostgreSQL dump always (then pg_restore -j or one transaction), a MariaDB one to read
+        # its closure from
+        staged_ctx = stage(repo, manifest, files=False) if stream["size"] <= STAGE_LIMIT and (
+            stream["format"] == "pg-custom" or (table and stream["format"] in NARROWED)) else None
         with staged_ctx if staged_ctx is not None else _nothing() as staged:
             tables = _closure(staged, manifest, table, config) if staged is not None else None
             starter.join()
