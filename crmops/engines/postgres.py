@@ -20,6 +20,7 @@ from crmops.engines.base import STAGE_LIMIT, Fingerprint, TableFingerprint, chec
 from crmops.engines.canonical import CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.postgres_facts import OBJECTS, SYSTEM_SCHEMAS, empty_and_version, revision, version_of
 from crmops.engines.postgres_toc import parse_toc, select_tables, table_keys
 from crmops.engines.tools import Background, StreamedDump
 from crmops.errors import CrmopsError, DatabaseError
@@ -27,7 +28,6 @@ from crmops.errors import CrmopsError, DatabaseError
 if TYPE_CHECKING:
     import psycopg
 
-SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
 #: each row hashed by its columns' own hash functions (PostgreSQL 14+): no rendering of rows as
 #: text, so it costs the server about half of "" (hashtextextended(row::text))
 RECORD_HASH = "record-hash"
@@ -53,20 +53,6 @@ def restore_jobs(size: int | None, cores: int | None = None) -> int:
     if size is None or size > STAGE_LIMIT or size <= ONE_TRANSACTION_LIMIT or cores < 2:
         return 1
     return min(cores, 4)
-
-
-_USER_NS = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'"
-_NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
-#: the objects a restore could collide with, counted (is_empty)
-_OBJECTS = f"""(SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE {_USER_NS} AND c.relkind IN ('r','v','m','S','p','f','c'))
-             + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                WHERE {_USER_NS} AND {_NOT_EXTENSION.format(oid="p.oid")})
-             + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-                WHERE {_USER_NS} AND t.typtype IN ('e','d','r','m','b') AND {_NOT_EXTENSION.format(oid="t.oid")})
-             + (SELECT count(*) FROM pg_namespace n WHERE {_USER_NS} AND n.nspname <> 'public')
-             + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
-             + (SELECT count(*) FROM pg_largeobject_metadata)"""
 
 
 class PostgresEngine:
@@ -100,7 +86,7 @@ class PostgresEngine:
 
     def server_version(self) -> str:
         with self.connect() as conn:
-            return _version_of(conn)
+            return version_of(conn)
 
     def server_major(self) -> int:
         return int(self.server_version().split(".")[0])
@@ -139,16 +125,14 @@ class PostgresEngine:
         """No object a restore could collide with: relations, routines, types, schemas, extensions, large objects.
 
         A failed restore may leave only a function, a type or a schema behind; that is not empty.
-        Asked through psql when it answers (postgres_probe), which also tells the server version
+        Asked through psql when it answers (postgres_facts), which also tells the server version
         the restore that follows needs."""
-        from crmops.engines.postgres_probe import empty_and_version
-
-        probed = empty_and_version(_OBJECTS, self._env())
+        probed = empty_and_version(OBJECTS, self._env())
         if probed is not None:
             empty, self._probed_version = probed
             return empty
         with self.connect() as conn:
-            return conn.execute(f"SELECT {_OBJECTS}").fetchone()[0] == 0
+            return conn.execute(f"SELECT {OBJECTS}").fetchone()[0] == 0
 
     def existing_tables(self, tables: list[str]) -> list[str]:
         """Which of these tables ("schema.table") already exist here."""
@@ -170,7 +154,7 @@ class PostgresEngine:
 
     def schema_revision(self) -> str | None:
         with self.connect() as conn:
-            return _revision(conn)
+            return revision(conn)
 
     # -- fingerprint ---------------------------------------------------------------
 
@@ -203,12 +187,12 @@ class PostgresEngine:
         fp_conn = None
         proc = None
         try:
-            version = _version_of(conn)
+            version = version_of(conn)
             pg_dump = self._tool("pg_dump", version)
             method = self._method(None, int(version.split(".")[0]))
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-            revision = _revision(conn)
+            schema_revision = revision(conn)
             # sequences are not transactional: read them before pg_dump does, so what it
             # stores is never below what the fingerprint says
             sequences = _sequences(conn)
@@ -225,7 +209,7 @@ class PostgresEngine:
                 return fp
 
             streamed = StreamedDump("pg-custom", proc, Background(compute), version, tool=pg_dump.to_dict())
-            streamed.schema_revision = revision  # type: ignore[attr-defined]
+            streamed.schema_revision = schema_revision  # type: ignore[attr-defined]
             yield streamed
         finally:
             if proc is not None:
@@ -308,26 +292,6 @@ class PostgresEngine:
         pg_restore = self._tool("pg_restore", version)
         return (self._archive_text(pg_restore, ["--list", "--verbose"], staged),
                 self._archive_text(pg_restore, ["--schema-only", "--section=pre-data", "--file=-"], staged))
-
-
-def _version_of(conn: psycopg.Connection) -> str:
-    """The server's version as `SHOW server_version` gives it, from what the server reported at login
-    (no query: on a connection not in autocommit a query would open the transaction too early)."""
-    reported = conn.info.parameter_status("server_version")
-    if reported:
-        return reported.split()[0]
-    version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
-    if not conn.autocommit:
-        conn.rollback()  # the transaction the query opened: the caller sets its own isolation level
-    return version
-
-
-def _revision(conn: psycopg.Connection) -> str | None:
-    """The Alembic revision(s) in alembic_version, comma-joined, or None."""
-    if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
-        return None
-    revs = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version ORDER BY 1")]
-    return ",".join(revs) or None
 
 
 def _literal(text: str) -> str:
