@@ -12,7 +12,6 @@ any conflict. Colleagues' work since the snapshot is never overwritten unless as
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from crmops.engines.connect import connect_engine
 from crmops.engines.files import check_writable_folder
 from crmops.errors import ConfigError, CrmopsError, Interrupted, UndoConflict, UndoSelectionInvalid
 from crmops.journal import Journal, actor
+from crmops.log import Timeline
 from crmops.repository import Repository, open_repository
 from crmops.services.restore import ENGINE_OF_FORMAT, snapshot_tables
 from crmops.undo import apply as undo_apply
@@ -95,13 +95,8 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
     source yields the past database (default: snapshot ref restored into a sandbox); tests
     and point-in-time recovery pass their own.
     """
-    started = time.monotonic()
-    timeline: list[dict[str, Any]] = []
-
-    def mark(step: str) -> None:
-        timeline.append({"step": step, "at_s": round(time.monotonic() - started, 3)})
-        if on_step:
-            on_step(step)
+    mark = Timeline(on_step)
+    timeline = mark.steps
 
     if request.changed not in CHANGED_POLICIES:
         raise ConfigError(f"--changed {request.changed}: use keep-live or take-snapshot")
@@ -141,7 +136,7 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
                 result.journal = str(journal.path)
     finally:
         live.dispose()
-    result.seconds = round(time.monotonic() - started, 3)
+    result.seconds = mark.seconds()
     return result
 
 
