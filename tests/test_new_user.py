@@ -340,6 +340,19 @@ def test_an_empty_configuration_file_is_an_error_not_the_demo(tmp_path: Path) ->
         r = crmops(cfg, "backup")
         assert r.returncode == 3 and "the file is empty" in one_line_error(r), r.stderr
         assert not (tmp_path / "demo").exists()
+    # cut short but still YAML: what it no longer says came from the demo (the repository ./demo/repo)
+    starter = (Path(__file__).resolve().parent.parent / "crmops" / "starter.yaml").read_text()
+    env = {"CRM_DB_PASSWORD": "x", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    cuts = {"\ndatabase:\n": "line 5: database: is empty (null)",
+            "@127.0.0.1:5432/crm\n": "no repository: section; a configuration file must state repository.url",
+            "  # file:///backup/crm or s3://bucket/prefix\n": "line 26: repository: is empty (null)"}
+    for after, said in cuts.items():
+        cfg = tmp_path / "crmops.yaml"
+        cfg.write_text(starter[:starter.index(after) + len(after)])
+        for args in (("backup",), ("snapshots",), ("config", "show")):
+            r = crmops(cfg, *args, env=env)
+            assert r.returncode == 3 and f"{cfg}: {said}" in one_line_error(r), r.stderr
+            assert "was it cut short?" in r.stderr and not (tmp_path / "demo").exists()
 
 
 def test_environment_variables_are_blamed_not_the_file(tmp_path: Path) -> None:
