@@ -314,6 +314,42 @@ def test_undo_names_a_mistyped_table_before_any_sandbox_starts(tmp_path: Path, p
     assert r.returncode == 3 and "--attachments-to /proc/x" in one_line_error(r), r.stderr
 
 
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_undo_where_is_checked_against_the_live_table_before_any_sandbox(tmp_path: Path, engine: str,
+                                                                         request: Any) -> None:
+    """Item 10, --where: a mistyped column was found only in the sandbox, after its restore. It is checked on the
+    live table first (read-only, LIMIT 0), and a second statement or a comment is refused before anything at all.
+    Docker out of reach proves no sandbox was asked for."""
+    from sqlalchemy.engine import make_url
+
+    from crmops.democrm.load import create
+    from tests.matrix.digest import native_digest
+
+    url = request.getfixturevalue("pg_url" if engine == "postgresql" else "mysql_url")
+    create(url, size="small", version="1.0")
+    password = make_url(url).password or ""
+    env = {"TEST_DB_PASSWORD": password, "DOCKER_HOST": "tcp://127.0.0.1:1"}
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=url.replace(f":{password}@", ":${TEST_DB_PASSWORD}@"))
+    assert crmops(cfg, "repo", "init", env=env).returncode == 0
+    assert crmops(cfg, "backup", env=env).returncode == 0
+    before = native_digest(url)
+    cases = {"industy LIKE 'soft%'": "table accounts has no column industy; nothing was changed (did you mean "
+                                     "industry?)",
+             "nme = 'x'": "table accounts has no column nme; nothing was changed (did you mean name?)",
+             "id = 1; DROP TABLE accounts": "it holds a ';' (a second statement); nothing was changed",
+             "id = 1 -- and the rest": "it holds a comment (--)",
+             "id = 1) OR (1 = 1": "it holds a ')' closing more than it opened",
+             "name = 'it''s; fine' AND idd = 2": "table accounts has no column idd",
+             "id = = 1": "--where does not work on table accounts: "}
+    for where, said in cases.items():
+        for apply in ([], ["--apply"]):
+            r = crmops(cfg, "undo", "--table", "accounts", "--where", where, *apply, env=env)
+            assert r.returncode == 72 and said in one_line_error(r), (where, r.stderr)
+    assert native_digest(url) == before
+    ok = crmops(cfg, "undo", "--table", "accounts", "--where", "id = 1", env=env)
+    assert ok.returncode == 31 and "does not answer" in ok.stderr, ok.stderr  # a good one goes on to the sandbox
+
+
 def test_the_starter_works_with_demo_create_url_and_documents_the_attachment_mapping(
         tmp_path: Path, monkeypatch: Any) -> None:
     """Item 6: `init` then `demo create --url` asked for ${CRM_DB_PASSWORD}, then one more variable per run."""

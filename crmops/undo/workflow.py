@@ -102,6 +102,7 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
         raise ConfigError(f"--changed {request.changed}: use keep-live or take-snapshot")
     if not request.where.strip():
         raise ConfigError("--where is empty: name the rows, e.g. --where \"id IN (42, 57)\"")
+    undo_select.one_condition(request.where)
     to_url = request.to_url or config.database.url
     on_configured = request.to_url is None or request.to_url == config.database.url
     root = request.attachments_to or (config.attachments.path if on_configured else None)
@@ -115,6 +116,8 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
                 if wanted != engine_kind(to_url):
                     raise ConfigError(f"snapshot {ref} holds a {wanted} database; {display(to_url)} is not {wanted}")
                 _check_table(request.table, snapshot_tables(manifest))
+            with live.connect() as conn:  # the condition's columns, before minutes of sandbox restore
+                undo_select.check_where(conn, request.table, request.where)
             if request.apply and root is not None:
                 check_writable_folder(root, "--attachments-to" if request.attachments_to else "attachments.path")
             past_source = source or (lambda: from_snapshot(config, ref, repo, mark, request.table))
