@@ -119,7 +119,8 @@ UndoConflict = _error("UndoConflict", 70, "undo-conflict",
 UndoNothingSelected = _error("UndoNothingSelected", 71, "undo-nothing-selected",
                              "The undo selection matched no row in the snapshot.")
 UndoSelectionInvalid = _error("UndoSelectionInvalid", 72, "undo-selection-invalid",
-                              "The undo --table or --where does not work on the snapshot's database.")
+                              "The undo --table or --where is not a valid selection (checked before any sandbox "
+                              "starts).")
 Interrupted = _error("Interrupted", 130, "interrupted", "Stopped by Ctrl-C or SIGTERM.")
 
 EXIT_CODES: dict[int, str] = {

@@ -209,6 +209,9 @@ def test_cli_plan_json_errors_and_refusal_on_sqlite(tmp_path: Path) -> None:
     assert typo.returncode == 72 and "did you mean accounts" in typo.stderr
     assert json.loads(typo.stdout)["error"] == "undo-selection-invalid"
     bad = run(config, "undo", "--table", "accounts", "--where", "id IN (42")
+    assert bad.returncode == 72 and bad.stderr.startswith("crmops: error: --where must be one SQL condition on the "
+                                                          "table's columns; it holds a '(' that is never closed")
+    bad = run(config, "undo", "--table", "accounts", "--where", "id IN (42,)")
     assert bad.returncode == 72 and bad.stderr.startswith("crmops: error: --where does not work on table accounts")
     assert "Traceback" not in bad.stderr
     empty = run(config, "undo", "--table", " ", "--where", where)
