@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from crmops.errors import DatabaseError, UndoNothingSelected, UndoSelectionInvalid
+from crmops.errors import DatabaseError, UndoNothingSelected, UndoSelectionInvalid, db_said
 from crmops.undo.catalog import Catalog, Relation
 
 BATCH = 500
@@ -138,7 +138,7 @@ def check_where(conn: sa.Connection, table: str, where: str) -> None:
         conn.execute(sa.select(t).where(sa.text("(" + where.replace(":", "\\:") + ")")).limit(0)).all()
     except sa.exc.DBAPIError as e:
         conn.rollback()
-        said = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+        said = db_said(e.orig)
         message, hint = _where_problem(said, t, table)
         raise UndoSelectionInvalid(message, hint=hint) from None
     finally:
@@ -152,8 +152,6 @@ def _where_problem(said: str, t: sa.Table, table: str) -> tuple[str, str]:
     import difflib
     import re
 
-    from crmops.errors import without_values
-
     m = re.search(r'column "?`?([\w.]+?)"?`? does not exist|Unknown column \'([^\']+)\'|no such column: ([\w.]+)',
                   said)
     if m:
@@ -162,7 +160,7 @@ def _where_problem(said: str, t: sa.Table, table: str) -> tuple[str, str]:
         near = difflib.get_close_matches(column, names, n=1, cutoff=0.6)
         return (f"--where: table {table} has no column {column}; nothing was changed",
                 f"did you mean {near[0]}?" if near else f"its columns: {', '.join(names[:12])}")
-    return (f"--where does not work on table {table}: {without_values(said)}; nothing was changed",
+    return (f"--where does not work on table {table}: {said}; nothing was changed",
             "write an SQL condition on its columns, e.g. \"id IN (42, 57)\"")
 
 
@@ -188,7 +186,7 @@ def select(conn: sa.Connection, catalog: Catalog, table: str, where: str, *, fol
         found = conn.execute(stmt).mappings().all()
     except sa.exc.DBAPIError as e:
         conn.rollback()
-        first = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+        first = db_said(e.orig)
         raise UndoSelectionInvalid(f"--where does not work on table {source}: {first}",
                                    hint="write an SQL condition on its columns, e.g. \"id IN (42, 57)\"") from None
     if not found:
@@ -226,7 +224,7 @@ def _fetch(conn: sa.Connection, tables: Tables, table: str, columns: tuple[str, 
         try:
             yield from (dict(r) for r in conn.execute(stmt).mappings())
         except sa.exc.DBAPIError as e:
-            raise DatabaseError(f"reading {table} in the past database failed: {str(e.orig).splitlines()[0]}"
+            raise DatabaseError(f"reading {table} in the past database failed: {db_said(e.orig)}"
                                 ) from None
 
 
