@@ -228,7 +228,9 @@ def physical_into_datadir(c: Cluster, base: Path, *, spool: bool = True) -> dict
     # the postgres user runs crmops through the system python with the venv's packages, as tests/pitr do
     ours = r["restore_command"].split(" || ")[-1].split(" wal fetch")[0]
     theirs = c.wal_command("fetch").split(" wal fetch")[0]
-    auto = auto.replace(ours, theirs) + f"port = {port}\narchive_mode = off\n"
+    # its socket beside its log: the copy's own pg_hba.conf lets the postgres user in there (peer), and asks
+    # for a password on loopback
+    auto = auto.replace(ours, theirs) + f"port = {port}\nunix_socket_directories = '{c.base}'\narchive_mode = off\n"
     (datadir / "postgresql.auto.conf").write_text(auto)
     t1 = time.monotonic()
     subprocess.run(["chown", "-R", "postgres:postgres", str(datadir)], check=True)
@@ -237,11 +239,12 @@ def physical_into_datadir(c: Cluster, base: Path, *, spool: bool = True) -> dict
         if as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "3600", "start"],
                        capture_output=True).returncode != 0:
             raise SystemExit(f"the recovered data directory did not start: {log.read_text()[-1500:]}")
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        while True:
-            with psycopg.connect(url, autocommit=True) as conn:
-                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                    break
+        ask = [str(PG_BIN / "psql"), "-X", "-qAt", "-h", str(c.base), "-p", str(port), "-U", "postgres", "-c",
+               "SELECT pg_is_in_recovery()"]
+        deadline = time.monotonic() + 3600
+        while as_postgres(ask, capture_output=True, text=True).stdout.strip() != "f":
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the recovered data directory did not leave recovery: {log.read_text()[-1500:]}")
             time.sleep(0.2)
         started = round(time.monotonic() - t1, 1)
         fetches = log.read_text().count("restored log file")
