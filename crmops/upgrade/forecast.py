@@ -137,9 +137,10 @@ def _probe(config: Config, step: Step, context: dict[str, Any]) -> dict[str, Any
         params = step_params(step, context)  # a step reading an earlier step's result cannot run before it
     except CrmopsError:
         return None
-    probe = step.model_copy(update={"retries": 0, "timeout": min(step.timeout, 10.0)})
-    done = attempt(executors(config)[step.type], probe, params, StepContext(run_id="forecast",
-                                                                               url=config.database.url))
+    quick = min(step.timeout, 10.0)  # a probe that does not answer soon says nothing about the real run
+    probe = step.model_copy(update={"retries": 0, "timeout": quick})
+    done = attempt(executors(config)[step.type], probe, {**params, "timeout": quick},
+                   StepContext(run_id="forecast", url=config.database.url))
     if not done.result.ok:
         return None
     return {"seconds": round(done.seconds, 3), "basis": "a timed probe (it only reads)"}
@@ -173,10 +174,25 @@ def _modelled(config: Config, step: Step) -> dict[str, Any] | None:
     """A backup from the database's size as the server reports it (one catalogue query), as the dry run does."""
     if step.type != "backup":
         return None
+    import sqlalchemy as sa
+
+    from crmops.engines.connect import connect_engine
+
+    queries = {"postgresql": "SELECT pg_database_size(current_database())",
+               "mysql": "SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables "
+                        "WHERE table_schema = DATABASE()",
+               "sqlite": "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"}
     try:
-        size = int(open_engine(config.database.url).check().get("size_bytes") or 0)
+        engine = connect_engine(config.database.url)
     except CrmopsError:
         return None
+    try:
+        with engine.connect() as conn:
+            size = int(conn.execute(sa.text(queries[engine.dialect.name])).scalar() or 0)
+    except (sa.exc.DBAPIError, KeyError):
+        return None
+    finally:
+        engine.dispose()
     return expected_seconds(step, size, 0.0)
 
 
