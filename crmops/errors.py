@@ -70,7 +70,7 @@ def raised_by_code(orig: BaseException) -> str | None:
     """What raised a driver's error, when a trigger or function wrote its text (else None).
 
     PostgreSQL: SQLSTATE P0001 or a PL/pgSQL RAISE in the context; MariaDB/MySQL: error 1644 (SIGNAL
-    SQLSTATE '45000'); SQLite: a trigger's RAISE (SQLITE_CONSTRAINT_TRIGGER).
+    SQLSTATE '45000'). SQLite's RAISE takes only a literal, so its text is shown.
     """
     diag = getattr(orig, "diag", None)
     context = str(getattr(diag, "context", None) or "")
@@ -80,9 +80,7 @@ def raised_by_code(orig: BaseException) -> str | None:
     args = getattr(orig, "args", ())
     if args and args[0] == 1644:
         return "a trigger's SIGNAL"
-    if getattr(orig, "sqlite_errorcode", None) == 1811:
-        return "a trigger's RAISE"
-    return None
+    return None  # SQLite's RAISE takes a string literal: its text holds no row value
 
 
 def db_said(orig: BaseException) -> str:
