@@ -338,6 +338,7 @@ def test_undo_where_is_checked_against_the_live_table_before_any_sandbox(tmp_pat
              "nme = 'x'": "table accounts has no column nme; nothing was changed (did you mean name?)",
              "id = 1; DROP TABLE accounts": "it holds a ';' (a second statement); nothing was changed",
              "id = 1 -- and the rest": "it holds a comment (--)",
+             "name = E'\\'' ; COMMIT; DROP TABLE accounts; --'": "a backslash before a quote",
              "id = 1) OR (1 = 1": "it holds a ')' closing more than it opened",
              "name = 'it''s; fine' AND idd = 2": "table accounts has no column idd",
              "id = = 1": "--where does not work on table accounts: "}

@@ -75,13 +75,18 @@ class Selection:
         return sum(len(r) for r in self.rows.values())
 
 
-def one_condition(where: str) -> None:
+def one_condition(where: str, engine: str) -> None:
     """--where must be one SQL condition: no second statement, no comment hiding the rest, no way out of the
-    parentheses it is wrapped in. Quoted text ('...', "...", `...`) may hold anything."""
+    parentheses it is wrapped in. Quoted text ('...', "...", `...`) may hold anything; `#` starts a comment on
+    MySQL/MariaDB only (PostgreSQL's #>> and # are operators)."""
     depth, i, quote = 0, 0, ""
     while i < len(where):
         c = where[i]
         if quote:
+            if c == "\\" and where[i + 1:i + 2] == quote:
+                # 'a\' ends there on PostgreSQL, E'a\'' and MySQL's do not: the servers disagree on where it ends
+                why = "a backslash before a quote (servers read it differently)"
+                break
             if c == quote:
                 if where[i + 1:i + 2] == quote:  # a doubled quote stays inside
                     i += 1
@@ -89,10 +94,13 @@ def one_condition(where: str) -> None:
                     quote = ""
         elif c in "'\"`":
             quote = c
+        elif c == "$" and engine == "postgresql":
+            why = "a '$' (a dollar-quoted string is not read here)"
+            break
         elif c == ";":
             why = "a ';' (a second statement)"
             break
-        elif where[i:i + 2] in ("--", "/*") or c == "#":
+        elif where[i:i + 2] in ("--", "/*") or (c == "#" and engine == "mysql"):
             why = f"a comment ({where[i:i + 2] if c != '#' else '#'})"
             break
         elif c == "(":
@@ -121,7 +129,7 @@ def check_where(conn: sa.Connection, table: str, where: str) -> None:
     is rolled back: a function in the condition can change nothing. A table the live database no
     longer has is left to the sandbox (the snapshot's copy of it).
     """
-    one_condition(where)
+    one_condition(where, "mysql" if conn.dialect.name in ("mysql", "mariadb") else conn.dialect.name)
     name = table.removeprefix("public.")
     if not sa.inspect(conn).has_table(name):
         return

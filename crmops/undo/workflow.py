@@ -102,8 +102,8 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
         raise ConfigError(f"--changed {request.changed}: use keep-live or take-snapshot")
     if not request.where.strip():
         raise ConfigError("--where is empty: name the rows, e.g. --where \"id IN (42, 57)\"")
-    undo_select.one_condition(request.where)
     to_url = request.to_url or config.database.url
+    undo_select.one_condition(request.where, engine_kind(to_url))
     on_configured = request.to_url is None or request.to_url == config.database.url
     root = request.attachments_to or (config.attachments.path if on_configured else None)
     live = _connect(to_url)
