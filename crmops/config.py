@@ -130,6 +130,13 @@ class RetentionConfig(_Section):
     pitr_days: int = Field(7, ge=0)
 
 
+class CopyEncryption(_Section):
+    """A copy's own way in (key: own). No fallback to $CRMOPS_PASSPHRASE: that is the repository's."""
+
+    passphrase: SecretStr | None = None
+    key_file: Path | None = None
+
+
 class CopyConfig(_Section):
     """A second copy of the repository in another place (another bucket, provider or disk).
 
@@ -142,8 +149,22 @@ class CopyConfig(_Section):
     s3: S3Config = Field(default_factory=S3Config)
     #: None: the repository's retention
     retention: RetentionConfig | None = None
-    #: shared: the same master key; sealed chunks are copied byte for byte (only "shared" is built)
-    key: Literal["shared"] = "shared"
+    #: shared: the same master key, sealed objects copied byte for byte; own: the copy's own keys
+    #: (its `encryption`), every object authenticated, then re-encrypted (docs/FORMAT.md, Copies)
+    key: Literal["shared", "own"] = "shared"
+    #: with key: own, the copy's passphrase or key file (never the repository's)
+    encryption: CopyEncryption | None = None
+
+    @model_validator(mode="after")
+    def _own_needs_its_key(self) -> CopyConfig:
+        enc = self.encryption
+        if self.key == "own" and (enc is None or (enc.passphrase is None and enc.key_file is None)):
+            raise ValueError(f"copy {self.name}: key: own needs encryption.passphrase or encryption.key_file "
+                             "(the copy's own, not the repository's)")
+        if self.key == "shared" and enc is not None:
+            raise ValueError(f"copy {self.name}: encryption is for key: own; a shared copy opens with the "
+                             "repository's passphrase or key file")
+        return self
 
 
 class Assertion(_Section):
@@ -340,6 +361,9 @@ class Config(_Section):
         other.repository = self.copy_repository(name)
         other.retention = (c.retention or self.retention).model_copy()
         other.reading_copy = name
+        if c.key == "own" and c.encryption is not None:  # the copy opens with its own key, never the primary's
+            other.encryption = EncryptionConfig(passphrase=c.encryption.passphrase or SecretStr(""),
+                                                key_file=c.encryption.key_file)
         return other
 
     def secret_values(self) -> list[str]:
@@ -565,6 +589,8 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         if not rest.startswith("/"):
             cfg.repository.url = "file://" + str(base / rest)
     for copy in cfg.copies:
+        if copy.encryption is not None:
+            copy.encryption.key_file = fix(copy.encryption.key_file)
         rest = copy.url[len("file://"):]
         if copy.url.startswith("file://") and not rest.startswith("/"):
             copy.url = "file://" + str(base / rest)

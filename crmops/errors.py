@@ -153,6 +153,8 @@ TargetNotEmpty = _error("TargetNotEmpty", 60, "target-not-empty", "Refused to ov
 SafetySnapshotFailed = _error("SafetySnapshotFailed", 62, "safety-snapshot-failed",
                               "The safety snapshot before a change could not be taken; nothing was changed.")
 StatusRed = _error("StatusRed", 61, "status-red", "A monitoring verdict is red.")
+ObjectLocked = _error("ObjectLocked", 63, "object-locked",
+                      "S3 Object Lock keeps objects that were to be deleted; nothing was deleted.")
 # undo
 UndoConflict = _error("UndoConflict", 70, "undo-conflict",
                       "An undo was refused: a row to restore collides with live data (nothing was written).")
@@ -175,7 +177,8 @@ EXIT_CODES: dict[int, str] = {
             RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
             MigrationRefused, LintFailed, SchemaDrift, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
-            TargetNotEmpty, SafetySnapshotFailed, StatusRed, Interrupted, ConstraintBroken, TableNotInSnapshot,
+            TargetNotEmpty, SafetySnapshotFailed, StatusRed, ObjectLocked, Interrupted, ConstraintBroken,
+            TableNotInSnapshot,
             UndoConflict, UndoNothingSelected, UndoSelectionInvalid,
         )
     },
