@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmops.config import MASK, VerifyConfig
+from crmops.engines.container_tools import image_hint
 from crmops.errors import ConfigError, CrmopsError, ImageMissing, SandboxUnavailable
 from crmops.sandbox import guard, selfnet
-from crmops.sandbox.base import build_hint, flavor_of, image_for
+from crmops.sandbox.base import flavor_of, image_for
 
 LABEL = "crmops.sandbox"
 #: on what a dry run's rehearsal stack adds to a sandbox (a copy of the app, its volumes): the sandbox's name
@@ -177,8 +178,7 @@ class DockerSandbox:
             image = client.images.get(self.image)
         except ImageNotFound:
             raise ImageMissing(f"sandbox image {self.image} is not present locally",
-                               hint=f"{build_hint(self.image)}docker pull {self.image} or docker load -i FILE; "
-                                    f"the image is set in verify.images.{self.flavor}") from None
+                               hint=image_hint(self.image, f"verify.images.{self.flavor}")) from None
         except DockerException as e:
             raise SandboxUnavailable(f"the Docker engine failed while looking up {self.image}: {e}") from None
         self.image_id = image.id
