@@ -76,7 +76,7 @@ demo: venv
 # large too when BENCH_SIZES names it, in one run; prints tables and writes bench/results.json (needs the test bed).
 # Each of BENCH_SIZES in turn; the everyday commands run at every size, the wide undo once.
 # bytecode first: an installed wheel has it, and with PYTHONDONTWRITEBYTECODE set a checkout would
-# compile every crmops module from source in every measured command (0.1-0.15 s each)
+# compile every crmops module from source in every measured command (0.03-0.15 CPU-s each)
 bench: testbed
 	$(BIN)/python -m compileall -q crmops
 	@set -e; undo=700; for s in $(BENCH_SIZES); do \
