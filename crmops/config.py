@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import MutableMapping
+import sys
+import types
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -27,6 +29,12 @@ import yaml
 # crmops uses no pydantic plugins; looking for them scans every installed package's entry
 # points on the first model built, a cost every command paid at start-up
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+if os.environ["PYDANTIC_DISABLE_PLUGINS"] == "__all__" and "pydantic.plugin._loader" not in sys.modules:
+    # with every plugin disabled, pydantic's loader returns none, but importing it imports
+    # importlib.metadata (10-80 ms here, on every command): stand in with the answer it gives
+    _no_plugins = types.ModuleType("pydantic.plugin._loader")
+    _no_plugins.get_plugins = lambda: ()  # type: ignore[attr-defined]
+    sys.modules["pydantic.plugin._loader"] = _no_plugins
 from pydantic import (  # noqa: E402
     AfterValidator,
     BaseModel,
@@ -574,11 +582,14 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p)
 
-    cfg.attachments.path = fix(cfg.attachments.path)
-    cfg.encryption.key_file = fix(cfg.encryption.key_file)
-    cfg.verify.signing_key_file = fix(cfg.verify.signing_key_file)
-    cfg.notify.metrics_file = fix(cfg.notify.metrics_file)
-    cfg.state_dir = fix(cfg.state_dir) or cfg.state_dir
+    # assigned only when a path changes: an assignment validates, and a section's first validation
+    # builds its pydantic validator (a few ms each, for every command)
+    for section, name in ((cfg.attachments, "path"), (cfg.encryption, "key_file"), (cfg.verify, "signing_key_file"),
+                          (cfg.notify, "metrics_file"), (cfg, "state_dir")):
+        old = getattr(section, name)
+        new = fix(old)
+        if new is not None and new is not old:
+            setattr(section, name, new)
     if cfg.migrations.script_location and not Path(cfg.migrations.script_location).is_absolute():
         cfg.migrations.script_location = str(base / cfg.migrations.script_location)
     url = cfg.database.url
@@ -676,8 +687,12 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     return p if p.is_file() else None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Read, interpolate, override and validate; every failure is one ConfigError line."""
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None,
+                early: Callable[[dict[str, Any], Path, dict[str, str]], Any] | None = None) -> Config:
+    """Read, interpolate, override and validate; every failure is one ConfigError line.
+
+    early(data, folder, environ) sees the settings before validation (the command line starts
+    the key derivation there, crmops.kdf); it must not change them."""
     environ = dict(os.environ if environ is None else environ)
     file = find_config_file(path)
     label = str(file) if file else "embedded default"
@@ -706,6 +721,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         if missing:
             raise _missing_error(label, missing)
     from_env = _env_overrides(data, environ)
+    if early is not None:
+        early(data, (file.parent if file else Path.cwd()).resolve(), environ)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:

@@ -199,7 +199,7 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
     t0 = time.monotonic()
     try:
         if stream["format"] == "pg-custom" and stream["size"] <= STAGE_LIMIT:
-            # staged whole, then pg_restore -j (restore_jobs): a small dump restores faster so
+            # staged whole, then one pg_restore in one transaction (up to 16 MiB) or -j (restore_jobs)
             with stage(repo, manifest, lambda n: refresh(), files=False) as staged:
                 target.restore((), format=stream["format"], staged=staged)
         else:
