@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
-import types
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,12 +27,6 @@ import yaml
 # crmops uses no pydantic plugins; looking for them scans every installed package's entry
 # points on the first model built, a cost every command paid at start-up
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-if os.environ["PYDANTIC_DISABLE_PLUGINS"] == "__all__" and "pydantic.plugin._loader" not in sys.modules:
-    # with every plugin disabled, pydantic's loader returns none, but importing it imports
-    # importlib.metadata (10-80 ms here, on every command): stand in with the answer it gives
-    _no_plugins = types.ModuleType("pydantic.plugin._loader")
-    _no_plugins.get_plugins = lambda: ()  # type: ignore[attr-defined]
-    sys.modules["pydantic.plugin._loader"] = _no_plugins
 from pydantic import (  # noqa: E402
     AfterValidator,
     BaseModel,
