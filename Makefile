@@ -78,7 +78,10 @@ demo: venv
 # BENCH_REALCRM=1 adds the real Django CRM's upgrade, dry run against real run per step, BENCH_REALCRM_RUNS
 # times per engine (medians; about 5 minutes a run on two shared cores)
 BENCH_REALCRM_RUNS ?= 3
+# bytecode first: an installed wheel has it, and with PYTHONDONTWRITEBYTECODE set a checkout would
+# compile every crmops module from source in every measured command (0.03-0.15 CPU-s each)
 bench: testbed
+	$(BIN)/python -m compileall -q crmops
 	@set -e; undo=700; for s in $(BENCH_SIZES); do \
 	  $(BIN)/python bench/run.py --size $$s --undo-tables $$undo; undo=0; \
 	  $(BIN)/python bench/verify_bench.py --size $$s; \

@@ -41,7 +41,8 @@ def _bucket_bytes(client, bucket: str, prefix: str) -> tuple[int, int]:  # type:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "medium"), choices=["small", "medium", "large"])
+    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "medium"),
+                    choices=["tiny", "small", "medium", "large"])
     args = ap.parse_args()
     env = bed_env()
     s3 = env["CRMOPS_TEST_S3_ENDPOINT"]

@@ -2,7 +2,8 @@
 
 Where the file comes from: --config, then $CRMOPS_CONFIG, then ./crmops.yaml; with none
 of these the embedded demo default is used (a SQLite demo CRM and a local repository
-under ./demo), so `crmops` works on a fresh machine without servers.
+under ./demo), so `crmops` works on a fresh machine without servers. A file, once there, must
+state database.url and repository.url itself: a file cut short never falls back to the demo.
 
 Secrets never need to sit in the file: any string may say ${VAR} and is filled from
 the environment, and CRMOPS_SECTION__KEY variables override single keys.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -487,6 +488,61 @@ def yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
     return (f" line {mark.line + 1}" if mark else ""), (getattr(e, "problem", None) or "invalid YAML")
 
 
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Line (1-based) of every key and list item of a YAML text, by its path: errors name where to look."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*path, str(key.value))] = key.start_mark.line + 1
+                walk(value, (*path, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*path, str(i))] = item.start_mark.line + 1
+                walk(item, (*path, str(i)))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+#: what decides what is backed up and where: a configuration file states these itself (or through
+#: CRMOPS_* variables), never by falling back to the embedded demo's, which apply with no file at all
+STATED_KEYS = (("database", "url"), ("repository", "url"))
+
+
+def _check_stated(data: dict[str, Any], file: Path, text: str, lines: dict[tuple[str, ...], int],
+                  environ: dict[str, str]) -> None:
+    """A file cut short still parses: a missing database or repository URL, or a section left null, is an error.
+
+    Under cron a truncated crmops.yaml must stop the job, not back up the demo or into ./demo/repo.
+    """
+    count = len(text.splitlines())
+    for path in STATED_KEYS:
+        section, key = path
+        variable = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+        node = data.get(section)
+        if section in data and node is None and variable not in environ:
+            raise ConfigError(f"{file}: line {lines.get((section,), '?')}: {section}: is empty (null) where its "
+                              f"settings are required ({section}.{key} at least); nothing was done",
+                              hint=f"the file has {count} lines: was it cut short? `crmops init --path FILE` writes "
+                                   f"a complete example")
+        if section in data and not isinstance(node, dict):
+            continue  # a wrong type: validation names it with its line
+        if (node or {}).get(key) is None and variable not in environ:
+            where = (f"line {lines[(section,)]}: {section}: has no {key}" if (section,) in lines
+                     else f"no {section}: section")
+            raise ConfigError(f"{file}: {where}; a configuration file must state {section}.{key} itself (the "
+                              f"demo's default applies only with no file at all); nothing was done",
+                              hint=f"the file has {count} lines: was it cut short? Set {section}.{key} (or "
+                                   f"{variable}); `crmops init --path FILE` writes a complete example")
+
+
 def expand_env(value: str, where: str, environ: dict[str, str] | None = None) -> str:
     """${VAR} / ${VAR:-default} filled from the environment, as in the file (e.g. a URL option)."""
     return _interpolate(value, where, "command line", dict(os.environ if environ is None else environ))
@@ -507,7 +563,9 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[tuple[
                     raise ConfigError(f"{name}: no entry named {part!r} to set {'.'.join(path)} in")
                 node = named[0]
                 continue
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # a section whose keys are all commented out (or cut off) is empty
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict | list):
                 raise ConfigError(f"{name}: {'.'.join(path)} cannot be set; its parent is not a section")
         if isinstance(node, list):
@@ -525,11 +583,14 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p)
 
-    cfg.attachments.path = fix(cfg.attachments.path)
-    cfg.encryption.key_file = fix(cfg.encryption.key_file)
-    cfg.verify.signing_key_file = fix(cfg.verify.signing_key_file)
-    cfg.notify.metrics_file = fix(cfg.notify.metrics_file)
-    cfg.state_dir = fix(cfg.state_dir) or cfg.state_dir
+    # assigned only when a path changes: an assignment validates, and a section's first validation
+    # builds its pydantic validator (a few ms each, for every command)
+    for section, name in ((cfg.attachments, "path"), (cfg.encryption, "key_file"), (cfg.verify, "signing_key_file"),
+                          (cfg.notify, "metrics_file"), (cfg, "state_dir")):
+        old = getattr(section, name)
+        new = fix(old)
+        if new is not None and new is not old:
+            setattr(section, name, new)
     if cfg.migrations.script_location and not Path(cfg.migrations.script_location).is_absolute():
         cfg.migrations.script_location = str(base / cfg.migrations.script_location)
     url = cfg.database.url
@@ -547,10 +608,15 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
             copy.url = "file://" + str(base / rest)
 
 
-def _format_validation(err: ValidationError, file: str, from_env: dict[tuple[str, ...], str] | None = None) -> str:
-    """The first mistake, blamed on where it was written: the file, or the CRMOPS_* variable that set it."""
+def _format_validation(err: ValidationError, file: str, from_env: dict[tuple[str, ...], str] | None = None,
+                       lines: dict[tuple[str, ...], int] | None = None) -> str:
+    """The first mistake, blamed on where it was written: the file and line, or the CRMOPS_* variable that set it."""
     first = err.errors()[0]
     loc = tuple(str(p) for p in first["loc"])
+    # the line of the key itself, else of the nearest enclosing key (a missing key is named by its section)
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in (lines or {})), None)
+    if line is not None:
+        file = f"{file}: line {line}"
     key = ".".join(loc) or "(top level)"
     variable = next((v for path, v in (from_env or {}).items() if path[:len(loc)] == loc and loc), None)
     msg = first["msg"]
@@ -622,17 +688,23 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     return p if p.is_file() else None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Read, interpolate, override and validate; every failure is one ConfigError line."""
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None,
+                early: Callable[[dict[str, Any], Path, dict[str, str]], Any] | None = None) -> Config:
+    """Read, interpolate, override and validate; every failure is one ConfigError line.
+
+    early(data, folder, environ) sees the settings before validation (the command line starts
+    the key derivation there, crmops.kdf); it must not change them."""
     environ = dict(os.environ if environ is None else environ)
     file = find_config_file(path)
     label = str(file) if file else "embedded default"
     data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
     if file is None:
         data = {k: dict(v) for k, v in EMBEDDED_DEFAULT.items()}
     else:
         try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+            text = file.read_text(encoding="utf-8")
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             where, problem = yaml_problem(e)
             raise ConfigError(f"{file}:{where}: {problem}") from None
@@ -644,15 +716,20 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
                                    "a commented one with `crmops init`")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+        lines = key_lines(text)
         missing: list[tuple[str, str]] = []
         data = _interpolate(loaded, "", label, environ, missing)
         if missing:
             raise _missing_error(label, missing)
     from_env = _env_overrides(data, environ)
+    if early is not None:
+        early(data, (file.parent if file else Path.cwd()).resolve(), environ)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, label, from_env)) from None
+        raise ConfigError(_format_validation(e, label, from_env, lines)) from None
+    if file is not None:  # after validation: a misspelt key is named as such, not as a missing one
+        _check_stated(loaded, file, text, lines, environ)
     cfg.source = label
     _resolve_paths(cfg, (file.parent if file else Path.cwd()).resolve())
     return cfg
