@@ -15,6 +15,7 @@ from crmops.config import Config
 from crmops.engines import open_engine
 from crmops.errors import CrmopsError
 from crmops.playbooks.model import Playbook, Step
+from crmops.playbooks.template import TemplateError
 from crmops.playbooks.window import fits
 
 #: PostgreSQL lock modes, weakest first
@@ -135,7 +136,7 @@ def _probe(config: Config, step: Step, context: dict[str, Any]) -> dict[str, Any
         return None
     try:
         params = step_params(step, context)  # a step reading an earlier step's result cannot run before it
-    except CrmopsError:
+    except (CrmopsError, TemplateError):  # {{ steps.ID.OUTPUT }} of a step that has not run
         return None
     quick = min(step.timeout, 10.0)  # a probe that does not answer soon says nothing about the real run
     probe = step.model_copy(update={"retries": 0, "timeout": quick})
