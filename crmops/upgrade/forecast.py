@@ -134,6 +134,8 @@ def _probe(config: Config, step: Step, context: dict[str, Any]) -> dict[str, Any
 
     if step.type not in _PROBED or (step.type == "http" and getattr(step, "method", "GET") not in ("GET", "HEAD")):
         return None
+    if step.type == "http" and getattr(step, "headers", None):
+        return None  # a GET that signs in writes (Django: a session row and the user's last_login)
     try:
         params = step_params(step, context)  # a step reading an earlier step's result cannot run before it
     except (CrmopsError, TemplateError):  # {{ steps.ID.OUTPUT }} of a step that has not run
