@@ -75,6 +75,9 @@ demo: venv
 # /var/tmp/crmops-bench), and `crmops copy` (shared and own keys) beside `restic copy` at medium, and at
 # large too when BENCH_SIZES names it, in one run; prints tables and writes bench/results.json (needs the test bed).
 # Each of BENCH_SIZES in turn; the everyday commands run at every size, the wide undo once.
+# BENCH_REALCRM=1 adds the real Django CRM's upgrade, dry run against real run per step, BENCH_REALCRM_RUNS
+# times per engine (medians; about 5 minutes a run on two shared cores)
+BENCH_REALCRM_RUNS ?= 3
 # bytecode first: an installed wheel has it, and with PYTHONDONTWRITEBYTECODE set a checkout would
 # compile every crmops module from source in every measured command (0.03-0.15 CPU-s each)
 bench: testbed
@@ -88,6 +91,7 @@ bench: testbed
 	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(PITR_BENCH_SIZE)
 	PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size medium
 	@case " $(BENCH_SIZES) " in *" large "*) PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size large;; esac
+	@if [ "$(BENCH_REALCRM)" = 1 ]; then PYTHONPATH=. $(BIN)/python -m bench.realcrm_bench --runs $(BENCH_REALCRM_RUNS); fi
 
 clean-demo:
 	rm -rf demo

@@ -180,11 +180,20 @@ class FreshnessCheck(_Section):
     max_age_hours: float = Field(24, gt=0)
 
 
+class ShrinkCheck(_Section):
+    """Tables that should only grow: a snapshot that lost more rows than this since the one before is red."""
+
+    tables: list[str] = Field(..., min_length=1)
+    #: the share of a table's rows it may lose between two backups of the same source
+    max_percent: float = Field(5, ge=0, le=100)
+
+
 class VerifyChecks(_Section):
     fk_orphans: bool = True
     #: SQL returning the attachment paths the database references
     attachments_query: str | None = None
     freshness: FreshnessCheck | None = None
+    shrink: ShrinkCheck | None = None
 
 
 class VerifyConfig(_Section):

@@ -221,6 +221,18 @@ def _values(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> set[Key
     return out
 
 
+def _typed(column: sa.Column[Any], value: str | None) -> Any:
+    """The configured type value as the column's type: Django's content_type_id is an integer,
+    and PostgreSQL compares no integer with text."""
+    try:
+        kind = column.type.python_type
+    except NotImplementedError:
+        return value
+    if value is not None and kind is int and value.lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
 def _fetch(conn: sa.Connection, tables: Tables, table: str, columns: tuple[str, ...],
            values: Iterable[Key], rel: Relation | None = None) -> Iterator[dict[str, Any]]:
     """Rows of table whose columns hold one of values (and, for a polymorphic rel, its type value)."""
@@ -228,7 +240,7 @@ def _fetch(conn: sa.Connection, tables: Tables, table: str, columns: tuple[str, 
     for batch in batches(sorted(values, key=repr)):
         stmt = sa.select(t).where(matching(t, columns, batch))
         if rel is not None and rel.type_column:
-            stmt = stmt.where(t.c[rel.type_column] == rel.type_value)
+            stmt = stmt.where(t.c[rel.type_column] == _typed(t.c[rel.type_column], rel.type_value))
         try:
             yield from (dict(r) for r in conn.execute(stmt).mappings())
         except sa.exc.DBAPIError as e:

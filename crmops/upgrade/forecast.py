@@ -15,6 +15,7 @@ from crmops.config import Config
 from crmops.engines import open_engine
 from crmops.errors import CrmopsError
 from crmops.playbooks.model import Playbook, Step
+from crmops.playbooks.template import TemplateError
 from crmops.playbooks.window import fits
 
 #: PostgreSQL lock modes, weakest first
@@ -133,9 +134,11 @@ def _probe(config: Config, step: Step, context: dict[str, Any]) -> dict[str, Any
 
     if step.type not in _PROBED or (step.type == "http" and getattr(step, "method", "GET") not in ("GET", "HEAD")):
         return None
+    if step.type == "http" and getattr(step, "headers", None):
+        return None  # a GET that signs in writes (Django: a session row and the user's last_login)
     try:
         params = step_params(step, context)  # a step reading an earlier step's result cannot run before it
-    except CrmopsError:
+    except (CrmopsError, TemplateError):  # {{ steps.ID.OUTPUT }} of a step that has not run
         return None
     quick = min(step.timeout, 10.0)  # a probe that does not answer soon says nothing about the real run
     probe = step.model_copy(update={"retries": 0, "timeout": quick})

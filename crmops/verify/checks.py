@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from crmops.config import Assertion, FreshnessCheck
+from crmops.config import Assertion, FreshnessCheck, ShrinkCheck
 
 MASKED = "***"
 SAMPLE_ROWS = 3
@@ -26,7 +26,7 @@ SAMPLE_ROWS = 3
 @dataclass
 class CheckResult:
     name: str
-    kind: str  # restore | attachments | assertion | fk_orphans | attachments_pairing | freshness
+    kind: str  # restore | attachments | assertion | fk_orphans | attachments_pairing | freshness | shrink
     ok: bool
     detail: str
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -231,3 +231,37 @@ def freshness(conn: sa.Connection, quote: Any, check: FreshnessCheck, snapshot_t
     verdict = "within" if ok else "older than"
     return CheckResult("freshness", "freshness", ok, f"{name}: newest row {age_h:.1f} h before the snapshot, "
                        f"{verdict} the {check.max_age_hours:g} h floor")
+
+
+def _rows_by_table(manifest: dict[str, Any]) -> dict[str, int]:
+    """Row counts from a snapshot's fingerprint, by bare table name (PostgreSQL's carry their schema)."""
+    out: dict[str, int] = {}
+    for name, t in (manifest.get("fingerprint") or {}).get("tables", {}).items():
+        out.setdefault(name.split(".")[-1].strip('"`').lower(), int(t.get("rows") or 0))
+    return out
+
+
+def shrink(check: ShrinkCheck, manifest: dict[str, Any], previous: dict[str, Any] | None) -> CheckResult:
+    """Tables that should only grow did not lose more than max_percent of their rows since the previous backup.
+
+    A mass delete (a wrong filter in the CRM's admin, a script gone astray) is valid data: every
+    other check passes. Counts come from the two fingerprints, so no row is read or shown.
+    """
+    if previous is None:
+        return CheckResult("shrink", "shrink", True, "shrink: no earlier backup of this source to compare with")
+    now, was = _rows_by_table(manifest), _rows_by_table(previous)
+    missing = [t for t in check.tables if t.lower() not in now]
+    lost: list[str] = []
+    for table in check.tables:
+        before, after = was.get(table.lower()), now.get(table.lower())
+        if before and after is not None and after < before * (1 - check.max_percent / 100):
+            lost.append(f"{table} {before} -> {after} rows ({(after - before) / before * 100:+.1f} %)")
+    if missing:
+        lost.insert(0, f"{missing[0]} is not in the snapshot")
+    since = f"since snapshot {previous['id'][:10]}"
+    if not lost:
+        return CheckResult("shrink", "shrink", True, f"shrink: {len(check.tables)} tables lost at most "
+                           f"{check.max_percent:g} % of their rows {since}")
+    more = f" (+{len(lost) - 1} more)" if len(lost) > 1 else ""
+    return CheckResult("shrink", "shrink", False, f"shrink: {lost[0]} {since}, more than the "
+                       f"{check.max_percent:g} % allowed{more}", [{"table": x} for x in lost])

@@ -28,6 +28,7 @@ from crmops.engines.connect import connect_engine
 from crmops.errors import CrmopsError, DatabaseError, IntegrityError, SandboxUnavailable, VerificationFailed
 from crmops.log import Timeline
 from crmops.repository import Repository, open_repository
+from crmops.repository.source import is_safety, source_of_manifest
 from crmops.sandbox import Sandbox, open_sandbox
 from crmops.services.restore import ENGINE_OF_FORMAT, restore_files, stage
 from crmops.services.sources import resolve
@@ -230,8 +231,18 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
         restored = _attachments(repo, manifest, Path(tmp), result)
         if restored is not None:
             mark("attachments restored and hashed")
-        _run_checks(config, manifest, sandbox.url, restored, result, show_data)
+        previous = previous_backup(repo, manifest) if config.verify.checks.shrink else None
+        _run_checks(config, manifest, sandbox.url, restored, result, show_data, previous)
     mark("checks run")
+
+
+def previous_backup(repo: Repository, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The backup of the same source taken just before manifest (safety snapshots and base backups passed over)."""
+    source = source_of_manifest(manifest)
+    when = _parse_time(manifest["time"])
+    earlier = [m for m in repo.listing().of_source(source)
+               if _parse_time(m["time"]) < when and not is_safety(m) and m.get("kind") != "physical"]
+    return max(earlier, key=lambda m: _parse_time(m["time"])) if earlier else None
 
 
 def _attachments(repo: Repository, manifest: dict[str, Any], folder: Path, result: VerifyResult) -> Path | None:
@@ -256,7 +267,7 @@ def _attachments(repo: Repository, manifest: dict[str, Any], folder: Path, resul
 
 
 def _run_checks(config: Config, manifest: dict[str, Any], url: str, restored: Path | None, result: VerifyResult,
-                show_data: bool) -> None:
+                show_data: bool, previous: dict[str, Any] | None = None) -> None:
     wanted = config.verify.checks
     db = connect_engine(url)
     try:
@@ -270,6 +281,8 @@ def _run_checks(config: Config, manifest: dict[str, Any], url: str, restored: Pa
             if wanted.freshness is not None:
                 result.checks.append(checks.freshness(conn, db.dialect.identifier_preparer.quote, wanted.freshness,
                                                       _parse_time(manifest["time"])))
+            if wanted.shrink is not None:
+                result.checks.append(checks.shrink(wanted.shrink, manifest, previous))
             for a in config.verify.assertions:
                 result.checks.append(checks.run_assertion(conn, a, show_data))
     finally:

@@ -372,6 +372,12 @@ def test_a_real_run_without_a_rehearsal_forecasts_from_the_same_sources_as_the_d
                    {"id": "b1", "type": "shell", "command": f"echo b1 >> {LOG}"},
                    {"id": "long", "type": "shell", "command": "true", "expected_seconds": 3},
                    {"id": "dump", "type": "backup"}, health,
+                   # a signed-in GET writes (a session, the last login): never probed
+                   {"id": "signed", "type": "http", "url": f"http://127.0.0.1:{server.server_port}/deals",
+                    "headers": {"X-CRM-User": "admin"}},
+                   # reads an earlier step's output: it cannot be probed before the run (no crash either)
+                   {"id": "after", "type": "http", "url": f"http://127.0.0.1:{server.server_port}/"
+                                                           "{{ steps.dump.snapshot_id }}"},
                    {"id": "off", "type": "maintenance", "mode": "off", "shell": {"command": f"echo off >> {LOG}"}}]}]}
         pb = bed / "forecast.yaml"
         pb.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -385,17 +391,19 @@ def test_a_real_run_without_a_rehearsal_forecasts_from_the_same_sources_as_the_d
         basis = {e["step"]: e["basis"] for e in start["forecast"]}
         assert basis == {"on": "unknown", "b1": "unknown", "long": "the playbook's expected_seconds",
                          "dump": "the database's size at ~100 MB/s", "health": "a timed probe (it only reads)",
-                         "off": "unknown"}, basis
+                         "signed": "unknown", "after": "unknown", "off": "unknown"}, basis
         seconds = {e["step"]: e["seconds"] for e in start["forecast"]}
-        assert seconds["on"] == seconds["b1"] == seconds["off"] == 0.0 and 0 < seconds["health"] < 2
+        assert seconds["on"] == seconds["b1"] == seconds["after"] == seconds["off"] == 0.0 and 0 < seconds["health"] < 2
         assert start["estimated_downtime_s"] == round(sum(seconds.values()), 2) < 3 + 2 + 2 + 1
         said = " ".join(first.stdout.split())
-        assert "plus 3 step(s) of unknown duration (on, b1, off): run --dry-run to measure them" in said, said
-        assert hits_first == 2  # the probe's GET, then the step's: nothing else reached production
+        assert "plus 5 step(s) of unknown duration (on, b1, signed, after, off): run --dry-run to measure them" \
+            in said, said
+        assert hits_first == 4  # the probe's GET, then the steps': nothing else reached production
         # the second run: every step that ran has a real run to go by, and nothing is probed any more
         basis = {e["step"]: e["basis"] for e in again["forecast"]}
-        assert {basis[s] for s in ("on", "b1", "dump", "health", "off")} == {"median of 1 earlier real run"}, basis
-        assert "unknown duration" not in second.stdout + second.stderr and hits_second == 3
+        assert {basis[s] for s in ("on", "b1", "dump", "health", "signed", "after", "off")} == \
+            {"median of 1 earlier real run"}, basis
+        assert "unknown duration" not in second.stdout + second.stderr and hits_second == 7
     finally:
         server.shutdown()
 

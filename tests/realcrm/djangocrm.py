@@ -103,18 +103,14 @@ def crm_container(client: Any, url: str, media: Path, version: str = OLD) -> Ite
 
 
 def config_for(tmp: Path, url: str, media: Path) -> Path:
-    """crmops's configuration for the CRM: its database, its media folder as the attachments, CRM checks."""
+    """crmops's configuration for the CRM: its database, its media folder as the attachments, the CRM's
+    verify checks from docs/examples/django-crm-verify.yaml."""
     cfg: dict[str, Any] = {
         "database": {"url": url}, "repository": {"url": f"file://{tmp / 'repo'}", "chunk_avg_kib": 256},
         "encryption": {"passphrase": "${TEST_PASSPHRASE}"}, "state_dir": str(tmp / "state"),
         "attachments": {"path": str(media)},
-        "verify": {"checks": {"fk_orphans": True, "attachments_query": "SELECT file FROM common_thefile"},
-                   "assertions": [
-                       {"name": "every contact's company exists",
-                        "sql": "SELECT count(*) FROM crm_contact c LEFT JOIN crm_company co ON co.id = c.company_id "
-                               "WHERE co.id IS NULL", "expect": 0},
-                       {"name": "every deal names a company", "sql": "SELECT count(*) FROM crm_deal "
-                        "WHERE company_id IS NULL", "expect": 0}]},
+        # the shipped snippet for Django CRM: its checks and assertions, as an operator would copy them
+        "verify": yaml.safe_load((ROOT / "docs" / "examples" / "django-crm-verify.yaml").read_text())["verify"],
         "migrations": {"lock_timeout_seconds": 120},
     }
     path = tmp / "crmops.yaml"

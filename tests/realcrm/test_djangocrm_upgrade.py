@@ -4,9 +4,12 @@ The CRM is the real one (django-crm-admin from PyPI, in crmops-djangocrm:VERSION
 made by its own ORM, its uploads in the media folder crmops backs up as the attachments. First
 a migration that fails half-way (a table 3.1.0's last migration wants to create is already
 there) is rolled back: the old version serves again and the database's native digest equals
-the pre-upgrade one. Then, with the obstacle gone: backup, verify, the dry run with its
-forecast, the real upgrade, the pages that read the migrated data, and the untouched tables
-unchanged.
+the pre-upgrade one. Then, with the obstacle gone: backup, verify with the shipped Django CRM
+assertions (docs/examples/django-crm-verify.yaml); on that snapshot a planted negative amount turns
+verify red, `restore --tables crm_deal` and `undo` of a deleted company put the database back to its
+exact native digest (djangocrm_ops.py); then the dry run with its forecast, the real upgrade with a
+long data migration whose progress the journal shows while it runs, the pages that read the
+migrated data, and the untouched tables unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ import pytest
 from crmops.engines import open_engine
 from tests.matrix.digest import native_digest
 from tests.realcrm.djangocrm import IMAGE, NEW, OLD, config_for, crm_container, playbook_for
+from tests.realcrm.djangocrm_ops import (
+    JournalWatch,
+    company_undone,
+    red_verify_then_deals_restored,
+    verify_green,
+    with_data_migration,
+)
 from tests.upgrade.upgrade_helpers import fingerprint, last_journal
 from tests.verify.verify_helpers import ok, run
 
@@ -91,24 +101,34 @@ def test_django_crm_upgrade_rolled_back_then_done(engine: str, request: pytest.F
         status, body = crm.get("/en/456-admin/crm/deal/")
         assert status == 200 and "Deal 00299" in body
 
-        # 2. the obstacle removed: backup, verify, rehearse, upgrade
+        # 2. the obstacle removed: backup, verify with the CRM's assertions (green)
         _sql(url, f"DROP TABLE {PLANTED}")
-        ok(run(config, "backup"))
-        ok(run(config, "verify"))
+        good = ok(run(config, "--json", "backup"))["snapshot_id"]
+        verify_green(config)
+        # 3. on that snapshot: a red verify and the deals table restored, a deleted company undone
+        red_verify_then_deals_restored(config, url, good)
+        company_undone(config, crm, url, good)
+
+        # 4. rehearse and upgrade, with a long data migration (progress in the journal) after migrate
+        with_data_migration(pb)
         fp_before = fingerprint(url)
         dry = ok(run(config, "--json", "upgrade", str(pb), "--dry-run", timeout=1800))
         assert crm.image() == IMAGE.format(OLD)  # production untouched by the rehearsal
         modes = {p["step"]: p["mode"] for p in dry["plan"] if p["phase"] == "run"}
-        for step in ("old_app", "migrations_before", "pre_upgrade", "swap", "migrate", "static", "migrations_after",
-                     "health"):
+        for step in ("old_app", "migrations_before", "pre_upgrade", "swap", "migrate", "backfill_tiers", "static",
+                     "migrations_after", "health"):
             assert modes[step] in ("rehearsed", "production, read-only"), (step, modes)
         assert modes["migrate"] == "rehearsed"
         assert dry["rollback"]["ok"] and dry["rollback"]["database"]["ok"], dry["rollback"]
         assert dry["estimated_downtime_s"] > 0
         forecast = {p["step"]: p.get("seconds") for p in dry["plan"] if p["phase"] == "run"}
 
-        real = ok(run(config, "--json", "upgrade", str(pb), timeout=1800))
+        with JournalWatch(tmp_path / "state", "backfill_tiers") as watch:
+            real = ok(run(config, "--json", "upgrade", str(pb), timeout=1800))
         assert real["result"] == "success", real
+        # the data migration's progress was in the journal while it ran, before its end record
+        assert watch.ended and watch.progress_before_end, watch.progress_before_end
+        assert any("batch " in r["outputs"]["last"] for r in watch.progress_before_end), watch.progress_before_end
         assert crm.image() == IMAGE.format(NEW) and crm.version() == NEW
         steps = _steps(last_journal(tmp_path))
         real_s = {s: steps[s].get("seconds") for s in steps}
@@ -122,6 +142,7 @@ def test_django_crm_upgrade_rolled_back_then_done(engine: str, request: pytest.F
         assert "[X] 0011_" in steps["migrations_before"]["outputs"]["stdout"]
         assert "0016_" not in steps["migrations_before"]["outputs"]["stdout"]
         assert "[X] 0016_continentalregion" in steps["migrations_after"]["outputs"]["stdout"]
+        assert "done: 300 deals given their company's price tier" in steps["backfill_tiers"]["outputs"]["stdout"]
         status, body = crm.get("/en/456-admin/crm/deal/")
         assert status == 200 and "Deal 00299" in body
         after = fingerprint(url)

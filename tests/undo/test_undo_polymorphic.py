@@ -41,11 +41,16 @@ SCHEMA = [
     "INSERT INTO deal_product SELECT n, 1 + n % 10, 1 + n % 7 FROM {series}",
     "INSERT INTO payments SELECT n, n FROM {series}",
     "INSERT INTO payments_2024_03 SELECT n, n FROM {series}",
+    # Django's generic relation: the type is an integer content type id (7: a deal, 8: a customer)
+    "CREATE TABLE thefile (id int PRIMARY KEY, content_type_id int, object_id int)",
+    "INSERT INTO thefile SELECT n, 7 + n % 2, 1 + n % 5 FROM {series}",
 ]
 RELATIONS = [
     {"table": "activities", "column": "target_id", "type_column": "target_type", "type_value": "customer",
      "references": "customers.id"},
     {"table": "activities", "column": "target_id", "type_column": "target_type", "type_value": "deal",
+     "references": "deals.id"},
+    {"table": "thefile", "column": "object_id", "type_column": "content_type_id", "type_value": "7",
      "references": "deals.id"},
 ]
 
@@ -99,6 +104,17 @@ def test_polymorphic_relation_follows_only_rows_of_its_type(crm: dict[str, Any])
     plan = _plan(crm, "activities", "id = 5")
     assert sorted((r["table"], r["key"]["id"]) for r in plan["rows"] if r["action"] == "insert") == [
         ("activities", 5), ("deals", 6)]
+
+
+def test_an_integer_type_column_as_django_keeps_it(crm: dict[str, Any]) -> None:
+    files = [r[0] for r in execute(crm["past"], [
+        "SELECT id FROM thefile WHERE content_type_id = 7 AND object_id = 4 ORDER BY id"])]
+    assert files
+    execute(crm["live"], ["DELETE FROM thefile WHERE content_type_id = 7 AND object_id = 4",
+                          "DELETE FROM deals WHERE id = 4"])
+    plan = _plan(crm, "deals", "id = 4")
+    inserted = sorted((r["table"], r["key"]["id"]) for r in plan["rows"] if r["action"] == "insert")
+    assert inserted == sorted([("deals", 4)] + [("thefile", f) for f in files]), inserted
 
 
 def test_guesser_names_the_referenced_table_and_ranks_its_hints(crm: dict[str, Any]) -> None:

@@ -62,6 +62,27 @@ def test_failing_assertion_is_red_and_the_snapshot_flagged(sqlite_url: str, tmp_
     assert "no contacts at all" in latest_verification(repo, snap)["first_failure"]
 
 
+def test_a_table_that_lost_rows_since_the_previous_backup_is_red(sqlite_url: str, tmp_path: Path) -> None:
+    verify = {"checks": {"fk_orphans": False, "shrink": {"tables": ["contacts", "roles"], "max_percent": 5}}}
+    config, first = demo_snapshot(tmp_path, sqlite_url, attachments=False, verify=verify)
+    out = ok(run(config, "--json", "verify", first, env=NO_DOCKER))
+    assert next(c for c in out["checks"] if c["kind"] == "shrink")["detail"].startswith("shrink: no earlier backup")
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:  # 4 % gone: within the 5 % allowed
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("DELETE FROM contacts WHERE id IN (SELECT id FROM contacts ORDER BY id LIMIT 24)")
+    second = ok(run(config, "--json", "backup"))["snapshot_id"]
+    ok(run(config, "verify", second, env=NO_DOCKER))
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:  # a mass delete: a fifth of the rest
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("DELETE FROM contacts WHERE id IN (SELECT id FROM contacts ORDER BY id LIMIT 115)")
+    third = ok(run(config, "--json", "backup"))["snapshot_id"]
+    r = run(config, "verify", third, env=NO_DOCKER)
+    assert r.returncode == 30, r.stderr
+    assert f"shrink: contacts 576 -> 461 rows (-20.0 %) since snapshot {second[:10]}, more than the 5 % allowed" \
+        in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
 def test_orphans_found_and_samples_masked_unless_asked(sqlite_url: str, tmp_path: Path) -> None:
     from crmops.democrm.load import create
 
