@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import ordering
+
 ROOT = Path(__file__).resolve().parent.parent
 BED = Path(os.environ.get("CRMOPS_TESTBED_DIR", ROOT / ".testbed"))
 
@@ -40,6 +42,14 @@ def missing(what: str) -> None:
 
 def _unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ordering.configure(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ordering.reorder(items)
 
 
 # --- environment hygiene ----------------------------------------------------------

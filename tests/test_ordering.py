@@ -1,0 +1,15 @@
+"""The suite's own schedule: known long tests go first, longest first, the rest keep file order."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from tests.ordering import THRESHOLD, longest_first
+
+
+def test_long_tests_lead_longest_first_and_the_rest_keep_their_order() -> None:
+    names = ["a::1", "a::2", "b::long", "c::1", "d::longer", "e::short-known"]
+    items = [SimpleNamespace(nodeid=n) for n in names]
+    known = {"b::long": THRESHOLD + 10, "d::longer": THRESHOLD + 50, "e::short-known": THRESHOLD - 1}
+    order = [i.nodeid for i in longest_first(items, known)]  # type: ignore[arg-type]
+    assert order == ["d::longer", "b::long", "a::1", "a::2", "c::1", "e::short-known"]
