@@ -72,9 +72,13 @@ demo: venv
 # the real copy (on medium, the size their targets name, unless UPGRADE_BENCH_SIZE says
 # otherwise), and point-in-time recovery's RPO, physical against logical restore and the WAL
 # archive's cost (on large unless PITR_BENCH_SIZE says otherwise: its demo CRM is built once into
-# /var/tmp/crmops-bench), in one run; prints tables and writes bench/results.json (needs the test bed).
+# /var/tmp/crmops-bench), and `crmops copy` (shared and own keys) beside `restic copy` at medium, and at
+# large too when BENCH_SIZES names it, in one run; prints tables and writes bench/results.json (needs the test bed).
 # Each of BENCH_SIZES in turn; the everyday commands run at every size, the wide undo once.
+# bytecode first: an installed wheel has it, and with PYTHONDONTWRITEBYTECODE set a checkout would
+# compile every crmops module from source in every measured command (0.03-0.15 CPU-s each)
 bench: testbed
+	$(BIN)/python -m compileall -q crmops
 	@set -e; undo=700; for s in $(BENCH_SIZES); do \
 	  $(BIN)/python bench/run.py --size $$s --undo-tables $$undo; undo=0; \
 	  $(BIN)/python bench/verify_bench.py --size $$s; \
@@ -82,7 +86,8 @@ bench: testbed
 	$(BIN)/python bench/upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 5
 	$(BIN)/python bench/engine_upgrade_bench.py --size $(UPGRADE_BENCH_SIZE) --rounds 3
 	PYTHONPATH=. $(BIN)/python -m bench.pitr_bench --size $(PITR_BENCH_SIZE)
-	PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size $(BENCH_SIZE)
+	PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size medium
+	@case " $(BENCH_SIZES) " in *" large "*) PYTHONPATH=. $(BIN)/python -m bench.copy_bench --size large;; esac
 
 clean-demo:
 	rm -rf demo

@@ -7,7 +7,10 @@ Needs the test bed (PostgreSQL and moto S3). Both tools back up the same demo CR
 then copy it to a bucket of the test bed's S3 (moto on loopback: it burns a core of its
 own, so absolute S3 speeds are low for both); then a night of CRM work (1% of the rows
 edited), a second backup each, and the nightly copy. Each copy is timed as a separate
-process (wall seconds, peak RSS). Measurements, never pass/fail.
+process (wall seconds, peak RSS). Beside them, a copy with its own keys (`key: own`, the same
+bucket under another prefix): every chunk opened and sealed again, named by the copy's own
+keyed ids, so its cost over the shared-key copy is what re-encryption costs.
+Measurements, never pass/fail.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def _bucket_bytes(client, bucket: str, prefix: str) -> tuple[int, int]:  # type:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "medium"), choices=["small", "medium", "large"])
+    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "medium"),
+                    choices=["tiny", "small", "medium", "large"])
     args = ap.parse_args()
     env = bed_env()
     s3 = env["CRMOPS_TEST_S3_ENDPOINT"]
@@ -49,7 +53,8 @@ def main() -> None:
                           aws_secret_access_key="testing")
     bucket = f"crmops-copybench-{int(time.time())}"
     client.create_bucket(Bucket=bucket)
-    run_env = {**os.environ, "BENCH_PASSPHRASE": PASS, "RESTIC_PASSWORD": PASS, "RESTIC_FROM_PASSWORD": PASS,
+    run_env = {**os.environ, "BENCH_PASSPHRASE": PASS, "BENCH_VAULT_PASSPHRASE": PASS + " vault",
+               "RESTIC_PASSWORD": PASS, "RESTIC_FROM_PASSWORD": PASS,
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     work = Path(tempfile.mkdtemp(prefix="crmops-copybench-"))
     rows: list[tuple[str, float, float | None, str]] = []
@@ -59,7 +64,9 @@ def main() -> None:
         config.write_text(yaml.safe_dump({
             "database": {"url": url}, "repository": {"url": f"file://{work}/repo"},
             "encryption": {"passphrase": "${BENCH_PASSPHRASE}"}, "state_dir": str(work / "state"),
-            "copies": [{"name": "offsite", "url": f"s3://{bucket}/crmops", "s3": {"endpoint_url": s3}}]}))
+            "copies": [{"name": "offsite", "url": f"s3://{bucket}/crmops", "s3": {"endpoint_url": s3}},
+                       {"name": "vault", "url": f"s3://{bucket}/vault", "s3": {"endpoint_url": s3}, "key": "own",
+                        "encryption": {"passphrase": "${BENCH_VAULT_PASSPHRASE}"}}]}))
 
         def crmops(*a: str) -> list[str]:
             return [PY, "-m", "crmops", "--config", str(config), "--quiet", *a]
@@ -82,12 +89,20 @@ def main() -> None:
                 touch_one_percent(url)
             backups()
             before = _bucket_bytes(client, bucket, "crmops/")
-            t, rss = timed(crmops("copy"), env=run_env)
+            t, rss = timed(crmops("copy", "--to", "offsite"), env=run_env)
             after = _bucket_bytes(client, bucket, "crmops/")
             sent = after[1] - before[1]
             rows.append((f"crmops copy, {night}", t, rss, f"{after[0] - before[0]} objects, {sent / 1e6:.1f} MB"))
             results.update({f"copy_{night}_s": round(t, 1), f"copy_{night}_mb": round(sent / 1e6, 1),
                             f"copy_{night}_rss_mb": round(rss)})
+            before = _bucket_bytes(client, bucket, "vault/")
+            ot, orss = timed(crmops("copy", "--to", "vault"), env=run_env)
+            after = _bucket_bytes(client, bucket, "vault/")
+            osent = after[1] - before[1]
+            rows.append((f"crmops copy, key: own (re-encrypted), {night}", ot, orss,
+                         f"{after[0] - before[0]} objects, {osent / 1e6:.1f} MB"))
+            results.update({f"copy_own_{night}_s": round(ot, 1), f"copy_own_{night}_mb": round(osent / 1e6, 1),
+                            f"copy_own_{night}_rss_mb": round(orss), f"copy_own_{night}_vs_shared": round(ot / t, 2)})
             if restic:
                 before = _bucket_bytes(client, bucket, "restic/")
                 rt, rrss = timed([restic, "-q", "-r", dest, "copy", "--from-repo", src], env=run_env)
@@ -105,6 +120,9 @@ def main() -> None:
         t, _ = timed(crmops("check", "--read-data", "--repository", "offsite"), env=run_env)
         rows.append(("crmops check --read-data --repository offsite", t, None, "every chunk of the copy read"))
         results["check_copy_read_data_s"] = round(t, 1)
+        t, _ = timed(crmops("check", "--read-data", "--repository", "vault"), env=run_env)
+        rows.append(("crmops check --read-data --repository vault (own key)", t, None, "every chunk read"))
+        results["check_copy_own_read_data_s"] = round(t, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):

@@ -128,7 +128,8 @@ def touch_one_percent(url: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "medium"), choices=["small", "medium", "large"])
+    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "medium"),
+                    choices=["tiny", "small", "medium", "large"])
     ap.add_argument("--no-everyday", dest="everyday", action="store_false",
                     help="skip snapshots/status/check and the wide undo (they do not depend on the size)")
     ap.add_argument("--no-mariadb", dest="mariadb", action="store_false", help="skip the MariaDB comparison")
@@ -249,7 +250,8 @@ def main() -> None:
 def save_results(results: dict, size: str) -> None:
     """Merge into bench/results.json: `large` keeps the plain keys, other sizes sit beside them
     with their size as a suffix (backup_vs_restic_medium), so one file holds both runs."""
-    path = ROOT / "bench" / "results.json"
+    # a smoke run (tests/test_bench_smoke.py) writes elsewhere
+    path = Path(os.environ.get("CRMOPS_BENCH_RESULTS") or ROOT / "bench" / "results.json")
     try:
         merged = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -44,8 +44,10 @@ def bare_restore(dump: Path, server_version: str) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "large"), choices=["small", "medium", "large"])
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json",
+    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "large"),
+                    choices=["tiny", "small", "medium", "large"])
+    ap.add_argument("--results", type=Path,
+                    default=Path(os.environ.get("CRMOPS_BENCH_RESULTS") or ROOT / "bench" / "results.json"),
                     help="where the figures are merged in (a smoke run writes elsewhere)")
     args = ap.parse_args()
     env = bed_env()

@@ -2,7 +2,8 @@
 
 Where the file comes from: --config, then $CRMOPS_CONFIG, then ./crmops.yaml; with none
 of these the embedded demo default is used (a SQLite demo CRM and a local repository
-under ./demo), so `crmops` works on a fresh machine without servers.
+under ./demo), so `crmops` works on a fresh machine without servers. A file, once there, must
+state database.url and repository.url itself: a file cut short never falls back to the demo.
 
 Secrets never need to sit in the file: any string may say ${VAR} and is filled from
 the environment, and CRMOPS_SECTION__KEY variables override single keys.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -129,6 +130,13 @@ class RetentionConfig(_Section):
     pitr_days: int = Field(7, ge=0)
 
 
+class CopyEncryption(_Section):
+    """A copy's own way in (key: own). No fallback to $CRMOPS_PASSPHRASE: that is the repository's."""
+
+    passphrase: SecretStr | None = None
+    key_file: Path | None = None
+
+
 class CopyConfig(_Section):
     """A second copy of the repository in another place (another bucket, provider or disk).
 
@@ -141,8 +149,22 @@ class CopyConfig(_Section):
     s3: S3Config = Field(default_factory=S3Config)
     #: None: the repository's retention
     retention: RetentionConfig | None = None
-    #: shared: the same master key; sealed chunks are copied byte for byte (only "shared" is built)
-    key: Literal["shared"] = "shared"
+    #: shared: the same master key, sealed objects copied byte for byte; own: the copy's own keys
+    #: (its `encryption`), every object authenticated, then re-encrypted (docs/FORMAT.md, Copies)
+    key: Literal["shared", "own"] = "shared"
+    #: with key: own, the copy's passphrase or key file (never the repository's)
+    encryption: CopyEncryption | None = None
+
+    @model_validator(mode="after")
+    def _own_needs_its_key(self) -> CopyConfig:
+        enc = self.encryption
+        if self.key == "own" and (enc is None or (enc.passphrase is None and enc.key_file is None)):
+            raise ValueError(f"copy {self.name}: key: own needs encryption.passphrase or encryption.key_file "
+                             "(the copy's own, not the repository's)")
+        if self.key == "shared" and enc is not None:
+            raise ValueError(f"copy {self.name}: encryption is for key: own; a shared copy opens with the "
+                             "repository's passphrase or key file")
+        return self
 
 
 class Assertion(_Section):
@@ -339,6 +361,9 @@ class Config(_Section):
         other.repository = self.copy_repository(name)
         other.retention = (c.retention or self.retention).model_copy()
         other.reading_copy = name
+        if c.key == "own" and c.encryption is not None:  # the copy opens with its own key, never the primary's
+            other.encryption = EncryptionConfig(passphrase=c.encryption.passphrase or SecretStr(""),
+                                                key_file=c.encryption.key_file)
         return other
 
     def secret_values(self) -> list[str]:
@@ -454,6 +479,61 @@ def yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
     return (f" line {mark.line + 1}" if mark else ""), (getattr(e, "problem", None) or "invalid YAML")
 
 
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Line (1-based) of every key and list item of a YAML text, by its path: errors name where to look."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*path, str(key.value))] = key.start_mark.line + 1
+                walk(value, (*path, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*path, str(i))] = item.start_mark.line + 1
+                walk(item, (*path, str(i)))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+#: what decides what is backed up and where: a configuration file states these itself (or through
+#: CRMOPS_* variables), never by falling back to the embedded demo's, which apply with no file at all
+STATED_KEYS = (("database", "url"), ("repository", "url"))
+
+
+def _check_stated(data: dict[str, Any], file: Path, text: str, lines: dict[tuple[str, ...], int],
+                  environ: dict[str, str]) -> None:
+    """A file cut short still parses: a missing database or repository URL, or a section left null, is an error.
+
+    Under cron a truncated crmops.yaml must stop the job, not back up the demo or into ./demo/repo.
+    """
+    count = len(text.splitlines())
+    for path in STATED_KEYS:
+        section, key = path
+        variable = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+        node = data.get(section)
+        if section in data and node is None and variable not in environ:
+            raise ConfigError(f"{file}: line {lines.get((section,), '?')}: {section}: is empty (null) where its "
+                              f"settings are required ({section}.{key} at least); nothing was done",
+                              hint=f"the file has {count} lines: was it cut short? `crmops init --path FILE` writes "
+                                   f"a complete example")
+        if section in data and not isinstance(node, dict):
+            continue  # a wrong type: validation names it with its line
+        if (node or {}).get(key) is None and variable not in environ:
+            where = (f"line {lines[(section,)]}: {section}: has no {key}" if (section,) in lines
+                     else f"no {section}: section")
+            raise ConfigError(f"{file}: {where}; a configuration file must state {section}.{key} itself (the "
+                              f"demo's default applies only with no file at all); nothing was done",
+                              hint=f"the file has {count} lines: was it cut short? Set {section}.{key} (or "
+                                   f"{variable}); `crmops init --path FILE` writes a complete example")
+
+
 def expand_env(value: str, where: str, environ: dict[str, str] | None = None) -> str:
     """${VAR} / ${VAR:-default} filled from the environment, as in the file (e.g. a URL option)."""
     return _interpolate(value, where, "command line", dict(os.environ if environ is None else environ))
@@ -474,7 +554,9 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[tuple[
                     raise ConfigError(f"{name}: no entry named {part!r} to set {'.'.join(path)} in")
                 node = named[0]
                 continue
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # a section whose keys are all commented out (or cut off) is empty
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict | list):
                 raise ConfigError(f"{name}: {'.'.join(path)} cannot be set; its parent is not a section")
         if isinstance(node, list):
@@ -492,11 +574,14 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p)
 
-    cfg.attachments.path = fix(cfg.attachments.path)
-    cfg.encryption.key_file = fix(cfg.encryption.key_file)
-    cfg.verify.signing_key_file = fix(cfg.verify.signing_key_file)
-    cfg.notify.metrics_file = fix(cfg.notify.metrics_file)
-    cfg.state_dir = fix(cfg.state_dir) or cfg.state_dir
+    # assigned only when a path changes: an assignment validates, and a section's first validation
+    # builds its pydantic validator (a few ms each, for every command)
+    for section, name in ((cfg.attachments, "path"), (cfg.encryption, "key_file"), (cfg.verify, "signing_key_file"),
+                          (cfg.notify, "metrics_file"), (cfg, "state_dir")):
+        old = getattr(section, name)
+        new = fix(old)
+        if new is not None and new is not old:
+            setattr(section, name, new)
     if cfg.migrations.script_location and not Path(cfg.migrations.script_location).is_absolute():
         cfg.migrations.script_location = str(base / cfg.migrations.script_location)
     url = cfg.database.url
@@ -507,15 +592,22 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         if not rest.startswith("/"):
             cfg.repository.url = "file://" + str(base / rest)
     for copy in cfg.copies:
+        if copy.encryption is not None:
+            copy.encryption.key_file = fix(copy.encryption.key_file)
         rest = copy.url[len("file://"):]
         if copy.url.startswith("file://") and not rest.startswith("/"):
             copy.url = "file://" + str(base / rest)
 
 
-def _format_validation(err: ValidationError, file: str, from_env: dict[tuple[str, ...], str] | None = None) -> str:
-    """The first mistake, blamed on where it was written: the file, or the CRMOPS_* variable that set it."""
+def _format_validation(err: ValidationError, file: str, from_env: dict[tuple[str, ...], str] | None = None,
+                       lines: dict[tuple[str, ...], int] | None = None) -> str:
+    """The first mistake, blamed on where it was written: the file and line, or the CRMOPS_* variable that set it."""
     first = err.errors()[0]
     loc = tuple(str(p) for p in first["loc"])
+    # the line of the key itself, else of the nearest enclosing key (a missing key is named by its section)
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in (lines or {})), None)
+    if line is not None:
+        file = f"{file}: line {line}"
     key = ".".join(loc) or "(top level)"
     variable = next((v for path, v in (from_env or {}).items() if path[:len(loc)] == loc and loc), None)
     msg = first["msg"]
@@ -587,17 +679,23 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     return p if p.is_file() else None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Read, interpolate, override and validate; every failure is one ConfigError line."""
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None,
+                early: Callable[[dict[str, Any], Path, dict[str, str]], Any] | None = None) -> Config:
+    """Read, interpolate, override and validate; every failure is one ConfigError line.
+
+    early(data, folder, environ) sees the settings before validation (the command line starts
+    the key derivation there, crmops.kdf); it must not change them."""
     environ = dict(os.environ if environ is None else environ)
     file = find_config_file(path)
     label = str(file) if file else "embedded default"
     data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
     if file is None:
         data = {k: dict(v) for k, v in EMBEDDED_DEFAULT.items()}
     else:
         try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+            text = file.read_text(encoding="utf-8")
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             where, problem = yaml_problem(e)
             raise ConfigError(f"{file}:{where}: {problem}") from None
@@ -609,15 +707,20 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
                                    "a commented one with `crmops init`")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+        lines = key_lines(text)
         missing: list[tuple[str, str]] = []
         data = _interpolate(loaded, "", label, environ, missing)
         if missing:
             raise _missing_error(label, missing)
     from_env = _env_overrides(data, environ)
+    if early is not None:
+        early(data, (file.parent if file else Path.cwd()).resolve(), environ)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, label, from_env)) from None
+        raise ConfigError(_format_validation(e, label, from_env, lines)) from None
+    if file is not None:  # after validation: a misspelt key is named as such, not as a missing one
+        _check_stated(loaded, file, text, lines, environ)
     cfg.source = label
     _resolve_paths(cfg, (file.parent if file else Path.cwd()).resolve())
     return cfg

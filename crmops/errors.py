@@ -52,13 +52,53 @@ _VALUE_PATTERNS = [
 ]
 
 
+#: text a trigger or function wrote itself (PL/pgSQL RAISE, MariaDB/MySQL SIGNAL): it may quote any row value
+#: (`RAISE EXCEPTION 'bad %', NEW.email`), so it is withheld whole; what raised it (function, line) stays
+WITHHELD = "(text withheld: it may quote row values)"
+_RAISED_PATTERNS = [
+    # psql/pg_restore: "ERROR:  <text>" then, on a later line, "CONTEXT:  PL/pgSQL function f() line 3 at RAISE"
+    (re.compile(r"((?:ERROR|FATAL):\s+)(?:(?!(?:ERROR|FATAL):).)*?(\s*(?:\s/\s|\n)\s*CONTEXT:\s+PL/pgSQL function "
+                r"[^\n]*?\bat RAISE)", re.S), r"\1a trigger or function raised an error " + WITHHELD + r"\2"),
+    # mysql client: "ERROR 1644 (45000) at line 12: <text>"; the driver: "(1644, '<text>')"
+    (re.compile(r"(ERROR \d+ \(45000\)(?: at line \d+)?: )[^\n]*?" + _DETAIL_END.replace(r"\.?", ""), re.M),
+     r"\1a trigger's SIGNAL " + WITHHELD),
+    (re.compile(r"\((1644), (['\"]).*?\2\)", re.S), r"(\1, a trigger's SIGNAL " + WITHHELD + ")"),
+]
+
+
+def raised_by_code(orig: BaseException) -> str | None:
+    """What raised a driver's error, when a trigger or function wrote its text (else None).
+
+    PostgreSQL: SQLSTATE P0001 or a PL/pgSQL RAISE in the context; MariaDB/MySQL: error 1644 (SIGNAL
+    SQLSTATE '45000'). SQLite's RAISE takes only a literal, so its text is shown.
+    """
+    diag = getattr(orig, "diag", None)
+    context = str(getattr(diag, "context", None) or "")
+    if getattr(orig, "sqlstate", None) == "P0001" or " at RAISE" in context:
+        where = next((line.strip() for line in context.splitlines() if " at RAISE" in line), "")
+        return where or "a PL/pgSQL RAISE"
+    args = getattr(orig, "args", ())
+    if args and args[0] == 1644:
+        return "a trigger's SIGNAL"
+    return None  # SQLite's RAISE takes a string literal: its text holds no row value
+
+
+def db_said(orig: BaseException) -> str:
+    """A driver's error as one line for people: values withheld, and a trigger's own text withheld whole."""
+    by = raised_by_code(orig)
+    if by is not None:
+        return f"{by} raised an error {WITHHELD}"
+    text = str(orig).strip()
+    return without_values(text.splitlines()[0]) if text else type(orig).__name__
+
+
 def without_values(text: str) -> str:
     """text without the row values a server or client tool echoes (failing rows, keys, statements).
 
     An error goes to the terminal, the run history, journals and notifications, none of which may
     hold customer data; the table, column, constraint and line number stay, so the cause is still named.
     """
-    for pattern, keep in _VALUE_PATTERNS:
+    for pattern, keep in _RAISED_PATTERNS + _VALUE_PATTERNS:
         text = pattern.sub(keep, text)
     return text
 
@@ -113,13 +153,16 @@ TargetNotEmpty = _error("TargetNotEmpty", 60, "target-not-empty", "Refused to ov
 SafetySnapshotFailed = _error("SafetySnapshotFailed", 62, "safety-snapshot-failed",
                               "The safety snapshot before a change could not be taken; nothing was changed.")
 StatusRed = _error("StatusRed", 61, "status-red", "A monitoring verdict is red.")
+ObjectLocked = _error("ObjectLocked", 63, "object-locked",
+                      "S3 Object Lock keeps objects that were to be deleted; nothing was deleted.")
 # undo
 UndoConflict = _error("UndoConflict", 70, "undo-conflict",
                       "An undo was refused: a row to restore collides with live data (nothing was written).")
 UndoNothingSelected = _error("UndoNothingSelected", 71, "undo-nothing-selected",
                              "The undo selection matched no row in the snapshot.")
 UndoSelectionInvalid = _error("UndoSelectionInvalid", 72, "undo-selection-invalid",
-                              "The undo --table or --where does not work on the snapshot's database.")
+                              "The undo --table or --where is not a valid selection (checked before any sandbox "
+                              "starts).")
 Interrupted = _error("Interrupted", 130, "interrupted", "Stopped by Ctrl-C or SIGTERM.")
 
 EXIT_CODES: dict[int, str] = {
@@ -134,7 +177,8 @@ EXIT_CODES: dict[int, str] = {
             RepositoryTooNew, WrongKey, KeyFileMissing, IntegrityError, LockBusy, SnapshotNotFound,
             RepositoryExists, VerificationFailed, SandboxUnavailable, ImageMissing, MigrationFailed,
             MigrationRefused, LintFailed, SchemaDrift, UpgradeFailed, UpgradeRefused, PlaybookInvalid,
-            TargetNotEmpty, SafetySnapshotFailed, StatusRed, Interrupted, ConstraintBroken, TableNotInSnapshot,
+            TargetNotEmpty, SafetySnapshotFailed, StatusRed, ObjectLocked, Interrupted, ConstraintBroken,
+            TableNotInSnapshot,
             UndoConflict, UndoNothingSelected, UndoSelectionInvalid,
         )
     },

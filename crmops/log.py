@@ -12,10 +12,33 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from crmops.errors import without_values
 
 RUN_ID = os.environ.get("CRMOPS_RUN_ID") or uuid.uuid4().hex[:12]
+
+
+class Timeline:
+    """The steps of one restore, verify or undo with the seconds since it started (its --json "timeline").
+
+    Called with a step's words when it is done; on_step shows them as they happen (progress).
+    """
+
+    def __init__(self, on_step: Callable[[str], None] | None = None) -> None:
+        self.started = time.monotonic()
+        self.steps: list[dict[str, Any]] = []
+        self.on_step = on_step
+
+    def __call__(self, step: str) -> None:
+        self.steps.append({"step": step, "at_s": self.seconds(3)})
+        if self.on_step:
+            self.on_step(step)
+
+    def seconds(self, digits: int = 3) -> float:
+        """Seconds since the start."""
+        return round(time.monotonic() - self.started, digits)
 
 
 class _RunIdFilter(logging.Filter):

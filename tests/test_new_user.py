@@ -314,6 +314,43 @@ def test_undo_names_a_mistyped_table_before_any_sandbox_starts(tmp_path: Path, p
     assert r.returncode == 3 and "--attachments-to /proc/x" in one_line_error(r), r.stderr
 
 
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_undo_where_is_checked_against_the_live_table_before_any_sandbox(tmp_path: Path, engine: str,
+                                                                         request: Any) -> None:
+    """Item 10, --where: a mistyped column was found only in the sandbox, after its restore. It is checked on the
+    live table first (read-only, LIMIT 0), and a second statement or a comment is refused before anything at all.
+    Docker out of reach proves no sandbox was asked for."""
+    from sqlalchemy.engine import make_url
+
+    from crmops.democrm.load import create
+    from tests.matrix.digest import native_digest
+
+    url = request.getfixturevalue("pg_url" if engine == "postgresql" else "mysql_url")
+    create(url, size="small", version="1.0")
+    password = make_url(url).password or ""
+    env = {"TEST_DB_PASSWORD": password, "DOCKER_HOST": "tcp://127.0.0.1:1"}
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=url.replace(f":{password}@", ":${TEST_DB_PASSWORD}@"))
+    assert crmops(cfg, "repo", "init", env=env).returncode == 0
+    assert crmops(cfg, "backup", env=env).returncode == 0
+    before = native_digest(url)
+    cases = {"industy LIKE 'soft%'": "table accounts has no column industy; nothing was changed (did you mean "
+                                     "industry?)",
+             "nme = 'x'": "table accounts has no column nme; nothing was changed (did you mean name?)",
+             "id = 1; DROP TABLE accounts": "it holds a ';' (a second statement); nothing was changed",
+             "id = 1 -- and the rest": "it holds a comment (--)",
+             "name = E'\\'' ; COMMIT; DROP TABLE accounts; --'": "a backslash before a quote",
+             "id = 1) OR (1 = 1": "it holds a ')' closing more than it opened",
+             "name = 'it''s; fine' AND idd = 2": "table accounts has no column idd",
+             "id = = 1": "--where does not work on table accounts: "}
+    for where, said in cases.items():
+        for apply in ([], ["--apply"]):
+            r = crmops(cfg, "undo", "--table", "accounts", "--where", where, *apply, env=env)
+            assert r.returncode == 72 and said in one_line_error(r), (where, r.stderr)
+    assert native_digest(url) == before
+    ok = crmops(cfg, "undo", "--table", "accounts", "--where", "id = 1", env=env)
+    assert ok.returncode == 31 and "does not answer" in ok.stderr, ok.stderr  # a good one goes on to the sandbox
+
+
 def test_the_starter_works_with_demo_create_url_and_documents_the_attachment_mapping(
         tmp_path: Path, monkeypatch: Any) -> None:
     """Item 6: `init` then `demo create --url` asked for ${CRM_DB_PASSWORD}, then one more variable per run."""
@@ -340,6 +377,19 @@ def test_an_empty_configuration_file_is_an_error_not_the_demo(tmp_path: Path) ->
         r = crmops(cfg, "backup")
         assert r.returncode == 3 and "the file is empty" in one_line_error(r), r.stderr
         assert not (tmp_path / "demo").exists()
+    # cut short but still YAML: what it no longer says came from the demo (the repository ./demo/repo)
+    starter = (Path(__file__).resolve().parent.parent / "crmops" / "starter.yaml").read_text()
+    env = {"CRM_DB_PASSWORD": "x", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    cuts = {"\ndatabase:\n": "line 5: database: is empty (null)",
+            "@127.0.0.1:5432/crm\n": "no repository: section; a configuration file must state repository.url",
+            "  # file:///backup/crm or s3://bucket/prefix\n": "line 26: repository: is empty (null)"}
+    for after, said in cuts.items():
+        cfg = tmp_path / "crmops.yaml"
+        cfg.write_text(starter[:starter.index(after) + len(after)])
+        for args in (("backup",), ("snapshots",), ("config", "show")):
+            r = crmops(cfg, *args, env=env)
+            assert r.returncode == 3 and f"{cfg}: {said}" in one_line_error(r), r.stderr
+            assert "was it cut short?" in r.stderr and not (tmp_path / "demo").exists()
 
 
 def test_environment_variables_are_blamed_not_the_file(tmp_path: Path) -> None:
@@ -379,6 +429,94 @@ def test_a_failed_restore_never_shows_row_values(tmp_path: Path, pg_url: str, pg
     assert not [o for o in outputs if MARKER in o], [o for o in outputs if MARKER in o][0][:2000]
 
 
+def _sql(url: str, *statements: str) -> None:
+    """Statements on url as its owner (MariaDB: one at a time, a trigger's body included)."""
+    import sqlalchemy as sa
+
+    from crmops.engines.connect import connect_engine
+
+    engine = connect_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement.replace("%", "%%"))  # both drivers format with %
+    finally:
+        engine.dispose()
+    del sa
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_what_a_trigger_writes_of_a_row_is_withheld(tmp_path: Path, engine: str, request: Any) -> None:
+    """Item 4, trigger text: `RAISE EXCEPTION 'bad %', NEW.name` and `SIGNAL ... MESSAGE_TEXT = CONCAT('bad ',
+    NEW.name)` went through whole. A marker value is refused by a trigger in an undo and a migration (and, on
+    PostgreSQL, by a CHECK's function in a restore): the cause is named (the function, the table), the marker is
+    in no output, log, journal or --json document."""
+    import json
+
+    from sqlalchemy.engine import make_url
+
+    from crmops.democrm.load import create
+
+    url = request.getfixturevalue("pg_url" if engine == "postgresql" else "mysql_url")
+    create(url, size="small", version="1.0")
+    pg = engine == "postgresql"
+    now = "now()" if pg else "NOW()"
+    _sql(url, f"INSERT INTO accounts (id, owner_id, name, created_at) VALUES (90001, 1, '{MARKER}', {now})",
+         f"INSERT INTO contacts (id, account_id, first_name, last_name, email, created_at) VALUES "
+         f"(90001, 1, 'A', 'B', ' {MARKER}@Example.ORG', {now})")  # d2_0002 trims it: its UPDATE meets it
+    if pg:  # a CHECK whose function raises with the value, switched on in a restore's target only
+        _sql(url, "CREATE FUNCTION public.street_ok(t text) RETURNS boolean LANGUAGE plpgsql STABLE AS $$ BEGIN "
+                  "IF current_setting('crm.refuse', true) = 'on' AND t LIKE 'MARKER%' THEN "
+                  "RAISE EXCEPTION 'bad street %', t; END IF; RETURN true; END $$",
+             "CREATE TABLE addresses (id int PRIMARY KEY, street text CHECK (public.street_ok(street)))",
+             f"INSERT INTO addresses VALUES (1, 'Main Street 5'), (2, '{MARKER}')")
+    password = make_url(url).password or ""
+    hide = {"TEST_DB_PASSWORD": password}
+    cfg = config(tmp_path, f"file://{tmp_path / 'repo'}", db_url=url.replace(f":{password}@", ":${TEST_DB_PASSWORD}@"))
+    assert crmops(cfg, "repo", "init", env=hide).returncode == 0
+    assert crmops(cfg, "backup", env=hide).returncode == 0
+    # the live database refuses the marker from now on
+    _sql(url, "DELETE FROM accounts WHERE id = 90001")
+    if pg:
+        _sql(url, "CREATE FUNCTION refuse_name() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                  "IF NEW.name LIKE 'MARKER%' THEN RAISE EXCEPTION 'bad name %', NEW.name; END IF; RETURN NEW; END $$",
+             "CREATE FUNCTION refuse_email() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "IF OLD.email LIKE '%MARKER%' THEN RAISE EXCEPTION 'bad email % -> %', OLD.email, NEW.email; END IF; "
+             "RETURN NEW; END $$",
+             "CREATE TRIGGER accounts_refuse BEFORE INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION refuse_name()",
+             "CREATE TRIGGER contacts_refuse BEFORE UPDATE ON contacts FOR EACH ROW EXECUTE FUNCTION refuse_email()")
+    else:  # SIGNAL's MESSAGE_TEXT takes a variable, built from the row
+        _sql(url, "CREATE TRIGGER accounts_refuse BEFORE INSERT ON accounts FOR EACH ROW BEGIN "
+                  "DECLARE msg VARCHAR(255); IF NEW.name LIKE 'MARKER%' THEN SET msg = CONCAT('bad name ', NEW.name); "
+                  "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = msg; END IF; END",
+             "CREATE TRIGGER contacts_refuse BEFORE UPDATE ON contacts FOR EACH ROW BEGIN "
+             "DECLARE msg VARCHAR(255); IF OLD.email LIKE '%MARKER%' THEN "
+             "SET msg = CONCAT('bad email ', OLD.email, ' -> ', NEW.email); "
+             "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = msg; END IF; END")
+    outputs: list[str] = []
+    for json_out in ([], ["--json", "--log-format", "json"]):
+        r = crmops(cfg, *json_out, "undo", "--table", "accounts", "--where", "id = 90001", "--apply", env=hide)
+        assert r.returncode == 14 and "writing the undo failed, nothing was written" in r.stderr, r.stderr
+        assert ("refuse_name() line" if pg else "a trigger's SIGNAL raised an error") in r.stderr, r.stderr
+        outputs += [r.stdout, r.stderr]
+        r = crmops(cfg, *json_out, "migrate", "up", env=hide)
+        assert r.returncode == 40 and "d2_0002" in r.stderr, r.stderr
+        assert "raised an error (text withheld: it may quote row values)" in r.stderr, r.stderr
+        outputs += [r.stdout, r.stderr]
+        if json_out:
+            assert json.loads(r.stdout)["exit_code"] == 40
+        if pg:
+            target = request.getfixturevalue("pg_url_factory")()
+            _sql(target, f"ALTER DATABASE \"{make_url(target).database}\" SET crm.refuse = 'on'")
+            to = target.replace(f":{password}@", ":${TEST_DB_PASSWORD}@")
+            r = crmops(cfg, *json_out, "restore", "latest", "--to", to, env=hide)
+            assert r.returncode == 14 and "addresses" in r.stderr and "street_ok(text) line" in r.stderr, r.stderr
+            outputs += [r.stdout, r.stderr]
+    outputs += [p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    leaked = [o for o in outputs if MARKER.lower() in o.lower()]
+    assert not leaked, leaked[0][:3000]
+
+
 def test_what_mariadb_and_its_client_echo_of_a_row_is_withheld() -> None:
     """The lines the MariaDB client and server print (issue 24 item 4: ERROR 2013 with the statement it sent)."""
     from crmops.errors import DatabaseError, without_values
@@ -392,6 +530,13 @@ def test_what_mariadb_and_its_client_echo_of_a_row_is_withheld() -> None:
         f"ERROR 1366 (22007): Incorrect integer value: '{MARKER}' for column `crm`.`a`.`id` at row 3":
             "Incorrect integer value: '…' for column `crm`.`a`.`id` at row 3",
         f"UPDATE `addresses` SET street = '{MARKER}' WHERE id = 2": "UPDATE `addresses` SET street … (values withheld)",
+        # a trigger's own text (SIGNAL ... MESSAGE_TEXT = msg; RAISE EXCEPTION 'bad %', NEW.street)
+        f"ERROR 1644 (45000) at line 77: bad street {MARKER} / mariadb: exit 1":
+            "ERROR 1644 (45000) at line 77: a trigger's SIGNAL (text withheld: it may quote row values) / mariadb",
+        f'pg_restore: error: COPY failed for table "addresses": ERROR:  bad street {MARKER} / CONTEXT:  PL/pgSQL '
+        f'function street_ok(text) line 1 at RAISE / COPY addresses, line 2: "2\t{MARKER}"':
+            'ERROR:  a trigger or function raised an error (text withheld: it may quote row values) / CONTEXT:  '
+            'PL/pgSQL function street_ok(text) line 1 at RAISE / COPY addresses, line 2',
     }
     for line, kept in said.items():
         assert MARKER not in without_values(line) and kept in without_values(line), without_values(line)

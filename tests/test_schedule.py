@@ -59,7 +59,7 @@ def test_when_becomes_systemd_calendar_and_cron(text: str, calendar: str, cron: 
 
 def test_bad_schedule_is_a_usage_error_naming_the_option(tmp_path: Path) -> None:
     config = tmp_path / "crmops.yaml"
-    config.write_text("state_dir: state\n")
+    config.write_text("database:\n  url: sqlite:///crm.db\nrepository:\n  url: file://repo\nstate_dir: state\n")
     for bad in ("25:00", "someday 02:00", "fri-mon 01:00", "0230"):
         r = crmops("--config", str(config), "schedule", "install", "--backup", bad, "--unit-dir", str(tmp_path))
         assert r.returncode == 2 and "Invalid value for '--backup'" in r.stderr and "Traceback" not in r.stderr
@@ -136,7 +136,7 @@ def secrets_of(env_file: Path) -> dict[str, str]:
 
 def test_units_verify_and_show_and_remove_touch_only_their_own_files(tmp_path: Path) -> None:
     config = tmp_path / "crmops.yaml"
-    config.write_text("state_dir: state\n")
+    config.write_text("database:\n  url: sqlite:///crm.db\nrepository:\n  url: file://repo\nstate_dir: state\n")
     units = tmp_path / "units"
     units.mkdir()
     (units / "crmops-mine.service").write_text("[Service]\nExecStart=/bin/true\n")  # someone else's
@@ -335,7 +335,8 @@ def test_weekly_drill_and_status_page_from_the_units_and_from_cron(tmp_path: Pat
 
 def test_streamers_are_services_that_show_and_remove_like_the_jobs(tmp_path: Path) -> None:
     pg = tmp_path / "pg.yaml"
-    pg.write_text(yaml.safe_dump({"database": {"url": "postgresql://crm@127.0.0.1:5432/crm"}, "state_dir": "state"}))
+    pg.write_text(yaml.safe_dump({"database": {"url": "postgresql://crm@127.0.0.1:5432/crm"}, "state_dir": "state",
+                                 "repository": {"url": "file://repo"}}))
     units = tmp_path / "units"
     env_file = tmp_path / "crmops.env"
     env_file.write_text("CRMOPS_PASSPHRASE=x\nCRMOPS_STREAM_URL=postgresql://repl:streampw@127.0.0.1/postgres\n")
@@ -385,7 +386,7 @@ def test_cron_restarts_a_streamer_every_minute_behind_a_lock(tmp_path: Path) -> 
 
     # a port nothing listens on: a MariaDB of the host's own on 3306 must not answer the streamer
     url = f"mysql+pymysql://crm@127.0.0.1:{free_port()}/crm"
-    my.write_text(yaml.safe_dump({"database": {"url": url}, "state_dir": "st"}))
+    my.write_text(yaml.safe_dump({"database": {"url": url}, "state_dir": "st", "repository": {"url": "file://repo"}}))
     cron = tmp_path / "cron.d" / "crmops"
     log = tmp_path / "crmops.log"
     r = crmops("--config", str(my), "--json", "schedule", "install", "--cron", "--cron-file", str(cron),

@@ -56,8 +56,9 @@ print(json.dumps([code, sorted(m for m in sys.modules if m in heavy or m.split("
 """
 
 
-def _probe(args: list[str], cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> list[str]:
-    r = subprocess.run([sys.executable, "-c", RUN_AND_PROBE.format(args=["--quiet", *args], heavy=NOT_ON_THE_PATH)],
+def _probe(args: list[str], cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,),
+           heavy: tuple[str, ...] = NOT_ON_THE_PATH) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", RUN_AND_PROBE.format(args=["--quiet", *args], heavy=heavy)],
                        capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
     code, modules = json.loads(r.stdout.splitlines()[-1])
     assert code in ok, (args, r.stderr)
@@ -82,3 +83,41 @@ def test_backup_restore_and_listing_on_postgresql_import_no_sqlalchemy(tmp_path:
     for args in (["backup"], ["snapshots"], ["restore", "latest", "--to", "${TARGET_URL}"]):
         assert _probe(args, tmp_path, env) == [], args
     assert _probe(["status"], tmp_path, env, ok=(0, 61)) == []  # red: never verified
+    # with no channel configured, the notifiers
+    everyday = ("crmops.notify", "tenacity", "smtplib")
+    assert _probe(["snapshots"], tmp_path, env, heavy=everyday) == []
+    assert _probe(["status"], tmp_path, env, ok=(0, 61), heavy=everyday) == []
+
+
+def test_restore_into_postgresql_asks_psql_not_the_driver(tmp_path: Path,
+                                                          pg_url_factory) -> None:  # type: ignore[no-untyped-def]
+    """psycopg (about 0.18 CPU-s to import) is not imported by a whole restore: psql tells the target's
+    version and whether it is empty. A target psql cannot log in to is asked through the driver, so
+    the error is the one crmops always gave."""
+    import os
+
+    import psycopg
+
+    source, target = pg_url_factory(), pg_url_factory()
+    with psycopg.connect(source.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("CREATE TABLE contacts (id int PRIMARY KEY, name text); INSERT INTO contacts VALUES (1, 'a')")
+    (tmp_path / "crmops.yaml").write_text(
+        f"database:\n  url: ${{SOURCE_URL}}\nrepository:\n  url: file://{tmp_path}/repo\n"
+        f"encryption:\n  passphrase: ${{PASSPHRASE}}\nstate_dir: {tmp_path}/state\n")
+    wrong = target.replace("://postgres:", "://postgres:not-the-password-")
+    assert wrong != target
+    env = {**os.environ, "SOURCE_URL": source, "TARGET_URL": target, "WRONG_URL": wrong, "PASSPHRASE": "probe"}
+
+    def probe(args: list[str], ok: tuple[int, ...] = (0,)) -> list[str]:
+        r = subprocess.run([sys.executable, "-c", RUN_AND_PROBE.format(args=["--quiet", *args], heavy=("psycopg",))],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        code, modules = json.loads(r.stdout.splitlines()[-1])
+        assert code in ok, (args, r.stderr)
+        return modules
+
+    assert "psycopg" in probe(["repo", "init"]) + probe(["backup"])  # a backup needs the driver
+    assert probe(["restore", "latest", "--to", "${TARGET_URL}"]) == []
+    with psycopg.connect(target.replace("+psycopg", "")) as conn:
+        assert conn.execute("SELECT id, name FROM contacts").fetchall() == [(1, "a")]
+    assert probe(["restore", "latest", "--to", "${TARGET_URL}"], ok=(60,)) == []  # not empty: refused
+    assert "psycopg" in probe(["restore", "latest", "--to", "${WRONG_URL}"], ok=(11,))  # the driver's answer

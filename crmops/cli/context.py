@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -33,6 +34,8 @@ class AppContext:
     #: `--repository NAME`: the configured copy read in place of the repository
     repository_name: str | None = None
     _config: Config | None = field(default=None, repr=False)
+    #: the command opens the repository with its key: derive it while starting up (crmops.kdf)
+    key_ahead: bool = False
     #: the unattended job this command runs (crmops.status.jobs), recorded when it ends
     job: Any = field(default=None, repr=False)
     #: the last result emitted, whose key figures go into the run history and notifications
@@ -49,7 +52,8 @@ class AppContext:
 
             keep_large_buffers()  # real work starts here; ctypes is not for --help and --version
             apply_env_file()  # scheduled runs: secrets from $CRMOPS_ENV_FILE
-            config = load_config(self.config_path)
+            config = load_config(self.config_path,
+                                 early=_start_key_derivation if self.key_ahead and not self.repository_name else None)
             self._config = config.for_copy(self.repository_name) if self.repository_name else config
         return self._config
 
@@ -206,3 +210,14 @@ def _has_password(url: str) -> bool:
 
 
 DATABASE_URL = DatabaseUrl()
+
+
+def _start_key_derivation(data: dict[str, Any], folder: Path, environ: dict[str, str]) -> None:
+    """Begin the passphrase's scrypt on another core before the configuration is validated; a
+    failure here only means the key is derived later, where the repository is opened."""
+    from crmops import kdf
+
+    try:
+        kdf.start_for_config(data, folder, environ)
+    except Exception:  # noqa: BLE001 - never a reason for the command to fail
+        pass

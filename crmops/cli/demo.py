@@ -16,7 +16,7 @@ def demo_group() -> None:
 
 @demo_group.command("create")
 @click.option("--url", type=DATABASE_URL, help="Database URL (default: database.url from the configuration).")
-@click.option("--size", type=click.Choice(["small", "medium", "large"]), default="small", show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "small", "medium", "large"]), default="small", show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same data.")
 @click.option("--version", "version", type=click.Choice(["1.0", "2.0"]), default="1.0", show_default=True,
               help="Demo CRM release to create.")

@@ -49,6 +49,10 @@ COMMANDS: dict[str, str] = {
     "copy": "crmops.cli.copy:copy_cmd",
 }
 
+#: commands that open the repository with its key: their scrypt starts as the configuration is read
+KEY_COMMANDS = {"backup", "snapshots", "restore", "forget", "prune", "check", "verify", "drill", "status",
+                "undo", "repair", "copy"}
+
 HELP_GROUPS = {
     "Protect": ["backup", "snapshots", "restore", "forget", "prune", "check", "undo", "repair", "unlock", "wal",
                 "binlog", "copy"],
@@ -116,7 +120,7 @@ def cli(ctx: click.Context, config_path: str | None, json_out: bool, quiet: bool
     in throwaway containers, Alembic migrations and staged upgrades with rollback."""
     global _APP
     ctx.obj = _APP = AppContext(config_path=config_path, json=json_out, quiet=quiet, debug=debug,
-                                log_format=log_format)
+                                log_format=log_format, key_ahead=ctx.invoked_subcommand in KEY_COMMANDS)
     from crmops.log import setup_logging
 
     setup_logging(debug=debug, fmt=log_format, quiet=quiet or json_out)

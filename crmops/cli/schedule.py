@@ -93,6 +93,9 @@ def schedule_group() -> None:
 @click.option("--copy", "copy", callback=_when, metavar="WHEN",
               help='When to copy to the configured copies, e.g. "03:00" (after the backup); on a pull host '
                    'with --backup off --check off.')
+@click.option("--drill-from-copy", "drill_from", nargs=2, multiple=True, metavar="NAME WHEN",
+              help='Also drill from copy NAME alone (`drill --repository NAME`), e.g. offsite "sun 05:00": '
+                   "proves the copy restores; status shows it (repeatable).")
 @click.option("--timeout", "timeout", default="4h", show_default=True, metavar="DURATION",
               help="Stop a run after this long (it is recorded and notified as failed).")
 @click.option("--lock-wait", default="1h", show_default=True, metavar="DURATION",
@@ -116,7 +119,8 @@ def schedule_group() -> None:
 @_no_systemctl
 @pass_app
 def install_cmd(app: AppContext, backup: sch.When | None, verify: sch.When | None, check: sch.When | None,
-                prune: sch.When | None, copy: sch.When | None, timeout: str, lock_wait: str,
+                prune: sch.When | None, copy: sch.When | None, drill_from: tuple[tuple[str, str], ...],
+                timeout: str, lock_wait: str,
                 env_file: Path, user: str | None,
                 log_file: Path | None, status_page: Path | None, wal_stream: bool, binlog_follow: bool,
                 interval: int | None, use_cron: bool, unit_dir: Path, cron_file: Path, no_systemctl: bool) -> None:
@@ -150,6 +154,12 @@ def install_cmd(app: AppContext, backup: sch.When | None, verify: sch.When | Non
                           hint="add a `copies:` list to the configuration first")
     schedule = {k: v for k, v in (("backup", backup), ("verify", verify), ("check", check), ("prune", prune),
                                   ("copy", copy)) if v}
+    for name, text in drill_from:
+        app.config.copy_named(name)  # an unknown copy is refused before anything is written
+        try:
+            schedule[f"{sch.DRILL_FROM}{name}"] = sch.parse_when(text)
+        except ConfigError as e:
+            raise click.BadParameter(e.message, param_hint="'--drill-from-copy'") from None
     common = {"config": config, "env_file": env_file.absolute(), "timeout_s": sch.parse_duration(timeout),
               "lock_wait_s": sch.parse_duration(lock_wait), "user": user, "exe": sch.crmops_executable(),
               "status_page": status_page.absolute() if status_page else None, "services": services,

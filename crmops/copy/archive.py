@@ -15,9 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from crmops.copy.reseal import reseal
 from crmops.errors import CrmopsError, IntegrityError
 from crmops.pitr.archive import FILE_RE, SEGMENT_RE, parse_segment
 from crmops.repository import Repository
+from crmops.repository.objects import Sealer
 from crmops.storage import Store
 
 log = logging.getLogger("crmops.copy")
@@ -43,8 +45,12 @@ def _order(key: str, name: str) -> tuple[int, str] | None:
 
 
 def copy_archive(source: Repository, dest: Store, threads: int,
-                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Copy what the copy lacks of the archive; {"files_copied", "bytes_copied", "damaged", ...}."""
+                 progress: Callable[[int], None] | None = None, dest_sealer: Sealer | None = None) -> dict[str, Any]:
+    """Copy what the copy lacks of the archive; {"files_copied", "bytes_copied", "damaged", ...}.
+
+    dest_sealer: the copy's own keys (key: own), under which each file is sealed again; its
+    sealed size stays the repository's, so presence is still judged by size.
+    """
     out: dict[str, Any] = {"files_copied": 0, "bytes_copied": 0, "files_present": 0, "damaged": {},
                            "partials_removed": []}
     theirs: dict[str, int] = {}
@@ -77,8 +83,7 @@ def copy_archive(source: Repository, dest: Store, threads: int,
 
     def one(key: str, aad: str) -> None:
         try:
-            sealed = source.store.get(key)
-            source.sealer.authenticate(sealed, aad, key)
+            sealed = reseal(source.sealer, dest_sealer, source.store.get(key), aad, key)
         except IntegrityError as e:
             with lock:
                 out["damaged"][key] = e.message
@@ -98,9 +103,8 @@ def copy_archive(source: Repository, dest: Store, threads: int,
     for prefix, label in (("walstate/", "walstate"), ("binlogstate/", "binlogstate")):
         for key, _size in source.store.list(prefix):
             ident = key.split("/", 1)[1]
-            sealed = source.store.get(key)
             try:
-                source.sealer.authenticate(sealed, f"{label}:{ident}", key)
+                sealed = reseal(source.sealer, dest_sealer, source.store.get(key), f"{label}:{ident}", key)
             except IntegrityError as e:
                 out["damaged"][key] = e.message
                 continue

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmops.config import Config
-from crmops.copy.target import open_copy_store
+from crmops.copy.target import open_copy
 from crmops.errors import CrmopsError
 from crmops.pitr.archive import WalArchive
 from crmops.pitr.binlog import read_state
-from crmops.repository import Repository, credential, open_repository
+from crmops.repository import Repository, open_repository
 from crmops.repository.listing import Listing
 from crmops.repository.source import is_safety
 
@@ -75,13 +75,12 @@ def states(config: Config, now: datetime | None = None, runs: list[dict[str, Any
         primary_error = config.redact(e.line())
     out = []
     for c in config.copies:
-        state: dict[str, Any] = {"name": c.name, "url": c.url, "error": None, "newest_snapshot": None,
+        state: dict[str, Any] = {"name": c.name, "url": c.url, "key": c.key, "error": None, "newest_snapshot": None,
                                  "newest_snapshot_time": None, "lag_seconds": None, "archive": {},
                                  "archive_lag_seconds": None, "repository_error": primary_error,
                                  "last_proof": _last_proof(runs or [], c.name)}
         try:
-            repo = (copies or {}).get(c.name) or Repository.open(open_copy_store(config, c.name),
-                                                                 credential(config))
+            repo = (copies or {}).get(c.name) or open_copy(config, c.name)
             newest = newest_snapshot(repo.listing())
             ends = archive_ends(repo)
         except CrmopsError as e:
@@ -144,8 +143,10 @@ def judge(state: dict[str, Any], max_hours: float) -> tuple[str, str]:
         what = "it lacks an archive" if alag is None else f"its archive lags by {alag / 3600:.1f} h"
         return "red", f"copy {name}: {what} (limit {max_hours:g} h): run `crmops copy`"
     proof = state["last_proof"]
-    proven = (f"; last {proof['command']} from it {proof['finished'][:19]}: {proof['result']}" if proof
-              else "; no drill from it yet (`crmops drill --repository " + name + "`)")
+    proven = (f"; last verified restore from the copy {proof['finished'][:19]} ({proof['command']}): "
+              f"{proof['result']}" if proof
+              else f"; no verified restore from the copy yet (`crmops drill --repository {name}`, or "
+                   f"`crmops schedule install --drill-from-copy {name} WHEN`)")
     archive = f", archive lag {alag:.0f} s" if state["archive"] else ""
     level = "amber" if proof and proof["result"] != "success" else "green"
     return level, (f"copy {name}: newest snapshot {state['newest_snapshot'][:10]} of "

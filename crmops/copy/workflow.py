@@ -21,8 +21,9 @@ from typing import Any
 
 from crmops.config import Config, CopyConfig
 from crmops.copy.archive import copy_archive
-from crmops.copy.snapshots import copy_snapshots
-from crmops.copy.target import open_copy_store, prepare
+from crmops.copy.reseal import ResealingCopier
+from crmops.copy.snapshots import ChunkCopier, copy_snapshots
+from crmops.copy.target import open_copy_store, prepare, prepare_own
 from crmops.errors import ConfigError, CrmopsError, IntegrityError
 from crmops.pitr.retention import plan_physical
 from crmops.repository import Repository, open_repository
@@ -70,10 +71,16 @@ def copy_one(config: Config, source: Repository, listing: Listing, name: str, re
     copy = config.copy_named(name)
     store = open_copy_store(config, name)
     chosen = select(listing, refs, all_, copy, config)
-    prepared = prepare(source, store, name)
-    # the same config and key slots, so the same master key: no second key derivation
-    dest = Repository(store, json.loads(store.get("config")), source.key, source.slot_id)
     threads = _threads(config, name)
+    own = copy.key == "own"
+    if own:
+        prepared, dest = prepare_own(source, store, config, name)
+        copier: ChunkCopier = ResealingCopier(source, dest, threads, progress)
+    else:
+        prepared = prepare(source, store, name)
+        # the same config and key slots, so the same master key: no second key derivation
+        dest = Repository(store, json.loads(store.get("config")), source.key, source.slot_id)
+        copier = ChunkCopier(source, dest, threads, progress)
     with ExitStack() as stack:
         stack.enter_context(dest.lock(exclusive=False, purpose="copy"))
         try:
@@ -84,10 +91,10 @@ def copy_one(config: Config, source: Repository, listing: Listing, name: str, re
                 raise
             log.info("copy %s: the repository is not locked (%s); reading it as it is", name, e.message)
             source_locked = False
-        snaps = copy_snapshots(source, store, chosen, threads, progress)
-        archive = copy_archive(source, store, threads, progress)
+        snaps = copy_snapshots(copier, chosen)
+        archive = copy_archive(source, store, threads, progress, dest.sealer if own else None)
     ok = not snaps.failed and not archive["damaged"]
-    return {"name": name, "url": store.url, "ok": ok, "_repository": dest, **prepared,
+    return {"name": name, "url": store.url, "ok": ok, "_repository": dest, "key": copy.key, **prepared,
             "snapshots_selected": len(chosen), **snaps.to_dict(),
             "archive": archive, "repository_locked": source_locked,
             "seconds": round(time.monotonic() - started, 2)}

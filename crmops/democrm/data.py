@@ -126,6 +126,17 @@ ROLES = [
 
 #: rows per size; activities carry most of the bulk
 SIZES: dict[str, dict[str, int]] = {
+    #: a smoke: every table, relation and kind of row, in well under a second (`make bench` in CI)
+    "tiny": {
+        "users": 4,
+        "accounts": 12,
+        "contacts": 60,
+        "leads": 20,
+        "opportunities": 40,
+        "activities": 200,
+        "attachments": 6,
+        "body": 120,
+    },
     "small": {
         "users": 12,
         "accounts": 120,
@@ -355,7 +366,7 @@ class AttachmentFile:
 def attachment_files(plan: Plan) -> Iterator[AttachmentFile]:
     """PDF-like blobs; every fifth repeats an earlier file's bytes under another name."""
     r = _rng(plan, "attachments")
-    top = {"small": 64 * 1024, "medium": 512 * 1024, "large": 4 * 1024 * 1024}[plan.size]
+    top = {"tiny": 16 * 1024, "small": 64 * 1024, "medium": 512 * 1024, "large": 4 * 1024 * 1024}[plan.size]
     previous: list[bytes] = []
     for i in range(1, plan.n["attachments"] + 1):
         if previous and i % 5 == 0:

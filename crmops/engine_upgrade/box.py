@@ -13,6 +13,7 @@ from crmops.config import Config
 from crmops.engine_upgrade.evidence import other_databases, risk_line
 from crmops.engine_upgrade.pg_upgrade import Layout, _major, _run, upgrade
 from crmops.engines import open_engine
+from crmops.engines.container_tools import image_hint
 from crmops.errors import ConfigError, CrmopsError
 from crmops.playbooks.steps import StepContext, StepFailed
 
@@ -67,8 +68,7 @@ class UpgradeBox:
             self._client.images.get(self.image)
         except ImageNotFound:
             raise ImageMissing(f"image {self.image} (PostgreSQL {self.old} and {self.new} together) is not present",
-                               hint=f"build it with scripts/images/build.sh {self.image} (from a crmops checkout)"
-                               ) from None
+                               hint=image_hint(self.image, "the step's image:")) from None
         guard.register(self.name, self.remove)
         import os
         import socket

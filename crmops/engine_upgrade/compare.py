@@ -11,6 +11,7 @@ from typing import Any
 from crmops.config import Config
 from crmops.engines import Engine, Fingerprint
 from crmops.engines.canonical import CANONICAL, table_sums
+from crmops.errors import db_said
 
 
 def analyze(target: Engine) -> None:
@@ -81,7 +82,7 @@ def run_smoke(url: str, smoke: list[dict[str, Any]], config: Config) -> list[dic
                 out.append({"sql": c["sql"], "ok": ok, "value": None if value is None else str(value),
                             "error": None if ok else f"got {value!r}, expected {c['expect']!r}"})
             except sa.exc.DBAPIError as e:
-                first_line = (str(e.orig).strip().splitlines() or [type(e.orig).__name__])[0]
+                first_line = db_said(e.orig)
                 out.append({"sql": c["sql"], "ok": False, "value": None, "error": first_line})
     finally:
         engine.dispose()

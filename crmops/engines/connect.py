@@ -16,7 +16,7 @@ from crmops.errors import (
     DatabaseError,
     DatabaseNotFound,
     DatabaseUnreachable,
-    without_values,
+    db_said,
 )
 
 if TYPE_CHECKING:  # SQLAlchemy is imported where an engine is made: the dump/restore path needs none
@@ -56,7 +56,7 @@ def classify(exc: BaseException, url: Any) -> CrmopsError:
                           f"CREATE DATABASE), or check the database name in {_WHERE}",
         DatabaseUnreachable: f"check that the server runs and that host and port in {_WHERE} are right",
     }.get(cls)
-    first_line = without_values(str(orig).strip().splitlines()[0]) if str(orig).strip() else type(orig).__name__
+    first_line = db_said(orig)
     message = {
         DatabaseAuthFailed: f"{where}: the database rejected the credentials",
         DatabaseNotFound: f"{where}: the database does not exist",

@@ -30,6 +30,7 @@ import subprocess
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from crmops.engines.tools import ToolProcess, feed, require_tool, tool_version
@@ -39,7 +40,10 @@ log = logging.getLogger("crmops.tools")
 
 #: the sandbox images' defaults (verify.images): the tools come from the same images
 IMAGES = {"postgresql": "postgres:{major}", "mariadb": "mariadb:{version}", "mysql": "mysql:{version}"}
-BUILD_HINT = "build it with scripts/images/build.sh {image}"
+#: the images the source tree's scripts/images/build.sh makes from Debian (bullseye, bookworm, trixie)
+BUILDABLE = ("postgres:13", "postgres:15", "postgres:17", "mariadb:10.5", "mariadb:10.11", "mariadb:11.8")
+#: that recipe: present in a crmops checkout, absent where crmops is installed (wheel, pipx, image)
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "images" / "build.sh"
 #: Killing the docker client (PR_SET_PDEATHSIG when crmops dies) leaves its container running:
 #: a dump in a container would go on to the end, holding a snapshot open on the server. So a
 #: dumping tool runs under a shell that ends it when the container's stdin closes, which the
@@ -47,6 +51,24 @@ BUILD_HINT = "build it with scripts/images/build.sh {image}"
 WATCHDOG = 'exec 3<&0; "$0" "$@" & p=$!; (cat >/dev/null; kill -TERM "$p" 2>/dev/null) <&3 & wait "$p"'
 _announced: set[tuple[str, str]] = set()
 _versions: dict[tuple[str, str], str] = {}
+
+
+def image_hint(image: str, setting: str | None = None) -> str:
+    """How to get a missing image with what this installation has (docs/OPERATIONS.md, "Sandbox images").
+
+    The build recipe lives in the source tree only: an installed crmops names it only when it
+    is really there, and otherwise the ways every Docker host has (pull, or load a saved image).
+    """
+    ways = []
+    if BUILD_SCRIPT.is_file() and image in BUILDABLE:
+        ways.append(f"build it with {BUILD_SCRIPT} {image}")
+    elif BUILD_SCRIPT.is_file() and image.split(":")[0] in ("postgres", "mariadb"):
+        ways.append(f"{BUILD_SCRIPT} builds only {', '.join(BUILDABLE)}")
+    ways.append(f"docker pull {image} where a registry is reachable, or on a host without one "
+                f"`docker save {image}` where it exists and `docker load -i FILE` here")
+    if setting:
+        ways.append(f"or name an image this host has in {setting}")
+    return "; ".join(ways)
 
 
 @dataclass
@@ -235,7 +257,7 @@ def choose_tool(names: list[str], release: tuple[int, ...], *, flavor: str, serv
             raise ToolMissing(f"{e.message}; no docker client to run it from {image} either", hint=fix) from None
         if not _image_present(image):
             raise ToolMissing(f"{e.message}; the image {image} that would supply it is not present",
-                              hint=f"{fix}, or {BUILD_HINT.format(image=image)}") from None
+                              hint=f"{fix}, or {image_hint(image)}") from None
         for name in names:
             version = _container_version(image, name)
             if version:

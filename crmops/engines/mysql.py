@@ -415,9 +415,10 @@ def only_tables(chunks: Iterable[bytes], tables: list[str], left: list[dict[str,
                 block = []
                 continue
             if line.startswith(b"-- Table structure for table ") or line.startswith(b"-- Dumping data for table "):
-                keep = line.rsplit(b" ", 1)[-1] in wanted
+                name = line.split(b" for table ", 1)[1]  # `a name`, which may hold spaces
+                keep = name in wanted
                 if keep:
-                    seen.add(line.rsplit(b" ", 1)[-1])
+                    seen.add(name)
             elif line.startswith(b"-- Dumping routines") or line.startswith(b"-- Dumping events") or \
                     line.startswith(b"-- Temporary table structure for view") or \
                     line.startswith(b"-- Final view structure for view"):

@@ -81,6 +81,44 @@ def _scan(chunks: Iterable[bytes], tables: list[str], spool: Any) -> tuple[list[
     return header, creates
 
 
+_COLUMN = re.compile(rb"^  `((?:[^`]|``)+)` ")
+
+
+def dump_schema(chunks: Iterable[bytes]) -> tuple[list[str], list[tuple[str, str]], dict[str, list[str]]]:
+    """(every table, the (table, referenced table) pair of each foreign key, each table's columns)
+    from a mysqldump stream's CREATE TABLE statements; the rows between them are searched past, not
+    split into lines (an undo reads a dump's schema before choosing what its sandbox holds)."""
+    tables: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    columns: dict[str, list[str]] = {}
+    mark = b"\nCREATE TABLE `"
+    buffer = b""
+    for piece in chunks:
+        buffer += piece
+        while True:
+            start = buffer.find(mark)
+            if start < 0:
+                buffer = buffer[-len(mark):]  # a mark may straddle two pieces
+                break
+            end = buffer.find(b"\n)", start)
+            if end < 0:
+                buffer = buffer[start:]
+                break
+            head, *body = buffer[start + 1:end].split(b"\n")
+            buffer = buffer[end:]
+            if not head.endswith(b"` ("):
+                continue
+            name = head[len(b"CREATE TABLE `"):-len(b"` (")].decode().replace("``", "`")
+            tables.append(name)
+            cols = columns.setdefault(name, [])
+            for line in body:
+                if (m := _COLUMN.match(line)) is not None:
+                    cols.append(m[1].decode().replace("``", "`"))
+                elif (m := _FK.match(line)) is not None:
+                    pairs.append((name, m[2].decode().replace("``", "`")))
+    return tables, pairs, columns
+
+
 def _renamed_create(create: bytes, old: str, new: str) -> bytes:
     """A CREATE TABLE under another name, without foreign keys (their names are database-wide)."""
     lines = create.split(b"\n")

@@ -12,9 +12,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
@@ -22,11 +20,14 @@ from crmops.engines.base import STAGE_LIMIT, Fingerprint, TableFingerprint, chec
 from crmops.engines.canonical import CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.postgres_facts import OBJECTS, SYSTEM_SCHEMAS, empty_and_version, revision, version_of
 from crmops.engines.postgres_toc import parse_toc, select_tables, table_keys
 from crmops.engines.tools import Background, StreamedDump
 from crmops.errors import CrmopsError, DatabaseError
 
-SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
+if TYPE_CHECKING:
+    import psycopg
+
 #: each row hashed by its columns' own hash functions (PostgreSQL 14+): no rendering of rows as
 #: text, so it costs the server about half of "" (hashtextextended(row::text))
 RECORD_HASH = "record-hash"
@@ -39,10 +40,17 @@ def _conninfo(u: DbUrl) -> dict[str, Any]:
             "password": u.password, "dbname": u.database, "connect_timeout": 10}
 
 
+#: a staged dump up to this size is restored by one pg_restore in one transaction: its parallel
+#: workers' start-up and connections cost more than they save (an 1.7 MB dump: 0.56-0.63 s in one
+#: transaction against 1.09-1.25 s with -j 2, side by side at load 12; docs/BENCHMARKS.md)
+ONE_TRANSACTION_LIMIT = 16 << 20
+
+
 def restore_jobs(size: int | None, cores: int | None = None) -> int:
-    """pg_restore jobs for a dump of size bytes: one per core up to 4 when it is staged, else 1."""
+    """pg_restore jobs for a dump of size bytes: one per core up to 4 when it is staged, else 1
+    (a small staged dump: 1, restored in one transaction)."""
     cores = cores or len(os.sched_getaffinity(0))
-    if size is None or size > STAGE_LIMIT or cores < 2:
+    if size is None or size > STAGE_LIMIT or size <= ONE_TRANSACTION_LIMIT or cores < 2:
         return 1
     return min(cores, 4)
 
@@ -55,10 +63,14 @@ class PostgresEngine:
         self.url = parse(url)
         self.jobs = jobs
         self.restore_owners = restore_owners
+        #: the server version psql reported while is_empty asked (the restore's pg_restore follows it)
+        self._probed_version: str | None = None
 
     # -- connections -------------------------------------------------------------
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection:
+        import psycopg  # here, not at the top: a restore that only needs psql never imports it
+
         try:
             return psycopg.connect(**_conninfo(self.url), autocommit=autocommit)
         except psycopg.OperationalError as e:
@@ -74,7 +86,7 @@ class PostgresEngine:
 
     def server_version(self) -> str:
         with self.connect() as conn:
-            return conn.execute("SHOW server_version").fetchone()[0].split()[0]
+            return version_of(conn)
 
     def server_major(self) -> int:
         return int(self.server_version().split(".")[0])
@@ -113,21 +125,14 @@ class PostgresEngine:
         """No object a restore could collide with: relations, routines, types, schemas, extensions, large objects.
 
         A failed restore may leave only a function, a type or a schema behind; that is not empty.
-        """
-        user_ns = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'"
-        not_extension = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
+        Asked through psql when it answers (postgres_facts), which also tells the server version
+        the restore that follows needs."""
+        probed = empty_and_version(OBJECTS, self._env())
+        if probed is not None:
+            empty, self._probed_version = probed
+            return empty
         with self.connect() as conn:
-            n = conn.execute(f"""SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                 WHERE {user_ns} AND c.relkind IN ('r','v','m','S','p','f','c'))
-                                 + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                                    WHERE {user_ns} AND {not_extension.format(oid="p.oid")})
-                                 + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-                                    WHERE {user_ns} AND t.typtype IN ('e','d','r','m','b')
-                                    AND {not_extension.format(oid="t.oid")})
-                                 + (SELECT count(*) FROM pg_namespace n WHERE {user_ns} AND n.nspname <> 'public')
-                                 + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
-                                 + (SELECT count(*) FROM pg_largeobject_metadata)""").fetchone()[0]
-        return n == 0
+            return conn.execute(f"SELECT {OBJECTS}").fetchone()[0] == 0
 
     def existing_tables(self, tables: list[str]) -> list[str]:
         """Which of these tables ("schema.table") already exist here."""
@@ -144,12 +149,12 @@ class PostgresEngine:
 
         return restore_tables(self, chunks, tables, prefix)
 
+    #: dump() reads the schema revision in its own snapshot (a backup asks no connection more for it)
+    revision_in_dump = True
+
     def schema_revision(self) -> str | None:
         with self.connect() as conn:
-            if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
-                return None
-            revs = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version ORDER BY 1")]
-        return ",".join(revs) or None
+            return revision(conn)
 
     # -- fingerprint ---------------------------------------------------------------
 
@@ -176,15 +181,18 @@ class PostgresEngine:
 
     @contextmanager
     def dump(self) -> Iterator[StreamedDump]:
-        version = self.server_version()
-        pg_dump = self._tool("pg_dump", version)
-        method = self._method(None, int(version.split(".")[0]))
+        """pg_dump in an exported snapshot; the fingerprint and the schema revision are read in the same
+        snapshot, on the connection that holds it and one more (the server version comes with the first)."""
         conn = self.connect(autocommit=False)
         fp_conn = None
         proc = None
         try:
+            version = version_of(conn)
+            pg_dump = self._tool("pg_dump", version)
+            method = self._method(None, int(version.split(".")[0]))
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            schema_revision = revision(conn)
             # sequences are not transactional: read them before pg_dump does, so what it
             # stores is never below what the fingerprint says
             sequences = _sequences(conn)
@@ -200,7 +208,9 @@ class PostgresEngine:
                 _fill_fingerprint(fp_conn, fp)
                 return fp
 
-            yield StreamedDump("pg-custom", proc, Background(compute), version, tool=pg_dump.to_dict())
+            streamed = StreamedDump("pg-custom", proc, Background(compute), version, tool=pg_dump.to_dict())
+            streamed.schema_revision = schema_revision  # type: ignore[attr-defined]
+            yield streamed
         finally:
             if proc is not None:
                 proc.close()
@@ -220,7 +230,7 @@ class PostgresEngine:
         With tables, only those; returns the foreign keys left out (see keys_left_out)."""
         if format != "pg-custom":
             raise DatabaseError(f"a {format} dump cannot be restored into PostgreSQL")
-        pg_restore = self._tool("pg_restore")
+        pg_restore = self._tool("pg_restore", self._probed_version)
         argv = ["--no-password", f"--dbname={self.url.database}", "--exit-on-error"]
         if not self.restore_owners:
             argv += ["--no-owner", "--no-acl"]
@@ -242,6 +252,8 @@ class PostgresEngine:
                         f.write(piece)
             if jobs > 1:
                 argv.append(f"--jobs={jobs}")
+            elif staged is not None and self.jobs is None and staged.stat().st_size <= ONE_TRANSACTION_LIMIT:
+                argv.append("--single-transaction")
             if tables:
                 toc = self._archive_text(pg_restore, ["--list", "--verbose"], path)
                 (Path(tmp) / "selected.list").write_text(select_tables(toc, tables))
@@ -249,8 +261,19 @@ class PostgresEngine:
                 # the target is empty: a key to a table not chosen has nothing to point at
                 entries, deps, _ = parse_toc(toc)
                 left = keys_left_out(table_keys(entries, deps, tables), tables, set(), None)
-            pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(), label="pg_restore",
-                            mounts=[tmp])
+            try:
+                pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(),
+                                label="pg_restore", mounts=[tmp])
+            except DatabaseError as e:
+                # one transaction locks every object it creates at once; a schema of thousands of
+                # tables can outgrow the server's lock table. Nothing was committed: restore again
+                # the usual way
+                if "--single-transaction" not in argv or not any(
+                        m in str(e) for m in ("max_locks_per_transaction", "out of shared memory")):
+                    raise
+                argv.remove("--single-transaction")
+                pg_restore.feed([*argv, str(path)], [], env=self._env(), secrets=self._secrets(),
+                                label="pg_restore", mounts=[tmp])
         return left
 
     def _archive_text(self, pg_restore: Tool, args: list[str], path: Path) -> str:
@@ -262,10 +285,11 @@ class PostgresEngine:
         finally:
             out.close()
 
-    def describe_archive(self, staged: Path) -> tuple[str, str]:
+    def describe_archive(self, staged: Path, version: str | None = None) -> tuple[str, str]:
         """(`pg_restore --list --verbose`, the tables' CREATE statements) of a staged dump: what an
-        undo needs to know which tables its sandbox must hold, before restoring any."""
-        pg_restore = self._tool("pg_restore")
+        undo needs to know which tables its sandbox must hold, before restoring any. version: the
+        server version whose pg_restore reads it (default: this server's, which asks it)."""
+        pg_restore = self._tool("pg_restore", version)
         return (self._archive_text(pg_restore, ["--list", "--verbose"], staged),
                 self._archive_text(pg_restore, ["--schema-only", "--section=pre-data", "--file=-"], staged))
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from crmops.dburl import engine_kind, safe
 from crmops.engines.connect import classify, connect_engine
-from crmops.errors import MigrationRefused
+from crmops.errors import MigrationRefused, db_said
 from crmops.migrations.scripts import Scripts, Step
 
 #: statements that change nothing; left out of the list of what a failed revision did
@@ -296,6 +296,5 @@ def _is_lock_timeout(exc: BaseException, kind: str) -> bool:
 
 def _one_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+    first = db_said(orig)
+    return f"{type(orig).__name__}: {first}" if first != type(orig).__name__ else first

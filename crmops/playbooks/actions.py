@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from crmops.engines.connect import connect_engine
-from crmops.errors import CrmopsError
+from crmops.errors import CrmopsError, db_said
 from crmops.playbooks.model import HttpStep, MaintenanceStep, PauseStep, ShellStep, SqlStep, Step
 from crmops.playbooks.steps import StepContext, StepFailed, StepResult, expand_env, jsonable, tail
 
@@ -108,7 +108,7 @@ def run_sql(step: Step, params: dict[str, Any], ctx: StepContext) -> StepResult:
             value = jsonable(result.first()[0]) if result.returns_rows and result.keys() else None
             rowcount = result.rowcount if not result.returns_rows else None
     except sa.exc.DBAPIError as e:
-        first = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+        first = db_said(e.orig)
         raise StepFailed(f"the statement failed: {first}") from None
     finally:
         engine.dispose()

@@ -29,8 +29,6 @@ class Step(_Strict):
     OUTPUTS: ClassVar[tuple[str, ...]] = ()
     #: steps the dry run executes for real in the sandbox
     REHEARSED: ClassVar[bool] = False
-    #: typical duration when the playbook gives no expected_seconds
-    TYPICAL_SECONDS: ClassVar[float] = 1.0
 
     type: str
     id: str | None = Field(None, pattern=_ID)
@@ -65,14 +63,12 @@ class PreflightStep(Step):
 
 class BackupStep(Step):
     OUTPUTS = ("snapshot_id", "seconds")
-    TYPICAL_SECONDS = 30
     type: Literal["backup"]
     tags: list[str] = Field(default_factory=lambda: ["pre-upgrade"])
 
 
 class VerifyStep(Step):
     OUTPUTS = ("snapshot_id", "ok")
-    TYPICAL_SECONDS = 60
     type: Literal["verify"]
     snapshot: str = "latest"
 
@@ -80,7 +76,6 @@ class VerifyStep(Step):
 class MigrateStep(Step):
     OUTPUTS = ("from", "to", "seconds", "safety_snapshot", "revisions")
     REHEARSED = True
-    TYPICAL_SECONDS = 30
     type: Literal["migrate"]
     to: str
     safety_backup: bool = Field(False, description="the playbook's own backup step usually covers this")
@@ -97,7 +92,6 @@ class SqlStep(Step):
 
 class ShellStep(Step):
     OUTPUTS = ("exit_code", "stdout")
-    TYPICAL_SECONDS = 5
     type: Literal["shell"]
     command: str | list[str]
     env: dict[str, str] = Field(default_factory=dict)
@@ -123,7 +117,6 @@ class HttpStep(Step):
 
 class DockerStep(Step):
     OUTPUTS = ("previous_image", "image", "container")
-    TYPICAL_SECONDS = 5
     type: Literal["docker"]
     container: str
     image: str
@@ -141,7 +134,6 @@ class AppCommandStep(Step):
     """
 
     OUTPUTS = ("exit_code", "stdout", "seconds")
-    TYPICAL_SECONDS = 30
     type: Literal["app_command"]
     container: str
     command: str | list[str]
@@ -154,7 +146,6 @@ class AppCommandStep(Step):
 
 class PauseStep(Step):
     OUTPUTS = ()
-    TYPICAL_SECONDS = 0
     type: Literal["pause"]
     message: str = "continue?"
 
@@ -184,7 +175,6 @@ class MaintenanceStep(Step):
 
 class RestoreStep(Step):
     OUTPUTS = ("snapshot_id", "safety_snapshot", "seconds")
-    TYPICAL_SECONDS = 60
     type: Literal["restore"]
     snapshot: str
     timeout: float = Field(3600, gt=0)
@@ -201,7 +191,6 @@ class EngineUpgradeStep(Step):
     OUTPUTS = ("seconds", "source_version", "target_version", "tables", "differences", "incompatibilities",
                "smoke", "tool", "mode", "check_seconds", "upgrade_seconds", "undone")
     REHEARSED = True  # in a sandbox of the target version (logical) or of both versions (pg_upgrade)
-    TYPICAL_SECONDS = 120
     type: Literal["engine_upgrade"]
     method: Literal["logical", "pg_upgrade"] = Field("logical", description="logical: dump, restore into the new "
                                                      "server, compare; pg_upgrade: PostgreSQL's in-place upgrade")

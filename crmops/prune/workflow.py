@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crmops.config import Config, RetentionConfig
-from crmops.errors import CrmopsError, IntegrityError
+from crmops.errors import CrmopsError, IntegrityError, ObjectLocked
 from crmops.repository import Repository, open_repository
 from crmops.repository.retention import plan_groups
 
@@ -92,6 +92,10 @@ def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bo
         return ForgetResult(True, keep, drop, prune(config, dry_run=True, repo=repo, without=set(drop))
                             if prune_after else None, groups, damaged, pitr)
     with repo.lock(exclusive=True, purpose="forget"):
+        if getattr(repo.store, "object_lock_enabled", lambda: False)():
+            plan = pitr_retention.apply(repo, physical, policy.pitr_days, dry_run=True) if physical else None
+            _refuse_locked(repo, [f"snapshots/{sid}" for sid in drop + (plan["forget"] if plan else [])]
+                           + [key for key, _ in binlogs])
         pitr = pitr_retention.apply(repo, physical, policy.pitr_days, dry_run=False) if physical else None
         pitr = _with_binlogs(pitr, binlogs)
         for key, _size in binlogs:
@@ -103,6 +107,17 @@ def forget(config: Config, *, policy: RetentionConfig | None = None, dry_run: bo
             for key, _ in list(repo.store.list(f"records/{sid}/")):
                 repo.store.delete(key)
     return ForgetResult(False, keep, drop, prune(config, repo=repo) if prune_after else None, groups, damaged, pitr)
+
+
+def _refuse_locked(repo: Repository, keys: list[str]) -> None:
+    """Before the first delete: ObjectLocked when S3 Object Lock still keeps any of keys, so a forget
+    whose retention is shorter than the bucket's lock removes nothing instead of part of it."""
+    locked = {k: until for k in keys if (until := repo.store.locked_until(k)) is not None}  # type: ignore[attr-defined]
+    if locked:
+        first, until = min(locked.items(), key=lambda kv: kv[1])
+        raise ObjectLocked(f"forget: {len(locked)} of the {len(keys)} objects to delete are under S3 Object Lock "
+                           f"(the first, {first}, until {until:%Y-%m-%d %H:%M} UTC); nothing was forgotten",
+                           hint="keep this repository's retention longer than the bucket's Object Lock period")
 
 
 def _with_binlogs(pitr: dict[str, Any] | None, binlogs: list[tuple[str, int]]) -> dict[str, Any] | None:

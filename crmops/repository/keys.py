@@ -21,8 +21,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from crmops import kdf as scrypt_kdf
 from crmops.errors import ConfigError, KeyFileMissing, WrongKey
 
 SCRYPT = {"n": 2**15, "r": 8, "p": 1}
@@ -106,7 +106,7 @@ def _kek(cred: Credential, kdf: dict[str, Any]) -> bytes:
     if kdf["name"] == "scrypt":
         if cred.passphrase is None:
             raise WrongKey("this key slot needs a passphrase")
-        return Scrypt(salt=salt, length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(cred.passphrase.encode())
+        return scrypt_kdf.derive(cred.passphrase, salt, kdf["n"], kdf["r"], kdf["p"])  # maybe begun ahead
     if kdf["name"] == "hkdf-sha256":
         if cred.key_file is None:
             raise WrongKey("this key slot needs a key file")

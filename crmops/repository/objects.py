@@ -43,7 +43,11 @@ class Sealer:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.level)
-        compressed = compressor.compress(plaintext)
+        return self.seal_compressed(compressor.compress(plaintext), name)
+
+    def seal_compressed(self, compressed: bytes, name: str) -> bytes:
+        """Seal content already compressed: re-encrypting another repository's object (a copy with
+        its own keys) costs no second compression, and the sealed size stays the same."""
         nonce = secrets.token_bytes(NONCE)
         return HEADER + nonce + self._aead.encrypt(nonce, compressed, name.encode())
 

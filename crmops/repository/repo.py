@@ -75,13 +75,14 @@ class Repository(Locks, ChunkHealth, Manifests):
 
     @classmethod
     def init(cls, store: Store, cred: Credential, *, chunk_avg: int = 1 << 20, compression_level: int = 1,
-             label: str = "initial") -> Repository:
+             label: str = "initial", extra: dict[str, Any] | None = None) -> Repository:
+        """A new repository with one key slot; extra: more fields for its plain `config` (a copy's origin)."""
         if store.exists("config"):
             raise RepositoryExists(f"{store.url} already holds a crmops repository")
         config = {"format": FORMAT_VERSION, "id": uuid.uuid4().hex, "created": now().isoformat(timespec="seconds"),
                   "chunker": {"algorithm": "fastcdc", "avg": chunk_avg, "min": chunk_avg // 4, "max": chunk_avg * 4},
                   "compression": "zstd", "compression_level": compression_level, "cipher": "aes-256-gcm",
-                  "chunk_id": "hmac-sha256"}
+                  "chunk_id": "hmac-sha256", **(extra or {})}
         master = MasterKey.generate()
         slot_id = uuid.uuid4().hex[:12]
         slot = wrap(master, cred, repo_id=config["id"], slot_id=slot_id, label=label)

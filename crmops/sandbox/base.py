@@ -74,16 +74,3 @@ def image_for(images: dict[str, str], engine: str, server_version: str) -> str:
         return template.format(**version_parts(flavor, server_version))
     except (KeyError, IndexError) as e:
         raise ConfigError(f"verify.images.{flavor}: unknown placeholder {e} (use {{major}} or {{version}})") from None
-
-
-#: the images scripts/images/build.sh makes from Debian (bullseye, bookworm, trixie)
-BUILDABLE = ("postgres:13", "postgres:15", "postgres:17", "mariadb:10.5", "mariadb:10.11", "mariadb:11.8")
-
-
-def build_hint(image: str) -> str:
-    """How to get a missing sandbox image from this project's own recipe, if it has one ("" if not)."""
-    if image in BUILDABLE:
-        return f"build it with scripts/images/build.sh {image} (from a crmops checkout), or "
-    if image.split(":")[0] in ("postgres", "mariadb"):
-        return f"scripts/images/build.sh builds only {', '.join(BUILDABLE)}; for {image}: "
-    return ""

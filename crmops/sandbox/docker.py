@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crmops.config import MASK, VerifyConfig
+from crmops.engines.container_tools import image_hint
 from crmops.errors import ConfigError, CrmopsError, ImageMissing, SandboxUnavailable
 from crmops.sandbox import guard, selfnet
-from crmops.sandbox.base import build_hint, flavor_of, image_for
+from crmops.sandbox.base import flavor_of, image_for
 
 LABEL = "crmops.sandbox"
 #: on what a dry run's rehearsal stack adds to a sandbox (a copy of the app, its volumes): the sandbox's name
@@ -45,7 +46,9 @@ class Flavor:
 
 FLAVORS: dict[str, Flavor] = {
     "postgresql": Flavor(
-        5432, "postgresql", "postgres", {"POSTGRES_PASSWORD": "{password}", "POSTGRES_DB": "{database}"},
+        5432, "postgresql", "postgres", {"POSTGRES_PASSWORD": "{password}", "POSTGRES_DB": "{database}",
+                                             # a throwaway copy: initdb need not fsync its files
+                                             "POSTGRES_INITDB_ARGS": "--no-sync"},
         ["postgres", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
          "-c", "maintenance_work_mem=256MB", "-c", "max_wal_size=4GB"],
         "docker exec -it {name} psql -U postgres -d {database}"),
@@ -125,6 +128,8 @@ class DockerSandbox:
         self._container: Any = None
         self._ip: str | None = None
         self.started_s: float | None = None
+        #: set by whoever gave up on this sandbox (its start ran on another thread): stop waiting for it
+        self.abandoned = False
 
     # -- the URL -----------------------------------------------------------------
 
@@ -173,8 +178,7 @@ class DockerSandbox:
             image = client.images.get(self.image)
         except ImageNotFound:
             raise ImageMissing(f"sandbox image {self.image} is not present locally",
-                               hint=f"{build_hint(self.image)}docker pull {self.image} or docker load -i FILE; "
-                                    f"the image is set in verify.images.{self.flavor}") from None
+                               hint=image_hint(self.image, f"verify.images.{self.flavor}")) from None
         except DockerException as e:
             raise SandboxUnavailable(f"the Docker engine failed while looking up {self.image}: {e}") from None
         self.image_id = image.id
@@ -217,7 +221,15 @@ class DockerSandbox:
 
         deadline = time.monotonic() + self.cfg.ready_timeout_seconds
         last = "no answer yet"
+        tries = 0
         while True:
+            tries += 1
+            # the images' entrypoints set up the server with TCP closed: until the port accepts, a
+            # socket is the cheap question (a login builds an engine, about 20 ms of CPU each try),
+            # and the container's state is asked about once a second
+            if tries % 10 and not self.abandoned and time.monotonic() < deadline and not self._port_open():
+                time.sleep(0.1)
+                continue
             try:
                 engine = connect_engine(self.url)
                 try:
@@ -235,11 +247,22 @@ class DockerSandbox:
                                          f"{tail[-1] if tail else 'no log output'}",
                                          hint="`docker logs` is gone with the container; run the image by hand "
                                               "to see why it exits")
+            if self.abandoned:
+                raise SandboxUnavailable(f"sandbox {self.name} was given up before it was ready")
             if time.monotonic() > deadline:
                 raise SandboxUnavailable(f"sandbox {self.name} ({self.image}) was not ready within "
                                          f"{self.cfg.ready_timeout_seconds:g}s ({self._scrub(last)})",
                                          hint="raise verify.ready_timeout_seconds or check the image")
-            time.sleep(0.25)
+            time.sleep(0.1)
+
+    def _port_open(self) -> bool:
+        import socket
+
+        try:
+            socket.create_connection((self._ip, self.spec.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def alive(self) -> bool:
         from docker.errors import DockerException

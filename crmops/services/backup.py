@@ -59,9 +59,11 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
     repo = repo or open_repository(config)
     source = url or config.database.url
     engine = open_engine(source, config.database)
-    revision = engine.schema_revision()
+    # PostgreSQL reads it inside the dump's snapshot, on the dump's connection
+    revision = None if getattr(engine, "revision_in_dump", False) else engine.schema_revision()
     with repo.writer(tags=tags) as writer:
         with engine.dump() as dump:
+            revision = getattr(dump, "schema_revision", revision)
             writer.add_stream("database", dump.chunks(), format=dump.format, progress=progress)
             fingerprint = dump.fingerprint
             server_version = dump.server_version

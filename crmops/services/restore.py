@@ -15,7 +15,6 @@ import hashlib
 import logging
 import re
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from crmops.errors import (
     TableNotInSnapshot,
     TargetNotEmpty,
 )
+from crmops.log import Timeline
 from crmops.repository import Repository, open_repository
 from crmops.services.sources import resolve
 
@@ -133,11 +133,7 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     the snapshot, the destination names, the target's emptiness, every chunk's tag.
     safety_first=False (--no-safety-snapshot) replaces without the pre-restore snapshot.
     """
-    started = time.monotonic()
-    timeline: list[dict[str, Any]] = []
-
-    def mark(step: str) -> None:
-        timeline.append({"step": step, "at_s": round(time.monotonic() - started, 3)})
+    mark = Timeline()
 
     repo = repo or open_repository(config)
     manifest = resolve(config, repo, ref, source=source)
@@ -167,13 +163,12 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
             repo.authenticate(manifest, progress)
         mark("every chunk authenticated" + (" (dump staged)" if staged else ""))
         return _write(config, repo, manifest, target, empty, staged, to_url, chosen, prefix, force,
-                      attachments_to, mark, started, timeline, safety_first=safety_first)
+                      attachments_to, mark, safety_first=safety_first)
 
 
 def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: Any, empty: bool,
            staged: Path | None, to_url: str, chosen: list[str] | None, prefix: str | None, force: bool,
-           attachments_to: Path | None, mark: Callable[[str], None], started: float,
-           timeline: list[dict[str, Any]], safety_first: bool = True) -> RestoreResult:
+           attachments_to: Path | None, mark: Timeline, safety_first: bool = True) -> RestoreResult:
     """Everything authenticated: the safety snapshot, then the database, then the files."""
     stream = manifest["streams"]["database"]
     wanted = ENGINE_OF_FORMAT.get(stream["format"])
@@ -230,8 +225,8 @@ def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: A
     left = 0 if attachments_to is not None or chosen else sum(1 for f in manifest.get("files", [])
                                                               if f.get("kind") == "file")
     return RestoreResult(snapshot_id=manifest["id"], target=safe(to_url), tables=chosen,
-                         seconds=round(time.monotonic() - started, 2), bytes=stream["size"], files=files,
-                         safety_snapshot=safety, timeline=timeline, replaced=replaced, created=created,
+                         seconds=mark.seconds(2), bytes=stream["size"], files=files,
+                         safety_snapshot=safety, timeline=mark.steps, replaced=replaced, created=created,
                          files_left=left, constraints_left_out=with_hints(keys_out, chosen or [], wanted))
 
 

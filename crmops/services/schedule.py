@@ -44,6 +44,19 @@ JOBS: dict[str, tuple[list[str], str]] = {
     "prune": (["forget", "--prune"], "forget snapshots past retention and delete unused data"),
     "copy": (["copy"], "copy new snapshots and the WAL/binlog archive to the copies in other places"),
 }
+#: `drill-from-NAME`: the drill run against copy NAME alone (`drill --repository NAME`)
+DRILL_FROM = "drill-from-"
+
+
+def job(name: str) -> tuple[list[str], str]:
+    """(the crmops arguments, what it is for) of a scheduled job, the per-copy drills included."""
+    if name.startswith(DRILL_FROM):
+        copy = name[len(DRILL_FROM):]
+        return (["drill", "--repository", copy],
+                f"restore the latest snapshot from copy {copy} alone in a sandbox and prove it")
+    return JOBS[name]
+
+
 #: long-running services -> (the crmops arguments, what they are for)
 SERVICES: dict[str, tuple[list[str], str]] = {
     "wal-stream": (["wal", "stream"], "stream PostgreSQL WAL into the archive (an RPO of seconds)"),
@@ -177,7 +190,7 @@ def plan_systemd(schedule: dict[str, When], *, config: Path, unit_dir: Path, env
     files: dict[str, str] = {}
     jobs: dict[str, dict[str, Any]] = {}
     for name, when in schedule.items():
-        args, purpose = JOBS[name]
+        args, purpose = job(name)
         cmd = _command(exe, config, args)
         unit = f"{PREFIX}{name}"
         service = [
@@ -233,7 +246,7 @@ def plan_cron(schedule: dict[str, When], *, config: Path, cron_file: Path, env_f
              f"CRMOPS_CONFIG={config}", f"CRMOPS_JOB_LOCK_WAIT={lock_wait_s}", f"{_env_file_var()}={env_file}"]
     jobs: dict[str, dict[str, Any]] = {}
     for name, when in schedule.items():
-        cmd = _command(exe, config, JOBS[name][0])
+        cmd = _command(exe, config, job(name)[0])
         run = " ".join(shlex.quote(w) for w in ["timeout", "--kill-after=120", str(timeout_s), *cmd])
         if status_page:
             run += "; " + " ".join(shlex.quote(w) for w in _report(exe, config, status_page))

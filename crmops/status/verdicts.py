@@ -287,13 +287,17 @@ def _sources_verdict(ov: Overview) -> Verdict:
 
 def _alerting_verdict(config: Config) -> Verdict:
     """A failed nightly job that reaches no one is the silent failure this tool exists to prevent."""
-    from crmops.notify import notifiers
-    from crmops.notify.http import host_of
-
     n = config.notify
-    channels = [c.name for c in notifiers(config)]
+    channels: list[str] = []
+    if n.webhooks or n.email is not None:  # the channels' modules (HTTP, SMTP, retries) only when there are any
+        from crmops.notify import notifiers
+
+        channels += [c.name for c in notifiers(config)]
     channels += [f"metrics file {n.metrics_file}"] if n.metrics_file else []
-    channels += [f"Pushgateway {host_of(n.pushgateway_url)}"] if n.pushgateway_url else []
+    if n.pushgateway_url:
+        from crmops.notify.http import host_of
+
+        channels.append(f"Pushgateway {host_of(n.pushgateway_url)}")
     if not channels:
         return Verdict("alerting", AMBER, "a failed job reaches no one but its exit code: configure notify.webhooks, "
                                           "notify.email, notify.metrics_file or notify.pushgateway_url")

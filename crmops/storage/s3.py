@@ -35,6 +35,7 @@ from crmops.config import S3Config
 from crmops.errors import (
     ConfigError,
     IntegrityError,
+    ObjectLocked,
     RepositoryNotFound,
     StorageAccessDenied,
     StorageUnreachable,
@@ -44,6 +45,10 @@ from crmops.storage.base import Temporary
 log = logging.getLogger("crmops.storage.s3")
 MULTIPART_THRESHOLD = 64 << 20
 LOCKED_PREFIXES = ("data/", "snapshots/", "keys/", "config")
+#: what a restore needs: in an Object Lock bucket deleted whole (every version) or refused; other objects
+#: (locks, quarantine markers, records, id maps, a removed key slot, a superseded .partial WAL segment)
+#: get a delete marker, as in any versioned bucket, so `key remove` and `wal push` keep working
+PROTECTED_PREFIXES = ("data/", "snapshots/", "wal/", "binlog/")
 THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
              "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccountProblem", "403"}
@@ -148,8 +153,11 @@ class S3Store:
             retain_until = datetime.now(UTC) + timedelta(days=self.cfg.object_lock_days)
         extra: dict[str, Any] = {}
         if retain_until is not None:
-            extra = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until,
-                     "ContentMD5": base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()}
+            extra = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until}
+        if extra or (not self._checksummed and self.object_lock_state() is not False):
+            # S3 refuses a PUT under Object Lock (asked for, or the bucket's default retention) without
+            # Content-MD5 or a checksum; boto3 before 1.36 sends no checksum of its own
+            extra["ContentMD5"] = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         if len(data) >= MULTIPART_THRESHOLD and not extra:
             import io
 
@@ -245,4 +253,67 @@ class S3Store:
         self._do("abort_multipart_upload", key, Key=self.prefix + key, UploadId=upload_id)
 
     def delete(self, key: str) -> None:
-        self._do("delete_object", key, Key=self.prefix + key)
+        """Delete key; in an Object Lock bucket, what a snapshot needs is deleted for good (every version)
+        or not at all: ObjectLocked while its retention runs, instead of a delete marker that only hides it.
+
+        When these credentials may not read the bucket's lock configuration, each such object's own
+        retention is still checked first (one HEAD), so a kept object is never hidden by a marker."""
+        lock = self.object_lock_state() if key.startswith(PROTECTED_PREFIXES) and not key.endswith(".partial") \
+            else False
+        if lock is not False:
+            until = self.locked_until(key)
+            if until is not None:
+                raise ObjectLocked(f"{self.url}: {key} is under S3 Object Lock until {until:%Y-%m-%d %H:%M} UTC; "
+                                   "nothing was deleted",
+                                   hint="keep this repository's retention longer than the bucket's Object Lock "
+                                        "period")
+        if lock is not True:
+            self._do("delete_object", key, Key=self.prefix + key)
+            return
+        versions = self._do("list_object_versions", Prefix=self.prefix + key)
+        for v in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+            if v["Key"] == self.prefix + key:  # newest first: an older version never becomes current alone
+                self._do("delete_object", key, Key=v["Key"], VersionId=v["VersionId"])
+
+    _lock_state: bool | None = None
+    _lock_asked = False
+
+    @property
+    def _checksummed(self) -> bool:
+        """boto3 >= 1.36 puts a CRC32 checksum on every PutObject itself: no lock lookup needed for it."""
+        return getattr(self.client.meta.config, "request_checksum_calculation", None) == "when_supported"
+
+    def object_lock_state(self) -> bool | None:
+        """Whether the bucket has Object Lock (asked once); None when these credentials may not ask."""
+        if not self._lock_asked:
+            self._lock_asked = True
+            self._lock_state = True if self.cfg.object_lock_days else None
+            if self._lock_state is None:
+                try:
+                    conf = self._retrying()(lambda: self.client.get_object_lock_configuration(Bucket=self.bucket))
+                    self._lock_state = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+                except ClientError as e:
+                    code = e.response.get("Error", {}).get("Code", "")
+                    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                    if not (code in DENIED or status == 403):
+                        self._lock_state = False  # ObjectLockConfigurationNotFoundError: no lock
+                    else:
+                        log.info("%s: cannot read the bucket's Object Lock configuration (%s); each object's "
+                                 "retention is checked before it is deleted", self.url, code or status)
+                except BotoCoreError as e:
+                    log.info("%s: Object Lock configuration not read (%s)", self.url, type(e).__name__)
+        return self._lock_state
+
+    def object_lock_enabled(self) -> bool:
+        """True when the bucket has Object Lock, or may have it (these credentials may not ask)."""
+        return self.object_lock_state() is not False
+
+    def locked_until(self, key: str) -> datetime | None:
+        """When the current version of key may be deleted, if that is later than now (retention or legal hold)."""
+        head = self._do("head_object", key, Key=self.prefix + key)
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return datetime.max.replace(tzinfo=UTC)
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=UTC)
+        return until.astimezone(UTC) if until is not None and until > datetime.now(UTC) else None

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from crmops.errors import DatabaseError, IntegrityError, UndoConflict, without_values
+from crmops.errors import DatabaseError, IntegrityError, UndoConflict, db_said
 from crmops.repository import Repository
 from crmops.undo.catalog import Catalog
 from crmops.undo.plan import UndoPlan, keyed
@@ -77,13 +77,13 @@ def write(engine: sa.Engine, plan: UndoPlan) -> Written:
                 out.counters = _raise_pg_sequences(conn, tables_written, before)
     except sa.exc.IntegrityError as e:
         raise UndoConflict(f"the live database refused the undo, nothing was written: "
-                           f"{without_values(str(e.orig).strip().splitlines()[0])}",
+                           f"{db_said(e.orig)}",
                            hint="the plan was checked against the live rows it names; a dry run (without --apply) "
                                 "checks again now. If it shows no conflict, the database holds a rule the plan "
                                 "does not check (a CHECK, a trigger, a key across partitions): restore the table "
                                 "beside it with restore --tables T --as and copy the rows by hand") from None
     except sa.exc.DBAPIError as e:
-        first = without_values(str(e.orig).strip().splitlines()[0])
+        first = db_said(e.orig)
         raise DatabaseError(f"writing the undo failed, nothing was written: {first}") from None
     if engine.dialect.name != "postgresql":
         out.counters = _check_counters(engine, tables_written, before)

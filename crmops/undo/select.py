@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from crmops.errors import DatabaseError, UndoNothingSelected, UndoSelectionInvalid
+from crmops.errors import DatabaseError, UndoNothingSelected, UndoSelectionInvalid, db_said
 from crmops.undo.catalog import Catalog, Relation
 
 BATCH = 500
@@ -75,6 +75,103 @@ class Selection:
         return sum(len(r) for r in self.rows.values())
 
 
+def one_condition(where: str, engine: str) -> None:
+    """--where must be one SQL condition: no second statement, no comment hiding the rest, no way out of the
+    parentheses it is wrapped in. Quoted text ('...', "...", `...`) may hold anything; `#` starts a comment on
+    MySQL/MariaDB only (PostgreSQL's #>> and # are operators)."""
+    depth, i, quote = 0, 0, ""
+    while i < len(where):
+        c = where[i]
+        if quote:
+            if c == "\\" and where[i + 1:i + 2] == quote:
+                # 'a\' ends there on PostgreSQL, E'a\'' and MySQL's do not: the servers disagree on where it ends
+                why = "a backslash before a quote (servers read it differently)"
+                break
+            if c == quote:
+                if where[i + 1:i + 2] == quote:  # a doubled quote stays inside
+                    i += 1
+                else:
+                    quote = ""
+        elif c in "'\"`":
+            quote = c
+        elif c == "$" and engine == "postgresql":
+            why = "a '$' (a dollar-quoted string is not read here)"
+            break
+        elif c == ";":
+            why = "a ';' (a second statement)"
+            break
+        elif where[i:i + 2] in ("--", "/*") or (c == "#" and engine == "mysql"):
+            why = f"a comment ({where[i:i + 2] if c != '#' else '#'})"
+            break
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                why = "a ')' closing more than it opened"
+                break
+        i += 1
+    else:
+        if quote:
+            why = f"an unclosed {quote}"
+        elif depth:
+            why = "a '(' that is never closed"
+        else:
+            return
+    raise UndoSelectionInvalid(f"--where must be one SQL condition on the table's columns; it holds {why}; "
+                               f"nothing was changed", hint="e.g. --where \"id IN (42, 57)\"")
+
+
+def check_where(conn: sa.Connection, table: str, where: str) -> None:
+    """The condition against the live table before any sandbox starts: its columns exist, it parses.
+
+    Runs in a READ ONLY transaction with LIMIT 0 (the server plans the query and reads no row), and
+    is rolled back: a function in the condition can change nothing. A table the live database no
+    longer has is left to the sandbox (the snapshot's copy of it).
+    """
+    one_condition(where, "mysql" if conn.dialect.name in ("mysql", "mariadb") else conn.dialect.name)
+    name = table.removeprefix("public.")
+    if not sa.inspect(conn).has_table(name):
+        return
+    t = Tables(conn)[name]
+    kind = conn.dialect.name
+    conn.rollback()  # reading the table's columns began a transaction: the read-only one must be new
+    try:
+        if kind == "postgresql":
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        elif kind in ("mysql", "mariadb"):
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")  # the next (implicit) transaction
+        elif kind == "sqlite":
+            conn.exec_driver_sql("PRAGMA query_only = ON")
+        conn.execute(sa.select(t).where(sa.text("(" + where.replace(":", "\\:") + ")")).limit(0)).all()
+    except sa.exc.DBAPIError as e:
+        conn.rollback()
+        said = db_said(e.orig)
+        message, hint = _where_problem(said, t, table)
+        raise UndoSelectionInvalid(message, hint=hint) from None
+    finally:
+        if kind == "sqlite":
+            conn.exec_driver_sql("PRAGMA query_only = OFF")
+        conn.rollback()
+
+
+def _where_problem(said: str, t: sa.Table, table: str) -> tuple[str, str]:
+    """(message, hint) naming an unknown column with the closest of the table's, else the server's words."""
+    import difflib
+    import re
+
+    m = re.search(r'column "?`?([\w.]+?)"?`? does not exist|Unknown column \'([^\']+)\'|no such column: ([\w.]+)',
+                  said)
+    if m:
+        column = next(g for g in m.groups() if g).split(".")[-1]
+        names = [c.name for c in t.columns]
+        near = difflib.get_close_matches(column, names, n=1, cutoff=0.6)
+        return (f"--where: table {table} has no column {column}; nothing was changed",
+                f"did you mean {near[0]}?" if near else f"its columns: {', '.join(names[:12])}")
+    return (f"--where does not work on table {table}: {said}; nothing was changed",
+            "write an SQL condition on its columns, e.g. \"id IN (42, 57)\"")
+
+
 def select(conn: sa.Connection, catalog: Catalog, table: str, where: str, *, follow: bool,
            live_present: Callable[[str, tuple[str, ...], list[Key]], set[Key]]) -> Selection:
     """The rows of table matching where in the past database, and (follow) all that hangs on them.
@@ -97,7 +194,7 @@ def select(conn: sa.Connection, catalog: Catalog, table: str, where: str, *, fol
         found = conn.execute(stmt).mappings().all()
     except sa.exc.DBAPIError as e:
         conn.rollback()
-        first = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+        first = db_said(e.orig)
         raise UndoSelectionInvalid(f"--where does not work on table {source}: {first}",
                                    hint="write an SQL condition on its columns, e.g. \"id IN (42, 57)\"") from None
     if not found:
@@ -135,7 +232,7 @@ def _fetch(conn: sa.Connection, tables: Tables, table: str, columns: tuple[str, 
         try:
             yield from (dict(r) for r in conn.execute(stmt).mappings())
         except sa.exc.DBAPIError as e:
-            raise DatabaseError(f"reading {table} in the past database failed: {str(e.orig).splitlines()[0]}"
+            raise DatabaseError(f"reading {table} in the past database failed: {db_said(e.orig)}"
                                 ) from None
 
 

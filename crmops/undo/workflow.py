@@ -12,7 +12,6 @@ any conflict. Colleagues' work since the snapshot is never overwritten unless as
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from crmops.engines.connect import connect_engine
 from crmops.engines.files import check_writable_folder
 from crmops.errors import ConfigError, CrmopsError, Interrupted, UndoConflict, UndoSelectionInvalid
 from crmops.journal import Journal, actor
+from crmops.log import Timeline
 from crmops.repository import Repository, open_repository
 from crmops.services.restore import ENGINE_OF_FORMAT, snapshot_tables
 from crmops.undo import apply as undo_apply
@@ -95,19 +95,15 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
     source yields the past database (default: snapshot ref restored into a sandbox); tests
     and point-in-time recovery pass their own.
     """
-    started = time.monotonic()
-    timeline: list[dict[str, Any]] = []
-
-    def mark(step: str) -> None:
-        timeline.append({"step": step, "at_s": round(time.monotonic() - started, 3)})
-        if on_step:
-            on_step(step)
+    mark = Timeline(on_step)
+    timeline = mark.steps
 
     if request.changed not in CHANGED_POLICIES:
         raise ConfigError(f"--changed {request.changed}: use keep-live or take-snapshot")
     if not request.where.strip():
         raise ConfigError("--where is empty: name the rows, e.g. --where \"id IN (42, 57)\"")
     to_url = request.to_url or config.database.url
+    undo_select.one_condition(request.where, engine_kind(to_url))
     on_configured = request.to_url is None or request.to_url == config.database.url
     root = request.attachments_to or (config.attachments.path if on_configured else None)
     live = _connect(to_url)
@@ -120,6 +116,8 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
                 if wanted != engine_kind(to_url):
                     raise ConfigError(f"snapshot {ref} holds a {wanted} database; {display(to_url)} is not {wanted}")
                 _check_table(request.table, snapshot_tables(manifest))
+            with live.connect() as conn:  # the condition's columns, before minutes of sandbox restore
+                undo_select.check_where(conn, request.table, request.where)
             if request.apply and root is not None:
                 check_writable_folder(root, "--attachments-to" if request.attachments_to else "attachments.path")
             past_source = source or (lambda: from_snapshot(config, ref, repo, mark, request.table))
@@ -141,7 +139,7 @@ def undo(config: Config, request: UndoRequest, *, ref: str = "latest", source: P
                 result.journal = str(journal.path)
     finally:
         live.dispose()
-    result.seconds = round(time.monotonic() - started, 3)
+    result.seconds = mark.seconds()
     return result
 
 

@@ -103,21 +103,110 @@ def expected_seconds(step: Step, size: int, restore_s: float,
     """What a step that is not rehearsed will take, and on what that rests ("basis"): the playbook's figure,
     the median of earlier real runs of the same step, a model of the database's size, or "unknown" (0 s
     counted, said so) rather than a fixed guess."""
-    if step.expected_seconds is not None:
-        return {"seconds": step.expected_seconds, "basis": "the playbook's expected_seconds"}
-    past = (history or {}).get((step.id or "", step.type))
-    if past:
-        ordered = sorted(past)
-        median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1]
-                                                                      + ordered[len(ordered) // 2]) / 2
-        return {"seconds": round(median, 3), "basis": f"median of {len(past)} earlier real run{'s' * (len(past) > 1)}"}
+    known = _stated_or_measured(step, history or {})
+    if known is not None:
+        return known
     if step.type == "backup":  # the dump runs at ~100 MB/s here (DESIGN.md)
         return {"seconds": round(2 + size / 100e6, 1), "basis": "the database's size at ~100 MB/s"}
     if step.type in _MODELLED:
         return {"seconds": restore_s + 2, "basis": "the rehearsal's restore time"}
-    if step.TYPICAL_SECONDS == 0:
-        return {"seconds": 0.0, "basis": "takes no time of its own"}
+    return _nothing_known(step)
+
+
+def _nothing_known(step: Step) -> dict[str, Any]:
+    """0 s, said so: a pause waits for a person; anything else is "unknown", never a guess."""
+    if step.type == "pause":
+        return {"seconds": 0.0, "basis": "waits for a person: not counted"}
     return {"seconds": 0.0, "basis": "unknown"}
+
+
+#: steps timed once against production before a real run without a rehearsal: they only read
+#: (an http step only with GET or HEAD; maintenance switches never)
+_PROBED = ("preflight", "http")
+
+
+def _probe(config: Config, step: Step, context: dict[str, Any]) -> dict[str, Any] | None:
+    """One timed run of a step that only reads, or None where a probe is not cheap and harmless."""
+    from crmops.playbooks.runner import attempt, step_params
+    from crmops.playbooks.steps import StepContext
+    from crmops.upgrade.steps import executors
+
+    if step.type not in _PROBED or (step.type == "http" and getattr(step, "method", "GET") not in ("GET", "HEAD")):
+        return None
+    try:
+        params = step_params(step, context)  # a step reading an earlier step's result cannot run before it
+    except CrmopsError:
+        return None
+    quick = min(step.timeout, 10.0)  # a probe that does not answer soon says nothing about the real run
+    probe = step.model_copy(update={"retries": 0, "timeout": quick})
+    done = attempt(executors(config)[step.type], probe, {**params, "timeout": quick},
+                   StepContext(run_id="forecast", url=config.database.url))
+    if not done.result.ok:
+        return None
+    return {"seconds": round(done.seconds, 3), "basis": "a timed probe (it only reads)"}
+
+
+def real_run_forecast(config: Config, playbook: Playbook) -> dict[str, Any]:
+    """The downtime of a real run that has no rehearsal of this playbook text, from the same sources as the dry
+    run's plan: the playbook's expected_seconds, the median of earlier real runs of the same step, a timed probe
+    of a step that only reads, the database's size for a backup, else "unknown" (0 s counted, named)."""
+    from crmops.playbooks.runner import template_context
+
+    history = step_history(config.state_dir)
+    context = template_context(playbook, "forecast", "", False, {})
+    steps = [s for stage in playbook.stages for s in stage.steps]
+    inside = not any(s.type == "maintenance" for s in steps)
+    out: list[dict[str, Any]] = []
+    for step in steps:
+        if step.type == "maintenance" and getattr(step, "mode", "") == "on":
+            inside = True
+        if inside:
+            entry = (_stated_or_measured(step, history) or _probe(config, step, context) or _modelled(config, step)
+                     or _nothing_known(step))
+            out.append({"step": step.id, "type": step.type, **entry})
+        if step.type == "maintenance" and getattr(step, "mode", "") == "off":
+            inside = False
+    return {"estimated_downtime_s": round(sum(e["seconds"] for e in out), 2), "steps": out,
+            "unknown_steps": [e["step"] for e in out if e["basis"] == "unknown"]}
+
+
+def _modelled(config: Config, step: Step) -> dict[str, Any] | None:
+    """A backup from the database's size as the server reports it (one catalogue query), as the dry run does."""
+    if step.type != "backup":
+        return None
+    import sqlalchemy as sa
+
+    from crmops.engines.connect import connect_engine
+
+    queries = {"postgresql": "SELECT pg_database_size(current_database())",
+               "mysql": "SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables "
+                        "WHERE table_schema = DATABASE()",
+               "sqlite": "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"}
+    try:
+        engine = connect_engine(config.database.url)
+    except CrmopsError:
+        return None
+    try:
+        with engine.connect() as conn:
+            size = int(conn.execute(sa.text(queries[engine.dialect.name])).scalar() or 0)
+    except (sa.exc.DBAPIError, KeyError):
+        return None
+    finally:
+        engine.dispose()
+    return expected_seconds(step, size, 0.0)
+
+
+def _stated_or_measured(step: Step, history: dict[tuple[str, str], list[float]]) -> dict[str, Any] | None:
+    """The playbook's expected_seconds, else the median of the step's earlier real runs, else None."""
+    if step.expected_seconds is not None:
+        return {"seconds": step.expected_seconds, "basis": "the playbook's expected_seconds"}
+    past = history.get((step.id or "", step.type))
+    if not past:
+        return None
+    ordered = sorted(past)
+    half = len(ordered) // 2
+    median = ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+    return {"seconds": round(median, 3), "basis": f"median of {len(past)} earlier real run{'s' * (len(past) > 1)}"}
 
 
 def estimate(playbook: Playbook, report: dict[str, Any], now: datetime) -> None:

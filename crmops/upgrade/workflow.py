@@ -29,6 +29,7 @@ from crmops.playbooks.runner import Runner
 from crmops.playbooks.steps import StepContext
 from crmops.playbooks.template import render
 from crmops.playbooks.window import fits
+from crmops.upgrade.forecast import real_run_forecast
 from crmops.upgrade.steps import executors
 
 
@@ -93,7 +94,12 @@ def upgrade(config: Config, paths: list[str | Path], *, yes: bool = False, ignor
             raise UpgradeRefused(f"upgrade {left[-1].run_id} did not finish",
                                  hint="`crmops upgrade --resume` finishes it, `crmops upgrade --rollback` undoes it")
         rehearsal = latest_rehearsal(config, playbook.digest)
-        estimate = rehearsal["estimated_downtime_s"] if rehearsal else expected_downtime(playbook)
+        # without a rehearsal: the dry run's sources (expected_seconds, earlier real runs, a probe), never a guess
+        forecast = None if rehearsal else real_run_forecast(config, playbook)
+        estimate = rehearsal["estimated_downtime_s"] if rehearsal else forecast["estimated_downtime_s"]
+        if forecast and forecast["unknown_steps"]:
+            say(f"downtime forecast {estimate:.1f}s plus {len(forecast['unknown_steps'])} step(s) of unknown "
+                f"duration ({', '.join(str(s) for s in forecast['unknown_steps'])}): run --dry-run to measure them")
         ok, reason = fits(playbook.window, now or datetime.now(UTC), estimate)
         if not ok and not ignore_window:
             raise UpgradeRefused(f"{playbook.source}: {reason}", hint="wait for the window, or --ignore-window")
@@ -103,6 +109,7 @@ def upgrade(config: Config, paths: list[str | Path], *, yes: bool = False, ignor
             to_version=playbook.to_version, dry_run=False, scrub=secret_scrubber(config, playbook),
             playbooks=[str(p) for p in paths], digest=playbook.digest,
             rehearsal=rehearsal["run_id"] if rehearsal else None, estimated_downtime_s=estimate,
+            forecast=forecast["steps"] if forecast else None,
             window=reason if ok else f"ignored: {reason}")
         say(f"upgrade {journal.run_id}: {playbook.name} ({playbook.from_version} -> {playbook.to_version}); "
             f"journal {journal.path}")
@@ -197,21 +204,6 @@ def rows_check(config: Config, playbook: Playbook, state: RunState, after: dict[
                 "detail": "; ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")}
     return {"name": "row_counts", "ok": True, "changes": actual,
             "detail": f"row changes match the rehearsal {state.rehearsal_run} in {len(actual)} tables"}
-
-
-def expected_downtime(playbook: Playbook) -> float:
-    """Without a rehearsal: the sum of expected (or typical) durations between maintenance on and off."""
-    total = 0.0
-    inside = not any(s.type == "maintenance" for st in playbook.stages for s in st.steps)
-    for stage in playbook.stages:
-        for step in stage.steps:
-            if step.type == "maintenance" and getattr(step, "mode", "") == "on":
-                inside = True
-            if inside:
-                total += step.expected_seconds if step.expected_seconds is not None else step.TYPICAL_SECONDS
-            if step.type == "maintenance" and getattr(step, "mode", "") == "off":
-                inside = False
-    return total
 
 
 def _unfinished(config: Config, run_id: str | None) -> tuple[RunJournal, RunState, Playbook]:

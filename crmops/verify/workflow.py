@@ -26,6 +26,7 @@ from crmops.engines import Fingerprint, open_engine
 from crmops.engines.base import STAGE_LIMIT
 from crmops.engines.connect import connect_engine
 from crmops.errors import CrmopsError, DatabaseError, IntegrityError, SandboxUnavailable, VerificationFailed
+from crmops.log import Timeline
 from crmops.repository import Repository, open_repository
 from crmops.sandbox import Sandbox, open_sandbox
 from crmops.services.restore import ENGINE_OF_FORMAT, restore_files, stage
@@ -142,13 +143,8 @@ def verify(config: Config, ref: str = "latest", *, keep: bool = False, show_data
     Raises only for problems outside the snapshot (no Docker, image missing, repository
     unreachable); a snapshot that does not verify comes back with ok=False.
     """
-    started = time.monotonic()
-    timeline: list[dict[str, Any]] = []
-
-    def mark(step: str) -> None:
-        timeline.append({"step": step, "at_s": round(time.monotonic() - started, 3)})
-        if on_step:
-            on_step(step)
+    mark = Timeline(on_step)
+    timeline = mark.steps
 
     repo = repo or open_repository(config)
     with repo.lock(exclusive=False, purpose="verify") as refresh:
@@ -183,7 +179,7 @@ def verify(config: Config, ref: str = "latest", *, keep: bool = False, show_data
         failures = result.failures()
         result.ok = not failures
         result.first_failure = failures[0] if failures else None
-        result.total_seconds = round(time.monotonic() - started, 3)
+        result.total_seconds = mark.seconds()
         result.record = signed_record(config, repo, result)
         result.record_id = repo.put_record(result.snapshot_id, KIND, result.record)
     return result
@@ -203,7 +199,7 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
     t0 = time.monotonic()
     try:
         if stream["format"] == "pg-custom" and stream["size"] <= STAGE_LIMIT:
-            # staged whole, then pg_restore -j (restore_jobs): a small dump restores faster so
+            # staged whole, then one pg_restore in one transaction (up to 16 MiB) or -j (restore_jobs)
             with stage(repo, manifest, lambda n: refresh(), files=False) as staged:
                 target.restore((), format=stream["format"], staged=staged)
         else:

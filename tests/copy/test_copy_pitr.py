@@ -1,4 +1,4 @@
-"""The primary bucket is deleted: a drill and a point-in-time restore from the copy alone."""
+"""The primary bucket is deleted: a drill and a point-in-time restore from the copy alone (one with its own keys)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import pytest
 import yaml
 
+from crmops.repository import write_key_file
 from tests.conftest import s3_client
 from tests.copy.test_copy_s3 import _keys
 from tests.pitr.conftest import Cluster
@@ -27,7 +28,12 @@ def test_drill_and_restore_at_from_the_copy_after_the_primary_bucket_is_deleted(
     client.create_bucket(Bucket=primary)
     cfg = yaml.safe_load(cluster.config.read_text())
     cfg["repository"] = {"url": f"s3://{primary}/crm", "chunk_avg_kib": 256, "s3": _s3(s3_endpoint)}
-    cfg["copies"] = [{"name": "offsite", "url": f"s3://{s3_bucket}/copy", "s3": _s3(s3_endpoint)},
+    write_key_file(tmp_path / "offsite.key")
+    tmp_path.chmod(0o755)  # the archive's restore_command may run as the postgres user
+    (tmp_path / "offsite.key").chmod(0o644)
+    # offsite has its own keys: snapshots and every archived WAL file are re-encrypted for it
+    cfg["copies"] = [{"name": "offsite", "url": f"s3://{s3_bucket}/copy", "s3": _s3(s3_endpoint), "key": "own",
+                      "encryption": {"key_file": str(tmp_path / "offsite.key")}},
                      {"name": "usb", "url": f"file://{tmp_path / 'usb'}"}]
     cluster.config.write_text(yaml.safe_dump(cfg))
     cluster.crmops("repo", "init")  # the archive now goes to the bucket (wal push reads this file)

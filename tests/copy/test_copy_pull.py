@@ -42,7 +42,8 @@ def _policy(statements: list[dict]) -> str:  # type: ignore[type-arg]
 def crm_host_policy(primary: str) -> str:
     """The CRM host: its repository only, and no right at all on the copy's bucket."""
     return _policy([{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject",
-                                                   "s3:DeleteObject", "s3:GetBucketLocation"],
+                                                   "s3:DeleteObject", "s3:GetBucketLocation",
+                                                   "s3:GetBucketObjectLockConfiguration"],
                      "Resource": [f"arn:aws:s3:::{primary}", f"arn:aws:s3:::{primary}/*"]}])
 
 
@@ -150,3 +151,80 @@ def test_pull_mode_copies_with_read_only_repository_credentials(tmp_path: Path, 
     listed = json.loads(run(pull_side, "snapshots", "--all", "--repository", "offsite").stdout)
     assert [s["id"] for s in listed] == [snap]
     assert doc(run(pull_side, "check", "--read-data", "--repository", "offsite"))["ok"]
+
+
+#: what the copy host needs beside pull_host_policy on a bucket with Object Lock (README: "S3 Object Lock")
+LOCK_ACTIONS = ["s3:GetBucketObjectLockConfiguration", "s3:GetObjectRetention", "s3:GetObjectLegalHold",
+                "s3:ListBucketVersions", "s3:DeleteObjectVersion"]
+
+
+def test_pull_mode_onto_an_object_lock_bucket_refuses_every_delete_of_what_it_keeps(
+        tmp_path: Path, iam_s3: str) -> None:
+    primary, copy = "crm-primary", "crm-vault"
+    admin = _client("s3", iam_s3)
+    admin.create_bucket(Bucket=primary)
+    admin.create_bucket(Bucket=copy, ObjectLockEnabledForBucket=True)
+    admin.put_object_lock_configuration(Bucket=copy, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}}})
+    iam = _client("iam", iam_s3)
+    crm_key = _user(iam, "crm-host", crm_host_policy(primary))
+    pull = json.loads(pull_host_policy(primary, copy))
+    pull["Statement"].append(json.loads(_policy([{"Effect": "Allow", "Action": list(LOCK_ACTIONS),
+                                                  "Resource": [f"arn:aws:s3:::{copy}",
+                                                               f"arn:aws:s3:::{copy}/*"]}]))["Statement"][0])
+    pull_key = _user(iam, "copy-host", json.dumps(pull))
+    auditor = _client("s3", iam_s3, *_user(iam, "auditor", json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:ListBucketVersions", "s3:ListObjectVersions"],
+         "Resource": [f"arn:aws:s3:::{copy}"]}]})))
+    urllib.request.urlopen(urllib.request.Request(f"{iam_s3}/moto-api/reset-auth", data=b"0", method="POST",
+                                                  headers={"Content-Type": "text/plain"})).close()
+
+    def s3(key: tuple[str, str]) -> dict[str, str]:
+        return {"endpoint_url": iam_s3, "access_key_id": key[0], "secret_access_key": key[1]}
+
+    crm(tmp_path)
+    crm_side = write_config(tmp_path, [], repository={"url": f"s3://{primary}/crm", "chunk_avg_kib": 64,
+                                                      "s3": s3(crm_key)})
+    run(crm_side, "repo", "init")
+    first = doc(run(crm_side, "backup"))["snapshot_id"]
+    (tmp_path / "files" / "order.pdf").write_bytes(b"order " * 40_000)
+    second = doc(run(crm_side, "backup"))["snapshot_id"]
+    short = {"keep_last": 1, "keep_hourly": 0, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0,
+             "keep_yearly": 0, "pitr_days": 0}
+    host = tmp_path / "pull"
+    host.mkdir()
+    pull_side = write_config(host, [{"name": "vault", "url": f"s3://{copy}/crm", "s3": s3(pull_key),
+                                     "retention": short}],
+                             repository={"url": f"s3://{primary}/crm", "chunk_avg_kib": 64, "s3": s3(pull_key)})
+    r = doc(run(pull_side, "copy", "--all"))["copies"][0]
+    assert r["ok"] and sorted(r["copied"]) == sorted([first, second])
+
+    def history() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for page in auditor.get_paginator("list_object_versions").paginate(Bucket=copy):
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                if "/locks/" not in v["Key"]:
+                    out.setdefault(v["Key"], []).append(v["VersionId"])
+        return out
+
+    before = history()
+    # moto authorises GetObjectLockConfiguration by another name than the policy's and refuses it: this is
+    # the copy host that may not read the bucket's lock configuration, which checks each object's own
+    # retention before deleting it instead of hiding it behind a delete marker
+    # the copy host's own forget, with a retention shorter than the lock: refused before any delete
+    r2 = run(pull_side, "forget", "--prune", "--repository", "vault", check=False)
+    assert r2.returncode == 63 and "nothing was forgotten" in r2.stderr and "Traceback" not in r2.stderr, r2.stderr
+    # the CRM host's credentials reach nothing on the copy's bucket
+    aimed = write_config(tmp_path, [{"name": "vault", "url": f"s3://{copy}/crm", "s3": s3(crm_key),
+                                     "retention": short}], name="aimed.yaml",
+                         repository={"url": f"s3://{primary}/crm", "chunk_avg_kib": 64, "s3": s3(crm_key)})
+    r3 = run(aimed, "forget", "--prune", "--repository", "vault", check=False)
+    assert r3.returncode == 21 and "refused the credentials" in r3.stderr, r3.stderr
+    # a stolen copy-host key deleting versions directly: S3 refuses every locked one
+    stolen = _client("s3", iam_s3, *pull_key)
+    for key, ids in before.items():
+        if key.startswith(("crm/snapshots/", "crm/data/")):
+            with pytest.raises(ClientError, match="AccessDenied"):
+                stolen.delete_object(Bucket=copy, Key=key, VersionId=ids[0])
+    assert history() == before
+    assert doc(run(pull_side, "check", "--read-data", "--repository", "vault"))["ok"]

@@ -93,5 +93,18 @@ def test_copies_configuration_names_credentials_and_env_overrides(tmp_path: Path
     with pytest.raises(ConfigError, match="usb is used twice"):
         load_config(twice, {"TEST_PASSPHRASE": "x"})
     own = write_config(tmp_path, [{"name": "usb", "url": "file:///a", "key": "own"}], name="own.yaml")
-    with pytest.raises(ConfigError, match="copies.0.key"):
+    with pytest.raises(ConfigError, match="key: own needs encryption.passphrase or encryption.key_file"):
         load_config(own, {"TEST_PASSPHRASE": "x"})
+    # the copy's own passphrase from the environment, by the copy's name; never the repository's
+    mine = load_config(own, {"TEST_PASSPHRASE": "x", "CRMOPS_COPIES__USB__ENCRYPTION__PASSPHRASE": "vault pass"})
+    assert mine.for_copy("usb").encryption.resolved_passphrase() == "vault pass"
+    assert "vault pass" in mine.secret_values() and "vault pass" not in json.dumps(mine.masked())
+    keyed = write_config(tmp_path, [{"name": "usb", "url": "file:///a", "key": "own",
+                                     "encryption": {"key_file": "vault.key"}}], name="keyed.yaml")
+    reading = load_config(keyed, {"TEST_PASSPHRASE": "x"}).for_copy("usb")
+    assert reading.encryption.key_file == tmp_path / "vault.key"  # relative to the file
+    assert reading.encryption.resolved_passphrase() == ""  # no fallback to $CRMOPS_PASSPHRASE
+    shared = write_config(tmp_path, [{"name": "usb", "url": "file:///a", "encryption": {"key_file": "k"}}],
+                          name="shared.yaml")
+    with pytest.raises(ConfigError, match="encryption is for key: own"):
+        load_config(shared, {"TEST_PASSPHRASE": "x"})

@@ -6,6 +6,8 @@ runs in tests/matrix; here the choices and their one-line refusals."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,8 +85,38 @@ def test_sandbox_image_missing_is_exit_32_naming_the_image(docker_client, engine
 
 
 def test_a_buildable_image_is_named_with_its_build_line() -> None:
-    from crmops.sandbox.base import build_hint
+    from crmops.engines.container_tools import image_hint
 
     for image in ("postgres:13", "postgres:17", "mariadb:10.5", "mariadb:11.8"):
-        assert f"scripts/images/build.sh {image}" in build_hint(image)
-    assert build_hint("mysql:8.0") == ""
+        assert f"scripts/images/build.sh {image}" in image_hint(image)
+    assert "build.sh" not in image_hint("mysql:8.0") and "docker pull mysql:8.0" in image_hint("mysql:8.0")
+
+
+def test_an_installed_crmops_names_no_path_of_the_source_tree(docker_client, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                              monkeypatch: Any) -> None:
+    """Issue 24 item 12: the missing-image hint named scripts/images/build.sh, which an installed user does not
+    have. Where crmops is installed the script's place is empty: the hint gives the ways every Docker host has."""
+    import subprocess
+    import sys
+
+    from crmops.engines import container_tools
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    monkeypatch.setattr(container_tools, "BUILD_SCRIPT", site.parents[1] / "scripts" / "images" / "build.sh")
+    for image in ("postgres:15", "postgres:16", "mariadb:11.8"):
+        said = container_tools.image_hint(image, "verify.images.postgresql")
+        assert "build.sh" not in said and "scripts/" not in said, said
+        assert f"docker pull {image}" in said and "docker load -i FILE" in said and "verify.images.postgresql" in said
+    # the same from an installed layout: a wheel puts the package alone into site-packages, no scripts/ beside it
+    import shutil
+
+    target = tmp_path / "installed"
+    shutil.copytree(Path(container_tools.__file__).resolve().parents[1], target / "crmops",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    probe = ("from crmops.engines.container_tools import BUILD_SCRIPT, image_hint; "
+             "print(BUILD_SCRIPT.exists(), image_hint('postgres:15'))")
+    out = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(target)}, capture_output=True,
+                         text=True, check=True, cwd=tmp_path).stdout
+    assert out.startswith("False docker pull postgres:15"), out
+    with pytest.raises(ImageMissing) as err:  # what `crmops verify` prints there
+        open_sandbox(VerifyConfig(images={"postgresql": "crmops-no-such-image:{major}"}), "postgresql", "15.4").start()
+    assert "scripts/" not in err.value.line() and "docker pull crmops-no-such-image:15" in err.value.line()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from tests.matrix.digest import my_digest
 from tests.pitr.test_binlog import _crmops, _port_of, binlog_server  # noqa: F401 (a fixture)
-from tests.services.test_restore_scope import my_digest
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from tests.matrix.digest import pg_digest
 from tests.pitr.conftest import Cluster
-from tests.services.test_restore_scope import pg_digest
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 

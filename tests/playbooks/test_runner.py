@@ -340,3 +340,74 @@ def test_unrehearsed_steps_are_forecast_from_real_runs_not_guessed(bed: Path) ->
     b1 = next(p for p in again["plan"] if p["step"] == "b1")
     assert b1["basis"] == "median of 1 earlier real run" and b1["seconds"] == round(took, 3) < 1, b1
     assert "b1" not in again["unknown_steps"]
+
+
+def test_a_real_run_without_a_rehearsal_forecasts_from_the_same_sources_as_the_dry_run(bed: Path) -> None:
+    """Issue 24 item 5: the real run's window check counted fixed per-type guesses (a shell step 5 s, a backup
+    30 s). Now: expected_seconds, else earlier real runs, else a timed probe of a step that only reads (a GET), else
+    the database's size for a backup, else "unknown", counted 0 and named."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: list[str] = []
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert crmops(bed, "repo", "init").returncode == 0
+        health = {"id": "health", "type": "http", "url": f"http://127.0.0.1:{server.server_port}/health"}
+        doc = {"name": "forecast", "from_version": "1", "to_version": "2", "post_checks": {"drift": False},
+               "stages": [{"name": "a", "steps": [
+                   {"id": "on", "type": "maintenance", "mode": "on", "shell": {"command": f"echo on >> {LOG}"}},
+                   {"id": "b1", "type": "shell", "command": f"echo b1 >> {LOG}"},
+                   {"id": "long", "type": "shell", "command": "true", "expected_seconds": 3},
+                   {"id": "dump", "type": "backup"}, health,
+                   {"id": "off", "type": "maintenance", "mode": "off", "shell": {"command": f"echo off >> {LOG}"}}]}]}
+        pb = bed / "forecast.yaml"
+        pb.write_text(yaml.safe_dump(doc, sort_keys=False))
+        runs = []
+        for json_out in ([], ["--json"]):
+            r = crmops(bed, *json_out, "upgrade", str(pb))
+            assert r.returncode == 0, r.stderr
+            runs.append((r, next(recs[0] for recs in (list(j.records()) for j in journals(bed)[len(runs):])
+                                 if not recs[0]["dry_run"]), len(hits)))
+        (first, start, hits_first), (second, again, hits_second) = runs
+        basis = {e["step"]: e["basis"] for e in start["forecast"]}
+        assert basis == {"on": "unknown", "b1": "unknown", "long": "the playbook's expected_seconds",
+                         "dump": "the database's size at ~100 MB/s", "health": "a timed probe (it only reads)",
+                         "off": "unknown"}, basis
+        seconds = {e["step"]: e["seconds"] for e in start["forecast"]}
+        assert seconds["on"] == seconds["b1"] == seconds["off"] == 0.0 and 0 < seconds["health"] < 2
+        assert start["estimated_downtime_s"] == round(sum(seconds.values()), 2) < 3 + 2 + 2 + 1
+        said = " ".join(first.stdout.split())
+        assert "plus 3 step(s) of unknown duration (on, b1, off): run --dry-run to measure them" in said, said
+        assert hits_first == 2  # the probe's GET, then the step's: nothing else reached production
+        # the second run: every step that ran has a real run to go by, and nothing is probed any more
+        basis = {e["step"]: e["basis"] for e in again["forecast"]}
+        assert {basis[s] for s in ("on", "b1", "dump", "health", "off")} == {"median of 1 earlier real run"}, basis
+        assert "unknown duration" not in second.stdout + second.stderr and hits_second == 3
+    finally:
+        server.shutdown()
+
+
+def test_no_step_type_carries_a_fixed_guess() -> None:
+    """What a step takes is measured or said to be unknown: no per-type constant is left to fall back on."""
+    import re
+
+    from crmops.playbooks import model
+
+    root = Path(model.__file__).resolve().parents[1]
+    steps = [c for c in vars(model).values() if isinstance(c, type) and issubclass(c, model.Step)]
+    assert steps and not [c for c in steps if any("SECONDS" in name for name in vars(c))]
+    guesses = [p for p in root.rglob("*.py") if re.search(r"TYPICAL_SECONDS|typical duration", p.read_text())]
+    assert not guesses, guesses

@@ -14,11 +14,11 @@ import time
 
 import pytest
 
+from tests.matrix.digest import pg_digest
 from tests.pitr.conftest import Cluster, cluster  # noqa: F401 (the fixture)
 from tests.realschemas.packages import PG_BIN, django_manage, tryton_fill, tryton_schema
 from tests.realschemas.test_django_crm import FILL
 from tests.realschemas.test_request_tracker import _load_rt
-from tests.services.test_restore_scope import pg_digest
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 

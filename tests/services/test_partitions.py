@@ -19,8 +19,9 @@ import pymysql
 import pytest
 
 from crmops.engines.mysql import MysqlEngine
+from tests.matrix.digest import pg_digest
 from tests.services.test_backup_restore import write_config
-from tests.services.test_restore_scope import _pg_with_db, pg_digest, run
+from tests.services.test_restore_scope import _pg_with_db, run
 
 PG_SCHEMA = """
 CREATE TABLE pay (id int, at date, amt int DEFAULT 7, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
