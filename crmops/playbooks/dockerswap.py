@@ -74,11 +74,12 @@ PARKED = "-crmops-prev-"
 
 
 def swap_image(name: str, image: str, *, stop_timeout: int = 10, client: Any = None,
-               noted: Callable[[str], None] = lambda previous: None) -> tuple[str, str]:
+               noted: Callable[[str], None] = lambda previous: None, restart: bool = False) -> tuple[str, str]:
     """Run container name on image instead; returns (previous image, new container id). Idempotent.
 
     noted(previous) is called before anything changes. A container parked by a swap that was
-    killed half-way is taken back first.
+    killed half-way is taken back first. restart: a container already on image is restarted
+    (an app that reads its schema at start, after its own migration) instead of left alone.
     """
     from docker.errors import APIError, ImageNotFound, NotFound
 
@@ -93,6 +94,9 @@ def swap_image(name: str, image: str, *, stop_timeout: int = 10, client: Any = N
     previous = old.attrs["Config"]["Image"]
     noted(previous)
     if previous == image and old.status == "running":
+        if restart:
+            old.restart(timeout=stop_timeout)
+            _wait_running(client, old.id, name, image)
         return previous, old.id  # already there (a resumed or repeated step)
     try:
         client.images.get(image)
@@ -159,8 +163,10 @@ def run_docker(step: Step, params: dict[str, Any], ctx: StepContext) -> StepResu
     """The docker step: swap params.container to params.image, remembering the previous tag."""
     assert isinstance(step, DockerStep)
     previous, new_id = swap_image(params["container"], params["image"], stop_timeout=int(params["stop_timeout"]),
-                                  noted=lambda prev: ctx.progress({"previous_image": prev}))
-    verb = "already on" if previous == params["image"] else f"{previous} ->"
+                                  noted=lambda prev: ctx.progress({"previous_image": prev}),
+                                  restart=bool(params.get("restart")))
+    verb = ("restarted on" if params.get("restart") else "already on") if previous == params["image"] \
+        else f"{previous} ->"
     return StepResult(True, {"previous_image": previous, "image": params["image"], "container": new_id[:12]},
                       f"{params['container']}: {verb} {params['image']}")
 

@@ -122,6 +122,8 @@ class DockerStep(Step):
     image: str
     stop_timeout: int = Field(10, ge=0, le=600)
     timeout: float = Field(120, gt=0)
+    restart: bool = Field(False, description="restart the container even when it already runs image: an app "
+                          "that loads its schema at start (Tryton) must restart after its own migration")
 
 
 class AppCommandStep(Step):

@@ -144,7 +144,7 @@ def executors(place: Place, base: dict[str, Executor]) -> dict[str, Executor]:
     def docker(step: Step, params: dict[str, Any], ctx: StepContext) -> StepResult:
         assert stack is not None
         previous, new_id = swap_image(stack.name, str(params["image"]), stop_timeout=int(params["stop_timeout"]),
-                                      client=stack.client)
+                                      client=stack.client, restart=bool(params.get("restart")))
         return StepResult(True, {"previous_image": previous, "image": params["image"], "container": new_id[:12]},
                           f"the copy: {previous} -> {params['image']}")
 

@@ -9,6 +9,8 @@
 #   trixie:   postgres:17  mariadb:11.8
 #
 # crmops-djangocrm:2.4.0 and :3.1.0, the real Django CRM (djangocrm/Dockerfile, wheels from PyPI),
+# crmops-tryton:SERIES for 7.0 7.2 7.4 7.6 7.8 8.0, Tryton's server and the modules for parties, opportunities
+# and sales (tryton/Dockerfile, the series' latest wheels from PyPI, on crmops-runtime:bookworm's Python 3.11),
 # and crmops-pg-upgrade:13-17, PostgreSQL 13 and 17 in one image for pg_upgrade, made by
 # `docker build` from the two local postgres images (pg-upgrade/Dockerfile, no download).
 #
@@ -168,6 +170,45 @@ PY
   done
 }
 
+# Tryton (trytond and the modules giving parties, opportunities and sales) at each series the
+# staged upgrade passes through. Every series accepts Debian 12's Python 3.11 (7.0-7.4 need >= 3.8,
+# 7.6 and 7.8 >= 3.9, 8.0 >= 3.10); 7.x talks to PostgreSQL through psycopg2, 8.0 through psycopg 3,
+# so both go in. python-sql 1.8 writes an EXCLUDE constraint's WHERE without the parentheses PostgreSQL
+# needs, and only 8.0 is written for it (7.2's trytond-admin fails on ir_model's new constraint): 7.x
+# keeps the python-sql of its time (< 1.8). argon2-cffi in every series: 7.0 hashes passwords with
+# argon2 only when it is there (scrypt otherwise), and from 7.6 on Tryton checks argon2 and bcrypt
+# hashes only, so a 7.0 user without it could not sign in after the upgrade. Wheels land in one shared folder ($WORK/tryton-wheels, the pip cache across series:
+# lxml and the rest download once); each image's context gets only its series' wheels, picked from
+# that folder offline, and one pip layer installs them.
+TRYTON_SERIES=(7.0 7.2 7.4 7.6 7.8 8.0)
+TRYTON_PIP=(--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+            --platform any)
+build_tryton() {  # build_tryton [SERIES...]: crmops-tryton:SERIES for each (all when none named)
+  local s ctx t0 log reqs series=("$@") fail=0
+  ((${#series[@]})) || series=("${TRYTON_SERIES[@]}")
+  for s in "${series[@]}"; do
+    have "crmops-tryton:$s" && continue
+    t0=$SECONDS ctx="$WORK/tryton-$s" log="$WORK/tryton-$s.log"
+    if ! have crmops-runtime:bookworm; then build_crmops_runtime || return 1; fi
+    rm -rf "$ctx" && mkdir -p "$ctx/wheels" "$WORK/tryton-wheels"
+    cp "$HERE"/tryton/{Dockerfile,trytond.conf,fixture.py} "$ctx/"
+    reqs=("trytond==$s.*" psycopg2-binary "psycopg[binary,pool]" argon2-cffi)
+    [ "$s" = 8.0 ] || reqs+=("python-sql<1.8")
+    for m in party company currency sale sale-opportunity; do reqs+=("trytond-$m==$s.*"); done
+    { python3 -m pip download -q "${TRYTON_PIP[@]}" -d "$WORK/tryton-wheels" "${reqs[@]}" >"$log" 2>&1 \
+      && python3 -m pip download -q --no-index --find-links "$WORK/tryton-wheels" "${TRYTON_PIP[@]}" \
+           -d "$ctx/wheels" "${reqs[@]}" >>"$log" 2>&1; } \
+      || { echo "pip download of Tryton $s failed (log: $log)" >&2; fail=1; continue; }
+    DOCKER_BUILDKIT=0 docker build -q -t "crmops-tryton:$s" --build-arg "SERIES=$s" "$ctx" >>"$log" 2>&1 \
+      || { echo "building crmops-tryton:$s failed (log: $log):" >&2; tail -20 "$log" >&2; fail=1; continue; }
+    rm -rf "$ctx"
+    echo "built crmops-tryton:$s ($(docker run --rm "crmops-tryton:$s" python3 -c \
+      'import importlib.metadata as m; print(m.version("trytond"))')) in $((SECONDS - t0)) s"
+  done
+  return $fail
+}
+
 build_pg_upgrade() {  # build_pg_upgrade crmops-pg-upgrade:OLD-NEW, after postgres:OLD and postgres:NEW
   local tag=$1 pair=${1#*:} t0=$SECONDS old new
   old=${pair%-*} new=${pair#*-}
@@ -182,15 +223,18 @@ build_pg_upgrade() {  # build_pg_upgrade crmops-pg-upgrade:OLD-NEW, after postgr
   echo "built $tag from postgres:$old and postgres:$new in $((SECONDS - t0)) s"
 }
 
+build_crmops_runtime() {  # crmops-runtime:bookworm: python3 and the client tools, the base of crmops:VERSION and Tryton
+  local dir
+  dir=$(rootfs crmops-runtime bookworm "python3,python3-venv,postgresql-client-15,mariadb-client,ca-certificates")
+  tar -C "$dir" -c . | docker import -c 'CMD ["/bin/sh"]' -c "ENV LANG=C.UTF-8" \
+    -c "LABEL org.crmops.built-by=scripts/images/build.sh" - crmops-runtime:bookworm >/dev/null
+  rm -rf "$dir"
+}
+
 build_crmops() {  # crmops:VERSION from the checkout's wheel, on crmops-runtime:bookworm
   local t0=$SECONDS ctx dir
   have "$CRMOPS_TAG" && return
-  if ! have crmops-runtime:bookworm; then
-    dir=$(rootfs crmops-runtime bookworm "python3,python3-venv,postgresql-client-15,mariadb-client,ca-certificates")
-    tar -C "$dir" -c . | docker import -c 'CMD ["/bin/sh"]' -c "ENV LANG=C.UTF-8" \
-      -c "LABEL org.crmops.built-by=scripts/images/build.sh" - crmops-runtime:bookworm >/dev/null
-    rm -rf "$dir"
-  fi
+  if ! have crmops-runtime:bookworm; then build_crmops_runtime || return 1; fi
   ctx="$WORK/crmops-context"
   rm -rf "$ctx" && mkdir -p "$ctx/wheels"
   # the wheelhouse: crmops and every dependency, built by Debian 12's python3 like the image's; the
@@ -227,12 +271,16 @@ build_one() {
 }
 
 targets=("$@")
-if ((${#targets[@]} == 0)); then targets=("${ENGINE_TAGS[@]}" crmops-demo-app crmops-djangocrm "$PG_UPGRADE_TAG" crmops); fi
+if ((${#targets[@]} == 0)); then
+  targets=("${ENGINE_TAGS[@]}" crmops-demo-app crmops-djangocrm "$PG_UPGRADE_TAG" crmops crmops-tryton)
+fi
 for t in "${targets[@]}"; do
   case "$t" in
-    crmops-demo-app|crmops-demo-app:*|crmops-djangocrm|crmops-djangocrm:*) ;;
+    crmops-demo-app|crmops-demo-app:*|crmops-djangocrm|crmops-djangocrm:*|crmops-tryton) ;;
+    crmops-tryton:*) [[ " ${TRYTON_SERIES[*]} " == *" ${t#*:} "* ]] \
+                       || { echo "unknown Tryton series ${t#*:}; known: ${TRYTON_SERIES[*]}" >&2; exit 2; } ;;
     "$PG_UPGRADE_TAG"|crmops|"$CRMOPS_TAG") ;;
-    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app crmops-djangocrm $PG_UPGRADE_TAG $CRMOPS_TAG" >&2
+    *) [ -n "${SUITE[$t]:-}" ] || { echo "unknown image $t; known: ${ENGINE_TAGS[*]} crmops-demo-app crmops-djangocrm crmops-tryton $PG_UPGRADE_TAG $CRMOPS_TAG" >&2
                                     exit 2; } ;;
   esac
 done
@@ -240,9 +288,11 @@ done
 # the engine images download in parallel (the network, not the 2 cores, bounds them);
 # the small app image after them
 pids=()
-app=0 pgu=0 dcrm=0 self=0
+app=0 pgu=0 dcrm=0 self=0 tryton=()
 for t in "${targets[@]}"; do
   case "$t" in
+    crmops-tryton) tryton+=("${TRYTON_SERIES[@]}") ;;
+    crmops-tryton:*) tryton+=("${t#*:}") ;;
     crmops-demo-app*) app=1 ;;
     crmops-djangocrm*) dcrm=1 ;;
     "$PG_UPGRADE_TAG") pgu=1 ;;
@@ -262,4 +312,5 @@ if ((pgu)); then
   build_pg_upgrade "$PG_UPGRADE_TAG" || fail=1
 fi
 if ((self)); then build_crmops || fail=1; fi
+if ((${#tryton[@]})); then build_tryton "${tryton[@]}" || fail=1; fi
 exit $fail

@@ -506,3 +506,20 @@ def test_a_swap_killed_half_way_is_taken_back(docker_client: Any) -> None:
         assert app.image() == "crmops-demo-app:1.0" and app.version() == "1.0"
         names = [c.name for c in docker_client.containers.list(all=True, filters={"name": app.name})]
         assert names == [app.name] and not docker_client.containers.list(all=True, filters={"id": half.id})
+
+
+def test_a_docker_step_on_the_image_already_running_restarts_only_when_asked(docker_client: Any) -> None:
+    """restart: true restarts a container already on the image (an app that reads its schema at start)."""
+    from crmops.playbooks.dockerswap import swap_image
+
+    with app_container(docker_client) as app:
+        def started() -> str:
+            return str(docker_client.containers.get(app.name).attrs["State"]["StartedAt"])
+
+        first = started()
+        previous, cid = swap_image(app.name, "crmops-demo-app:1.0", stop_timeout=1)
+        assert previous == "crmops-demo-app:1.0" and started() == first  # a repeated swap leaves it alone
+        previous, again = swap_image(app.name, "crmops-demo-app:1.0", stop_timeout=1, restart=True)
+        assert previous == "crmops-demo-app:1.0" and again == cid and started() != first
+        wait_http(app)
+        assert app.version() == "1.0"
