@@ -188,7 +188,9 @@ build_tryton() {  # build_tryton [SERIES...]: crmops-tryton:SERIES for each (all
   local s ctx t0 log reqs series=("$@") fail=0
   ((${#series[@]})) || series=("${TRYTON_SERIES[@]}")
   for s in "${series[@]}"; do
-    have "crmops-tryton:$s" && continue
+    # an image from before STOPSIGNAL SIGINT made every swap wait out docker stop's timeout: rebuilt
+    have "crmops-tryton:$s" \
+      && [ "$(docker image inspect -f '{{.Config.StopSignal}}' "crmops-tryton:$s")" = SIGINT ] && continue
     t0=$SECONDS ctx="$WORK/tryton-$s" log="$WORK/tryton-$s.log"
     if ! have crmops-runtime:bookworm; then build_crmops_runtime || return 1; fi
     rm -rf "$ctx" && mkdir -p "$ctx/wheels" "$WORK/tryton-wheels"
