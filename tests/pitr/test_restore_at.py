@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.pitr.conftest import PG_BIN, Cluster, as_postgres, copy_sql, result_of, start_as_printed
+from tests.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 
@@ -174,7 +175,8 @@ def test_to_datadir_writes_a_data_directory_that_recovers_on_start(cluster: Clus
     assert refused.returncode == 60 and "not empty" in refused.stderr
 
     datadir = cluster.base / "recovered"
-    r = json.loads(cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--to-datadir", str(datadir)).stdout)
+    r = json.loads(cluster.crmops("restore", "--at", good.isoformat(sep=" "), "--to-datadir", str(datadir),
+                                   "--port", str(free_port())).stdout)
     assert (datadir / "recovery.signal").exists() and "wal fetch --system-id" in r["restore_command"]
     assert any("chown -R postgres:postgres" in line and "wal wait-promoted" in line for line in r["lines"])
     # the archived WAL is spooled inside the data directory; the newest file is left to `wal fetch`
@@ -206,7 +208,8 @@ def test_to_datadir_recovers_from_its_spool_without_the_repository(cluster: Clus
     cluster.switch_and_wait()
     cluster.stop()
     datadir = cluster.base / "recovered"
-    r = json.loads(cluster.crmops("restore", "--at", "latest", "--to-datadir", str(datadir)).stdout)
+    r = json.loads(cluster.crmops("restore", "--at", "latest", "--to-datadir", str(datadir),
+                                   "--port", str(free_port())).stdout)
     cluster.repo.rename(tmp_path / "repo-away")  # any `wal fetch` fails now
     log = datadir / "crmops-recovery.log"
     try:
@@ -243,7 +246,8 @@ def test_restore_at_latest_replays_every_archived_commit(cluster: Cluster, docke
 
         shutil.rmtree(result["sandbox_info"]["folder"], ignore_errors=True)
     datadir = tmp_path / "recovered"
-    r = json.loads(cluster.crmops("restore", "--at", "LATEST", "--to-datadir", str(datadir)).stdout)
+    r = json.loads(cluster.crmops("restore", "--at", "LATEST", "--to-datadir", str(datadir),
+                                   "--port", str(free_port())).stdout)
     auto = (datadir / "postgresql.auto.conf").read_text()
     assert "restore_command" in auto and "recovery_target_time =" not in auto
     assert any("replays the archive to its end" in line for line in r["lines"])
