@@ -124,3 +124,15 @@ def sqlite_digest(path: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     finally:
         conn.close()
     return {"schema": schema, "rows": rows}
+
+
+def assert_same(before: dict[str, str], after: dict[str, str]) -> None:
+    """before == after, or an error that shows where: the schema's changed lines and the tables that differ."""
+    if before == after:
+        return
+    import difflib
+
+    schema = list(difflib.unified_diff(str(before.get("schema")).splitlines(), str(after.get("schema")).splitlines(),
+                                       "before", "after", lineterm="", n=1))
+    tables = sorted(k for k in before.keys() | after.keys() if k != "schema" and before.get(k) != after.get(k))
+    raise AssertionError("digest changed\n" + "\n".join(schema[:60]) + f"\ntables that differ: {tables}")
