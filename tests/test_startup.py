@@ -65,19 +65,25 @@ def _probe(args: list[str], cwd: Path, env: dict[str, str], ok: tuple[int, ...] 
     return modules
 
 
-def test_backup_restore_and_listing_on_postgresql_import_no_sqlalchemy(tmp_path: Path,
-                                                                      pg_url_factory) -> None:  # type: ignore[no-untyped-def]
-    """SQLAlchemy (0.16 CPU-s of imports) was there only to parse the database URL."""
-    import os
-
-    source, target = pg_url_factory(), pg_url_factory()
+def _one_contact_source(tmp_path: Path, pg_url_factory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """(source, target): a source with one contact, an empty target, and a config naming them by variable."""
     import psycopg
 
+    source, target = pg_url_factory(), pg_url_factory()
     with psycopg.connect(source.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("CREATE TABLE contacts (id int PRIMARY KEY, name text); INSERT INTO contacts VALUES (1, 'a')")
     (tmp_path / "crmops.yaml").write_text(
         f"database:\n  url: ${{SOURCE_URL}}\nrepository:\n  url: file://{tmp_path}/repo\n"
         f"encryption:\n  passphrase: ${{PASSPHRASE}}\nstate_dir: {tmp_path}/state\n")
+    return source, target
+
+
+def test_backup_restore_and_listing_on_postgresql_import_no_sqlalchemy(tmp_path: Path,
+                                                                      pg_url_factory) -> None:  # type: ignore[no-untyped-def]
+    """SQLAlchemy (0.16 CPU-s of imports) was there only to parse the database URL."""
+    import os
+
+    source, target = _one_contact_source(tmp_path, pg_url_factory)
     env = {**os.environ, "SOURCE_URL": source, "TARGET_URL": target, "PASSPHRASE": "startup probe"}
     assert _probe(["repo", "init"], tmp_path, env) == []
     for args in (["backup"], ["snapshots"], ["restore", "latest", "--to", "${TARGET_URL}"]):
@@ -98,12 +104,7 @@ def test_restore_into_postgresql_asks_psql_not_the_driver(tmp_path: Path,
 
     import psycopg
 
-    source, target = pg_url_factory(), pg_url_factory()
-    with psycopg.connect(source.replace("+psycopg", ""), autocommit=True) as conn:
-        conn.execute("CREATE TABLE contacts (id int PRIMARY KEY, name text); INSERT INTO contacts VALUES (1, 'a')")
-    (tmp_path / "crmops.yaml").write_text(
-        f"database:\n  url: ${{SOURCE_URL}}\nrepository:\n  url: file://{tmp_path}/repo\n"
-        f"encryption:\n  passphrase: ${{PASSPHRASE}}\nstate_dir: {tmp_path}/state\n")
+    source, target = _one_contact_source(tmp_path, pg_url_factory)
     wrong = target.replace("://postgres:", "://postgres:not-the-password-")
     assert wrong != target
     env = {**os.environ, "SOURCE_URL": source, "TARGET_URL": target, "WRONG_URL": wrong, "PASSPHRASE": "probe"}
