@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,17 +56,13 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
            progress: Callable[[int], None] | None = None, repo: Repository | None = None) -> BackupResult:
     """Take one snapshot of the configured CRM (or of url, e.g. a restore target before --force)."""
     started = time.monotonic()
+    repo = repo or open_repository(config)
     source = url or config.database.url
     engine = open_engine(source, config.database)
     # PostgreSQL reads it inside the dump's snapshot, on the dump's connection
     revision = None if getattr(engine, "revision_in_dump", False) else engine.schema_revision()
-    with ExitStack() as held:
-        # the dump starts first: pg_dump reads the catalog and fills its pipe, and the fingerprint runs on
-        # the server, while this process opens the repository (an S3 client, the key, the lock, the
-        # listings), work of the same order on a small database; nothing is stored before the lock is held
+    with repo.writer(tags=tags) as writer:
         with engine.dump() as dump:
-            repo = repo or open_repository(config)
-            writer = held.enter_context(repo.writer(tags=tags))
             revision = getattr(dump, "schema_revision", revision)
             writer.add_stream("database", dump.chunks(), format=dump.format, progress=progress)
             fingerprint = dump.fingerprint
