@@ -26,6 +26,7 @@ from crmops.dburl import display, engine_kind, safe
 from crmops.engines import open_engine
 from crmops.engines.base import STAGE_LIMIT
 from crmops.engines.files import FileEntry, check_writable_folder, finish_dirs, restore_entry
+from crmops.engines.tools import read_pieces as read_staged
 from crmops.errors import (
     ConfigError,
     CrmopsError,
@@ -194,7 +195,7 @@ def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: A
                 replaced = ["the whole database"]
                 _empty(target)
                 mark("target emptied")
-            if staged is not None and wanted == "postgresql":
+            if staged is not None and wanted in ("postgresql", "mysql"):
                 keys_out = target.restore((), format=stream["format"], tables=chosen, staged=staged) or []
             else:
                 chunks = read_staged(staged) if staged is not None else repo.read_stream(manifest)
@@ -300,12 +301,6 @@ def stage(repo: Repository, manifest: dict[str, Any], progress: Callable[[int], 
                 if progress:
                     progress(len(piece))
         yield path
-
-
-def read_staged(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while piece := f.read(size):
-            yield piece
 
 
 # -- the steps a partial restore shares with `restore --at ... --tables` -----------------
