@@ -16,9 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import pymysql
+from typing import TYPE_CHECKING, Any
 
 from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
@@ -27,9 +25,13 @@ from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
 from crmops.engines.mysql_load import load_staged
+from crmops.engines.mysql_probe import OBJECTS, client_probe
 from crmops.engines.mysql_views import damaged_views, views_sql
 from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file, read_pieces
 from crmops.errors import CrmopsError, DatabaseError
+
+if TYPE_CHECKING:
+    import pymysql
 
 FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
 #: how fingerprints can be computed, oldest first; the last is the one new snapshots record
@@ -49,6 +51,8 @@ class MysqlEngine:
         self._probed_version: str | None = None
 
     def connect(self, database: bool = True) -> pymysql.Connection:
+        import pymysql  # here, not at the top: a restore that only needs the client never imports it
+
         u = self.url
         try:
             return pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
@@ -113,11 +117,11 @@ class MysqlEngine:
 
     def is_empty(self) -> bool:
         """No table, view, sequence, routine, event or trigger a restore could collide with."""
-        n, self._probed_version = self._query(
-            "SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()) "
-            "+ (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = DATABASE()) "
-            "+ (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE()) "
-            "+ (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE()), VERSION()")[0]
+        probed = client_probe(self.url, OBJECTS, self._option_file)
+        if probed is None:  # asked through the driver, whose errors crmops explains
+            n, self._probed_version = self._query(f"SELECT {OBJECTS}, VERSION()")[0]
+        else:
+            self._probed_version, n = probed
         return int(n) == 0
 
     def existing_tables(self, tables: list[str]) -> list[str]:
@@ -157,6 +161,8 @@ class MysqlEngine:
 
     @contextmanager
     def dump(self) -> Iterator[StreamedDump]:
+        import pymysql
+
         version = self.server_version()
         tool = self._tool("dump", version)
         options = self._option_file()
