@@ -253,8 +253,7 @@ class PostgresEngine:
                         f.write(piece)
             if jobs > 1:
                 argv.append(f"--jobs={jobs}")
-                if staged is not None:  # jobs by size, largest first, and no worker scanning for its data
-                    add_data_offsets(path)
+                add_data_offsets(path)  # jobs by size, largest first, and no worker scanning for its data
             elif staged is not None and self.jobs is None and staged.stat().st_size <= ONE_TRANSACTION_LIMIT:
                 argv.append("--single-transaction")
             if tables:
