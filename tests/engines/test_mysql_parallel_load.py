@@ -30,6 +30,7 @@ from crmops.engines.mysql import MysqlEngine
 from crmops.engines.mysql_load import plan_load
 from crmops.engines.tools import read_pieces
 from crmops.errors import DatabaseError
+from tests.engines.test_child_processes import _alive, _children
 from tests.matrix.digest import my_digest, native_digest
 from tests.services.test_backup_restore import PASSPHRASE, write_config
 from tests.services.test_restore_boundary import execute
@@ -214,3 +215,28 @@ def _client_wrapper(tmp_path: Path) -> tuple[Path, Callable[[], list[str]]]:
     wrapper.write_text(f'#!/bin/sh\n[ "$1" = "--version" ] || echo "$*" >> {log}\nexec {real} "$@"\n')
     wrapper.chmod(0o755)
     return tools, lambda: log.read_text().splitlines() if log.exists() else []
+
+
+def test_kill_9_of_crmops_ends_every_client_of_the_load(source: dict[str, Any], tmp_path: Path) -> None:
+    """Each client is started from the main thread with the death signal asked for, so none outlives
+    crmops. Stand-in clients pass the tables' phase and then wait, holding the rows phase open."""
+    client = tmp_path / "client"
+    client.write_text('#!/bin/sh\nif grep -q "^LOCK TABLES"; then exec sleep 120; fi\n')
+    client.chmod(0o755)
+    code = ("from pathlib import Path\nfrom crmops.engines import mysql_load as m\n"
+            f"p = Path({str(source['staged'])!r})\n"
+            f"m.run_plan(p, m.plan_load(p), 2, [{str(client)!r}], {{}}, 'mysql')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while len(waiting := _children(proc.pid, "sleep")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(waiting) == 2, "the rows phase did not start two clients"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in waiting)
+    finally:
+        proc.kill()
