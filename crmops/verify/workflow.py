@@ -32,7 +32,7 @@ from crmops.repository import Repository, open_repository
 from crmops.repository.source import is_safety, source_of_manifest
 from crmops.sandbox import Sandbox, open_sandbox
 from crmops.sandbox.background import starting
-from crmops.services.restore import ENGINE_OF_FORMAT, read_staged
+from crmops.services.restore import ENGINE_OF_FORMAT
 from crmops.services.sources import resolve
 from crmops.verify import checks
 from crmops.verify.checks import CheckResult
@@ -214,11 +214,10 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
         return
     t0 = time.monotonic()
     try:
-        if prepared.staged is not None and stream["format"] == "pg-custom":
-            # one pg_restore in one transaction (up to 16 MiB) or -j (restore_jobs)
+        if prepared.staged is not None:
+            # PostgreSQL: one pg_restore in one transaction (up to 16 MiB) or -j (restore_jobs);
+            # MariaDB/MySQL: the file over one client per core when it is large enough (engines.mysql_load)
             target.restore((), format=stream["format"], staged=prepared.staged)
-        elif prepared.staged is not None:
-            target.restore(read_staged(prepared.staged), format=stream["format"])
         else:
             target.restore(pieces(), format=stream["format"])
     except CrmopsError as e:
