@@ -3,8 +3,9 @@
 Consistency: mysqldump opens its own consistent-snapshot transaction, so crmops
 makes its fingerprint transaction and mysqldump's start at the same instant: it
 holds FLUSH TABLES WITH READ LOCK only from just before its own snapshot until
-mysqldump's transaction is seen open (typically well under a second), then lets
-writers go and fingerprints inside its snapshot while the dump streams.
+mysqldump's transaction is seen open (typically well under a second; how it is seen:
+mysql_snapshot.py), then lets writers go and fingerprints inside its snapshot while
+the dump streams.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from crmops.engines.base import Fingerprint, TableFingerprint, check_method, key
 from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.mysql_snapshot import VERBOSE, connection_ids
+from crmops.engines.mysql_snapshot import await_dump_snapshot as _await_dump_snapshot
 from crmops.engines.mysql_views import damaged_views, views_sql
-from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file
+from crmops.engines.tools import Background, StreamedDump, private_file
 from crmops.errors import CrmopsError, DatabaseError
 
 FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
 #: how fingerprints can be computed, oldest first; the last is the one new snapshots record
 METHODS = ("", CANONICAL)
-#: how long writers may be held while mysqldump's snapshot opens, at most
-LOCK_WAIT_LIMIT = 30.0
 
 
 class MysqlEngine:
@@ -172,10 +173,11 @@ class MysqlEngine:
                 sequences = _auto_increments(cur)
                 binlog = binlog_position(cur)  # under the lock: exactly the dump's point in the binlog
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                before = _connection_ids(cur)
+                before = connection_ids(cur)
                 # with binary logging on, the dump states its own snapshot's position: checked below
                 states = [source_data_option(tool.version)] if binlog else []
-                proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", "--quick",
+                # --verbose: the tool says on stderr when its transaction is open (mysql_snapshot.py)
+                proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", VERBOSE, "--quick",
                                      "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
                                      "--default-character-set=utf8mb4", "--no-tablespaces", *states,
                                      *(f"--ignore-table={self.database_name()}.{v.name}" for v in damaged),
@@ -223,34 +225,6 @@ class MysqlEngine:
         finally:
             os.unlink(options)
         return left
-
-
-def _connection_ids(cur: Any) -> set[int]:
-    cur.execute("SELECT ID FROM information_schema.PROCESSLIST")
-    return {int(r[0]) for r in cur.fetchall()}
-
-
-def _await_dump_snapshot(cur: Any, known: set[int], proc: ToolProcess) -> None:
-    """Wait until mysqldump's own consistent-snapshot transaction is open (writers are held meanwhile).
-
-    The dump's connection is told apart only as a new one of our user with a transaction; a
-    CRM connection of that user opening a read transaction in the same moment could be taken
-    for it, so with binary logging on the dump's own stated position is checked as well.
-    """
-    deadline = time.monotonic() + LOCK_WAIT_LIMIT
-    while time.monotonic() < deadline:
-        cur.execute("SELECT t.trx_mysql_thread_id FROM information_schema.INNODB_TRX t "
-                    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-                    "WHERE p.USER = SUBSTRING_INDEX(USER(), '@', 1)")
-        if {int(r[0]) for r in cur.fetchall()} - known:
-            return
-        if proc.proc.poll() is not None:
-            proc.wait()
-            return
-        # INNODB_TRX is a cache refreshed only after 0.1 s without readers: poll slower than that
-        time.sleep(0.12)
-    raise DatabaseError("mysqldump did not open its snapshot within "
-                        f"{LOCK_WAIT_LIMIT:.0f} s; writers were released and the dump abandoned")
 
 
 def binlog_position(cur: Any) -> dict[str, Any] | None:

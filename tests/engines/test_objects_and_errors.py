@@ -224,6 +224,44 @@ def test_mariadb_dump_holds_writers_only_briefly(mysql_url: str) -> None:
     assert 0 < d.lock_seconds < 2.0
 
 
+def test_mariadb_dump_sees_its_snapshot_while_other_backups_keep_innodb_trx_busy(mysql_url: str) -> None:
+    """InnoDB refreshes information_schema.INNODB_TRX only after 0.1 s without readers. Backups of other
+    databases of the same server polling it at the same moment kept it stale for each other: the dump's
+    transaction never showed, writers on the whole server were held 30 s and the backup failed. Here three
+    readers keep it busy while a dump too large for its pipe (so it cannot simply end) opens its snapshot."""
+    from crmops.engines.mysql_snapshot import LOCK_WAIT_LIMIT
+
+    conn = _mysql_connect(mysql_url, make_url(mysql_url).database)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        cur.execute("INSERT INTO notes SELECT seq, REPEAT('call back ', 100) FROM seq_1_to_400")  # 400 KB
+    conn.close()
+    stop = threading.Event()
+
+    def read() -> None:
+        reader = _mysql_connect(mysql_url)
+        with reader.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX")
+                cur.fetchall()
+                time.sleep(0.02)
+        reader.close()
+
+    readers = [threading.Thread(target=read, daemon=True) for _ in range(3)]
+    for r in readers:
+        r.start()
+    try:
+        with open_engine(mysql_url).dump() as d:
+            pieces = list(d.chunks())
+            assert d.fingerprint.tables["notes"].rows == 400
+    finally:
+        stop.set()
+        for r in readers:
+            r.join(timeout=10)
+    assert sum(map(len, pieces)) > 400_000
+    assert 0 < d.lock_seconds < LOCK_WAIT_LIMIT / 3
+
+
 def _dump(url: str) -> tuple[list[bytes], str]:
     with open_engine(url).dump() as d:
         return list(d.chunks()), d.format
