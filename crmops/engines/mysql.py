@@ -11,6 +11,7 @@ the dump streams.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import time
@@ -26,12 +27,14 @@ from crmops.engines.base import Fingerprint, TableFingerprint, check_method, key
 from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
-from crmops.engines.mysql_snapshot import VERBOSE, connection_ids
+from crmops.engines.mysql_snapshot import LOCK_WAIT_LIMIT, VERBOSE, connection_ids
 from crmops.engines.mysql_snapshot import await_dump_snapshot as _await_dump_snapshot
 from crmops.engines.mysql_views import damaged_views, views_sql
 from crmops.engines.tools import Background, StreamedDump, private_file
 from crmops.errors import CrmopsError, DatabaseError
 
+#: MariaDB/MySQL's error for a lock not granted within lock_wait_timeout
+LOCK_WAIT_TIMEOUT = 1205
 FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
 #: how fingerprints can be computed, oldest first; the last is the one new snapshots record
 METHODS = ("", CANONICAL)
@@ -40,8 +43,10 @@ METHODS = ("", CANONICAL)
 class MysqlEngine:
     name = "mysql"
 
-    def __init__(self, url: str | DbUrl, **_: Any) -> None:
+    def __init__(self, url: str | DbUrl, hold_seconds: float = LOCK_WAIT_LIMIT, **_: Any) -> None:
         self.url = parse(url)
+        #: how long a dump may hold the server's writers: its read lock's wait, then the dump's snapshot
+        self.hold_seconds = hold_seconds
 
     def connect(self, database: bool = True) -> pymysql.Connection:
         u = self.url
@@ -163,10 +168,19 @@ class MysqlEngine:
             # views over a dropped table (or of a definer that is gone) stop the tool: written apart
             damaged = damaged_views(cur, self.database_name())
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            # the lock waits for running writes anywhere on the server, holding every writer meanwhile: bounded
+            cur.execute("SET SESSION lock_wait_timeout = %s", (max(1, math.ceil(self.hold_seconds)),))
             locked_at = time.monotonic()
             try:
                 cur.execute("FLUSH TABLES WITH READ LOCK")
-            except pymysql.err.OperationalError as e:  # e.g. no RELOAD privilege
+            except pymysql.err.OperationalError as e:
+                if e.args[0] == LOCK_WAIT_TIMEOUT:
+                    raise DatabaseError(
+                        f"the dump's read lock (FLUSH TABLES WITH READ LOCK, which holds the whole server's writers) "
+                        f"waited {self.hold_seconds:.0f} s behind a long write, maybe in another database; the "
+                        "writers it held are let go", hint="run the backup again when the server is quieter, or "
+                        "raise database.hold_writers_seconds") from None
+                # e.g. no RELOAD privilege
                 raise DatabaseError(f"the dump cannot hold writers for the moment it starts: {e.args[-1]}",
                                     hint="grant the backup user RELOAD (GRANT RELOAD ON *.* TO ...)") from None
             try:
@@ -183,7 +197,8 @@ class MysqlEngine:
                                      *(f"--ignore-table={self.database_name()}.{v.name}" for v in damaged),
                                      self.database_name()],
                                     env={}, secrets=self._secrets(), label=tool.name, mounts=[options])
-                _await_dump_snapshot(cur, before | {mine}, proc)
+                _await_dump_snapshot(cur, before | {mine}, proc,
+                                     limit=max(1.0, self.hold_seconds - (time.monotonic() - locked_at)))
             finally:
                 cur.execute("UNLOCK TABLES")
             lock_seconds = time.monotonic() - locked_at

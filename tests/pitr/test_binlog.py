@@ -299,7 +299,7 @@ def test_a_dump_whose_snapshot_missed_the_lock_is_refused_not_stored(binlog_serv
     monkeypatch.setenv("CRMOPS_TOOLS_PATH", str(tools))
     slipped: list[int] = []
 
-    def missed(cur: object, known: set[int], proc: object) -> None:
+    def missed(cur: object, known: set[int], proc: object, **_: object) -> None:
         """The wait taken for done at once; a write and then the dump are let go in that order."""
         pid = proc.proc.pid  # type: ignore[attr-defined]
 
