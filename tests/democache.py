@@ -1,17 +1,20 @@
-"""The medium demo CRM on the test bed's PostgreSQL: built once per demo CRM code, then copied.
+"""The medium demo CRM on PostgreSQL and SQLite: built once per demo CRM code, then copied.
 
 `create(size="medium")` writes about 125,000 rows (125 MB): 20-40 s on the shared machine, in
 every test that asks for it. `CREATE DATABASE ... TEMPLATE` copies the same database in under a
 second. The template's name carries a hash of crmops/democrm (its data, loader and migrations)
 and the version, so a changed demo CRM builds a new one; it is built under another name and
 renamed when complete, under an advisory lock, so parallel workers build it once and never
-copy half of one. Its build's DemoResult is kept as the template's comment.
+copy half of one. Its build's DemoResult is kept as the template's comment. SQLite's is a file
+under /var/tmp (CACHE), copied the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import psycopg
@@ -21,6 +24,7 @@ from crmops.dburl import display
 from crmops.democrm.load import DemoResult, create
 
 DEMOCRM = Path(__file__).resolve().parent.parent / "crmops" / "democrm"
+CACHE = Path(os.environ.get("CRMOPS_DEMO_CACHE", "/var/tmp/crmops-demo-cache"))
 
 
 def _code_key() -> str:
@@ -57,3 +61,22 @@ def medium_pg(url: str, version: str = "1.0") -> DemoResult:
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (template,))
     return DemoResult(**{**json.loads(row[0]), "url": display(url)})
+
+
+def medium_sqlite(url: str, version: str = "1.0") -> DemoResult:
+    """Make the SQLite file at url (not there yet) a copy of the medium demo CRM at version."""
+    target = Path(make_url(url).database or "")
+    home = CACHE / f"medium-{version}-{_code_key()}"
+    db, meta = home / "crm.db", home / "result.json"
+    if not meta.is_file():  # the result is written last: a folder without it is half-built
+        building = CACHE / f".{home.name}.{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        built = create(f"sqlite:///{building / 'crm.db'}", size="medium", version=version)
+        (building / "result.json").write_text(json.dumps(built.to_dict()))
+        try:
+            os.rename(building, home)
+        except OSError:  # another worker finished first: keep its copy
+            shutil.rmtree(building, ignore_errors=True)
+    shutil.copyfile(db, target)
+    return DemoResult(**{**json.loads(meta.read_text()), "url": display(url)})
