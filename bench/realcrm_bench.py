@@ -44,12 +44,12 @@ def bed_env() -> dict[str, str]:
     return dict(line.partition("=")[::2] for line in (BED / "env").read_text().splitlines() if "=" in line)
 
 
-def new_database(engine: str) -> tuple[str, Any]:
+def new_database(engine: str, crm: str = "djangocrm") -> tuple[str, Any]:
     """An empty database on the test bed's server; (its URL, a function that drops it)."""
     from sqlalchemy.engine import make_url
 
     admin = bed_env()[ADMIN_KEYS[engine]]
-    name = f"crmops_bench_djangocrm_{uuid.uuid4().hex[:6]}"
+    name = f"crmops_bench_{crm}_{uuid.uuid4().hex[:6]}"
     if engine == "postgresql":
         import psycopg
 
@@ -97,10 +97,10 @@ def real_steps(journal: Path) -> dict[str, float]:
             if r["event"] == "step_end" and r.get("phase") == "run" and r.get("seconds") is not None}
 
 
-def one_run(config: Path, playbook: Path) -> dict[str, Any]:
+def one_run(config: Path, playbook: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """The dry run, then the real run, of the same playbook text: seconds per step, forecast and real."""
-    dry = crmops(config, "upgrade", str(playbook), "--dry-run")
-    real = crmops(config, "upgrade", str(playbook))
+    dry = crmops(config, "upgrade", str(playbook), "--dry-run", env=env)
+    real = crmops(config, "upgrade", str(playbook), env=env)
     if real.get("result") != "success":
         raise SystemExit(f"the real run ended {real.get('result')}: {real.get('error')}")
     forecast = {p["step"]: p.get("seconds") for p in dry["plan"] if p["phase"] == "run"}
@@ -145,13 +145,13 @@ def bench_engine(engine: str, runs: int, companies: int) -> list[dict[str, Any]]
     return out
 
 
-def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def medians(runs: list[dict[str, Any]], names: tuple[str, ...] = STEPS) -> dict[str, Any]:
     def med(values: list[Any]) -> float | None:
         values = [v for v in values if v is not None]
         return round(statistics.median(values), 1) if values else None
 
     steps = {s: {"forecast_s": med([r["forecast"].get(s) for r in runs]),
-                 "real_s": med([r["real"].get(s) for r in runs])} for s in STEPS}
+                 "real_s": med([r["real"].get(s) for r in runs])} for s in names}
     return {"runs": len(runs), "steps": steps,
             "downtime_forecast_s": med([r["downtime_forecast"] for r in runs]),
             "real_run_s": med([r["real_total"] for r in runs]),

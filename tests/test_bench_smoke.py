@@ -37,7 +37,7 @@ BENCHES = {
 
 
 #: run by `make bench` only when asked; each needs a whole real CRM stack, which tests/realcrm/ runs
-OPT_IN = {"realcrm_bench": "BENCH_REALCRM"}
+OPT_IN = {"realcrm_bench": "BENCH_REALCRM", "tryton_bench": "BENCH_REALCRM"}
 
 
 def test_the_smoke_runs_every_script_make_bench_runs() -> None:
