@@ -63,8 +63,8 @@ class DatabaseConfig(_Section):
     restore_owners: bool = True
     #: 1 streams the restore from the repository into pg_restore: no temporary copy, and on a
     #: 2-core server 12% faster than -j 2 (45.6 s against 51.7 s for the 3.2 GB large demo CRM)
-    jobs: int | None = Field(None, ge=1, le=64, description="parallel restore jobs (pg_restore -j); unset: "
-                             "one per core (up to 4) for a dump up to 1 GiB, else 1")
+    jobs: int | None = Field(None, ge=1, le=64, description="parallel restore jobs (pg_restore -j, MariaDB "
+                             "clients); unset: one per core (up to 4) for a dump up to 1 GiB, else 1")
 
     @field_validator("url")
     @classmethod

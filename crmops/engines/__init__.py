@@ -21,7 +21,7 @@ def open_engine(url: str, cfg: DatabaseConfig | None = None) -> Engine:
     if kind == "mysql":
         from crmops.engines.mysql import MysqlEngine
 
-        return MysqlEngine(url)
+        return MysqlEngine(url, jobs=jobs)
     from crmops.engines.sqlite import SqliteEngine
 
     return SqliteEngine(url)

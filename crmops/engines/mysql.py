@@ -15,9 +15,8 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import pymysql
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from crmops.dburl import DbUrl, display, parse
 from crmops.engines import canonical
@@ -25,9 +24,14 @@ from crmops.engines.base import Fingerprint, TableFingerprint, check_method, key
 from crmops.engines.canonical import BINARY_TYPES, CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.mysql_load import load_staged
+from crmops.engines.mysql_probe import OBJECTS, client_probe
 from crmops.engines.mysql_views import damaged_views, views_sql
-from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file
+from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file, read_pieces
 from crmops.errors import CrmopsError, DatabaseError
+
+if TYPE_CHECKING:
+    import pymysql
 
 FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
 #: how fingerprints can be computed, oldest first; the last is the one new snapshots record
@@ -39,10 +43,16 @@ LOCK_WAIT_LIMIT = 30.0
 class MysqlEngine:
     name = "mysql"
 
-    def __init__(self, url: str | DbUrl, **_: Any) -> None:
+    def __init__(self, url: str | DbUrl, *, jobs: int | None = None, **_: Any) -> None:
         self.url = parse(url)
+        #: clients loading a staged dump at once (crmops.engines.mysql_load); None: one per core, up to 4
+        self.jobs = jobs
+        #: the server version is_empty read with its counts (the restore that follows chooses its client by it)
+        self._probed_version: str | None = None
 
     def connect(self, database: bool = True) -> pymysql.Connection:
+        import pymysql  # here, not at the top: a restore that only needs the client never imports it
+
         u = self.url
         try:
             return pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
@@ -107,10 +117,11 @@ class MysqlEngine:
 
     def is_empty(self) -> bool:
         """No table, view, sequence, routine, event or trigger a restore could collide with."""
-        n = self._query("SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()) "
-                        "+ (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = DATABASE()) "
-                        "+ (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = DATABASE()) "
-                        "+ (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE())")[0][0]
+        probed = client_probe(self.url, OBJECTS, self._option_file)
+        if probed is None:  # asked through the driver, whose errors crmops explains
+            n, self._probed_version = self._query(f"SELECT {OBJECTS}, VERSION()")[0]
+        else:
+            self._probed_version, n = probed
         return int(n) == 0
 
     def existing_tables(self, tables: list[str]) -> list[str]:
@@ -150,6 +161,8 @@ class MysqlEngine:
 
     @contextmanager
     def dump(self) -> Iterator[StreamedDump]:
+        import pymysql
+
         version = self.server_version()
         tool = self._tool("dump", version)
         options = self._option_file()
@@ -208,18 +221,26 @@ class MysqlEngine:
             conn.close()
             os.unlink(options)
 
-    def restore(self, chunks: Iterable[bytes], *, format: str,
-                tables: list[str] | None = None) -> list[dict[str, str]]:
-        """Load the dump (with tables: only those); returns the foreign keys left out (see keys_left_out)."""
+    def restore(self, chunks: Iterable[bytes], *, format: str, tables: list[str] | None = None,
+                staged: Path | None = None) -> list[dict[str, str]]:
+        """Load the dump (with tables: only those); returns the foreign keys left out (see keys_left_out).
+
+        staged: the dump whole in a private file (chunks then unused), loaded over several
+        clients at once when it is large enough (crmops.engines.mysql_load)."""
         if format != "mysql-sql":
             raise DatabaseError(f"a {format} dump cannot be restored into MySQL/MariaDB")
         options = self._option_file()
         left: list[dict[str, str]] = []
         try:
+            tool = self._tool("client", self._probed_version)
+            args = [f"--defaults-extra-file={options}", "--default-character-set=utf8mb4", "--binary-mode",
+                    self.database_name()]
+            if staged is not None and not tables and load_staged(staged, tool, args, self.jobs, self._secrets()):
+                return left
+            if staged is not None:
+                chunks = read_pieces(staged)
             stream = only_tables(chunks, tables, left) if tables else chunks
-            self._tool("client").feed([f"--defaults-extra-file={options}", "--default-character-set=utf8mb4",
-                                       "--binary-mode", self.database_name()], stream, env={},
-                                      secrets=self._secrets(), label="mysql", mounts=[options])
+            tool.feed(args, stream, env={}, secrets=self._secrets(), label="mysql", mounts=[options])
         finally:
             os.unlink(options)
         return left

@@ -20,6 +20,7 @@ from crmops.engines.base import STAGE_LIMIT, Fingerprint, TableFingerprint, chec
 from crmops.engines.canonical import CANONICAL
 from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
+from crmops.engines.postgres_archive import add_data_offsets
 from crmops.engines.postgres_facts import OBJECTS, SYSTEM_SCHEMAS, empty_and_version, revision, version_of
 from crmops.engines.postgres_toc import parse_toc, select_tables, table_keys
 from crmops.engines.tools import Background, StreamedDump
@@ -252,6 +253,7 @@ class PostgresEngine:
                         f.write(piece)
             if jobs > 1:
                 argv.append(f"--jobs={jobs}")
+                add_data_offsets(path)  # jobs by size, largest first, and no worker scanning for its data
             elif staged is not None and self.jobs is None and staged.stat().st_size <= ONE_TRANSACTION_LIMIT:
                 argv.append("--single-transaction")
             if tables:

@@ -243,6 +243,13 @@ def feed(argv: list[str], pieces: Iterable[bytes], *, env: dict[str, str], secre
         raise DatabaseError(f"{name} failed (exit {code}): {said}")
 
 
+def read_pieces(path: Path, size: int = PIECE) -> Iterator[bytes]:
+    """A file's bytes in pieces (a staged dump fed to a tool's stdin)."""
+    with open(path, "rb") as f:
+        while piece := f.read(size):
+            yield piece
+
+
 def private_file(text: str, suffix: str = "") -> str:
     """A temp file readable only by us (for option files holding a password)."""
     fd, path = tempfile.mkstemp(suffix=suffix, prefix="crmops-")
@@ -289,6 +296,13 @@ class Background:
             self._result = fn(*args)
         except BaseException as e:  # handed to the caller by result()
             self._error = e
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def failed(self) -> BaseException | None:
+        """The exception the function ended with, once it has ended (None: running or succeeded)."""
+        return self._error if self.done() else None
 
     def result(self):  # type: ignore[no-untyped-def]
         self._thread.join()

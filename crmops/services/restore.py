@@ -26,6 +26,8 @@ from crmops.dburl import display, engine_kind, safe
 from crmops.engines import open_engine
 from crmops.engines.base import STAGE_LIMIT
 from crmops.engines.files import FileEntry, check_writable_folder, finish_dirs, restore_entry
+from crmops.engines.tools import Background
+from crmops.engines.tools import read_pieces as read_staged
 from crmops.errors import (
     ConfigError,
     CrmopsError,
@@ -152,18 +154,43 @@ def restore(config: Config, ref: str, *, to_url: str, tables: list[str] | None =
     chosen = resolve_tables(manifest, wanted, tables) if tables else None
     if attachments_to is not None:
         check_writable_folder(attachments_to, "--attachments-to", needed=attachment_bytes(manifest))
-    target, empty = check_target(config, to_url, chosen, prefix, force)
-    whole = not (chosen and (prefix is not None or not empty))
     with ExitStack() as stack:
         # every chunk is authenticated before the target changes at all (a forced target's
         # old data included): staged whole, or checked in a pass and then streamed
-        staged = stack.enter_context(stage(repo, manifest, progress)) if whole and (
-            stream["size"] <= STAGE_LIMIT) else None
+        if chosen is None and stream["size"] <= STAGE_LIMIT:
+            target, empty, staged = _check_while_staging(stack, config, repo, manifest, to_url, force, progress)
+        else:
+            target, empty = check_target(config, to_url, chosen, prefix, force)
+            whole = not (chosen and (prefix is not None or not empty))
+            staged = stack.enter_context(stage(repo, manifest, progress)) if whole and (
+                stream["size"] <= STAGE_LIMIT) else None
         if staged is None:
             repo.authenticate(manifest, progress)
         mark("every chunk authenticated" + (" (dump staged)" if staged else ""))
         return _write(config, repo, manifest, target, empty, staged, to_url, chosen, prefix, force,
                       attachments_to, mark, safety_first=safety_first)
+
+
+def _check_while_staging(stack: ExitStack, config: Config, repo: Repository, manifest: dict[str, Any], to_url: str,
+                         force: bool, progress: Callable[[int], None] | None) -> tuple[Any, bool, Path]:
+    """The target's checks (a psql call or a connection: neither changes it) on a thread while the
+    dump is staged; a refused target stops the staging and is the error reported, as when the
+    checks ran first."""
+    checking = Background(check_target, config, to_url, None, None, force)
+
+    def advance(n: int) -> None:
+        if checking.failed():
+            checking.result()  # raises the target's error
+        if progress:
+            progress(n)
+
+    try:
+        staged = stack.enter_context(stage(repo, manifest, advance))
+    except Exception:
+        checking.result()  # the target's refusal comes first, as it did before any chunk was read
+        raise
+    target, empty = checking.result()
+    return target, empty, staged
 
 
 def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: Any, empty: bool,
@@ -194,7 +221,7 @@ def _write(config: Config, repo: Repository, manifest: dict[str, Any], target: A
                 replaced = ["the whole database"]
                 _empty(target)
                 mark("target emptied")
-            if staged is not None and wanted == "postgresql":
+            if staged is not None and wanted in ("postgresql", "mysql"):
                 keys_out = target.restore((), format=stream["format"], tables=chosen, staged=staged) or []
             else:
                 chunks = read_staged(staged) if staged is not None else repo.read_stream(manifest)
@@ -300,12 +327,6 @@ def stage(repo: Repository, manifest: dict[str, Any], progress: Callable[[int], 
                 if progress:
                     progress(len(piece))
         yield path
-
-
-def read_staged(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while piece := f.read(size):
-            yield piece
 
 
 # -- the steps a partial restore shares with `restore --at ... --tables` -----------------
