@@ -52,17 +52,18 @@ def median_of(argv: list[str], env: dict[str, str], rounds: int = ROUNDS,
     return (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs), load)
 
 
-def commands(crmops_argv, configs: dict[str, Path], env: dict[str, str], rows: list, results: dict) -> None:
+def commands(crmops_argv, configs: dict[str, Path], env: dict[str, str], rows: list, results: dict,
+             rounds: int = ROUNDS) -> None:
     """snapshots, status and check on each repository (local, s3): rows for the table, keys for results.json.
 
     status exits 3 (red) on a repository whose database was never verified; that is its
-    answer, not a failure, so it counts.
+    answer, not a failure, so it counts. rounds: runs of each (the smoke needs one).
     """
     for where, config in configs.items():
         for name, args, codes in (("snapshots", ["snapshots"], (0,)), ("status", ["status"], (0, 3, 4)),
                                   ("check", ["check"], (0,))):
-            wall, cpu, load = median_of(crmops_argv(config, *args), env, ok_codes=codes)
-            rows.append((f"crmops {name}, {where} repository (median of {ROUNDS})", wall, None,
+            wall, cpu, load = median_of(crmops_argv(config, *args), env, rounds=rounds, ok_codes=codes)
+            rows.append((f"crmops {name}, {where} repository (median of {rounds})", wall, None,
                          f"CPU {cpu:.2f} s, load {load}"))
             results[f"{name}_{where}_s"] = round(wall, 3)
             results[f"{name}_{where}_cpu_s"] = round(cpu, 3)

@@ -134,6 +134,8 @@ def main() -> None:
                     help="skip snapshots/status/check and the wide undo (they do not depend on the size)")
     ap.add_argument("--no-mariadb", dest="mariadb", action="store_false", help="skip the MariaDB comparison")
     ap.add_argument("--undo-tables", type=int, default=700, help="tables in the undo --dry-run schema (0: skip)")
+    ap.add_argument("--everyday-rounds", type=int, default=5,
+                    help="runs of each everyday command, median taken (1: the smoke's look that they run)")
     args = ap.parse_args()
     from everyday import commands, load_average, undo_dry_run
 
@@ -237,7 +239,7 @@ def main() -> None:
             compare(args.size, env["CRMOPS_TEST_MYSQL_URL"], work, run_env, rows, results)
         if args.everyday:
             configs = {"local": local, **({"s3": s3cfg} if s3 else {})}
-            commands(crmops, configs, run_env, rows, results)
+            commands(crmops, configs, run_env, rows, results, rounds=args.everyday_rounds)
             if args.undo_tables:
                 undo_dry_run(crmops, work, env["CRMOPS_TEST_PG_URL"], args.undo_tables, run_env, rows, results)
         results["load_at_end"] = load_average()

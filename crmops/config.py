@@ -65,6 +65,11 @@ class DatabaseConfig(_Section):
     #: 2-core server 12% faster than -j 2 (45.6 s against 51.7 s for the 3.2 GB large demo CRM)
     jobs: int | None = Field(None, ge=1, le=64, description="parallel restore jobs (pg_restore -j, MariaDB "
                              "clients); unset: one per core (up to 4) for a dump up to 1 GiB, else 1")
+    #: MariaDB/MySQL: FLUSH TABLES WITH READ LOCK holds every writer of the server, not only this database's,
+    #: while it waits for running writes (another database's too) and until the dump's snapshot is open
+    hold_writers_seconds: float = Field(30, gt=0, le=3600, description="MariaDB/MySQL: how long a backup may hold "
+                                        "the server's writers for its read lock and the dump's snapshot; past it "
+                                        "the backup fails and lets them go")
 
     @field_validator("url")
     @classmethod

@@ -28,10 +28,16 @@ def known_durations() -> dict[str, float]:
         return {}
 
 
+def bare_id(nodeid: str) -> str:
+    """The test's id without the "@group" that pytest-xdist's loadgroup appends on a worker."""
+    head, at, group = nodeid.rpartition("@")
+    return head if at and "::" in head and not set(group) & set("[]:") else nodeid
+
+
 def longest_first(items: list[pytest.Item], known: dict[str, float]) -> list[pytest.Item]:
     """The known long tests, longest first, then the rest in collection order."""
-    long = sorted((i for i in items if known.get(i.nodeid, 0.0) >= THRESHOLD),
-                  key=lambda i: -known[i.nodeid])
+    long = sorted((i for i in items if known.get(bare_id(i.nodeid), 0.0) >= THRESHOLD),
+                  key=lambda i: -known[bare_id(i.nodeid)])
     chosen = {id(i) for i in long}
     return long + [i for i in items if id(i) not in chosen]
 
@@ -43,7 +49,8 @@ class Recorder:
         self.seconds: dict[str, float] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+        key = bare_id(report.nodeid)
+        self.seconds[key] = self.seconds.get(key, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(session.config, "workerinput"):

@@ -21,7 +21,7 @@ def open_engine(url: str, cfg: DatabaseConfig | None = None) -> Engine:
     if kind == "mysql":
         from crmops.engines.mysql import MysqlEngine
 
-        return MysqlEngine(url, jobs=jobs)
+        return MysqlEngine(url, jobs=jobs, hold_seconds=cfg.hold_writers_seconds) if cfg else MysqlEngine(url)
     from crmops.engines.sqlite import SqliteEngine
 
     return SqliteEngine(url)

@@ -3,13 +3,15 @@
 Consistency: mysqldump opens its own consistent-snapshot transaction, so crmops
 makes its fingerprint transaction and mysqldump's start at the same instant: it
 holds FLUSH TABLES WITH READ LOCK only from just before its own snapshot until
-mysqldump's transaction is seen open (typically well under a second), then lets
-writers go and fingerprints inside its snapshot while the dump streams.
+mysqldump's transaction is seen open (typically well under a second; how it is seen:
+mysql_snapshot.py), then lets writers go and fingerprints inside its snapshot while
+the dump streams.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import time
@@ -26,29 +28,34 @@ from crmops.engines.connect import classify
 from crmops.engines.container_tools import Tool, choose_tool
 from crmops.engines.mysql_load import load_staged
 from crmops.engines.mysql_probe import OBJECTS, client_probe
+from crmops.engines.mysql_snapshot import LOCK_WAIT_LIMIT, VERBOSE, connection_ids
+from crmops.engines.mysql_snapshot import await_dump_snapshot as _await_dump_snapshot
 from crmops.engines.mysql_views import damaged_views, views_sql
-from crmops.engines.tools import Background, StreamedDump, ToolProcess, private_file, read_pieces
+from crmops.engines.tools import Background, StreamedDump, private_file, read_pieces
 from crmops.errors import CrmopsError, DatabaseError
 
 if TYPE_CHECKING:
     import pymysql
 
+#: MariaDB/MySQL's error for a lock not granted within lock_wait_timeout
+LOCK_WAIT_TIMEOUT = 1205
 FIX = "install the MariaDB/MySQL client of the server's version (apt-get install mariadb-client)"
 #: how fingerprints can be computed, oldest first; the last is the one new snapshots record
 METHODS = ("", CANONICAL)
-#: how long writers may be held while mysqldump's snapshot opens, at most
-LOCK_WAIT_LIMIT = 30.0
 
 
 class MysqlEngine:
     name = "mysql"
 
-    def __init__(self, url: str | DbUrl, *, jobs: int | None = None, **_: Any) -> None:
+    def __init__(self, url: str | DbUrl, *, jobs: int | None = None, hold_seconds: float = LOCK_WAIT_LIMIT,
+                 **_: Any) -> None:
         self.url = parse(url)
         #: clients loading a staged dump at once (crmops.engines.mysql_load); None: one per core, up to 4
         self.jobs = jobs
         #: the server version is_empty read with its counts (the restore that follows chooses its client by it)
         self._probed_version: str | None = None
+        #: how long a dump may hold the server's writers: its read lock's wait, then the dump's snapshot
+        self.hold_seconds = hold_seconds
 
     def connect(self, database: bool = True) -> pymysql.Connection:
         import pymysql  # here, not at the top: a restore that only needs the client never imports it
@@ -175,26 +182,37 @@ class MysqlEngine:
             # views over a dropped table (or of a definer that is gone) stop the tool: written apart
             damaged = damaged_views(cur, self.database_name())
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            # the lock waits for running writes anywhere on the server, holding every writer meanwhile: bounded
+            cur.execute("SET SESSION lock_wait_timeout = %s", (max(1, math.ceil(self.hold_seconds)),))
             locked_at = time.monotonic()
             try:
                 cur.execute("FLUSH TABLES WITH READ LOCK")
-            except pymysql.err.OperationalError as e:  # e.g. no RELOAD privilege
+            except pymysql.err.OperationalError as e:
+                if e.args[0] == LOCK_WAIT_TIMEOUT:
+                    raise DatabaseError(
+                        f"the dump's read lock (FLUSH TABLES WITH READ LOCK, which holds the whole server's writers) "
+                        f"waited {self.hold_seconds:.0f} s behind a long write, maybe in another database; the "
+                        "writers it held are let go", hint="run the backup again when the server is quieter, or "
+                        "raise database.hold_writers_seconds") from None
+                # e.g. no RELOAD privilege
                 raise DatabaseError(f"the dump cannot hold writers for the moment it starts: {e.args[-1]}",
                                     hint="grant the backup user RELOAD (GRANT RELOAD ON *.* TO ...)") from None
             try:
                 sequences = _auto_increments(cur)
                 binlog = binlog_position(cur)  # under the lock: exactly the dump's point in the binlog
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                before = _connection_ids(cur)
+                before = connection_ids(cur)
                 # with binary logging on, the dump states its own snapshot's position: checked below
                 states = [source_data_option(tool.version)] if binlog else []
-                proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", "--quick",
+                # --verbose: the tool says on stderr when its transaction is open (mysql_snapshot.py)
+                proc = tool.process([f"--defaults-extra-file={options}", "--single-transaction", VERBOSE, "--quick",
                                      "--routines", "--triggers", "--events", "--hex-blob", "--skip-dump-date",
                                      "--default-character-set=utf8mb4", "--no-tablespaces", *states,
                                      *(f"--ignore-table={self.database_name()}.{v.name}" for v in damaged),
                                      self.database_name()],
                                     env={}, secrets=self._secrets(), label=tool.name, mounts=[options])
-                _await_dump_snapshot(cur, before | {mine}, proc)
+                _await_dump_snapshot(cur, before | {mine}, proc,
+                                     limit=max(1.0, self.hold_seconds - (time.monotonic() - locked_at)))
             finally:
                 cur.execute("UNLOCK TABLES")
             lock_seconds = time.monotonic() - locked_at
@@ -244,34 +262,6 @@ class MysqlEngine:
         finally:
             os.unlink(options)
         return left
-
-
-def _connection_ids(cur: Any) -> set[int]:
-    cur.execute("SELECT ID FROM information_schema.PROCESSLIST")
-    return {int(r[0]) for r in cur.fetchall()}
-
-
-def _await_dump_snapshot(cur: Any, known: set[int], proc: ToolProcess) -> None:
-    """Wait until mysqldump's own consistent-snapshot transaction is open (writers are held meanwhile).
-
-    The dump's connection is told apart only as a new one of our user with a transaction; a
-    CRM connection of that user opening a read transaction in the same moment could be taken
-    for it, so with binary logging on the dump's own stated position is checked as well.
-    """
-    deadline = time.monotonic() + LOCK_WAIT_LIMIT
-    while time.monotonic() < deadline:
-        cur.execute("SELECT t.trx_mysql_thread_id FROM information_schema.INNODB_TRX t "
-                    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-                    "WHERE p.USER = SUBSTRING_INDEX(USER(), '@', 1)")
-        if {int(r[0]) for r in cur.fetchall()} - known:
-            return
-        if proc.proc.poll() is not None:
-            proc.wait()
-            return
-        # INNODB_TRX is a cache refreshed only after 0.1 s without readers: poll slower than that
-        time.sleep(0.12)
-    raise DatabaseError("mysqldump did not open its snapshot within "
-                        f"{LOCK_WAIT_LIMIT:.0f} s; writers were released and the dump abandoned")
 
 
 def binlog_position(cur: Any) -> dict[str, Any] | None:

@@ -128,7 +128,7 @@ def last_words(lines: Iterable[str], n: int = 3) -> list[str]:
     A parallel pg_restore ends with "a worker process died unexpectedly" after the server's
     ERROR, DETAIL and CONTEXT lines; the last n alone would drop the ERROR that names the cause.
     """
-    useful = [t for t in lines if t.strip()]
+    useful = [t for t in lines if t.strip() and not t.startswith("-- ")]  # a dump's --verbose progress
     errors = [i for i, t in enumerate(useful) if "ERROR" in t]
     if errors:
         return useful[errors[-1]:errors[-1] + n]
@@ -184,6 +184,10 @@ class ToolProcess:
         code = self.proc.wait()
         if code != 0:
             raise DatabaseError(f"{self.label} failed (exit {code}): {self.stderr_tail()}")
+
+    def stderr_head(self, size: int = 1 << 16) -> str:
+        """The first bytes the tool wrote to stderr so far, read while it runs (pread: its offset stays)."""
+        return os.pread(self._stderr.fileno(), size, 0).decode("utf-8", "replace")
 
     def stderr_tail(self, lines: int = 3) -> str:
         self._stderr.seek(0)

@@ -224,6 +224,84 @@ def test_mariadb_dump_holds_writers_only_briefly(mysql_url: str) -> None:
     assert 0 < d.lock_seconds < 2.0
 
 
+def test_mariadb_dump_sees_its_snapshot_while_other_backups_keep_innodb_trx_busy(mysql_url: str) -> None:
+    """InnoDB refreshes information_schema.INNODB_TRX only after 0.1 s without readers. Backups of other
+    databases of the same server polling it at the same moment kept it stale for each other: the dump's
+    transaction never showed, writers on the whole server were held 30 s and the backup failed. Here three
+    readers keep it busy while a dump too large for its pipe (so it cannot simply end) opens its snapshot."""
+    from crmops.engines.mysql_snapshot import LOCK_WAIT_LIMIT
+
+    conn = _mysql_connect(mysql_url, make_url(mysql_url).database)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        cur.execute("INSERT INTO notes SELECT seq, REPEAT('call back ', 100) FROM seq_1_to_400")  # 400 KB
+    conn.close()
+    stop = threading.Event()
+
+    def read() -> None:
+        reader = _mysql_connect(mysql_url)
+        with reader.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX")
+                cur.fetchall()
+                time.sleep(0.02)
+        reader.close()
+
+    readers = [threading.Thread(target=read, daemon=True) for _ in range(3)]
+    for r in readers:
+        r.start()
+    try:
+        with open_engine(mysql_url).dump() as d:
+            pieces = list(d.chunks())
+            assert d.fingerprint.tables["notes"].rows == 400
+    finally:
+        stop.set()
+        for r in readers:
+            r.join(timeout=10)
+    assert sum(map(len, pieces)) > 400_000
+    assert 0 < d.lock_seconds < LOCK_WAIT_LIMIT / 3
+
+
+def test_mariadb_dump_holds_the_servers_writers_no_longer_than_configured(mysql_url_factory) -> None:  # type: ignore[no-untyped-def]
+    """FLUSH TABLES WITH READ LOCK waits for running writes anywhere on the server (here a long UPDATE in
+    another database) and holds every writer meanwhile: past database.hold_writers_seconds the backup
+    fails with one line naming why, lets them go, and the other database's write completes."""
+    from crmops.config import DatabaseConfig
+    from crmops.errors import DatabaseError
+
+    mine, other = mysql_url_factory(), mysql_url_factory()
+    for url in (mine, other):
+        conn = _mysql_connect(url, make_url(url).database)
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            cur.execute("INSERT INTO notes SELECT seq, 'call back' FROM seq_1_to_400")
+        conn.close()
+    busy = _mysql_connect(other, make_url(other).database)
+    done: list[int] = []
+
+    def long_write() -> None:  # about 6 s: 400 rows, 15 ms each
+        with busy.cursor() as cur:
+            done.append(cur.execute("UPDATE notes SET body = CONCAT(body, SLEEP(0.015))"))
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    watch = _mysql_connect(mine)
+    with watch.cursor() as cur:  # until the UPDATE runs: from then on it holds the read lock back for seconds
+        while not cur.execute("SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s AND INFO LIKE 'UPDATE%%'",
+                              (busy.thread_id(),)):
+            assert writer.is_alive(), done
+    watch.close()
+    t0 = time.monotonic()
+    with pytest.raises(DatabaseError) as e, open_engine(mine, DatabaseConfig(url=mine, hold_writers_seconds=1)).dump():
+        pass
+    waited = time.monotonic() - t0
+    writer.join(timeout=60)
+    busy.close()
+    assert "FLUSH TABLES WITH READ LOCK" in e.value.line() and "waited 1 s behind a long write" in e.value.line()
+    assert "hold_writers_seconds" in e.value.line()
+    assert waited < 5.0 and done == [400]  # given up well before the write ended; the write was not harmed
+
+
 def _dump(url: str) -> tuple[list[bytes], str]:
     with open_engine(url).dump() as d:
         return list(d.chunks()), d.format

@@ -20,10 +20,12 @@ class Run:
     stderr: str
 
 
-def cli(config: Path, *args: str) -> Run:
+def cli(config: Path, *args: str, env: dict[str, str] | None = None) -> Run:
+    """`crmops --config CONFIG ARGS`, with TEST_PASSPHRASE and env set in the environment for the call only."""
     out, err = io.StringIO(), io.StringIO()
-    old = os.environ.get("TEST_PASSPHRASE")
-    os.environ["TEST_PASSPHRASE"] = PASSPHRASE
+    given = {"TEST_PASSPHRASE": PASSPHRASE, **(env or {})}
+    old = {name: os.environ.get(name) for name in given}
+    os.environ.update(given)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -32,8 +34,9 @@ def cli(config: Path, *args: str) -> Run:
             except SystemExit as e:
                 code = int(e.code or 0)
     finally:
-        if old is None:
-            os.environ.pop("TEST_PASSPHRASE", None)
-        else:
-            os.environ["TEST_PASSPHRASE"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return Run(code, out.getvalue(), err.getvalue())

@@ -247,7 +247,11 @@ def test_a_dump_whose_snapshot_missed_the_lock_is_refused_not_stored(binlog_serv
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Writers are held only until the dump's snapshot is seen open. Were another connection taken for
     the dump's, writers would be let go early and the dump would hold rows the fingerprint and binlog
-    position do not: the dump's own stated position must catch that, and nothing may be stored."""
+    position do not: the dump's own stated position must catch that, and nothing may be stored.
+
+    No timing is left to chance: the dump tool (a wrapper found through CRMOPS_TOOLS_PATH) stops
+    itself before the real mariadb-dump starts, the wait for its snapshot is skipped, and it is let
+    go only once a write held by the lock has committed after the lock's release."""
     import threading
 
     from crmops.config import Config
@@ -256,7 +260,11 @@ def test_a_dump_whose_snapshot_missed_the_lock_is_refused_not_stored(binlog_serv
     from crmops.services.backup import backup
 
     port = _port_of(binlog_server)
-    with pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True) as conn:
+
+    def connect() -> pymysql.Connection:
+        return pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True)
+
+    with connect() as conn:
         conn.cursor().execute("CREATE TABLE ticks (id int AUTO_INCREMENT PRIMARY KEY, at double)")
     config = Config.model_validate({"database": {"url": binlog_server},
                                     "repository": {"url": f"file://{tmp_path / 'repo'}"},
@@ -266,22 +274,50 @@ def test_a_dump_whose_snapshot_missed_the_lock_is_refused_not_stored(binlog_serv
     stop = threading.Event()
 
     def write() -> None:  # held by the backup's lock, then commits the moment it is let go
-        with pymysql.connect(host="127.0.0.1", port=port, user="root", database="crm", autocommit=True) as c:
+        with connect() as c:
             while not stop.is_set():
                 c.cursor().execute("INSERT INTO ticks (at) VALUES (%s)", (time.time(),))
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
     try:
-        time.sleep(0.3)
         good = backup(config)  # the real wait: writers held until the dump's snapshot is open
         assert good.snapshot_id
-        monkeypatch.setattr(mysql, "_await_dump_snapshot", lambda cur, known, proc: time.sleep(0))
-        with pytest.raises(DatabaseError, match="slipped in"):
-            backup(config)
     finally:
         stop.set()
         writer.join(timeout=10)
+
+    # the dump tool stops itself (SIGSTOP) before the real one can open a snapshot
+    real = shutil.which("mariadb-dump") or shutil.which("mysqldump")
+    assert real
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    wrapper = tools / "mariadb-dump"
+    wrapper.write_text('#!/bin/sh\ncase " $* " in *" --single-transaction "*) kill -STOP $$ ;; esac\n'
+                       f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CRMOPS_TOOLS_PATH", str(tools))
+    slipped: list[int] = []
+
+    def missed(cur: object, known: set[int], proc: object, **_: object) -> None:
+        """The wait taken for done at once; a write and then the dump are let go in that order."""
+        pid = proc.proc.pid  # type: ignore[attr-defined]
+
+        def let_go() -> None:
+            try:
+                with connect() as c:  # blocks behind the lock held now; commits right after its release
+                    c.cursor().execute("INSERT INTO ticks (at) VALUES (%s)", (time.time(),))
+                    slipped.append(1)
+            finally:
+                os.waitid(os.P_PID, pid, os.WSTOPPED | os.WNOWAIT)  # the wrapper holds itself before the dump
+                os.kill(pid, signal.SIGCONT)
+
+        threading.Thread(target=let_go, daemon=True).start()
+
+    monkeypatch.setattr(mysql, "_await_dump_snapshot", missed)
+    with pytest.raises(DatabaseError, match="slipped in"):
+        backup(config)
+    assert slipped  # the write that committed between the lock's release and the dump's snapshot
     assert [s["id"] for s in _snapshots(tmp_path, binlog_server)] == [good.snapshot_id]
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from crmops.dburl import parse
 from tests.ports import free_port
+from tests.realschemas.dbcache import made_once
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD, NEW = "2.4.0", "3.1.0"
@@ -100,6 +101,15 @@ def crm_container(client: Any, url: str, media: Path, version: str = OLD) -> Ite
     finally:
         for c in client.containers.list(all=True, filters={"label": f"{LABEL}.run={tag}"}):
             c.remove(force=True, v=True)
+
+
+def setupdata(crm: Crm, url: str, version: str = OLD) -> bool:
+    """The CRM's own `setupdata` (Django's first migrate, reference data, the first users) on the empty
+    database: one to three minutes, so run once per image and engine and loaded from its dump after
+    that (tests/realschemas/dbcache.py). It writes nothing into the media folder. True when loaded."""
+    image_id = crm.client.images.get(IMAGE.format(version)).id.split(":")[-1][:16]
+    return made_once(url, f"djangocrm-{version}-{image_id}-setupdata",
+                     lambda: crm.exec("python3", "/opt/crmops/fixture.py", "0"))
 
 
 def config_for(tmp: Path, url: str, media: Path) -> Path:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,12 @@ def _run_until(config: Path, playbook: Path, tmp: Path, stage: str, env: dict[st
 
 
 @pytest.mark.xdist_group("tryton_upgrade")
-def test_tryton_staged_upgrade_killed_and_resumed(pg_url: str, tmp_path: Path, docker_client: Any) -> None:
+def test_tryton_staged_upgrade_killed_and_resumed(pg_url: str, pg_url_factory: Callable[[], str], tmp_path: Path,
+                                                  docker_client: Any) -> None:
     env = {"TRYTON_CHECK_AUTH": AUTH}
     filestore = tmp_path / "filestore"
     with tryton_container(docker_client, pg_url, filestore) as app:
-        install(app, pg_url)
+        install(app, pg_url, pg_url_factory)
         made = app.exec("python3", "/opt/crmops/fixture.py", app.database, "300")
         assert "parties 300 opportunities 150 sales 100 attachments 30" in made, made
         assert app.wait().startswith("7.0.")
@@ -163,10 +165,11 @@ def test_tryton_staged_upgrade_killed_and_resumed(pg_url: str, tmp_path: Path, d
 
 
 @pytest.mark.xdist_group("tryton_rollback")
-def test_tryton_failure_half_way_rolled_back(pg_url: str, tmp_path: Path, docker_client: Any) -> None:
+def test_tryton_failure_half_way_rolled_back(pg_url: str, pg_url_factory: Callable[[], str], tmp_path: Path,
+                                             docker_client: Any) -> None:
     env = {"TRYTON_CHECK_AUTH": AUTH}
     with tryton_container(docker_client, pg_url, tmp_path / "filestore") as app:
-        install(app, pg_url)
+        install(app, pg_url, pg_url_factory)
         app.exec("python3", "/opt/crmops/fixture.py", app.database, "300")
         assert app.wait().startswith("7.0.")
         config = config_for(tmp_path, pg_url, app.filestore)
@@ -174,6 +177,7 @@ def test_tryton_failure_half_way_rolled_back(pg_url: str, tmp_path: Path, docker
         ok(run(config, "repo", "init"))
         ok(run(config, "backup"))
         ok(run(config, "verify"))
+        # the database was loaded from a dump (install): what a restore of it gives back, line for line
         before = native_digest(pg_url)
         r = run(config, "--json", "upgrade", str(pb), env=env, timeout=2400)
         assert r.returncode == 50, r.stderr + r.stdout[-3000:]

@@ -6,6 +6,7 @@ pointed at this test's container, port and database."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,32 +116,47 @@ def _psql(url: str, *args: str, stdin: Any = None) -> None:
                    capture_output=True, timeout=600, stdin=stdin)
 
 
-def install(app: Tryton, url: str) -> None:
-    """Tryton 7.0's tables as its trytond-admin makes them (parties, opportunities, sales), admin's password set.
+def install(app: Tryton, url: str, scratch: Callable[[], str]) -> None:
+    """Tryton 7.0's tables as its trytond-admin makes them (parties, opportunities, sales), admin's password set,
+    loaded into url from a pg_dump of them: every run starts from the same database, made or cached.
 
-    trytond-admin's first run takes minutes on a busy machine, so its result is dumped once per
-    image and reloaded from then on (the cache is keyed by the image's id).
+    trytond-admin's first run takes minutes on a busy machine, so it runs once per image, into a
+    scratch database (from scratch()), and its dump is cached (keyed by the image's id). url is always
+    loaded from that dump, never made by trytond-admin itself: PostgreSQL stores an index predicate
+    Tryton writes as `state IN (...)` on a varchar column in a form that a dump prints and a restore
+    re-parses differently (pg_dump then prints `ARRAY[('a'::character varying)::text, ...]` where it
+    printed `(ARRAY['a'::character varying, ...])::text[]`). A database trytond-admin made is therefore
+    not what any logical restore of it gives back, while one loaded from a dump is: the rollback
+    test's native digest before the upgrade must be of the latter (tests/services/test_restore_reparse.py).
+    Two workers starting cold wait for one trytond-admin (a lock on the cache folder).
     """
     image_id = app.client.images.get(IMAGE.format("7.0")).id.split(":")[-1][:16]
     home = CACHE / f"tryton-7.0-{image_id}"
     dump = home / "installed.sql"
-    if not dump.is_file():
-        home.mkdir(parents=True, exist_ok=True)
-        container = app.client.containers.get(app.name)
-        code, out = container.exec_run(
-            ["sh", "-c", 'printf "%s\\n" "$ADMIN_PASSWORD" > /tmp/admin.pass && TRYTONPASSFILE=/tmp/admin.pass '
-             f'trytond-admin -d {app.database} --all --activate-dependencies --email admin@example.org '
-             '-u sale_opportunity; s=$?; rm -f /tmp/admin.pass; exit $s'],
-            environment={"ADMIN_PASSWORD": ADMIN_PASSWORD})
-        assert code == 0, out.decode(errors="replace")[-3000:]
-        tmp = dump.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            subprocess.run([str(PG_BIN / "pg_dump"), "--no-owner", "--no-privileges", "-d", url], stdout=f,
-                           check=True, timeout=600)
-        os.replace(tmp, dump)
-        return
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not dump.is_file():
+            _make_dump(app, scratch(), dump)
     with open(dump) as f:
         _psql(url, stdin=f)
+
+
+def _make_dump(app: Tryton, scratch_url: str, dump: Path) -> None:
+    """trytond-admin --all into the scratch database (in app's container), then its pg_dump to dump."""
+    _, scratch_db = server_and_db(scratch_url)
+    container = app.client.containers.get(app.name)
+    code, out = container.exec_run(
+        ["sh", "-c", 'printf "%s\\n" "$ADMIN_PASSWORD" > /tmp/admin.pass && TRYTONPASSFILE=/tmp/admin.pass '
+         f'trytond-admin -d {scratch_db} --all --activate-dependencies --email admin@example.org '
+         '-u sale_opportunity; s=$?; rm -f /tmp/admin.pass; exit $s'],
+        environment={"ADMIN_PASSWORD": ADMIN_PASSWORD})
+    assert code == 0, out.decode(errors="replace")[-3000:]
+    tmp = dump.with_name(f"{dump.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        subprocess.run([str(PG_BIN / "pg_dump"), "--no-owner", "--no-privileges", "-d", scratch_url], stdout=f,
+                       check=True, timeout=600)
+    os.replace(tmp, dump)
 
 
 def config_for(tmp: Path, url: str, filestore: Path) -> Path:

@@ -17,7 +17,7 @@ import pytest
 from tests.matrix.digest import pg_digest
 from tests.pitr.conftest import Cluster, cluster  # noqa: F401 (the fixture)
 from tests.realschemas.packages import PG_BIN, django_manage, tryton_fill, tryton_schema
-from tests.realschemas.test_django_crm import FILL
+from tests.realschemas.test_django_crm import FILL, setupdata
 from tests.realschemas.test_request_tracker import _load_rt
 
 pytestmark = pytest.mark.usefixtures("docker_client")
@@ -34,8 +34,7 @@ SETUP = {
     "request-tracker": (lambda url: _load_rt(url, "postgresql"), "transactions",
                         "UPDATE transactions SET type = 'Comment'"),
     "tryton": (_tryton, "party_party", "UPDATE party_party SET name = 'overwritten by a bad import'"),
-    "django-crm": (lambda url: (django_manage(url, "-m", "django", "setupdata"),
-                                django_manage(url, FILL, "fill", "50")),
+    "django-crm": (lambda url: (setupdata(url), django_manage(url, FILL, "fill", "50")),
                    "crm_contact", "UPDATE crm_contact SET email = ''"),
 }
 ROWS = "SELECT count(*), md5(COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {} t"

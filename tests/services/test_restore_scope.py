@@ -246,6 +246,12 @@ def _my_connect(url: str) -> pymysql.Connection:
                            database=u.database, charset="utf8mb4", autocommit=True)
 
 
+#: the MariaDB tests share one source and snapshot (my_snapshot). Each of them is long enough to be scheduled
+#: among the first (tests/ordering.py), which spread them over every worker, and each worker built the fixture
+#: again; in one group they run on one worker, after one fixture.
+MARIADB_SHARED = pytest.mark.xdist_group("restore-scope-mariadb")
+
+
 @pytest.fixture(scope="module")
 def my_snapshot(mysql_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     made: list[str] = []
@@ -317,6 +323,7 @@ def _my_live_target(my_snapshot: dict[str, Any]) -> str:
     return dst
 
 
+@MARIADB_SHARED
 def test_mysql_tables_force_replaces_only_contacts(my_snapshot: dict[str, Any]) -> None:
     config, snap = my_snapshot["config"], my_snapshot["snap"]
     dst = _my_live_target(my_snapshot)
@@ -334,6 +341,7 @@ def test_mysql_tables_force_replaces_only_contacts(my_snapshot: dict[str, Any]) 
     assert after["tables"] == before["tables"]
 
 
+@MARIADB_SHARED
 def test_mysql_misspelt_table_changes_nothing(my_snapshot: dict[str, Any]) -> None:
     config, snap = my_snapshot["config"], my_snapshot["snap"]
     dst = _my_live_target(my_snapshot)
@@ -343,6 +351,7 @@ def test_mysql_misspelt_table_changes_nothing(my_snapshot: dict[str, Any]) -> No
     assert my_digest(dst) == before and _snapshot_ids(config) == snapshots
 
 
+@MARIADB_SHARED
 def test_mysql_constraint_break_is_refused_and_rolled_back(my_snapshot: dict[str, Any]) -> None:
     config, snap = my_snapshot["config"], my_snapshot["snap"]
     dst = _my_live_target(my_snapshot)
@@ -359,6 +368,7 @@ def test_mysql_constraint_break_is_refused_and_rolled_back(my_snapshot: dict[str
     assert my_digest(dst) == before
 
 
+@MARIADB_SHARED
 def test_mysql_as_restores_beside_the_live_table(my_snapshot: dict[str, Any]) -> None:
     config, snap = my_snapshot["config"], my_snapshot["snap"]
     dst = _my_live_target(my_snapshot)
@@ -539,6 +549,7 @@ def test_pg_table_missing_from_the_target_is_created(pg_snapshot: dict[str, Any]
     assert after["rows"] == {k: v for k, v in before["rows"].items() if k != "public.leads"}
 
 
+@MARIADB_SHARED
 def test_mysql_table_missing_from_the_target_is_created(my_snapshot: dict[str, Any]) -> None:
     config, snap = my_snapshot["config"], my_snapshot["snap"]
     dst = _my_live_target(my_snapshot)

@@ -120,6 +120,12 @@ def test_dry_run_then_upgrade_end_to_end(bed: tuple[Path, str, App], tmp_path: P
 
 # --- failures at each stage, on one CRM that every rollback must bring back to the same state ----------
 
+#: the tests on the shared CRM: several are long enough to be scheduled among the first (tests/ordering.py),
+#: which spread them over every worker, each building the CRM, its verified snapshot and the app again; in
+#: one group they run on one worker, after one set-up
+ON_SHARED = pytest.mark.xdist_group("upgrade-shared-crm")
+
+
 @pytest.fixture(scope="module")
 def shared(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory, docker_client: Any
            ) -> Iterator[tuple[Path, str, App, Path]]:
@@ -166,6 +172,7 @@ FAULTS = {
 }
 
 
+@ON_SHARED
 @pytest.mark.parametrize("stage", list(FAULTS))
 def test_a_failure_at_each_stage_leaves_everything_as_before(stage: str, shared: tuple[Path, str, App, Path],
                                                              docker_client: Any) -> None:
@@ -215,6 +222,7 @@ def test_a_failure_at_each_stage_leaves_everything_as_before(stage: str, shared:
     assert password not in json.dumps(records)
 
 
+@ON_SHARED
 def test_a_dry_run_fails_an_app_that_fails_its_health_check_and_proves_the_rollback(
         shared: tuple[Path, str, App, Path], docker_client: Any) -> None:
     """The 2.0 image that answers 503 on /health: once found only by the real run, now by the dry run."""
@@ -248,6 +256,7 @@ def test_a_dry_run_fails_an_app_that_fails_its_health_check_and_proves_the_rollb
     assert 'class="verdict fail"' in html and "HTTP 503" in html and "equal to its pre-upgrade fingerprint" in html
 
 
+@ON_SHARED
 def test_a_crm_installed_by_shell_is_rehearsed_from_the_images_its_rehearsal_block_names(
         shared: tuple[Path, str, App, Path], docker_client: Any) -> None:
     """The systemd template's shape: the new version comes from a package, so the copy swaps where it installs."""
@@ -280,6 +289,7 @@ def test_a_crm_installed_by_shell_is_rehearsed_from_the_images_its_rehearsal_blo
     assert _stack_leftovers(docker_client, dry["stack"]["network"]) == []
 
 
+@ON_SHARED
 def test_sigterm_during_a_dry_run_removes_the_rehearsal_stack(shared: tuple[Path, str, App, Path],
                                                               docker_client: Any) -> None:
     config, url, app, tmp = shared
@@ -301,6 +311,7 @@ def test_sigterm_during_a_dry_run_removes_the_rehearsal_stack(shared: tuple[Path
     assert app.image() == "crmops-demo-app:1.0"
 
 
+@ON_SHARED
 def test_a_failing_smoke_test_after_every_stage_rolls_all_back(shared: tuple[Path, str, App, Path]) -> None:
     config, url, app, tmp = shared
 
@@ -318,6 +329,7 @@ def test_a_failing_smoke_test_after_every_stage_rolls_all_back(shared: tuple[Pat
         "reopen", "app", "migrate", "backup", "maintenance", "preflight"]
 
 
+@ON_SHARED
 def test_a_migration_past_its_timeout_is_cancelled_and_rolled_back(shared: tuple[Path, str, App, Path]) -> None:
     config, url, app, tmp = shared
 
@@ -371,6 +383,7 @@ def _started(tmp: Path, step: str) -> Callable[[], bool]:
     return probe
 
 
+@ON_SHARED
 def test_sigkill_mid_migration_then_rollback_restores_everything(shared: tuple[Path, str, App, Path]) -> None:
     config, url, app, tmp = shared
     pb = playbook_for(tmp, app, name="crash.yaml")
@@ -414,6 +427,7 @@ def test_sigkill_mid_migration_then_rollback_restores_everything(shared: tuple[P
     print(f"rollback after SIGKILL mid-migration: {rollback_s:.1f}s (journal: {report['rollback_seconds']}s)")
 
 
+@ON_SHARED
 def test_sigkill_in_a_later_stage_then_resume_finishes_the_upgrade(shared: tuple[Path, str, App, Path]) -> None:
     config, url, app, tmp = shared
     gate = tmp / "go"

@@ -125,7 +125,12 @@ def prepared(tmp: Path, url: str, *, size: str = "small", verify: bool = True) -
     """A demo CRM 1.0 with one (verified) snapshot; returns the config file."""
     from crmops.democrm.load import create
 
-    create(url, size=size)
+    if size == "medium" and url.startswith("postgres"):  # copied from one build (tests/democache.py)
+        from tests.democache import medium_pg
+
+        medium_pg(url)
+    else:
+        create(url, size=size)
     config = write_config(tmp, url, attachments=False, verify={"checks": {"fk_orphans": True}})
     doc = yaml.safe_load(config.read_text())
     doc["migrations"] = {"lock_timeout_seconds": 120}  # the crash test holds a lock on purpose
