@@ -3,6 +3,7 @@
     with FaultProxy(upstream="http://127.0.0.1:55000", rate=0.2, seed=1) as proxy:
         ... point the S3 client at proxy.url ...
         proxy.faults  # {"503": n, "reset": n, "stall": n}
+        proxy.log     # [("PUT", "/bucket/crm/data/ab/abc..."), ...]: every request as it arrived
 
 Each request is read whole, then with probability `rate` it gets a fault (chosen
 evenly among `kinds`) instead of being forwarded: an S3 `SlowDown` 503, a connection
@@ -38,6 +39,8 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.faults = {k: 0 for k in kinds}
         self.requests = 0
+        #: (method, path with query) of every request, faulted or not: tests count what a command asks
+        self.log: list[tuple[str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,6 +52,8 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                with proxy.lock:
+                    proxy.log.append((self.command, self.path))
                 fault = proxy._choose()
                 if fault == "503":
                     self.send_response(503)

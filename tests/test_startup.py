@@ -156,3 +156,13 @@ def test_restore_into_mariadb_asks_the_client_not_the_driver(tmp_path: Path,
     assert probe(["restore", "latest", "--to", "${TARGET_URL}"]) == []
     assert probe(["restore", "latest", "--to", "${TARGET_URL}"], ok=(60,)) == []  # not empty: refused
     assert "pymysql" in probe(["restore", "latest", "--to", "${WRONG_URL}"], ok=(11,))  # the driver's answer
+
+
+def test_verify_imports_sqlalchemy_and_docker_only_beside_its_sandbox_start() -> None:
+    """verify's sandbox starts on a thread once the manifest is read; SQLAlchemy and the docker SDK (up to
+    a second of imports on a busy machine) belong on that thread, not before it."""
+    probe = ("import json, sys; import crmops.verify.workflow, crmops.cli.verify; "
+             "print(json.dumps(sorted(m for m in ('sqlalchemy', 'docker') if m in sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == []

@@ -155,14 +155,18 @@ def binlog_windows(repo: Any, now: datetime | None = None) -> list[dict[str, Any
     return out
 
 
-def figures(config: Any) -> dict[str, Any]:
+def figures(config: Any, keys: list[str] | None = None) -> dict[str, Any]:
     """What the metrics export: the archive lag (judged by the server when reachable), the last push
-    and the window start (Unix times)."""
+    and the window start (Unix times). keys: the repository's whole listing, when the caller made one."""
     from crmops.repository import open_repository
     from crmops.storage import open_store
 
-    store = open_store(config.repository.url, config.repository)
-    if not any(True for prefix in ("walstate/", "binlogstate/") for _ in store.list(prefix)):
+    if keys is None:
+        store = open_store(config.repository.url, config.repository)
+        archived = any(True for prefix in ("walstate/", "binlogstate/") for _ in store.list(prefix))
+    else:
+        archived = any(k.startswith(("walstate/", "binlogstate/")) for k in keys)
+    if not archived:
         return {}  # no archive: no key derivation, no manifests read at the end of every job
     wins = [w for w in all_windows(open_repository(config)) if w.get("newest_archived_at")]
     if not wins:

@@ -51,10 +51,14 @@ class ObjectCache:
         data = store.get(key)
         result = parse(data)  # raises before a damaged object is kept
         if self.folder is not None and size is not None and len(data) == size:
-            self._keep(key, data)
+            self.keep(key, data)
         return result
 
-    def _keep(self, key: str, data: bytes) -> None:
+    def keep(self, key: str, data: bytes) -> None:
+        """Keep a copy of an object as stored (sealed): what this process read, or has just written, so the
+        next run whose listing names it at this size reads no more than the copy."""
+        if self.folder is None:
+            return
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -83,9 +83,11 @@ class Locks:
 
     store: Store
 
-    def _locks(self) -> list[dict[str, Any]]:
+    def _locks(self, skip: str | None = None) -> list[dict[str, Any]]:
         out = []
         for key, _ in self.store.list("locks/"):
+            if key == skip:  # one's own lock: its content is known, a GET would only cost a round trip
+                continue
             try:
                 lock = json.loads(self.store.get(key))
             except (IntegrityError, ValueError):
@@ -96,9 +98,10 @@ class Locks:
             out.append(lock)
         return out
 
-    def locks(self) -> list[dict[str, Any]]:
-        """Every lock with "stale": why it no longer protects anything (None while its holder lives)."""
-        return [{**lock, "stale": lock_stale(lock)} for lock in self._locks()]
+    def locks(self, skip: str | None = None) -> list[dict[str, Any]]:
+        """Every lock (but the one keyed skip) with "stale": why it no longer protects anything (None while its
+        holder lives)."""
+        return [{**lock, "stale": lock_stale(lock)} for lock in self._locks(skip)]
 
     def remove_lock(self, lock: dict[str, Any], why: str) -> None:
         """Delete a lock (as listed by locks()), with a log line saying whose it was and why."""
@@ -123,9 +126,7 @@ class Locks:
 
         def conflicts() -> list[dict[str, Any]]:
             live = []
-            for lock in self.locks():
-                if lock["id"] == lock_id:
-                    continue
+            for lock in self.locks(skip=key):
                 if lock["stale"]:
                     self.remove_lock(lock, f"stale: {lock['stale']}")
                     continue

@@ -81,6 +81,10 @@ class ChunkHealth:
         """Chunk ids found damaged or missing and not stored again since (a listing, nothing read)."""
         return {key.rsplit("/", 1)[1] for key, _ in self.store.list("quarantine/")}
 
+    def quarantined_here(self) -> set[str]:
+        """Chunk ids this process quarantined (and did not release)."""
+        return set(self._quarantined_here)
+
     def quarantine_markers(self) -> dict[str, dict[str, Any]]:
         """chunk id -> its marker (reason, time, by); a marker that fails to open still quarantines."""
         out = {}

@@ -163,8 +163,10 @@ class Repository(Locks, ChunkHealth, Manifests):
                 w.close()
 
     def save_manifest(self, manifest: dict[str, Any]) -> None:
-        name = f"manifest:{manifest['id']}"
-        self.store.put(f"snapshots/{manifest['id']}", self.sealer.seal(json.dumps(manifest).encode(), name))
+        name, key = f"manifest:{manifest['id']}", f"snapshots/{manifest['id']}"
+        sealed = self.sealer.seal(json.dumps(manifest).encode(), name)
+        self.store.put(key, sealed)
+        self.cache.keep(key, sealed)  # stored: the next run's listing names it, and reads the copy
 
     # -- reading ------------------------------------------------------------------------
 
@@ -215,7 +217,9 @@ class Repository(Locks, ChunkHealth, Manifests):
         # second (a failed verification must never hide behind an earlier passing one)
         record_id = f"{now().strftime('%Y%m%dT%H%M%S%f')}-{kind}-{uuid.uuid4().hex[:6]}"
         key = f"records/{snapshot_id}/{record_id}"
-        self.store.put(key, self.sealer.seal(json.dumps({"kind": kind, **data}).encode(), f"record:{key}"))
+        sealed = self.sealer.seal(json.dumps({"kind": kind, **data}).encode(), f"record:{key}")
+        self.store.put(key, sealed)
+        self.cache.keep(key, sealed)
         return record_id
 
     def _record(self, key: str, size: int | None) -> dict[str, Any]:

@@ -99,6 +99,9 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
             **({"rounded_floats": rounded} if rounded else {}),
             **({"damaged_views": damaged} if damaged else {}),
         })
+        # the quarantine as the backup's own listing found it, less what it healed, plus what it quarantined
+        # itself: no second listing of quarantine/ (a round trip on S3) for a figure the next backup refreshes
+        quarantined = (writer.quarantined | repo.quarantined_here()) - set(writer.healed)
     stats = manifest["stats"]
     return BackupResult(snapshot_id=manifest["id"], duration_s=round(time.monotonic() - started, 2),
                         bytes_read=stats["bytes_read"], bytes_new=stats["bytes_new"],
@@ -106,7 +109,7 @@ def backup(config: Config, *, tags: Iterable[str] = (), url: str | None = None,
                         chunks=stats["chunks"], chunks_new=stats["chunks_new"], files=files, engine=engine.name,
                         server_version=server_version, schema_revision=revision, tags=list(tags),
                         attachment_files=regular, chunks_healed=stats.get("chunks_healed", 0),
-                        chunks_quarantined=len(_still_damaged(repo)), rounded_floats=rounded,
+                        chunks_quarantined=len(_still_damaged(repo, quarantined)), rounded_floats=rounded,
                         damaged_views=damaged)
 
 
@@ -118,9 +121,8 @@ def rounded_text(columns: dict[str, int]) -> str:
             "the 6 significant digits mariadb-dump writes")
 
 
-def _still_damaged(repo: Repository) -> set[str]:
-    """Quarantined chunks some snapshot still needs (the others only wait for prune)."""
-    quarantined = repo.quarantined()
+def _still_damaged(repo: Repository, quarantined: set[str]) -> set[str]:
+    """Of the quarantined chunks, those some snapshot still needs (the others only wait for prune)."""
     if not quarantined:
         return set()
     manifests, _ = repo.readable_manifests()

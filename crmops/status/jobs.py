@@ -118,14 +118,17 @@ def figures_of(command: str, result: Any) -> dict[str, Any]:
     return out
 
 
-def repository_figures(config: Config, store: Any = None) -> dict[str, Any]:
+def repository_figures(config: Config, store: Any = None,
+                       listed: list[tuple[str, int]] | None = None) -> dict[str, Any]:
     """Snapshot count and stored bytes, from a listing (no key needed, nothing decrypted); store: an
-    open one to list (a second S3 client costs 0.1 CPU-s to build)."""
-    from crmops.storage import open_store
+    open one to list (a second S3 client costs 0.1 CPU-s to build); listed: the whole listing, made already."""
+    if listed is None:
+        from crmops.storage import open_store
 
-    store = store or open_store(config.repository.url, config.repository)
+        store = store or open_store(config.repository.url, config.repository)
+        listed = list(store.list(""))
     snapshots = size = 0
-    for key, n in store.list(""):
+    for key, n in listed:
         size += n
         snapshots += key.startswith("snapshots/")
     return {"repository_snapshots": snapshots, "repository_size_bytes": size}
@@ -153,14 +156,19 @@ def finish(config: Config, run: JobRun, *, exit_code: int, error: str | None, re
     finished = time.time()
     figures = figures_of(run.command, result)
     if exit_code == 0 and not config.reading_copy:  # a run against a copy does not measure the repository
+        listed: list[tuple[str, int]] | None = None
         try:
-            figures.update(repository_figures(config))
+            from crmops.storage import open_store
+
+            # one listing for both: the size, and whether there is an archive to assess
+            listed = list(open_store(config.repository.url, config.repository).list(""))
+            figures.update(repository_figures(config, listed=listed))
         except (CrmopsError, OSError) as e:
             log.warning("could not measure the repository: %s", config.redact(str(e)))
         try:
             from crmops.pitr.window import figures as pitr_figures
 
-            figures.update(pitr_figures(config))
+            figures.update(pitr_figures(config, None if listed is None else [k for k, _ in listed]))
         except (CrmopsError, OSError) as e:
             log.warning("could not read the WAL archive: %s", config.redact(str(e)))
     record: dict[str, Any] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -73,6 +74,33 @@ def _log_retry(state: RetryCallState) -> None:
     log.info("S3 request failed (%s), retry %d", type(exc).__name__, state.attempt_number)
 
 
+#: the last S3 client built, with the settings it was built for: a job's bookkeeping at the end (the
+#: repository's size, the archive's figures) lists the bucket through the client the job already built,
+#: where a second one costs 0.1 CPU-s to build and new connections to open (botocore clients are thread-safe)
+_last_client: tuple[dict[str, Any], Any] | None = None
+
+
+def _client(cfg: S3Config) -> Any:
+    global _last_client
+    # secrets compare by value, and the AWS_* environment (credentials, profile, config file) counts too:
+    # other credentials get a client of their own
+    settings = {**cfg.model_dump(), "environment": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+    if _last_client is not None and _last_client[0] == settings:
+        return _last_client[1]
+    session = boto3.session.Session(
+        aws_access_key_id=cfg.access_key_id.get_secret_value() if cfg.access_key_id else None,
+        aws_secret_access_key=cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None,
+        region_name=cfg.region)
+    client = session.client(
+        "s3", endpoint_url=cfg.endpoint_url,
+        config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"},  # the policy is ours
+                          connect_timeout=min(cfg.timeout_seconds, 10), read_timeout=cfg.timeout_seconds,
+                          max_pool_connections=cfg.max_concurrency * 2,
+                          s3={"addressing_style": cfg.addressing_style}))
+    _last_client = (settings, client)
+    return client
+
+
 class S3Store:
     def __init__(self, url: str, cfg: S3Config) -> None:
         rest = url[len("s3://"):]
@@ -84,16 +112,7 @@ class S3Store:
         self.cfg = cfg
         #: requests in flight at once: chunks and manifests are small objects, each a round trip
         self.concurrency = cfg.max_concurrency
-        session = boto3.session.Session(
-            aws_access_key_id=cfg.access_key_id.get_secret_value() if cfg.access_key_id else None,
-            aws_secret_access_key=cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None,
-            region_name=cfg.region)
-        self.client = session.client(
-            "s3", endpoint_url=cfg.endpoint_url,
-            config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"},  # the policy is ours
-                              connect_timeout=min(cfg.timeout_seconds, 10), read_timeout=cfg.timeout_seconds,
-                              max_pool_connections=cfg.max_concurrency * 2,
-                              s3={"addressing_style": cfg.addressing_style}))
+        self.client = _client(cfg)
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=16 << 20,
                                        max_concurrency=cfg.max_concurrency, use_threads=True)
 

@@ -65,11 +65,10 @@ def from_snapshot(config: Config, ref: str, repo: Repository, on_step: Callable[
     table: the undo's table; a PostgreSQL, MariaDB or MySQL sandbox then holds only what it can
     reach (undo.closure). The sandbox starts on a thread while the dump is fetched, authenticated
     and staged here: a container's start-up is mostly waiting, and so is the repository."""
-    import threading
     import time
 
     say = on_step or (lambda s: None)
-    from crmops.sandbox import guard
+    from crmops.sandbox.background import starting
     from crmops.services.sources import resolve
 
     manifest = resolve(config, repo, ref)
@@ -77,53 +76,39 @@ def from_snapshot(config: Config, ref: str, repo: Repository, on_step: Callable[
     engine = ENGINE_OF_FORMAT.get(stream["format"], "unknown")
     sandbox = open_sandbox(config.verify, engine, manifest.get("server_version") or "",
                            database=manifest.get("database"))
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            sandbox.start()
-        except BaseException as e:  # noqa: BLE001 - raised again on the main thread
-            failed.append(e)
-
-    guard.register(sandbox.name, sandbox.remove)  # here: signal handlers are installed by the main thread
-    starter = threading.Thread(target=start, name="crmops-sandbox-start", daemon=True)
-    starter.start()
     try:
-        # staged: a PostgreSQL dump always (then pg_restore -j or one transaction), a MariaDB one to read
-        # its closure from
-        staged_ctx = stage(repo, manifest, files=False) if stream["size"] <= STAGE_LIMIT and (
-            stream["format"] == "pg-custom" or (table and stream["format"] in NARROWED)) else None
-        with staged_ctx if staged_ctx is not None else _nothing() as staged:
-            tables = _closure(staged, manifest, table, config) if staged is not None else None
-            starter.join()
-            if failed:
-                raise failed[0]
-            say(f"sandbox {sandbox.name} ready" + (f" ({sandbox.image})" if sandbox.image else ""))
-            if tables is not None:
-                say(f"the sandbox holds the {len(tables)} table{'s' * (len(tables) != 1)} {table} can reach")
-            target = open_engine(sandbox.url, config.database.model_copy(update={"restore_owners": False}))
-            t0 = time.monotonic()
-            try:
-                if staged is not None and stream["format"] == "pg-custom":
-                    target.restore((), format=stream["format"], staged=staged, tables=tables)
-                elif staged is not None:
-                    target.restore(read_staged(staged), format=stream["format"], tables=tables)
-                else:
-                    target.restore(repo.read_stream(manifest), format=stream["format"])
-            except CrmopsError:
-                if not sandbox.alive():
-                    raise SandboxUnavailable(f"sandbox {sandbox.name} stopped or vanished during the restore",
-                                             hint="check `docker events` and verify.memory_limit, then retry") \
-                        from None
-                raise
-        seconds = round(time.monotonic() - t0, 3)
-        say(f"snapshot {manifest['id'][:10]} restored into the sandbox in {seconds:.1f} s")
-        yield PastState(url=sandbox.url, engine=engine, kind="snapshot", label=ref, snapshot_id=manifest["id"],
-                        snapshot_time=manifest["time"], manifest=manifest, sandbox=sandbox.name,
-                        restore_seconds=seconds)
+        with starting(sandbox) as started:
+            # staged: a PostgreSQL dump always (then pg_restore -j or one transaction), a MariaDB one to read
+            # its closure from
+            staged_ctx = stage(repo, manifest, files=False) if stream["size"] <= STAGE_LIMIT and (
+                stream["format"] == "pg-custom" or (table and stream["format"] in NARROWED)) else None
+            with staged_ctx if staged_ctx is not None else _nothing() as staged:
+                tables = _closure(staged, manifest, table, config) if staged is not None else None
+                started.ready()
+                say(f"sandbox {sandbox.name} ready" + (f" ({sandbox.image})" if sandbox.image else ""))
+                if tables is not None:
+                    say(f"the sandbox holds the {len(tables)} table{'s' * (len(tables) != 1)} {table} can reach")
+                target = open_engine(sandbox.url, config.database.model_copy(update={"restore_owners": False}))
+                t0 = time.monotonic()
+                try:
+                    if staged is not None and stream["format"] == "pg-custom":
+                        target.restore((), format=stream["format"], staged=staged, tables=tables)
+                    elif staged is not None:
+                        target.restore(read_staged(staged), format=stream["format"], tables=tables)
+                    else:
+                        target.restore(repo.read_stream(manifest), format=stream["format"])
+                except CrmopsError:
+                    if not sandbox.alive():
+                        raise SandboxUnavailable(f"sandbox {sandbox.name} stopped or vanished during the restore",
+                                                 hint="check `docker events` and verify.memory_limit, then retry") \
+                            from None
+                    raise
+            seconds = round(time.monotonic() - t0, 3)
+            say(f"snapshot {manifest['id'][:10]} restored into the sandbox in {seconds:.1f} s")
+            yield PastState(url=sandbox.url, engine=engine, kind="snapshot", label=ref, snapshot_id=manifest["id"],
+                            snapshot_time=manifest["time"], manifest=manifest, sandbox=sandbox.name,
+                            restore_seconds=seconds)
     finally:
-        sandbox.abandoned = True  # a start still waiting for the server stops waiting
-        starter.join()
         sandbox.remove()
 
 

@@ -15,6 +15,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,17 +24,19 @@ from typing import Any
 from crmops import __version__
 from crmops.config import Config
 from crmops.engines import Fingerprint, open_engine
-from crmops.engines.base import STAGE_LIMIT
 from crmops.engines.connect import connect_engine
+from crmops.engines.tools import Background
 from crmops.errors import CrmopsError, DatabaseError, IntegrityError, SandboxUnavailable, VerificationFailed
 from crmops.log import Timeline
 from crmops.repository import Repository, open_repository
 from crmops.repository.source import is_safety, source_of_manifest
 from crmops.sandbox import Sandbox, open_sandbox
-from crmops.services.restore import ENGINE_OF_FORMAT, restore_files, stage
+from crmops.sandbox.background import starting
+from crmops.services.restore import ENGINE_OF_FORMAT
 from crmops.services.sources import resolve
 from crmops.verify import checks
 from crmops.verify.checks import CheckResult
+from crmops.verify.prepare import Prepared, prepare
 from crmops.verify.record import KIND, sign
 
 
@@ -161,14 +164,21 @@ def verify(config: Config, ref: str = "latest", *, keep: bool = False, show_data
                               timeline=timeline,
                               bytes_restored=stream["size"])
         try:
-            sandbox.start()
-            result.image_id = sandbox.image_id
-            result.sandbox_start_seconds = getattr(sandbox, "started_s", None)
-            mark(f"sandbox {sandbox.name} ready" + (f" ({sandbox.image})" if sandbox.image else ""))
-            _examine(config, repo, manifest, sandbox, result, show_data, mark, refresh)
-            if keep:
-                sandbox.keep()
-                result.kept = sandbox.connect_info()
+            with ExitStack() as stack:
+                # the sandbox starts on a thread while the snapshot is fetched, authenticated and staged
+                started = stack.enter_context(starting(sandbox))
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crmops-verify-files-")))
+                prepared = prepare(repo, manifest, stack, folder, started.check,
+                                   lambda: previous_backup(repo, manifest) if config.verify.checks.shrink else None,
+                                   mark)
+                started.ready()
+                result.image_id = sandbox.image_id
+                result.sandbox_start_seconds = getattr(sandbox, "started_s", None)
+                mark(f"sandbox {sandbox.name} ready" + (f" ({sandbox.image})" if sandbox.image else ""))
+                _examine(config, repo, manifest, sandbox, result, show_data, mark, refresh, prepared)
+                if keep:
+                    sandbox.keep()
+                    result.kept = sandbox.connect_info()
         finally:
             if not keep:
                 sandbox.remove()
@@ -187,8 +197,9 @@ def verify(config: Config, ref: str = "latest", *, keep: bool = False, show_data
 
 
 def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox: Sandbox, result: VerifyResult,
-             show_data: bool, mark: Callable[[str], None], refresh: Callable[[], None]) -> None:
-    """Restore, fingerprint, attachments and checks; findings go into result, nothing raises for them."""
+             show_data: bool, mark: Callable[[str], None], refresh: Callable[[], None], prepared: Prepared) -> None:
+    """Restore, fingerprint and checks (the attachments were prepared); findings go into result, nothing
+    raises for them."""
     stream = manifest["streams"]["database"]
     target = open_engine(sandbox.url, config.database.model_copy(update={"restore_owners": False}))
 
@@ -197,12 +208,16 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
             refresh()
             yield data
 
+    if prepared.restore_failure:  # a chunk failed while it was staged: the target was never touched
+        result.checks.append(CheckResult("restore", "restore", False, prepared.restore_failure))
+        mark("restore failed")
+        return
     t0 = time.monotonic()
     try:
-        if stream["format"] == "pg-custom" and stream["size"] <= STAGE_LIMIT:
-            # staged whole, then one pg_restore in one transaction (up to 16 MiB) or -j (restore_jobs)
-            with stage(repo, manifest, lambda n: refresh(), files=False) as staged:
-                target.restore((), format=stream["format"], staged=staged)
+        if prepared.staged is not None:
+            # PostgreSQL: one pg_restore in one transaction (up to 16 MiB) or -j (restore_jobs);
+            # MariaDB/MySQL: the file over one client per core when it is large enough (engines.mysql_load)
+            target.restore((), format=stream["format"], staged=prepared.staged)
         else:
             target.restore(pieces(), format=stream["format"])
     except CrmopsError as e:
@@ -214,25 +229,25 @@ def _examine(config: Config, repo: Repository, manifest: dict[str, Any], sandbox
         result.checks.append(CheckResult("restore", "restore", False, f"restore failed: {e.line()}"))
         mark("restore failed")
         return
-    result.restore_seconds = round(time.monotonic() - t0, 3)
+    # the recovery time a drill reports: fetching and authenticating the dump (done while the sandbox
+    # started) and restoring it, as a restore into a running server would take
+    result.restore_seconds = round(prepared.staged_seconds + time.monotonic() - t0, 3)
     mark("database restored")
-    for name, other in manifest["streams"].items():
-        if name != "database":
-            for _ in repo.read_chunks(other["chunks"]):
-                refresh()
+    # the checks read the sandbox through their own connection while the fingerprint reads it through its own
+    checked = Background(lambda: _run_checks(config, manifest, sandbox.url, prepared.attachments, show_data,
+                                             prepared.previous))
     expected = Fingerprint.from_dict(manifest["fingerprint"])
-    found = target.fingerprint(method=expected.method)
+    found = target.fingerprint(method=expected.method)  # raising, it leaves the checks to die with the sandbox
+    more = checked.result()
     result.fingerprint_expected = fingerprint_digest(manifest["fingerprint"])
     result.fingerprint_found = fingerprint_digest(found.to_dict())
     result.tables = table_results(expected, found, manifest.get("rounded_floats"))
     result.differences = [asdict(d) for d in expected.compare(found) if d.kind != "table"]
     mark("fingerprint compared")
-    with tempfile.TemporaryDirectory(prefix="crmops-verify-files-") as tmp:
-        restored = _attachments(repo, manifest, Path(tmp), result)
-        if restored is not None:
-            mark("attachments restored and hashed")
-        previous = previous_backup(repo, manifest) if config.verify.checks.shrink else None
-        _run_checks(config, manifest, sandbox.url, restored, result, show_data, previous)
+    if prepared.attachments_check is not None:
+        result.checks.append(prepared.attachments_check)
+        result.files_checked = prepared.files_checked
+    result.checks.extend(more)
     mark("checks run")
 
 
@@ -245,48 +260,29 @@ def previous_backup(repo: Repository, manifest: dict[str, Any]) -> dict[str, Any
     return max(earlier, key=lambda m: _parse_time(m["time"])) if earlier else None
 
 
-def _attachments(repo: Repository, manifest: dict[str, Any], folder: Path, result: VerifyResult) -> Path | None:
-    files = [f for f in manifest.get("files", []) if f.get("kind") == "file"]
-    if not manifest.get("files"):
-        return None
-    try:
-        restore_files(repo, manifest, folder)
-    except CrmopsError as e:
-        result.checks.append(CheckResult("attachments", "attachments", False, f"attachments: {e.line()}"))
-        return None
-    bad = [f["path"] for f in files if checks.sha256_file(folder / f["path"]) != f.get("sha256")]
-    result.files_checked = len(files)
-    if bad:
-        result.checks.append(CheckResult("attachments", "attachments", False,
-                                         f"attachments: {len(bad)} restored files do not match their hashes, "
-                                         f"first {checks.mask_path(bad[0])}"))
-    else:
-        result.checks.append(CheckResult("attachments", "attachments", True,
-                                         f"{len(files)} attachment files restored, every hash matches"))
-    return folder
-
-
-def _run_checks(config: Config, manifest: dict[str, Any], url: str, restored: Path | None, result: VerifyResult,
-                show_data: bool, previous: dict[str, Any] | None = None) -> None:
+def _run_checks(config: Config, manifest: dict[str, Any], url: str, restored: Path | None, show_data: bool,
+                previous: dict[str, Any] | None = None) -> list[CheckResult]:
     wanted = config.verify.checks
+    out: list[CheckResult] = []
     db = connect_engine(url)
     try:
         if wanted.fk_orphans:
-            result.checks.append(checks.fk_orphans(db, show_data))
+            out.append(checks.fk_orphans(db, show_data))
         with db.connect() as conn:
             if wanted.attachments_query:
                 files = {f["path"]: f for f in manifest.get("files", [])}
-                result.checks.append(checks.attachments_pairing(conn, wanted.attachments_query, files, restored,
-                                                                manifest.get("attachments_root"), show_data))
+                out.append(checks.attachments_pairing(conn, wanted.attachments_query, files, restored,
+                                                      manifest.get("attachments_root"), show_data))
             if wanted.freshness is not None:
-                result.checks.append(checks.freshness(conn, db.dialect.identifier_preparer.quote, wanted.freshness,
-                                                      _parse_time(manifest["time"])))
+                out.append(checks.freshness(conn, db.dialect.identifier_preparer.quote, wanted.freshness,
+                                            _parse_time(manifest["time"])))
             if wanted.shrink is not None:
-                result.checks.append(checks.shrink(wanted.shrink, manifest, previous))
+                out.append(checks.shrink(wanted.shrink, manifest, previous))
             for a in config.verify.assertions:
-                result.checks.append(checks.run_assertion(conn, a, show_data))
+                out.append(checks.run_assertion(conn, a, show_data))
     finally:
         db.dispose()
+    return out
 
 
 def record_body(repo: Repository, r: VerifyResult) -> dict[str, Any]:

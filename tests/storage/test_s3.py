@@ -145,3 +145,44 @@ def test_always_failing_s3_reports_our_attempts_not_botocores(s3_endpoint: str, 
     assert proxy.faults["503"] >= 3  # every attempt really went out (and failed)
     with pytest.raises(StorageUnreachable, match=r"cannot reach S3 \(\w+\) after 2 attempts in [\d.]+ s"):
         S3Store("s3://b/p", S3Config(endpoint_url="http://127.0.0.1:9", max_attempts=2, timeout_seconds=1)).get("x")
+
+
+def _kind(method: str, path: str, bucket: str) -> str:
+    """'LIST data/', 'PUT data/', 'GET config', ...: a request by what it asks, the object's name cut to its prefix."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(path)
+    query = parse_qs(parts.query)
+    key = parts.path.removeprefix(f"/{bucket}").lstrip("/").removeprefix("crm").lstrip("/")
+    if method == "GET" and "list-type" in query:
+        return f"LIST {query.get('prefix', [''])[0].removeprefix('crm/')}"
+    if "object-lock" in query:
+        return f"{method} ?object-lock"
+    return f"{method} {key.split('/')[0] + '/' if '/' in key else key}"
+
+
+def test_a_backup_asks_s3_a_fixed_few_requests_and_one_put_per_new_chunk(s3_endpoint: str, s3_bucket: str,
+                                                                         tmp_path: Path) -> None:
+    """No listing, HEAD or GET per chunk: what a backup asks beyond its new chunks' PUTs does not grow
+    with the dump. The lock protocol stays whole: list, write, list again, delete."""
+    from collections import Counter
+
+    db = f"sqlite:///{tmp_path / 'crm.db'}"
+    create(db, size="small")
+    with FaultProxy(s3_endpoint, rate=0) as proxy:
+        config = _config(tmp_path, db, proxy.url, s3_bucket)  # 128 KiB chunks: a dozen or more
+        assert _crmops(config, "repo", "init").returncode == 0
+        asked = []
+        for _ in range(2):  # the first stores every chunk, the second (nothing changed) none
+            proxy.log.clear()
+            r = _crmops(config, "backup")
+            assert r.returncode == 0, r.stderr
+            asked.append((json.loads(r.stdout), Counter(_kind(m, p, s3_bucket) for m, p in proxy.log)))
+    (first, one), (second, two) = asked
+    assert first["chunks_new"] >= 10 and second["chunks_new"] == 0, (first, second)
+    fixed = {"GET config": 1, "LIST keys/": 1, "LIST locks/": 2, "PUT locks/": 1, "LIST data/": 1,
+             "LIST quarantine/": 1, "LIST snapshots/": 1, "PUT snapshots/": 1, "DELETE locks/": 1,
+             "LIST ": 1}  # the last: the whole repository's size for the run history and metrics
+    # the first also reads its key slot once (then it is cached under state_dir)
+    assert one == Counter({**fixed, "GET keys/": 1, "PUT data/": first["chunks_new"]}), one
+    assert two == Counter(fixed), two  # the first's manifest was cached as it was written
