@@ -7,6 +7,7 @@ missing fails the test in CI (CI=true) and skips it elsewhere, with the reason.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests import ordering
+
+# a run started as a background job of a non-interactive shell (`make test &`, nohup from a script)
+# inherits SIGINT ignored, and so would every command the tests start: the Ctrl-C tests would then
+# see a command finish where it should stop with 130. Each worker takes SIGINT back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 BED = Path(os.environ.get("CRMOPS_TESTBED_DIR", ROOT / ".testbed"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ def cli(config: Path, *args: str, env: dict[str, str] | None = None) -> Run:
     out, err = io.StringIO(), io.StringIO()
     given = {"TEST_PASSPHRASE": PASSPHRASE, **(env or {})}
     old = {name: os.environ.get(name) for name in given}
+    # the command sets up the crmops logger for its own stderr and stops it propagating: put it back, or
+    # later tests in this worker lose their caplog (and log into a closed buffer)
+    logger = logging.getLogger("crmops")
+    kept = (list(logger.handlers), logger.level, logger.propagate)
     os.environ.update(given)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -34,6 +39,7 @@ def cli(config: Path, *args: str, env: dict[str, str] | None = None) -> Run:
             except SystemExit as e:
                 code = int(e.code or 0)
     finally:
+        logger.handlers[:], logger.level, logger.propagate = kept
         for name, value in old.items():
             if value is None:
                 os.environ.pop(name, None)
