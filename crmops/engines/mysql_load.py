@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crmops.engines.container_tools import Tool
+from crmops.engines.mapped import Scan
 from crmops.errors import DatabaseError, ToolMissing, without_values
 
 #: the section comments mariadb-dump and mysqldump write, each as "--\n-- TITLE\n--"
@@ -101,10 +102,10 @@ def plan_load(path: Path) -> LoadPlan | None:
     if size == 0:
         return None
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as dump:
-        return _plan(dump, size)
+        return _plan(Scan(dump), size)
 
 
-def _plan(dump: mmap.mmap, size: int) -> LoadPlan | None:
+def _plan(dump: Scan, size: int) -> LoadPlan | None:
     markers: list[tuple[int, bytes, bytes]] = []  # (where its "--" line starts, kind, name)
     at = dump.find(_MARKER)
     while at != -1:
@@ -158,7 +159,7 @@ def _plan(dump: mmap.mmap, size: int) -> LoadPlan | None:
     return plan
 
 
-def splittable(dump: mmap.mmap, structure: Range, name: bytes) -> bool:
+def splittable(dump: Scan, structure: Range, name: bytes) -> bool:
     """Whether the table's CREATE TABLE makes it an InnoDB table with a primary key."""
     start = dump.find(b"\nCREATE TABLE " + name + b" (", *structure)
     end = dump.find(b";\n", start, structure[1])
@@ -166,7 +167,7 @@ def splittable(dump: mmap.mmap, structure: Range, name: bytes) -> bool:
     return b"\n  PRIMARY KEY (" in create and re.search(rb"\n\) ENGINE=InnoDB\b", create) is not None
 
 
-def _statements(dump: mmap.mmap, name: bytes, lock: int, unlock: int) -> list[int]:
+def _statements(dump: Scan, name: bytes, lock: int, unlock: int) -> list[int]:
     """Where each of the table's INSERT statements starts, then where the last ends (before ENABLE KEYS);
     empty when the rows are not laid out that way."""
     enable = dump.find(b"\n/*!40000 ALTER TABLE " + name + b" ENABLE KEYS */;\n", lock, unlock + 1)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import mmap
 from pathlib import Path
 
+from crmops.engines.mapped import Scan
+
 #: archive versions whose table of contents this reads (PostgreSQL 12 to 17's pg_dump)
 KNOWN = ((1, 14, 0), (1, 16, 0))
 _POS_NOT_SET, _POS_SET = 1, 2
@@ -130,6 +132,7 @@ def _patches(data: mmap.mmap) -> list[tuple[int, bytes]]:
     at = toc.pos  # the first data block starts right after the table of contents
     patches: list[tuple[int, bytes]] = []
     previous = b""
+    scan = Scan(data)
     for dump_id, field, state, desc in items:
         if state != _POS_NOT_SET:
             continue
@@ -138,7 +141,7 @@ def _patches(data: mmap.mmap) -> list[tuple[int, bytes]]:
         kind = _BLK_BLOBS if desc in (b"BLOBS", b"LARGE OBJECTS") else _BLK_DATA
         header = bytes([kind]) + b"\0" + dump_id.to_bytes(toc.int_size, "little")
         if previous:  # the previous block's end, then this one's header
-            found = data.find(end + header, at + len(previous))
+            found = scan.find(end + header, at + len(previous))
             if found == -1:
                 break  # leave the rest to pg_restore's scan
             at = found + len(end)
