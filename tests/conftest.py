@@ -6,6 +6,7 @@ missing fails the test in CI (CI=true) and skips it elsewhere, with the reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import uuid
@@ -71,6 +72,17 @@ def _clean_crmops_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
+
+
+@pytest.fixture(autouse=True)
+def _crmops_logger_as_new() -> None:
+    """A command run in this process (click's CliRunner, tests/matrix/cli.py) sets the crmops logger up
+    for its own stderr and stops it propagating; the next test in the worker finds it as a new process
+    would, or its caplog stays empty."""
+    logger = logging.getLogger("crmops")
+    logger.handlers.clear()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
 
 # --- SQLite ------------------------------------------------------------------------
 
