@@ -133,7 +133,7 @@ def swap_image(name: str, image: str, *, stop_timeout: int = 10, client: Any = N
 
 
 def _parked(client: Any, name: str) -> list[Any]:
-    return sorted((c for c in client.containers.list(all=True, filters={"name": f"{name}{PARKED}"})
+    return sorted((c for c in client.containers.list(all=True, ignore_removed=True, filters={"name": f"{name}{PARKED}"})
                    if c.name.startswith(f"{name}{PARKED}")), key=lambda c: c.name)
 
 

@@ -294,7 +294,7 @@ def remove_by_name(client: Any, name: str) -> None:
     holds the network)."""
     from docker.errors import APIError, NotFound
 
-    for c in client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={name}"}):
+    for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"{STACK_LABEL}={name}"}):
         try:
             c.remove(force=True, v=True)
         except NotFound:

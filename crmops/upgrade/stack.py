@@ -123,7 +123,7 @@ def remove_stack(client: Any, network: str) -> None:
     """Every container (the copy, a parked one a swap left, a volume copier) and volume of a sandbox's stack."""
     from docker.errors import APIError, NotFound
 
-    for c in client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={network}"}):
+    for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"{STACK_LABEL}={network}"}):
         try:
             c.remove(force=True, v=True)
         except NotFound:

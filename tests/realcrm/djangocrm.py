@@ -99,7 +99,7 @@ def crm_container(client: Any, url: str, media: Path, version: str = OLD) -> Ite
                               environment={**crm_env(url), "PORT": str(port), "CRM_USER_HEADER": "X-CRM-User"})
         yield Crm(client, name, port, media)
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL}.run={tag}"}):
+        for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL}.run={tag}"}):
             c.remove(force=True, v=True)
 
 

@@ -107,7 +107,7 @@ def tryton_container(client: Any, url: str, filestore: Path, series: str = "7.0"
                               command=["trytond", "-d", database])
         yield Tryton(client, name, port, database, filestore)
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL}.run={tag}"}):
+        for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL}.run={tag}"}):
             c.remove(force=True, v=True)
 
 

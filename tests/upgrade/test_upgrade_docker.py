@@ -48,7 +48,7 @@ def bed(pg_url: str, tmp_path: Path, docker_client: Any) -> Iterator[tuple[Path,
 def _stack_leftovers(client: Any, network: str) -> list[str]:
     """Whatever of a dry run's rehearsal stack (and its sandbox) is still in the Docker engine."""
     stack = {"label": f"crmops.stack={network}"}
-    return ([c.name for c in client.containers.list(all=True, filters=stack)]
+    return ([c.name for c in client.containers.list(all=True, ignore_removed=True, filters=stack)]
             + [v.name for v in client.volumes.list(filters=stack)]
             + [n.name for n in client.networks.list(names=[network]) if n.name == network])
 
@@ -297,7 +297,7 @@ def test_sigterm_during_a_dry_run_removes_the_rehearsal_stack(shared: tuple[Path
     proc = _spawn(config, "upgrade", str(pb), "--dry-run")
     try:
         def stack_up() -> bool:  # the copy of the app exists: the dry run has a sandbox, a network and a stack
-            return bool(docker_client.containers.list(all=True, filters={
+            return bool(docker_client.containers.list(all=True, ignore_removed=True, filters={
                 "label": [f"crmops.pid={proc.pid}", "crmops.stack"]}))
         _wait("the rehearsal stack", stack_up)
         proc.send_signal(signal.SIGTERM)
@@ -306,7 +306,7 @@ def test_sigterm_during_a_dry_run_removes_the_rehearsal_stack(shared: tuple[Path
         if proc.poll() is None:
             proc.kill()
     mine = {"label": f"crmops.pid={proc.pid}"}
-    assert docker_client.containers.list(all=True, filters=mine) == []
+    assert docker_client.containers.list(all=True, ignore_removed=True, filters=mine) == []
     assert docker_client.volumes.list(filters=mine) == [] and docker_client.networks.list(filters=mine) == []
     assert app.image() == "crmops-demo-app:1.0"
 

@@ -67,7 +67,7 @@ def app_container(client: Any, image: str = "crmops-demo-app:1.0", *, env: dict[
         wait_http(app)
         yield app
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL}.run={tag}"}):
+        for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL}.run={tag}"}):
             c.remove(force=True, v=True)
         net.remove()
         for v in client.volumes.list(filters={"label": f"{LABEL}.run={tag}"}):
