@@ -154,7 +154,19 @@ def _redeliver_swallowed_stop(args: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: turn every user-caused failure into one line and its exit code.
+    """Entry point (see _main); as a process of its own it ends without tearing the interpreter down."""
+    try:
+        _main(argv)
+    except SystemExit as e:
+        if argv is None:
+            from crmops.cli.leave import leave
+
+            leave(e.code)
+        raise
+
+
+def _main(argv: list[str] | None) -> None:
+    """Turn every user-caused failure into one line and its exit code.
 
     With --json, stdout gets exactly one JSON document whatever the outcome, printed here once
     the exit code is known: the command's result on success; on failure the error envelope
