@@ -25,13 +25,17 @@ SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
 
 
 def psql_path() -> str | None:
-    """The host's psql: on PATH, else the newest under /usr/lib/postgresql."""
+    """The host's psql: on PATH, else the newest under /usr/lib/postgresql.
+
+    Debian's psql on PATH is postgresql-common's Perl wrapper, which picks a version and runs
+    it: 20-40 ms of Perl before every call. Any psql answers this one SELECT, so the newest
+    installed one is run directly."""
     found = shutil.which("psql")
-    if found:
+    if found and not os.path.realpath(found).endswith("pg_wrapper"):
         return found
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"), key=lambda p: int(p.split("/")[4])
                       if p.split("/")[4].isdigit() else 0)
-    return versions[-1] if versions else None
+    return versions[-1] if versions else found
 
 
 def version_and(query: str, env: dict[str, str], timeout: float = 30) -> tuple[str, str] | None:
