@@ -312,6 +312,7 @@ def main() -> None:
         # after the base backup: a writer, and a batch of updates the replay must redo
         writer = Writer(c.url)
         writer.start()
+        writer_started = time.monotonic()
         lsn0 = c.sql("SELECT pg_current_wal_lsn()")[0][0]
         t0 = time.monotonic()
         modulo = max(1, round(1 / args.update_share))
@@ -335,6 +336,10 @@ def main() -> None:
 
         # the crash: once the archiver has caught up with the burst, at a random moment within one
         # archive_timeout, so the loss reflects the setting rather than a backlog
+        # a recovery can only find markers once a segment holding some was switched and archived:
+        # archive_timeout switches a written segment, so the writer runs two of them at least
+        # (a small cluster's backups can end sooner than that)
+        time.sleep(max(0.0, 2 * args.archive_timeout - (time.monotonic() - writer_started)))
         out["archiver_catch_up_seconds"] = archiver_idle(c)
         time.sleep(rng.uniform(0, args.archive_timeout))
         crash(c)

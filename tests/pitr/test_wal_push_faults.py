@@ -24,13 +24,18 @@ def test_kill_9_at_random_points_never_stores_a_partial_segment(cluster: Cluster
     key = cluster.repo / "wal" / sysid / "00000001" / fake.name
     argv = [sys.executable, "-m", "crmops", "--config", str(cluster.config), "wal", "push", str(fake),
             "--system-id", sysid]
+    # the kills land at random points of a whole push, however long one takes here (the
+    # stored segment is removed before each try below)
+    t0 = time.monotonic()
+    subprocess.run(argv, env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    whole = time.monotonic() - t0
     rng = random.Random(1234)
     killed_before_done = 0
     for _ in range(6):
         if key.exists():
             key.unlink()
         proc = subprocess.Popen(argv, env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 1.2))
+        time.sleep(rng.uniform(0.05, 0.9) * whole)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed_before_done += 1
