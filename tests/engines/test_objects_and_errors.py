@@ -214,14 +214,26 @@ def test_real_tools_report_the_release_they_belong_to() -> None:
 
 
 def test_mariadb_dump_holds_writers_only_briefly(mysql_url: str) -> None:
+    """Writers are let go once the dump's snapshot is open, not when the dump ends: with nothing of
+    its output read yet (mariadb-dump waits on its full pipe, mid-dump), a write commits at once,
+    and the dump does not see it. No clock: on a loaded machine the moment itself takes seconds."""
     from crmops.democrm.load import create
 
     create(mysql_url, size="small")
+    conn = _mysql_connect(mysql_url, make_url(mysql_url).database)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE side_notes (id int PRIMARY KEY)")
     with open_engine(mysql_url).dump() as d:
-        for _ in d.chunks():
-            pass
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 5")  # a held writer would fail here, not wait on
+            cur.execute("INSERT INTO side_notes VALUES (1)")
+        conn.commit()
+        assert d._proc.proc.poll() is None, "the dump ended before the write: it proves nothing"
+        assert sum(len(p) for p in d.chunks()) > 1 << 20
         assert d.fingerprint.tables["activities"].rows == 2500
-    assert 0 < d.lock_seconds < 2.0
+        assert d.fingerprint.tables["side_notes"].rows == 0  # the write came after the snapshot
+    conn.close()
+    assert d.lock_seconds > 0
 
 
 def test_mariadb_dump_sees_its_snapshot_while_other_backups_keep_innodb_trx_busy(mysql_url: str) -> None:
