@@ -32,14 +32,15 @@ def binlog_server() -> Iterator[str]:
         pytest.skip("mariadbd is not installed")
     base = Path(tempfile.mkdtemp(prefix="crmops-mdb-", dir="/tmp"))
     os.chmod(base, 0o755)
-    data = base / "data"
-    data.mkdir()
-    shutil.chown(data, "mysql", "mysql")
-    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql",
+    data, tmp = base / "data", base / "tmp"
+    for d in (data, tmp):  # a temporary folder of its own: nothing else in /tmp can touch its temporary tables
+        d.mkdir()
+        shutil.chown(d, "mysql", "mysql")
+    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql", f"--tmpdir={tmp}",
                     "--auth-root-authentication-method=normal"], check=True, capture_output=True)
     port = free_port()
     proc = subprocess.Popen(["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={data}/sock",
-                             f"--port={port}", "--bind-address=127.0.0.1", "--user=mysql",
+                             f"--port={port}", "--bind-address=127.0.0.1", "--user=mysql", f"--tmpdir={tmp}",
                              f"--log-bin={data}/mariadb-bin", "--binlog-format=ROW", "--server-id=7",
                              f"--pid-file={data}/pid"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
